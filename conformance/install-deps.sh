@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# install-deps.sh - idempotently install what the conformance/interop scripts need.
+#
+# System packages (Debian): skopeo, docker-registry (CNCF distribution 2.8.x),
+# clang, libbpf-dev, llvm. They are only installed when missing, so a second run
+# does nothing and is fast.
+# Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
+# requests and hvac, created/filled only when something is missing.
+# Exits non-zero if anything cannot be installed.
+set -euo pipefail
+
+VENV="${BPF_VENV:-$HOME/.cache/bpf-registry-venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { echo "install-deps: $*"; }
+
+# --- system packages -------------------------------------------------------
+# package name -> command proving it is present ("" = check with dpkg only)
+declare -A PKG_CMD=(
+  [skopeo]=skopeo
+  [docker-registry]=docker-registry
+  [clang]=clang
+  [libbpf-dev]=""
+  [llvm]=llvm-config
+)
+
+missing=()
+for pkg in skopeo docker-registry clang libbpf-dev llvm; do
+  cmd="${PKG_CMD[$pkg]}"
+  if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
+    continue
+  fi
+  if dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    continue
+  fi
+  missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+  log "installing apt packages: ${missing[*]}"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update
+  $SUDO apt-get install -y "${missing[@]}"
+  for pkg in "${missing[@]}"; do
+    dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
+      || { log "ERROR: $pkg did not install"; exit 1; }
+  done
+else
+  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm)"
+fi
+
+# --- python venv ------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating venv at $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PYTHON" -m venv "$VENV"
+else
+  log "venv exists at $VENV"
+fi
+
+if "$VENV/bin/python" -c 'import oras, requests, hvac' >/dev/null 2>&1; then
+  log "python packages already present (oras requests hvac)"
+else
+  log "installing python packages into venv: oras requests hvac"
+  "$VENV/bin/python" -m pip install --quiet oras requests hvac
+  "$VENV/bin/python" -c 'import oras, requests, hvac' \
+    || { log "ERROR: python packages not importable after install"; exit 1; }
+fi
+
+log "done (venv python: $VENV/bin/python)"

@@ -1,0 +1,170 @@
+//! The axum layer: the router, shared state, request logging with request
+//! ids, and the helpers that turn service answers into responses.
+
+pub mod endpoint;
+mod health;
+pub mod v2;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use http_body_util::BodyExt;
+
+use crate::config::Config;
+use crate::error::{OciError, OciErrorCode};
+use crate::oci::Digest;
+use crate::registry::{BlobRead, Registry};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub config: Arc<Config>,
+}
+
+/// The matched route's constant name, left in response extensions for the
+/// request log.
+#[derive(Clone, Copy)]
+pub struct RouteName(pub &'static str);
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/v2", any(v2::dispatch))
+        .route("/v2/", any(v2::dispatch))
+        .route("/v2/{*rest}", any(v2::dispatch))
+        .fallback(fallback)
+        .with_state(state)
+        .layer(middleware::from_fn(log_requests))
+}
+
+async fn fallback(req: Request) -> Response {
+    let mut r = json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not_found", "message": format!("no route for {} {}", req.method(), req.uri().path())}),
+    );
+    r.extensions_mut().insert(RouteName("fallback"));
+    r
+}
+
+impl IntoResponse for OciError {
+    fn into_response(self) -> Response {
+        let mut r = (self.code.status(), self.body()).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Why a capped body could not be read.
+pub enum BodyReadError {
+    TooLarge,
+    Broken(String),
+}
+
+impl BodyReadError {
+    /// Maps to an OCI error; `too_large` is the code for an oversized body.
+    pub fn into_oci(self, too_large: OciErrorCode, max: u64) -> OciError {
+        match self {
+            BodyReadError::TooLarge => OciError::new(too_large, format!("body is over the {max}-byte cap")),
+            BodyReadError::Broken(m) => OciError::new(OciErrorCode::SizeInvalid, format!("body could not be read: {m}")),
+        }
+    }
+}
+
+/// Buffers a JSON/manifest body, refusing more than `max` bytes.
+pub async fn read_body_capped(body: Body, max: u64) -> Result<bytes::Bytes, BodyReadError> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(BodyReadError::TooLarge)
+            } else {
+                Err(BodyReadError::Broken(e.to_string()))
+            }
+        }
+    }
+}
+
+/// A streamed blob, whole or a range of it.
+pub fn blob_response(blob: BlobRead, digest: &Digest, content_type: &str) -> Response {
+    let status = if blob.partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut r = (status, Body::from_stream(blob.body)).into_response();
+    let h = r.headers_mut();
+    let hv = |s: String| HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    h.insert(header::CONTENT_LENGTH, hv(blob.len.to_string()));
+    h.insert(header::CONTENT_TYPE, hv(content_type.to_string()));
+    h.insert(v2::DIGEST_HEADER, hv(digest.to_string()));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, hv(format!("\"{digest}\"")));
+    if blob.partial {
+        let end = (blob.start + blob.len).saturating_sub(1);
+        h.insert(header::CONTENT_RANGE, hv(format!("bytes {}-{}/{}", blob.start, end, blob.total)));
+    }
+    r
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn new_request_id() -> String {
+    let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}-{n:x}", std::process::id())
+}
+
+/// One log line per request, and a request id echoed as `X-Request-Id`.
+async fn log_requests(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let mut resp = next.run(req).await;
+    let route = resp.extensions().get::<RouteName>().map(|r| r.0).unwrap_or("unmatched");
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route,
+        status,
+        bytes,
+        duration_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}

@@ -1,0 +1,287 @@
+//! Handlers of the OCI distribution API: parse the request into an
+//! `Endpoint`, call the registry service, map the answer to headers.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use serde_json::json;
+
+use super::endpoint::{self, Endpoint};
+use super::{json_response, read_body_capped, AppState, RouteName};
+use crate::error::{OciError, OciErrorCode};
+use crate::oci::{media, Digest, RepoName};
+use crate::registry::{ByteRange, Page, UploadStatus};
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const DIGEST_HEADER: &str = "docker-content-digest";
+
+/// The single entry point for `/v2` and everything below it.
+pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let endpoint = match endpoint::parse(req.method(), req.uri().path()) {
+        Ok(e) => e,
+        Err(e) => return with_api_version(e.into_response()),
+    };
+    let route = endpoint.route();
+    let mut resp = match handle(state, endpoint, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.extensions_mut().insert(RouteName(route));
+    with_api_version(resp)
+}
+
+fn with_api_version(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+fn query(req: &Request) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn body_stream(req: Request) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin + Send {
+    req.into_body().into_data_stream().map_err(std::io::Error::other)
+}
+
+fn parse_n(q: &HashMap<String, String>) -> Result<Option<usize>, OciError> {
+    match q.get("n") {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| OciError::new(OciErrorCode::Unsupported, format!("invalid n {v:?}"))),
+    }
+}
+
+fn query_digest(q: &HashMap<String, String>, key: &str) -> Result<Option<Digest>, OciError> {
+    q.get(key).map(|d| Digest::parse(d).map_err(OciError::from)).transpose()
+}
+
+fn upload_accepted(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
+    let location = format!("/v2/{name}/blobs/uploads/{}", status.id);
+    let range = format!("0-{}", status.offset.saturating_sub(1));
+    let mut r = (code, Body::empty()).into_response();
+    let h = r.headers_mut();
+    h.insert(header::LOCATION, hv(&location));
+    h.insert(header::RANGE, hv(&range));
+    h.insert("docker-upload-uuid", hv(status.id.as_str()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+fn blob_created(name: &RepoName, digest: &Digest) -> Response {
+    let mut r = (StatusCode::CREATED, Body::empty()).into_response();
+    let h = r.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{digest}")));
+    h.insert(DIGEST_HEADER, hv(&digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+fn link_header(resp: &mut Response, base: &str, page: &Page, n: Option<usize>) {
+    if let (Some(last), Some(n)) = (&page.next_last, n) {
+        let last_enc = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
+        resp.headers_mut()
+            .insert(header::LINK, hv(&format!("<{base}?n={n}&last={last_enc}>; rel=\"next\"")));
+    }
+}
+
+/// `Content-Range: <start>-<end>` (optionally `bytes ` prefixed).
+fn parse_content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>, OciError> {
+    let Some(v) = h.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let bad = || OciError::new(OciErrorCode::RangeInvalid, "malformed Content-Range: expected <start>-<end>");
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s.strip_prefix("bytes ").unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if b < a {
+        return Err(bad());
+    }
+    Ok(Some((a, b)))
+}
+
+async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Response, OciError> {
+    let reg = state.registry.clone();
+    let q = query(&req);
+    match endpoint {
+        Endpoint::Base => Ok(json_response(StatusCode::OK, &json!({}))),
+        Endpoint::Catalog => {
+            let n = parse_n(&q)?;
+            let page = reg.catalog(n, q.get("last").map(String::as_str)).await?;
+            let mut r = json_response(StatusCode::OK, &json!({ "repositories": page.items }));
+            link_header(&mut r, "/v2/_catalog", &page, n);
+            Ok(r)
+        }
+        Endpoint::ListTags { name } => {
+            let n = parse_n(&q)?;
+            let page = reg.list_tags(&name, n, q.get("last").map(String::as_str)).await?;
+            let mut r = json_response(StatusCode::OK, &json!({ "name": name.as_str(), "tags": page.items }));
+            link_header(&mut r, &format!("/v2/{name}/tags/list"), &page, n);
+            Ok(r)
+        }
+        Endpoint::GetManifest { name, reference, head } => {
+            let accept: Vec<String> = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+                .filter(|s| !s.is_empty())
+                .collect();
+            let m = reg.get_manifest(&name, &reference, &accept).await?;
+            let len = m.bytes.len();
+            let body = if head { Body::empty() } else { Body::from(m.bytes) };
+            let mut r = (StatusCode::OK, body).into_response();
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, hv(&m.media_type));
+            h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+            h.insert(DIGEST_HEADER, hv(&m.digest.to_string()));
+            h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+            Ok(r)
+        }
+        Endpoint::PutManifest { name, reference } => {
+            let content_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let max = reg.limits().max_manifest_bytes;
+            let body = read_body_capped(req.into_body(), max)
+                .await
+                .map_err(|e| e.into_oci(OciErrorCode::ManifestTooLarge, max))?;
+            let stored = reg.put_manifest(&name, &reference, content_type.as_deref(), body).await?;
+            let mut r = (StatusCode::CREATED, Body::empty()).into_response();
+            let h = r.headers_mut();
+            h.insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{}", stored.digest)));
+            h.insert(DIGEST_HEADER, hv(&stored.digest.to_string()));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            if let Some(subject) = &stored.manifest.subject {
+                h.insert("oci-subject", hv(&subject.digest.to_string()));
+            }
+            Ok(r)
+        }
+        Endpoint::DeleteManifest { name, reference } => {
+            reg.delete_manifest(&name, &reference).await?;
+            Ok((StatusCode::ACCEPTED, Body::empty()).into_response())
+        }
+        Endpoint::GetBlob { name, digest, head } => {
+            let range = match req.headers().get(header::RANGE) {
+                None => None,
+                Some(v) => Some(v.to_str().ok().and_then(ByteRange::parse).ok_or_else(|| {
+                    OciError::new(OciErrorCode::RangeInvalid, "malformed Range: expected bytes=<start>-<end>")
+                })?),
+            };
+            if head {
+                let size = reg
+                    .blob_size(&name, &digest)
+                    .await?
+                    .ok_or_else(|| OciError::new(OciErrorCode::BlobUnknown, format!("blob {digest} is not in {name}")))?;
+                let mut r = (StatusCode::OK, Body::empty()).into_response();
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_LENGTH, hv(&size.to_string()));
+                h.insert(DIGEST_HEADER, hv(&digest.to_string()));
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                return Ok(r);
+            }
+            let blob = reg.read_blob(&name, &digest, range).await?;
+            Ok(super::blob_response(blob, &digest, "application/octet-stream"))
+        }
+        Endpoint::DeleteBlob { name, digest } => {
+            reg.delete_blob(&name, &digest).await?;
+            Ok((StatusCode::ACCEPTED, Body::empty()).into_response())
+        }
+        Endpoint::StartUpload { name } => {
+            if let Some(mount) = query_digest(&q, "mount")? {
+                if let Some(from) = q.get("from") {
+                    let from = RepoName::parse(from)?;
+                    if reg.mount_blob(&name, &from, &mount).await? {
+                        return Ok(blob_created(&name, &mount));
+                    }
+                }
+            }
+            if let Some(digest) = query_digest(&q, "digest")? {
+                let stream = body_stream(req);
+                let d = reg.upload_monolithic(&name, &digest, stream).await?;
+                return Ok(blob_created(&name, &d));
+            }
+            let status = reg.start_upload(&name).await?;
+            Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED))
+        }
+        Endpoint::GetUpload { name, id } => {
+            let status = reg.upload_status(&name, &id).await?;
+            Ok(upload_accepted(&name, &status, StatusCode::NO_CONTENT))
+        }
+        Endpoint::PatchUpload { name, id } => {
+            let range = parse_content_range(req.headers())?;
+            let (start, expected) = match range {
+                Some((a, b)) => (Some(a), Some(b - a + 1)),
+                None => (None, None),
+            };
+            let stream = body_stream(req);
+            match reg.append_chunk(&name, &id, start, expected, stream).await {
+                Ok(status) => Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED)),
+                Err(crate::registry::RegistryError::RangeInvalid { offset, got }) => {
+                    let status = UploadStatus { id, offset };
+                    let mut r = OciError::new(
+                        OciErrorCode::RangeInvalid,
+                        format!("chunk starts at {got} but the upload is at offset {offset}"),
+                    )
+                    .into_response();
+                    let ok = upload_accepted(&name, &status, StatusCode::ACCEPTED);
+                    for k in [header::LOCATION, header::RANGE] {
+                        if let Some(v) = ok.headers().get(&k) {
+                            r.headers_mut().insert(k, v.clone());
+                        }
+                    }
+                    Ok(r)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Endpoint::PutUpload { name, id } => {
+            let digest = query_digest(&q, "digest")?
+                .ok_or_else(|| OciError::new(OciErrorCode::DigestInvalid, "the digest query parameter is required"))?;
+            let stream = body_stream(req);
+            let d = reg.finish_upload(&name, &id, &digest, stream).await?;
+            Ok(blob_created(&name, &d))
+        }
+        Endpoint::DeleteUpload { name, id } => {
+            reg.cancel_upload(&name, &id).await?;
+            Ok((StatusCode::NO_CONTENT, Body::empty()).into_response())
+        }
+        Endpoint::Referrers { name, digest } => {
+            let filter = q.get("artifactType").cloned();
+            let list = reg.referrers(&name, &digest, filter.as_deref()).await?;
+            let index = json!({
+                "schemaVersion": 2,
+                "mediaType": media::OCI_INDEX,
+                "manifests": list,
+            });
+            let mut r = json_response(StatusCode::OK, &index);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
+            if filter.is_some() {
+                r.headers_mut()
+                    .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+            }
+            Ok(r)
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Moving bytes between async streams and the blocking backend: the body
+//! pump (hash while writing, in large blocks, on a blocking thread) and the
+//! blob reader stream.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use std::io::Read;
+
+use super::{RegistryError, RegistryResult};
+use crate::oci::Sha256Hasher;
+use crate::storage::AppendWriter;
+
+/// Block size for hashing, writing and reading: large enough that the
+/// per-block overhead (channel hop, syscall) is noise next to the hashing.
+pub const BLOCK: usize = 1024 * 1024;
+
+/// Runs a closure on the blocking pool.
+pub async fn blocking<T, F>(f: F) -> RegistryResult<T>
+where
+    F: FnOnce() -> RegistryResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Body(format!("worker failed: {e}")))?
+}
+
+pub struct Pumped {
+    pub hasher: Sha256Hasher,
+    pub written: u64,
+}
+
+/// Copies a body stream into `writer`, feeding `hasher` with the same
+/// bytes, and syncs. Fails with `BodyTooLarge` past `max` bytes.
+pub async fn pump<S>(mut body: S, writer: Box<dyn AppendWriter>, hasher: Sha256Hasher, max: u64) -> RegistryResult<Pumped>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let worker = tokio::task::spawn_blocking(move || -> RegistryResult<Sha256Hasher> {
+        let (mut writer, mut hasher) = (writer, hasher);
+        while let Some(block) = rx.blocking_recv() {
+            hasher.update(&block);
+            writer.write_all(&block)?;
+        }
+        writer.sync()?;
+        Ok(hasher)
+    });
+    let mut written: u64 = 0;
+    let mut buf = BytesMut::new();
+    let mut failure: Option<RegistryError> = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(RegistryError::Body(e.to_string()));
+                break;
+            }
+        };
+        written = written.saturating_add(chunk.len() as u64);
+        if written > max {
+            failure = Some(RegistryError::BodyTooLarge { max });
+            break;
+        }
+        let block = if buf.is_empty() && chunk.len() >= BLOCK {
+            chunk
+        } else {
+            if buf.capacity() < BLOCK {
+                buf.reserve(BLOCK);
+            }
+            buf.extend_from_slice(&chunk);
+            if buf.len() < BLOCK {
+                continue;
+            }
+            buf.split().freeze()
+        };
+        if tx.send(block).await.is_err() {
+            break; // the worker failed; its error is reported below
+        }
+    }
+    if failure.is_none() && !buf.is_empty() {
+        let _ = tx.send(buf.freeze()).await;
+    }
+    drop(tx);
+    let worker_result = worker
+        .await
+        .map_err(|e| RegistryError::Body(format!("worker failed: {e}")))?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let hasher = worker_result?;
+    Ok(Pumped { hasher, written })
+}
+
+/// Streams `len` bytes from a blocking reader in `BLOCK`-sized chunks.
+pub fn reader_stream(mut reader: Box<dyn Read + Send>, len: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(BLOCK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let mut filled = 0;
+            while filled < want {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob shorter than its recorded length",
+                )));
+                return;
+            }
+            buf.truncate(filled);
+            left -= filled as u64;
+            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+/// Hashes an object from a blocking reader (upload resumed after restart,
+/// scrub).
+pub fn hash_reader(reader: &mut dyn Read) -> std::io::Result<(crate::oci::Digest, u64)> {
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; BLOCK];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(buf.get(..n).unwrap_or_default());
+        total += n as u64;
+    }
+    Ok((hasher.finish(), total))
+}

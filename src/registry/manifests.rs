@@ -1,0 +1,440 @@
+//! Manifests, tags, referrers and the catalog. A manifest is stored as a
+//! blob, then linked into its repository, then (if it has a `subject`)
+//! linked as a referrer, then tagged: a reader that sees a tag can always
+//! follow it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::io::blocking;
+use super::{Registry, RegistryError, RegistryResult};
+use crate::oci::media;
+use crate::oci::{Descriptor, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
+use crate::storage::{paths, Backend, Entry, StorePath};
+
+const LINK_MAX: u64 = 64 * 1024;
+
+/// Told about every manifest stored or deleted, after the store changed.
+pub trait ManifestListener: Send + Sync {
+    fn manifest_stored(&self, event: &ManifestStored);
+    fn manifest_deleted(&self, repo: &RepoName, digest: &Digest, manifest: Option<&ParsedManifest>);
+}
+
+/// A manifest that was just stored.
+#[derive(Debug, Clone)]
+pub struct ManifestStored {
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub size: u64,
+    pub manifest: ParsedManifest,
+    pub tag: Option<Tag>,
+}
+
+/// A manifest as read back.
+#[derive(Debug, Clone)]
+pub struct ManifestRead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// One page of a sorted listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// Set when more items follow: the `last` to ask for the next page.
+    pub next_last: Option<String>,
+}
+
+fn paginate(mut all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    all.sort();
+    all.dedup();
+    let start = match last {
+        Some(l) => all.partition_point(|x| x.as_str() <= l),
+        None => 0,
+    };
+    let rest = all.get(start..).unwrap_or_default();
+    match n {
+        Some(n) if rest.len() > n => {
+            let items: Vec<String> = rest.iter().take(n).cloned().collect();
+            let next_last = items.last().cloned();
+            Page { items, next_last }
+        }
+        _ => Page {
+            items: rest.to_vec(),
+            next_last: None,
+        },
+    }
+}
+
+fn read_digest_file(b: &dyn Backend, p: &StorePath) -> RegistryResult<Option<Digest>> {
+    let Some(raw) = b.read_small(p, LINK_MAX)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&raw);
+    // A link that does not parse is damage scrub reports; readers treat it
+    // as absent rather than failing every request.
+    Ok(Digest::parse(text.trim()).ok())
+}
+
+/// Reads just the media type of a stored manifest (the body's own field,
+/// or the shape when it has none).
+fn media_type_of(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(Probe {
+            media_type: Some(mt), ..
+        }) => mt,
+        Ok(Probe {
+            manifests: Some(_), ..
+        }) => media::OCI_INDEX.to_string(),
+        _ => media::OCI_MANIFEST.to_string(),
+    }
+}
+
+/// Whether an `Accept` list admits a media type. No list (or a wildcard)
+/// admits everything.
+fn accepts(accept: &[String], media_type: &str) -> bool {
+    accept.is_empty()
+        || accept.iter().any(|a| {
+            let a = a.split(';').next().unwrap_or(a).trim();
+            a == "*/*" || a == "application/*" || a == media_type
+        })
+}
+
+impl Registry {
+    /// Stores a manifest (`PUT /v2/<name>/manifests/<reference>`).
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> RegistryResult<ManifestStored> {
+        let size = body.len() as u64;
+        if size > self.limits.max_manifest_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                size,
+                max: self.limits.max_manifest_bytes,
+            });
+        }
+        let manifest = ParsedManifest::parse(&body, content_type)?;
+        let digest = Digest::of(&body);
+        if let Reference::Digest(want) = reference {
+            if want != &digest {
+                return Err(RegistryError::DigestMismatch {
+                    expected: want.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        for d in manifest.blob_references() {
+            match self.blob_size(repo, &d.digest).await? {
+                None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
+                Some(actual) if actual != d.size => {
+                    return Err(crate::oci::ManifestError::Invalid(format!(
+                        "descriptor of {} says {} bytes but the blob has {actual}",
+                        d.digest, d.size
+                    ))
+                    .into())
+                }
+                Some(_) => {}
+            }
+        }
+        if manifest.kind == ManifestKind::Index {
+            for child in &manifest.manifests {
+                let b = self.backend.clone();
+                let link = paths::manifest_link(repo, &child.digest);
+                if blocking(move || Ok(b.size(&link)?)).await?.is_none() {
+                    return Err(RegistryError::ManifestChildUnknown(child.digest.clone()));
+                }
+            }
+        }
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.clone()),
+            Reference::Digest(_) => None,
+        };
+        let referrer_link = match &manifest.subject {
+            Some(subject) => {
+                let desc = Descriptor {
+                    media_type: manifest.media_type.clone(),
+                    digest: digest.clone(),
+                    size,
+                    artifact_type: manifest.effective_artifact_type(),
+                    annotations: (!manifest.annotations.is_empty()).then(|| manifest.annotations.clone()),
+                    platform: None,
+                };
+                let json = serde_json::to_vec(&desc).map_err(|e| RegistryError::Body(e.to_string()))?;
+                Some((paths::referrer_link(repo, &subject.digest, &digest), json))
+            }
+            None => None,
+        };
+        let b = self.backend.clone();
+        let (blob, link) = (paths::blob(&digest), paths::manifest_link(repo, &digest));
+        let tag_path = tag.as_ref().map(|t| paths::tag(repo, t));
+        let digest_text = digest.to_string().into_bytes();
+        blocking(move || {
+            if b.size(&blob)? != Some(body.len() as u64) {
+                b.write_atomic(&blob, &body)?;
+            }
+            if b.size(&link)?.is_none() {
+                b.write_atomic(&link, &digest_text)?;
+            }
+            if let Some((path, json)) = referrer_link {
+                b.write_atomic(&path, &json)?;
+            }
+            if let Some(tp) = tag_path {
+                b.write_atomic(&tp, &digest_text)?;
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
+        let stored = ManifestStored {
+            repo: repo.clone(),
+            digest,
+            size,
+            manifest,
+            tag,
+        };
+        for l in self.listeners() {
+            l.manifest_stored(&stored);
+        }
+        Ok(stored)
+    }
+
+    /// Resolves a reference to the manifest digest it names in `repo`.
+    pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> RegistryResult<Digest> {
+        let b = self.backend.clone();
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => {
+                let p = paths::tag(repo, t);
+                let b = b.clone();
+                blocking(move || read_digest_file(&*b, &p))
+                    .await?
+                    .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?
+            }
+        };
+        let link = paths::manifest_link(repo, &digest);
+        if blocking(move || Ok(b.size(&link)?)).await?.is_none() {
+            return Err(RegistryError::ManifestUnknown(reference.to_string()));
+        }
+        Ok(digest)
+    }
+
+    /// Reads a manifest (`GET/HEAD /v2/<name>/manifests/<reference>`).
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference, accept: &[String]) -> RegistryResult<ManifestRead> {
+        let digest = self.resolve(repo, reference).await?;
+        let bytes = self.manifest_bytes(&digest).await?;
+        let media_type = media_type_of(&bytes);
+        if !accepts(accept, &media_type) {
+            return Err(RegistryError::NotAcceptable { digest, media_type });
+        }
+        Ok(ManifestRead {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// The stored bytes of a manifest blob.
+    pub async fn manifest_bytes(&self, digest: &Digest) -> RegistryResult<Bytes> {
+        let b = self.backend.clone();
+        let blob = paths::blob(digest);
+        let max = self.limits.max_manifest_bytes;
+        blocking(move || Ok(b.read_small(&blob, max)?))
+            .await?
+            .map(Bytes::from)
+            .ok_or_else(|| RegistryError::ManifestUnknown(digest.to_string()))
+    }
+
+    /// Deletes a tag (reference is a tag) or a manifest with its tags and
+    /// its referrer link (reference is a digest).
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> RegistryResult<()> {
+        match reference {
+            Reference::Tag(t) => {
+                let b = self.backend.clone();
+                let p = paths::tag(repo, t);
+                if !blocking(move || Ok(b.delete(&p)?)).await? {
+                    return Err(RegistryError::ManifestUnknown(t.to_string()));
+                }
+                Ok(())
+            }
+            Reference::Digest(d) => {
+                let digest = self.resolve(repo, reference).await?;
+                let parsed = match self.manifest_bytes(&digest).await {
+                    Ok(bytes) => ParsedManifest::parse(&bytes, None).ok(),
+                    Err(_) => None,
+                };
+                let b = self.backend.clone();
+                let (repo2, d2, subject) = (
+                    repo.clone(),
+                    d.clone(),
+                    parsed.as_ref().and_then(|m| m.subject.as_ref().map(|s| s.digest.clone())),
+                );
+                blocking(move || {
+                    // Tags first: a tag must never point at a missing manifest.
+                    for e in b.list(&paths::tags_dir(&repo2))? {
+                        let Ok(tag) = Tag::parse(&e.name) else { continue };
+                        let tp = paths::tag(&repo2, &tag);
+                        if read_digest_file(&*b, &tp)?.as_ref() == Some(&d2) {
+                            b.delete(&tp)?;
+                        }
+                    }
+                    if let Some(subject) = subject {
+                        b.delete(&paths::referrer_link(&repo2, &subject, &d2))?;
+                    }
+                    b.delete(&paths::manifest_link(&repo2, &d2))?;
+                    Ok(())
+                })
+                .await?;
+                for l in self.listeners() {
+                    l.manifest_deleted(repo, &digest, parsed.as_ref());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a repository exists (has anything linked or tagged).
+    pub async fn repo_exists(&self, repo: &RepoName) -> RegistryResult<bool> {
+        let b = self.backend.clone();
+        let dir = paths::repo_dir(repo);
+        blocking(move || Ok(b.list(&dir)?.iter().any(|e| e.is_dir && e.name.starts_with('_')))).await
+    }
+
+    /// Tags of a repository, sorted, one page.
+    pub async fn list_tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> RegistryResult<Page> {
+        if !self.repo_exists(repo).await? {
+            return Err(RegistryError::NameUnknown(repo.clone()));
+        }
+        let b = self.backend.clone();
+        let dir = paths::tags_dir(repo);
+        let names: Vec<String> = blocking(move || {
+            Ok(b.list(&dir)?
+                .into_iter()
+                .filter(|e| !e.is_dir && Tag::parse(&e.name).is_ok())
+                .map(|e| e.name)
+                .collect())
+        })
+        .await?;
+        Ok(paginate(names, n, last))
+    }
+
+    /// Tags of a repository and the digest each points to.
+    pub async fn tag_map(&self, repo: &RepoName) -> RegistryResult<BTreeMap<Tag, Digest>> {
+        let b = self.backend.clone();
+        let repo = repo.clone();
+        blocking(move || {
+            let mut out = BTreeMap::new();
+            for e in b.list(&paths::tags_dir(&repo))? {
+                let Ok(tag) = Tag::parse(&e.name) else { continue };
+                if let Some(d) = read_digest_file(&*b, &paths::tag(&repo, &tag))? {
+                    out.insert(tag, d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Referrers of `subject` in `repo`, optionally filtered by artifactType.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> RegistryResult<Vec<Descriptor>> {
+        let b = self.backend.clone();
+        let (repo, subject) = (repo.clone(), subject.clone());
+        let mut list: Vec<Descriptor> = blocking(move || {
+            let mut out = Vec::new();
+            for e in b.list(&paths::referrers_dir(&repo, &subject))? {
+                let Some(referrer) = Digest::from_hex(&e.name) else { continue };
+                // A link whose manifest is gone (crash mid-delete) is skipped.
+                if b.size(&paths::manifest_link(&repo, &referrer))?.is_none() {
+                    continue;
+                }
+                let Some(raw) = b.read_small(&paths::referrer_link(&repo, &subject, &referrer), LINK_MAX)? else {
+                    continue;
+                };
+                if let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) {
+                    out.push(desc);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        if let Some(at) = artifact_type {
+            list.retain(|d| d.artifact_type.as_deref() == Some(at));
+        }
+        list.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(list)
+    }
+
+    /// Every repository name, sorted, one page (`GET /v2/_catalog`).
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> RegistryResult<Page> {
+        let names = self.all_repositories().await?;
+        Ok(paginate(names.into_iter().map(|r| r.to_string()).collect(), n, last))
+    }
+
+    /// Every repository in the store (walks `repositories/`).
+    pub async fn all_repositories(&self) -> RegistryResult<Vec<RepoName>> {
+        let b = self.backend.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut stack: Vec<Vec<String>> = vec![Vec::new()];
+            while let Some(components) = stack.pop() {
+                let entries: Vec<Entry> = b.list(&paths::repositories_child(&components))?;
+                if !components.is_empty() && entries.iter().any(|e| e.is_dir && e.name.starts_with('_')) {
+                    if let Ok(name) = RepoName::parse(&components.join("/")) {
+                        out.push(name);
+                    }
+                }
+                for e in entries.into_iter().filter(|e| e.is_dir && !e.name.starts_with('_')) {
+                    let mut next = components.clone();
+                    next.push(e.name);
+                    stack.push(next);
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Digests of every manifest linked into `repo`.
+    pub async fn manifest_digests(&self, repo: &RepoName) -> RegistryResult<Vec<Digest>> {
+        let b = self.backend.clone();
+        let dir = paths::manifests_dir(repo);
+        blocking(move || Ok(b.list(&dir)?.into_iter().filter_map(|e| Digest::from_hex(&e.name)).collect())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination() {
+        let all: Vec<String> = ["c", "a", "b", "d"].iter().map(|s| s.to_string()).collect();
+        let p = paginate(all.clone(), Some(2), None);
+        assert_eq!(p.items, ["a", "b"]);
+        assert_eq!(p.next_last.as_deref(), Some("b"));
+        let p = paginate(all.clone(), Some(2), Some("b"));
+        assert_eq!(p.items, ["c", "d"]);
+        assert_eq!(p.next_last, None);
+        assert!(paginate(all.clone(), Some(0), None).items.is_empty());
+        assert_eq!(paginate(all, None, Some("bb")).items, ["c", "d"]);
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(accepts(&[], media::OCI_INDEX));
+        assert!(accepts(&["*/*".into()], media::OCI_INDEX));
+        assert!(!accepts(&[media::OCI_MANIFEST.into()], media::OCI_INDEX));
+        assert!(accepts(&[format!("{}; q=0.5", media::OCI_INDEX)], media::OCI_INDEX));
+    }
+}

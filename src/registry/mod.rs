@@ -1,0 +1,121 @@
+//! HTTP-free registry services: blobs, upload sessions, manifests, tags,
+//! referrers and the catalog, on top of a storage `Backend`. Nothing here
+//! knows about axum; request bodies arrive as byte streams and answers
+//! leave as plain values.
+
+mod blobs;
+mod io;
+mod manifests;
+mod uploads;
+
+use std::sync::Arc;
+
+pub use blobs::{BlobRead, ByteRange};
+pub use manifests::{ManifestListener, ManifestRead, ManifestStored, Page};
+pub use uploads::UploadStatus;
+
+use crate::oci::{Digest, ManifestError, RepoName};
+use crate::storage::{Backend, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("blob {0} is not known to this repository")]
+    BlobUnknown(Digest),
+    #[error("repository {0} is not known to the registry")]
+    NameUnknown(RepoName),
+    #[error("manifest {0} is not known to this repository")]
+    ManifestUnknown(String),
+    #[error("manifest references blob {0}, which is not in this repository")]
+    ManifestBlobUnknown(Digest),
+    #[error("index references manifest {0}, which is not in this repository")]
+    ManifestChildUnknown(Digest),
+    #[error("manifest is {size} bytes, over the {max}-byte cap")]
+    ManifestTooLarge { size: u64, max: u64 },
+    #[error("digest mismatch: expected {expected}, content hashes to {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("upload session not found")]
+    UploadUnknown,
+    #[error("{0}")]
+    UploadInvalid(String),
+    #[error("chunk starts at {got} but the upload is at offset {offset}")]
+    RangeInvalid { offset: u64, got: u64 },
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("body is over the {max}-byte cap")]
+    BodyTooLarge { max: u64 },
+    #[error("request body could not be read: {0}")]
+    Body(String),
+    #[error("too many upload sessions in progress")]
+    TooManyUploads,
+    #[error("manifest {digest} has media type {media_type}, which the request's Accept header does not allow")]
+    NotAcceptable { digest: Digest, media_type: String },
+}
+
+pub type RegistryResult<T> = Result<T, RegistryError>;
+
+/// Sizes the services enforce.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_manifest_bytes: u64,
+    pub max_upload_sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_upload_sessions: 1024,
+        }
+    }
+}
+
+/// The registry: one per process, shared by every request.
+pub struct Registry {
+    backend: Arc<dyn Backend>,
+    limits: Limits,
+    uploads: uploads::Sessions,
+    listeners: std::sync::RwLock<Vec<Arc<dyn ManifestListener>>>,
+}
+
+impl Registry {
+    pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Self {
+        Registry {
+            backend,
+            limits,
+            uploads: uploads::Sessions::default(),
+            listeners: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Registers a listener told about every manifest stored or deleted
+    /// (used to keep derived indexes current).
+    pub fn add_listener(&self, l: Arc<dyn ManifestListener>) {
+        if let Ok(mut v) = self.listeners.write() {
+            v.push(l);
+        }
+    }
+
+    fn listeners(&self) -> Vec<Arc<dyn ManifestListener>> {
+        self.listeners.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Whether the store accepts writes (for `/healthz`).
+    pub async fn probe_writable(&self) -> RegistryResult<()> {
+        let b = self.backend.clone();
+        io::blocking(move || b.probe_writable().map_err(Into::into)).await
+    }
+}

@@ -1,0 +1,253 @@
+//! The filesystem backend. Every durable write goes through
+//! `write_atomic` or `rename`: temp file in the same filesystem, fsync,
+//! rename, fsync the folder. Temp files carry a random suffix and are
+//! removed by a guard if the write does not complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{AppendWriter, Backend, Entry, ObjectReader, StorageError, StorageResult, StorePath};
+
+pub struct FsBackend {
+    root: PathBuf,
+}
+
+impl FsBackend {
+    /// Opens (creating if missing) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        Ok(FsBackend { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, p: &StorePath) -> PathBuf {
+        self.root.join(p.as_str())
+    }
+}
+
+fn io_err(p: &StorePath) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |e| StorageError::io(p, e)
+}
+
+fn not_found<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and every missing parent, fsyncing each parent whose
+/// entries changed, so a new folder survives a crash.
+fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Removes a temp file unless `keep` was called.
+struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempGuard {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn temp_name(target: &Path) -> PathBuf {
+    let mut name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+    target.with_file_name(name)
+}
+
+struct FsAppend {
+    file: File,
+    path: StorePath,
+}
+
+impl AppendWriter for FsAppend {
+    fn write_all(&mut self, buf: &[u8]) -> StorageResult<()> {
+        self.file.write_all(buf).map_err(io_err(&self.path))
+    }
+    fn sync(&mut self) -> StorageResult<()> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+}
+
+impl Backend for FsBackend {
+    fn read_small(&self, path: &StorePath, max: u64) -> StorageResult<Option<Vec<u8>>> {
+        let Some(file) = not_found(File::open(self.full(path))).map_err(io_err(path))? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::new();
+        file.take(max.saturating_add(1)).read_to_end(&mut buf).map_err(io_err(path))?;
+        if buf.len() as u64 > max {
+            return Err(StorageError::TooLarge(path.to_string(), max));
+        }
+        Ok(Some(buf))
+    }
+
+    fn write_atomic(&self, path: &StorePath, data: &[u8]) -> StorageResult<()> {
+        let target = self.full(path);
+        let dir = target.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        create_dir_durable(&dir).map_err(io_err(path))?;
+        let tmp = temp_name(&target);
+        let guard = TempGuard {
+            path: tmp.clone(),
+            armed: true,
+        };
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(path))?;
+        f.write_all(data).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+        drop(f);
+        fs::rename(&tmp, &target).map_err(io_err(path))?;
+        guard.keep();
+        sync_dir(&dir).map_err(io_err(path))
+    }
+
+    fn size(&self, path: &StorePath) -> StorageResult<Option<u64>> {
+        let m = not_found(fs::metadata(self.full(path))).map_err(io_err(path))?;
+        Ok(m.filter(|m| m.is_file()).map(|m| m.len()))
+    }
+
+    fn open_read(&self, path: &StorePath, offset: u64) -> StorageResult<Option<ObjectReader>> {
+        let Some(mut file) = not_found(File::open(self.full(path))).map_err(io_err(path))? else {
+            return Ok(None);
+        };
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+        }
+        Ok(Some(ObjectReader {
+            reader: Box::new(file),
+            len,
+        }))
+    }
+
+    fn open_append(&self, path: &StorePath, truncate_to: u64) -> StorageResult<Box<dyn AppendWriter>> {
+        let full = self.full(path);
+        if let Some(dir) = full.parent() {
+            create_dir_durable(dir).map_err(io_err(path))?;
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&full)
+            .map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len != truncate_to {
+            file.set_len(truncate_to).map_err(io_err(path))?;
+        }
+        file.seek(SeekFrom::Start(truncate_to)).map_err(io_err(path))?;
+        Ok(Box::new(FsAppend {
+            file,
+            path: path.clone(),
+        }))
+    }
+
+    fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()> {
+        let src = self.full(from);
+        let dst = self.full(to);
+        let dir = dst.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        create_dir_durable(&dir).map_err(io_err(to))?;
+        // The source's bytes must be on disk before its name moves.
+        File::open(&src).and_then(|f| f.sync_all()).map_err(io_err(from))?;
+        fs::rename(&src, &dst).map_err(io_err(to))?;
+        sync_dir(&dir).map_err(io_err(to))
+    }
+
+    fn delete(&self, path: &StorePath) -> StorageResult<bool> {
+        let full = self.full(path);
+        match fs::remove_file(&full) {
+            Ok(()) => {
+                if let Some(dir) = full.parent() {
+                    sync_dir(dir).map_err(io_err(path))?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StorageError::io(path, e)),
+        }
+    }
+
+    fn delete_dir(&self, path: &StorePath) -> StorageResult<()> {
+        match fs::remove_dir_all(self.full(path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(path, e)),
+        }
+    }
+
+    fn list(&self, path: &StorePath) -> StorageResult<Vec<Entry>> {
+        let Some(rd) = not_found(fs::read_dir(self.full(path))).map_err(io_err(path))? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(io_err(path))?;
+            let Ok(name) = ent.file_name().into_string() else {
+                continue;
+            };
+            // Temp files of in-flight writes are not objects.
+            if name.contains(".tmp-") {
+                continue;
+            }
+            let is_dir = ent.file_type().map_err(io_err(path))?.is_dir();
+            out.push(Entry { name, is_dir });
+        }
+        Ok(out)
+    }
+
+    fn age_secs(&self, path: &StorePath) -> StorageResult<Option<u64>> {
+        let m = not_found(fs::metadata(self.full(path))).map_err(io_err(path))?;
+        Ok(m.map(|m| {
+            m.modified()
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        }))
+    }
+
+    fn probe_writable(&self) -> StorageResult<()> {
+        let probe = self.root.join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+        let p = StorePath::probe();
+        let r = File::create(&probe).and_then(|mut f| f.write_all(b"ok"));
+        let _ = fs::remove_file(&probe);
+        r.map_err(io_err(&p))
+    }
+}

@@ -1,0 +1,92 @@
+//! The store: a small backend trait (small objects, streaming reads with an
+//! offset, append-only writers with an explicit sync, atomic rename into
+//! place, listing, deletion) and the filesystem backend that implements it.
+//! The trait is synchronous; services call it from blocking threads, which
+//! keeps it implementable by any object store client.
+
+pub mod fs;
+pub mod paths;
+
+use std::io::Read;
+
+pub use fs::FsBackend;
+pub use paths::{StorePath, UploadId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object {0} is larger than the {1}-byte cap")]
+    TooLarge(String, u64),
+}
+
+impl StorageError {
+    pub fn io(path: &StorePath, source: std::io::Error) -> Self {
+        StorageError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+    /// ENOSPC or EDQUOT: the client gets 507, not a generic 500.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => matches!(source.raw_os_error(), Some(28) | Some(122)),
+            StorageError::TooLarge(..) => false,
+        }
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A readable object: the reader starts at the requested offset; `len` is
+/// the object's whole length.
+pub struct ObjectReader {
+    pub reader: Box<dyn Read + Send>,
+    pub len: u64,
+}
+
+/// An append-only writer (upload data). Bytes are durable only after
+/// `sync`.
+pub trait AppendWriter: Send {
+    fn write_all(&mut self, buf: &[u8]) -> StorageResult<()>;
+    fn sync(&mut self) -> StorageResult<()>;
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Reads a whole small object; `None` if it does not exist.
+    fn read_small(&self, path: &StorePath, max: u64) -> StorageResult<Option<Vec<u8>>>;
+    /// Writes a small object atomically and durably (temp, fsync, rename,
+    /// fsync dir). Readers see the old or the new content, never a mix.
+    fn write_atomic(&self, path: &StorePath, data: &[u8]) -> StorageResult<()>;
+    /// The object's length, `None` if it does not exist.
+    fn size(&self, path: &StorePath) -> StorageResult<Option<u64>>;
+    /// Opens an object for reading at `offset`.
+    fn open_read(&self, path: &StorePath, offset: u64) -> StorageResult<Option<ObjectReader>>;
+    /// Opens (creating) an object for appending, first cutting it to
+    /// `truncate_to` bytes so unacknowledged bytes from a crash are dropped.
+    fn open_append(&self, path: &StorePath, truncate_to: u64) -> StorageResult<Box<dyn AppendWriter>>;
+    /// Durably moves `from` to `to` (creating `to`'s folder). If `to`
+    /// already exists it is replaced atomically.
+    fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()>;
+    /// Deletes an object; `false` if it did not exist.
+    fn delete(&self, path: &StorePath) -> StorageResult<bool>;
+    /// Deletes a folder and everything below it.
+    fn delete_dir(&self, path: &StorePath) -> StorageResult<()>;
+    /// Lists a folder's children (empty if it does not exist), unsorted.
+    fn list(&self, path: &StorePath) -> StorageResult<Vec<Entry>>;
+    /// Seconds since the object was last modified (for GC grace periods).
+    fn age_secs(&self, path: &StorePath) -> StorageResult<Option<u64>>;
+    /// Checks that the store accepts writes.
+    fn probe_writable(&self) -> StorageResult<()>;
+}
