@@ -43,12 +43,36 @@ pub struct ConfigError {
 
 /// `(variable, default, meaning)` for `--help` and the README.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("BPF_REGISTRY_HTTP_ADDR", ":8084", "listen address; `:PORT` means all interfaces, or HOST:PORT"),
-    ("BPF_REGISTRY_DATA_DIR", "/data/artifacts", "store root (created if missing)"),
-    ("BPF_REGISTRY_LOG_LEVEL", "INFO", "DEBUG, INFO, WARN or ERROR"),
-    ("BPF_REGISTRY_MAX_MANIFEST_BYTES", "4194304", "largest manifest accepted (bytes)"),
-    ("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "1024", "upload sessions open at once; more get 429"),
-    ("BPF_REGISTRY_MAX_ARTIFACT_BYTES", "67108864", "largest decoded `data` of POST /artifacts (bytes)"),
+    (
+        "BPF_REGISTRY_HTTP_ADDR",
+        ":8084",
+        "listen address; `:PORT` means all interfaces, or HOST:PORT",
+    ),
+    (
+        "BPF_REGISTRY_DATA_DIR",
+        "/data/artifacts",
+        "store root (created if missing)",
+    ),
+    (
+        "BPF_REGISTRY_LOG_LEVEL",
+        "INFO",
+        "DEBUG, INFO, WARN or ERROR",
+    ),
+    (
+        "BPF_REGISTRY_MAX_MANIFEST_BYTES",
+        "4194304",
+        "largest manifest accepted (bytes)",
+    ),
+    (
+        "BPF_REGISTRY_MAX_UPLOAD_SESSIONS",
+        "1024",
+        "upload sessions open at once; more get 429",
+    ),
+    (
+        "BPF_REGISTRY_MAX_ARTIFACT_BYTES",
+        "67108864",
+        "largest decoded `data` of POST /artifacts (bytes)",
+    ),
 ];
 
 impl Config {
@@ -66,7 +90,8 @@ impl Config {
                 message: format!("invalid address {v:?}: expected :PORT or HOST:PORT"),
             })?,
         };
-        let data_dir = PathBuf::from(val("BPF_REGISTRY_DATA_DIR").unwrap_or_else(|| "/data/artifacts".into()));
+        let data_dir =
+            PathBuf::from(val("BPF_REGISTRY_DATA_DIR").unwrap_or_else(|| "/data/artifacts".into()));
         let log_level = match val("BPF_REGISTRY_LOG_LEVEL").map(|v| v.trim().to_ascii_uppercase()) {
             None => LogLevel::Info,
             Some(v) => match v.as_str() {
@@ -77,7 +102,9 @@ impl Config {
                 _ => {
                     return Err(ConfigError {
                         var: "BPF_REGISTRY_LOG_LEVEL",
-                        message: format!("invalid level {v:?}: expected DEBUG, INFO, WARN or ERROR"),
+                        message: format!(
+                            "invalid level {v:?}: expected DEBUG, INFO, WARN or ERROR"
+                        ),
                     })
                 }
             },
@@ -93,7 +120,11 @@ impl Config {
     }
 }
 
-fn number(val: &impl Fn(&'static str) -> Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+fn number(
+    val: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
     match val(var) {
         None => Ok(default),
         Some(v) => match v.trim().parse::<u64>() {
@@ -108,7 +139,10 @@ fn number(val: &impl Fn(&'static str) -> Option<String>, var: &'static str, defa
 
 fn parse_addr(v: &str) -> Option<SocketAddr> {
     if let Some(port) = v.strip_prefix(':') {
-        return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port.parse().ok()?));
+        return Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port.parse().ok()?,
+        ));
     }
     if let Ok(a) = v.parse::<SocketAddr>() {
         return Some(a);
@@ -128,7 +162,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -142,9 +179,18 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(cfg(&[("BPF_REGISTRY_HTTP_ADDR", ":9000")]).unwrap().http_addr.port(), 9000);
         assert_eq!(
-            cfg(&[("BPF_REGISTRY_HTTP_ADDR", "127.0.0.1:0")]).unwrap().http_addr.to_string(),
+            cfg(&[("BPF_REGISTRY_HTTP_ADDR", ":9000")])
+                .unwrap()
+                .http_addr
+                .port(),
+            9000
+        );
+        assert_eq!(
+            cfg(&[("BPF_REGISTRY_HTTP_ADDR", "127.0.0.1:0")])
+                .unwrap()
+                .http_addr
+                .to_string(),
             "127.0.0.1:0"
         );
         let e = cfg(&[("BPF_REGISTRY_HTTP_ADDR", "nonsense")]).unwrap_err();
@@ -153,8 +199,16 @@ mod tests {
 
     #[test]
     fn log_levels() {
-        assert_eq!(cfg(&[("BPF_REGISTRY_LOG_LEVEL", "debug")]).unwrap().log_level, LogLevel::Debug);
-        assert_eq!(cfg(&[("BPF_REGISTRY_LOG_LEVEL", "LOUD")]).unwrap_err().var, "BPF_REGISTRY_LOG_LEVEL");
+        assert_eq!(
+            cfg(&[("BPF_REGISTRY_LOG_LEVEL", "debug")])
+                .unwrap()
+                .log_level,
+            LogLevel::Debug
+        );
+        assert_eq!(
+            cfg(&[("BPF_REGISTRY_LOG_LEVEL", "LOUD")]).unwrap_err().var,
+            "BPF_REGISTRY_LOG_LEVEL"
+        );
         assert!(cfg(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "-1")]).is_err());
     }
 }

@@ -46,9 +46,11 @@ impl OciErrorCode {
     pub fn status(self) -> StatusCode {
         use OciErrorCode::*;
         match self {
-            BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => StatusCode::NOT_FOUND,
-            BlobUploadInvalid | DigestInvalid | ManifestBlobUnknown | ManifestInvalid | NameInvalid
-            | SizeInvalid => StatusCode::BAD_REQUEST,
+            BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => {
+                StatusCode::NOT_FOUND
+            }
+            BlobUploadInvalid | DigestInvalid | ManifestBlobUnknown | ManifestInvalid
+            | NameInvalid | SizeInvalid => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Denied => StatusCode::FORBIDDEN,
             Unsupported => StatusCode::METHOD_NOT_ALLOWED,
@@ -128,7 +130,8 @@ impl OciError {
                 detail: self.detail.as_ref(),
             }],
         };
-        serde_json::to_vec(&env).unwrap_or_else(|_| br#"{"errors":[{"code":"UNKNOWN","message":"error"}]}"#.to_vec())
+        serde_json::to_vec(&env)
+            .unwrap_or_else(|_| br#"{"errors":[{"code":"UNKNOWN","message":"error"}]}"#.to_vec())
     }
 }
 

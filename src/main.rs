@@ -45,7 +45,10 @@ fn main() {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -61,7 +64,12 @@ fn main() {
 async fn serve(config: Config) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.http_addr)))?;
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", config.http_addr),
+            )
+        })?;
     tracing::info!(
         addr = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),

@@ -1897,8 +1897,8 @@ char _license[] SEC("license") = "Dual BSD/GPL";
 
     #[test]
     fn endianness_serde_names() {
-        use serde::de::IntoDeserializer;
         use serde::de::value::Error;
+        use serde::de::IntoDeserializer;
         let de = |s: &'static str| {
             Endianness::deserialize(IntoDeserializer::<Error>::into_deserializer(s))
         };

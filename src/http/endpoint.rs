@@ -12,18 +12,54 @@ use crate::storage::UploadId;
 pub enum Endpoint {
     Base,
     Catalog,
-    ListTags { name: RepoName },
-    GetManifest { name: RepoName, reference: Reference, head: bool },
-    PutManifest { name: RepoName, reference: Reference },
-    DeleteManifest { name: RepoName, reference: Reference },
-    GetBlob { name: RepoName, digest: Digest, head: bool },
-    DeleteBlob { name: RepoName, digest: Digest },
-    StartUpload { name: RepoName },
-    GetUpload { name: RepoName, id: UploadId },
-    PatchUpload { name: RepoName, id: UploadId },
-    PutUpload { name: RepoName, id: UploadId },
-    DeleteUpload { name: RepoName, id: UploadId },
-    Referrers { name: RepoName, digest: Digest },
+    ListTags {
+        name: RepoName,
+    },
+    GetManifest {
+        name: RepoName,
+        reference: Reference,
+        head: bool,
+    },
+    PutManifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    DeleteManifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    GetBlob {
+        name: RepoName,
+        digest: Digest,
+        head: bool,
+    },
+    DeleteBlob {
+        name: RepoName,
+        digest: Digest,
+    },
+    StartUpload {
+        name: RepoName,
+    },
+    GetUpload {
+        name: RepoName,
+        id: UploadId,
+    },
+    PatchUpload {
+        name: RepoName,
+        id: UploadId,
+    },
+    PutUpload {
+        name: RepoName,
+        id: UploadId,
+    },
+    DeleteUpload {
+        name: RepoName,
+        id: UploadId,
+    },
+    Referrers {
+        name: RepoName,
+        digest: Digest,
+    },
 }
 
 impl Endpoint {
@@ -70,12 +106,18 @@ impl Endpoint {
 }
 
 fn unsupported(method: &Method) -> OciError {
-    OciError::new(OciErrorCode::Unsupported, format!("method {method} is not supported here"))
+    OciError::new(
+        OciErrorCode::Unsupported,
+        format!("method {method} is not supported here"),
+    )
 }
 
 fn not_found(path: &str) -> OciError {
-    OciError::new(OciErrorCode::NameUnknown, format!("no such endpoint: {path}"))
-        .with_detail(serde_json::json!({ "path": path }))
+    OciError::new(
+        OciErrorCode::NameUnknown,
+        format!("no such endpoint: {path}"),
+    )
+    .with_detail(serde_json::json!({ "path": path }))
 }
 
 /// Decodes `%XX` escapes; `None` for malformed escapes or a NUL byte.
@@ -86,8 +128,12 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Parses a request. `path` is the raw URI path, starting with `/v2`.
 pub fn parse(method: &Method, path: &str) -> Result<Endpoint, OciError> {
-    let decoded = percent_decode(path)
-        .ok_or_else(|| OciError::new(OciErrorCode::NameInvalid, "path is not valid percent-encoded UTF-8"))?;
+    let decoded = percent_decode(path).ok_or_else(|| {
+        OciError::new(
+            OciErrorCode::NameInvalid,
+            "path is not valid percent-encoded UTF-8",
+        )
+    })?;
     let Some(rest) = decoded.strip_prefix("/v2") else {
         return Err(not_found(path));
     };
@@ -106,7 +152,12 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, OciError> {
     }
     let segs: Vec<&str> = rest.split('/').collect();
     let n = segs.len();
-    let seg = |i: usize| -> &str { n.checked_sub(i).and_then(|k| segs.get(k)).copied().unwrap_or("") };
+    let seg = |i: usize| -> &str {
+        n.checked_sub(i)
+            .and_then(|k| segs.get(k))
+            .copied()
+            .unwrap_or("")
+    };
     let name_of = |drop: usize| -> Result<RepoName, OciError> {
         let parts = segs.get(..n.saturating_sub(drop)).unwrap_or_default();
         Ok(RepoName::parse(&parts.join("/"))?)
@@ -123,8 +174,16 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, OciError> {
         let name = name_of(2)?;
         let reference = Reference::parse(seg(1))?;
         return match *m {
-            Method::GET => Ok(Endpoint::GetManifest { name, reference, head: false }),
-            Method::HEAD => Ok(Endpoint::GetManifest { name, reference, head: true }),
+            Method::GET => Ok(Endpoint::GetManifest {
+                name,
+                reference,
+                head: false,
+            }),
+            Method::HEAD => Ok(Endpoint::GetManifest {
+                name,
+                reference,
+                head: true,
+            }),
             Method::PUT => Ok(Endpoint::PutManifest { name, reference }),
             Method::DELETE => Ok(Endpoint::DeleteManifest { name, reference }),
             _ => Err(unsupported(m)),
@@ -143,7 +202,10 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, OciError> {
     if n >= 4 && seg(3) == "blobs" && seg(2) == "uploads" {
         let name = name_of(3)?;
         let id = UploadId::parse(seg(1)).ok_or_else(|| {
-            OciError::new(OciErrorCode::BlobUploadUnknown, format!("upload {:?} not found", seg(1)))
+            OciError::new(
+                OciErrorCode::BlobUploadUnknown,
+                format!("upload {:?} not found", seg(1)),
+            )
         })?;
         return match *m {
             Method::GET => Ok(Endpoint::GetUpload { name, id }),
@@ -157,8 +219,16 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, OciError> {
         let name = name_of(2)?;
         let digest = Digest::parse(seg(1))?;
         return match *m {
-            Method::GET => Ok(Endpoint::GetBlob { name, digest, head: false }),
-            Method::HEAD => Ok(Endpoint::GetBlob { name, digest, head: true }),
+            Method::GET => Ok(Endpoint::GetBlob {
+                name,
+                digest,
+                head: false,
+            }),
+            Method::HEAD => Ok(Endpoint::GetBlob {
+                name,
+                digest,
+                head: true,
+            }),
             Method::DELETE => Ok(Endpoint::DeleteBlob { name, digest }),
             _ => Err(unsupported(m)),
         };
@@ -193,40 +263,128 @@ mod tests {
         assert_eq!(ok(Method::GET, "/v2/"), Endpoint::Base);
         assert_eq!(ok(Method::GET, "/v2"), Endpoint::Base);
         assert_eq!(ok(Method::GET, "/v2/_catalog"), Endpoint::Catalog);
-        assert!(matches!(ok(Method::GET, "/v2/a/b/c/tags/list"), Endpoint::ListTags { name } if name.as_str() == "a/b/c"));
-        assert!(matches!(ok(Method::GET, "/v2/a/manifests/latest"), Endpoint::GetManifest { head: false, .. }));
-        assert!(matches!(ok(Method::HEAD, &format!("/v2/a/manifests/{D}")), Endpoint::GetManifest { head: true, reference: Reference::Digest(_), .. }));
-        assert!(matches!(ok(Method::PUT, "/v2/x/y/manifests/v1"), Endpoint::PutManifest { .. }));
-        assert!(matches!(ok(Method::DELETE, "/v2/x/manifests/v1"), Endpoint::DeleteManifest { .. }));
-        assert!(matches!(ok(Method::GET, &format!("/v2/a/blobs/{D}")), Endpoint::GetBlob { head: false, .. }));
-        assert!(matches!(ok(Method::DELETE, &format!("/v2/a/blobs/{D}")), Endpoint::DeleteBlob { .. }));
-        assert!(matches!(ok(Method::POST, "/v2/a/b/blobs/uploads/"), Endpoint::StartUpload { name } if name.as_str() == "a/b"));
-        assert!(matches!(ok(Method::POST, "/v2/a/blobs/uploads"), Endpoint::StartUpload { .. }));
-        assert!(matches!(ok(Method::PATCH, &format!("/v2/a/blobs/uploads/{U}")), Endpoint::PatchUpload { .. }));
-        assert!(matches!(ok(Method::GET, &format!("/v2/a/blobs/uploads/{U}")), Endpoint::GetUpload { .. }));
-        assert!(matches!(ok(Method::PUT, &format!("/v2/a/blobs/uploads/{U}")), Endpoint::PutUpload { .. }));
-        assert!(matches!(ok(Method::DELETE, &format!("/v2/a/blobs/uploads/{U}")), Endpoint::DeleteUpload { .. }));
-        assert!(matches!(ok(Method::GET, &format!("/v2/a/referrers/{D}")), Endpoint::Referrers { .. }));
+        assert!(
+            matches!(ok(Method::GET, "/v2/a/b/c/tags/list"), Endpoint::ListTags { name } if name.as_str() == "a/b/c")
+        );
+        assert!(matches!(
+            ok(Method::GET, "/v2/a/manifests/latest"),
+            Endpoint::GetManifest { head: false, .. }
+        ));
+        assert!(matches!(
+            ok(Method::HEAD, &format!("/v2/a/manifests/{D}")),
+            Endpoint::GetManifest {
+                head: true,
+                reference: Reference::Digest(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            ok(Method::PUT, "/v2/x/y/manifests/v1"),
+            Endpoint::PutManifest { .. }
+        ));
+        assert!(matches!(
+            ok(Method::DELETE, "/v2/x/manifests/v1"),
+            Endpoint::DeleteManifest { .. }
+        ));
+        assert!(matches!(
+            ok(Method::GET, &format!("/v2/a/blobs/{D}")),
+            Endpoint::GetBlob { head: false, .. }
+        ));
+        assert!(matches!(
+            ok(Method::DELETE, &format!("/v2/a/blobs/{D}")),
+            Endpoint::DeleteBlob { .. }
+        ));
+        assert!(
+            matches!(ok(Method::POST, "/v2/a/b/blobs/uploads/"), Endpoint::StartUpload { name } if name.as_str() == "a/b")
+        );
+        assert!(matches!(
+            ok(Method::POST, "/v2/a/blobs/uploads"),
+            Endpoint::StartUpload { .. }
+        ));
+        assert!(matches!(
+            ok(Method::PATCH, &format!("/v2/a/blobs/uploads/{U}")),
+            Endpoint::PatchUpload { .. }
+        ));
+        assert!(matches!(
+            ok(Method::GET, &format!("/v2/a/blobs/uploads/{U}")),
+            Endpoint::GetUpload { .. }
+        ));
+        assert!(matches!(
+            ok(Method::PUT, &format!("/v2/a/blobs/uploads/{U}")),
+            Endpoint::PutUpload { .. }
+        ));
+        assert!(matches!(
+            ok(Method::DELETE, &format!("/v2/a/blobs/uploads/{U}")),
+            Endpoint::DeleteUpload { .. }
+        ));
+        assert!(matches!(
+            ok(Method::GET, &format!("/v2/a/referrers/{D}")),
+            Endpoint::Referrers { .. }
+        ));
         // A repository may itself contain `blobs` or `manifests` components.
-        assert!(matches!(ok(Method::GET, "/v2/blobs/manifests/manifests/x"), Endpoint::GetManifest { name, .. } if name.as_str() == "blobs/manifests"));
+        assert!(
+            matches!(ok(Method::GET, "/v2/blobs/manifests/manifests/x"), Endpoint::GetManifest { name, .. } if name.as_str() == "blobs/manifests")
+        );
         // Deep names are fine.
-        let deep = (0..20).map(|i| format!("c{i}")).collect::<Vec<_>>().join("/");
-        assert!(matches!(ok(Method::GET, &format!("/v2/{deep}/tags/list")), Endpoint::ListTags { .. }));
+        let deep = (0..20)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        assert!(matches!(
+            ok(Method::GET, &format!("/v2/{deep}/tags/list")),
+            Endpoint::ListTags { .. }
+        ));
     }
 
     #[test]
     fn malformed() {
-        assert_eq!(code(Method::GET, "/v2/a/blobs/sha256:xyz"), OciErrorCode::DigestInvalid);
-        assert_eq!(code(Method::GET, "/v2/a/referrers/nonsense:"), OciErrorCode::DigestInvalid);
-        assert_eq!(code(Method::GET, "/v2/A/tags/list"), OciErrorCode::NameInvalid);
-        assert_eq!(code(Method::GET, "/v2/../etc/tags/list"), OciErrorCode::NameInvalid);
-        assert_eq!(code(Method::GET, "/v2/%2e%2e/tags/list"), OciErrorCode::NameInvalid);
-        assert_eq!(code(Method::GET, "/v2/a%00/tags/list"), OciErrorCode::NameInvalid);
-        assert_eq!(code(Method::GET, "/v2/a/_tags/x/tags/list"), OciErrorCode::NameInvalid);
-        assert_eq!(code(Method::GET, "/v2/a/manifests/-bad"), OciErrorCode::ManifestInvalid);
-        assert_eq!(code(Method::GET, "/v2/a/blobs/uploads/not-a-uuid"), OciErrorCode::BlobUploadUnknown);
-        assert_eq!(code(Method::POST, "/v2/a/manifests/x"), OciErrorCode::Unsupported);
-        assert_eq!(code(Method::GET, "/v2/a/unknown"), OciErrorCode::NameUnknown);
-        assert_eq!(code(Method::GET, "/v2//manifests/x"), OciErrorCode::NameInvalid);
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/sha256:xyz"),
+            OciErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/referrers/nonsense:"),
+            OciErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/A/tags/list"),
+            OciErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/../etc/tags/list"),
+            OciErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/%2e%2e/tags/list"),
+            OciErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a%00/tags/list"),
+            OciErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/_tags/x/tags/list"),
+            OciErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/manifests/-bad"),
+            OciErrorCode::ManifestInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/uploads/not-a-uuid"),
+            OciErrorCode::BlobUploadUnknown
+        );
+        assert_eq!(
+            code(Method::POST, "/v2/a/manifests/x"),
+            OciErrorCode::Unsupported
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/unknown"),
+            OciErrorCode::NameUnknown
+        );
+        assert_eq!(
+            code(Method::GET, "/v2//manifests/x"),
+            OciErrorCode::NameInvalid
+        );
     }
 }

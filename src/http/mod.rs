@@ -3,6 +3,7 @@
 
 pub mod endpoint;
 mod health;
+mod rest;
 pub mod v2;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +15,11 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get};
 use axum::Router;
 use http_body_util::BodyExt;
 
+use crate::artifacts::ArtifactService;
 use crate::config::Config;
 use crate::error::{OciError, OciErrorCode};
 use crate::oci::Digest;
@@ -27,6 +29,7 @@ use crate::registry::{BlobRead, Registry};
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    pub artifacts: Arc<ArtifactService>,
     pub config: Arc<Config>,
 }
 
@@ -40,6 +43,15 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/artifacts", get(rest::list).post(rest::create))
+        .route("/artifacts/for-host/{host_id}", get(rest::for_host))
+        .route("/artifacts/{id}", get(rest::get).delete(rest::delete))
+        .route("/artifacts/{id}/binary", get(rest::binary))
+        .route(
+            "/artifacts/{id}/hosts",
+            get(rest::hosts).post(rest::add_host),
+        )
+        .route("/artifacts/{id}/hosts/{host_id}", delete(rest::remove_host))
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))
@@ -60,8 +72,10 @@ async fn fallback(req: Request) -> Response {
 impl IntoResponse for OciError {
     fn into_response(self) -> Response {
         let mut r = (self.code.status(), self.body()).into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         r
     }
 }
@@ -69,8 +83,10 @@ impl IntoResponse for OciError {
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -84,8 +100,13 @@ impl BodyReadError {
     /// Maps to an OCI error; `too_large` is the code for an oversized body.
     pub fn into_oci(self, too_large: OciErrorCode, max: u64) -> OciError {
         match self {
-            BodyReadError::TooLarge => OciError::new(too_large, format!("body is over the {max}-byte cap")),
-            BodyReadError::Broken(m) => OciError::new(OciErrorCode::SizeInvalid, format!("body could not be read: {m}")),
+            BodyReadError::TooLarge => {
+                OciError::new(too_large, format!("body is over the {max}-byte cap"))
+            }
+            BodyReadError::Broken(m) => OciError::new(
+                OciErrorCode::SizeInvalid,
+                format!("body could not be read: {m}"),
+            ),
         }
     }
 }
@@ -96,7 +117,9 @@ pub async fn read_body_capped(body: Body, max: u64) -> Result<bytes::Bytes, Body
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(BodyReadError::TooLarge)
             } else {
                 Err(BodyReadError::Broken(e.to_string()))
@@ -122,7 +145,10 @@ pub fn blob_response(blob: BlobRead, digest: &Digest, content_type: &str) -> Res
     h.insert(header::ETAG, hv(format!("\"{digest}\"")));
     if blob.partial {
         let end = (blob.start + blob.len).saturating_sub(1);
-        h.insert(header::CONTENT_RANGE, hv(format!("bytes {}-{}/{}", blob.start, end, blob.total)));
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(format!("bytes {}-{}/{}", blob.start, end, blob.total)),
+        );
     }
     r
 }
@@ -142,11 +168,19 @@ async fn log_requests(req: Request, next: Next) -> Response {
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     let mut resp = next.run(req).await;
-    let route = resp.extensions().get::<RouteName>().map(|r| r.0).unwrap_or("unmatched");
+    let route = resp
+        .extensions()
+        .get::<RouteName>()
+        .map(|r| r.0)
+        .unwrap_or("unmatched");
     let status = resp.status().as_u16();
     let bytes = resp
         .headers()

@@ -52,8 +52,12 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn body_stream(req: Request) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin + Send {
-    req.into_body().into_data_stream().map_err(std::io::Error::other)
+fn body_stream(
+    req: Request,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin + Send {
+    req.into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other)
 }
 
 fn parse_n(q: &HashMap<String, String>) -> Result<Option<usize>, OciError> {
@@ -67,7 +71,9 @@ fn parse_n(q: &HashMap<String, String>) -> Result<Option<usize>, OciError> {
 }
 
 fn query_digest(q: &HashMap<String, String>, key: &str) -> Result<Option<Digest>, OciError> {
-    q.get(key).map(|d| Digest::parse(d).map_err(OciError::from)).transpose()
+    q.get(key)
+        .map(|d| Digest::parse(d).map_err(OciError::from))
+        .transpose()
 }
 
 fn upload_accepted(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
@@ -93,9 +99,12 @@ fn blob_created(name: &RepoName, digest: &Digest) -> Response {
 
 fn link_header(resp: &mut Response, base: &str, page: &Page, n: Option<usize>) {
     if let (Some(last), Some(n)) = (&page.next_last, n) {
-        let last_enc = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
-        resp.headers_mut()
-            .insert(header::LINK, hv(&format!("<{base}?n={n}&last={last_enc}>; rel=\"next\"")));
+        let last_enc =
+            percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
+        resp.headers_mut().insert(
+            header::LINK,
+            hv(&format!("<{base}?n={n}&last={last_enc}>; rel=\"next\"")),
+        );
     }
 }
 
@@ -104,12 +113,20 @@ fn parse_content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>, OciError> {
     let Some(v) = h.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let bad = || OciError::new(OciErrorCode::RangeInvalid, "malformed Content-Range: expected <start>-<end>");
+    let bad = || {
+        OciError::new(
+            OciErrorCode::RangeInvalid,
+            "malformed Content-Range: expected <start>-<end>",
+        )
+    };
     let s = v.to_str().map_err(|_| bad())?.trim();
     let s = s.strip_prefix("bytes ").unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
     if b < a {
         return Err(bad());
     }
@@ -130,12 +147,21 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
         }
         Endpoint::ListTags { name } => {
             let n = parse_n(&q)?;
-            let page = reg.list_tags(&name, n, q.get("last").map(String::as_str)).await?;
-            let mut r = json_response(StatusCode::OK, &json!({ "name": name.as_str(), "tags": page.items }));
+            let page = reg
+                .list_tags(&name, n, q.get("last").map(String::as_str))
+                .await?;
+            let mut r = json_response(
+                StatusCode::OK,
+                &json!({ "name": name.as_str(), "tags": page.items }),
+            );
             link_header(&mut r, &format!("/v2/{name}/tags/list"), &page, n);
             Ok(r)
         }
-        Endpoint::GetManifest { name, reference, head } => {
+        Endpoint::GetManifest {
+            name,
+            reference,
+            head,
+        } => {
             let accept: Vec<String> = req
                 .headers()
                 .get_all(header::ACCEPT)
@@ -146,7 +172,11 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 .collect();
             let m = reg.get_manifest(&name, &reference, &accept).await?;
             let len = m.bytes.len();
-            let body = if head { Body::empty() } else { Body::from(m.bytes) };
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from(m.bytes)
+            };
             let mut r = (StatusCode::OK, body).into_response();
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, hv(&m.media_type));
@@ -165,10 +195,15 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             let body = read_body_capped(req.into_body(), max)
                 .await
                 .map_err(|e| e.into_oci(OciErrorCode::ManifestTooLarge, max))?;
-            let stored = reg.put_manifest(&name, &reference, content_type.as_deref(), body).await?;
+            let stored = reg
+                .put_manifest(&name, &reference, content_type.as_deref(), body)
+                .await?;
             let mut r = (StatusCode::CREATED, Body::empty()).into_response();
             let h = r.headers_mut();
-            h.insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{}", stored.digest)));
+            h.insert(
+                header::LOCATION,
+                hv(&format!("/v2/{name}/manifests/{}", stored.digest)),
+            );
             h.insert(DIGEST_HEADER, hv(&stored.digest.to_string()));
             h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             if let Some(subject) = &stored.manifest.subject {
@@ -184,24 +219,36 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             let range = match req.headers().get(header::RANGE) {
                 None => None,
                 Some(v) => Some(v.to_str().ok().and_then(ByteRange::parse).ok_or_else(|| {
-                    OciError::new(OciErrorCode::RangeInvalid, "malformed Range: expected bytes=<start>-<end>")
+                    OciError::new(
+                        OciErrorCode::RangeInvalid,
+                        "malformed Range: expected bytes=<start>-<end>",
+                    )
                 })?),
             };
             if head {
-                let size = reg
-                    .blob_size(&name, &digest)
-                    .await?
-                    .ok_or_else(|| OciError::new(OciErrorCode::BlobUnknown, format!("blob {digest} is not in {name}")))?;
+                let size = reg.blob_size(&name, &digest).await?.ok_or_else(|| {
+                    OciError::new(
+                        OciErrorCode::BlobUnknown,
+                        format!("blob {digest} is not in {name}"),
+                    )
+                })?;
                 let mut r = (StatusCode::OK, Body::empty()).into_response();
                 let h = r.headers_mut();
                 h.insert(header::CONTENT_LENGTH, hv(&size.to_string()));
                 h.insert(DIGEST_HEADER, hv(&digest.to_string()));
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 return Ok(r);
             }
             let blob = reg.read_blob(&name, &digest, range).await?;
-            Ok(super::blob_response(blob, &digest, "application/octet-stream"))
+            Ok(super::blob_response(
+                blob,
+                &digest,
+                "application/octet-stream",
+            ))
         }
         Endpoint::DeleteBlob { name, digest } => {
             reg.delete_blob(&name, &digest).await?;
@@ -256,8 +303,12 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             }
         }
         Endpoint::PutUpload { name, id } => {
-            let digest = query_digest(&q, "digest")?
-                .ok_or_else(|| OciError::new(OciErrorCode::DigestInvalid, "the digest query parameter is required"))?;
+            let digest = query_digest(&q, "digest")?.ok_or_else(|| {
+                OciError::new(
+                    OciErrorCode::DigestInvalid,
+                    "the digest query parameter is required",
+                )
+            })?;
             let stream = body_stream(req);
             let d = reg.finish_upload(&name, &id, &digest, stream).await?;
             Ok(blob_created(&name, &d))
@@ -275,11 +326,15 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 "manifests": list,
             });
             let mut r = json_response(StatusCode::OK, &index);
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(media::OCI_INDEX),
+            );
             if filter.is_some() {
-                r.headers_mut()
-                    .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+                r.headers_mut().insert(
+                    "oci-filters-applied",
+                    HeaderValue::from_static("artifactType"),
+                );
             }
             Ok(r)
         }

@@ -31,7 +31,11 @@ impl Digest {
         if algorithm != "sha256" {
             return Err(DigestError::Unsupported(algorithm.to_string()));
         }
-        if encoded.len() != 64 || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if encoded.len() != 64
+            || !encoded
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(DigestError::Invalid(truncate(s)));
         }
         Ok(Digest {
@@ -88,15 +92,19 @@ impl<'de> serde::Deserialize<'de> for Digest {
 /// algorithm-component ::= [a-z0-9]+ ; algorithm-separator ::= [+._-]
 fn valid_algorithm(a: &str) -> bool {
     !a.is_empty()
-        && a.split(['+', '.', '_', '-'])
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && a.split(['+', '.', '_', '-']).all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 /// encoded ::= [a-zA-Z0-9=_-]+
 fn valid_encoded(e: &str) -> bool {
     !e.is_empty()
         && e.len() <= 256
-        && e.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
+        && e.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
 }
 
 fn truncate(s: &str) -> String {
@@ -129,9 +137,15 @@ mod tests {
 
     #[test]
     fn parses_sha256() {
-        let d = Digest::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        let d = Digest::parse(
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        )
+        .unwrap();
         assert_eq!(d, Digest::of(b""));
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
@@ -153,6 +167,9 @@ mod tests {
 
     #[test]
     fn other_algorithms_are_unsupported_not_invalid() {
-        assert!(matches!(Digest::parse("sha512:abcd"), Err(DigestError::Unsupported(_))));
+        assert!(matches!(
+            Digest::parse("sha512:abcd"),
+            Err(DigestError::Unsupported(_))
+        ));
     }
 }

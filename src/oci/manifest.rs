@@ -80,7 +80,8 @@ impl ParsedManifest {
     /// Parses a manifest body. `content_type` is the request's Content-Type,
     /// if any; it must agree with the body's own `mediaType` when both exist.
     pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Self, ManifestError> {
-        let raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw: RawManifest =
+            serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
         if raw.schema_version != Some(2) {
             return Err(ManifestError::SchemaVersion);
         }
@@ -113,26 +114,39 @@ impl ParsedManifest {
         match kind {
             ManifestKind::Image => {
                 if raw.config.is_none() {
-                    return Err(ManifestError::Invalid("image manifest requires a config descriptor".into()));
+                    return Err(ManifestError::Invalid(
+                        "image manifest requires a config descriptor".into(),
+                    ));
                 }
                 if raw.manifests.is_some() {
-                    return Err(ManifestError::Invalid("image manifest must not have a manifests field".into()));
+                    return Err(ManifestError::Invalid(
+                        "image manifest must not have a manifests field".into(),
+                    ));
                 }
             }
             ManifestKind::Index => {
                 if raw.manifests.is_none() {
-                    return Err(ManifestError::Invalid("image index requires a manifests array".into()));
+                    return Err(ManifestError::Invalid(
+                        "image index requires a manifests array".into(),
+                    ));
                 }
                 if raw.config.is_some() || raw.layers.is_some() {
-                    return Err(ManifestError::Invalid("image index must not have config or layers".into()));
+                    return Err(ManifestError::Invalid(
+                        "image index must not have config or layers".into(),
+                    ));
                 }
             }
         }
         if media_type.starts_with("application/vnd.docker.") && raw.subject.is_some() {
-            return Err(ManifestError::Invalid("docker manifests cannot carry a subject".into()));
+            return Err(ManifestError::Invalid(
+                "docker manifests cannot carry a subject".into(),
+            ));
         }
         if let Some(children) = &raw.manifests {
-            if let Some(bad) = children.iter().find(|c| !media::is_manifest_type(&c.media_type)) {
+            if let Some(bad) = children
+                .iter()
+                .find(|c| !media::is_manifest_type(&c.media_type))
+            {
                 return Err(ManifestError::Invalid(format!(
                     "index entry {} has media type {:?}, which is not a manifest type",
                     bad.digest, bad.media_type
@@ -186,11 +200,15 @@ mod tests {
 
     #[test]
     fn parses_image_with_subject_and_any_layer_type() {
-        let m = ParsedManifest::parse(&image(Some(media::OCI_MANIFEST)), Some(media::OCI_MANIFEST)).unwrap();
+        let m = ParsedManifest::parse(&image(Some(media::OCI_MANIFEST)), Some(media::OCI_MANIFEST))
+            .unwrap();
         assert_eq!(m.kind, ManifestKind::Image);
         assert_eq!(m.blob_references().count(), 2);
         assert!(m.subject.is_some());
-        assert_eq!(m.effective_artifact_type().as_deref(), Some("application/x-anything"));
+        assert_eq!(
+            m.effective_artifact_type().as_deref(),
+            Some("application/x-anything")
+        );
     }
 
     #[test]
@@ -209,13 +227,22 @@ mod tests {
             ParsedManifest::parse(&image(Some("application/json")), None),
             Err(ManifestError::NotAManifest(_))
         ));
-        assert!(matches!(ParsedManifest::parse(b"{", None), Err(ManifestError::Json(_))));
-        assert!(matches!(ParsedManifest::parse(b"{\"schemaVersion\":1}", None), Err(ManifestError::SchemaVersion)));
+        assert!(matches!(
+            ParsedManifest::parse(b"{", None),
+            Err(ManifestError::Json(_))
+        ));
+        assert!(matches!(
+            ParsedManifest::parse(b"{\"schemaVersion\":1}", None),
+            Err(ManifestError::SchemaVersion)
+        ));
     }
 
     #[test]
     fn rejects_bad_descriptor_digest() {
         let body = br#"{"schemaVersion":2,"config":{"mediaType":"a/b","digest":"sha256:zz","size":1},"layers":[]}"#;
-        assert!(matches!(ParsedManifest::parse(body, None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            ParsedManifest::parse(body, None),
+            Err(ManifestError::Json(_))
+        ));
     }
 }

@@ -14,7 +14,12 @@ pub const BPF_CONFIG: &str = "application/vnd.aegisflux.bpf.config.v1+json";
 pub const BPF_HOST_ASSOCIATION: &str = "application/vnd.aegisflux.bpf.host-association.v1";
 
 /// Every manifest media type this registry accepts on PUT.
-pub const MANIFEST_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+pub const MANIFEST_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
 
 pub fn is_manifest_type(mt: &str) -> bool {
     MANIFEST_TYPES.contains(&mt)

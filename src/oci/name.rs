@@ -89,7 +89,8 @@ impl Tag {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'));
+            && b.iter()
+                .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'));
         if !ok {
             return Err(NameError::InvalidTag(s.chars().take(200).collect()));
         }
@@ -143,7 +144,14 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for n in ["a", "bpf", "team/tools", "a.b_c__d---e/f9", "x/y/z/w/v/u/t/s", "security_monitor"] {
+        for n in [
+            "a",
+            "bpf",
+            "team/tools",
+            "a.b_c__d---e/f9",
+            "x/y/z/w/v/u/t/s",
+            "security_monitor",
+        ] {
             assert!(RepoName::parse(n).is_ok(), "{n}");
         }
     }
@@ -152,8 +160,8 @@ mod tests {
     fn invalid_names() {
         let long = "a".repeat(256);
         for n in [
-            "", "A", "Upper", "a/", "/a", "a//b", "..", "a/../b", "a/./b", "_uploads", "a/_tags", "a___b", "a-",
-            "-a", "a.", "a..b", "a b", "a%2e", "a\0b", &long,
+            "", "A", "Upper", "a/", "/a", "a//b", "..", "a/../b", "a/./b", "_uploads", "a/_tags",
+            "a___b", "a-", "-a", "a.", "a..b", "a b", "a%2e", "a\0b", &long,
         ] {
             assert!(RepoName::parse(n).is_err(), "{n:?}");
         }
@@ -173,7 +181,9 @@ mod tests {
     fn references() {
         assert!(matches!(Reference::parse("latest"), Ok(Reference::Tag(_))));
         assert!(matches!(
-            Reference::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            Reference::parse(
+                "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            ),
             Ok(Reference::Digest(_))
         ));
         assert!(Reference::parse("sha256:zz").is_err());

@@ -83,7 +83,12 @@ impl Registry {
     }
 
     /// Opens a blob of `repo` for reading, optionally a range of it.
-    pub async fn read_blob(&self, repo: &RepoName, digest: &Digest, range: Option<ByteRange>) -> RegistryResult<BlobRead> {
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> RegistryResult<BlobRead> {
         if self.blob_size(repo, digest).await?.is_none() {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         }
@@ -92,7 +97,11 @@ impl Registry {
 
     /// Opens a blob by digest without a repository check (the REST facade
     /// resolved the repository already).
-    pub async fn read_blob_unchecked(&self, digest: &Digest, range: Option<ByteRange>) -> RegistryResult<BlobRead> {
+    pub async fn read_blob_unchecked(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> RegistryResult<BlobRead> {
         let b = self.backend.clone();
         let path = paths::blob(digest);
         let total = blocking({
@@ -104,7 +113,10 @@ impl Registry {
         let (start, len, partial) = match range {
             None => (0, total, false),
             Some(r) => {
-                let (s, l) = r.resolve(total).ok_or(RegistryError::RangeInvalid { offset: total, got: 0 })?;
+                let (s, l) = r.resolve(total).ok_or(RegistryError::RangeInvalid {
+                    offset: total,
+                    got: 0,
+                })?;
                 (s, l, true)
             }
         };
@@ -134,7 +146,12 @@ impl Registry {
     }
 
     /// Links a blob of `from` into `repo`; `false` if `from` does not have it.
-    pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> RegistryResult<bool> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> RegistryResult<bool> {
         if self.blob_size(from, digest).await?.is_none() {
             return Ok(false);
         }

@@ -32,7 +32,12 @@ pub struct Pumped {
 
 /// Copies a body stream into `writer`, feeding `hasher` with the same
 /// bytes, and syncs. Fails with `BodyTooLarge` past `max` bytes.
-pub async fn pump<S>(mut body: S, writer: Box<dyn AppendWriter>, hasher: Sha256Hasher, max: u64) -> RegistryResult<Pumped>
+pub async fn pump<S>(
+    mut body: S,
+    writer: Box<dyn AppendWriter>,
+    hasher: Sha256Hasher,
+    max: u64,
+) -> RegistryResult<Pumped>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
 {
@@ -93,7 +98,10 @@ where
 }
 
 /// Streams `len` bytes from a blocking reader in `BLOCK`-sized chunks.
-pub fn reader_stream(mut reader: Box<dyn Read + Send>, len: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+pub fn reader_stream(
+    mut reader: Box<dyn Read + Send>,
+    len: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let mut left = len;
@@ -126,7 +134,9 @@ pub fn reader_stream(mut reader: Box<dyn Read + Send>, len: u64) -> impl Stream<
             }
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Hashes an object from a blocking reader (upload resumed after restart,

@@ -89,7 +89,8 @@ fn media_type_of(bytes: &[u8]) -> String {
     }
     match serde_json::from_slice::<Probe>(bytes) {
         Ok(Probe {
-            media_type: Some(mt), ..
+            media_type: Some(mt),
+            ..
         }) => mt,
         Ok(Probe {
             manifests: Some(_), ..
@@ -167,10 +168,12 @@ impl Registry {
                     digest: digest.clone(),
                     size,
                     artifact_type: manifest.effective_artifact_type(),
-                    annotations: (!manifest.annotations.is_empty()).then(|| manifest.annotations.clone()),
+                    annotations: (!manifest.annotations.is_empty())
+                        .then(|| manifest.annotations.clone()),
                     platform: None,
                 };
-                let json = serde_json::to_vec(&desc).map_err(|e| RegistryError::Body(e.to_string()))?;
+                let json =
+                    serde_json::to_vec(&desc).map_err(|e| RegistryError::Body(e.to_string()))?;
                 Some((paths::referrer_link(repo, &subject.digest, &digest), json))
             }
             None => None,
@@ -230,7 +233,12 @@ impl Registry {
     }
 
     /// Reads a manifest (`GET/HEAD /v2/<name>/manifests/<reference>`).
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference, accept: &[String]) -> RegistryResult<ManifestRead> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> RegistryResult<ManifestRead> {
         let digest = self.resolve(repo, reference).await?;
         let bytes = self.manifest_bytes(&digest).await?;
         let media_type = media_type_of(&bytes);
@@ -257,7 +265,11 @@ impl Registry {
 
     /// Deletes a tag (reference is a tag) or a manifest with its tags and
     /// its referrer link (reference is a digest).
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> RegistryResult<()> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> RegistryResult<()> {
         match reference {
             Reference::Tag(t) => {
                 let b = self.backend.clone();
@@ -277,12 +289,16 @@ impl Registry {
                 let (repo2, d2, subject) = (
                     repo.clone(),
                     d.clone(),
-                    parsed.as_ref().and_then(|m| m.subject.as_ref().map(|s| s.digest.clone())),
+                    parsed
+                        .as_ref()
+                        .and_then(|m| m.subject.as_ref().map(|s| s.digest.clone())),
                 );
                 blocking(move || {
                     // Tags first: a tag must never point at a missing manifest.
                     for e in b.list(&paths::tags_dir(&repo2))? {
-                        let Ok(tag) = Tag::parse(&e.name) else { continue };
+                        let Ok(tag) = Tag::parse(&e.name) else {
+                            continue;
+                        };
                         let tp = paths::tag(&repo2, &tag);
                         if read_digest_file(&*b, &tp)?.as_ref() == Some(&d2) {
                             b.delete(&tp)?;
@@ -307,11 +323,21 @@ impl Registry {
     pub async fn repo_exists(&self, repo: &RepoName) -> RegistryResult<bool> {
         let b = self.backend.clone();
         let dir = paths::repo_dir(repo);
-        blocking(move || Ok(b.list(&dir)?.iter().any(|e| e.is_dir && e.name.starts_with('_')))).await
+        blocking(move || {
+            Ok(b.list(&dir)?
+                .iter()
+                .any(|e| e.is_dir && e.name.starts_with('_')))
+        })
+        .await
     }
 
     /// Tags of a repository, sorted, one page.
-    pub async fn list_tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> RegistryResult<Page> {
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> RegistryResult<Page> {
         if !self.repo_exists(repo).await? {
             return Err(RegistryError::NameUnknown(repo.clone()));
         }
@@ -335,7 +361,9 @@ impl Registry {
         blocking(move || {
             let mut out = BTreeMap::new();
             for e in b.list(&paths::tags_dir(&repo))? {
-                let Ok(tag) = Tag::parse(&e.name) else { continue };
+                let Ok(tag) = Tag::parse(&e.name) else {
+                    continue;
+                };
                 if let Some(d) = read_digest_file(&*b, &paths::tag(&repo, &tag))? {
                     out.insert(tag, d);
                 }
@@ -346,18 +374,27 @@ impl Registry {
     }
 
     /// Referrers of `subject` in `repo`, optionally filtered by artifactType.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> RegistryResult<Vec<Descriptor>> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> RegistryResult<Vec<Descriptor>> {
         let b = self.backend.clone();
         let (repo, subject) = (repo.clone(), subject.clone());
         let mut list: Vec<Descriptor> = blocking(move || {
             let mut out = Vec::new();
             for e in b.list(&paths::referrers_dir(&repo, &subject))? {
-                let Some(referrer) = Digest::from_hex(&e.name) else { continue };
+                let Some(referrer) = Digest::from_hex(&e.name) else {
+                    continue;
+                };
                 // A link whose manifest is gone (crash mid-delete) is skipped.
                 if b.size(&paths::manifest_link(&repo, &referrer))?.is_none() {
                     continue;
                 }
-                let Some(raw) = b.read_small(&paths::referrer_link(&repo, &subject, &referrer), LINK_MAX)? else {
+                let Some(raw) =
+                    b.read_small(&paths::referrer_link(&repo, &subject, &referrer), LINK_MAX)?
+                else {
                     continue;
                 };
                 if let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) {
@@ -377,7 +414,11 @@ impl Registry {
     /// Every repository name, sorted, one page (`GET /v2/_catalog`).
     pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> RegistryResult<Page> {
         let names = self.all_repositories().await?;
-        Ok(paginate(names.into_iter().map(|r| r.to_string()).collect(), n, last))
+        Ok(paginate(
+            names.into_iter().map(|r| r.to_string()).collect(),
+            n,
+            last,
+        ))
     }
 
     /// Every repository in the store (walks `repositories/`).
@@ -388,12 +429,17 @@ impl Registry {
             let mut stack: Vec<Vec<String>> = vec![Vec::new()];
             while let Some(components) = stack.pop() {
                 let entries: Vec<Entry> = b.list(&paths::repositories_child(&components))?;
-                if !components.is_empty() && entries.iter().any(|e| e.is_dir && e.name.starts_with('_')) {
+                if !components.is_empty()
+                    && entries.iter().any(|e| e.is_dir && e.name.starts_with('_'))
+                {
                     if let Ok(name) = RepoName::parse(&components.join("/")) {
                         out.push(name);
                     }
                 }
-                for e in entries.into_iter().filter(|e| e.is_dir && !e.name.starts_with('_')) {
+                for e in entries
+                    .into_iter()
+                    .filter(|e| e.is_dir && !e.name.starts_with('_'))
+                {
                     let mut next = components.clone();
                     next.push(e.name);
                     stack.push(next);
@@ -409,7 +455,13 @@ impl Registry {
     pub async fn manifest_digests(&self, repo: &RepoName) -> RegistryResult<Vec<Digest>> {
         let b = self.backend.clone();
         let dir = paths::manifests_dir(repo);
-        blocking(move || Ok(b.list(&dir)?.into_iter().filter_map(|e| Digest::from_hex(&e.name)).collect())).await
+        blocking(move || {
+            Ok(b.list(&dir)?
+                .into_iter()
+                .filter_map(|e| Digest::from_hex(&e.name))
+                .collect())
+        })
+        .await
     }
 }
 
@@ -435,6 +487,9 @@ mod tests {
         assert!(accepts(&[], media::OCI_INDEX));
         assert!(accepts(&["*/*".into()], media::OCI_INDEX));
         assert!(!accepts(&[media::OCI_MANIFEST.into()], media::OCI_INDEX));
-        assert!(accepts(&[format!("{}; q=0.5", media::OCI_INDEX)], media::OCI_INDEX));
+        assert!(accepts(
+            &[format!("{}; q=0.5", media::OCI_INDEX)],
+            media::OCI_INDEX
+        ));
     }
 }

@@ -50,14 +50,19 @@ pub struct UploadStatus {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A body with no size cap beyond what fits in a u64.
 const NO_CAP: u64 = u64::MAX;
 
 impl Registry {
-    fn sessions_map(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<tokio::sync::Mutex<Session>>>> {
+    fn sessions_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<tokio::sync::Mutex<Session>>>> {
         self.uploads.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -85,26 +90,34 @@ impl Registry {
     }
 
     async fn save_state(&self, id: &UploadId, state: &UploadState) -> RegistryResult<()> {
-        let bytes = serde_json::to_vec(state).map_err(|e| RegistryError::UploadInvalid(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(state).map_err(|e| RegistryError::UploadInvalid(e.to_string()))?;
         let b = self.backend.clone();
         let path = paths::upload_state(id);
         blocking(move || b.write_atomic(&path, &bytes).map_err(Into::into)).await
     }
 
     /// Finds a session in memory, or reloads it from disk after a restart.
-    async fn session(&self, repo: &RepoName, id: &UploadId) -> RegistryResult<Arc<tokio::sync::Mutex<Session>>> {
+    async fn session(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> RegistryResult<Arc<tokio::sync::Mutex<Session>>> {
         let found = self.sessions_map().get(id).cloned();
         let session = match found {
             Some(s) => s,
             None => {
                 let b = self.backend.clone();
                 let path = paths::upload_state(id);
-                let raw = blocking(move || b.read_small(&path, STATE_MAX).map_err(Into::into)).await?;
+                let raw =
+                    blocking(move || b.read_small(&path, STATE_MAX).map_err(Into::into)).await?;
                 let Some(raw) = raw else {
                     return Err(RegistryError::UploadUnknown);
                 };
-                let state: UploadState = serde_json::from_slice(&raw).map_err(|_| RegistryError::UploadUnknown)?;
-                let state_repo = RepoName::parse(&state.repository).map_err(|_| RegistryError::UploadUnknown)?;
+                let state: UploadState =
+                    serde_json::from_slice(&raw).map_err(|_| RegistryError::UploadUnknown)?;
+                let state_repo =
+                    RepoName::parse(&state.repository).map_err(|_| RegistryError::UploadUnknown)?;
                 let s = Arc::new(tokio::sync::Mutex::new(Session {
                     repo: state_repo,
                     offset: state.offset,
@@ -121,10 +134,17 @@ impl Registry {
     }
 
     /// Upload progress (`GET /v2/<name>/blobs/uploads/<id>`).
-    pub async fn upload_status(&self, repo: &RepoName, id: &UploadId) -> RegistryResult<UploadStatus> {
+    pub async fn upload_status(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> RegistryResult<UploadStatus> {
         let s = self.session(repo, id).await?;
         let offset = s.lock().await.offset;
-        Ok(UploadStatus { id: id.clone(), offset })
+        Ok(UploadStatus {
+            id: id.clone(),
+            offset,
+        })
     }
 
     /// Appends a chunk (`PATCH`). `start` is the Content-Range start when the
@@ -150,7 +170,8 @@ impl Registry {
                 });
             }
         }
-        self.append_locked(id, &mut session, expected_len, body).await?;
+        self.append_locked(id, &mut session, expected_len, body)
+            .await?;
         Ok(UploadStatus {
             id: id.clone(),
             offset: session.offset,
@@ -239,9 +260,9 @@ impl Registry {
                     let Some(mut r) = b.open_read(&data, 0)? else {
                         return Ok(Digest::of(b""));
                     };
-                    hash_reader(&mut r.reader)
-                        .map(|(d, _)| d)
-                        .map_err(|e| RegistryError::Storage(crate::storage::StorageError::io(&data, e)))
+                    hash_reader(&mut r.reader).map(|(d, _)| d).map_err(|e| {
+                        RegistryError::Storage(crate::storage::StorageError::io(&data, e))
+                    })
                 })
                 .await?
             }
@@ -276,7 +297,12 @@ impl Registry {
     }
 
     /// Monolithic upload (`POST ...?digest=` with the whole blob as body).
-    pub async fn upload_monolithic<S>(&self, repo: &RepoName, digest: &Digest, body: S) -> RegistryResult<Digest>
+    pub async fn upload_monolithic<S>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+    ) -> RegistryResult<Digest>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {

@@ -88,7 +88,10 @@ impl Drop for TempGuard {
 }
 
 fn temp_name(target: &Path) -> PathBuf {
-    let mut name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = target
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
     target.with_file_name(name)
 }
@@ -113,7 +116,9 @@ impl Backend for FsBackend {
             return Ok(None);
         };
         let mut buf = Vec::new();
-        file.take(max.saturating_add(1)).read_to_end(&mut buf).map_err(io_err(path))?;
+        file.take(max.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(io_err(path))?;
         if buf.len() as u64 > max {
             return Err(StorageError::TooLarge(path.to_string(), max));
         }
@@ -122,14 +127,21 @@ impl Backend for FsBackend {
 
     fn write_atomic(&self, path: &StorePath, data: &[u8]) -> StorageResult<()> {
         let target = self.full(path);
-        let dir = target.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = target
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         create_dir_durable(&dir).map_err(io_err(path))?;
         let tmp = temp_name(&target);
         let guard = TempGuard {
             path: tmp.clone(),
             armed: true,
         };
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(path))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(path))?;
         f.write_all(data).map_err(io_err(path))?;
         f.sync_all().map_err(io_err(path))?;
         drop(f);
@@ -157,7 +169,11 @@ impl Backend for FsBackend {
         }))
     }
 
-    fn open_append(&self, path: &StorePath, truncate_to: u64) -> StorageResult<Box<dyn AppendWriter>> {
+    fn open_append(
+        &self,
+        path: &StorePath,
+        truncate_to: u64,
+    ) -> StorageResult<Box<dyn AppendWriter>> {
         let full = self.full(path);
         if let Some(dir) = full.parent() {
             create_dir_durable(dir).map_err(io_err(path))?;
@@ -172,7 +188,8 @@ impl Backend for FsBackend {
         if len != truncate_to {
             file.set_len(truncate_to).map_err(io_err(path))?;
         }
-        file.seek(SeekFrom::Start(truncate_to)).map_err(io_err(path))?;
+        file.seek(SeekFrom::Start(truncate_to))
+            .map_err(io_err(path))?;
         Ok(Box::new(FsAppend {
             file,
             path: path.clone(),
@@ -182,10 +199,15 @@ impl Backend for FsBackend {
     fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()> {
         let src = self.full(from);
         let dst = self.full(to);
-        let dir = dst.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = dst
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         create_dir_durable(&dir).map_err(io_err(to))?;
         // The source's bytes must be on disk before its name moves.
-        File::open(&src).and_then(|f| f.sync_all()).map_err(io_err(from))?;
+        File::open(&src)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(from))?;
         fs::rename(&src, &dst).map_err(io_err(to))?;
         sync_dir(&dir).map_err(io_err(to))
     }
@@ -244,7 +266,9 @@ impl Backend for FsBackend {
     }
 
     fn probe_writable(&self) -> StorageResult<()> {
-        let probe = self.root.join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+        let probe = self
+            .root
+            .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
         let p = StorePath::probe();
         let r = File::create(&probe).and_then(|mut f| f.write_all(b"ok"));
         let _ = fs::remove_file(&probe);

@@ -34,7 +34,9 @@ impl StorageError {
     /// ENOSPC or EDQUOT: the client gets 507, not a generic 500.
     pub fn is_storage_full(&self) -> bool {
         match self {
-            StorageError::Io { source, .. } => matches!(source.raw_os_error(), Some(28) | Some(122)),
+            StorageError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(28) | Some(122))
+            }
             StorageError::TooLarge(..) => false,
         }
     }
@@ -75,7 +77,11 @@ pub trait Backend: Send + Sync + 'static {
     fn open_read(&self, path: &StorePath, offset: u64) -> StorageResult<Option<ObjectReader>>;
     /// Opens (creating) an object for appending, first cutting it to
     /// `truncate_to` bytes so unacknowledged bytes from a crash are dropped.
-    fn open_append(&self, path: &StorePath, truncate_to: u64) -> StorageResult<Box<dyn AppendWriter>>;
+    fn open_append(
+        &self,
+        path: &StorePath,
+        truncate_to: u64,
+    ) -> StorageResult<Box<dyn AppendWriter>>;
     /// Durably moves `from` to `to` (creating `to`'s folder). If `to`
     /// already exists it is replaced atomically.
     fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()>;

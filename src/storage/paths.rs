@@ -153,10 +153,17 @@ mod tests {
         let n = RepoName::parse("team/tools").unwrap();
         let d = Digest::of(b"");
         assert_eq!(blob(&d).as_str(), format!("blobs/sha256/{}", d.hex()));
-        assert_eq!(tag(&n, &Tag::parse("v1").unwrap()).as_str(), "repositories/team/tools/_tags/v1");
+        assert_eq!(
+            tag(&n, &Tag::parse("v1").unwrap()).as_str(),
+            "repositories/team/tools/_tags/v1"
+        );
         assert_eq!(
             referrer_link(&n, &d, &d).as_str(),
-            format!("repositories/team/tools/_referrers/sha256/{}/{}", d.hex(), d.hex())
+            format!(
+                "repositories/team/tools/_referrers/sha256/{}/{}",
+                d.hex(),
+                d.hex()
+            )
         );
     }
 

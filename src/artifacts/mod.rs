@@ -1,0 +1,95 @@
+//! The eBPF domain on top of the registry: the REST model of an artifact,
+//! packing payloads into a tar+zstd layer, ELF inspection, the in-memory
+//! host/artifact index, and the service behind the REST facade. Every REST
+//! write becomes OCI objects; every REST read is answered from them.
+
+pub mod elf;
+pub mod index;
+pub mod model;
+pub mod pack;
+pub mod service;
+
+pub use index::ArtifactIndex;
+pub use model::{ArtifactJson, HostId};
+pub use service::{ArtifactService, ListQuery};
+
+use crate::registry::RegistryError;
+
+/// Errors of the REST facade; `code()` and `status()` are its one table.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("data is not valid base64: {0}")]
+    InvalidBase64(String),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    InvalidEbpf(String),
+    #[error("invalid artifact id {0:?}: expected sha256:<64 hex>")]
+    InvalidId(String),
+    #[error("{0}")]
+    InvalidHostId(String),
+    #[error("artifact {0} not found")]
+    NotFound(String),
+    #[error("{name} version {version} for {architecture} already exists with different content; versions are immutable")]
+    VersionExists {
+        name: String,
+        version: String,
+        architecture: String,
+    },
+    #[error(
+        "payload is over the {max}-byte limit; push large artifacts with oras (chunked uploads)"
+    )]
+    TooLarge { max: u64 },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl ArtifactError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ArtifactError::InvalidRequest(_) => "invalid_request",
+            ArtifactError::InvalidJson(_) => "invalid_json",
+            ArtifactError::UnsupportedMediaType => "unsupported_media_type",
+            ArtifactError::InvalidBase64(_) => "invalid_base64",
+            ArtifactError::InvalidName(_) => "invalid_name",
+            ArtifactError::InvalidEbpf(_) => "invalid_ebpf",
+            ArtifactError::InvalidId(_) => "invalid_id",
+            ArtifactError::InvalidHostId(_) => "invalid_host_id",
+            ArtifactError::NotFound(_) => "not_found",
+            ArtifactError::VersionExists { .. } => "version_exists",
+            ArtifactError::TooLarge { .. } => "payload_too_large",
+            ArtifactError::Registry(e) if is_storage_full(e) => "storage_full",
+            ArtifactError::Registry(RegistryError::Body(_)) => "invalid_request",
+            ArtifactError::Registry(_) => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ArtifactError::InvalidRequest(_)
+            | ArtifactError::InvalidJson(_)
+            | ArtifactError::InvalidBase64(_)
+            | ArtifactError::InvalidName(_)
+            | ArtifactError::InvalidEbpf(_)
+            | ArtifactError::InvalidId(_)
+            | ArtifactError::InvalidHostId(_) => 400,
+            ArtifactError::UnsupportedMediaType => 415,
+            ArtifactError::NotFound(_) => 404,
+            ArtifactError::VersionExists { .. } => 409,
+            ArtifactError::TooLarge { .. } => 413,
+            ArtifactError::Registry(e) if is_storage_full(e) => 507,
+            ArtifactError::Registry(RegistryError::Body(_)) => 400,
+            ArtifactError::Registry(_) => 500,
+        }
+    }
+}
+
+fn is_storage_full(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::Storage(s) if s.is_storage_full())
+}

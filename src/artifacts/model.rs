@@ -1,0 +1,209 @@
+//! The REST model: the create request, the config blob stored in the
+//! registry, the artifact record the index keeps, and the artifact JSON
+//! every REST response uses.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::elf::EbpfFacts;
+use super::ArtifactError;
+use crate::oci::{Digest, RepoName};
+
+/// `POST /artifacts` body. `data` borrows from the request buffer so the
+/// base64 text is not copied before it is decoded.
+#[derive(Debug, Deserialize)]
+pub struct CreateRequest<'a> {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub architecture: Option<String>,
+    #[serde(default)]
+    pub kernel_version: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(borrow)]
+    pub data: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// The artifact kinds of the seed API.
+pub const KINDS: [&str; 3] = ["program", "map", "tracepoint"];
+
+/// The config blob (`application/vnd.aegisflux.bpf.config.v1+json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BpfConfig {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub architecture: String,
+    #[serde(default)]
+    pub kernel_version: String,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub ebpf: Option<EbpfFacts>,
+}
+
+/// What the index knows of one artifact manifest.
+#[derive(Debug, Clone)]
+pub struct ArtifactRecord {
+    pub id: Digest,
+    pub repo: RepoName,
+    pub config: BpfConfig,
+    pub layer_digest: Digest,
+    pub layer_size: u64,
+    pub layer_media_type: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OciRef {
+    pub repository: String,
+    pub reference: String,
+    pub manifest_digest: String,
+    pub layer_digest: String,
+    pub media_type: String,
+}
+
+/// The artifact JSON, the same shape in every REST response.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactJson {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub architecture: String,
+    pub kernel_version: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub checksum: String,
+    pub created_at: String,
+    pub hosts: Vec<String>,
+    pub ebpf: Option<EbpfFacts>,
+    pub oci: OciRef,
+}
+
+impl ArtifactRecord {
+    pub fn to_json(&self, hosts: Vec<String>) -> ArtifactJson {
+        let c = &self.config;
+        ArtifactJson {
+            id: self.id.to_string(),
+            name: c.name.clone(),
+            version: c.version.clone(),
+            description: c.description.clone(),
+            kind: c.kind.clone(),
+            architecture: c.architecture.clone(),
+            kernel_version: c.kernel_version.clone(),
+            metadata: c.metadata.clone(),
+            tags: c.tags.clone(),
+            size: self.layer_size,
+            checksum: self.layer_digest.to_string(),
+            created_at: c.created_at.clone(),
+            hosts,
+            ebpf: c.ebpf.clone(),
+            oci: OciRef {
+                repository: self.repo.to_string(),
+                reference: c.version.clone(),
+                manifest_digest: self.id.to_string(),
+                layer_digest: self.layer_digest.to_string(),
+                media_type: self.layer_media_type.clone(),
+            },
+        }
+    }
+}
+
+/// A host id: 1–253 characters of `[A-Za-z0-9._:-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostId(String);
+
+impl HostId {
+    pub fn parse(s: &str) -> Result<Self, ArtifactError> {
+        let ok = !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if !ok {
+            return Err(ArtifactError::InvalidHostId(format!(
+                "invalid host id {:?}: expected 1-253 characters of [A-Za-z0-9._:-]",
+                s.chars().take(300).collect::<String>()
+            )));
+        }
+        Ok(HostId(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// OCI platform architecture for a declared architecture.
+pub fn oci_architecture(arch: &str) -> &str {
+    match arch {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        "i386" | "i686" | "x86" => "386",
+        other => other,
+    }
+}
+
+/// Architectures whose byte order is known, and that byte order.
+pub fn architecture_is_big_endian(arch: &str) -> Option<bool> {
+    match arch {
+        "x86_64" | "x86-64" | "amd64" | "aarch64" | "arm64" | "arm" | "armv7" | "i386" | "i686"
+        | "386" | "x86" | "ppc64le" | "riscv64" | "mipsel" | "mips64el" | "loong64"
+        | "loongarch64" => Some(false),
+        "s390x" | "ppc64" | "mips" | "mips64" | "sparc64" => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids() {
+        assert!(HostId::parse("host-1.example.com").is_ok());
+        assert!(HostId::parse("a:b_c").is_ok());
+        assert!(HostId::parse(&"h".repeat(253)).is_ok());
+        for bad in ["", "a b", "a/b", "..%", &"h".repeat(254)] {
+            assert!(HostId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn architectures() {
+        assert_eq!(oci_architecture("x86_64"), "amd64");
+        assert_eq!(oci_architecture("aarch64"), "arm64");
+        assert_eq!(architecture_is_big_endian("s390x"), Some(true));
+        assert_eq!(architecture_is_big_endian("x86_64"), Some(false));
+        assert_eq!(architecture_is_big_endian("weird"), None);
+    }
+}

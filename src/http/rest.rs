@@ -1,0 +1,289 @@
+//! The REST facade of the original service (`/artifacts...`): parse,
+//! call the artifact service, map the answer. Errors are
+//! `{"error":"<code>","message":"..."}` with the status of
+//! `ArtifactError::status`.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{blob_response, json_response, read_body_capped, AppState, BodyReadError, RouteName};
+use crate::artifacts::{ArtifactError, ListQuery};
+use crate::oci::media;
+use crate::registry::ByteRange;
+
+impl IntoResponse for ArtifactError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "rest request failed");
+            match self.code() {
+                "storage_full" => "the registry's storage is full".to_string(),
+                _ => "internal error".to_string(),
+            }
+        } else {
+            self.to_string()
+        };
+        json_response(status, &json!({ "error": self.code(), "message": message }))
+    }
+}
+
+fn named(route: &'static str, mut r: Response) -> Response {
+    r.extensions_mut().insert(RouteName(route));
+    r
+}
+
+fn respond<T: serde::Serialize>(
+    route: &'static str,
+    status: StatusCode,
+    r: Result<T, ArtifactError>,
+) -> Response {
+    named(
+        route,
+        match r {
+            Ok(v) => json_response(status, &serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => e.into_response(),
+        },
+    )
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false)
+}
+
+/// `POST /artifacts`
+pub async fn create(State(state): State<AppState>, req: Request) -> Response {
+    const ROUTE: &str = "rest.artifacts.create";
+    if !is_json(req.headers()) {
+        return named(ROUTE, ArtifactError::UnsupportedMediaType.into_response());
+    }
+    let svc = state.artifacts.clone();
+    let body = match read_body_capped(req.into_body(), svc.max_body_bytes()).await {
+        Ok(b) => b,
+        Err(BodyReadError::TooLarge) => {
+            return named(
+                ROUTE,
+                ArtifactError::TooLarge {
+                    max: state.config.max_artifact_bytes,
+                }
+                .into_response(),
+            )
+        }
+        Err(BodyReadError::Broken(m)) => {
+            return named(
+                ROUTE,
+                ArtifactError::InvalidRequest(format!("body could not be read: {m}"))
+                    .into_response(),
+            )
+        }
+    };
+    match svc.create(body).await {
+        Ok(c) => {
+            let status = if c.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let location = format!("/artifacts/{}", c.value.id);
+            let mut r = respond(ROUTE, status, Ok::<_, ArtifactError>(c.value));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Err(e) => named(ROUTE, e.into_response()),
+    }
+}
+
+/// `GET /artifacts`
+pub async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    const ROUTE: &str = "rest.artifacts.list";
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return named(
+                ROUTE,
+                ArtifactError::InvalidRequest(e.body_text()).into_response(),
+            )
+        }
+    };
+    let r = state
+        .artifacts
+        .list(&q)
+        .map(|(artifacts, next)| json!({ "artifacts": artifacts, "next_cursor": next }));
+    respond(ROUTE, StatusCode::OK, r)
+}
+
+/// `GET /artifacts/{id}`
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    respond(
+        "rest.artifacts.get",
+        StatusCode::OK,
+        state.artifacts.get(&id),
+    )
+}
+
+/// `DELETE /artifacts/{id}`
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    named(
+        "rest.artifacts.delete",
+        match state.artifacts.delete(&id).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => e.into_response(),
+        },
+    )
+}
+
+/// `GET /artifacts/{id}/binary`
+pub async fn binary(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    const ROUTE: &str = "rest.artifacts.binary";
+    let svc = &state.artifacts;
+    let etag = match svc.binary_etag(&id) {
+        Ok(d) => format!("\"{d}\""),
+        Err(e) => return named(ROUTE, e.into_response()),
+    };
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if not_modified {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        return named(ROUTE, r);
+    }
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(ByteRange::parse) {
+            Some(r) => Some(r),
+            None => {
+                return named(
+                    ROUTE,
+                    ArtifactError::InvalidRequest(
+                        "malformed Range: expected bytes=<start>-<end>".into(),
+                    )
+                    .into_response(),
+                )
+            }
+        },
+    };
+    match svc.binary(&id, range).await {
+        Ok((blob, digest, filename)) => {
+            let mut r = blob_response(blob, &digest, media::OCI_LAYER_TAR_ZSTD);
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+                r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+            }
+            named(ROUTE, r)
+        }
+        Err(e) => named(ROUTE, e.into_response()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HostBody {
+    host_id: Option<String>,
+}
+
+/// `POST /artifacts/{id}/hosts` with `{"host_id": "..."}`
+pub async fn add_host(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    const ROUTE: &str = "rest.hosts.add";
+    if !is_json(req.headers()) {
+        return named(ROUTE, ArtifactError::UnsupportedMediaType.into_response());
+    }
+    let body = match read_body_capped(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => {
+            return named(
+                ROUTE,
+                ArtifactError::InvalidRequest("body over 64 KiB or unreadable".into())
+                    .into_response(),
+            )
+        }
+    };
+    let host = match serde_json::from_slice::<HostBody>(&body) {
+        Ok(HostBody { host_id: Some(h) }) => h,
+        Ok(_) => {
+            return named(
+                ROUTE,
+                ArtifactError::InvalidRequest("host_id is required".into()).into_response(),
+            )
+        }
+        Err(e) => {
+            return named(
+                ROUTE,
+                ArtifactError::InvalidJson(e.to_string()).into_response(),
+            )
+        }
+    };
+    match state.artifacts.add_host(&id, &host).await {
+        Ok(c) => {
+            let status = if c.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            respond(
+                ROUTE,
+                status,
+                Ok::<_, ArtifactError>(json!({ "id": id, "host_id": host, "hosts": c.value })),
+            )
+        }
+        Err(e) => named(ROUTE, e.into_response()),
+    }
+}
+
+/// `DELETE /artifacts/{id}/hosts/{host_id}`
+pub async fn remove_host(
+    State(state): State<AppState>,
+    Path((id, host)): Path<(String, String)>,
+) -> Response {
+    named(
+        "rest.hosts.remove",
+        match state.artifacts.remove_host(&id, &host).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => e.into_response(),
+        },
+    )
+}
+
+/// `GET /artifacts/{id}/hosts`
+pub async fn hosts(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let r = state
+        .artifacts
+        .hosts(&id)
+        .map(|h| json!({ "id": id, "hosts": h }));
+    respond("rest.hosts.list", StatusCode::OK, r)
+}
+
+/// `GET /artifacts/for-host/{host_id}`
+pub async fn for_host(State(state): State<AppState>, Path(host): Path<String>) -> Response {
+    let r = state
+        .artifacts
+        .for_host(&host)
+        .map(|a| json!({ "host_id": host, "artifacts": a }));
+    respond("rest.for_host", StatusCode::OK, r)
+}
