@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -32,6 +33,18 @@ pub struct Config {
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
     pub max_artifact_bytes: u64,
+    /// Time between online garbage collections; `None` (`0`) turns it off.
+    pub gc_interval: Option<Duration>,
+    /// Unreferenced blobs younger than this are kept.
+    pub gc_grace: Duration,
+    /// Upload sessions untouched for this long are purged.
+    pub upload_ttl: Duration,
+    /// Requests served at once; more get 429 `TOOMANYREQUESTS`.
+    pub max_concurrent_requests: usize,
+    /// Longest a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Longest a request body may stall between two chunks.
+    pub body_idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -72,6 +85,36 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "BPF_REGISTRY_MAX_ARTIFACT_BYTES",
         "67108864",
         "largest decoded `data` of POST /artifacts (bytes)",
+    ),
+    (
+        "BPF_REGISTRY_GC_INTERVAL",
+        "1h",
+        "time between online garbage collections (`30s`, `10m`, `1h`); 0 = off",
+    ),
+    (
+        "BPF_REGISTRY_GC_GRACE",
+        "1h",
+        "unreferenced blobs younger than this survive garbage collection",
+    ),
+    (
+        "BPF_REGISTRY_UPLOAD_TTL",
+        "24h",
+        "upload sessions untouched this long are purged",
+    ),
+    (
+        "BPF_REGISTRY_MAX_CONCURRENT_REQUESTS",
+        "1024",
+        "requests served at once; more get 429 with Retry-After",
+    ),
+    (
+        "BPF_REGISTRY_HEADER_READ_TIMEOUT",
+        "30s",
+        "longest a client may take to send request headers",
+    ),
+    (
+        "BPF_REGISTRY_BODY_IDLE_TIMEOUT",
+        "60s",
+        "longest a request body may stall between two chunks",
     ),
 ];
 
@@ -116,6 +159,20 @@ impl Config {
             max_manifest_bytes: number(&val, "BPF_REGISTRY_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)?,
             max_upload_sessions: number(&val, "BPF_REGISTRY_MAX_UPLOAD_SESSIONS", 1024)? as usize,
             max_artifact_bytes: number(&val, "BPF_REGISTRY_MAX_ARTIFACT_BYTES", 64 * 1024 * 1024)?,
+            gc_interval: Some(duration(&val, "BPF_REGISTRY_GC_INTERVAL", HOUR)?)
+                .filter(|d| !d.is_zero()),
+            gc_grace: duration(&val, "BPF_REGISTRY_GC_GRACE", HOUR)?,
+            upload_ttl: duration(&val, "BPF_REGISTRY_UPLOAD_TTL", 24 * HOUR)?,
+            max_concurrent_requests: number(&val, "BPF_REGISTRY_MAX_CONCURRENT_REQUESTS", 1024)?
+                as usize,
+            header_read_timeout: positive(
+                duration(&val, "BPF_REGISTRY_HEADER_READ_TIMEOUT", 30 * SECOND)?,
+                "BPF_REGISTRY_HEADER_READ_TIMEOUT",
+            )?,
+            body_idle_timeout: positive(
+                duration(&val, "BPF_REGISTRY_BODY_IDLE_TIMEOUT", 60 * SECOND)?,
+                "BPF_REGISTRY_BODY_IDLE_TIMEOUT",
+            )?,
         })
     }
 }
@@ -135,6 +192,51 @@ fn number(
             }),
         },
     }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Parses a duration: `0`, a number of seconds, or a number with one of
+/// the units `ms`, `s`, `m`, `h`, `d` (`500ms`, `30s`, `10m`, `1h`, `7d`).
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+fn duration(
+    val: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match val(var) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).ok_or_else(|| ConfigError {
+            var,
+            message: format!("invalid duration {v:?}: expected e.g. 0, 30s, 10m, 1h"),
+        }),
+    }
+}
+
+fn positive(d: Duration, var: &'static str) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError {
+            var,
+            message: "must be greater than 0".into(),
+        });
+    }
+    Ok(d)
 }
 
 fn parse_addr(v: &str) -> Option<SocketAddr> {
@@ -210,5 +312,40 @@ mod tests {
             "BPF_REGISTRY_LOG_LEVEL"
         );
         assert!(cfg(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "-1")]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "s", "1x", "-1s", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.gc_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(c.gc_grace, Duration::from_secs(3600));
+        assert_eq!(c.upload_ttl, Duration::from_secs(86400));
+        assert_eq!(c.max_concurrent_requests, 1024);
+        let c = cfg(&[
+            ("BPF_REGISTRY_GC_INTERVAL", "0"),
+            ("BPF_REGISTRY_GC_GRACE", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.gc_interval, None);
+        assert_eq!(c.gc_grace, Duration::ZERO);
+        assert_eq!(
+            cfg(&[("BPF_REGISTRY_GC_GRACE", "soon")]).unwrap_err().var,
+            "BPF_REGISTRY_GC_GRACE"
+        );
+        assert_eq!(
+            cfg(&[("BPF_REGISTRY_HEADER_READ_TIMEOUT", "0")])
+                .unwrap_err()
+                .var,
+            "BPF_REGISTRY_HEADER_READ_TIMEOUT"
+        );
     }
 }

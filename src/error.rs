@@ -28,6 +28,8 @@ pub enum OciErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// `PAGINATION_NUMBER_INVALID` (a distribution extension): bad `n`.
+    PaginationNumberInvalid,
     /// `BLOB_UPLOAD_INVALID` answered with 416: a chunk or range out of order.
     RangeInvalid,
     /// `MANIFEST_INVALID` answered with 413: the manifest is over the cap.
@@ -49,8 +51,13 @@ impl OciErrorCode {
             BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => {
                 StatusCode::NOT_FOUND
             }
-            BlobUploadInvalid | DigestInvalid | ManifestBlobUnknown | ManifestInvalid
-            | NameInvalid | SizeInvalid => StatusCode::BAD_REQUEST,
+            BlobUploadInvalid
+            | DigestInvalid
+            | ManifestBlobUnknown
+            | ManifestInvalid
+            | NameInvalid
+            | SizeInvalid
+            | PaginationNumberInvalid => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Denied => StatusCode::FORBIDDEN,
             Unsupported => StatusCode::METHOD_NOT_ALLOWED,
@@ -80,6 +87,7 @@ impl OciErrorCode {
             Denied => "DENIED",
             Unsupported => "UNSUPPORTED",
             TooManyRequests => "TOOMANYREQUESTS",
+            PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Unavailable => "UNAVAILABLE",
             StorageFull | Unknown => "UNKNOWN",
         }
@@ -186,7 +194,7 @@ impl From<RegistryError> for OciError {
             R::ManifestTooLarge { .. } => C::ManifestTooLarge,
             R::DigestMismatch { .. } | R::DigestInvalid(_) => C::DigestInvalid,
             R::UploadUnknown => C::BlobUploadUnknown,
-            R::RangeInvalid { .. } => C::RangeInvalid,
+            R::RangeInvalid { .. } | R::RangeNotSatisfiable { .. } => C::RangeInvalid,
             R::SizeInvalid(_) => C::SizeInvalid,
             R::BodyTooLarge { .. } => C::BodyTooLarge,
             R::TooManyUploads => C::TooManyRequests,

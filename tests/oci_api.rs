@@ -3,6 +3,8 @@
 //! Each test names one behaviour; every error asserts the spec's JSON
 //! envelope and its code.
 
+#![allow(clippy::cloned_ref_to_slice_refs, clippy::too_many_arguments)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -43,8 +45,15 @@ async fn chunk_out_of_order_is_416() {
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&r, "range").as_deref(), Some("0-999"), "416 must report the current progress");
-    assert!(header(&r, "location").is_some(), "416 should carry the upload Location");
+    assert_eq!(
+        header(&r, "range").as_deref(),
+        Some("0-999"),
+        "416 must report the current progress"
+    );
+    assert!(
+        header(&r, "location").is_some(),
+        "416 should carry the upload Location"
+    );
     assert_oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID").await;
 
     // Re-sending an already-acknowledged range is out of order as well.
@@ -95,7 +104,10 @@ async fn upload_status_reports_range() {
     for part in data.chunks(1234) {
         let r = c
             .patch(s.abs(&loc))
-            .header("content-range", format!("{}-{}", sent, sent + part.len() - 1))
+            .header(
+                "content-range",
+                format!("{}-{}", sent, sent + part.len() - 1),
+            )
             .header("content-length", part.len().to_string())
             .body(part.to_vec())
             .send()
@@ -105,13 +117,24 @@ async fn upload_status_reports_range() {
         sent += part.len();
         let st = c.get(s.abs(&loc)).send().await.unwrap();
         assert_eq!(st.status(), StatusCode::NO_CONTENT);
-        assert_eq!(header(&st, "range").as_deref(), Some(format!("0-{}", sent - 1).as_str()));
+        assert_eq!(
+            header(&st, "range").as_deref(),
+            Some(format!("0-{}", sent - 1).as_str())
+        );
         let st_loc = location(&st);
-        assert!(st_loc.contains("/v2/bpf/status/blobs/uploads/"), "Location {st_loc}");
+        assert!(
+            st_loc.contains("/v2/bpf/status/blobs/uploads/"),
+            "Location {st_loc}"
+        );
     }
     // A chunk without Content-Range (streamed) is appended at the offset.
     let extra = pseudo_random(100, 22);
-    let r = c.patch(s.abs(&loc)).body(extra.clone()).send().await.unwrap();
+    let r = c
+        .patch(s.abs(&loc))
+        .body(extra.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&r, "range").as_deref(), Some("0-5099"));
     let st = c.get(s.abs(&loc)).send().await.unwrap();
@@ -177,7 +200,11 @@ async fn chunked_upload_survives_restart() {
     let s = s.restart().await;
     let c = client();
     let st = c.get(s.abs(&loc)).send().await.unwrap();
-    assert_eq!(st.status(), StatusCode::NO_CONTENT, "upload session lost across restart");
+    assert_eq!(
+        st.status(),
+        StatusCode::NO_CONTENT,
+        "upload session lost across restart"
+    );
     assert_eq!(header(&st, "range"), Some(format!("0-{}", half - 1)));
     let loc = location(&st);
 
@@ -198,7 +225,10 @@ async fn chunked_upload_survives_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(header(&r, "docker-content-digest").as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        header(&r, "docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
 
     let got = c
         .get(s.url(&format!("/v2/bpf/restart/blobs/{digest}")))
@@ -208,8 +238,14 @@ async fn chunked_upload_survives_restart() {
     assert_eq!(got.status(), StatusCode::OK);
     let body = got.bytes().await.unwrap();
     assert_eq!(body.len(), data.len());
-    assert!(body.as_ref() == data.as_slice(), "blob bytes differ after restart");
-    assert!(s.files_under("_uploads").is_empty(), "upload folder left behind");
+    assert!(
+        body.as_ref() == data.as_slice(),
+        "blob bytes differ after restart"
+    );
+    assert!(
+        s.files_under("_uploads").is_empty(),
+        "upload folder left behind"
+    );
 }
 
 #[tokio::test]
@@ -249,9 +285,17 @@ async fn wrong_digest_is_rejected_and_nothing_visible() {
     assert_oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 
     for d in [&wrong, &actual] {
-        let r = c.head(s.url(&format!("/v2/bpf/wrong/blobs/{d}"))).send().await.unwrap();
+        let r = c
+            .head(s.url(&format!("/v2/bpf/wrong/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "HEAD {d}");
-        let r = c.get(s.url(&format!("/v2/bpf/wrong/blobs/{d}"))).send().await.unwrap();
+        let r = c
+            .get(s.url(&format!("/v2/bpf/wrong/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
         assert_oci_error(r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
     }
     let blobs = s.files_under("blobs");
@@ -261,7 +305,10 @@ async fn wrong_digest_is_rejected_and_nothing_visible() {
             "a blob file for {d} exists: {blobs:?}"
         );
     }
-    assert!(blobs.is_empty(), "no blob should be stored at all: {blobs:?}");
+    assert!(
+        blobs.is_empty(),
+        "no blob should be stored at all: {blobs:?}"
+    );
     let uploads = s.files_under("_uploads");
     assert!(uploads.is_empty(), "_uploads not empty: {uploads:?}");
     // The failed session is over.
@@ -321,14 +368,19 @@ async fn cross_repo_mount_201_and_fallback_202() {
 
     // Mount from a repository that has the blob.
     let r = c
-        .post(s.url(&format!("/v2/bpf/target/blobs/uploads/?mount={digest}&from=bpf/source")))
+        .post(s.url(&format!(
+            "/v2/bpf/target/blobs/uploads/?mount={digest}&from=bpf/source"
+        )))
         .header("content-length", "0")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(location(&r), format!("/v2/bpf/target/blobs/{digest}"));
-    assert_eq!(header(&r, "docker-content-digest").as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        header(&r, "docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
     let got = c
         .get(s.url(&format!("/v2/bpf/target/blobs/{digest}")))
         .send()
@@ -340,26 +392,37 @@ async fn cross_repo_mount_201_and_fallback_202() {
     // The source does not have the blob (it exists, but elsewhere): no
     // mount, an upload session is opened instead.
     let r = c
-        .post(s.url(&format!("/v2/bpf/third/blobs/uploads/?mount={digest}&from=bpf/unrelated")))
+        .post(s.url(&format!(
+            "/v2/bpf/third/blobs/uploads/?mount={digest}&from=bpf/unrelated"
+        )))
         .header("content-length", "0")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = location(&r);
-    assert!(loc.contains("/v2/bpf/third/blobs/uploads/"), "Location {loc}");
+    assert!(
+        loc.contains("/v2/bpf/third/blobs/uploads/"),
+        "Location {loc}"
+    );
     let r = c
         .head(s.url(&format!("/v2/bpf/third/blobs/{digest}")))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a failed mount must not link the blob");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a failed mount must not link the blob"
+    );
 
     // An unknown digest: 202 and the session can be used to upload it.
     let other = pseudo_random(100, 55);
     let od = sha256(&other);
     let r = c
-        .post(s.url(&format!("/v2/bpf/third/blobs/uploads/?mount={od}&from=bpf/source")))
+        .post(s.url(&format!(
+            "/v2/bpf/third/blobs/uploads/?mount={od}&from=bpf/source"
+        )))
         .header("content-length", "0")
         .send()
         .await
@@ -373,7 +436,11 @@ async fn cross_repo_mount_201_and_fallback_202() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = c.get(s.url(&format!("/v2/bpf/third/blobs/{od}"))).send().await.unwrap();
+    let got = c
+        .get(s.url(&format!("/v2/bpf/third/blobs/{od}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), other.as_slice());
 }
 
@@ -387,11 +454,19 @@ async fn range_get_is_206() {
 
     let whole = c.get(&url).send().await.unwrap();
     assert_eq!(whole.status(), StatusCode::OK);
-    assert_eq!(header(&whole, "docker-content-digest").as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        header(&whole, "docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
     assert_eq!(header(&whole, "content-length").as_deref(), Some("100"));
     assert_eq!(whole.bytes().await.unwrap().as_ref(), data.as_slice());
 
-    for (range, start, end) in [("bytes=10-19", 10usize, 19usize), ("bytes=90-", 90, 99), ("bytes=-5", 95, 99), ("bytes=95-1000", 95, 99)] {
+    for (range, start, end) in [
+        ("bytes=10-19", 10usize, 19usize),
+        ("bytes=90-", 90, 99),
+        ("bytes=-5", 95, 99),
+        ("bytes=95-1000", 95, 99),
+    ] {
         let r = c.get(&url).header("range", range).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
         assert_eq!(
@@ -399,14 +474,25 @@ async fn range_get_is_206() {
             Some(format!("bytes {start}-{end}/100")),
             "{range}"
         );
-        assert_eq!(header(&r, "content-length"), Some((end - start + 1).to_string()), "{range}");
-        assert_eq!(r.bytes().await.unwrap().as_ref(), &data[start..=end], "{range}");
+        assert_eq!(
+            header(&r, "content-length"),
+            Some((end - start + 1).to_string()),
+            "{range}"
+        );
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &data[start..=end],
+            "{range}"
+        );
     }
 
     let head = c.head(&url).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(header(&head, "content-length").as_deref(), Some("100"));
-    assert_eq!(header(&head, "docker-content-digest").as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        header(&head, "docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
 }
 
 // ---- manifests ---------------------------------------------------------------
@@ -447,7 +533,9 @@ async fn manifest_missing_blob_is_manifest_blob_unknown() {
     let ghost = pseudo_random(64, 8);
     let ghost_desc = json!({"mediaType": LAYER_TAR_ZSTD, "digest": sha256(&ghost), "size": 64});
     let body = image_manifest(&config, &[layer.clone(), ghost_desc], json!({}));
-    let r = s.put_manifest(&c, "bpf/missing", "v1", OCI_MANIFEST, &body).await;
+    let r = s
+        .put_manifest(&c, "bpf/missing", "v1", OCI_MANIFEST, &body)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
 
     // A blob that exists only in another repository does not count.
@@ -458,13 +546,17 @@ async fn manifest_missing_blob_is_manifest_blob_unknown() {
         &[json!({"mediaType": LAYER_TAR_ZSTD, "digest": ed, "size": 64})],
         json!({}),
     );
-    let r = s.put_manifest(&c, "bpf/missing", "v2", OCI_MANIFEST, &body2).await;
+    let r = s
+        .put_manifest(&c, "bpf/missing", "v2", OCI_MANIFEST, &body2)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
 
     // A missing config blob.
     let bad_config = json!({"mediaType": BPF_CONFIG, "digest": sha256(b"nope"), "size": 4});
     let body3 = image_manifest(&bad_config, &[layer], json!({}));
-    let r = s.put_manifest(&c, "bpf/missing", "v3", OCI_MANIFEST, &body3).await;
+    let r = s
+        .put_manifest(&c, "bpf/missing", "v3", OCI_MANIFEST, &body3)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
 
     for (reference, b) in [("v1", &body), ("v2", &body2), ("v3", &body3)] {
@@ -485,10 +577,18 @@ async fn manifest_missing_blob_is_manifest_blob_unknown() {
 
 /// Pads a manifest with an annotation so that its JSON is exactly `size` bytes.
 fn manifest_of_size(config: &Value, layer: &Value, size: usize) -> Vec<u8> {
-    let probe = image_manifest(config, &[layer.clone()], json!({"annotations": {"pad": ""}}));
+    let probe = image_manifest(
+        config,
+        &[layer.clone()],
+        json!({"annotations": {"pad": ""}}),
+    );
     assert!(probe.len() <= size);
     let pad = "x".repeat(size - probe.len());
-    let body = image_manifest(config, &[layer.clone()], json!({"annotations": {"pad": pad}}));
+    let body = image_manifest(
+        config,
+        &[layer.clone()],
+        json!({"annotations": {"pad": pad}}),
+    );
     assert_eq!(body.len(), size);
     body
 }
@@ -500,14 +600,27 @@ async fn manifest_over_4mib_is_413() {
     let (config, layer) = base_blobs(&s, &c, "bpf/big").await;
 
     let over = manifest_of_size(&config, &layer, 4 * 1024 * 1024 + 1);
-    let r = s.put_manifest(&c, "bpf/big", "over", OCI_MANIFEST, &over).await;
-    assert_oci_error_any(r, StatusCode::PAYLOAD_TOO_LARGE, &["MANIFEST_INVALID", "SIZE_INVALID"]).await;
-    let r = c.get(s.url("/v2/bpf/big/manifests/over")).send().await.unwrap();
+    let r = s
+        .put_manifest(&c, "bpf/big", "over", OCI_MANIFEST, &over)
+        .await;
+    assert_oci_error_any(
+        r,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &["MANIFEST_INVALID", "SIZE_INVALID"],
+    )
+    .await;
+    let r = c
+        .get(s.url("/v2/bpf/big/manifests/over"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 
     // Registries should accept manifests of at least 4 MiB.
     let exact = manifest_of_size(&config, &layer, 4 * 1024 * 1024);
-    let digest = s.put_manifest_ok(&c, "bpf/big", "exact", OCI_MANIFEST, &exact).await;
+    let digest = s
+        .put_manifest_ok(&c, "bpf/big", "exact", OCI_MANIFEST, &exact)
+        .await;
     let r = c
         .get(s.url("/v2/bpf/big/manifests/exact"))
         .header("accept", OCI_MANIFEST)
@@ -530,11 +643,19 @@ async fn manifest_mediatype_mismatch_is_400() {
         assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     }
     // A body whose own mediaType is not a manifest type.
-    let not_manifest = image_manifest(&config, &[layer.clone()], json!({"mediaType": "application/json"}));
-    let r = s.put_manifest(&c, "bpf/mt", "v1", "application/json", &not_manifest).await;
+    let not_manifest = image_manifest(
+        &config,
+        &[layer.clone()],
+        json!({"mediaType": "application/json"}),
+    );
+    let r = s
+        .put_manifest(&c, "bpf/mt", "v1", "application/json", &not_manifest)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     // Not JSON at all.
-    let r = s.put_manifest(&c, "bpf/mt", "v1", OCI_MANIFEST, b"{not json").await;
+    let r = s
+        .put_manifest(&c, "bpf/mt", "v1", OCI_MANIFEST, b"{not json")
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     // An image manifest without its config.
     let r = s
@@ -543,16 +664,29 @@ async fn manifest_mediatype_mismatch_is_400() {
             "bpf/mt",
             "v1",
             OCI_MANIFEST,
-            &serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [layer]})).unwrap(),
+            &serde_json::to_vec(
+                &json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [layer]}),
+            )
+            .unwrap(),
         )
         .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
-    let r = c.get(s.url("/v2/bpf/mt/manifests/v1")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v2/bpf/mt/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 
     // Content-Type parameters are ignored; the matching type is accepted.
-    s.put_manifest_ok(&c, "bpf/mt", "v1", &format!("{OCI_MANIFEST}; charset=utf-8"), &body)
-        .await;
+    s.put_manifest_ok(
+        &c,
+        "bpf/mt",
+        "v1",
+        &format!("{OCI_MANIFEST}; charset=utf-8"),
+        &body,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -563,7 +697,9 @@ async fn manifest_put_by_wrong_digest_is_400() {
     let body = image_manifest(&config, &[layer], json!({}));
     let real = sha256(&body);
     let wrong = sha256(b"another manifest");
-    let r = s.put_manifest(&c, "bpf/bydigest", &wrong, OCI_MANIFEST, &body).await;
+    let r = s
+        .put_manifest(&c, "bpf/bydigest", &wrong, OCI_MANIFEST, &body)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     for d in [&real, &wrong] {
         let r = c
@@ -574,7 +710,9 @@ async fn manifest_put_by_wrong_digest_is_400() {
         assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     }
     // By its real digest it is accepted.
-    let d = s.put_manifest_ok(&c, "bpf/bydigest", &real, OCI_MANIFEST, &body).await;
+    let d = s
+        .put_manifest_ok(&c, "bpf/bydigest", &real, OCI_MANIFEST, &body)
+        .await;
     assert_eq!(d, real);
 }
 
@@ -584,20 +722,35 @@ async fn index_with_missing_child_is_rejected() {
     let c = client();
     let (config, layer) = base_blobs(&s, &c, "bpf/index").await;
     let child = image_manifest(&config, &[layer.clone()], json!({}));
-    let child_digest = s.put_manifest_ok(&c, "bpf/index", "amd64", OCI_MANIFEST, &child).await;
-    let missing = image_manifest(&config, &[layer.clone()], json!({"annotations": {"x": "never pushed"}}));
+    let child_digest = s
+        .put_manifest_ok(&c, "bpf/index", "amd64", OCI_MANIFEST, &child)
+        .await;
+    let missing = image_manifest(
+        &config,
+        &[layer.clone()],
+        json!({"annotations": {"x": "never pushed"}}),
+    );
 
     let index = |children: Vec<Value>| {
-        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})).unwrap()
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}),
+        )
+        .unwrap()
     };
     let good = json!({"mediaType": OCI_MANIFEST, "digest": child_digest, "size": child.len(),
                       "platform": {"architecture": "amd64", "os": "linux"}});
     let bad = json!({"mediaType": OCI_MANIFEST, "digest": sha256(&missing), "size": missing.len(),
                      "platform": {"architecture": "arm64", "os": "linux"}});
     let body = index(vec![good.clone(), bad]);
-    let r = s.put_manifest(&c, "bpf/index", "multi", OCI_INDEX, &body).await;
+    let r = s
+        .put_manifest(&c, "bpf/index", "multi", OCI_INDEX, &body)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
-    let r = c.get(s.url("/v2/bpf/index/manifests/multi")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v2/bpf/index/manifests/multi"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 
     // A child that lives only in another repository does not count either.
@@ -610,12 +763,15 @@ async fn index_with_missing_child_is_rejected() {
         good.clone(),
         json!({"mediaType": OCI_MANIFEST, "digest": fd, "size": foreign.len()}),
     ]);
-    let r = s.put_manifest(&c, "bpf/index", "multi", OCI_INDEX, &body).await;
+    let r = s
+        .put_manifest(&c, "bpf/index", "multi", OCI_INDEX, &body)
+        .await;
     assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
 
     // With every child present it is accepted.
     let body = index(vec![good]);
-    s.put_manifest_ok(&c, "bpf/index", "multi", OCI_INDEX, &body).await;
+    s.put_manifest_ok(&c, "bpf/index", "multi", OCI_INDEX, &body)
+        .await;
 }
 
 #[tokio::test]
@@ -623,7 +779,8 @@ async fn docker_schema2_manifest_roundtrip() {
     let s = TestServer::start().await;
     let c = client();
     let repo = "bpf/docker";
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let layer = pseudo_random(2048, 10);
     let cd = s.push_blob(&c, repo, config).await;
     let ld = s.push_blob(&c, repo, &layer).await;
@@ -634,7 +791,9 @@ async fn docker_schema2_manifest_roundtrip() {
         layer.len()
     )
     .into_bytes();
-    let digest = s.put_manifest_ok(&c, repo, "v1", DOCKER_MANIFEST, &body).await;
+    let digest = s
+        .put_manifest_ok(&c, repo, "v1", DOCKER_MANIFEST, &body)
+        .await;
 
     for reference in ["v1", digest.as_str()] {
         let r = c
@@ -645,7 +804,10 @@ async fn docker_schema2_manifest_roundtrip() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "content-type").as_deref(), Some(DOCKER_MANIFEST));
-        assert_eq!(header(&r, "docker-content-digest").as_deref(), Some(digest.as_str()));
+        assert_eq!(
+            header(&r, "docker-content-digest").as_deref(),
+            Some(digest.as_str())
+        );
         assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
         let h = c
             .head(s.url(&format!("/v2/{repo}/manifests/{reference}")))
@@ -655,7 +817,10 @@ async fn docker_schema2_manifest_roundtrip() {
             .unwrap();
         assert_eq!(h.status(), StatusCode::OK);
         assert_eq!(header(&h, "content-length"), Some(body.len().to_string()));
-        assert_eq!(header(&h, "docker-content-digest").as_deref(), Some(digest.as_str()));
+        assert_eq!(
+            header(&h, "docker-content-digest").as_deref(),
+            Some(digest.as_str())
+        );
     }
 
     // A Docker manifest list over it.
@@ -666,15 +831,23 @@ async fn docker_schema2_manifest_roundtrip() {
                        "platform": {"architecture": "amd64", "os": "linux"}}],
     }))
     .unwrap();
-    let ld = s.put_manifest_ok(&c, repo, "list", DOCKER_MANIFEST_LIST, &list).await;
+    let ld = s
+        .put_manifest_ok(&c, repo, "list", DOCKER_MANIFEST_LIST, &list)
+        .await;
     let r = c
         .get(s.url(&format!("/v2/{repo}/manifests/list")))
-        .header("accept", format!("{DOCKER_MANIFEST_LIST}, {DOCKER_MANIFEST}"))
+        .header(
+            "accept",
+            format!("{DOCKER_MANIFEST_LIST}, {DOCKER_MANIFEST}"),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "content-type").as_deref(), Some(DOCKER_MANIFEST_LIST));
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some(DOCKER_MANIFEST_LIST)
+    );
     assert_eq!(header(&r, "docker-content-digest"), Some(ld));
     assert_eq!(r.bytes().await.unwrap().as_ref(), list.as_slice());
 }
@@ -698,9 +871,14 @@ async fn subject_without_target_is_accepted_with_oci_subject_header() {
         "annotations": {"org.example.signer": "ci"},
     }))
     .unwrap();
-    let r = s.put_manifest(&c, repo, &sha256(&body), OCI_MANIFEST, &body).await;
+    let r = s
+        .put_manifest(&c, repo, &sha256(&body), OCI_MANIFEST, &body)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(header(&r, "oci-subject").as_deref(), Some(subject_digest.as_str()));
+    assert_eq!(
+        header(&r, "oci-subject").as_deref(),
+        Some(subject_digest.as_str())
+    );
     assert_eq!(header(&r, "docker-content-digest"), Some(sha256(&body)));
 
     let r = c
@@ -713,7 +891,10 @@ async fn subject_without_target_is_accepted_with_oci_subject_header() {
     let list = v["manifests"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{v}");
     assert_eq!(list[0]["digest"], json!(sha256(&body)));
-    assert_eq!(list[0]["artifactType"], json!("application/vnd.example.signature.v1"));
+    assert_eq!(
+        list[0]["artifactType"],
+        json!("application/vnd.example.signature.v1")
+    );
     assert_eq!(list[0]["annotations"]["org.example.signer"], json!("ci"));
 
     // A manifest without a subject gets no OCI-Subject header.
@@ -721,7 +902,9 @@ async fn subject_without_target_is_accepted_with_oci_subject_header() {
         "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": empty, "layers": [],
     }))
     .unwrap();
-    let r = s.put_manifest(&c, repo, "plain", OCI_MANIFEST, &plain).await;
+    let r = s
+        .put_manifest(&c, repo, "plain", OCI_MANIFEST, &plain)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(header(&r, "oci-subject").is_none());
 }
@@ -754,7 +937,9 @@ async fn push_referrer(
     let body = serde_json::to_vec(&m).unwrap();
     let digest = sha256(&body);
     let reference = tag.map(str::to_string).unwrap_or_else(|| digest.clone());
-    let d = s.put_manifest_ok(c, repo, &reference, OCI_MANIFEST, &body).await;
+    let d = s
+        .put_manifest_ok(c, repo, &reference, OCI_MANIFEST, &body)
+        .await;
     assert_eq!(d, digest);
     (digest, body)
 }
@@ -765,7 +950,14 @@ async fn referrers_list_and_filter() {
     let c = client();
     let repo = "bpf/referred";
     let (sd, sbody) = s
-        .push_image(&c, repo, "v1", b"{\"k\":1}", &[&pseudo_random(100, 12)], json!({}))
+        .push_image(
+            &c,
+            repo,
+            "v1",
+            b"{\"k\":1}",
+            &[&pseudo_random(100, 12)],
+            json!({}),
+        )
         .await;
     let subject = (sd.as_str(), sbody.len());
     let (sig, sig_body) = push_referrer(
@@ -799,21 +991,35 @@ async fn referrers_list_and_filter() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "content-type").as_deref(), Some(OCI_INDEX));
-    assert!(header(&r, "oci-filters-applied").is_none(), "no filter was requested");
+    assert!(
+        header(&r, "oci-filters-applied").is_none(),
+        "no filter was requested"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["schemaVersion"], json!(2));
     assert_eq!(v["mediaType"], json!(OCI_INDEX));
     let list = v["manifests"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{v}");
-    let by_digest = |d: &str| list.iter().find(|e| e["digest"] == json!(d)).cloned().unwrap();
+    let by_digest = |d: &str| {
+        list.iter()
+            .find(|e| e["digest"] == json!(d))
+            .cloned()
+            .unwrap()
+    };
     let e = by_digest(&sig);
     assert_eq!(e["mediaType"], json!(OCI_MANIFEST));
     assert_eq!(e["size"], json!(sig_body.len()));
-    assert_eq!(e["artifactType"], json!("application/vnd.example.signature.v1"));
+    assert_eq!(
+        e["artifactType"],
+        json!("application/vnd.example.signature.v1")
+    );
     assert_eq!(e["annotations"]["org.example.note"], json!("sig"));
     let e = by_digest(&sbom);
     assert_eq!(e["size"], json!(sbom_body.len()));
-    assert_eq!(e["artifactType"], json!("application/vnd.example.sbom.config.v1+json"));
+    assert_eq!(
+        e["artifactType"],
+        json!("application/vnd.example.sbom.config.v1+json")
+    );
     assert_eq!(e["annotations"]["org.example.note"], json!("sbom"));
 
     // Filtered.
@@ -825,7 +1031,10 @@ async fn referrers_list_and_filter() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "oci-filters-applied").as_deref(), Some("artifactType"));
+    assert_eq!(
+        header(&r, "oci-filters-applied").as_deref(),
+        Some("artifactType")
+    );
     let v: Value = r.json().await.unwrap();
     let list = v["manifests"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{v}");
@@ -833,12 +1042,17 @@ async fn referrers_list_and_filter() {
 
     // A filter that matches nothing: still 200 and an empty index.
     let r = c
-        .get(s.url(&format!("/v2/{repo}/referrers/{sd}?artifactType=application/x-none")))
+        .get(s.url(&format!(
+            "/v2/{repo}/referrers/{sd}?artifactType=application/x-none"
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "oci-filters-applied").as_deref(), Some("artifactType"));
+    assert_eq!(
+        header(&r, "oci-filters-applied").as_deref(),
+        Some("artifactType")
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"], json!([]));
 
@@ -899,7 +1113,11 @@ async fn tags_list_pagination_link_header() {
     sorted.sort();
 
     // Unpaginated.
-    let r = c.get(s.url(&format!("/v2/{repo}/tags/list"))).send().await.unwrap();
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/tags/list")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(header(&r, "link").is_none());
     let v: Value = r.json().await.unwrap();
@@ -922,7 +1140,10 @@ async fn tags_list_pagination_link_header() {
                 assert_eq!(page.len(), 2, "a page followed by a Link must be full");
                 assert!(n.starts_with(&format!("/v2/{repo}/tags/list?")), "Link {n}");
                 assert!(n.contains("n=2"), "Link {n}");
-                assert!(n.contains(&format!("last={}", page.last().unwrap())), "Link {n}");
+                assert!(
+                    n.contains(&format!("last={}", page.last().unwrap())),
+                    "Link {n}"
+                );
                 seen.extend(page);
                 url = s.abs(&n);
             }
@@ -947,14 +1168,25 @@ async fn tags_list_pagination_link_header() {
     assert_eq!(v["tags"], json!(["v1", "v2"]));
 
     // n=0: an empty list and no Link.
-    let r = c.get(s.url(&format!("/v2/{repo}/tags/list?n=0"))).send().await.unwrap();
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/tags/list?n=0")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(header(&r, "link").is_none(), "n=0 must not carry a Link header");
+    assert!(
+        header(&r, "link").is_none(),
+        "n=0 must not carry a Link header"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!([]));
 
     // An unknown repository.
-    let r = c.get(s.url("/v2/bpf/nothing-here/tags/list")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v2/bpf/nothing-here/tags/list"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
 }
 
@@ -962,9 +1194,18 @@ async fn tags_list_pagination_link_header() {
 async fn catalog_pagination() {
     let s = TestServer::start().await;
     let c = client();
-    let repos = ["team", "team/tools", "alpha", "beta/one", "beta/two", "delta/x/y", "gamma"];
+    let repos = [
+        "team",
+        "team/tools",
+        "alpha",
+        "beta/one",
+        "beta/two",
+        "delta/x/y",
+        "gamma",
+    ];
     for r in repos {
-        s.push_image(&c, r, "v1", b"{}", &[r.as_bytes()], json!({})).await;
+        s.push_image(&c, r, "v1", b"{}", &[r.as_bytes()], json!({}))
+            .await;
     }
     let mut sorted: Vec<&str> = repos.to_vec();
     sorted.sort();
@@ -972,7 +1213,11 @@ async fn catalog_pagination() {
     let r = c.get(s.url("/v2/_catalog")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["repositories"], json!(sorted), "intermediate folders are not repositories");
+    assert_eq!(
+        v["repositories"],
+        json!(sorted),
+        "intermediate folders are not repositories"
+    );
 
     let mut url = s.url("/v2/_catalog?n=3");
     let mut seen: Vec<String> = Vec::new();
@@ -999,7 +1244,11 @@ async fn catalog_pagination() {
     assert_eq!(seen, sorted);
     assert_eq!(pages, 3);
 
-    let r = c.get(s.url("/v2/_catalog?n=2&last=beta/two")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v2/_catalog?n=2&last=beta/two"))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["delta/x/y", "gamma"]));
 }
@@ -1014,7 +1263,8 @@ async fn delete_tag_keeps_manifest() {
     let (digest, body) = s
         .push_image(&c, repo, "v1", b"{}", &[&pseudo_random(50, 14)], json!({}))
         .await;
-    s.put_manifest_ok(&c, repo, "stable", OCI_MANIFEST, &body).await;
+    s.put_manifest_ok(&c, repo, "stable", OCI_MANIFEST, &body)
+        .await;
 
     let r = c
         .delete(s.url(&format!("/v2/{repo}/manifests/stable")))
@@ -1023,7 +1273,11 @@ async fn delete_tag_keeps_manifest() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
-    let r = c.get(s.url(&format!("/v2/{repo}/manifests/stable"))).send().await.unwrap();
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/manifests/stable")))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     for reference in [digest.as_str(), "v1"] {
         let r = c
@@ -1061,7 +1315,8 @@ async fn delete_manifest_removes_tags_and_referrer() {
     let (sd, sbody) = s
         .push_image(&c, repo, "v1", b"{}", &[&pseudo_random(40, 15)], json!({}))
         .await;
-    s.put_manifest_ok(&c, repo, "latest", OCI_MANIFEST, &sbody).await;
+    s.put_manifest_ok(&c, repo, "latest", OCI_MANIFEST, &sbody)
+        .await;
     let (rd, _) = push_referrer(
         &s,
         &c,
@@ -1081,9 +1336,17 @@ async fn delete_manifest_removes_tags_and_referrer() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = c.get(s.url(&format!("/v2/{repo}/manifests/{rd}"))).send().await.unwrap();
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/manifests/{rd}")))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
-    let r = c.get(s.url(&format!("/v2/{repo}/manifests/sig"))).send().await.unwrap();
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/manifests/sig")))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     let v: Value = c
         .get(s.url(&format!("/v2/{repo}/referrers/{sd}")))
@@ -1133,7 +1396,8 @@ async fn delete_manifest_removes_tags_and_referrer() {
 async fn malformed_digest_in_url_is_400_json() {
     let s = TestServer::start().await;
     let c = client();
-    s.push_image(&c, "bpf/md", "v1", b"{}", &[b"layer"], json!({})).await;
+    s.push_image(&c, "bpf/md", "v1", b"{}", &[b"layer"], json!({}))
+        .await;
     let bad = [
         "sha256:xyz",
         "sha256:1234",
@@ -1152,12 +1416,21 @@ async fn malformed_digest_in_url_is_400_json() {
             (Method::GET, format!("/v2/bpf/md/manifests/{d}")),
             (Method::DELETE, format!("/v2/bpf/md/manifests/{d}")),
             (Method::GET, format!("/v2/bpf/md/referrers/{d}")),
-            (Method::POST, format!("/v2/bpf/md/blobs/uploads/?digest={d}")),
-            (Method::POST, format!("/v2/bpf/md/blobs/uploads/?mount={d}&from=bpf/other")),
+            (
+                Method::POST,
+                format!("/v2/bpf/md/blobs/uploads/?digest={d}"),
+            ),
+            (
+                Method::POST,
+                format!("/v2/bpf/md/blobs/uploads/?mount={d}&from=bpf/other"),
+            ),
         ] {
             let r = send(&c, method.clone(), &s.url(&path), &[]).await;
             let status = r.status();
-            assert!(status != StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}: 500");
+            assert!(
+                status != StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {path}: 500"
+            );
             if method == Method::HEAD {
                 assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
             } else {
@@ -1168,7 +1441,11 @@ async fn malformed_digest_in_url_is_400_json() {
     // The closing PUT of an upload: a malformed or missing digest.
     let loc = s.start_upload(&c, "bpf/md").await;
     for q in ["digest=sha256:xyz", "digest=", ""] {
-        let url = if q.is_empty() { s.abs(&loc) } else { s.abs(&with_query(&loc, q)) };
+        let url = if q.is_empty() {
+            s.abs(&loc)
+        } else {
+            s.abs(&with_query(&loc, q))
+        };
         let r = c.put(url).body(b"abc".to_vec()).send().await.unwrap();
         assert_oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     }
@@ -1180,11 +1457,12 @@ async fn malformed_digest_in_url_is_400_json() {
     ] {
         let r = raw_request(s.addr, "GET", path, &[], b"").await;
         assert!((400..500).contains(&r.status), "{path}: {}", r.status);
-        check_envelope(path, r.header("content-type").unwrap_or(""), &r.body, &[
-            "DIGEST_INVALID",
-            "NAME_INVALID",
-            "MANIFEST_INVALID",
-        ]);
+        check_envelope(
+            path,
+            r.header("content-type").unwrap_or(""),
+            &r.body,
+            &["DIGEST_INVALID", "NAME_INVALID", "MANIFEST_INVALID"],
+        );
     }
 }
 
@@ -1192,7 +1470,8 @@ async fn malformed_digest_in_url_is_400_json() {
 async fn path_tricks_are_4xx() {
     let s = TestServer::start().await;
     let c = client();
-    s.push_image(&c, "bpf/safe", "v1", b"{}", &[b"layer"], json!({})).await;
+    s.push_image(&c, "bpf/safe", "v1", b"{}", &[b"layer"], json!({}))
+        .await;
     let d = sha256(b"layer");
     let cases: Vec<(&str, String)> = vec![
         ("GET", "/v2/../etc/tags/list".into()),
@@ -1213,7 +1492,10 @@ async fn path_tricks_are_4xx() {
         ("POST", "/v2/bpf/_layers/blobs/uploads/".into()),
         ("PUT", "/v2/bpf/_referrers/manifests/v1".into()),
         ("GET", "/v2/bpf/safe/blobs/uploads/..%2f..%2fblobs".into()),
-        ("GET", "/v2/bpf/safe/blobs/uploads/../../../etc/passwd".into()),
+        (
+            "GET",
+            "/v2/bpf/safe/blobs/uploads/../../../etc/passwd".into(),
+        ),
         ("PATCH", "/v2/bpf/safe/blobs/uploads/%2e%2e".into()),
         ("GET", "/v2/bpf/safe/manifests/..".into()),
         ("GET", "/v2/bpf/safe/manifests/%2e%2e".into()),
@@ -1228,15 +1510,20 @@ async fn path_tricks_are_4xx() {
             String::from_utf8_lossy(&r.body)
         );
         if path.starts_with("/v2/") {
-            check_envelope(&format!("{method} {path}"), r.header("content-type").unwrap_or(""), &r.body, &[
-                "NAME_INVALID",
-                "NAME_UNKNOWN",
-                "MANIFEST_INVALID",
-                "MANIFEST_UNKNOWN",
-                "BLOB_UPLOAD_UNKNOWN",
-                "BLOB_UNKNOWN",
-                "DIGEST_INVALID",
-            ]);
+            check_envelope(
+                &format!("{method} {path}"),
+                r.header("content-type").unwrap_or(""),
+                &r.body,
+                &[
+                    "NAME_INVALID",
+                    "NAME_UNKNOWN",
+                    "MANIFEST_INVALID",
+                    "MANIFEST_UNKNOWN",
+                    "BLOB_UPLOAD_UNKNOWN",
+                    "BLOB_UNKNOWN",
+                    "DIGEST_INVALID",
+                ],
+            );
         }
     }
     // The name-level tricks are NAME_INVALID specifically.
@@ -1250,7 +1537,12 @@ async fn path_tricks_are_4xx() {
     ] {
         let r = raw_request(s.addr, "GET", path, &[], b"").await;
         assert_eq!(r.status, 400, "{path}");
-        check_envelope(path, r.header("content-type").unwrap_or(""), &r.body, &["NAME_INVALID"]);
+        check_envelope(
+            path,
+            r.header("content-type").unwrap_or(""),
+            &r.body,
+            &["NAME_INVALID"],
+        );
     }
     // Nothing escaped the store: no stray file next to the data dir and the
     // real repository is unharmed.
@@ -1262,7 +1554,11 @@ async fn path_tricks_are_4xx() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["data".to_string()]);
-    let r = c.get(s.url("/v2/bpf/safe/manifests/v1")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v2/bpf/safe/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -1297,21 +1593,33 @@ async fn invalid_name_is_name_invalid() {
         ] {
             let r = send(&c, method.clone(), &s.url(&path), &[]).await;
             let r_status = r.status();
-            assert_ne!(r_status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}");
+            assert_ne!(
+                r_status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {path}"
+            );
             assert_oci_error(r, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
         }
     }
     // A mount source with an invalid name.
     let r = c
-        .post(s.url(&format!("/v2/bpf/ok/blobs/uploads/?mount={}&from=NOT_VALID", sha256(b"x"))))
+        .post(s.url(&format!(
+            "/v2/bpf/ok/blobs/uploads/?mount={}&from=NOT_VALID",
+            sha256(b"x")
+        )))
         .send()
         .await
         .unwrap();
     assert_oci_error(r, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
 
     // The longest valid name works end to end.
-    s.push_image(&c, &long, "v1", b"{}", &[b"l"], json!({})).await;
-    let r = c.get(s.url(&format!("/v2/{long}/tags/list"))).send().await.unwrap();
+    s.push_image(&c, &long, "v1", b"{}", &[b"l"], json!({}))
+        .await;
+    let r = c
+        .get(s.url(&format!("/v2/{long}/tags/list")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -1319,7 +1627,8 @@ async fn invalid_name_is_name_invalid() {
 async fn unknown_manifest_404() {
     let s = TestServer::start().await;
     let c = client();
-    s.push_image(&c, "bpf/known", "v1", b"{}", &[b"x"], json!({})).await;
+    s.push_image(&c, "bpf/known", "v1", b"{}", &[b"x"], json!({}))
+        .await;
     let unknown_digest = sha256(b"not a manifest here");
     for (repo, reference) in [
         ("bpf/known", "v2"),
@@ -1340,7 +1649,10 @@ async fn unknown_manifest_404() {
         .await;
         let r = c.head(&url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "HEAD {url}");
-        assert!(r.bytes().await.unwrap().is_empty(), "HEAD must not carry a body");
+        assert!(
+            r.bytes().await.unwrap().is_empty(),
+            "HEAD must not carry a body"
+        );
     }
     // A blob digest is not a manifest.
     let blob = sha256(b"x");
@@ -1399,8 +1711,15 @@ async fn concurrent_tag_pushes_last_write_wins_nothing_torn() {
     assert_eq!(r.status(), StatusCode::OK);
     let d = header(&r, "docker-content-digest").unwrap();
     let body = r.bytes().await.unwrap();
-    assert!(digests.contains(&d), "the tag points at a digest nobody pushed: {d}");
-    assert_eq!(sha256(&body), d, "served bytes do not hash to the served digest");
+    assert!(
+        digests.contains(&d),
+        "the tag points at a digest nobody pushed: {d}"
+    );
+    assert_eq!(
+        sha256(&body),
+        d,
+        "served bytes do not hash to the served digest"
+    );
     // Every version is still reachable by digest, intact.
     for b in &bodies {
         let r = c
@@ -1453,8 +1772,15 @@ async fn concurrent_same_blob_uploads() {
     assert_eq!(r.status(), StatusCode::OK);
     let body = r.bytes().await.unwrap();
     assert!(body.as_ref() == data.as_slice(), "blob content differs");
-    assert_eq!(s.files_under("blobs"), vec![format!("sha256/{}", hex_of(&digest))]);
-    assert!(s.files_under("_uploads").is_empty(), "{:?}", s.files_under("_uploads"));
+    assert_eq!(
+        s.files_under("blobs"),
+        vec![format!("sha256/{}", hex_of(&digest))]
+    );
+    assert!(
+        s.files_under("_uploads").is_empty(),
+        "{:?}",
+        s.files_under("_uploads")
+    );
 }
 
 #[tokio::test]
@@ -1465,30 +1791,60 @@ async fn identical_content_stored_once() {
     let d1 = s.push_blob(&c, "bpf/one", &data).await;
     let d2 = s.push_blob_chunked(&c, "bpf/two", &data, 7000).await;
     assert_eq!(d1, d2);
-    assert_eq!(s.files_under("blobs"), vec![format!("sha256/{}", hex_of(&d1))]);
+    assert_eq!(
+        s.files_under("blobs"),
+        vec![format!("sha256/{}", hex_of(&d1))]
+    );
 
     // The same manifest (and config) in both repositories: stored once too.
-    let (m1, body) = s.push_image(&c, "bpf/one", "v1", b"{\"c\":1}", &[&data], json!({})).await;
+    let (m1, body) = s
+        .push_image(&c, "bpf/one", "v1", b"{\"c\":1}", &[&data], json!({}))
+        .await;
     s.push_blob_post_put(&c, "bpf/two", b"{\"c\":1}").await;
-    let m2 = s.put_manifest_ok(&c, "bpf/two", "v1", OCI_MANIFEST, &body).await;
+    let m2 = s
+        .put_manifest_ok(&c, "bpf/two", "v1", OCI_MANIFEST, &body)
+        .await;
     assert_eq!(m1, m2);
     let files = s.files_under("blobs");
-    assert_eq!(files.len(), 3, "blob, config and manifest once each: {files:?}");
+    assert_eq!(
+        files.len(),
+        3,
+        "blob, config and manifest once each: {files:?}"
+    );
     for d in [&d1, &m1, &sha256(b"{\"c\":1}")] {
-        assert!(files.contains(&format!("sha256/{}", hex_of(d))), "{d} missing in {files:?}");
+        assert!(
+            files.contains(&format!("sha256/{}", hex_of(d))),
+            "{d} missing in {files:?}"
+        );
     }
     // Both repositories serve it.
     for repo in ["bpf/one", "bpf/two"] {
-        let r = c.get(s.url(&format!("/v2/{repo}/blobs/{d1}"))).send().await.unwrap();
+        let r = c
+            .get(s.url(&format!("/v2/{repo}/blobs/{d1}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.bytes().await.unwrap().as_ref() == data.as_slice());
     }
     // Unlinking from one repository leaves the other intact.
-    let r = c.delete(s.url(&format!("/v2/bpf/one/blobs/{d1}"))).send().await.unwrap();
+    let r = c
+        .delete(s.url(&format!("/v2/bpf/one/blobs/{d1}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = c.head(s.url(&format!("/v2/bpf/one/blobs/{d1}"))).send().await.unwrap();
+    let r = c
+        .head(s.url(&format!("/v2/bpf/one/blobs/{d1}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = c.get(s.url(&format!("/v2/bpf/two/blobs/{d1}"))).send().await.unwrap();
+    let r = c
+        .get(s.url(&format!("/v2/bpf/two/blobs/{d1}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -1511,9 +1867,19 @@ async fn accept_header_negotiation() {
     let url = s.url(&format!("/v2/{repo}/manifests/v1"));
 
     // Only the image manifest type is acceptable: the index is not served.
-    let r = c.get(&url).header("accept", OCI_MANIFEST).send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
-    let r = c.head(&url).header("accept", OCI_MANIFEST).send().await.unwrap();
+    let r = c
+        .head(&url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     for accept in [
@@ -1561,21 +1927,28 @@ async fn healthz_ok() {
     let c = client();
     let r = c.get(s.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(header(&r, "content-type").unwrap_or_default().starts_with("application/json"));
+    assert!(header(&r, "content-type")
+        .unwrap_or_default()
+        .starts_with("application/json"));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], json!("ok"));
     assert_eq!(v["data_dir_writable"], json!(true));
 
     let r = c.get(s.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "docker-distribution-api-version").as_deref(), Some("registry/2.0"));
+    assert_eq!(
+        header(&r, "docker-distribution-api-version").as_deref(),
+        Some("registry/2.0")
+    );
 }
 
 #[tokio::test]
 async fn every_response_has_request_id() {
     let s = TestServer::start().await;
     let c = client();
-    let (digest, _) = s.push_image(&c, "bpf/ids", "v1", b"{}", &[b"x"], json!({})).await;
+    let (digest, _) = s
+        .push_image(&c, "bpf/ids", "v1", b"{}", &[b"x"], json!({}))
+        .await;
     let requests: Vec<(Method, String)> = vec![
         (Method::GET, "/healthz".into()),
         (Method::GET, "/v2/".into()),
@@ -1594,16 +1967,238 @@ async fn every_response_has_request_id() {
     let mut ids = HashSet::new();
     for (method, path) in &requests {
         let r = send(&c, method.clone(), &s.url(path), &[]).await;
-        let id = header(&r, "x-request-id").unwrap_or_else(|| panic!("{method} {path}: no X-Request-Id"));
+        let id = header(&r, "x-request-id")
+            .unwrap_or_else(|| panic!("{method} {path}: no X-Request-Id"));
         assert!(!id.is_empty(), "{method} {path}");
-        assert!(ids.insert(id.clone()), "{method} {path}: request id {id} reused");
+        assert!(
+            ids.insert(id.clone()),
+            "{method} {path}: request id {id} reused"
+        );
     }
     // A well-formed client id is echoed back.
-    let r = send(&c, Method::GET, &s.url("/v2/"), &[("x-request-id", "trace-abc-123")]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        &s.url("/v2/"),
+        &[("x-request-id", "trace-abc-123")],
+    )
+    .await;
     assert_eq!(header(&r, "x-request-id").as_deref(), Some("trace-abc-123"));
-    let r = send(&c, Method::GET, &s.url("/v2/nope/manifests/x"), &[("x-request-id", "trace-err-1")]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        &s.url("/v2/nope/manifests/x"),
+        &[("x-request-id", "trace-err-1")],
+    )
+    .await;
     assert_eq!(header(&r, "x-request-id").as_deref(), Some("trace-err-1"));
     // Also on raw, malformed paths.
     let r = raw_request(s.addr, "GET", "/v2/%2e%2e/tags/list", &[], b"").await;
     assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
+}
+
+// ---- further spec checks -----------------------------------------------------
+
+#[tokio::test]
+async fn pagination_invalid_n_is_400() {
+    let s = TestServer::start().await;
+    let c = client();
+    s.push_image(&c, "bpf/pages", "v1", b"{}", &[b"x"], json!({}))
+        .await;
+    // A malformed query parameter on an allowed method is a bad request,
+    // never 405 Method Not Allowed.
+    for path in [
+        "/v2/bpf/pages/tags/list?n=abc",
+        "/v2/bpf/pages/tags/list?n=-1",
+        "/v2/_catalog?n=x",
+        "/v2/_catalog?n=1.5",
+    ] {
+        let r = c.get(s.url(path)).send().await.unwrap();
+        assert_oci_error_any(
+            r,
+            StatusCode::BAD_REQUEST,
+            &["UNSUPPORTED", "PAGINATION_NUMBER_INVALID", "SIZE_INVALID"],
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn unsatisfiable_blob_range_is_416_with_content_range() {
+    let s = TestServer::start().await;
+    let c = client();
+    let data = pseudo_random(100, 30);
+    let digest = s.push_blob(&c, "bpf/range416", &data).await;
+    for range in ["bytes=100-", "bytes=200-300", "bytes=100-100"] {
+        let r = c
+            .get(s.url(&format!("/v2/bpf/range416/blobs/{digest}")))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        // RFC 9110 §15.5.17: a 416 to a byte-range request SHOULD carry
+        // `Content-Range: bytes */<complete length>`.
+        assert_eq!(
+            header(&r, "content-range").as_deref(),
+            Some("bytes */100"),
+            "{range}: 416 without the unsatisfied-range Content-Range"
+        );
+        assert_oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID").await;
+    }
+}
+
+#[tokio::test]
+async fn final_chunk_in_put_out_of_order_is_416() {
+    let s = TestServer::start().await;
+    let c = client();
+    let loc = s.start_upload(&c, "bpf/putrange").await;
+    let r = c
+        .patch(s.abs(&loc))
+        .header("content-range", "0-4")
+        .header("content-length", "5")
+        .body(b"hello".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = location(&r);
+
+    // The closing PUT carries its final chunk with a Content-Range that
+    // skips bytes 5..6: chunks must be in order, so this is a 416 and the
+    // session stays usable.
+    let digest = sha256(b"helloworld");
+    let r = c
+        .put(s.abs(&with_query(&loc, &format!("digest={digest}"))))
+        .header("content-range", "7-11")
+        .header("content-length", "5")
+        .body(b"world".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID").await;
+    let st = c.get(s.abs(&loc)).send().await.unwrap();
+    assert_eq!(
+        st.status(),
+        StatusCode::NO_CONTENT,
+        "the session must survive a 416"
+    );
+    assert_eq!(header(&st, "range").as_deref(), Some("0-4"));
+
+    // With the right range the PUT completes the blob.
+    let r = c
+        .put(s.abs(&with_query(&location(&st), &format!("digest={digest}"))))
+        .header("content-range", "5-9")
+        .header("content-length", "5")
+        .body(b"world".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = c
+        .get(s.url(&format!("/v2/bpf/putrange/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"helloworld");
+}
+
+#[tokio::test]
+async fn upload_session_cap_is_429() {
+    let s = TestServer::start_with_env(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "2")]).await;
+    let c = client();
+    let a = s.start_upload(&c, "bpf/cap").await;
+    let _b = s.start_upload(&c, "bpf/cap").await;
+    let r = c
+        .post(s.url("/v2/bpf/cap/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
+    // Ending a session frees a slot.
+    let r = c.delete(s.abs(&a)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let c2 = s.start_upload(&c, "bpf/cap").await;
+    // A finished session frees its slot too.
+    let d = sha256(b"done");
+    let r = c
+        .put(s.abs(&with_query(&c2, &format!("digest={d}"))))
+        .body(b"done".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.start_upload(&c, "bpf/cap").await;
+}
+
+#[tokio::test]
+async fn torn_chunk_after_crash_is_discarded() {
+    let s = TestServer::start().await;
+    let data = pseudo_random(200_000, 31);
+    let loc = {
+        let c = client();
+        let loc = s.start_upload(&c, "bpf/torn").await;
+        let r = c
+            .patch(s.abs(&loc))
+            .header("content-range", "0-99999")
+            .header("content-length", "100000")
+            .body(data[..100_000].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        location(&r)
+    };
+    let id = loc
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    // A crash mid-chunk leaves unacknowledged bytes after the offset.
+    let s = s
+        .restart_after(|dir| {
+            use std::io::Write;
+            let path = dir.join("_uploads").join(&id).join("data");
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            f.write_all(&[0xAB; 4321]).unwrap();
+        })
+        .await;
+    let c = client();
+    let st = c.get(s.abs(&loc)).send().await.unwrap();
+    assert_eq!(st.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        header(&st, "range").as_deref(),
+        Some("0-99999"),
+        "only acknowledged bytes count"
+    );
+    let r = c
+        .patch(s.abs(&location(&st)))
+        .header("content-range", "100000-199999")
+        .header("content-length", "100000")
+        .body(data[100_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let digest = sha256(&data);
+    let r = c
+        .put(s.abs(&with_query(&location(&r), &format!("digest={digest}"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = c
+        .get(s.url(&format!("/v2/bpf/torn/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        got.bytes().await.unwrap().as_ref() == data.as_slice(),
+        "torn bytes leaked into the blob"
+    );
 }

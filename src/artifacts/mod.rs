@@ -65,6 +65,9 @@ impl ArtifactError {
             ArtifactError::VersionExists { .. } => "version_exists",
             ArtifactError::TooLarge { .. } => "payload_too_large",
             ArtifactError::Registry(e) if is_storage_full(e) => "storage_full",
+            ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => {
+                "range_not_satisfiable"
+            }
             ArtifactError::Registry(RegistryError::Body(_)) => "invalid_request",
             ArtifactError::Registry(_) => "internal_error",
         }
@@ -84,6 +87,7 @@ impl ArtifactError {
             ArtifactError::VersionExists { .. } => 409,
             ArtifactError::TooLarge { .. } => 413,
             ArtifactError::Registry(e) if is_storage_full(e) => 507,
+            ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => 416,
             ArtifactError::Registry(RegistryError::Body(_)) => 400,
             ArtifactError::Registry(_) => 500,
         }

@@ -195,6 +195,19 @@ pub async fn binary(
             }
             named(ROUTE, r)
         }
+        Err(ArtifactError::Registry(crate::registry::RegistryError::RangeNotSatisfiable {
+            total,
+        })) => {
+            let mut r =
+                ArtifactError::Registry(crate::registry::RegistryError::RangeNotSatisfiable {
+                    total,
+                })
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            named(ROUTE, r)
+        }
         Err(e) => named(ROUTE, e.into_response()),
     }
 }

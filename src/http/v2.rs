@@ -14,7 +14,8 @@ use super::endpoint::{self, Endpoint};
 use super::{json_response, read_body_capped, AppState, RouteName};
 use crate::error::{OciError, OciErrorCode};
 use crate::oci::{media, Digest, RepoName};
-use crate::registry::{ByteRange, Page, UploadStatus};
+use crate::registry::{ByteRange, Page, RegistryError, UploadStatus};
+use crate::storage::UploadId;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const DIGEST_HEADER: &str = "docker-content-digest";
@@ -63,10 +64,12 @@ fn body_stream(
 fn parse_n(q: &HashMap<String, String>) -> Result<Option<usize>, OciError> {
     match q.get("n") {
         None => Ok(None),
-        Some(v) => v
-            .parse::<usize>()
-            .map(Some)
-            .map_err(|_| OciError::new(OciErrorCode::Unsupported, format!("invalid n {v:?}"))),
+        Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
+            OciError::new(
+                OciErrorCode::PaginationNumberInvalid,
+                format!("invalid n {v:?}: expected a non-negative integer"),
+            )
+        }),
     }
 }
 
@@ -85,6 +88,35 @@ fn upload_accepted(name: &RepoName, status: &UploadStatus, code: StatusCode) -> 
     h.insert(header::RANGE, hv(&range));
     h.insert("docker-upload-uuid", hv(status.id.as_str()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+/// 416 for a chunk that does not start at the upload's offset, with the
+/// upload's current `Location` and `Range` so the client can resume.
+fn chunk_out_of_order(name: &RepoName, id: UploadId, offset: u64, got: u64) -> Response {
+    let mut r = OciError::new(
+        OciErrorCode::RangeInvalid,
+        format!("chunk starts at {got} but the upload is at offset {offset}"),
+    )
+    .into_response();
+    let ok = upload_accepted(name, &UploadStatus { id, offset }, StatusCode::ACCEPTED);
+    for k in [header::LOCATION, header::RANGE] {
+        if let Some(v) = ok.headers().get(&k) {
+            r.headers_mut().insert(k, v.clone());
+        }
+    }
+    r
+}
+
+/// 416 for a read range outside the blob, with `Content-Range: bytes */len`.
+pub fn range_not_satisfiable(total: u64) -> Response {
+    let mut r = OciError::new(
+        OciErrorCode::RangeInvalid,
+        format!("requested range is not satisfiable for a blob of {total} bytes"),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}")));
     r
 }
 
@@ -243,7 +275,13 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 return Ok(r);
             }
-            let blob = reg.read_blob(&name, &digest, range).await?;
+            let blob = match reg.read_blob(&name, &digest, range).await {
+                Ok(b) => b,
+                Err(RegistryError::RangeNotSatisfiable { total }) => {
+                    return Ok(range_not_satisfiable(total))
+                }
+                Err(e) => return Err(e.into()),
+            };
             Ok(super::blob_response(
                 blob,
                 &digest,
@@ -284,20 +322,8 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             let stream = body_stream(req);
             match reg.append_chunk(&name, &id, start, expected, stream).await {
                 Ok(status) => Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED)),
-                Err(crate::registry::RegistryError::RangeInvalid { offset, got }) => {
-                    let status = UploadStatus { id, offset };
-                    let mut r = OciError::new(
-                        OciErrorCode::RangeInvalid,
-                        format!("chunk starts at {got} but the upload is at offset {offset}"),
-                    )
-                    .into_response();
-                    let ok = upload_accepted(&name, &status, StatusCode::ACCEPTED);
-                    for k in [header::LOCATION, header::RANGE] {
-                        if let Some(v) = ok.headers().get(&k) {
-                            r.headers_mut().insert(k, v.clone());
-                        }
-                    }
-                    Ok(r)
+                Err(RegistryError::RangeInvalid { offset, got }) => {
+                    Ok(chunk_out_of_order(&name, id, offset, got))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -309,9 +335,15 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                     "the digest query parameter is required",
                 )
             })?;
+            let range = parse_content_range(req.headers())?;
             let stream = body_stream(req);
-            let d = reg.finish_upload(&name, &id, &digest, stream).await?;
-            Ok(blob_created(&name, &d))
+            match reg.finish_upload(&name, &id, &digest, range, stream).await {
+                Ok(d) => Ok(blob_created(&name, &d)),
+                Err(RegistryError::RangeInvalid { offset, got }) => {
+                    Ok(chunk_out_of_order(&name, id, offset, got))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Endpoint::DeleteUpload { name, id } => {
             reg.cancel_upload(&name, &id).await?;

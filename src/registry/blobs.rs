@@ -113,10 +113,9 @@ impl Registry {
         let (start, len, partial) = match range {
             None => (0, total, false),
             Some(r) => {
-                let (s, l) = r.resolve(total).ok_or(RegistryError::RangeInvalid {
-                    offset: total,
-                    got: 0,
-                })?;
+                let (s, l) = r
+                    .resolve(total)
+                    .ok_or(RegistryError::RangeNotSatisfiable { total })?;
                 (s, l, true)
             }
         };

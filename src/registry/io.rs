@@ -14,6 +14,9 @@ use crate::storage::AppendWriter;
 /// per-block overhead (channel hop, syscall) is noise next to the hashing.
 pub const BLOCK: usize = 1024 * 1024;
 
+/// How many written bytes between writeback kicks.
+const WRITEBACK_EVERY: usize = 8 * 1024 * 1024;
+
 /// Runs a closure on the blocking pool.
 pub async fn blocking<T, F>(f: F) -> RegistryResult<T>
 where
@@ -41,18 +44,42 @@ pub async fn pump<S>(
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let worker = tokio::task::spawn_blocking(move || -> RegistryResult<Sha256Hasher> {
-        let (mut writer, mut hasher) = (writer, hasher);
-        while let Some(block) = rx.blocking_recv() {
-            hasher.update(&block);
-            writer.write_all(&block)?;
+    // Hashing and writing run on two blocking threads fed the same blocks
+    // (a `Bytes` clone is a reference count), so a push costs the slower of
+    // the two, not their sum.
+    // A batch is the body's own chunks, unchanged (no copy), about BLOCK
+    // bytes in all.
+    type Batch = std::sync::Arc<Vec<Bytes>>;
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Batch>(8);
+    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Batch>(8);
+    let hash_worker = tokio::task::spawn_blocking(move || {
+        let mut hasher = hasher;
+        while let Some(batch) = hash_rx.blocking_recv() {
+            for chunk in batch.iter() {
+                hasher.update(chunk);
+            }
         }
-        writer.sync()?;
-        Ok(hasher)
+        hasher
+    });
+    let write_worker = tokio::task::spawn_blocking(move || -> RegistryResult<()> {
+        let mut writer = writer;
+        let mut unsynced = 0usize;
+        while let Some(batch) = write_rx.blocking_recv() {
+            for chunk in batch.iter() {
+                writer.write_all(chunk)?;
+                unsynced += chunk.len();
+            }
+            // Start writeback early so the final fsync has little left to do.
+            if unsynced >= WRITEBACK_EVERY {
+                writer.start_writeback()?;
+                unsynced = 0;
+            }
+        }
+        Ok(writer.sync()?)
     });
     let mut written: u64 = 0;
-    let mut buf = BytesMut::new();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0usize;
     let mut failure: Option<RegistryError> = None;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
@@ -67,33 +94,31 @@ where
             failure = Some(RegistryError::BodyTooLarge { max });
             break;
         }
-        let block = if buf.is_empty() && chunk.len() >= BLOCK {
-            chunk
-        } else {
-            if buf.capacity() < BLOCK {
-                buf.reserve(BLOCK);
-            }
-            buf.extend_from_slice(&chunk);
-            if buf.len() < BLOCK {
-                continue;
-            }
-            buf.split().freeze()
-        };
-        if tx.send(block).await.is_err() {
-            break; // the worker failed; its error is reported below
+        batch_len += chunk.len();
+        batch.push(chunk);
+        if batch_len < BLOCK {
+            continue;
+        }
+        let full: Batch = std::sync::Arc::new(std::mem::take(&mut batch));
+        batch_len = 0;
+        if hash_tx.send(full.clone()).await.is_err() || write_tx.send(full).await.is_err() {
+            break; // a worker failed; its error is reported below
         }
     }
-    if failure.is_none() && !buf.is_empty() {
-        let _ = tx.send(buf.freeze()).await;
+    if failure.is_none() && !batch.is_empty() {
+        let last: Batch = std::sync::Arc::new(batch);
+        let _ = hash_tx.send(last.clone()).await;
+        let _ = write_tx.send(last).await;
     }
-    drop(tx);
-    let worker_result = worker
-        .await
-        .map_err(|e| RegistryError::Body(format!("worker failed: {e}")))?;
+    drop(hash_tx);
+    drop(write_tx);
+    let joined = |e: tokio::task::JoinError| RegistryError::Body(format!("worker failed: {e}"));
+    let write_result = write_worker.await.map_err(joined)?;
+    let hasher = hash_worker.await.map_err(joined)?;
     if let Some(f) = failure {
         return Err(f);
     }
-    let hasher = worker_result?;
+    write_result?;
     Ok(Pumped { hasher, written })
 }
 

@@ -45,6 +45,8 @@ pub enum RegistryError {
     UploadInvalid(String),
     #[error("chunk starts at {got} but the upload is at offset {offset}")]
     RangeInvalid { offset: u64, got: u64 },
+    #[error("requested range is not satisfiable for a blob of {total} bytes")]
+    RangeNotSatisfiable { total: u64 },
     #[error("{0}")]
     SizeInvalid(String),
     #[error("body is over the {max}-byte cap")]

@@ -148,7 +148,8 @@ impl Registry {
     }
 
     /// Appends a chunk (`PATCH`). `start` is the Content-Range start when the
-    /// client sent one; `expected_len` the length it announced.
+    /// client sent one; `expected_len` the length it announced. A chunk that
+    /// does not start at the current offset changes nothing.
     pub async fn append_chunk<S>(
         &self,
         repo: &RepoName,
@@ -227,6 +228,7 @@ impl Registry {
         repo: &RepoName,
         id: &UploadId,
         digest: &Digest,
+        range: Option<(u64, u64)>,
         body: S,
     ) -> RegistryResult<Digest>
     where
@@ -234,7 +236,17 @@ impl Registry {
     {
         let s = self.session(repo, id).await?;
         let mut session = s.lock().await;
-        self.append_locked(id, &mut session, None, body).await?;
+        if let Some((start, _)) = range {
+            if start != session.offset {
+                return Err(RegistryError::RangeInvalid {
+                    offset: session.offset,
+                    got: start,
+                });
+            }
+        }
+        let expected_len = range.map(|(a, b)| b - a + 1);
+        self.append_locked(id, &mut session, expected_len, body)
+            .await?;
         let result = self.commit_session(repo, id, &mut session, digest).await;
         drop(session);
         self.sessions_map().remove(id);

@@ -56,6 +56,11 @@ pub struct ObjectReader {
 pub trait AppendWriter: Send {
     fn write_all(&mut self, buf: &[u8]) -> StorageResult<()>;
     fn sync(&mut self) -> StorageResult<()>;
+    /// Hints that written bytes may start going to disk now (so a later
+    /// `sync` waits less). A no-op where the backend has no such notion.
+    fn start_writeback(&mut self) -> StorageResult<()> {
+        Ok(())
+    }
 }
 
 /// One entry of a listing.
@@ -95,4 +100,18 @@ pub trait Backend: Send + Sync + 'static {
     fn age_secs(&self, path: &StorePath) -> StorageResult<Option<u64>>;
     /// Checks that the store accepts writes.
     fn probe_writable(&self) -> StorageResult<()>;
+    /// Marks an object as just used (its age restarts at 0), so garbage
+    /// collection's grace period counts from the last upload of a blob
+    /// that was already stored; `false` if it does not exist. Backends
+    /// without modification times may only report existence.
+    fn touch(&self, path: &StorePath) -> StorageResult<bool> {
+        Ok(self.size(path)?.is_some())
+    }
+    /// Removes temporary files of interrupted writes that are at least
+    /// `min_age_secs` old (a crash leaves them behind; listings never show
+    /// them). Returns how many files and bytes went.
+    fn remove_stale_temps(&self, min_age_secs: u64) -> StorageResult<(u64, u64)> {
+        let _ = min_age_secs;
+        Ok((0, 0))
+    }
 }

@@ -11,6 +11,7 @@
 //!   _uploads/<uuid>/data                       bytes received so far
 //!   _uploads/<uuid>/state                      JSON: repository, acknowledged offset
 //!   _quarantine/sha256/<hex>                   blobs scrub found corrupt
+//!   .lock                                      held by a server (shared) and gc (exclusive)
 //! ```
 //!
 //! A `_` cannot begin a component of a validated repository name, so the
@@ -63,7 +64,14 @@ pub fn blob(d: &Digest) -> StorePath {
     blobs_dir().join(d.hex())
 }
 pub fn quarantine(d: &Digest) -> StorePath {
-    StorePath(format!("_quarantine/sha256/{}", d.hex()))
+    quarantine_dir().join(d.hex())
+}
+pub fn quarantine_dir() -> StorePath {
+    StorePath("_quarantine/sha256".into())
+}
+/// The lock file a server holds shared and `gc`/`scrub --repair` exclusive.
+pub fn lock_file() -> StorePath {
+    StorePath(".lock".into())
 }
 pub fn repositories_root() -> StorePath {
     StorePath(REPOSITORIES.into())

@@ -45,7 +45,10 @@ pub fn hex_of(digest: &str) -> &str {
 
 /// Deterministic pseudo-random bytes (no dependency on a RNG crate).
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -82,27 +85,35 @@ impl TestServer {
             .prefix("bpf-registry-test-")
             .tempdir()
             .expect("create temp dir");
-        let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::start_on(tmp, extra).await
     }
 
     async fn start_on(tmp: TempDir, extra_env: Vec<(String, String)>) -> TestServer {
         let data_dir = tmp.path().join("data");
         let mut vars: HashMap<String, String> = HashMap::new();
-        vars.insert("BPF_REGISTRY_DATA_DIR".into(), data_dir.to_string_lossy().into_owned());
+        vars.insert(
+            "BPF_REGISTRY_DATA_DIR".into(),
+            data_dir.to_string_lossy().into_owned(),
+        );
         vars.insert("BPF_REGISTRY_HTTP_ADDR".into(), "127.0.0.1:0".into());
         vars.insert("BPF_REGISTRY_LOG_LEVEL".into(), "ERROR".into());
         for (k, v) in &extra_env {
             vars.insert(k.clone(), v.clone());
         }
         let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bpf_registry::run(listener, config, async move {
             let _ = rx.await;
         }));
-        let server = TestServer {
+        let mut server = TestServer {
             base_url: format!("http://{addr}"),
             addr,
             data_dir,
@@ -115,22 +126,33 @@ impl TestServer {
         server
     }
 
-    /// Waits until `/healthz` answers (the listener is already bound, so
-    /// this normally succeeds at once; it also surfaces a start-up error).
-    async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Some(task) = &self.task {
-                assert!(!task.is_finished(), "the server task stopped during start-up");
-            }
-            if let Ok(r) = client.get(self.url("/healthz")).send().await {
-                if r.status().is_success() {
-                    return;
+    /// Checks the server answers `/healthz`. The listener was bound before
+    /// the server task started, so the request simply waits in the accept
+    /// queue; no polling or sleeping is needed. A start-up error surfaces
+    /// as the task's result.
+    async fn wait_ready(&mut self) {
+        let ok = match reqwest::Client::new()
+            .get(self.url("/healthz"))
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        };
+        if !ok {
+            let task = self.task.take().expect("server task");
+            if task.is_finished() {
+                match task.await {
+                    Ok(Ok(())) => panic!("the server stopped during start-up"),
+                    Ok(Err(e)) => panic!("the server failed to start: {e}"),
+                    Err(e) => panic!("the server task panicked: {e}"),
                 }
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            panic!(
+                "the server at {} does not answer /healthz with 2xx",
+                self.base_url
+            );
         }
-        panic!("the server at {} never became ready", self.base_url);
     }
 
     /// The store root (`BPF_REGISTRY_DATA_DIR`).
@@ -157,14 +179,22 @@ impl TestServer {
             let res = tokio::time::timeout(SHUTDOWN_GUARD, task)
                 .await
                 .expect("server did not stop after the shutdown signal");
-            res.expect("server task panicked").expect("server returned an error");
+            res.expect("server task panicked")
+                .expect("server returned an error");
         }
     }
 
     /// Stops this server and starts a new one on the same data directory
     /// (a new port: use the returned server's `base_url`).
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_after(|_| {}).await
+    }
+
+    /// Like `restart`, running `between` on the data directory while no
+    /// server is running (to simulate what a crash leaves behind).
+    pub async fn restart_after(mut self, between: impl FnOnce(&Path)) -> TestServer {
         self.stop().await;
+        between(&self.data_dir);
         let tmp = self.tmp.take().expect("temp dir");
         let env = std::mem::take(&mut self.extra_env);
         Self::start_on(tmp, env).await
@@ -193,15 +223,28 @@ impl TestServer {
                 .send()
                 .await
                 .expect("send");
-            assert_eq!(r.status(), StatusCode::CREATED, "PUT upload of {digest} to {repo}");
+            assert_eq!(
+                r.status(),
+                StatusCode::CREATED,
+                "PUT upload of {digest} to {repo}"
+            );
         } else {
-            assert_eq!(status, StatusCode::CREATED, "POST ?digest upload of {digest} to {repo}");
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "POST ?digest upload of {digest} to {repo}"
+            );
         }
         digest
     }
 
     /// POST then PUT with the whole body; panics unless 201.
-    pub async fn push_blob_post_put(&self, client: &reqwest::Client, repo: &str, data: &[u8]) -> String {
+    pub async fn push_blob_post_put(
+        &self,
+        client: &reqwest::Client,
+        repo: &str,
+        data: &[u8],
+    ) -> String {
         let digest = sha256(data);
         let loc = self.start_upload(client, repo).await;
         let r = client
@@ -211,12 +254,22 @@ impl TestServer {
             .send()
             .await
             .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "PUT upload of {digest} to {repo}");
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "PUT upload of {digest} to {repo}"
+        );
         digest
     }
 
     /// Chunked upload: POST, one PATCH per chunk (with Content-Range), PUT.
-    pub async fn push_blob_chunked(&self, client: &reqwest::Client, repo: &str, data: &[u8], chunk: usize) -> String {
+    pub async fn push_blob_chunked(
+        &self,
+        client: &reqwest::Client,
+        repo: &str,
+        data: &[u8],
+        chunk: usize,
+    ) -> String {
         let digest = sha256(data);
         let mut loc = self.start_upload(client, repo).await;
         let mut offset = 0usize;
@@ -224,7 +277,10 @@ impl TestServer {
             let r = client
                 .patch(self.abs(&loc))
                 .header("content-type", "application/octet-stream")
-                .header("content-range", format!("{}-{}", offset, offset + part.len() - 1))
+                .header(
+                    "content-range",
+                    format!("{}-{}", offset, offset + part.len() - 1),
+                )
                 .header("content-length", part.len().to_string())
                 .body(part.to_vec())
                 .send()
@@ -232,7 +288,10 @@ impl TestServer {
                 .expect("send");
             assert_eq!(r.status(), StatusCode::ACCEPTED, "PATCH chunk at {offset}");
             offset += part.len();
-            assert_eq!(header(&r, "range").as_deref(), Some(format!("0-{}", offset - 1).as_str()));
+            assert_eq!(
+                header(&r, "range").as_deref(),
+                Some(format!("0-{}", offset - 1).as_str())
+            );
             loc = location(&r);
         }
         let r = client
@@ -240,7 +299,11 @@ impl TestServer {
             .send()
             .await
             .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "closing PUT of {digest} to {repo}");
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "closing PUT of {digest} to {repo}"
+        );
         digest
     }
 
@@ -293,14 +356,19 @@ impl TestServer {
         content_type: &str,
         body: &[u8],
     ) -> String {
-        let r = self.put_manifest(client, repo, reference, content_type, body).await;
+        let r = self
+            .put_manifest(client, repo, reference, content_type, body)
+            .await;
         let status = r.status();
         let digest = sha256(body);
         if status != StatusCode::CREATED {
             let text = r.text().await.unwrap_or_default();
             panic!("PUT manifest {repo}:{reference}: expected 201, got {status}: {text}");
         }
-        assert_eq!(header(&r, "docker-content-digest").as_deref(), Some(digest.as_str()));
+        assert_eq!(
+            header(&r, "docker-content-digest").as_deref(),
+            Some(digest.as_str())
+        );
         assert!(header(&r, "location").is_some(), "201 without Location");
         digest
     }
@@ -335,7 +403,9 @@ impl TestServer {
             }
         }
         let body = serde_json::to_vec(&m).expect("json");
-        let digest = self.put_manifest_ok(client, repo, reference, OCI_MANIFEST, &body).await;
+        let digest = self
+            .put_manifest_ok(client, repo, reference, OCI_MANIFEST, &body)
+            .await;
         (digest, body)
     }
 
@@ -365,20 +435,30 @@ impl Drop for TestServer {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
             walk(root, &p, out);
         } else {
-            out.push(p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned());
+            out.push(
+                p.strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
 }
 
 /// A header's value as a string.
 pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// The Location header (panics if absent).
@@ -403,7 +483,11 @@ pub async fn assert_oci_error(r: reqwest::Response, status: StatusCode, code: &s
 }
 
 /// Like `assert_oci_error`, accepting any of several codes.
-pub async fn assert_oci_error_any(r: reqwest::Response, status: StatusCode, codes: &[&str]) -> Value {
+pub async fn assert_oci_error_any(
+    r: reqwest::Response,
+    status: StatusCode,
+    codes: &[&str],
+) -> Value {
     let got = r.status();
     let url = r.url().to_string();
     let ct = header(&r, "content-type").unwrap_or_default();
@@ -418,15 +502,27 @@ pub fn check_envelope(what: &str, content_type: &str, body: &[u8], codes: &[&str
         content_type.starts_with("application/json"),
         "{what}: error Content-Type is {content_type:?}"
     );
-    let v: Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "{what}: error body is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    });
     let errors = v["errors"]
         .as_array()
         .unwrap_or_else(|| panic!("{what}: no errors array in {v}"));
     assert!(!errors.is_empty(), "{what}: empty errors array");
-    let code = errors[0]["code"].as_str().unwrap_or_else(|| panic!("{what}: no code in {v}"));
-    assert!(codes.contains(&code), "{what}: code {code:?}, expected one of {codes:?}: {v}");
-    assert!(errors[0]["message"].is_string(), "{what}: no message in {v}");
+    let code = errors[0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no code in {v}"));
+    assert!(
+        codes.contains(&code),
+        "{what}: code {code:?}, expected one of {codes:?}: {v}"
+    );
+    assert!(
+        errors[0]["message"].is_string(),
+        "{what}: no message in {v}"
+    );
     v
 }
 
@@ -449,7 +545,13 @@ impl RawResponse {
 
 /// Sends one HTTP/1.1 request with the path exactly as given (reqwest
 /// would normalise `..` and `%2e%2e`) and reads the whole response.
-pub async fn raw_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -495,10 +597,10 @@ pub async fn raw_request(addr: SocketAddr, method: &str, path: &str, headers: &[
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let size_txt = String::from_utf8_lossy(&b[..eol]);
-        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         b = &b[eol + 2..];
         if size == 0 || b.len() < size {
             break;
@@ -515,7 +617,12 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Sends a request with a method and optional headers; returns the response.
-pub async fn send(client: &reqwest::Client, method: Method, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+pub async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
     let mut rb = client.request(method, url);
     for (k, v) in headers {
         rb = rb.header(*k, *v);
@@ -528,6 +635,9 @@ pub fn next_link(r: &reqwest::Response) -> Option<String> {
     let v = header(r, "link")?;
     let start = v.find('<')? + 1;
     let end = v.find('>')?;
-    assert!(v.contains("rel=\"next\""), "Link header without rel=\"next\": {v}");
+    assert!(
+        v.contains("rel=\"next\""),
+        "Link header without rel=\"next\": {v}"
+    );
     Some(v[start..end].to_string())
 }
