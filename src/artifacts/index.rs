@@ -263,27 +263,74 @@ impl ManifestListener for ArtifactIndex {
 impl ArtifactIndex {
     /// Rebuilds the index from every manifest in the store; returns the
     /// number of artifacts and of host associations found.
-    pub async fn rebuild(&self, registry: &Registry) -> RegistryResult<(usize, usize)> {
-        let index = self;
-        let mut fresh = Inner::default();
-        for repo in registry.all_repositories().await? {
-            for digest in registry.manifest_digests(&repo).await? {
-                let Ok(bytes) = registry.manifest_bytes(&digest).await else {
-                    continue;
-                };
-                let Ok(m) = ParsedManifest::parse(&bytes, None) else {
-                    continue;
-                };
-                match index.classify(&repo, &digest, &m) {
+    pub async fn rebuild(self: &Arc<Self>, registry: &Registry) -> RegistryResult<(usize, usize)> {
+        let repos = registry.all_repositories().await?;
+        let max = registry.limits().max_manifest_bytes;
+        let this = self.clone();
+        // One blocking job scans every repository, on as many threads as
+        // there are cores: start-up time is file reads, not CPU.
+        let fresh = tokio::task::spawn_blocking(move || {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 8);
+            let found: Vec<Vec<(Digest, Classified)>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (this, repos) = (&this, &repos);
+                        scope.spawn(move || this.scan(repos.iter().skip(t).step_by(threads), max))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let mut fresh = Inner::default();
+            for (digest, c) in found.into_iter().flatten() {
+                match c {
                     Classified::Association { host, subject } => {
                         apply_association(&mut fresh, digest, host, subject)
                     }
                     other => apply(&mut fresh, other),
                 }
             }
-        }
+            fresh
+        })
+        .await
+        .map_err(|e| crate::registry::RegistryError::Body(format!("index rebuild failed: {e}")))?;
         let counts = (fresh.artifacts.len(), fresh.associations.len());
-        *index.write() = fresh;
+        *self.write() = fresh;
         Ok(counts)
+    }
+
+    /// Classifies every manifest of some repositories (blocking).
+    fn scan<'a>(
+        &self,
+        repos: impl Iterator<Item = &'a RepoName>,
+        max: u64,
+    ) -> Vec<(Digest, Classified)> {
+        let mut out = Vec::new();
+        for repo in repos {
+            let Ok(entries) = self.backend.list(&paths::manifests_dir(repo)) else {
+                continue;
+            };
+            for e in entries {
+                let Some(digest) = Digest::from_hex(&e.name) else {
+                    continue;
+                };
+                let Ok(Some(bytes)) = self.backend.read_small(&paths::blob(&digest), max) else {
+                    continue;
+                };
+                let Ok(m) = ParsedManifest::parse(&bytes, None) else {
+                    continue;
+                };
+                let c = self.classify(repo, &digest, &m);
+                if !matches!(c, Classified::Other) {
+                    out.push((digest, c));
+                }
+            }
+        }
+        out
     }
 }

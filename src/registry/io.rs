@@ -50,8 +50,8 @@ where
     // A batch is the body's own chunks, unchanged (no copy), about BLOCK
     // bytes in all.
     type Batch = std::sync::Arc<Vec<Bytes>>;
-    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Batch>(8);
-    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Batch>(8);
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Batch>(4);
+    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Batch>(4);
     let hash_worker = tokio::task::spawn_blocking(move || {
         let mut hasher = hasher;
         while let Some(batch) = hash_rx.blocking_recv() {
