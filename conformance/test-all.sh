@@ -8,7 +8,8 @@
 # 4. builds the release binary, starts it on a free 127.0.0.1 port with a
 #    fresh data dir, and runs the OCI conformance harness, the REST interop
 #    script and the client interop script (oras-py, skopeo, distribution)
-#    against it;
+#    against it; then the crash harness (its own server, kill -9 under
+#    load, restart, verify: conformance/crash_harness.py);
 # 5. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip.
 set -uo pipefail
@@ -56,6 +57,9 @@ if [[ -x target/release/bpf-registry ]]; then
   run "OCI conformance harness" "$PY" conformance/oci_conformance.py --url "$URL"
   run "REST interop (oras-py)" "$PY" conformance/rest_interop.py --url "$URL"
   run "client interop (oras-py, skopeo, distribution)" bash conformance/interop.sh "$URL"
+  # kill -9 under load, restart, verify everything acknowledged (own server
+  # and data dir; 5 rounds, well under 3 minutes).
+  run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5
 else
   FAILED_STEPS+=("release binary missing")
 fi

@@ -45,6 +45,22 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Longest a request body may stall between two chunks.
     pub body_idle_timeout: Duration,
+    /// htpasswd file (bcrypt); set = authentication on.
+    pub auth_htpasswd: Option<PathBuf>,
+    /// Authorization policy (TOML); none = authenticated users may do everything.
+    pub auth_policy: Option<PathBuf>,
+    /// ES256 token signing key (PEM); none = generated in the data dir.
+    pub token_key: Option<PathBuf>,
+    /// Access token lifetime, seconds.
+    pub token_ttl_secs: u64,
+    /// Public base URL (`https://registry.example`) for the token realm.
+    pub external_url: Option<String>,
+    /// TLS certificate chain (PEM); with `tls_key`, HTTPS is served.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Artifact signing (`BPF_REGISTRY_SIGNER` and its settings).
+    pub signing: crate::signing::SigningConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,6 +132,78 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "60s",
         "longest a request body may stall between two chunks",
     ),
+    (
+        "BPF_REGISTRY_AUTH_HTPASSWD",
+        "(unset)",
+        "htpasswd file, bcrypt entries; setting it turns authentication on",
+    ),
+    (
+        "BPF_REGISTRY_AUTH_POLICY",
+        "(unset)",
+        "policy file (TOML); unset: authenticated users may do everything",
+    ),
+    (
+        "BPF_REGISTRY_TOKEN_KEY",
+        "(generated)",
+        "ES256 token key (PEM); unset: <data dir>/_auth/token-key.pem",
+    ),
+    (
+        "BPF_REGISTRY_TOKEN_TTL",
+        "300",
+        "access token lifetime (seconds)",
+    ),
+    (
+        "BPF_REGISTRY_EXTERNAL_URL",
+        "(derived)",
+        "public base URL; the token realm is <it>/token",
+    ),
+    (
+        "BPF_REGISTRY_TLS_CERT",
+        "(unset)",
+        "TLS certificate chain (PEM); with TLS_KEY, HTTPS is served",
+    ),
+    ("BPF_REGISTRY_TLS_KEY", "(unset)", "TLS private key (PEM)"),
+    // artifact signing (src/signing)
+    (
+        "BPF_REGISTRY_SIGNER",
+        "none",
+        "none, vault (Vault/OpenBao Transit) or key (local key file): signs every artifact",
+    ),
+    (
+        "BPF_REGISTRY_VAULT_ADDR",
+        "$VAULT_ADDR",
+        "Vault address, http(s)://host:port (SIGNER=vault)",
+    ),
+    (
+        "BPF_REGISTRY_VAULT_TOKEN",
+        "$VAULT_TOKEN",
+        "Vault token with sign and read on the key (never logged)",
+    ),
+    (
+        "BPF_REGISTRY_VAULT_TRANSIT_MOUNT",
+        "transit",
+        "Transit secrets engine mount path",
+    ),
+    (
+        "BPF_REGISTRY_VAULT_KEY",
+        "bpf-registry",
+        "Transit key name (type ecdsa-p256 or ed25519)",
+    ),
+    (
+        "BPF_REGISTRY_VAULT_CACERT",
+        "$VAULT_CACERT",
+        "extra CA certificate (PEM) to trust for an https Vault",
+    ),
+    (
+        "BPF_REGISTRY_VAULT_TIMEOUT",
+        "5s",
+        "timeout of one Vault request (3 attempts at most)",
+    ),
+    (
+        "BPF_REGISTRY_SIGNING_KEY",
+        "(unset)",
+        "PEM PKCS#8 ECDSA P-256 or Ed25519 private key, mode 0600 (SIGNER=key)",
+    ),
 ];
 
 impl Config {
@@ -152,7 +240,7 @@ impl Config {
                 }
             },
         };
-        Ok(Config {
+        Config {
             http_addr,
             data_dir,
             log_level,
@@ -173,7 +261,78 @@ impl Config {
                 duration(&val, "BPF_REGISTRY_BODY_IDLE_TIMEOUT", 60 * SECOND)?,
                 "BPF_REGISTRY_BODY_IDLE_TIMEOUT",
             )?,
-        })
+            auth_htpasswd: None,
+            auth_policy: None,
+            token_key: None,
+            token_ttl_secs: 300,
+            external_url: None,
+            tls_cert: None,
+            tls_key: None,
+            signing: crate::signing::SigningConfig::from_lookup(&|k: &str| {
+                get(k).filter(|v| !v.trim().is_empty())
+            })?,
+        }
+        .with_auth_and_tls(&val)
+    }
+
+    /// Reads the authentication and TLS variables into `self`.
+    fn with_auth_and_tls(
+        mut self,
+        val: &impl Fn(&'static str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let path = |var: &'static str| val(var).map(|v| PathBuf::from(v.trim()));
+        self.auth_htpasswd = path("BPF_REGISTRY_AUTH_HTPASSWD");
+        self.auth_policy = path("BPF_REGISTRY_AUTH_POLICY");
+        self.token_key = path("BPF_REGISTRY_TOKEN_KEY");
+        for (var, set) in [
+            ("BPF_REGISTRY_AUTH_POLICY", self.auth_policy.is_some()),
+            ("BPF_REGISTRY_TOKEN_KEY", self.token_key.is_some()),
+        ] {
+            if set && self.auth_htpasswd.is_none() {
+                return Err(ConfigError {
+                    var,
+                    message: "only meaningful with BPF_REGISTRY_AUTH_HTPASSWD (authentication is off)"
+                        .into(),
+                });
+            }
+        }
+        self.token_ttl_secs = number(val, "BPF_REGISTRY_TOKEN_TTL", 300)?;
+        if self.token_ttl_secs > 86_400 {
+            return Err(ConfigError {
+                var: "BPF_REGISTRY_TOKEN_TTL",
+                message: format!("{} s is over a day: expected 1..=86400", self.token_ttl_secs),
+            });
+        }
+        if let Some(v) = val("BPF_REGISTRY_EXTERNAL_URL") {
+            let v = v.trim().trim_end_matches('/').to_string();
+            let host = v
+                .strip_prefix("https://")
+                .or_else(|| v.strip_prefix("http://"))
+                .unwrap_or("");
+            let bad = |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if host.is_empty() || host.contains(bad) {
+                return Err(ConfigError {
+                    var: "BPF_REGISTRY_EXTERNAL_URL",
+                    message: format!(
+                        "invalid URL {v:?}: expected http(s)://HOST[:PORT], without a path"
+                    ),
+                });
+            }
+            self.external_url = Some(v);
+        }
+        self.tls_cert = path("BPF_REGISTRY_TLS_CERT");
+        self.tls_key = path("BPF_REGISTRY_TLS_KEY");
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(ConfigError {
+                var: "BPF_REGISTRY_TLS_KEY",
+                message: "BPF_REGISTRY_TLS_CERT is set: the private key is needed too".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError {
+                var: "BPF_REGISTRY_TLS_CERT",
+                message: "BPF_REGISTRY_TLS_KEY is set: the certificate is needed too".into(),
+            }),
+            _ => Ok(self),
+        }
     }
 }
 

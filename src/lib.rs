@@ -3,21 +3,31 @@
 //! Modules, in dependency order (arrows only point down):
 //! - [`oci`]: pure types: digests, names, references, media types, manifests.
 //! - [`storage`]: the backend trait, every storage path, the filesystem backend.
-//! - [`registry`]: HTTP-free services: blobs, uploads, manifests, tags, referrers.
+//! - [`registry`]: HTTP-free services: blobs, uploads, manifests, tags, referrers,
+//!   garbage collection and scrub.
+//! - [`signing`]: signing of eBPF artifacts with a Vault Transit or local key,
+//!   cosign-compatible signature manifests, verification.
 //! - [`artifacts`]: the eBPF domain: REST model, packing, ELF inspection, host index.
+//! - [`auth`]: HTTP-free authentication and authorization: htpasswd users,
+//!   the TOML policy, ES256 bearer tokens, login cache and failure limits.
 //! - [`error`]: the one OCI wire error table.
-//! - [`http`]: the axum router and handlers.
+//! - [`http`]: the axum router and handlers (with the auth middleware,
+//!   the `/token` endpoint and the TLS listener).
 //! - [`config`]: typed configuration from `BPF_REGISTRY_*` variables.
+//! - [`cli`]: the maintenance subcommands `gc` and `scrub`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod artifacts;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod oci;
 pub mod registry;
+pub mod signing;
 pub mod storage;
 
 use std::future::Future;
@@ -50,15 +60,43 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
         "artifact index rebuilt"
     );
     registry.add_listener(index.clone());
-    let artifacts = Arc::new(artifacts::ArtifactService::new(
+    // Refuses to start on an unusable signing key (mode, format).
+    let signing = signing::SigningService::start(
+        &config.signing,
         registry.clone(),
-        index,
-        config.max_artifact_bytes,
-    ));
+        config.external_url.as_deref().and_then(signing::registry_host),
+    )
+    .await
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let artifacts = Arc::new(
+        artifacts::ArtifactService::new(registry.clone(), index, config.max_artifact_bytes)
+            .with_signing(signing.clone()),
+    );
+    let auth = match &config.auth_htpasswd {
+        None => None,
+        Some(htpasswd) => {
+            let settings = auth::AuthSettings {
+                htpasswd: htpasswd.clone(),
+                policy: config.auth_policy.clone(),
+                token_key: config.token_key.clone(),
+                token_ttl: std::time::Duration::from_secs(config.token_ttl_secs),
+                data_dir: config.data_dir.clone(),
+            };
+            let a = tokio::task::spawn_blocking(move || auth::Auth::load(settings))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let a = Arc::new(a);
+            a.spawn_watcher();
+            Some(a)
+        }
+    };
     Ok(http::AppState {
         registry,
         artifacts,
         config: Arc::new(config),
+        auth,
+        signing,
     })
 }
 
@@ -74,8 +112,57 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    // Held shared while serving: `gc` and `scrub --repair` (exclusive)
+    // refuse to run beside this server.
+    let _data_dir_lock =
+        storage::lock::DataDirLock::try_acquire(&config.data_dir, storage::lock::LockMode::Shared)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot lock {} (is `bpf-registry gc` or `scrub --repair` running?): {e}",
+                        config.data_dir.display()
+                    ),
+                )
+            })?;
     let state = build_state(config).await?;
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    if state.auth.is_some() && tls.is_none() {
+        tracing::warn!(
+            "authentication is on but TLS is off: passwords and tokens cross the network in clear text (set BPF_REGISTRY_TLS_CERT and BPF_REGISTRY_TLS_KEY)"
+        );
+    }
+    let header_read_timeout = state.config.header_read_timeout;
+    let collector = state.config.gc_interval.map(|every| {
+        let opts = registry::gc::GcOptions {
+            dry_run: false,
+            delete_untagged: false,
+            grace: state.config.gc_grace,
+            upload_ttl: state.config.upload_ttl,
+            // Temp files live for milliseconds; older ones are from a crash.
+            temp_min_age: state.config.upload_ttl,
+        };
+        registry::gc::spawn_collector(state.registry.clone(), every, opts)
+    });
+    let service = app(state);
+    let served = match tls {
+        Some(tls) => {
+            tracing::info!("serving HTTPS");
+            // `tap_io` gives the TLS listener axum's `SocketAddr` connect
+            // info (the client address the login limiter keys on).
+            let tls_listener = axum::serve::ListenerExt::tap_io(
+                http::tls::TlsListener::new(listener, tls)?,
+                |_| {},
+            );
+            http::limits::serve(tls_listener, service, header_read_timeout, shutdown).await
+        }
+        None => http::limits::serve(listener, service, header_read_timeout, shutdown).await,
+    };
+    if let Some(c) = collector {
+        c.abort();
+    }
+    served
 }

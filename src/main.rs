@@ -1,11 +1,13 @@
 //! The `bpf-registry` binary: reads the configuration, sets up logging,
-//! binds, serves until SIGTERM/SIGINT.
+//! binds, serves until SIGTERM/SIGINT. `gc` and `scrub` run the
+//! maintenance commands of `bpf_registry::cli` instead, `sign` the one of
+//! `bpf_registry::signing::cli`.
 
 use bpf_registry::config::{Config, VARIABLES};
 
 fn usage() -> String {
     let mut s = String::from(
-        "bpf-registry: an OCI 1.1 registry for eBPF artifacts\n\nUsage: bpf-registry [--help] [--version]\n\nConfiguration (environment variables):\n",
+        "bpf-registry: an OCI 1.1 registry for eBPF artifacts\n\nUsage: bpf-registry [--help] [--version]\n       bpf-registry gc [--dry-run] [--delete-untagged] [--json]   (collect garbage; server stopped)\n       bpf-registry scrub [--repair] [--json]                     (verify the store)\n       bpf-registry sign [--json]                                 (sign unsigned artifacts; server stopped)\n\nConfiguration (environment variables):\n",
     );
     for (var, default, meaning) in VARIABLES {
         s.push_str(&format!("  {var:<36} default {default:<18} {meaning}\n"));
@@ -24,6 +26,13 @@ fn main() {
             println!("bpf-registry {}", env!("CARGO_PKG_VERSION"));
             return;
         }
+        Some("gc") => std::process::exit(bpf_registry::cli::gc(args.get(1..).unwrap_or_default())),
+        Some("scrub") => {
+            std::process::exit(bpf_registry::cli::scrub(args.get(1..).unwrap_or_default()))
+        }
+        Some("sign") => std::process::exit(bpf_registry::signing::cli::sign(
+            args.get(1..).unwrap_or_default(),
+        )),
         Some(other) => {
             eprintln!("error: unknown argument {other:?}\n\n{}", usage());
             std::process::exit(2);

@@ -27,6 +27,9 @@ fn b64(data: &[u8]) -> String {
 }
 
 /// The seed README's `POST /artifacts` curl example, as the JSON it sends.
+/// The seed README's example body exactly as its curl command sends it,
+/// shell comment included (`# Base64 encoded data` sits inside the quoted
+/// `-d` argument, so curl sends it).
 fn seed_example_body() -> &'static str {
     r#"{
     "name": "security_monitor",
@@ -35,7 +38,7 @@ fn seed_example_body() -> &'static str {
     "type": "program",
     "architecture": "x86_64",
     "kernel_version": "5.4.0",
-    "data": "dGVzdCBkYXRh"
+    "data": "dGVzdCBkYXRh"  # Base64 encoded data
   }"#
 }
 
@@ -1687,17 +1690,14 @@ async fn name_of_300_characters_is_400_and_stores_nothing() {
 async fn non_json_body_is_400_and_stores_nothing() {
     let s = TestServer::start().await;
     let c = client();
-    // The seed's curl example pasted with its shell comment is not JSON either.
-    let with_comment = seed_example_body().replace(
-        r#""dGVzdCBkYXRh""#,
-        r#""dGVzdCBkYXRh"  # Base64 encoded data"#,
-    );
+    // A `#` inside a string is data, not a comment: the body stays invalid.
+    let hash_in_string = "{\"name\": \"a # b".to_string();
     for raw in [
         "name=security_monitor&version=1.0.0".to_string(),
         "{\"name\": \"truncated".to_string(),
         "[1, 2, 3]".to_string(),
         String::new(),
-        with_comment,
+        hash_in_string,
     ] {
         let r = post_raw(&s, &c, Some("application/json"), raw.clone().into_bytes()).await;
         let e = assert_rest_error(r, StatusCode::BAD_REQUEST, "invalid_json").await;
@@ -1891,4 +1891,83 @@ async fn concurrent_identical_posts_create_exactly_once() {
         Some(id),
         "the tag names that manifest"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conflicting_posts_let_exactly_one_content_win() {
+    let s = TestServer::start().await;
+    let c = client();
+    let variants = [
+        body("contested", "1.0.0", "x86_64", b"content A"),
+        body("contested", "1.0.0", "x86_64", b"content B"),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (c, url, req) = (c.clone(), s.url("/artifacts"), variants[i % 2].clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(url).json(&req).send().await.expect("send");
+            let status = r.status();
+            let v: Value = r.json().await.expect("JSON");
+            (i % 2, status, v)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("task"));
+    }
+    let created: Vec<&(usize, StatusCode, Value)> = outcomes
+        .iter()
+        .filter(|o| o.1 == StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one 201: {outcomes:?}");
+    let (winner, _, won) = created[0];
+    for (variant, status, v) in &outcomes {
+        if variant == winner {
+            assert!(
+                matches!(*status, StatusCode::CREATED | StatusCode::OK),
+                "same content as the winner: {status} {v}"
+            );
+            assert_eq!(id_of(v), id_of(won));
+        } else {
+            assert_eq!(*status, StatusCode::CONFLICT, "other content: {v}");
+            assert_eq!(v["error"], "version_exists");
+        }
+    }
+    assert_eq!(ids(&list(&c, &s, &[]).await["artifacts"]), vec![id_of(won)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_of_two_architectures_both_land_in_the_index() {
+    let s = TestServer::start().await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for arch in ["x86_64", "aarch64"] {
+        let (c, url, req) = (
+            c.clone(),
+            s.url("/artifacts"),
+            body("parallel", "1.0.0", arch, arch.as_bytes()),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(url).json(&req).send().await.expect("send");
+            json_of(r, StatusCode::CREATED).await
+        }));
+    }
+    let mut created = BTreeSet::new();
+    for t in tasks {
+        created.insert(id_of(&t.await.expect("task")));
+    }
+    let r = manifest(&c, &s, "parallel", "1.0.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let index: Value = r.json().await.expect("index");
+    assert_eq!(
+        index["mediaType"], OCI_INDEX,
+        "two architectures make an index: {index}"
+    );
+    let in_index: BTreeSet<String> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| m["digest"].as_str().expect("digest").to_string())
+        .collect();
+    assert_eq!(in_index, created, "the index holds both manifests");
 }

@@ -46,6 +46,9 @@ pub enum ArtifactError {
         "payload is over the {max}-byte limit; push large artifacts with oras (chunked uploads)"
     )]
     TooLarge { max: u64 },
+    /// A signer is configured and could not sign: nothing was stored.
+    #[error("the artifact could not be signed: {0}")]
+    SigningUnavailable(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -64,6 +67,7 @@ impl ArtifactError {
             ArtifactError::NotFound(_) => "not_found",
             ArtifactError::VersionExists { .. } => "version_exists",
             ArtifactError::TooLarge { .. } => "payload_too_large",
+            ArtifactError::SigningUnavailable(_) => "signing_unavailable",
             ArtifactError::Registry(e) if is_storage_full(e) => "storage_full",
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => {
                 "range_not_satisfiable"
@@ -86,6 +90,7 @@ impl ArtifactError {
             ArtifactError::NotFound(_) => 404,
             ArtifactError::VersionExists { .. } => 409,
             ArtifactError::TooLarge { .. } => 413,
+            ArtifactError::SigningUnavailable(_) => 503,
             ArtifactError::Registry(e) if is_storage_full(e) => 507,
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => 416,
             ArtifactError::Registry(RegistryError::Body(_)) => 400,

@@ -97,6 +97,8 @@ pub struct ArtifactJson {
     pub created_at: String,
     pub hosts: Vec<String>,
     pub ebpf: Option<EbpfFacts>,
+    /// The newest signature by the registry's key; `null` when unsigned.
+    pub signature: Option<crate::signing::SignatureSummary>,
     pub oci: OciRef,
 }
 
@@ -118,6 +120,7 @@ impl ArtifactRecord {
             created_at: c.created_at.clone(),
             hosts,
             ebpf: c.ebpf.clone(),
+            signature: None,
             oci: OciRef {
                 repository: self.repo.to_string(),
                 reference: c.version.clone(),

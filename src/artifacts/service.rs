@@ -23,6 +23,7 @@ use super::pack;
 use super::ArtifactError;
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
 use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
+use crate::signing::SigningService;
 
 /// The 2-byte `{}` blob of the OCI empty descriptor.
 const EMPTY_JSON: &[u8] = b"{}";
@@ -37,6 +38,8 @@ pub struct ArtifactService {
     /// Serializes creates/deletes per repository (striped by name hash), so
     /// two posts of one version cannot both build an index.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Signs artifact manifests before they are stored (see `signing`).
+    signing: Option<Arc<SigningService>>,
 }
 
 /// Result of a create or an association: `created` is false when the
@@ -152,7 +155,43 @@ impl ArtifactService {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            signing: None,
         }
+    }
+
+    /// Stores artifact manifests through `signing` (signed first, fail
+    /// closed) and reports their signatures in the artifact JSON.
+    pub fn with_signing(mut self, signing: Arc<SigningService>) -> Self {
+        self.signing = Some(signing);
+        self
+    }
+
+    /// A manifest PUT, through the signing service when there is one.
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: &str,
+        bytes: Bytes,
+    ) -> Result<(), ArtifactError> {
+        match &self.signing {
+            Some(s) => {
+                s.put_manifest(repo, reference, Some(content_type), bytes)
+                    .await?;
+            }
+            None => {
+                self.registry
+                    .put_manifest(repo, reference, Some(content_type), bytes)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The repository and manifest digest of an artifact id.
+    pub fn locate(&self, id: &str) -> Result<(RepoName, Digest), ArtifactError> {
+        let rec = self.record(id)?;
+        Ok((rec.repo.clone(), rec.id.clone()))
     }
 
     pub fn index(&self) -> &Arc<ArtifactIndex> {
@@ -177,13 +216,15 @@ impl ArtifactService {
     }
 
     fn json(&self, r: &ArtifactRecord) -> ArtifactJson {
-        r.to_json(
+        let mut j = r.to_json(
             self.index
                 .hosts_of(&r.id)
                 .into_iter()
                 .map(|h| h.to_string())
                 .collect(),
-        )
+        );
+        j.signature = self.signing.as_ref().and_then(|s| s.summary(&r.id));
+        j
     }
 
     fn parse_id(id: &str) -> Result<Digest, ArtifactError> {
@@ -200,8 +241,16 @@ impl ArtifactService {
     /// Parses and validates a create body, decoding `data` once. The
     /// request buffer is dropped as soon as the payload is decoded.
     fn decode(&self, body: Bytes) -> Result<NewArtifact, ArtifactError> {
-        let req: CreateRequest<'_> =
-            serde_json::from_slice(&body).map_err(|e| ArtifactError::InvalidJson(e.to_string()))?;
+        let stripped: Vec<u8>;
+        let req: CreateRequest<'_> = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                // The seed README's own curl example sends a shell comment
+                // inside the body; accept `#` line comments outside strings.
+                stripped = strip_hash_comments(&body).ok_or_else(|| ArtifactError::InvalidJson(e.to_string()))?;
+                serde_json::from_slice(&stripped).map_err(|_| ArtifactError::InvalidJson(e.to_string()))?
+            }
+        };
         let CreateRequest {
             name,
             version,
@@ -360,10 +409,14 @@ impl ArtifactService {
 
         let repo = &new.repo;
         let layer_size = new.layer.len() as u64;
+        let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
+        // Kept from garbage collection until the manifest references them.
+        let _pin = self
+            .registry
+            .pin_for_gc(vec![layer_digest.clone(), Digest::of(&config_bytes)]);
         self.registry
             .put_small_blob(repo, Bytes::from(new.layer))
             .await?;
-        let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
         let config_size = config_bytes.len() as u64;
         let config_digest = self
             .registry
@@ -392,32 +445,43 @@ impl ArtifactService {
         let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(internal)?);
         let manifest_size = manifest_bytes.len() as u64;
         let manifest_digest = Digest::of(&manifest_bytes);
+        // With a signer, each store below signs the manifest first and
+        // stores nothing when signing fails (503 `signing_unavailable`).
         match siblings {
             None => {
-                self.registry
-                    .put_manifest(
-                        repo,
-                        &Reference::Tag(new.tag.clone()),
-                        Some(media::OCI_MANIFEST),
-                        manifest_bytes,
-                    )
-                    .await?;
+                self.store_manifest(
+                    repo,
+                    &Reference::Tag(new.tag.clone()),
+                    media::OCI_MANIFEST,
+                    manifest_bytes,
+                )
+                .await?;
             }
             Some(mut others) => {
-                self.registry
-                    .put_manifest(
-                        repo,
-                        &Reference::Digest(manifest_digest.clone()),
-                        Some(media::OCI_MANIFEST),
-                        manifest_bytes,
-                    )
-                    .await?;
+                self.store_manifest(
+                    repo,
+                    &Reference::Digest(manifest_digest.clone()),
+                    media::OCI_MANIFEST,
+                    manifest_bytes,
+                )
+                .await?;
                 others.push((
                     manifest_digest.clone(),
                     manifest_size,
                     platform_arch.clone(),
                 ));
-                self.put_version_index(repo, &new.tag, &others).await?;
+                if let Err(e) = self.put_version_index(repo, &new.tag, &others).await {
+                    // Not under the version tag: take the new manifest back
+                    // out so nothing half-created stays visible.
+                    if let Some(s) = &self.signing {
+                        let _ = s.delete_signatures(repo, &manifest_digest).await;
+                    }
+                    let _ = self
+                        .registry
+                        .delete_manifest(repo, &Reference::Digest(manifest_digest.clone()))
+                        .await;
+                    return Err(e);
+                }
             }
         }
         let rec = self
@@ -485,15 +549,8 @@ impl ArtifactService {
             .build()
             .map_err(internal)?;
         let bytes = Bytes::from(serde_json::to_vec(&index).map_err(internal)?);
-        self.registry
-            .put_manifest(
-                repo,
-                &Reference::Tag(tag.clone()),
-                Some(media::OCI_INDEX),
-                bytes,
-            )
-            .await?;
-        Ok(())
+        self.store_manifest(repo, &Reference::Tag(tag.clone()), media::OCI_INDEX, bytes)
+            .await
     }
 
     /// Stores the association manifest (deterministic, so a replay has the
@@ -503,6 +560,8 @@ impl ArtifactService {
             return Ok(false);
         }
         let repo = &rec.repo;
+        // Kept from garbage collection until the manifest references it.
+        let _pin = self.registry.pin_for_gc(vec![Digest::of(EMPTY_JSON)]);
         let empty = self
             .registry
             .put_small_blob(repo, Bytes::from_static(EMPTY_JSON))
@@ -601,8 +660,19 @@ impl ArtifactService {
 
     /// `GET /artifacts/for-host/{host_id}`.
     pub fn for_host(&self, host: &str) -> Result<Vec<ArtifactJson>, ArtifactError> {
+        self.for_host_visible(host, &|_| true)
+    }
+
+    /// `for_host`, keeping only artifacts whose repository passes
+    /// `visible` (what the caller may pull).
+    pub fn for_host_visible(
+        &self,
+        host: &str,
+        visible: &dyn Fn(&RepoName) -> bool,
+    ) -> Result<Vec<ArtifactJson>, ArtifactError> {
         let host = HostId::parse(host)?;
         let mut recs = self.index.artifacts_for_host(&host);
+        recs.retain(|r| visible(&r.repo));
         recs.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
         Ok(recs.iter().map(|r| self.json(r)).collect())
     }
@@ -611,6 +681,16 @@ impl ArtifactService {
     pub fn list(
         &self,
         q: &ListQuery,
+    ) -> Result<(Vec<ArtifactJson>, Option<String>), ArtifactError> {
+        self.list_visible(q, &|_| true)
+    }
+
+    /// `list`, keeping only artifacts whose repository passes `visible`
+    /// (what the caller may pull), before paging.
+    pub fn list_visible(
+        &self,
+        q: &ListQuery,
+        visible: &dyn Fn(&RepoName) -> bool,
     ) -> Result<(Vec<ArtifactJson>, Option<String>), ArtifactError> {
         let limit = match q.limit.as_deref() {
             None | Some("") => DEFAULT_LIST_LIMIT,
@@ -650,6 +730,7 @@ impl ArtifactService {
                         .is_none_or(|v| &c.kernel_version == v)
                     && q.tag.as_ref().is_none_or(|v| c.tags.contains(v))
                     && host_set.as_ref().is_none_or(|s| s.contains(&r.id))
+                    && visible(&r.repo)
             })
             .collect();
         recs.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
@@ -712,6 +793,9 @@ impl ArtifactService {
                             self.put_version_index(&repo, &tag, &rest).await?;
                         }
                         // The old index would reference a deleted manifest.
+                        if let Some(s) = &self.signing {
+                            s.delete_signatures(&repo, &current).await?;
+                        }
                         self.registry
                             .delete_manifest(&repo, &Reference::Digest(current))
                             .await?;
@@ -719,12 +803,48 @@ impl ArtifactService {
                 }
             }
         }
+        if let Some(s) = &self.signing {
+            s.delete_signatures(&repo, &rec.id).await?;
+        }
         self.registry
             .delete_manifest(&repo, &Reference::Digest(rec.id.clone()))
             .await?;
         tracing::info!(repo = %repo, id = %rec.id, "artifact deleted");
         Ok(())
     }
+}
+
+/// Removes `#`-to-end-of-line comments that stand outside JSON strings;
+/// `None` when there is none (so the strict parse error stands).
+fn strip_hash_comments(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    let (mut in_string, mut escaped, mut in_comment, mut found) = (false, false, false, false);
+    for &b in body {
+        if in_comment {
+            if b == b'\n' {
+                in_comment = false;
+                out.push(b);
+            }
+            continue;
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'#' {
+            in_comment = true;
+            found = true;
+            continue;
+        }
+        out.push(b);
+    }
+    found.then_some(out)
 }
 
 fn download_name_of(c: &BpfConfig) -> String {
@@ -817,4 +937,17 @@ fn decode_cursor(c: &str) -> Result<Cursor, ArtifactError> {
         architecture: architecture.into(),
         id: id.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_hash_comments;
+
+    #[test]
+    fn hash_comments_outside_strings_are_stripped() {
+        let body = b"{\"data\": \"a#b\"  # comment\n}";
+        assert_eq!(strip_hash_comments(body).unwrap(), b"{\"data\": \"a#b\"  \n}");
+        assert_eq!(strip_hash_comments(b"{\"a\": \"x#y\\\"#\"}"), None);
+        assert_eq!(strip_hash_comments(b"{}"), None);
+    }
 }

@@ -1,9 +1,12 @@
 //! The axum layer: the router, shared state, request logging with request
 //! ids, and the helpers that turn service answers into responses.
 
+pub mod auth;
 pub mod endpoint;
 mod health;
+pub mod limits;
 mod rest;
+pub mod tls;
 pub mod v2;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +34,10 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub artifacts: Arc<ArtifactService>,
     pub config: Arc<Config>,
+    /// Users, policy and token key; `None` when authentication is off.
+    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Artifact signing and verification (`signer` off by default).
+    pub signing: Arc<crate::signing::SigningService>,
 }
 
 /// The matched route's constant name, left in response extensions for the
@@ -41,6 +48,7 @@ pub struct RouteName(pub &'static str);
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 pub fn router(state: AppState) -> Router {
+    let request_limits = limits::RequestLimits::from_config(&state.config);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/artifacts", get(rest::list).post(rest::create))
@@ -52,11 +60,26 @@ pub fn router(state: AppState) -> Router {
             get(rest::hosts).post(rest::add_host),
         )
         .route("/artifacts/{id}/hosts/{host_id}", delete(rest::remove_host))
+        .route("/artifacts/{id}/signatures", get(rest::signatures))
+        .route("/artifacts/{id}/verify", get(rest::verify))
+        .route("/signing/public-key", get(rest::public_key))
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))
+        .route("/token", get(auth::token_get).post(auth::token_post))
         .fallback(fallback)
+        // Authentication and authorization, in one place (a no-op when off).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
         .with_state(state)
+        // Concurrency cap and stalled-body timeout (inside the log, so a
+        // 429 is logged too).
+        .layer(middleware::from_fn_with_state(
+            request_limits,
+            limits::enforce,
+        ))
         .layer(middleware::from_fn(log_requests))
 }
 
@@ -76,6 +99,12 @@ impl IntoResponse for OciError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.code == OciErrorCode::TooManyRequests {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(limits::RETRY_AFTER_SECS),
+            );
+        }
         r
     }
 }

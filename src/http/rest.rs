@@ -6,10 +6,14 @@
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::json;
 
-use super::{blob_response, json_response, read_body_capped, AppState, BodyReadError, RouteName};
+use super::{
+    auth, blob_response, json_response, read_body_capped, AppState, BodyReadError, RouteName,
+};
 use crate::artifacts::{ArtifactError, ListQuery};
+use crate::auth::Action;
 use crate::oci::media;
 use crate::registry::ByteRange;
 
@@ -21,6 +25,10 @@ impl IntoResponse for ArtifactError {
             tracing::error!(error = %self, "rest request failed");
             match self.code() {
                 "storage_full" => "the registry's storage is full".to_string(),
+                "signing_unavailable" => {
+                    "the artifact could not be signed (the signer is unavailable); nothing was stored, retry later"
+                        .to_string()
+                }
                 _ => "internal error".to_string(),
             }
         } else {
@@ -69,6 +77,7 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Response {
     if !is_json(req.headers()) {
         return named(ROUTE, ArtifactError::UnsupportedMediaType.into_response());
     }
+    let caller = req.extensions().get::<auth::Caller>().cloned();
     let svc = state.artifacts.clone();
     let body = match read_body_capped(req.into_body(), svc.max_body_bytes()).await {
         Ok(b) => b,
@@ -89,6 +98,12 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Response {
             )
         }
     };
+    // Push is needed on the repository the body names.
+    if let (Some(caller), Some(repo)) = (&caller, auth::requested_repository(&body)) {
+        if !caller.may(&repo, Action::Push) {
+            return named(ROUTE, caller.refuse_rest(&repo, Action::Push));
+        }
+    }
     match svc.create(body).await {
         Ok(c) => {
             let status = if c.created {
@@ -110,6 +125,7 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Response {
 /// `GET /artifacts`
 pub async fn list(
     State(state): State<AppState>,
+    caller: Option<Extension<auth::Caller>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     const ROUTE: &str = "rest.artifacts.list";
@@ -122,9 +138,10 @@ pub async fn list(
             )
         }
     };
+    let caller = caller.map(|Extension(c)| c);
     let r = state
         .artifacts
-        .list(&q)
+        .list_visible(&q, &|repo| auth::visible(caller.as_ref(), repo))
         .map(|(artifacts, next)| json!({ "artifacts": artifacts, "next_cursor": next }));
     respond(ROUTE, StatusCode::OK, r)
 }
@@ -293,10 +310,134 @@ pub async fn hosts(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 /// `GET /artifacts/for-host/{host_id}`
-pub async fn for_host(State(state): State<AppState>, Path(host): Path<String>) -> Response {
+pub async fn for_host(
+    State(state): State<AppState>,
+    caller: Option<Extension<auth::Caller>>,
+    Path(host): Path<String>,
+) -> Response {
+    let caller = caller.map(|Extension(c)| c);
     let r = state
         .artifacts
-        .for_host(&host)
+        .for_host_visible(&host, &|repo| auth::visible(caller.as_ref(), repo))
         .map(|a| json!({ "host_id": host, "artifacts": a }));
     respond("rest.for_host", StatusCode::OK, r)
+}
+
+/// `GET /artifacts/{id}/signatures`: every stored signature of the artifact.
+pub async fn signatures(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    const ROUTE: &str = "rest.signatures.list";
+    let (repo, digest) = match state.artifacts.locate(&id) {
+        Ok(x) => x,
+        Err(e) => return named(ROUTE, e.into_response()),
+    };
+    let r = state
+        .signing
+        .signatures(&repo, &digest)
+        .await
+        .map(|s| json!({ "id": digest.to_string(), "signatures": s }))
+        .map_err(ArtifactError::from);
+    respond(ROUTE, StatusCode::OK, r)
+}
+
+/// `GET /artifacts/{id}/verify`: each signature checked against every
+/// version of the configured key.
+pub async fn verify(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    const ROUTE: &str = "rest.signatures.verify";
+    let (repo, digest) = match state.artifacts.locate(&id) {
+        Ok(x) => x,
+        Err(e) => return named(ROUTE, e.into_response()),
+    };
+    let r = state
+        .signing
+        .verify(&repo, &digest)
+        .await
+        .map(|v| {
+            json!({
+                "id": digest.to_string(),
+                "verified": v.verified,
+                "key_id": v.key_id,
+                "signatures": v.signatures,
+            })
+        })
+        .map_err(ArtifactError::from);
+    respond(ROUTE, StatusCode::OK, r)
+}
+
+#[derive(serde::Deserialize)]
+pub struct KeyQuery {
+    version: Option<String>,
+}
+
+/// `GET /signing/public-key[?version=N]`: the PEM public key (default:
+/// the latest version), for `cosign verify --key` or `openssl`.
+pub async fn public_key(
+    State(state): State<AppState>,
+    q: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    const ROUTE: &str = "rest.signing.public_key";
+    let version = match q.map(|Query(q)| q.version) {
+        Ok(None) => None,
+        Ok(Some(v)) => match v.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return named(
+                    ROUTE,
+                    ArtifactError::InvalidRequest(format!(
+                        "invalid version {:?}: expected a key version number",
+                        v.chars().take(40).collect::<String>()
+                    ))
+                    .into_response(),
+                )
+            }
+        },
+        Err(e) => {
+            return named(
+                ROUTE,
+                ArtifactError::InvalidRequest(e.body_text()).into_response(),
+            )
+        }
+    };
+    match state.signing.public_key(version).await {
+        Ok((keys, v)) => {
+            let pem = keys
+                .versions
+                .get(&v)
+                .map(|k| k.to_pem())
+                .unwrap_or_default();
+            let mut r = (StatusCode::OK, pem).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            for (name, value) in [
+                ("x-signing-key-id", keys.key_id.clone()),
+                ("x-signing-key-version", v.to_string()),
+                ("x-signing-algorithm", keys.algorithm.as_str().to_string()),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    h.insert(name, value);
+                }
+            }
+            named(ROUTE, r)
+        }
+        Err(crate::signing::SigningError::Disabled) => named(
+            ROUTE,
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({
+                    "error": "not_found",
+                    "message": "signing is not configured on this registry (BPF_REGISTRY_SIGNER=none)"
+                }),
+            ),
+        ),
+        Err(crate::signing::SigningError::NotFound(m)) => named(
+            ROUTE,
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": "not_found", "message": m }),
+            ),
+        ),
+        Err(e) => named(ROUTE, ArtifactError::from(e).into_response()),
+    }
 }

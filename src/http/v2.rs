@@ -227,7 +227,10 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             let body = read_body_capped(req.into_body(), max)
                 .await
                 .map_err(|e| e.into_oci(OciErrorCode::ManifestTooLarge, max))?;
-            let stored = reg
+            // eBPF artifact manifests are signed before they are stored;
+            // a signer that fails stores nothing: 503 UNAVAILABLE.
+            let stored = state
+                .signing
                 .put_manifest(&name, &reference, content_type.as_deref(), body)
                 .await?;
             let mut r = (StatusCode::CREATED, Body::empty()).into_response();

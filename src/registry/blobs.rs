@@ -119,6 +119,27 @@ impl Registry {
                 (s, l, true)
             }
         };
+        if total <= super::scrub::VERIFY_ON_READ_MAX {
+            // Small blobs are read whole and verified before any byte is
+            // sent: a corrupt one is a 500, never served as valid.
+            let max = super::scrub::VERIFY_ON_READ_MAX;
+            let bytes = blocking(move || Ok(b.read_small(&path, max)?))
+                .await?
+                .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+            super::scrub::verify_read(digest, &bytes)?;
+            let bytes = Bytes::from(bytes);
+            let end = usize::try_from(start.saturating_add(len))
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let slice = bytes.slice(usize::try_from(start).unwrap_or(end).min(end)..end);
+            return Ok(BlobRead {
+                total: bytes.len() as u64,
+                start,
+                len: slice.len() as u64,
+                partial,
+                body: Box::pin(futures_util::stream::once(async move { Ok(slice) })),
+            });
+        }
         let reader = blocking(move || Ok(b.open_read(&path, start)?))
             .await?
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
@@ -154,38 +175,60 @@ impl Registry {
         if self.blob_size(from, digest).await?.is_none() {
             return Ok(false);
         }
-        self.link_blob(repo, digest).await?;
-        Ok(true)
+        match self.link_blob(repo, digest).await {
+            Ok(()) => Ok(true),
+            // Collected since the check: the client uploads it instead.
+            Err(RegistryError::BlobUnknown(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Records that `repo` may serve `digest` (the blob must exist).
+    /// Records that `repo` may serve `digest`; `BlobUnknown` if the blob
+    /// is not stored. The blob's grace period restarts (see `gc`).
     pub async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> RegistryResult<()> {
         let b = self.backend.clone();
         let link = paths::layer_link(repo, digest);
+        let blob = paths::blob(digest);
         let body = digest.to_string().into_bytes();
-        blocking(move || {
+        let guard = self.gc_write_guard().await;
+        guard.note(digest);
+        let d = digest.clone();
+        let r = blocking(move || {
+            if !b.touch(&blob)? {
+                return Err(RegistryError::BlobUnknown(d));
+            }
             if b.size(&link)?.is_none() {
                 b.write_atomic(&link, &body)?;
             }
             Ok(())
         })
-        .await
+        .await;
+        drop(guard);
+        r
     }
 
     /// Stores a small blob given whole (configs, REST-built layers) and
-    /// links it into `repo`. Identical content is stored once.
+    /// links it into `repo`. Identical content is stored once (and its
+    /// grace period restarts).
     pub async fn put_small_blob(&self, repo: &RepoName, bytes: Bytes) -> RegistryResult<Digest> {
         let digest = Digest::of(&bytes);
         let b = self.backend.clone();
         let path = paths::blob(&digest);
+        let link = paths::layer_link(repo, &digest);
+        let body = digest.to_string().into_bytes();
+        let guard = self.gc_write_guard().await;
+        guard.note(&digest);
         blocking(move || {
-            if b.size(&path)?.is_none() {
+            if !b.touch(&path)? {
                 b.write_atomic(&path, &bytes)?;
+            }
+            if b.size(&link)?.is_none() {
+                b.write_atomic(&link, &body)?;
             }
             Ok(())
         })
         .await?;
-        self.link_blob(repo, &digest).await?;
+        drop(guard);
         Ok(digest)
     }
 }

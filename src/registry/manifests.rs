@@ -1,7 +1,10 @@
 //! Manifests, tags, referrers and the catalog. A manifest is stored as a
-//! blob, then linked into its repository, then (if it has a `subject`)
-//! linked as a referrer, then tagged: a reader that sees a tag can always
-//! follow it.
+//! blob, then (if it has a `subject`) linked as a referrer, then linked
+//! into its repository, then tagged: a reader that sees a tag can always
+//! follow it, and a linked manifest always has its referrer link. Deletion
+//! runs the other way (tags, repository link, referrer link). A crash in
+//! between leaves at most a referrer link without its manifest, which
+//! readers skip and garbage collection removes.
 
 use std::collections::BTreeMap;
 
@@ -135,6 +138,17 @@ impl Registry {
                 });
             }
         }
+        // Held from the reference checks to the last link: garbage
+        // collection cannot take what this manifest references (see `gc`).
+        let guard = self.gc_write_guard().await;
+        guard.note(&digest);
+        for d in manifest
+            .blob_references()
+            .chain(manifest.manifests.iter())
+            .chain(manifest.subject.iter())
+        {
+            guard.note(&d.digest);
+        }
         for d in manifest.blob_references() {
             match self.blob_size(repo, &d.digest).await? {
                 None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
@@ -186,11 +200,11 @@ impl Registry {
             if b.size(&blob)? != Some(body.len() as u64) {
                 b.write_atomic(&blob, &body)?;
             }
-            if b.size(&link)?.is_none() {
-                b.write_atomic(&link, &digest_text)?;
-            }
             if let Some((path, json)) = referrer_link {
                 b.write_atomic(&path, &json)?;
+            }
+            if b.size(&link)?.is_none() {
+                b.write_atomic(&link, &digest_text)?;
             }
             if let Some(tp) = tag_path {
                 b.write_atomic(&tp, &digest_text)?;
@@ -198,6 +212,7 @@ impl Registry {
             Ok(())
         })
         .await?;
+        drop(guard);
         tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
         let stored = ManifestStored {
             repo: repo.clone(),
@@ -257,10 +272,13 @@ impl Registry {
         let b = self.backend.clone();
         let blob = paths::blob(digest);
         let max = self.limits.max_manifest_bytes;
-        blocking(move || Ok(b.read_small(&blob, max)?))
+        let bytes = blocking(move || Ok(b.read_small(&blob, max)?))
             .await?
             .map(Bytes::from)
-            .ok_or_else(|| RegistryError::ManifestUnknown(digest.to_string()))
+            .ok_or_else(|| RegistryError::ManifestUnknown(digest.to_string()))?;
+        // A corrupt manifest is never served as valid.
+        super::scrub::verify_read(digest, &bytes)?;
+        Ok(bytes)
     }
 
     /// Deletes a tag (reference is a tag) or a manifest with its tags and
@@ -304,10 +322,10 @@ impl Registry {
                             b.delete(&tp)?;
                         }
                     }
+                    b.delete(&paths::manifest_link(&repo2, &d2))?;
                     if let Some(subject) = subject {
                         b.delete(&paths::referrer_link(&repo2, &subject, &d2))?;
                     }
-                    b.delete(&paths::manifest_link(&repo2, &d2))?;
                     Ok(())
                 })
                 .await?;

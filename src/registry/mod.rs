@@ -4,8 +4,10 @@
 //! leave as plain values.
 
 mod blobs;
+pub mod gc;
 mod io;
 mod manifests;
+pub mod scrub;
 mod uploads;
 
 use std::sync::Arc;
@@ -83,6 +85,8 @@ pub struct Registry {
     limits: Limits,
     uploads: uploads::Sessions,
     listeners: std::sync::RwLock<Vec<Arc<dyn ManifestListener>>>,
+    /// Orders writes against garbage collection (see `gc`).
+    gc: gc::Coordinator,
 }
 
 impl Registry {
@@ -92,6 +96,7 @@ impl Registry {
             limits,
             uploads: uploads::Sessions::default(),
             listeners: std::sync::RwLock::new(Vec::new()),
+            gc: gc::Coordinator::default(),
         }
     }
 

@@ -290,8 +290,12 @@ impl Registry {
         let blob = paths::blob(digest);
         let link = paths::layer_link(repo, digest);
         let link_body = digest.to_string().into_bytes();
+        // Ordered against garbage collection; a blob already stored is
+        // touched so its grace period restarts (see `gc`).
+        let guard = self.gc_write_guard().await;
+        guard.note(digest);
         blocking(move || {
-            if b.size(&blob)?.is_none() {
+            if !b.touch(&blob)? {
                 if b.size(&data)?.is_none() {
                     // An empty upload never created its data file.
                     b.write_atomic(&blob, b"")?;
@@ -305,6 +309,7 @@ impl Registry {
             Ok(())
         })
         .await?;
+        drop(guard);
         Ok(digest.clone())
     }
 

@@ -4,7 +4,9 @@
 //! The trait is synchronous; services call it from blocking threads, which
 //! keeps it implementable by any object store client.
 
+pub mod faulty;
 pub mod fs;
+pub mod lock;
 pub mod paths;
 
 use std::io::Read;

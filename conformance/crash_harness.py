@@ -1,0 +1,568 @@
+#!/usr/bin/env python3
+"""Crash harness: kill -9 the registry under load, restart it, check that
+nothing acknowledged was lost or corrupted.
+
+Each round starts the release binary on one data directory (kept across
+rounds), drives concurrent clients for a random 1-3 s -- monolithic and
+chunked blob pushes with manifests, POST /artifacts, host associations
+added and removed, manifest and artifact deletes, chunked uploads left open
+on purpose -- then SIGKILLs the server at that random moment, restarts it
+on the same directory and verifies, for everything acknowledged in this
+and every earlier round:
+
+  * every acknowledged manifest is readable by its tag with the same bytes,
+    and each of its blobs with bytes that hash to the digest;
+  * every acknowledged blob upload is readable with the right bytes;
+  * every acknowledged REST artifact answers GET /artifacts/{id}, and its
+    /binary hashes to its checksum; an acknowledged delete stays deleted;
+  * /artifacts/for-host/{host} lists every acknowledged association not
+    acknowledged as removed, and nothing that was never requested;
+  * every chunked upload left open resumes (GET gives the acknowledged
+    offset, or the offset plus a chunk in flight at the kill; continuing and
+    closing it succeeds with the right digest) or is cleanly gone (404);
+  * on disk: no blob whose bytes do not hash to its name, no manifest that
+    references a missing blob or index child, no tag pointing to a missing
+    manifest.
+
+Prints the counts (rounds, operations acknowledged, operations verified,
+violations) and exits 1 if there is any violation. Uses only `requests`.
+
+  crash_harness.py --binary target/release/bpf-registry [--rounds 5] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import requests
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+TIMEOUT = 15
+
+
+def sha256(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class State:
+    """Everything acknowledged so far, across rounds (guarded by `lock`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.manifests: dict[str, dict] = {}  # digest -> {repo, tag, body, blobs}
+        self.deleted_manifests: dict[str, str] = {}  # digest -> repo
+        self.uncertain_manifests: set[str] = set()  # delete in flight at the kill
+        self.blobs: dict[tuple[str, str], bytes] = {}  # (repo, digest) -> data
+        self.artifacts: dict[str, dict] = {}  # id -> {checksum, size}
+        self.deleted_artifacts: set[str] = set()
+        self.uncertain_artifacts: set[str] = set()
+        self.assoc: set[tuple[str, str]] = set()  # (host, id) acknowledged
+        self.assoc_uncertain: set[tuple[str, str]] = set()  # in flight either way
+        self.sessions: list[dict] = []  # open chunked uploads
+        self.acknowledged = 0
+
+    def ack(self, n: int = 1) -> None:
+        with self.lock:
+            self.acknowledged += n
+
+
+class Worker(threading.Thread):
+    def __init__(self, wid: int, url: str, state: State, stop: threading.Event, rnd: int, seed: int):
+        super().__init__(daemon=True)
+        self.wid, self.url, self.st, self.stop = wid, url, state, stop
+        self.rnd = rnd
+        self.rng = random.Random(seed * 1000 + rnd * 100 + wid)
+        self.s = requests.Session()
+        self.n = 0
+
+    # -- operations; each records only what got a success answer ---------
+    def push_blob(self, repo: str, data: bytes, chunked: bool) -> str:
+        d = sha256(data)
+        if not chunked:
+            r = self.s.post(f"{self.url}/v2/{repo}/blobs/uploads/?digest={d}", data=data, timeout=TIMEOUT)
+            if r.status_code != 201:
+                raise RuntimeError(f"monolithic upload {r.status_code}")
+            return d
+        r = self.s.post(f"{self.url}/v2/{repo}/blobs/uploads/", timeout=TIMEOUT)
+        if r.status_code != 202:
+            raise RuntimeError(f"start upload {r.status_code}")
+        loc = r.headers["Location"]
+        step = max(1, len(data) // 3)
+        for start in range(0, len(data), step):
+            part = data[start:start + step]
+            r = self.s.patch(f"{self.url}{loc}", data=part, timeout=TIMEOUT, headers={
+                "Content-Range": f"{start}-{start + len(part) - 1}",
+                "Content-Type": "application/octet-stream"})
+            if r.status_code != 202:
+                raise RuntimeError(f"patch {r.status_code}")
+            loc = r.headers["Location"]
+        r = self.s.put(f"{self.url}{loc}{'&' if '?' in loc else '?'}digest={d}", timeout=TIMEOUT)
+        if r.status_code != 201:
+            raise RuntimeError(f"close upload {r.status_code}")
+        return d
+
+    def op_push_image(self) -> None:
+        repo = f"crash/w{self.wid}"
+        tag = f"r{self.rnd}-{self.n}"
+        config = json.dumps({"w": self.wid, "r": self.rnd, "n": self.n}).encode()
+        size = self.rng.choice([10, 1000, 70_000, 300_000, 1_500_000])
+        layer = self.rng.randbytes(size)
+        chunked = self.rng.random() < 0.4
+        cd = self.push_blob(repo, config, False)
+        with self.st.lock:
+            self.st.blobs[(repo, cd)] = config
+        self.st.ack()
+        ld = self.push_blob(repo, layer, chunked)
+        with self.st.lock:
+            self.st.blobs[(repo, ld)] = layer
+        self.st.ack()
+        body = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd, "size": len(config)},
+            "layers": [{"mediaType": "application/octet-stream", "digest": ld, "size": len(layer)}],
+        }).encode()
+        r = self.s.put(f"{self.url}/v2/{repo}/manifests/{tag}", data=body,
+                       headers={"Content-Type": OCI_MANIFEST}, timeout=TIMEOUT)
+        if r.status_code != 201:
+            raise RuntimeError(f"manifest put {r.status_code} {r.text[:200]}")
+        d = sha256(body)
+        with self.st.lock:
+            self.st.manifests[d] = {"repo": repo, "tag": tag, "body": body,
+                                    "blobs": [(cd, config), (ld, layer)]}
+        self.st.ack()
+
+    def op_delete_manifest(self) -> None:
+        with self.st.lock:
+            mine = [d for d, m in self.st.manifests.items() if m["repo"] == f"crash/w{self.wid}"]
+            if len(mine) < 3:
+                return
+            d = self.rng.choice(mine)
+            m = self.st.manifests.pop(d)
+            self.st.uncertain_manifests.add(d)
+        r = self.s.delete(f"{self.url}/v2/{m['repo']}/manifests/{d}", timeout=TIMEOUT)
+        with self.st.lock:
+            self.st.uncertain_manifests.discard(d)
+            if r.status_code == 202:
+                self.st.deleted_manifests[d] = m["repo"]
+            else:
+                self.st.manifests[d] = m
+        if r.status_code == 202:
+            self.st.ack()
+
+    def op_post_artifact(self) -> None:
+        data = self.rng.randbytes(self.rng.choice([100, 5000, 200_000]))
+        hosts = [f"host-{self.rng.randrange(4)}"] if self.rng.random() < 0.5 else []
+        name = f"crash-rest-{self.wid}"
+        version = f"{self.rnd}.{self.n}.0"
+        pending = [(h, None) for h in hosts]
+        r = self.s.post(f"{self.url}/artifacts", timeout=TIMEOUT, json={
+            "name": name, "version": version, "type": "map", "architecture": "x86_64",
+            "data": base64.b64encode(data).decode(), "hosts": hosts})
+        if r.status_code != 201:
+            raise RuntimeError(f"post artifact {r.status_code} {r.text[:200]}")
+        a = r.json()
+        with self.st.lock:
+            self.st.artifacts[a["id"]] = {"checksum": a["checksum"], "size": a["size"]}
+            for h, _ in pending:
+                self.st.assoc.add((h, a["id"]))
+        self.st.ack()
+
+    def op_associate(self) -> None:
+        with self.st.lock:
+            ids = [i for i in self.st.artifacts if i not in self.st.uncertain_artifacts]
+            if not ids:
+                return
+            aid = self.rng.choice(ids)
+            host = f"host-{self.rng.randrange(4)}"
+            key = (host, aid)
+            if key in self.st.assoc_uncertain:
+                return
+            remove = key in self.st.assoc and self.rng.random() < 0.4
+            self.st.assoc_uncertain.add(key)
+            self.st.assoc.discard(key)
+        if remove:
+            r = self.s.delete(f"{self.url}/artifacts/{aid}/hosts/{host}", timeout=TIMEOUT)
+            ok = r.status_code == 204
+        else:
+            r = self.s.post(f"{self.url}/artifacts/{aid}/hosts", json={"host_id": host}, timeout=TIMEOUT)
+            ok = r.status_code in (200, 201)
+        with self.st.lock:
+            self.st.assoc_uncertain.discard(key)
+            # (an artifact deleted meanwhile took its associations along)
+            if ok and not remove and aid not in self.st.deleted_artifacts:
+                self.st.assoc.add(key)
+            if not ok and remove:
+                self.st.assoc.add(key)  # the removal failed cleanly
+            if not ok and not remove:
+                pass  # never acknowledged: absent (or unknown, see below)
+        if not ok:
+            raise RuntimeError(f"association {r.status_code} {r.text[:200]}")
+        self.st.ack()
+
+    def op_delete_artifact(self) -> None:
+        with self.st.lock:
+            ids = [i for i in self.st.artifacts if i not in self.st.uncertain_artifacts]
+            if len(ids) < 5:
+                return
+            aid = self.rng.choice(ids)
+            self.st.uncertain_artifacts.add(aid)
+        r = self.s.delete(f"{self.url}/artifacts/{aid}", timeout=TIMEOUT)
+        with self.st.lock:
+            if r.status_code == 204:
+                self.st.artifacts.pop(aid, None)
+                self.st.uncertain_artifacts.discard(aid)
+                self.st.deleted_artifacts.add(aid)
+                self.st.assoc = {(h, i) for (h, i) in self.st.assoc if i != aid}
+            else:
+                self.st.uncertain_artifacts.discard(aid)
+        if r.status_code == 204:
+            self.st.ack()
+
+    def op_open_session(self) -> None:
+        repo = f"crash/w{self.wid}"
+        data = self.rng.randbytes(self.rng.choice([30_000, 600_000]))
+        r = self.s.post(f"{self.url}/v2/{repo}/blobs/uploads/", timeout=TIMEOUT)
+        if r.status_code != 202:
+            raise RuntimeError(f"start upload {r.status_code}")
+        sess = {"repo": repo, "loc": r.headers["Location"], "data": data, "acked": 0, "inflight": 0}
+        with self.st.lock:
+            self.st.sessions.append(sess)
+        self.st.ack()
+        chunk = len(data) // 4
+        for _ in range(self.rng.randrange(1, 4)):
+            start = sess["acked"]
+            part = data[start:start + chunk]
+            sess["inflight"] = len(part)
+            r = self.s.patch(f"{self.url}{sess['loc']}", data=part, timeout=TIMEOUT, headers={
+                "Content-Range": f"{start}-{start + len(part) - 1}",
+                "Content-Type": "application/octet-stream"})
+            if r.status_code != 202:
+                raise RuntimeError(f"patch {r.status_code}")
+            sess["acked"] = start + len(part)
+            sess["inflight"] = 0
+            sess["loc"] = r.headers["Location"]
+            self.st.ack()
+
+    def run(self) -> None:
+        ops = [(self.op_push_image, 40), (self.op_post_artifact, 20), (self.op_associate, 20),
+               (self.op_delete_manifest, 6), (self.op_delete_artifact, 4), (self.op_open_session, 10)]
+        fns, weights = zip(*ops)
+        while not self.stop.is_set():
+            self.n += 1
+            op = self.rng.choices(fns, weights)[0]
+            try:
+                op()
+            except (requests.RequestException, RuntimeError, KeyError, ValueError):
+                if self.stop.is_set():
+                    return
+                time.sleep(0.01)
+
+
+class Harness:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.binary = args.binary
+        self.data = tempfile.mkdtemp(prefix="bpf-registry-crash-")
+        self.st = State()
+        self.violations: list[str] = []
+        self.verified = 0
+        self.proc = None
+        self.url = ""
+
+    def violation(self, msg: str) -> None:
+        self.violations.append(msg)
+        print(f"VIOLATION: {msg}", flush=True)
+
+    def start(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ,
+                   BPF_REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}",
+                   BPF_REGISTRY_DATA_DIR=self.data,
+                   BPF_REGISTRY_LOG_LEVEL="WARN",
+                   # The collector runs (and is killed) during the rounds;
+                   # the default grace keeps everything fresh.
+                   BPF_REGISTRY_GC_INTERVAL="1s")
+        log = open(os.path.join(os.path.dirname(self.data), os.path.basename(self.data) + ".log"), "ab")
+        self.proc = subprocess.Popen([self.binary], env=env, stdout=log, stderr=log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode} at start-up")
+            time.sleep(0.05)
+        raise SystemExit("server did not become healthy")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    # -- checks ----------------------------------------------------------
+    def check_manifests(self, s: requests.Session) -> None:
+        for d, m in list(self.st.manifests.items()):
+            r = s.get(f"{self.url}/v2/{m['repo']}/manifests/{m['tag']}", headers={"Accept": OCI_MANIFEST}, timeout=TIMEOUT)
+            if r.status_code != 200 or r.content != m["body"] or r.headers.get("Docker-Content-Digest") != d:
+                self.violation(f"manifest {m['repo']}:{m['tag']} ({d}): {r.status_code}")
+                continue
+            for bd, data in m["blobs"]:
+                r = s.get(f"{self.url}/v2/{m['repo']}/blobs/{bd}", timeout=TIMEOUT)
+                if r.status_code != 200 or sha256(r.content) != bd or r.content != data:
+                    self.violation(f"blob {bd} of {m['repo']}:{m['tag']}: {r.status_code}")
+            self.verified += 1
+        for d, repo in self.st.deleted_manifests.items():
+            r = s.get(f"{self.url}/v2/{repo}/manifests/{d}", timeout=TIMEOUT)
+            if r.status_code != 404:
+                self.violation(f"deleted manifest {repo}@{d} answers {r.status_code}")
+            self.verified += 1
+
+    def check_blobs(self, s: requests.Session) -> None:
+        for (repo, d), data in list(self.st.blobs.items()):
+            r = s.get(f"{self.url}/v2/{repo}/blobs/{d}", timeout=TIMEOUT)
+            if r.status_code != 200 or r.content != data:
+                self.violation(f"acknowledged blob {repo}@{d}: {r.status_code}")
+            self.verified += 1
+
+    def check_artifacts(self, s: requests.Session) -> None:
+        for aid, a in list(self.st.artifacts.items()):
+            r = s.get(f"{self.url}/artifacts/{aid}", timeout=TIMEOUT)
+            if aid in self.st.uncertain_artifacts:
+                continue
+            if r.status_code != 200:
+                self.violation(f"artifact {aid}: {r.status_code}")
+                continue
+            r = s.get(f"{self.url}/artifacts/{aid}/binary", timeout=TIMEOUT)
+            if r.status_code != 200 or sha256(r.content) != a["checksum"] or len(r.content) != a["size"]:
+                self.violation(f"artifact {aid} binary: {r.status_code}")
+            self.verified += 1
+        for aid in self.st.deleted_artifacts:
+            r = s.get(f"{self.url}/artifacts/{aid}", timeout=TIMEOUT)
+            if r.status_code != 404:
+                self.violation(f"deleted artifact {aid} answers {r.status_code}")
+            self.verified += 1
+        # Unfinished artifact deletes were either applied or not; settle them.
+        for aid in list(self.st.uncertain_artifacts):
+            r = s.get(f"{self.url}/artifacts/{aid}", timeout=TIMEOUT)
+            self.st.uncertain_artifacts.discard(aid)
+            if r.status_code == 404:
+                self.st.artifacts.pop(aid, None)
+                self.st.deleted_artifacts.add(aid)
+                self.st.assoc = {(h, i) for (h, i) in self.st.assoc if i != aid}
+            else:
+                # A delete removes the associations first, then the
+                # artifact: cut short, it may have taken some of them.
+                gone = {(h, i) for (h, i) in self.st.assoc if i == aid}
+                self.st.assoc -= gone
+                self.st.assoc_uncertain |= gone
+
+    def check_hosts(self, s: requests.Session) -> None:
+        hosts = {h for h, _ in self.st.assoc} | {h for h, _ in self.st.assoc_uncertain} | {f"host-{i}" for i in range(4)}
+        for h in sorted(hosts):
+            r = s.get(f"{self.url}/artifacts/for-host/{h}", timeout=TIMEOUT)
+            if r.status_code != 200:
+                self.violation(f"for-host {h}: {r.status_code}")
+                continue
+            listed = {a["id"] for a in r.json()["artifacts"]}
+            want = {i for (hh, i) in self.st.assoc if hh == h}
+            maybe = {i for (hh, i) in self.st.assoc_uncertain if hh == h}
+            for i in want - listed:
+                self.violation(f"for-host {h} misses acknowledged association with {i}")
+            for i in listed - want - maybe:
+                # Associations posted with an artifact whose create was in
+                # flight at the kill may exist; anything else may not.
+                if i in self.st.artifacts or i in self.st.deleted_artifacts:
+                    self.violation(f"for-host {h} lists {i}, never acknowledged")
+            # Settle the uncertain ones to what the server says now.
+            for i in maybe:
+                if i in listed:
+                    self.st.assoc.add((h, i))
+            self.verified += 1
+        self.st.assoc_uncertain.clear()
+
+    def check_sessions(self, s: requests.Session) -> None:
+        for sess in self.st.sessions:
+            if sess.get("done"):
+                continue
+            sess["done"] = True
+            r = s.get(f"{self.url}{sess['loc']}", timeout=TIMEOUT)
+            if r.status_code == 404:
+                self.verified += 1  # purged cleanly
+                continue
+            if r.status_code != 204:
+                self.violation(f"upload status {sess['loc']}: {r.status_code}")
+                continue
+            rng = r.headers.get("Range", "0-0")
+            end = int(rng.split("-")[1])
+            offset = 0 if (end == 0 and sess["acked"] == 0) else end + 1
+            allowed = {sess["acked"], sess["acked"] + sess["inflight"]}
+            if offset not in allowed:
+                self.violation(f"upload {sess['loc']} resumed at {offset}, acknowledged {sess['acked']}")
+                continue
+            data = sess["data"]
+            loc = r.headers.get("Location", sess["loc"])
+            if offset < len(data):
+                r = s.patch(f"{self.url}{loc}", data=data[offset:], timeout=TIMEOUT, headers={
+                    "Content-Range": f"{offset}-{len(data) - 1}",
+                    "Content-Type": "application/octet-stream"})
+                if r.status_code != 202:
+                    self.violation(f"resume {loc}: {r.status_code} {r.text[:200]}")
+                    continue
+                loc = r.headers["Location"]
+            d = sha256(data)
+            r = s.put(f"{self.url}{loc}{'&' if '?' in loc else '?'}digest={d}", timeout=TIMEOUT)
+            if r.status_code != 201:
+                self.violation(f"close resumed {loc}: {r.status_code} {r.text[:200]}")
+                continue
+            r = s.get(f"{self.url}/v2/{sess['repo']}/blobs/{d}", timeout=TIMEOUT)
+            if r.status_code != 200 or r.content != data:
+                self.violation(f"resumed blob {d}: {r.status_code}")
+                continue
+            self.st.blobs[(sess["repo"], d)] = data
+            self.verified += 1
+
+    def check_disk(self) -> None:
+        """The store itself: sound blobs, complete manifests, live tags."""
+        blobs_dir = os.path.join(self.data, "blobs", "sha256")
+        present = set()
+        for name in os.listdir(blobs_dir) if os.path.isdir(blobs_dir) else []:
+            if ".tmp-" in name:
+                continue
+            with open(os.path.join(blobs_dir, name), "rb") as f:
+                h = hashlib.sha256(f.read()).hexdigest()
+            if h != name:
+                self.violation(f"blob file {name} hashes to {h}")
+            present.add(name)
+        repos_root = os.path.join(self.data, "repositories")
+        for dirpath, dirnames, _ in os.walk(repos_root):
+            if os.path.basename(dirpath) != "_manifests":
+                continue
+            repo_dir = os.path.dirname(dirpath)
+            linked = set(os.listdir(os.path.join(dirpath, "sha256"))) if os.path.isdir(os.path.join(dirpath, "sha256")) else set()
+            linked = {x for x in linked if ".tmp-" not in x}
+            for hexd in linked:
+                if hexd not in present:
+                    self.violation(f"manifest {hexd} linked in {repo_dir} is missing")
+                    continue
+                try:
+                    with open(os.path.join(blobs_dir, hexd), "rb") as f:
+                        m = json.loads(f.read())
+                except (OSError, ValueError) as e:
+                    self.violation(f"manifest {hexd} unreadable: {e}")
+                    continue
+                for desc in ([m["config"]] if "config" in m else []) + m.get("layers", []):
+                    if desc["digest"].split(":")[1] not in present:
+                        self.violation(f"manifest {hexd} references missing blob {desc['digest']}")
+                for desc in m.get("manifests", []):
+                    if desc["digest"].split(":")[1] not in linked:
+                        self.violation(f"index {hexd} references missing child {desc['digest']}")
+            tags_dir = os.path.join(repo_dir, "_tags")
+            for t in os.listdir(tags_dir) if os.path.isdir(tags_dir) else []:
+                if ".tmp-" in t:
+                    continue
+                with open(os.path.join(tags_dir, t)) as f:
+                    target = f.read().strip().split(":")[-1]
+                if target not in linked or target not in present:
+                    self.violation(f"tag {t} of {repo_dir} points to missing manifest {target}")
+        self.verified += 1
+
+    def verify(self) -> None:
+        s = requests.Session()
+        self.check_disk()
+        self.check_manifests(s)
+        self.check_blobs(s)
+        self.check_artifacts(s)
+        self.check_hosts(s)
+        self.check_sessions(s)
+
+    def run(self) -> int:
+        started = time.time()
+        rng = random.Random(self.args.seed)
+        try:
+            for rnd in range(1, self.args.rounds + 1):
+                self.start()
+                stop = threading.Event()
+                workers = [Worker(w, self.url, self.st, stop, rnd, self.args.seed) for w in range(self.args.workers)]
+                for w in workers:
+                    w.start()
+                delay = rng.uniform(1.0, 3.0)
+                time.sleep(delay)
+                self.kill()
+                stop.set()
+                for w in workers:
+                    w.join(timeout=30)
+                before = self.st.acknowledged
+                self.start()
+                self.verify()
+                print(f"round {rnd}: killed after {delay:.2f}s; acknowledged so far {before}, "
+                      f"verified so far {self.verified}, violations {len(self.violations)}", flush=True)
+                self.kill()
+            # A last clean start: everything still there, and scrub agrees.
+            self.start()
+            self.verify()
+            scrub = subprocess.run([self.binary, "scrub"], env=dict(os.environ, BPF_REGISTRY_DATA_DIR=self.data,
+                                                                    BPF_REGISTRY_LOG_LEVEL="ERROR"),
+                                   capture_output=True, text=True)
+            lines = [line for line in scrub.stdout.splitlines() if line.startswith("scrub:")]
+            print("\n".join(lines[-6:]), flush=True)
+            for line in lines:
+                if "corrupt_blob" in line or "manifest_blob_missing" in line or "tag_dangling" in line:
+                    self.violation(f"scrub: {line}")
+        finally:
+            self.kill()
+        print(f"crash harness: rounds {self.args.rounds}, operations acknowledged {self.st.acknowledged}, "
+              f"operations verified {self.verified}, violations {len(self.violations)} "
+              f"({time.time() - started:.1f}s)", flush=True)
+        if not self.args.keep:
+            shutil.rmtree(self.data, ignore_errors=True)
+            try:
+                os.remove(self.data + ".log")
+            except OSError:
+                pass
+        else:
+            print(f"data dir kept: {self.data}")
+        return 1 if self.violations else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--binary", default="target/release/bpf-registry")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--seed", type=int, default=int(time.time()))
+    p.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = p.parse_args()
+    if not os.access(args.binary, os.X_OK):
+        print(f"no executable at {args.binary} (cargo build --release first)")
+        return 1
+    print(f"crash harness: seed {args.seed}, {args.rounds} rounds, {args.workers} workers", flush=True)
+    return Harness(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
