@@ -32,8 +32,15 @@ import sys
 import tempfile
 import uuid
 
+import types
+
 import oras.client
+import oras.decorator
 import requests
+
+# oras-py retries a refused request five times with sleeps of 3 to 83 s;
+# the refusals below are expected, so its retries do not sleep.
+oras.decorator.time = types.SimpleNamespace(sleep=lambda _s: None)
 
 
 def creds(s: str) -> tuple[str, str]:

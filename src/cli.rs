@@ -154,10 +154,17 @@ fn print_gc(r: &GcReport) {
         r.blobs_young,
         r.protected
     );
-    println!(
-        "gc: dangling links {would}removed: {} layer, {} referrer; upload sessions purged: {}; temporary files removed: {}",
-        r.layer_links_removed, r.referrer_links_removed, r.uploads_purged, r.temp_files_removed
-    );
+    if r.dry_run {
+        println!(
+            "gc: links that would be removed: {} in _layers, {} in _referrers (upload sessions and temporary files not examined)",
+            r.layer_links_removed, r.referrer_links_removed
+        );
+    } else {
+        println!(
+            "gc: links removed: {} in _layers, {} in _referrers; upload sessions purged: {}; temporary files removed: {}",
+            r.layer_links_removed, r.referrer_links_removed, r.uploads_purged, r.temp_files_removed
+        );
+    }
     if r.unreadable_manifests > 0 {
         println!(
             "gc: WARNING: {} kept manifests cannot be read; blobs were not swept (run `bpf-registry scrub`)",

@@ -250,7 +250,10 @@ impl Config {
             gc_interval: Some(duration(&val, "BPF_REGISTRY_GC_INTERVAL", HOUR)?)
                 .filter(|d| !d.is_zero()),
             gc_grace: duration(&val, "BPF_REGISTRY_GC_GRACE", HOUR)?,
-            upload_ttl: duration(&val, "BPF_REGISTRY_UPLOAD_TTL", 24 * HOUR)?,
+            upload_ttl: positive(
+                duration(&val, "BPF_REGISTRY_UPLOAD_TTL", 24 * HOUR)?,
+                "BPF_REGISTRY_UPLOAD_TTL",
+            )?,
             max_concurrent_requests: number(&val, "BPF_REGISTRY_MAX_CONCURRENT_REQUESTS", 1024)?
                 as usize,
             header_read_timeout: positive(
@@ -291,8 +294,9 @@ impl Config {
             if set && self.auth_htpasswd.is_none() {
                 return Err(ConfigError {
                     var,
-                    message: "only meaningful with BPF_REGISTRY_AUTH_HTPASSWD (authentication is off)"
-                        .into(),
+                    message:
+                        "only meaningful with BPF_REGISTRY_AUTH_HTPASSWD (authentication is off)"
+                            .into(),
                 });
             }
         }
@@ -300,7 +304,10 @@ impl Config {
         if self.token_ttl_secs > 86_400 {
             return Err(ConfigError {
                 var: "BPF_REGISTRY_TOKEN_TTL",
-                message: format!("{} s is over a day: expected 1..=86400", self.token_ttl_secs),
+                message: format!(
+                    "{} s is over a day: expected 1..=86400",
+                    self.token_ttl_secs
+                ),
             });
         }
         if let Some(v) = val("BPF_REGISTRY_EXTERNAL_URL") {
@@ -309,7 +316,8 @@ impl Config {
                 .strip_prefix("https://")
                 .or_else(|| v.strip_prefix("http://"))
                 .unwrap_or("");
-            let bad = |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            let bad =
+                |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
             if host.is_empty() || host.contains(bad) {
                 return Err(ConfigError {
                     var: "BPF_REGISTRY_EXTERNAL_URL",

@@ -64,7 +64,10 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     let signing = signing::SigningService::start(
         &config.signing,
         registry.clone(),
-        config.external_url.as_deref().and_then(signing::registry_host),
+        config
+            .external_url
+            .as_deref()
+            .and_then(signing::registry_host),
     )
     .await
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

@@ -75,7 +75,8 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         write_htpasswd(&dir.path().join("htpasswd"), &USERS);
         let key = TokenKey::generate().expect("key");
-        std::fs::write(dir.path().join("token.pem"), key.to_pem().expect("pem")).expect("write key");
+        std::fs::write(dir.path().join("token.pem"), key.to_pem().expect("pem"))
+            .expect("write key");
         let htpasswd = path_str(&dir.path().join("htpasswd"));
         let key_path = path_str(&dir.path().join("token.pem"));
         let policy_path = path_str(&dir.path().join("policy.toml"));
@@ -120,7 +121,10 @@ impl Fixture {
     /// Signs arbitrary claims with the registry's key.
     fn forge(&self, claims: Value) -> String {
         self.key
-            .sign_raw(&json!({"typ": "JWT", "alg": "ES256", "kid": self.key.kid()}), &claims)
+            .sign_raw(
+                &json!({"typ": "JWT", "alg": "ES256", "kid": self.key.kid()}),
+                &claims,
+            )
             .expect("sign")
     }
 }
@@ -145,7 +149,10 @@ fn with_auth(value: &str) -> reqwest::Client {
         reqwest::header::AUTHORIZATION,
         reqwest::header::HeaderValue::from_str(value).expect("header"),
     );
-    reqwest::Client::builder().default_headers(h).build().expect("client")
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client")
 }
 
 fn basic(user: &str) -> reqwest::Client {
@@ -167,8 +174,11 @@ fn b64url(v: &[u8]) -> String {
 
 /// Parses `Bearer k="v",k2="v2"` into pairs.
 fn challenge(r: &reqwest::Response) -> Vec<(String, String)> {
-    let v = header(r, "www-authenticate").unwrap_or_else(|| panic!("no WWW-Authenticate on {}", r.status()));
-    let rest = v.strip_prefix("Bearer ").unwrap_or_else(|| panic!("not a Bearer challenge: {v}"));
+    let v = header(r, "www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate on {}", r.status()));
+    let rest = v
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a Bearer challenge: {v}"));
     rest.split("\",")
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim_matches('"').to_string()))
@@ -181,7 +191,10 @@ fn param<'a>(c: &'a [(String, String)], k: &str) -> Option<&'a str> {
 
 async fn expect_401(r: reqwest::Response, scope: Option<&str>, error: Option<&str>) {
     let c = challenge(&r);
-    assert!(param(&c, "realm").is_some_and(|r| r.ends_with("/token")), "{c:?}");
+    assert!(
+        param(&c, "realm").is_some_and(|r| r.ends_with("/token")),
+        "{c:?}"
+    );
     assert_eq!(param(&c, "service"), Some("bpf-registry"), "{c:?}");
     assert_eq!(param(&c, "scope"), scope, "{c:?}");
     assert_eq!(param(&c, "error"), error, "{c:?}");
@@ -202,7 +215,14 @@ fn manifest_for(config_digest: &str, layer_digest: &str, layer_len: usize) -> Ve
 async fn push(f: &Fixture, client: &reqwest::Client, repo: &str, tag: &str, seed: u64) -> String {
     let (d, _) = f
         .server
-        .push_image(client, repo, tag, b"{}", &[&pseudo_random(300, seed)], json!({}))
+        .push_image(
+            client,
+            repo,
+            tag,
+            b"{}",
+            &[&pseudo_random(300, seed)],
+            json!({}),
+        )
         .await;
     d
 }
@@ -216,8 +236,14 @@ async fn without_htpasswd_everything_is_open_as_before() {
     let r = c.get(s.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(header(&r, "www-authenticate").is_none());
-    let (d, _) = s.push_image(&c, "bpf/open", "v1", b"{}", &[b"layer"], json!({})).await;
-    let r = c.get(s.url(&format!("/v2/bpf/open/manifests/{d}"))).send().await.unwrap();
+    let (d, _) = s
+        .push_image(&c, "bpf/open", "v1", b"{}", &[b"layer"], json!({}))
+        .await;
+    let r = c
+        .get(s.url(&format!("/v2/bpf/open/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // No token endpoint when authentication is off.
     let r = c.get(s.url("/token")).send().await.unwrap();
@@ -232,9 +258,18 @@ async fn base_without_credentials_is_401_with_the_token_realm() {
     let r = client().get(f.server.url("/v2/")).send().await.unwrap();
     assert_eq!(
         header(&r, "www-authenticate").as_deref(),
-        Some(format!("Bearer realm=\"http://{}/token\",service=\"bpf-registry\"", f.server.registry()).as_str())
+        Some(
+            format!(
+                "Bearer realm=\"http://{}/token\",service=\"bpf-registry\"",
+                f.server.registry()
+            )
+            .as_str()
+        )
     );
-    assert_eq!(header(&r, "docker-distribution-api-version").as_deref(), Some("registry/2.0"));
+    assert_eq!(
+        header(&r, "docker-distribution-api-version").as_deref(),
+        Some("registry/2.0")
+    );
     expect_401(r, None, None).await;
     // With Basic credentials: 200.
     let r = basic("bob").get(f.server.url("/v2/")).send().await.unwrap();
@@ -246,10 +281,20 @@ async fn base_without_credentials_is_401_with_the_token_realm() {
 
 #[tokio::test]
 async fn external_url_sets_the_realm() {
-    let f = Fixture::start_with(None, &[("BPF_REGISTRY_EXTERNAL_URL", "https://registry.example:8443/")]).await;
+    let f = Fixture::start_with(
+        None,
+        &[(
+            "BPF_REGISTRY_EXTERNAL_URL",
+            "https://registry.example:8443/",
+        )],
+    )
+    .await;
     let r = client().get(f.server.url("/v2/")).send().await.unwrap();
     let c = challenge(&r);
-    assert_eq!(param(&c, "realm"), Some("https://registry.example:8443/token"));
+    assert_eq!(
+        param(&c, "realm"),
+        Some("https://registry.example:8443/token")
+    );
 }
 
 #[tokio::test]
@@ -265,7 +310,11 @@ async fn basic_push_and_pull_follow_the_policy() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "docker-content-digest"), Some(d.clone()));
-    let r = basic("bob").get(f.server.url("/v2/bpf/net/xdp/tags/list")).send().await.unwrap();
+    let r = basic("bob")
+        .get(f.server.url("/v2/bpf/net/xdp/tags/list"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // admin may delete; alice may delete in bpf/**
     let r = alice
@@ -293,7 +342,12 @@ async fn no_credentials_wrong_password_and_unknown_user_are_401_and_change_nothi
         ("malformed header", with_auth("Basic !!!not-base64")),
         ("unknown scheme", with_auth("Digest username=alice")),
     ] {
-        let r = c.post(f.server.url(&up)).body(layer.clone()).send().await.unwrap();
+        let r = c
+            .post(f.server.url(&up))
+            .body(layer.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
         if what == "no credentials" {
             expect_401(r, Some("repository:bpf/x:pull,push"), None).await;
@@ -308,15 +362,27 @@ async fn no_credentials_wrong_password_and_unknown_user_are_401_and_change_nothi
             .await
             .unwrap();
         assert_oci_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
-        let r = c.delete(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+        let r = c
+            .delete(f.server.url("/v2/bpf/x/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
         assert_oci_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
-        let r = c.get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+        let r = c
+            .get(f.server.url("/v2/bpf/x/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
         assert_oci_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
     }
     assert_eq!(f.snapshot(), before, "a refused request changed the store");
     // The right password still works (the failures above were spread over
     // several users, under the limit).
-    let r = alice.get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+    let r = alice
+        .get(f.server.url("/v2/bpf/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -329,15 +395,25 @@ async fn pull_only_user_pushing_or_deleting_is_403_denied_and_changes_nothing() 
     let layer = pseudo_random(64, 5);
     let digest = sha256(&layer);
     let r = bob
-        .post(f.server.url(&format!("/v2/bpf/x/blobs/uploads/?digest={digest}")))
+        .post(
+            f.server
+                .url(&format!("/v2/bpf/x/blobs/uploads/?digest={digest}")),
+        )
         .body(layer.clone())
         .send()
         .await
         .unwrap();
     assert!(header(&r, "www-authenticate").is_none());
     let v = assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
-    assert_eq!(v["errors"][0]["detail"]["scope"], "repository:bpf/x:pull,push");
-    let r = bob.post(f.server.url("/v2/bpf/x/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(
+        v["errors"][0]["detail"]["scope"],
+        "repository:bpf/x:pull,push"
+    );
+    let r = bob
+        .post(f.server.url("/v2/bpf/x/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     let r = bob
         .put(f.server.url("/v2/bpf/x/manifests/v2"))
@@ -347,16 +423,27 @@ async fn pull_only_user_pushing_or_deleting_is_403_denied_and_changes_nothing() 
         .await
         .unwrap();
     assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
-    for path in [format!("/v2/bpf/x/manifests/{d}"), "/v2/bpf/x/manifests/v1".to_string()] {
+    for path in [
+        format!("/v2/bpf/x/manifests/{d}"),
+        "/v2/bpf/x/manifests/v1".to_string(),
+    ] {
         let r = bob.delete(f.server.url(&path)).send().await.unwrap();
         assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     }
     // Pull on a repository outside the grant: 403 for a known user.
-    let r = bob.get(f.server.url("/v2/other/x/manifests/v1")).send().await.unwrap();
+    let r = bob
+        .get(f.server.url("/v2/other/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     assert_eq!(f.snapshot(), before);
     // The manifest is still there.
-    let r = bob.get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+    let r = bob
+        .get(f.server.url("/v2/bpf/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -370,7 +457,10 @@ async fn failed_logins_are_limited_per_user_and_address_with_retry_after() {
     }
     // Over the limit: even the right password is refused, with 429.
     let r = basic("carol").get(&url).send().await.unwrap();
-    let retry: u64 = header(&r, "retry-after").expect("Retry-After").parse().unwrap();
+    let retry: u64 = header(&r, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_oci_error(r, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
     // The token endpoint is limited too.
@@ -409,19 +499,26 @@ async fn token_flow_grants_the_intersection_of_asked_and_allowed() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["expires_in"], 300);
     assert!(v["issued_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(v["scope"], "repository:bpf/x:pull,push,delete repository:other/x:pull");
+    assert_eq!(
+        v["scope"],
+        "repository:bpf/x:pull,push,delete repository:other/x:pull"
+    );
     let token = v["token"].as_str().unwrap();
     // The JWT is ES256 with our claims.
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3);
     let header_json: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[0]).unwrap(),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[0])
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(header_json["alg"], "ES256");
     assert_eq!(header_json["kid"], f.key.kid());
     let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap(),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(claims["iss"], ISSUER);
@@ -432,7 +529,11 @@ async fn token_flow_grants_the_intersection_of_asked_and_allowed() {
     // Push with the bearer token.
     let t = bearer(token);
     let d = push(&f, &t, "bpf/x", "v1", 7).await;
-    let r = t.get(f.server.url(&format!("/v2/bpf/x/manifests/{d}"))).send().await.unwrap();
+    let r = t
+        .get(f.server.url(&format!("/v2/bpf/x/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = t.get(f.server.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -464,16 +565,29 @@ async fn token_for_repository_a_used_on_b_is_refused() {
     let before = f.snapshot();
     let t = bearer(&f.token(Some("alice"), "repository:bpf/a:pull,push").await);
     // alice could get a token for bpf/b: 401 insufficient_scope, naming it.
-    let r = t.get(f.server.url("/v2/bpf/b/manifests/v1")).send().await.unwrap();
+    let r = t
+        .get(f.server.url("/v2/bpf/b/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     expect_401(r, Some("repository:bpf/b:pull"), Some("insufficient_scope")).await;
     let r = t
         .post(f.server.url("/v2/bpf/b/blobs/uploads/"))
         .send()
         .await
         .unwrap();
-    expect_401(r, Some("repository:bpf/b:pull,push"), Some("insufficient_scope")).await;
+    expect_401(
+        r,
+        Some("repository:bpf/b:pull,push"),
+        Some("insufficient_scope"),
+    )
+    .await;
     // ... but never for secret/x: 403.
-    let r = t.get(f.server.url("/v2/secret/x/manifests/v1")).send().await.unwrap();
+    let r = t
+        .get(f.server.url("/v2/secret/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     // A pull token does not push.
     let t = bearer(&f.token(Some("alice"), "repository:bpf/b:pull").await);
@@ -482,10 +596,19 @@ async fn token_for_repository_a_used_on_b_is_refused() {
         .send()
         .await
         .unwrap();
-    expect_401(r, Some("repository:bpf/b:delete"), Some("insufficient_scope")).await;
+    expect_401(
+        r,
+        Some("repository:bpf/b:delete"),
+        Some("insufficient_scope"),
+    )
+    .await;
     // bob's token never grants push, however asked.
     let t = bearer(&f.token(Some("bob"), "repository:bpf/b:pull,push").await);
-    let r = t.post(f.server.url("/v2/bpf/b/blobs/uploads/")).send().await.unwrap();
+    let r = t
+        .post(f.server.url("/v2/bpf/b/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     assert_eq!(f.snapshot(), before);
 }
@@ -505,7 +628,11 @@ async fn forged_expired_and_foreign_tokens_are_401_invalid_token() {
     };
     let good = f.forge(claims(now + 300));
     // Sanity: the forged-but-properly-signed token works.
-    let r = bearer(&good).get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+    let r = bearer(&good)
+        .get(f.server.url("/v2/bpf/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     let expired = f.forge(claims(now - 1));
@@ -515,26 +642,41 @@ async fn forged_expired_and_foreign_tokens_are_401_invalid_token() {
         b64url(&serde_json::to_vec(&claims(now + 300)).unwrap())
     );
     let other_key = TokenKey::generate().unwrap();
-    let foreign = other_key.sign_raw(&json!({"alg": "ES256", "typ": "JWT"}), &claims(now + 300)).unwrap();
+    let foreign = other_key
+        .sign_raw(&json!({"alg": "ES256", "typ": "JWT"}), &claims(now + 300))
+        .unwrap();
     let foreign_with_our_kid = other_key
-        .sign_raw(&json!({"alg": "ES256", "typ": "JWT", "kid": f.key.kid()}), &claims(now + 300))
+        .sign_raw(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": f.key.kid()}),
+            &claims(now + 300),
+        )
         .unwrap();
     // Tampered: bob's pull-only token, with push added to the claims.
     let bobs = f.token(Some("bob"), "repository:bpf/x:pull").await;
     let p: Vec<&str> = bobs.split('.').collect();
     let mut c: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p[1]).unwrap(),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p[1])
+            .unwrap(),
     )
     .unwrap();
     c["access"][0]["actions"] = json!(["pull", "push", "delete"]);
-    let tampered = format!("{}.{}.{}", p[0], b64url(&serde_json::to_vec(&c).unwrap()), p[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        p[0],
+        b64url(&serde_json::to_vec(&c).unwrap()),
+        p[2]
+    );
     let mut wrong_aud = claims(now + 300);
     wrong_aud["aud"] = json!("another-registry");
     let wrong_aud = f.forge(wrong_aud);
     let mut wrong_iss = claims(now + 300);
     wrong_iss["iss"] = json!("evil");
     let wrong_iss = f.forge(wrong_iss);
-    let hs256 = f.key.sign_raw(&json!({"alg": "HS256"}), &claims(now + 300)).unwrap();
+    let hs256 = f
+        .key
+        .sign_raw(&json!({"alg": "HS256"}), &claims(now + 300))
+        .unwrap();
 
     let layer = pseudo_random(50, 11);
     let digest = sha256(&layer);
@@ -550,17 +692,28 @@ async fn forged_expired_and_foreign_tokens_are_401_invalid_token() {
         ("garbage", "not-a-jwt"),
     ] {
         let t = bearer(tok);
-        let r = t.get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+        let r = t
+            .get(f.server.url("/v2/bpf/x/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
         expect_401(r, None, Some("invalid_token")).await;
         let r = t
-            .post(f.server.url(&format!("/v2/bpf/x/blobs/uploads/?digest={digest}")))
+            .post(
+                f.server
+                    .url(&format!("/v2/bpf/x/blobs/uploads/?digest={digest}")),
+            )
             .body(layer.clone())
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
-        let r = t.delete(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+        let r = t
+            .delete(f.server.url("/v2/bpf/x/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
         let r = t.get(f.server.url("/artifacts")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what} (REST)");
@@ -582,7 +735,10 @@ async fn oauth2_password_and_refresh_grants() {
         ("username", "alice"),
         ("password", &password("alice")),
         ("service", SERVICE),
-        ("scope", "repository:bpf/x:pull,push repository:other/y:pull"),
+        (
+            "scope",
+            "repository:bpf/x:pull,push repository:other/y:pull",
+        ),
         ("client_id", "test"),
         ("access_type", "offline"),
     ])
@@ -593,10 +749,17 @@ async fn oauth2_password_and_refresh_grants() {
     let v: Value = r.json().await.unwrap();
     let access = v["access_token"].as_str().unwrap().to_string();
     let refresh = v["refresh_token"].as_str().unwrap().to_string();
-    assert_eq!(v["scope"], "repository:bpf/x:pull,push repository:other/y:pull");
+    assert_eq!(
+        v["scope"],
+        "repository:bpf/x:pull,push repository:other/y:pull"
+    );
     push(&f, &bearer(&access), "bpf/x", "v1", 12).await;
     // A refresh token is not an access token.
-    let r = bearer(&refresh).get(f.server.url("/v2/")).send().await.unwrap();
+    let r = bearer(&refresh)
+        .get(f.server.url("/v2/"))
+        .send()
+        .await
+        .unwrap();
     expect_401(r, None, Some("invalid_token")).await;
     // Refresh grant.
     let r = form(&[
@@ -611,15 +774,26 @@ async fn oauth2_password_and_refresh_grants() {
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     let t = v["access_token"].as_str().unwrap();
-    let r = bearer(t).get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    // Wrong password, unknown grant, not a form.
-    let r = form(&[("grant_type", "password"), ("username", "alice"), ("password", "x")])
+    let r = bearer(t)
+        .get(f.server.url("/v2/bpf/x/manifests/v1"))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Wrong password, unknown grant, not a form.
+    let r = form(&[
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "x"),
+    ])
+    .send()
+    .await
+    .unwrap();
     assert_oci_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
-    let r = form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let r = form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = reqwest::Client::new()
         .post(f.server.url("/token"))
@@ -674,7 +848,11 @@ async fn oauth2_password_and_refresh_grants() {
         .await
         .unwrap();
     assert_oci_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
-    let r = basic("alice").get(f.server.url("/v2/")).send().await.unwrap();
+    let r = basic("alice")
+        .get(f.server.url("/v2/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -687,11 +865,23 @@ async fn anonymous_pull_is_on_only_where_the_policy_says() {
     push(&f, &basic("admin"), "bpf/x", "v1", 14).await;
     let before = f.snapshot();
     let anon = client();
-    let r = anon.get(f.server.url("/v2/public/tools/manifests/v1")).send().await.unwrap();
+    let r = anon
+        .get(f.server.url("/v2/public/tools/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = anon.get(f.server.url("/v2/public/tools/tags/list")).send().await.unwrap();
+    let r = anon
+        .get(f.server.url("/v2/public/tools/tags/list"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = anon.get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+    let r = anon
+        .get(f.server.url("/v2/bpf/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     expect_401(r, Some("repository:bpf/x:pull"), None).await;
     let r = anon
         .post(f.server.url("/v2/public/tools/blobs/uploads/"))
@@ -706,20 +896,46 @@ async fn anonymous_pull_is_on_only_where_the_policy_says() {
         .unwrap();
     expect_401(r, Some("repository:public/tools:delete"), None).await;
     // An anonymous token gets pull on public/*, nothing else.
-    let t = f.token(None, "repository:public/tools:pull,push repository:bpf/x:pull").await;
+    let t = f
+        .token(
+            None,
+            "repository:public/tools:pull,push repository:bpf/x:pull",
+        )
+        .await;
     let c = bearer(&t);
-    let r = c.get(f.server.url("/v2/public/tools/manifests/v1")).send().await.unwrap();
+    let r = c
+        .get(f.server.url("/v2/public/tools/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = c.post(f.server.url("/v2/public/tools/blobs/uploads/")).send().await.unwrap();
-    expect_401(r, Some("repository:public/tools:pull,push"), Some("insufficient_scope")).await;
-    let r = c.get(f.server.url("/v2/bpf/x/manifests/v1")).send().await.unwrap();
+    let r = c
+        .post(f.server.url("/v2/public/tools/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    expect_401(
+        r,
+        Some("repository:public/tools:pull,push"),
+        Some("insufficient_scope"),
+    )
+    .await;
+    let r = c
+        .get(f.server.url("/v2/bpf/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(f.snapshot(), before);
 
     // Without a policy file: anonymous may do nothing, users everything.
     let g = Fixture::start(None).await;
     push(&g, &basic("bob"), "public/tools", "v1", 15).await;
-    let r = client().get(g.server.url("/v2/public/tools/manifests/v1")).send().await.unwrap();
+    let r = client()
+        .get(g.server.url("/v2/public/tools/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     expect_401(r, Some("repository:public/tools:pull"), None).await;
     let r = basic("carol")
         .delete(g.server.url("/v2/public/tools/manifests/v1"))
@@ -751,9 +967,15 @@ async fn catalog_shows_only_what_the_caller_may_pull() {
         async move { c.get(url).send().await.unwrap() }
     };
     let r = get(admin.clone()).await;
-    assert_eq!(repos(r.json().await.unwrap()), ["bpf/a", "other/b", "public/c", "secret/d"]);
+    assert_eq!(
+        repos(r.json().await.unwrap()),
+        ["bpf/a", "other/b", "public/c", "secret/d"]
+    );
     let r = get(basic("alice")).await;
-    assert_eq!(repos(r.json().await.unwrap()), ["bpf/a", "other/b", "public/c"]);
+    assert_eq!(
+        repos(r.json().await.unwrap()),
+        ["bpf/a", "other/b", "public/c"]
+    );
     let r = get(basic("bob")).await;
     assert_eq!(repos(r.json().await.unwrap()), ["bpf/a", "public/c"]);
     let r = get(client()).await;
@@ -775,17 +997,34 @@ async fn mount_from_a_repository_the_caller_cannot_pull_becomes_a_plain_upload()
     let d = f.server.push_blob(&admin, "secret/x", &secret).await;
     let alice = basic("alice");
     let r = alice
-        .post(f.server.url(&format!("/v2/bpf/y/blobs/uploads/?mount={d}&from=secret/x")))
+        .post(
+            f.server
+                .url(&format!("/v2/bpf/y/blobs/uploads/?mount={d}&from=secret/x")),
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "the mount must not happen");
-    let r = alice.head(f.server.url(&format!("/v2/bpf/y/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "the mount must not happen"
+    );
+    let r = alice
+        .head(f.server.url(&format!("/v2/bpf/y/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // From a repository she may pull, the mount works.
-    let mine = f.server.push_blob(&alice, "bpf/z", &pseudo_random(100, 18)).await;
+    let mine = f
+        .server
+        .push_blob(&alice, "bpf/z", &pseudo_random(100, 18))
+        .await;
     let r = alice
-        .post(f.server.url(&format!("/v2/bpf/y/blobs/uploads/?mount={mine}&from=bpf/z")))
+        .post(
+            f.server
+                .url(&format!("/v2/bpf/y/blobs/uploads/?mount={mine}&from=bpf/z")),
+        )
         .send()
         .await
         .unwrap();
@@ -794,7 +1033,12 @@ async fn mount_from_a_repository_the_caller_cannot_pull_becomes_a_plain_upload()
 
 // ---- REST facade -------------------------------------------------------
 
-async fn post_artifact(f: &Fixture, c: &reqwest::Client, name: &str, version: &str) -> reqwest::Response {
+async fn post_artifact(
+    f: &Fixture,
+    c: &reqwest::Client,
+    name: &str,
+    version: &str,
+) -> reqwest::Response {
     c.post(f.server.url("/artifacts"))
         .json(&json!({
             "name": name, "version": version, "type": "map", "architecture": "x86_64",
@@ -850,7 +1094,9 @@ async fn rest_facade_follows_the_policy() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = post_artifact(&f, &anon, "public/prog", "2.0.0").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(header(&r, "www-authenticate").unwrap().starts_with("Bearer realm="));
+    assert!(header(&r, "www-authenticate")
+        .unwrap()
+        .starts_with("Bearer realm="));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "unauthorized");
     let r = post_artifact(&f, &basic_with("alice", "wrong"), "bpf/prog", "2.0.0").await;
@@ -861,17 +1107,44 @@ async fn rest_facade_follows_the_policy() {
         let rb = c.request(m, f.server.url(&path));
         async move { rb.send().await.unwrap().status() }
     };
-    assert_eq!(status(&bob, Method::GET, format!("/artifacts/{bpf_id}")).await, StatusCode::OK);
-    assert_eq!(status(&bob, Method::GET, format!("/artifacts/{bpf_id}/binary")).await, StatusCode::OK);
-    assert_eq!(status(&bob, Method::GET, format!("/artifacts/{bpf_id}/hosts")).await, StatusCode::OK);
-    assert_eq!(status(&bob, Method::GET, format!("/artifacts/{other_id}")).await, StatusCode::FORBIDDEN);
-    assert_eq!(status(&bob, Method::GET, format!("/artifacts/{secret_id}/binary")).await, StatusCode::FORBIDDEN);
-    assert_eq!(status(&anon, Method::GET, format!("/artifacts/{public_id}")).await, StatusCode::OK);
-    assert_eq!(status(&anon, Method::GET, format!("/artifacts/{bpf_id}")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&bob, Method::GET, format!("/artifacts/{bpf_id}")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&bob, Method::GET, format!("/artifacts/{bpf_id}/binary")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&bob, Method::GET, format!("/artifacts/{bpf_id}/hosts")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&bob, Method::GET, format!("/artifacts/{other_id}")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&bob, Method::GET, format!("/artifacts/{secret_id}/binary")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&anon, Method::GET, format!("/artifacts/{public_id}")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&anon, Method::GET, format!("/artifacts/{bpf_id}")).await,
+        StatusCode::UNAUTHORIZED
+    );
     // Unknown ids: 404 for a user, 401 for nobody.
     let unknown = sha256(b"no such artifact");
-    assert_eq!(status(&bob, Method::GET, format!("/artifacts/{unknown}")).await, StatusCode::NOT_FOUND);
-    assert_eq!(status(&anon, Method::GET, format!("/artifacts/{unknown}")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&bob, Method::GET, format!("/artifacts/{unknown}")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status(&anon, Method::GET, format!("/artifacts/{unknown}")).await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Host associations need push; DELETE needs delete.
     let r = bob
@@ -881,12 +1154,33 @@ async fn rest_facade_follows_the_policy() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(status(&bob, Method::DELETE, format!("/artifacts/{bpf_id}/hosts/host-1")).await, StatusCode::FORBIDDEN);
-    assert_eq!(status(&bob, Method::DELETE, format!("/artifacts/{bpf_id}")).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(
+            &bob,
+            Method::DELETE,
+            format!("/artifacts/{bpf_id}/hosts/host-1")
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&bob, Method::DELETE, format!("/artifacts/{bpf_id}")).await,
+        StatusCode::FORBIDDEN
+    );
     // alice may push in other/* but not delete there.
-    assert_eq!(status(&alice, Method::DELETE, format!("/artifacts/{other_id}")).await, StatusCode::FORBIDDEN);
-    assert_eq!(status(&anon, Method::DELETE, format!("/artifacts/{public_id}")).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(f.snapshot(), before, "a refused REST request changed the store");
+    assert_eq!(
+        status(&alice, Method::DELETE, format!("/artifacts/{other_id}")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&anon, Method::DELETE, format!("/artifacts/{public_id}")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        f.snapshot(),
+        before,
+        "a refused REST request changed the store"
+    );
 
     // Lists hold only what the caller may pull.
     let list = |c: &reqwest::Client, path: &str| {
@@ -899,20 +1193,55 @@ async fn rest_facade_follows_the_policy() {
     };
     let all = ["bpf/prog", "other/prog", "public/prog", "secret/prog"];
     assert_eq!(names(&list(&admin, "/artifacts").await, "artifacts"), all);
-    assert_eq!(names(&list(&alice, "/artifacts").await, "artifacts"), ["bpf/prog", "other/prog", "public/prog"]);
-    assert_eq!(names(&list(&bob, "/artifacts").await, "artifacts"), ["bpf/prog", "public/prog"]);
-    assert_eq!(names(&list(&anon, "/artifacts").await, "artifacts"), ["public/prog"]);
-    assert_eq!(names(&list(&bob, "/artifacts?limit=1").await, "artifacts"), ["bpf/prog"]);
-    assert_eq!(names(&list(&bob, "/artifacts/for-host/host-1").await, "artifacts"), ["bpf/prog", "public/prog"]);
-    assert_eq!(names(&list(&anon, "/artifacts/for-host/host-1").await, "artifacts"), ["public/prog"]);
-    assert_eq!(names(&list(&admin, "/artifacts/for-host/host-1").await, "artifacts"), all);
+    assert_eq!(
+        names(&list(&alice, "/artifacts").await, "artifacts"),
+        ["bpf/prog", "other/prog", "public/prog"]
+    );
+    assert_eq!(
+        names(&list(&bob, "/artifacts").await, "artifacts"),
+        ["bpf/prog", "public/prog"]
+    );
+    assert_eq!(
+        names(&list(&anon, "/artifacts").await, "artifacts"),
+        ["public/prog"]
+    );
+    assert_eq!(
+        names(&list(&bob, "/artifacts?limit=1").await, "artifacts"),
+        ["bpf/prog"]
+    );
+    assert_eq!(
+        names(&list(&bob, "/artifacts/for-host/host-1").await, "artifacts"),
+        ["bpf/prog", "public/prog"]
+    );
+    assert_eq!(
+        names(
+            &list(&anon, "/artifacts/for-host/host-1").await,
+            "artifacts"
+        ),
+        ["public/prog"]
+    );
+    assert_eq!(
+        names(
+            &list(&admin, "/artifacts/for-host/host-1").await,
+            "artifacts"
+        ),
+        all
+    );
 
     // Allowed writes go through.
     assert_eq!(
-        status(&alice, Method::DELETE, format!("/artifacts/{bpf_id}/hosts/host-1")).await,
+        status(
+            &alice,
+            Method::DELETE,
+            format!("/artifacts/{bpf_id}/hosts/host-1")
+        )
+        .await,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(status(&alice, Method::DELETE, format!("/artifacts/{bpf_id}")).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        status(&alice, Method::DELETE, format!("/artifacts/{bpf_id}")).await,
+        StatusCode::NO_CONTENT
+    );
     let r = post_artifact(&f, &alice, "other/prog", "2.0.0").await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
@@ -920,11 +1249,23 @@ async fn rest_facade_follows_the_policy() {
 #[tokio::test]
 async fn rest_lists_ask_anonymous_callers_to_authenticate_when_nothing_is_public() {
     let f = Fixture::start(None).await;
-    let r = client().get(f.server.url("/artifacts")).send().await.unwrap();
+    let r = client()
+        .get(f.server.url("/artifacts"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = client().get(f.server.url("/artifacts/for-host/h")).send().await.unwrap();
+    let r = client()
+        .get(f.server.url("/artifacts/for-host/h"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = basic("bob").get(f.server.url("/artifacts")).send().await.unwrap();
+    let r = basic("bob")
+        .get(f.server.url("/artifacts"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -948,7 +1289,8 @@ async fn start_error(env: &[(&str, String)]) -> String {
     )
     .await
     .expect("the server should refuse to start");
-    r.expect_err("the server should refuse to start").to_string()
+    r.expect_err("the server should refuse to start")
+        .to_string()
 }
 
 #[tokio::test]
@@ -958,8 +1300,14 @@ async fn bad_files_stop_the_start_up_naming_the_line() {
     let good = bcrypt::hash("pw", 4).unwrap();
     std::fs::write(&h, format!("alice:{good}\nbob:$apr1$salt$hash\n")).unwrap();
     let e = start_error(&[("BPF_REGISTRY_AUTH_HTPASSWD", path_str(&h))]).await;
-    assert!(e.contains("BPF_REGISTRY_AUTH_HTPASSWD") && e.contains("line 2") && e.contains("bcrypt"), "{e}");
-    assert!(!e.contains("$apr1$salt$hash"), "the hash leaked into the error: {e}");
+    assert!(
+        e.contains("BPF_REGISTRY_AUTH_HTPASSWD") && e.contains("line 2") && e.contains("bcrypt"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("$apr1$salt$hash"),
+        "the hash leaked into the error: {e}"
+    );
 
     std::fs::write(&h, format!("alice:{good}\n")).unwrap();
     let p = dir.path().join("policy.toml");
@@ -969,10 +1317,17 @@ async fn bad_files_stop_the_start_up_naming_the_line() {
         ("BPF_REGISTRY_AUTH_POLICY", path_str(&p)),
     ])
     .await;
-    assert!(e.contains("BPF_REGISTRY_AUTH_POLICY") && e.contains("line 4") && e.contains("launch"), "{e}");
+    assert!(
+        e.contains("BPF_REGISTRY_AUTH_POLICY") && e.contains("line 4") && e.contains("launch"),
+        "{e}"
+    );
 
     let k = dir.path().join("key.pem");
-    std::fs::write(&k, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &k,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let e = start_error(&[
         ("BPF_REGISTRY_AUTH_HTPASSWD", path_str(&h)),
         ("BPF_REGISTRY_TOKEN_KEY", path_str(&k)),
@@ -985,7 +1340,9 @@ async fn bad_files_stop_the_start_up_naming_the_line() {
 
 mod oci {
     use super::*;
-    use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::client::{
+        Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
+    };
     use oci_client::manifest::OciImageManifest;
     use oci_client::secrets::RegistryAuth;
     use oci_client::{Client, Reference};
@@ -1000,21 +1357,37 @@ mod oci {
 
     pub fn artifact(payload: &[u8]) -> (Vec<ImageLayer>, Config, OciImageManifest) {
         let config = Config::new(b"{}".to_vec(), BPF_CONFIG.to_string(), None);
-        let layers = vec![ImageLayer::new(payload.to_vec(), LAYER_TAR_ZSTD.to_string(), None)];
+        let layers = vec![ImageLayer::new(
+            payload.to_vec(),
+            LAYER_TAR_ZSTD.to_string(),
+            None,
+        )];
         let manifest = OciImageManifest::build(&layers, &config, None);
         (layers, config, manifest)
     }
 
     /// Pushes as `pusher` with one client, pulls as `puller` with a fresh
     /// one (oci-client caches the credentials of its first use).
-    pub async fn push_pull(make: impl Fn() -> Client, registry: &str, repo: &str, pusher: &str, puller: &str) {
+    pub async fn push_pull(
+        make: impl Fn() -> Client,
+        registry: &str,
+        repo: &str,
+        pusher: &str,
+        puller: &str,
+    ) {
         let r: Reference = format!("{registry}/{repo}:v1").parse().unwrap();
         let payload = pseudo_random(5000, 21);
         let (layers, config, manifest) = artifact(&payload);
         let auth = RegistryAuth::Basic(pusher.into(), password(pusher));
-        make().push(&r, &layers, config, &auth, Some(manifest)).await.expect("push");
+        make()
+            .push(&r, &layers, config, &auth, Some(manifest))
+            .await
+            .expect("push");
         let auth = RegistryAuth::Basic(puller.into(), password(puller));
-        let img = make().pull(&r, &auth, vec![LAYER_TAR_ZSTD]).await.expect("pull");
+        let img = make()
+            .pull(&r, &auth, vec![LAYER_TAR_ZSTD])
+            .await
+            .expect("pull");
         assert_eq!(img.layers[0].data.as_ref(), payload.as_slice());
     }
 
@@ -1032,26 +1405,46 @@ async fn oci_client_with_basic_credentials_pushes_and_pulls() {
     use oci_client::secrets::RegistryAuth;
     let f = Fixture::start(Some(POLICY)).await;
     let reg = f.server.registry();
-    oci::push_pull(|| oci::client(ClientProtocol::Http, Vec::new()), &reg, "bpf/oci/prog", "alice", "bob").await;
+    oci::push_pull(
+        || oci::client(ClientProtocol::Http, Vec::new()),
+        &reg,
+        "bpf/oci/prog",
+        "alice",
+        "bob",
+    )
+    .await;
     // A fresh client (no cached token): bob may not push.
     let c = oci::client(ClientProtocol::Http, Vec::new());
     let r: oci_client::Reference = format!("{reg}/bpf/oci/prog:v2").parse().unwrap();
     let (layers, config, manifest) = oci::artifact(b"bob was here");
     let before = f.snapshot();
     let err = c
-        .push(&r, &layers, config, &RegistryAuth::Basic("bob".into(), password("bob")), Some(manifest))
+        .push(
+            &r,
+            &layers,
+            config,
+            &RegistryAuth::Basic("bob".into(), password("bob")),
+            Some(manifest),
+        )
         .await;
     let Err(err) = err else {
         panic!("a pull-only user must not push");
     };
     let msg = format!("{err:?}");
-    assert!(msg.contains("DENIED") || msg.contains("403") || msg.contains("nauthorized"), "{msg}");
+    assert!(
+        msg.contains("DENIED") || msg.contains("403") || msg.contains("nauthorized"),
+        "{msg}"
+    );
     assert_eq!(f.snapshot(), before);
     // A wrong password: the pull fails.
     let c = oci::client(ClientProtocol::Http, Vec::new());
     let r: oci_client::Reference = format!("{reg}/bpf/oci/prog:v1").parse().unwrap();
     assert!(c
-        .pull(&r, &RegistryAuth::Basic("alice".into(), "wrong".into()), vec![LAYER_TAR_ZSTD])
+        .pull(
+            &r,
+            &RegistryAuth::Basic("alice".into(), "wrong".into()),
+            vec![LAYER_TAR_ZSTD]
+        )
         .await
         .is_err());
 }
@@ -1065,26 +1458,86 @@ pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             .current_dir(dir)
             .output()
             .expect("run openssl (install the openssl package)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
     run(&[
-        "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "2", "-subj", "/CN=bpf-registry test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", "ca.pem",
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "ca.key",
     ]);
-    run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key"]);
-    run(&["req", "-new", "-key", "server.key", "-subj", "/CN=127.0.0.1", "-out", "server.csr"]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-sha256",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bpf-registry test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "server.key",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "server.key",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-out",
+        "server.csr",
+    ]);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-sha256", "-extfile", "ext.cnf", "-out", "server.pem",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
     ]);
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 /// A TLS server (the shared `TestServer` speaks plain HTTP).
@@ -1151,14 +1604,25 @@ async fn tls_with_a_self_signed_ca_and_basic_credentials() {
     let reg = server.addr.to_string();
     let roots = vec![oci::pem_cert(std::fs::read(&ca).unwrap())];
     // The challenge's realm is https; the token is fetched over TLS too.
-    oci::push_pull(|| oci::client(ClientProtocol::Https, roots.clone()), &reg, "bpf/tls/prog", "alice", "bob").await;
+    oci::push_pull(
+        || oci::client(ClientProtocol::Https, roots.clone()),
+        &reg,
+        "bpf/tls/prog",
+        "alice",
+        "bob",
+    )
+    .await;
 
     // Without the CA the handshake fails; plain HTTP on the TLS port gets
     // no HTTP answer.
     let c = oci::client(ClientProtocol::Https, Vec::new());
     let r: oci_client::Reference = format!("{reg}/bpf/tls/prog:v1").parse().unwrap();
     assert!(c
-        .pull(&r, &oci_client::secrets::RegistryAuth::Basic("bob".into(), password("bob")), vec![LAYER_TAR_ZSTD])
+        .pull(
+            &r,
+            &oci_client::secrets::RegistryAuth::Basic("bob".into(), password("bob")),
+            vec![LAYER_TAR_ZSTD]
+        )
         .await
         .is_err());
     let plain = reqwest::Client::new()
@@ -1178,8 +1642,14 @@ async fn tls_with_a_self_signed_ca_and_basic_credentials() {
         .await
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
-    assert!(text.starts_with("http/2 401") || text.starts_with("http/1.1 401"), "{text}");
-    assert!(text.contains(&format!("bearer realm=\"https://{reg}/token\"")), "{text}");
+    assert!(
+        text.starts_with("http/2 401") || text.starts_with("http/1.1 401"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("bearer realm=\"https://{reg}/token\"")),
+        "{text}"
+    );
     server.stop().await;
 
     // A certificate without its key, or a key that does not match: the

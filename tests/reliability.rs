@@ -310,7 +310,9 @@ async fn gc_under_load_keeps_every_acknowledged_artifact() {
         }));
     }
     // REST artifacts with host associations, concurrently.
-    let rest_acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // (artifact id, the data posted)
+    type RestAcked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let rest_acked: RestAcked = Arc::default();
     {
         let (base, rest_acked, unexpected) = (base.clone(), rest_acked.clone(), unexpected.clone());
         tasks.push(tokio::spawn(async move {
@@ -738,7 +740,7 @@ async fn concurrent_request_cap_answers_429_with_retry_after() {
         s.write_all(head.as_bytes()).await.expect("write");
         held.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let r = c.get(server.url("/v2/")).send().await.expect("get");
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(common::header(&r, "retry-after").as_deref(), Some("1"));

@@ -63,6 +63,18 @@ fn bao_binary() -> Option<PathBuf> {
     None
 }
 
+/// A root token for a dev server: unpredictable enough for a test.
+fn random_token(port: u16) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "root-{}",
+        hex::encode(pseudo_random(12, nanos ^ u64::from(port)))
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -84,13 +96,7 @@ impl Bao {
         let bin = bao_binary()?;
         let home = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let token = format!(
-            "root-{}",
-            hex::encode(pseudo_random(
-                12,
-                Instant::now().elapsed().as_nanos() as u64 ^ u64::from(port)
-            ))
-        );
+        let token = random_token(port);
         let log = std::fs::File::create(home.path().join("bao.log")).expect("log file");
         let child = Command::new(&bin)
             .args([
@@ -135,6 +141,74 @@ impl Bao {
         bao.post("sys/mounts/transit", json!({"type": "transit"}))
             .await;
         Some(bao)
+    }
+
+    /// Starts OpenBao serving HTTPS with its own CA (`-dev-tls`); returns
+    /// it and the CA certificate. Set up with the `bao` CLI (the test's
+    /// HTTP client has no TLS).
+    async fn start_tls() -> Option<(Bao, PathBuf)> {
+        let bin = bao_binary()?;
+        let home = tempfile::tempdir().expect("tempdir");
+        let certs = home.path().join("certs");
+        std::fs::create_dir(&certs).expect("certs dir");
+        let port = free_port();
+        let token = random_token(port);
+        let log = std::fs::File::create(home.path().join("bao.log")).expect("log file");
+        let child = Command::new(&bin)
+            .args([
+                "server",
+                "-dev",
+                "-dev-tls",
+                &format!("-dev-tls-cert-dir={}", certs.display()),
+                &format!("-dev-root-token-id={token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env("HOME", home.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start bao");
+        let bao = Bao {
+            child: Some(child),
+            addr: format!("https://127.0.0.1:{port}"),
+            token,
+            _home: home,
+        };
+        let ca = certs.join("vault-ca.pem");
+        let cli = |args: &[&str]| {
+            Command::new(&bin)
+                .args(args)
+                .env("HOME", bao._home.path())
+                .env("VAULT_ADDR", &bao.addr)
+                .env("VAULT_TOKEN", &bao.token)
+                .env("VAULT_CACERT", &ca)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run bao")
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(ca.is_file() && cli(&["status"]).status.success()) {
+            assert!(
+                Instant::now() < deadline,
+                "bao did not start: {}",
+                bao.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for args in [
+            &["secrets", "enable", "transit"][..],
+            &[
+                "write",
+                "-f",
+                "transit/keys/bpf-registry",
+                "type=ecdsa-p256",
+            ][..],
+        ] {
+            let out = cli(args);
+            assert!(out.status.success(), "bao {args:?}: {out:?}");
+        }
+        Some((bao, ca))
     }
 
     fn log(&self) -> String {
@@ -600,6 +674,7 @@ async fn vault_stopped_fails_closed() {
     let first = create(&s, &artifact(repo, "1", "x86_64", 5)).await;
     bao.stop();
 
+    let blobs_before = s.files_under("blobs");
     let started = Instant::now();
     let (status, body) = post(&s, &artifact(repo, "2", "x86_64", 6)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -608,6 +683,8 @@ async fn vault_stopped_fails_closed() {
         started.elapsed() < Duration::from_secs(10),
         "bounded retries"
     );
+    // Signing comes first: not even the layer and config blobs were written.
+    assert_eq!(s.files_under("blobs"), blobs_before);
     // Nothing of version 2 is visible: not in the list, not as a tag.
     let (_, list) = get_json(&s, "/artifacts").await;
     let ids: Vec<&str> = list["artifacts"]
@@ -657,6 +734,29 @@ async fn vault_stopped_fails_closed() {
     // Verifying needs the public keys: cached from before Vault stopped.
     let v = verify(&s, first["id"].as_str().expect("id")).await;
     assert_eq!(v["verified"], true, "{v}");
+}
+
+#[tokio::test]
+async fn vault_over_https_needs_its_ca() {
+    let Some((bao, ca)) = Bao::start_tls().await else {
+        return;
+    };
+    let mut env = bao.env("bpf-registry");
+    // Without the CA, Vault's certificate is not trusted: fail closed.
+    let s = start_server(&env).await;
+    let (status, body) = post(&s, &artifact("bpf/tls", "1", "x86_64", 51)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    env.push((
+        "BPF_REGISTRY_VAULT_CACERT".into(),
+        ca.to_str().expect("utf8").into(),
+    ));
+    let s = start_server(&env).await;
+    let a = create(&s, &artifact("bpf/tls", "1", "x86_64", 52)).await;
+    assert_eq!(a["signature"]["key_version"], 1, "{a}");
+    assert_eq!(
+        verify(&s, a["id"].as_str().expect("id")).await["verified"],
+        true
+    );
 }
 
 /// The real binary: a wrong token gives 503, a log line that names the

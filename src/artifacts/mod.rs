@@ -49,6 +49,9 @@ pub enum ArtifactError {
     /// A signer is configured and could not sign: nothing was stored.
     #[error("the artifact could not be signed: {0}")]
     SigningUnavailable(String),
+    /// A bug or an unexpected state; the detail is logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -73,7 +76,7 @@ impl ArtifactError {
                 "range_not_satisfiable"
             }
             ArtifactError::Registry(RegistryError::Body(_)) => "invalid_request",
-            ArtifactError::Registry(_) => "internal_error",
+            ArtifactError::Registry(_) | ArtifactError::Internal(_) => "internal_error",
         }
     }
 
@@ -94,7 +97,7 @@ impl ArtifactError {
             ArtifactError::Registry(e) if is_storage_full(e) => 507,
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => 416,
             ArtifactError::Registry(RegistryError::Body(_)) => 400,
-            ArtifactError::Registry(_) => 500,
+            ArtifactError::Registry(_) | ArtifactError::Internal(_) => 500,
         }
     }
 }

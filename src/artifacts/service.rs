@@ -65,7 +65,7 @@ pub struct ListQuery {
 }
 
 fn internal(e: impl std::fmt::Display) -> ArtifactError {
-    ArtifactError::Registry(RegistryError::Body(format!("internal: {e}")))
+    ArtifactError::Internal(e.to_string())
 }
 
 fn required(v: Option<String>, field: &str) -> Result<String, ArtifactError> {
@@ -247,8 +247,10 @@ impl ArtifactService {
             Err(e) => {
                 // The seed README's own curl example sends a shell comment
                 // inside the body; accept `#` line comments outside strings.
-                stripped = strip_hash_comments(&body).ok_or_else(|| ArtifactError::InvalidJson(e.to_string()))?;
-                serde_json::from_slice(&stripped).map_err(|_| ArtifactError::InvalidJson(e.to_string()))?
+                stripped = strip_hash_comments(&body)
+                    .ok_or_else(|| ArtifactError::InvalidJson(e.to_string()))?;
+                serde_json::from_slice(&stripped)
+                    .map_err(|_| ArtifactError::InvalidJson(e.to_string()))?
             }
         };
         let CreateRequest {
@@ -410,18 +412,8 @@ impl ArtifactService {
         let repo = &new.repo;
         let layer_size = new.layer.len() as u64;
         let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
-        // Kept from garbage collection until the manifest references them.
-        let _pin = self
-            .registry
-            .pin_for_gc(vec![layer_digest.clone(), Digest::of(&config_bytes)]);
-        self.registry
-            .put_small_blob(repo, Bytes::from(new.layer))
-            .await?;
         let config_size = config_bytes.len() as u64;
-        let config_digest = self
-            .registry
-            .put_small_blob(repo, Bytes::from(config_bytes))
-            .await?;
+        let config_digest = Digest::of(&config_bytes);
 
         let mut layer_desc = spec_descriptor(media::OCI_LAYER_TAR_ZSTD, &layer_digest, layer_size)?;
         let title = download_name_of(&new.config);
@@ -445,26 +437,59 @@ impl ArtifactService {
         let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(internal)?);
         let manifest_size = manifest_bytes.len() as u64;
         let manifest_digest = Digest::of(&manifest_bytes);
-        // With a signer, each store below signs the manifest first and
-        // stores nothing when signing fails (503 `signing_unavailable`).
-        match siblings {
-            None => {
-                self.store_manifest(
+        let manifest_ref = match siblings {
+            None => Reference::Tag(new.tag.clone()),
+            Some(_) => Reference::Digest(manifest_digest.clone()),
+        };
+        // With a signer, the manifest is signed before anything is written:
+        // when signing fails nothing is stored (503 `signing_unavailable`).
+        let signed = match &self.signing {
+            Some(s) => {
+                s.prepare(
                     repo,
-                    &Reference::Tag(new.tag.clone()),
-                    media::OCI_MANIFEST,
+                    &manifest_ref,
+                    Some(media::OCI_MANIFEST),
+                    &manifest_bytes,
+                )
+                .await?
+            }
+            None => None,
+        };
+        // Kept from garbage collection until the manifest references them.
+        let _pin = self
+            .registry
+            .pin_for_gc(vec![layer_digest.clone(), config_digest.clone()]);
+        self.registry
+            .put_small_blob(repo, Bytes::from(new.layer))
+            .await?;
+        self.registry
+            .put_small_blob(repo, Bytes::from(config_bytes))
+            .await?;
+        match &self.signing {
+            Some(s) => {
+                s.put_prepared(
+                    signed,
+                    repo,
+                    &manifest_ref,
+                    Some(media::OCI_MANIFEST),
                     manifest_bytes,
                 )
                 .await?;
             }
+            None => {
+                self.registry
+                    .put_manifest(
+                        repo,
+                        &manifest_ref,
+                        Some(media::OCI_MANIFEST),
+                        manifest_bytes,
+                    )
+                    .await?;
+            }
+        }
+        match siblings {
+            None => {}
             Some(mut others) => {
-                self.store_manifest(
-                    repo,
-                    &Reference::Digest(manifest_digest.clone()),
-                    media::OCI_MANIFEST,
-                    manifest_bytes,
-                )
-                .await?;
                 others.push((
                     manifest_digest.clone(),
                     manifest_size,
@@ -946,7 +971,10 @@ mod tests {
     #[test]
     fn hash_comments_outside_strings_are_stripped() {
         let body = b"{\"data\": \"a#b\"  # comment\n}";
-        assert_eq!(strip_hash_comments(body).unwrap(), b"{\"data\": \"a#b\"  \n}");
+        assert_eq!(
+            strip_hash_comments(body).unwrap(),
+            b"{\"data\": \"a#b\"  \n}"
+        );
         assert_eq!(strip_hash_comments(b"{\"a\": \"x#y\\\"#\"}"), None);
         assert_eq!(strip_hash_comments(b"{}"), None);
     }

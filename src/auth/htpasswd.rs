@@ -63,7 +63,10 @@ fn check_bcrypt(hash: &str) -> Result<(), String> {
             .ok()
             .and_then(|c| c.parse::<u32>().ok())
             .is_some_and(|c| (4..=31).contains(&c))
-        && b.get(7..).unwrap_or_default().iter().all(|c| is_bcrypt_char(*c));
+        && b.get(7..)
+            .unwrap_or_default()
+            .iter()
+            .all(|c| is_bcrypt_char(*c));
     if !cost_ok {
         return Err("malformed bcrypt hash (expected $2y$NN$ and 53 characters)".into());
     }
@@ -85,7 +88,9 @@ impl Users {
                 .split_once(':')
                 .ok_or_else(|| err("expected user:hash".into()))?;
             if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
-                return Err(err("the user name must be 1-255 printable characters".into()));
+                return Err(err(
+                    "the user name must be 1-255 printable characters".into()
+                ));
             }
             check_bcrypt(hash).map_err(|m| err(format!("user {user:?}: {m}")))?;
             if entries.insert(user.to_string(), hash.to_string()).is_some() {

@@ -229,10 +229,7 @@ impl Auth {
     }
 
     fn users(&self) -> Arc<Users> {
-        self.users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -257,7 +254,9 @@ impl Auth {
                     lock(&self.cache).clear();
                     tracing::info!(users = n, "user file reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "user file not reloaded; keeping the previous one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "user file not reloaded; keeping the previous one")
+                }
             }
             lock(&self.stamps).0 = new_users;
         }
@@ -267,7 +266,9 @@ impl Auth {
                     *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
                     tracing::info!("policy reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "policy not reloaded; keeping the previous one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy not reloaded; keeping the previous one")
+                }
             }
             lock(&self.stamps).1 = new_policy;
         }
@@ -475,7 +476,8 @@ impl Auth {
         let current = self.users().fingerprint(&claims.sub);
         let same = match (&current, &claims.pwh) {
             (Some(a), Some(b)) => {
-                a.len() == b.len() && bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
+                a.len() == b.len()
+                    && bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
             }
             _ => false,
         };
@@ -636,17 +638,34 @@ mod tests {
             var(&[("BPF_REGISTRY_AUTH_POLICY", "/p")]),
             "BPF_REGISTRY_AUTH_POLICY"
         );
-        assert_eq!(var(&[("BPF_REGISTRY_TOKEN_KEY", "/k")]), "BPF_REGISTRY_TOKEN_KEY");
-        assert_eq!(var(&[("BPF_REGISTRY_TLS_CERT", "/c")]), "BPF_REGISTRY_TLS_KEY");
-        assert_eq!(var(&[("BPF_REGISTRY_TLS_KEY", "/k")]), "BPF_REGISTRY_TLS_CERT");
-        for bad in ["reg.example", "https://", "https://r.example/path", "ftp://r"] {
+        assert_eq!(
+            var(&[("BPF_REGISTRY_TOKEN_KEY", "/k")]),
+            "BPF_REGISTRY_TOKEN_KEY"
+        );
+        assert_eq!(
+            var(&[("BPF_REGISTRY_TLS_CERT", "/c")]),
+            "BPF_REGISTRY_TLS_KEY"
+        );
+        assert_eq!(
+            var(&[("BPF_REGISTRY_TLS_KEY", "/k")]),
+            "BPF_REGISTRY_TLS_CERT"
+        );
+        for bad in [
+            "reg.example",
+            "https://",
+            "https://r.example/path",
+            "ftp://r",
+        ] {
             assert_eq!(
                 var(&[("BPF_REGISTRY_EXTERNAL_URL", bad)]),
                 "BPF_REGISTRY_EXTERNAL_URL",
                 "{bad}"
             );
         }
-        assert_eq!(var(&[("BPF_REGISTRY_TOKEN_TTL", "0")]), "BPF_REGISTRY_TOKEN_TTL");
+        assert_eq!(
+            var(&[("BPF_REGISTRY_TOKEN_TTL", "0")]),
+            "BPF_REGISTRY_TOKEN_TTL"
+        );
         assert_eq!(
             var(&[("BPF_REGISTRY_TOKEN_TTL", "100000")]),
             "BPF_REGISTRY_TOKEN_TTL"
@@ -656,12 +675,25 @@ mod tests {
     #[test]
     fn bad_files_stop_the_start_naming_the_line() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = settings(dir.path(), Some("[[grant]]\nusers=[\"a\"]\nrepositories=[\"x\"]\nactions=[\"fly\"]\n"));
+        let mut s = settings(
+            dir.path(),
+            Some("[[grant]]\nusers=[\"a\"]\nrepositories=[\"x\"]\nactions=[\"fly\"]\n"),
+        );
         let e = Auth::load(s.clone()).unwrap_err();
-        assert!(e.contains("BPF_REGISTRY_AUTH_POLICY") && e.contains("line 4"), "{e}");
+        assert!(
+            e.contains("BPF_REGISTRY_AUTH_POLICY") && e.contains("line 4"),
+            "{e}"
+        );
         s.policy = None;
-        std::fs::write(&s.htpasswd, "ok:$2y$04$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz01234\nmd5:$apr1$x$y\n").unwrap();
+        std::fs::write(
+            &s.htpasswd,
+            "ok:$2y$04$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz01234\nmd5:$apr1$x$y\n",
+        )
+        .unwrap();
         let e = Auth::load(s).unwrap_err();
-        assert!(e.contains("BPF_REGISTRY_AUTH_HTPASSWD") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("BPF_REGISTRY_AUTH_HTPASSWD") && e.contains("line 2"),
+            "{e}"
+        );
     }
 }

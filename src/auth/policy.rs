@@ -112,7 +112,10 @@ impl Actions {
 
     /// `pull,push` (the scope syntax).
     pub fn to_scope_string(self) -> String {
-        self.iter().map(Action::as_str).collect::<Vec<_>>().join(",")
+        self.iter()
+            .map(Action::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -366,15 +369,17 @@ impl Policy {
             if g.users.is_empty() && g.groups.is_empty() {
                 return Err(err(
                     span,
-                    "a [[grant]] must name users or groups (users = [\"*\"] for every user)"
-                        .into(),
+                    "a [[grant]] must name users or groups (users = [\"*\"] for every user)".into(),
                 ));
             }
             for grp in &g.groups {
                 if !groups.contains_key(grp.get_ref()) {
                     return Err(err(
                         grp.span(),
-                        format!("unknown group {:?}: define it under [groups]", grp.get_ref()),
+                        format!(
+                            "unknown group {:?}: define it under [groups]",
+                            grp.get_ref()
+                        ),
                     ));
                 }
             }
@@ -462,7 +467,11 @@ impl Policy {
 
     /// Counts for the start-up log: (groups, grants, anonymous rule).
     pub fn summary(&self) -> (usize, usize, bool) {
-        (self.groups.len(), self.grants.len(), self.anonymous.is_some())
+        (
+            self.groups.len(),
+            self.grants.len(),
+            self.anonymous.is_some(),
+        )
     }
 }
 
@@ -551,22 +560,31 @@ actions = ["pull"]
 
     #[test]
     fn errors_name_the_line() {
-        let e = Policy::parse("[[grant]]\nusers = [\"a\"]\nrepositories = [\"x\"]\nactions = [\"pull\", \"fly\"]\n")
-            .unwrap_err();
+        let e = Policy::parse(
+            "[[grant]]\nusers = [\"a\"]\nrepositories = [\"x\"]\nactions = [\"pull\", \"fly\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         assert!(e.message.contains("fly"));
-        let e = Policy::parse("[[grant]]\ngroups = [\"nope\"]\nrepositories = [\"x\"]\nactions = [\"pull\"]\n")
-            .unwrap_err();
+        let e = Policy::parse(
+            "[[grant]]\ngroups = [\"nope\"]\nrepositories = [\"x\"]\nactions = [\"pull\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 2, "{e}");
-        let e = Policy::parse("\n\n[[grant]]\nusers = [\"a\"]\nrepositories = [\"UPPER\"]\nactions = [\"pull\"]\n")
-            .unwrap_err();
+        let e = Policy::parse(
+            "\n\n[[grant]]\nusers = [\"a\"]\nrepositories = [\"UPPER\"]\nactions = [\"pull\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
-        let e = Policy::parse("\n[anonymous]\nrepositories = [\"x\"]\nactions = [\"pull\"]\ncolour = 1\n")
-            .unwrap_err();
+        let e = Policy::parse(
+            "\n[anonymous]\nrepositories = [\"x\"]\nactions = [\"pull\"]\ncolour = 1\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         let e = Policy::parse("[[grant]\n").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
-        let e = Policy::parse("\n[[grant]]\nrepositories = [\"x\"]\nactions = [\"pull\"]\n").unwrap_err();
+        let e = Policy::parse("\n[[grant]]\nrepositories = [\"x\"]\nactions = [\"pull\"]\n")
+            .unwrap_err();
         assert_eq!(e.line, 2, "{e}");
     }
 }

@@ -224,8 +224,9 @@ impl TokenKey {
             )
         };
         if let Some(p) = configured {
-            let pem = std::fs::read(p)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("token key {}: {e}", p.display())))?;
+            let pem = std::fs::read(p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("token key {}: {e}", p.display()))
+            })?;
             let key = Self::from_pem(&pem).map_err(|m| invalid(p, m))?;
             return Ok((key, p.to_path_buf(), false));
         }
@@ -332,7 +333,9 @@ impl TokenKey {
         {
             return Err(TokenError::KeyId);
         }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| TokenError::Malformed)?;
         if sig.len() != 64 {
             return Err(TokenError::Signature);
         }
@@ -423,7 +426,10 @@ mod tests {
         assert!(c.grants("bpf/x", "pull"));
         assert!(!c.grants("bpf/x", "push"));
         assert!(!c.grants("bpf/y", "pull"));
-        assert_eq!(k.verify(&t, REFRESH_AUDIENCE, now), Err(TokenError::Audience));
+        assert_eq!(
+            k.verify(&t, REFRESH_AUDIENCE, now),
+            Err(TokenError::Audience)
+        );
         assert_eq!(k.verify(&t, SERVICE, now + 301), Err(TokenError::Expired));
         // kid format: 12 groups of 4
         assert_eq!(k.kid().split(':').count(), 12);
@@ -453,12 +459,16 @@ mod tests {
             b64(br#"{"alg":"none","typ":"JWT"}"#),
             b64(&serde_json::to_vec(&c).unwrap())
         );
-        assert!(matches!(k.verify(&none, SERVICE, now), Err(TokenError::Algorithm(_))));
+        assert!(matches!(
+            k.verify(&none, SERVICE, now),
+            Err(TokenError::Algorithm(_))
+        ));
         // HS256
-        let hs = k
-            .sign_raw(&json!({"alg":"HS256","typ":"JWT"}), &c)
-            .unwrap();
-        assert!(matches!(k.verify(&hs, SERVICE, now), Err(TokenError::Algorithm(_))));
+        let hs = k.sign_raw(&json!({"alg":"HS256","typ":"JWT"}), &c).unwrap();
+        assert!(matches!(
+            k.verify(&hs, SERVICE, now),
+            Err(TokenError::Algorithm(_))
+        ));
         // another key, with and without our kid
         let t = other.sign(&claims(now)).unwrap();
         assert_eq!(k.verify(&t, SERVICE, now), Err(TokenError::KeyId));
@@ -488,7 +498,10 @@ mod tests {
         let t = k.sign_raw(&json!({"alg":"ES256"}), &c4).unwrap();
         assert_eq!(k.verify(&t, SERVICE, now), Err(TokenError::NotYetValid));
         assert_eq!(k.verify("a.b", SERVICE, now), Err(TokenError::Malformed));
-        assert_eq!(k.verify("a.b.c.d", SERVICE, now), Err(TokenError::Malformed));
+        assert_eq!(
+            k.verify("a.b.c.d", SERVICE, now),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]

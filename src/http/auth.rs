@@ -64,7 +64,9 @@ pub struct Caller {
 
 impl std::fmt::Debug for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Caller").field("user", &self.user()).finish()
+        f.debug_struct("Caller")
+            .field("user", &self.user())
+            .finish()
     }
 }
 
@@ -279,7 +281,9 @@ fn failure_response(f: Failure, api: Api, realm: &str, route: &'static str) -> R
                 "invalid user name or password"
             };
             let mut r = match api {
-                Api::V2 => v2_headers(OciError::new(OciErrorCode::Unauthorized, message).into_response()),
+                Api::V2 => {
+                    v2_headers(OciError::new(OciErrorCode::Unauthorized, message).into_response())
+                }
                 Api::Rest => json_response(
                     StatusCode::UNAUTHORIZED,
                     &json!({ "error": "unauthorized", "message": message }),
@@ -366,8 +370,9 @@ fn realm(state: &AppState, headers: &HeaderMap, uri: &Uri) -> String {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
         })
         .unwrap_or_else(|| state.config.http_addr.to_string());
     format!("{scheme}://{host}/token")
@@ -417,19 +422,27 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     };
     let caller = Caller { auth, who, realm };
     match api {
-        Api::V2 => v2(state, caller, req, next).await,
+        Api::V2 => v2(caller, req, next).await,
         Api::Rest => rest(state, caller, req, next).await,
     }
 }
 
 /// What a `/v2` endpoint needs: the repository and action checked, and
 /// the actions advertised in the challenge's scope.
+///
+/// A blob `HEAD` is how pushes begin (clients check whether a blob is
+/// there before uploading it), and some clients (oras-py) keep the first
+/// token they get for the rest of the push, so its challenge offers
+/// `pull,push`: the token still carries only what the policy grants.
 fn v2_needs(ep: &Endpoint) -> Option<(&RepoName, Action, Actions)> {
     let pull = Actions::NONE.with(Action::Pull);
     let push = pull.with(Action::Push);
     let delete = Actions::NONE.with(Action::Delete);
     match ep {
         Endpoint::Base | Endpoint::Catalog => None,
+        Endpoint::GetBlob {
+            name, head: true, ..
+        } => Some((name, Action::Pull, push)),
         Endpoint::ListTags { name }
         | Endpoint::GetManifest { name, .. }
         | Endpoint::GetBlob { name, .. }
@@ -446,15 +459,20 @@ fn v2_needs(ep: &Endpoint) -> Option<(&RepoName, Action, Actions)> {
     }
 }
 
-async fn v2(state: AppState, caller: Caller, mut req: Request, next: Next) -> Response {
-    let _ = &state;
+async fn v2(caller: Caller, mut req: Request, next: Next) -> Response {
     let ep = match endpoint::parse(req.method(), req.uri().path()) {
         Ok(ep) => ep,
         Err(_) => {
             // A malformed path: the handler explains, to those who
             // authenticated.
             if caller.is_anonymous() {
-                return refusal_response(Refusal::Challenge(None), Api::V2, &caller.realm, None, "v2");
+                return refusal_response(
+                    Refusal::Challenge(None),
+                    Api::V2,
+                    &caller.realm,
+                    None,
+                    "v2",
+                );
             }
             req.extensions_mut().insert(caller);
             return next.run(req).await;
@@ -464,12 +482,21 @@ async fn v2(state: AppState, caller: Caller, mut req: Request, next: Next) -> Re
     match &ep {
         Endpoint::Base => {
             if caller.is_anonymous() {
-                return refusal_response(Refusal::Challenge(None), Api::V2, &caller.realm, None, route);
+                return refusal_response(
+                    Refusal::Challenge(None),
+                    Api::V2,
+                    &caller.realm,
+                    None,
+                    route,
+                );
             }
         }
         Endpoint::Catalog => {
             let ok = match &caller.who {
-                Who::Token(c) => c.access.iter().any(|a| a.kind == "registry" && a.name == "catalog"),
+                Who::Token(c) => c
+                    .access
+                    .iter()
+                    .any(|a| a.kind == "registry" && a.name == "catalog"),
                 _ => caller.may_somewhere(Action::Pull) || caller.user().is_some(),
             };
             if !ok {
@@ -514,7 +541,11 @@ fn drop_unauthorized_mount(req: &mut Request, caller: &Caller) {
         return;
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();
-    let Some(from) = pairs.iter().find(|(k, _)| k == "from").map(|(_, v)| v.clone()) else {
+    let Some(from) = pairs
+        .iter()
+        .find(|(k, _)| k == "from")
+        .map(|(_, v)| v.clone())
+    else {
         return;
     };
     let allowed = RepoName::parse(&from).is_ok_and(|r| caller.may(&r, Action::Pull));
@@ -579,7 +610,13 @@ async fn rest(state: AppState, caller: Caller, mut req: Request, next: Next) -> 
         .unwrap_or_default();
     let method = req.method().clone();
     let challenge = |route: &'static str| {
-        refusal_response(Refusal::Challenge(None), Api::Rest, &caller.realm, None, route)
+        refusal_response(
+            Refusal::Challenge(None),
+            Api::Rest,
+            &caller.realm,
+            None,
+            route,
+        )
     };
     match (&method, segs.as_slice()) {
         (&Method::GET, []) | (&Method::GET, ["for-host", _]) => {
@@ -603,7 +640,13 @@ async fn rest(state: AppState, caller: Caller, mut req: Request, next: Next) -> 
                     }
                     _ => Refusal::Denied,
                 };
-                return refusal_response(refusal, Api::Rest, &caller.realm, None, "rest.artifacts.create");
+                return refusal_response(
+                    refusal,
+                    Api::Rest,
+                    &caller.realm,
+                    None,
+                    "rest.artifacts.create",
+                );
             }
         }
         (m, [id, tail @ ..]) if *id != "for-host" => {
@@ -656,12 +699,7 @@ fn token_error(status: StatusCode, code: &str, message: &str) -> Response {
     r
 }
 
-fn token_answer(
-    auth: &Auth,
-    user: Option<&str>,
-    scope: &str,
-    refresh: Option<String>,
-) -> Response {
+fn token_answer(auth: &Auth, user: Option<&str>, scope: &str, refresh: Option<String>) -> Response {
     let scopes = parse_scopes(scope);
     match auth.issue(user, &scopes) {
         Ok(issued) => {
@@ -695,7 +733,11 @@ fn token_answer(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot sign a token");
-            token_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "cannot sign a token")
+            token_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "cannot sign a token",
+            )
         }
     }
 }
@@ -726,7 +768,11 @@ fn login_failure(e: LoginError) -> Response {
 }
 
 fn not_found() -> Response {
-    token_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "authentication is off")
+    token_error(
+        StatusCode::NOT_FOUND,
+        "NAME_UNKNOWN",
+        "authentication is off",
+    )
 }
 
 /// `GET /token?service=&scope=[&offline_token=true]`, Basic credentials
@@ -799,7 +845,11 @@ pub async fn token_post(State(state): State<AppState>, req: Request) -> Response
         );
     }
     let Ok(body) = read_body_capped(req.into_body(), MAX_TOKEN_FORM_BYTES).await else {
-        return token_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "form too large or unreadable");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "form too large or unreadable",
+        );
     };
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     drop(body);
@@ -881,7 +931,13 @@ mod tests {
         assert!(matches!(presented(&h), Ok(Presented::Basic(u, p)) if u == "alice" && p == "pw:x"));
         h.insert(header::AUTHORIZATION, hv("bearer abc.def.ghi"));
         assert!(matches!(presented(&h), Ok(Presented::Bearer(t)) if t == "abc.def.ghi"));
-        for bad in ["Basic !!!", "Basic Om5vdXNlcg==", "Digest x", "Bearer ", "Basic bm9jb2xvbg=="] {
+        for bad in [
+            "Basic !!!",
+            "Basic Om5vdXNlcg==",
+            "Digest x",
+            "Bearer ",
+            "Basic bm9jb2xvbg==",
+        ] {
             h.insert(header::AUTHORIZATION, hv(bad));
             assert!(presented(&h).is_err(), "{bad}");
         }

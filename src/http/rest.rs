@@ -51,10 +51,34 @@ fn respond<T: serde::Serialize>(
     named(
         route,
         match r {
-            Ok(v) => json_response(status, &serde_json::to_value(v).unwrap_or_default()),
+            // Serialized straight to bytes: no intermediate `Value` tree.
+            Ok(v) => match serde_json::to_vec(&v) {
+                Ok(body) => {
+                    let mut r = (status, body).into_response();
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => ArtifactError::Internal(format!("response not serializable: {e}"))
+                    .into_response(),
+            },
             Err(e) => e.into_response(),
         },
     )
+}
+
+#[derive(serde::Serialize)]
+struct ArtifactList {
+    artifacts: Vec<crate::artifacts::ArtifactJson>,
+    next_cursor: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ForHost<'a> {
+    host_id: &'a str,
+    artifacts: Vec<crate::artifacts::ArtifactJson>,
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -142,7 +166,10 @@ pub async fn list(
     let r = state
         .artifacts
         .list_visible(&q, &|repo| auth::visible(caller.as_ref(), repo))
-        .map(|(artifacts, next)| json!({ "artifacts": artifacts, "next_cursor": next }));
+        .map(|(artifacts, next_cursor)| ArtifactList {
+            artifacts,
+            next_cursor,
+        });
     respond(ROUTE, StatusCode::OK, r)
 }
 
@@ -319,7 +346,10 @@ pub async fn for_host(
     let r = state
         .artifacts
         .for_host_visible(&host, &|repo| auth::visible(caller.as_ref(), repo))
-        .map(|a| json!({ "host_id": host, "artifacts": a }));
+        .map(|artifacts| ForHost {
+            host_id: &host,
+            artifacts,
+        });
     respond("rest.for_host", StatusCode::OK, r)
 }
 

@@ -59,7 +59,7 @@ use crate::oci::{Digest, ParsedManifest, RepoName, Tag};
 use crate::storage::{paths, Backend, StorePath};
 
 /// Deletions done per exclusive section.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
 const LINK_MAX: u64 = 64 * 1024;
 
 /// What a collection does.

@@ -81,6 +81,55 @@ fn read_digest_file(b: &dyn Backend, p: &StorePath) -> RegistryResult<Option<Dig
     Ok(Digest::parse(text.trim()).ok())
 }
 
+/// Resolves a tag or digest to a manifest digest linked into `repo`.
+fn resolve_blocking(
+    b: &dyn Backend,
+    repo: &RepoName,
+    reference: &Reference,
+) -> RegistryResult<Option<Digest>> {
+    let digest = match reference {
+        Reference::Digest(d) => d.clone(),
+        Reference::Tag(t) => match read_digest_file(b, &paths::tag(repo, t))? {
+            Some(d) => d,
+            None => return Ok(None),
+        },
+    };
+    Ok(b.size(&paths::manifest_link(repo, &digest))?
+        .map(|_| digest))
+}
+
+/// Verified manifest bytes and media types by digest. Content-addressed,
+/// so an entry is never stale (whether a repository may serve it is
+/// checked on every request); bounded by total bytes, emptied when full.
+#[derive(Default)]
+pub struct ManifestCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+/// Entries (media type, bytes) and their total size.
+type CacheInner = (std::collections::HashMap<Digest, (String, Bytes)>, usize);
+
+const MANIFEST_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+impl ManifestCache {
+    fn get(&self, d: &Digest) -> Option<(String, Bytes)> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.get(d).cloned()
+    }
+
+    fn put(&self, d: &Digest, media_type: &str, bytes: &Bytes) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.1.saturating_add(bytes.len()) > MANIFEST_CACHE_BYTES {
+            guard.0.clear();
+            guard.1 = 0;
+        }
+        guard.1 = guard.1.saturating_add(bytes.len());
+        guard
+            .0
+            .insert(d.clone(), (media_type.to_string(), bytes.clone()));
+    }
+}
+
 /// Reads just the media type of a stored manifest (the body's own field,
 /// or the shape when it has none).
 fn media_type_of(bytes: &[u8]) -> String {
@@ -227,24 +276,14 @@ impl Registry {
         Ok(stored)
     }
 
-    /// Resolves a reference to the manifest digest it names in `repo`.
+    /// Resolves a reference to the manifest digest it names in `repo`
+    /// (one trip to the blocking pool: tag file, then repository link).
     pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> RegistryResult<Digest> {
         let b = self.backend.clone();
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => {
-                let p = paths::tag(repo, t);
-                let b = b.clone();
-                blocking(move || read_digest_file(&*b, &p))
-                    .await?
-                    .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?
-            }
-        };
-        let link = paths::manifest_link(repo, &digest);
-        if blocking(move || Ok(b.size(&link)?)).await?.is_none() {
-            return Err(RegistryError::ManifestUnknown(reference.to_string()));
-        }
-        Ok(digest)
+        let (repo2, reference2) = (repo.clone(), reference.clone());
+        blocking(move || resolve_blocking(&*b, &repo2, &reference2))
+            .await?
+            .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
     }
 
     /// Reads a manifest (`GET/HEAD /v2/<name>/manifests/<reference>`).
@@ -255,8 +294,15 @@ impl Registry {
         accept: &[String],
     ) -> RegistryResult<ManifestRead> {
         let digest = self.resolve(repo, reference).await?;
-        let bytes = self.manifest_bytes(&digest).await?;
-        let media_type = media_type_of(&bytes);
+        let (media_type, bytes) = match self.manifest_cache.get(&digest) {
+            Some(hit) => hit,
+            None => {
+                let bytes = self.manifest_bytes(&digest).await?;
+                let media_type = media_type_of(&bytes);
+                self.manifest_cache.put(&digest, &media_type, &bytes);
+                (media_type, bytes)
+            }
+        };
         if !accepts(accept, &media_type) {
             return Err(RegistryError::NotAcceptable { digest, media_type });
         }

@@ -87,6 +87,7 @@ pub struct Registry {
     listeners: std::sync::RwLock<Vec<Arc<dyn ManifestListener>>>,
     /// Orders writes against garbage collection (see `gc`).
     gc: gc::Coordinator,
+    manifest_cache: manifests::ManifestCache,
 }
 
 impl Registry {
@@ -97,6 +98,7 @@ impl Registry {
             uploads: uploads::Sessions::default(),
             listeners: std::sync::RwLock::new(Vec::new()),
             gc: gc::Coordinator::default(),
+            manifest_cache: manifests::ManifestCache::default(),
         }
     }
 

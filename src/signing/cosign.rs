@@ -20,7 +20,8 @@
 //!   "layers": [{
 //!     "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
 //!     "digest": "<sha256 of the payload>", "size": 234,
-//!     "annotations": {"dev.cosignproject.cosign/signature": "<base64 signature over the payload bytes>"}
+//!     "annotations": {"dev.cosignproject.cosign/signature": "<base64 signature over the payload bytes>",
+//!                     "io.aegisflux.bpf.signature.key-id": "...", "...key-version": "1", "...": "..."}
 //!   }],
 //!   "subject": {"mediaType": "...", "digest": "<signed manifest>", "size": 1234},
 //!   "annotations": {"io.aegisflux.bpf.signature.key-id": "...", "...key-version": "1", "...algorithm": "ecdsa-p256-sha256", "org.opencontainers.image.created": "..."}
@@ -29,7 +30,9 @@
 //!
 //! The config is the `{}` blob with the OCI image config media type, as
 //! sigstore-rs writes it. Several signatures of one manifest are several
-//! layers of the tagged manifest (cosign appends; so do we).
+//! layers of the tagged manifest (cosign appends; so do we), which is why
+//! each layer says which key made it; the manifest's annotations repeat its
+//! newest layer's (they show in the referrers list).
 
 use std::collections::BTreeMap;
 

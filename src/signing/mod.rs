@@ -17,9 +17,10 @@
 //!   manifest digest, which is known from its bytes, so the order is sign →
 //!   store the signature → store the manifest (and its tag). When the signer
 //!   fails, the manifest is not stored and the caller answers 503 (fail
-//!   closed); when storing the manifest fails, the signature is removed.
-//!   Blobs uploaded beforehand stay until garbage collection, as for any
-//!   rejected push.
+//!   closed): `POST /artifacts` signs (`prepare`) before it writes even the
+//!   layer and config blobs; for an OCI push, the blobs the client uploaded
+//!   before stay until garbage collection, as for any rejected push. When
+//!   storing the manifest fails, the signature is removed.
 //!
 //! This module sits between `registry` (which it uses) and `artifacts`
 //! (which uses it); it knows nothing of HTTP.
@@ -357,7 +358,16 @@ pub struct SignReport {
     pub error: Option<String>,
 }
 
-/// A signature stored by [`SigningService::attach`], to undo it.
+/// A signature made by [`SigningService::prepare`], not stored yet.
+pub struct Prepared {
+    subject: Descriptor,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+    note: cosign::SignerNote,
+    sign_us: u64,
+}
+
+/// A signature stored by `SigningService::store`, to undo it.
 struct Attached {
     signature: Digest,
     tag: Tag,
@@ -473,30 +483,40 @@ impl SigningService {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<ManifestStored, SigningError> {
+        let pending = self.prepare(repo, reference, content_type, &body).await?;
+        self.put_prepared(pending, repo, reference, content_type, body)
+            .await
+    }
+
+    /// Signs a manifest that is about to be stored, without storing
+    /// anything (so a caller can sign before it writes the manifest's
+    /// blobs). `None` when there is nothing to sign: no signer, not an eBPF
+    /// artifact, already signed with this key, or a manifest the registry
+    /// will refuse anyway.
+    pub async fn prepare(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Option<Prepared>, SigningError> {
         let Some(signer) = &self.signer else {
-            return Ok(self
-                .registry
-                .put_manifest(repo, reference, content_type, body)
-                .await?);
+            return Ok(None);
         };
         let size = body.len() as u64;
-        let digest = Digest::of(&body);
-        // Anything the registry will refuse goes straight to it (no signing).
+        let digest = Digest::of(body);
         let signable = size <= self.registry.limits().max_manifest_bytes
             && !matches!(reference, Reference::Digest(want) if want != &digest)
             && !self.index.signed_by(&digest, signer.key_id());
         let parsed = if signable {
-            ParsedManifest::parse(&body, content_type)
+            ParsedManifest::parse(body, content_type)
                 .ok()
                 .filter(is_signable)
         } else {
             None
         };
         let Some(m) = parsed else {
-            return Ok(self
-                .registry
-                .put_manifest(repo, reference, content_type, body)
-                .await?);
+            return Ok(None);
         };
         let subject = Descriptor {
             media_type: m.media_type.clone(),
@@ -506,7 +526,29 @@ impl SigningService {
             annotations: None,
             platform: None,
         };
-        let attached = self.attach(signer.as_ref(), repo, subject).await?;
+        Ok(Some(self.sign(signer.as_ref(), repo, subject).await?))
+    }
+
+    /// Stores a manifest signed by `prepare`: the signature first, then the
+    /// manifest (the signature is removed again if that fails).
+    pub async fn put_prepared(
+        &self,
+        pending: Option<Prepared>,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestStored, SigningError> {
+        let Some(pending) = pending else {
+            return Ok(self
+                .registry
+                .put_manifest(repo, reference, content_type, body)
+                .await?);
+        };
+        if pending.subject.digest != Digest::of(&body) {
+            return Err(internal("the prepared signature is for another manifest"));
+        }
+        let attached = self.store(repo, pending).await?;
         match self
             .registry
             .put_manifest(repo, reference, content_type, body)
@@ -520,14 +562,13 @@ impl SigningService {
         }
     }
 
-    /// Signs `subject` and stores the signature manifest (payload and config
-    /// blobs, the manifest as a referrer of `subject`, the `.sig` tag).
-    async fn attach(
+    /// Signs the simple-signing payload naming `subject`.
+    async fn sign(
         &self,
         signer: &dyn Signer,
         repo: &RepoName,
         subject: Descriptor,
-    ) -> Result<Attached, SigningError> {
+    ) -> Result<Prepared, SigningError> {
         let started = Instant::now();
         let payload =
             cosign::Payload::new(&self.docker_reference(repo), &subject.digest).to_bytes();
@@ -544,18 +585,35 @@ impl SigningService {
                 return Err(e.into());
             }
         };
-        let sign_us = started.elapsed().as_micros() as u64;
         let keys = signer.public_keys(false).await?;
-        let payload_size = payload.len() as u64;
+        Ok(Prepared {
+            subject,
+            payload,
+            signature: sig.bytes,
+            note: cosign::SignerNote {
+                key_id: signer.key_id().to_string(),
+                key_version: sig.key_version,
+                algorithm: keys.algorithm.as_str(),
+                created: now_rfc3339(),
+            },
+            sign_us: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Stores a signature: payload and config blobs, then the signature
+    /// manifest as a referrer of the signed manifest, tagged `.sig`.
+    async fn store(&self, repo: &RepoName, p: Prepared) -> Result<Attached, SigningError> {
+        let started = Instant::now();
+        let payload_size = p.payload.len() as u64;
         let payload_digest = self
             .registry
-            .put_small_blob(repo, Bytes::from(payload))
+            .put_small_blob(repo, Bytes::from(p.payload))
             .await?;
         self.registry
             .put_small_blob(repo, Bytes::from_static(cosign::CONFIG_BYTES))
             .await?;
-        let tag = Tag::parse(&cosign::signature_tag(&subject.digest)).map_err(internal)?;
-        let signature_b64 = base64::engine::general_purpose::STANDARD.encode(&sig.bytes);
+        let tag = Tag::parse(&cosign::signature_tag(&p.subject.digest)).map_err(internal)?;
+        let signature_b64 = base64::engine::general_purpose::STANDARD.encode(&p.signature);
         // cosign keeps every signature of a manifest as a layer of the
         // tagged signature manifest: keep what is there, add ours.
         let mut layers = Vec::new();
@@ -576,20 +634,14 @@ impl SigningService {
                 previous = Some(bytes);
             }
         }
-        let note = cosign::SignerNote {
-            key_id: signer.key_id().to_string(),
-            key_version: sig.key_version,
-            algorithm: keys.algorithm.as_str(),
-            created: now_rfc3339(),
-        };
         layers.push(cosign::signature_layer(
             &payload_digest,
             payload_size,
             &signature_b64,
-            Some(&note),
+            Some(&p.note),
         ));
-        let subject_digest = subject.digest.clone();
-        let manifest = cosign::signature_manifest(&layers, subject, &note);
+        let subject_digest = p.subject.digest.clone();
+        let manifest = cosign::signature_manifest(&layers, p.subject, &p.note);
         let stored = self
             .registry
             .put_manifest(
@@ -603,10 +655,10 @@ impl SigningService {
             repo = %repo,
             digest = %subject_digest,
             signature = %stored.digest,
-            key_id = signer.key_id(),
-            key_version = sig.key_version,
-            sign_us,
-            duration_us = started.elapsed().as_micros() as u64,
+            key_id = %p.note.key_id,
+            key_version = p.note.key_version,
+            sign_us = p.sign_us,
+            store_us = started.elapsed().as_micros() as u64,
             "manifest signed"
         );
         Ok(Attached {
@@ -616,7 +668,7 @@ impl SigningService {
         })
     }
 
-    /// Undoes `attach` after the signed manifest could not be stored.
+    /// Undoes `store` after the signed manifest could not be stored.
     async fn detach(&self, repo: &RepoName, a: Attached) {
         if let Err(e) = self
             .registry
@@ -672,7 +724,11 @@ impl SigningService {
                     annotations: None,
                     platform: None,
                 };
-                match self.attach(signer.as_ref(), &repo, subject).await {
+                let stored = match self.sign(signer.as_ref(), &repo, subject).await {
+                    Ok(p) => self.store(&repo, p).await,
+                    Err(e) => Err(e),
+                };
+                match stored {
                     Ok(_) => report.signed.push(format!("{repo}@{digest}")),
                     Err(e) => {
                         report.error = Some(format!("{repo}@{digest}: {e}"));
