@@ -82,6 +82,7 @@ HT="$TMP/htpasswd"
 htpasswd -cbB -C 5 "$HT" alice "$PW_ALICE" 2>/dev/null
 htpasswd -bB -C 5 "$HT" bob "$PW_BOB" 2>/dev/null
 htpasswd -bB -C 5 "$HT" admin "$PW_ADMIN" 2>/dev/null
+htpasswd -bB -C 5 "$HT" carol "carol-$RANDOM-pw" 2>/dev/null
 cat >"$TMP/policy.toml" <<'EOF'
 [[grant]]
 users = ["alice"]

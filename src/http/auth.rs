@@ -387,7 +387,7 @@ async fn identify(auth: &Arc<Auth>, headers: &HeaderMap, ip: IpAddr) -> Result<W
             Err(LoginError::RateLimited(wait)) => Err(Failure::RateLimited(wait)),
         },
         Presented::Bearer(t) => match auth.verify_access_token(&t) {
-            Ok(c) => Ok(Who::Token(Arc::new(c))),
+            Ok(c) => Ok(Who::Token(c)),
             Err(e) => {
                 tracing::debug!(reason = %e, client = %ip, "bearer token refused");
                 Err(Failure::BadToken)
@@ -480,16 +480,14 @@ async fn v2(caller: Caller, mut req: Request, next: Next) -> Response {
     };
     let route = ep.route();
     match &ep {
-        Endpoint::Base => {
-            if caller.is_anonymous() {
-                return refusal_response(
-                    Refusal::Challenge(None),
-                    Api::V2,
-                    &caller.realm,
-                    None,
-                    route,
-                );
-            }
+        Endpoint::Base if caller.is_anonymous() => {
+            return refusal_response(
+                Refusal::Challenge(None),
+                Api::V2,
+                &caller.realm,
+                None,
+                route,
+            );
         }
         Endpoint::Catalog => {
             let ok = match &caller.who {

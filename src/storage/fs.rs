@@ -12,6 +12,9 @@ use super::{AppendWriter, Backend, Entry, ObjectReader, StorageError, StorageRes
 
 pub struct FsBackend {
     root: PathBuf,
+    /// The root folder, held open so hot reads resolve a short relative
+    /// path (`openat`) instead of walking the whole absolute path.
+    root_dir: File,
 }
 
 impl FsBackend {
@@ -19,11 +22,39 @@ impl FsBackend {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
-        Ok(FsBackend { root })
+        let root_dir = File::open(&root)?;
+        Ok(FsBackend { root, root_dir })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Opens an object for reading relative to the held root folder.
+    #[cfg(target_os = "linux")]
+    fn open_relative(&self, p: &StorePath) -> io::Result<File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let c = std::ffi::CString::new(p.as_str()).map_err(io::Error::other)?;
+        // SAFETY: `root_dir` is an open folder for the whole call and `c` a
+        // NUL-terminated path; a non-negative result is a fresh descriptor
+        // that the returned `File` owns.
+        let fd = unsafe {
+            libc::openat(
+                self.root_dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above; `fd` is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open_relative(&self, p: &StorePath) -> io::Result<File> {
+        File::open(self.full(p))
     }
 
     fn full(&self, p: &StorePath) -> PathBuf {
@@ -126,10 +157,15 @@ impl AppendWriter for FsAppend {
 
 impl Backend for FsBackend {
     fn read_small(&self, path: &StorePath, max: u64) -> StorageResult<Option<Vec<u8>>> {
-        let Some(file) = not_found(File::open(self.full(path))).map_err(io_err(path))? else {
+        let Some(file) = not_found(self.open_relative(path)).map_err(io_err(path))? else {
             return Ok(None);
         };
-        let mut buf = Vec::new();
+        // Size the buffer from the file's length: one read for a small file.
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len > max {
+            return Err(StorageError::TooLarge(path.to_string(), max));
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
         file.take(max.saturating_add(1))
             .read_to_end(&mut buf)
             .map_err(io_err(path))?;
