@@ -70,7 +70,8 @@ impl Flags {
     }
 }
 
-fn setup(config: &Config) {
+/// Logging for the maintenance commands: to stderr, no colours.
+pub(crate) fn setup(config: &Config) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
             "bpf_registry={}",

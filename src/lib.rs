@@ -154,12 +154,9 @@ pub async fn run(
     let served = match tls {
         Some(tls) => {
             tracing::info!("serving HTTPS");
-            // `tap_io` gives the TLS listener axum's `SocketAddr` connect
-            // info (the client address the login limiter keys on).
-            let tls_listener = axum::serve::ListenerExt::tap_io(
-                http::tls::TlsListener::new(listener, tls)?,
-                |_| {},
-            );
+            // Its address type is `SocketAddr` too: the login limiter keys
+            // on the client address either way.
+            let tls_listener = http::tls::TlsListener::new(listener, tls)?;
             http::limits::serve(tls_listener, service, header_read_timeout, shutdown).await
         }
         None => http::limits::serve(listener, service, header_read_timeout, shutdown).await,

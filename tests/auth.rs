@@ -877,6 +877,17 @@ async fn anonymous_pull_is_on_only_where_the_policy_says() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Pushes begin with a blob HEAD: its challenge offers pull,push.
+    let r = anon
+        .head(f.server.url(&format!("/v2/bpf/x/blobs/{}", sha256(b"{}"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        param(&challenge(&r), "scope"),
+        Some("repository:bpf/x:pull,push")
+    );
     let r = anon
         .get(f.server.url("/v2/bpf/x/manifests/v1"))
         .send()
@@ -1650,6 +1661,32 @@ async fn tls_with_a_self_signed_ca_and_basic_credentials() {
         text.contains(&format!("bearer realm=\"https://{reg}/token\"")),
         "{text}"
     );
+    // A refused request with a body, over HTTP/2: a clean answer, not a
+    // reset stream (curl exits 0 and sees the 401).
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .args(["-X", "POST", "--data-binary", "some bytes"])
+        .arg(format!("https://{reg}/v2/bpf/tls/prog/blobs/uploads/"))
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401 2");
     server.stop().await;
 
     // A certificate without its key, or a key that does not match: the

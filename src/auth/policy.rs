@@ -150,48 +150,50 @@ impl Glob {
     }
 
     /// Whether `name` matches: `*` within a component, `**` across them.
+    /// A set-of-positions walk over the pattern: linear in pattern × name,
+    /// no backtracking, no indexing that could panic.
     pub fn matches(&self, name: &str) -> bool {
-        let p = &self.0;
         let n = name.as_bytes();
-        // reach[j]: the pattern prefix consumed so far can end before n[j].
+        // reach[j]: the pattern consumed so far can end just before n[j].
         let mut reach = vec![false; n.len() + 1];
-        reach[0] = true;
-        let mut i = 0;
-        while i < p.len() {
-            if p[i] == b'*' {
-                let double = p.get(i + 1) == Some(&b'*');
-                let mut next = vec![false; n.len() + 1];
+        if let Some(first) = reach.first_mut() {
+            *first = true;
+        }
+        let mut pattern = self.0.as_slice();
+        while let Some((&c, rest)) = pattern.split_first() {
+            let mut next = vec![false; n.len() + 1];
+            if c == b'*' {
+                let double = rest.first() == Some(&b'*');
+                pattern = if double {
+                    rest.get(1..).unwrap_or_default()
+                } else {
+                    rest
+                };
                 let mut run = false;
-                for j in 0..=n.len() {
-                    if reach[j] {
-                        run = true;
-                    }
-                    if run {
-                        next[j] = true;
-                    }
+                for (j, slot) in next.iter_mut().enumerate() {
+                    run |= reach.get(j).copied().unwrap_or(false);
+                    *slot = run;
                     // a single `*` cannot cross a `/`
-                    if !double && j < n.len() && n[j] == b'/' {
+                    if !double && n.get(j) == Some(&b'/') {
                         run = false;
                     }
                 }
-                reach = next;
-                i += if double { 2 } else { 1 };
             } else {
-                let c = p[i];
-                let mut next = vec![false; n.len() + 1];
-                for j in 0..n.len() {
-                    if reach[j] && n[j] == c {
-                        next[j + 1] = true;
+                pattern = rest;
+                for (j, &b) in n.iter().enumerate() {
+                    if b == c && reach.get(j).copied().unwrap_or(false) {
+                        if let Some(slot) = next.get_mut(j + 1) {
+                            *slot = true;
+                        }
                     }
                 }
-                reach = next;
-                i += 1;
             }
-            if !reach.iter().any(|r| *r) {
+            reach = next;
+            if !reach.contains(&true) {
                 return false;
             }
         }
-        reach[n.len()]
+        reach.last().copied().unwrap_or(false)
     }
 }
 

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -418,13 +419,69 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     };
     let who = match identify(&auth, req.headers(), ip).await {
         Ok(w) => w,
-        Err(f) => return failure_response(f, api, &realm, fallback_route),
+        Err(f) => {
+            let r = failure_response(f, api, &realm, fallback_route);
+            drain(req.into_body()).await;
+            return r;
+        }
     };
     let caller = Caller { auth, who, realm };
-    match api {
-        Api::V2 => v2(caller, req, next).await,
-        Api::Rest => rest(state, caller, req, next).await,
+    let (mut parts, body) = req.into_parts();
+    let decision = match api {
+        Api::V2 => v2(&caller, &mut parts),
+        Api::Rest => rest(&state, &caller, &mut parts),
+    };
+    match decision {
+        Decision::Refuse(r) => {
+            drain(body).await;
+            r
+        }
+        Decision::Allow => {
+            let user = caller.user().map(Arc::<str>::from);
+            parts.extensions.insert(caller);
+            let resp = next.run(Request::from_parts(parts, body)).await;
+            with_user(resp, user)
+        }
+        Decision::AllowCatalog => {
+            parts.extensions.insert(caller.clone());
+            let resp = next.run(Request::from_parts(parts, body)).await;
+            let user = caller.user().map(Arc::<str>::from);
+            with_user(filter_catalog(resp, &caller).await, user)
+        }
     }
+}
+
+/// The user a request was served for, left in the response extensions
+/// for the request log.
+#[derive(Debug, Clone)]
+pub struct ServedUser(pub Arc<str>);
+
+fn with_user(mut resp: Response, user: Option<Arc<str>>) -> Response {
+    if let Some(u) = user {
+        resp.extensions_mut().insert(ServedUser(u));
+    }
+    resp
+}
+
+/// What the middleware decided about a request.
+enum Decision {
+    /// Let it through (with the caller in its extensions).
+    Allow,
+    /// Let it through, then filter the `_catalog` answer.
+    AllowCatalog,
+    /// Answer this instead; the handler never runs.
+    Refuse(Response),
+}
+
+/// Reads and drops what is left of a small request body before a refusal
+/// goes out, so an HTTP/2 client sees its stream end cleanly instead of
+/// being reset (curl reports such a reset as an error even after a full
+/// answer). Bounded: 64 KiB, one second; a larger body is cut off.
+async fn drain(body: Body) {
+    const DRAIN_MAX: usize = 64 * 1024;
+    const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+    let limited = http_body_util::Limited::new(body, DRAIN_MAX);
+    let _ = tokio::time::timeout(DRAIN_TIME, http_body_util::BodyExt::collect(limited)).await;
 }
 
 /// What a `/v2` endpoint needs: the repository and action checked, and
@@ -459,35 +516,34 @@ fn v2_needs(ep: &Endpoint) -> Option<(&RepoName, Action, Actions)> {
     }
 }
 
-async fn v2(caller: Caller, mut req: Request, next: Next) -> Response {
-    let ep = match endpoint::parse(req.method(), req.uri().path()) {
+fn v2(caller: &Caller, parts: &mut Parts) -> Decision {
+    let ep = match endpoint::parse(&parts.method, parts.uri.path()) {
         Ok(ep) => ep,
         Err(_) => {
             // A malformed path: the handler explains, to those who
             // authenticated.
             if caller.is_anonymous() {
-                return refusal_response(
+                return Decision::Refuse(refusal_response(
                     Refusal::Challenge(None),
                     Api::V2,
                     &caller.realm,
                     None,
                     "v2",
-                );
+                ));
             }
-            req.extensions_mut().insert(caller);
-            return next.run(req).await;
+            return Decision::Allow;
         }
     };
     let route = ep.route();
     match &ep {
         Endpoint::Base if caller.is_anonymous() => {
-            return refusal_response(
+            return Decision::Refuse(refusal_response(
                 Refusal::Challenge(None),
                 Api::V2,
                 &caller.realm,
                 None,
                 route,
-            );
+            ));
         }
         Endpoint::Catalog => {
             let ok = match &caller.who {
@@ -503,17 +559,15 @@ async fn v2(caller: Caller, mut req: Request, next: Next) -> Response {
                     Who::Token(_) => Refusal::Challenge(Some("insufficient_scope")),
                     Who::Anonymous => Refusal::Challenge(None),
                 };
-                return refusal_response(
+                return Decision::Refuse(refusal_response(
                     refusal,
                     Api::V2,
                     &caller.realm,
                     Some("registry:catalog:*"),
                     route,
-                );
+                ));
             }
-            req.extensions_mut().insert(caller.clone());
-            let resp = next.run(req).await;
-            return filter_catalog(resp, &caller).await;
+            return Decision::AllowCatalog;
         }
         _ => {}
     }
@@ -521,21 +575,26 @@ async fn v2(caller: Caller, mut req: Request, next: Next) -> Response {
         if !caller.may(repo, action) {
             let scope = scope_string(repo, advertised);
             let refusal = caller.refusal(Some((repo, Actions::NONE.with(action))));
-            return refusal_response(refusal, Api::V2, &caller.realm, Some(&scope), route);
+            return Decision::Refuse(refusal_response(
+                refusal,
+                Api::V2,
+                &caller.realm,
+                Some(&scope),
+                route,
+            ));
         }
     }
     if let Endpoint::StartUpload { .. } = &ep {
-        drop_unauthorized_mount(&mut req, &caller);
+        drop_unauthorized_mount(&mut parts.uri, caller);
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    Decision::Allow
 }
 
 /// `POST .../blobs/uploads/?mount=<digest>&from=<repo>` when the caller may
 /// not pull `from`: the mount is dropped and a plain upload session starts
 /// (what distribution does), so nothing of `from` leaks.
-fn drop_unauthorized_mount(req: &mut Request, caller: &Caller) {
-    let Some(q) = req.uri().query() else {
+fn drop_unauthorized_mount(uri: &mut Uri, caller: &Caller) {
+    let Some(q) = uri.query() else {
         return;
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();
@@ -555,17 +614,17 @@ fn drop_unauthorized_mount(req: &mut Request, caller: &Caller) {
         .filter(|(k, _)| k != "from" && k != "mount")
         .collect();
     let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
-    let path = req.uri().path().to_string();
+    let path = uri.path().to_string();
     let pq = if query.is_empty() {
         path
     } else {
         format!("{path}?{query}")
     };
-    let mut parts = req.uri().clone().into_parts();
+    let mut uri_parts = uri.clone().into_parts();
     if let Ok(p) = pq.parse() {
-        parts.path_and_query = Some(p);
-        if let Ok(u) = Uri::from_parts(parts) {
-            *req.uri_mut() = u;
+        uri_parts.path_and_query = Some(p);
+        if let Ok(u) = Uri::from_parts(uri_parts) {
+            *uri = u;
         }
     }
 }
@@ -599,22 +658,22 @@ async fn filter_catalog(resp: Response, caller: &Caller) -> Response {
     Response::from_parts(parts, Body::from(out))
 }
 
-async fn rest(state: AppState, caller: Caller, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+fn rest(state: &AppState, caller: &Caller, parts: &mut Parts) -> Decision {
+    let path = parts.uri.path().to_string();
     let rest = path.strip_prefix("/artifacts").unwrap_or("");
     let segs: Vec<&str> = rest
         .strip_prefix('/')
         .map(|r| r.split('/').collect())
         .unwrap_or_default();
-    let method = req.method().clone();
+    let method = parts.method.clone();
     let challenge = |route: &'static str| {
-        refusal_response(
+        Decision::Refuse(refusal_response(
             Refusal::Challenge(None),
             Api::Rest,
             &caller.realm,
             None,
             route,
-        )
+        ))
     };
     match (&method, segs.as_slice()) {
         (&Method::GET, []) | (&Method::GET, ["for-host", _]) => {
@@ -638,13 +697,13 @@ async fn rest(state: AppState, caller: Caller, mut req: Request, next: Next) -> 
                     }
                     _ => Refusal::Denied,
                 };
-                return refusal_response(
+                return Decision::Refuse(refusal_response(
                     refusal,
                     Api::Rest,
                     &caller.realm,
                     None,
                     "rest.artifacts.create",
-                );
+                ));
             }
         }
         (m, [id, tail @ ..]) if *id != "for-host" => {
@@ -664,7 +723,7 @@ async fn rest(state: AppState, caller: Caller, mut req: Request, next: Next) -> 
             match (record, action) {
                 (Some(rec), Some(action)) => {
                     if !caller.may(&rec.repo, action) {
-                        return caller.refuse_rest(&rec.repo, action);
+                        return Decision::Refuse(caller.refuse_rest(&rec.repo, action));
                     }
                 }
                 // Unknown id or route: the handler answers 400/404/405 to
@@ -682,8 +741,7 @@ async fn rest(state: AppState, caller: Caller, mut req: Request, next: Next) -> 
             }
         }
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    Decision::Allow
 }
 
 // ---- the token endpoint ------------------------------------------------

@@ -220,12 +220,18 @@ async fn log_requests(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    // Who it was served for (authentication on; never a secret).
+    let user = resp
+        .extensions()
+        .get::<auth::ServedUser>()
+        .map(|u| u.0.clone());
     tracing::info!(
         request_id = %id,
         method = %method,
         route,
         status,
         bytes,
+        user = user.as_deref(),
         duration_us = started.elapsed().as_micros() as u64,
         "request"
     );

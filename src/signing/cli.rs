@@ -55,15 +55,7 @@ pub fn sign(args: &[String]) -> i32 {
         eprintln!("error: BPF_REGISTRY_SIGNER is none: set it to vault or key to sign");
         return EXIT_USAGE;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "bpf_registry={}",
-            config.log_level.as_filter()
-        )))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    crate::cli::setup(&config);
     let _lock = match DataDirLock::try_acquire(&config.data_dir, LockMode::Exclusive) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
