@@ -572,72 +572,32 @@ impl Registry {
         } else {
             HashSet::new()
         };
-        let mut layer_checks: Vec<(RepoName, Digest)> = Vec::new();
-        let mut referrer_checks: Vec<(RepoName, Digest, Digest)> = Vec::new();
+        let mut layer_checks = Vec::new();
+        let mut referrer_checks = Vec::new();
         for s in &marked.snaps {
             for d in &s.layers {
                 // Swept blobs lost their links with them.
                 if !swept.contains(d) {
-                    layer_checks.push((s.name.clone(), d.clone()));
+                    layer_checks.push(LinkCheck {
+                        digest: d.clone(),
+                        target: paths::blob(d),
+                        link: paths::layer_link(&s.name, d),
+                    });
                 }
             }
             for (subject, r) in &s.referrers {
                 if !kept_links.contains(&(s.name.clone(), r.clone())) {
-                    referrer_checks.push((s.name.clone(), subject.clone(), r.clone()));
+                    referrer_checks.push(LinkCheck {
+                        digest: r.clone(),
+                        target: paths::manifest_link(&s.name, r),
+                        link: paths::referrer_link(&s.name, subject, r),
+                    });
                 }
             }
         }
-        for batch in layer_checks.chunks(BATCH * 4) {
-            let batch = batch.to_vec();
-            let _x = if opts.dry_run {
-                None
-            } else {
-                Some(self.gc.lock.write().await)
-            };
-            let protected = self.gc.protected();
-            let b = self.backend.clone();
-            let dry = opts.dry_run;
-            let n = blocking(move || {
-                let mut n = 0u64;
-                for (repo, d) in batch {
-                    if protected.contains(&d) || b.size(&paths::blob(&d))?.is_some() {
-                        continue;
-                    }
-                    if dry || b.delete(&paths::layer_link(&repo, &d))? {
-                        n += 1;
-                    }
-                }
-                Ok(n)
-            })
-            .await?;
-            report.layer_links_removed += n;
-        }
-        for batch in referrer_checks.chunks(BATCH * 4) {
-            let batch = batch.to_vec();
-            let _x = if opts.dry_run {
-                None
-            } else {
-                Some(self.gc.lock.write().await)
-            };
-            let protected = self.gc.protected();
-            let b = self.backend.clone();
-            let dry = opts.dry_run;
-            let n = blocking(move || {
-                let mut n = 0u64;
-                for (repo, subject, r) in batch {
-                    if protected.contains(&r) || b.size(&paths::manifest_link(&repo, &r))?.is_some()
-                    {
-                        continue;
-                    }
-                    if dry || b.delete(&paths::referrer_link(&repo, &subject, &r))? {
-                        n += 1;
-                    }
-                }
-                Ok(n)
-            })
-            .await?;
-            report.referrer_links_removed += n;
-        }
+        report.layer_links_removed += self.remove_dangling(layer_checks, opts.dry_run).await?;
+        report.referrer_links_removed +=
+            self.remove_dangling(referrer_checks, opts.dry_run).await?;
 
         if !opts.dry_run {
             report.uploads_purged = self.purge_uploads(opts.upload_ttl.as_secs()).await? as u64;
@@ -648,6 +608,47 @@ impl Registry {
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+}
+
+/// A link to remove when what it points to (`target`) is gone, unless
+/// `digest` is protected by a write in flight.
+#[derive(Clone)]
+struct LinkCheck {
+    digest: Digest,
+    target: StorePath,
+    link: StorePath,
+}
+
+impl Registry {
+    /// Removes dangling links in batches, each under the exclusive GC lock
+    /// (none for a dry run, which only counts). Returns how many.
+    async fn remove_dangling(&self, checks: Vec<LinkCheck>, dry_run: bool) -> RegistryResult<u64> {
+        let mut removed = 0u64;
+        for batch in checks.chunks(BATCH * 4) {
+            let batch = batch.to_vec();
+            let _exclusive = if dry_run {
+                None
+            } else {
+                Some(self.gc.lock.write().await)
+            };
+            let protected = self.gc.protected();
+            let b = self.backend.clone();
+            removed += blocking(move || {
+                let mut n = 0u64;
+                for c in batch {
+                    if protected.contains(&c.digest) || b.size(&c.target)?.is_some() {
+                        continue;
+                    }
+                    if dry_run || b.delete(&c.link)? {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+        }
+        Ok(removed)
     }
 }
 
