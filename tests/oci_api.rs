@@ -2202,3 +2202,30 @@ async fn torn_chunk_after_crash_is_discarded() {
         "torn bytes leaked into the blob"
     );
 }
+
+#[tokio::test]
+async fn content_range_whose_length_overflows_is_rejected_not_a_panic() {
+    let s = TestServer::start().await;
+    let c = client();
+    let loc = s.start_upload(&c, "bpf/overflow").await;
+    for method in [reqwest::Method::PATCH, reqwest::Method::PUT] {
+        let url = if method == reqwest::Method::PUT {
+            format!("{}?digest={}", s.abs(&loc), sha256(b"x"))
+        } else {
+            s.abs(&loc)
+        };
+        let r = c
+            .request(method.clone(), url)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("0-{}", u64::MAX))
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID").await;
+    }
+    // The session is untouched: still at offset 0.
+    let r = c.get(s.abs(&loc)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "range").as_deref(), Some("0-0"));
+}

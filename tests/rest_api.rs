@@ -414,6 +414,19 @@ async fn seed_curl_examples_work_verbatim() {
         bin[..=end].to_vec()
     );
 
+    // A range past the end is 416 and says the file's length.
+    let r = c
+        .get(s.url(&format!("/artifacts/{id}/binary")))
+        .header("range", format!("bytes={}-", bin.len()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        header(&r, "content-range"),
+        Some(format!("bytes */{}", bin.len()))
+    );
+
     // The health check of the seed.
     let r = c.get(s.url("/healthz")).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::OK, "GET /healthz");

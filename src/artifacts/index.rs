@@ -176,14 +176,6 @@ impl ArtifactIndex {
     pub fn all(&self) -> Vec<Arc<ArtifactRecord>> {
         self.read().artifacts.values().cloned().collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.read().artifacts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn apply(inner: &mut Inner, c: Classified) {

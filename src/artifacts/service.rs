@@ -733,7 +733,7 @@ impl ArtifactService {
             Some(c) => Some(decode_cursor(c)?),
         };
         let host = q.host.as_deref().map(HostId::parse).transpose()?;
-        let host_set: Option<Vec<Digest>> = host.as_ref().map(|h| {
+        let host_set: Option<std::collections::HashSet<Digest>> = host.as_ref().map(|h| {
             self.index
                 .artifacts_for_host(h)
                 .iter()

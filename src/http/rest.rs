@@ -34,7 +34,17 @@ impl IntoResponse for ArtifactError {
         } else {
             self.to_string()
         };
-        json_response(status, &json!({ "error": self.code(), "message": message }))
+        let mut r = json_response(status, &json!({ "error": self.code(), "message": message }));
+        // A 416 says how long the file is (RFC 9110 §15.5.17).
+        if let ArtifactError::Registry(crate::registry::RegistryError::RangeNotSatisfiable {
+            total,
+        }) = self
+        {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        r
     }
 }
 
@@ -236,19 +246,6 @@ pub async fn binary(
             let mut r = blob_response(blob, &digest, media::OCI_LAYER_TAR_ZSTD);
             if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
                 r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-            }
-            named(ROUTE, r)
-        }
-        Err(ArtifactError::Registry(crate::registry::RegistryError::RangeNotSatisfiable {
-            total,
-        })) => {
-            let mut r =
-                ArtifactError::Registry(crate::registry::RegistryError::RangeNotSatisfiable {
-                    total,
-                })
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
             named(ROUTE, r)
         }

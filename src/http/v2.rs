@@ -159,7 +159,8 @@ fn parse_content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>, OciError> {
         a.trim().parse().map_err(|_| bad())?,
         b.trim().parse().map_err(|_| bad())?,
     );
-    if b < a {
+    // `end` is inclusive: the chunk's length `end - start + 1` must fit a u64.
+    if b < a || b.checked_sub(a).and_then(|d| d.checked_add(1)).is_none() {
         return Err(bad());
     }
     Ok(Some((a, b)))
@@ -319,7 +320,7 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
         Endpoint::PatchUpload { name, id } => {
             let range = parse_content_range(req.headers())?;
             let (start, expected) = match range {
-                Some((a, b)) => (Some(a), Some(b - a + 1)),
+                Some((a, b)) => (Some(a), b.checked_sub(a).and_then(|d| d.checked_add(1))),
                 None => (None, None),
             };
             let stream = body_stream(req);

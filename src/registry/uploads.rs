@@ -244,7 +244,7 @@ impl Registry {
                 });
             }
         }
-        let expected_len = range.map(|(a, b)| b - a + 1);
+        let expected_len = range.and_then(|(a, b)| b.checked_sub(a).and_then(|d| d.checked_add(1)));
         self.append_locked(id, &mut session, expected_len, body)
             .await?;
         let result = self.commit_session(repo, id, &mut session, digest).await;
