@@ -7,6 +7,7 @@ pub mod elf;
 pub mod index;
 pub mod model;
 pub mod pack;
+pub mod payload;
 pub mod service;
 
 pub use index::ArtifactIndex;
@@ -30,6 +31,9 @@ pub enum ArtifactError {
     InvalidName(String),
     #[error("{0}")]
     InvalidEbpf(String),
+    /// A pre-packed archive breaks the archive rules (see `payload`).
+    #[error("{0}")]
+    InvalidArtifact(String),
     #[error("invalid artifact id {0:?}: expected sha256:<64 hex>")]
     InvalidId(String),
     #[error("{0}")]
@@ -46,6 +50,8 @@ pub enum ArtifactError {
         "payload is over the {max}-byte limit; push large artifacts with oras (chunked uploads)"
     )]
     TooLarge { max: u64 },
+    #[error("the archive unpacks to more than {max} bytes, the artifact size limit")]
+    ArchiveTooLarge { max: u64 },
     /// A signer is configured and could not sign: nothing was stored.
     #[error("the artifact could not be signed: {0}")]
     SigningUnavailable(String),
@@ -65,11 +71,14 @@ impl ArtifactError {
             ArtifactError::InvalidBase64(_) => "invalid_base64",
             ArtifactError::InvalidName(_) => "invalid_name",
             ArtifactError::InvalidEbpf(_) => "invalid_ebpf",
+            ArtifactError::InvalidArtifact(_) => "invalid_artifact",
             ArtifactError::InvalidId(_) => "invalid_id",
             ArtifactError::InvalidHostId(_) => "invalid_host_id",
             ArtifactError::NotFound(_) => "not_found",
             ArtifactError::VersionExists { .. } => "version_exists",
-            ArtifactError::TooLarge { .. } => "payload_too_large",
+            ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => {
+                "payload_too_large"
+            }
             ArtifactError::SigningUnavailable(_) => "signing_unavailable",
             ArtifactError::Registry(e) if is_storage_full(e) => "storage_full",
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => {
@@ -87,12 +96,13 @@ impl ArtifactError {
             | ArtifactError::InvalidBase64(_)
             | ArtifactError::InvalidName(_)
             | ArtifactError::InvalidEbpf(_)
+            | ArtifactError::InvalidArtifact(_)
             | ArtifactError::InvalidId(_)
             | ArtifactError::InvalidHostId(_) => 400,
             ArtifactError::UnsupportedMediaType => 415,
             ArtifactError::NotFound(_) => 404,
             ArtifactError::VersionExists { .. } => 409,
-            ArtifactError::TooLarge { .. } => 413,
+            ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => 413,
             ArtifactError::SigningUnavailable(_) => 503,
             ArtifactError::Registry(e) if is_storage_full(e) => 507,
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => 416,
