@@ -38,6 +38,7 @@ use super::{json_response, read_body_capped, AppState, RouteName};
 use crate::auth::{parse_scopes, token, Action, Actions, Auth, Claims, LoginError};
 use crate::error::{OciError, OciErrorCode};
 use crate::oci::{Digest, RepoName};
+use crate::registry::Principal;
 
 /// Largest `POST /token` form accepted.
 const MAX_TOKEN_FORM_BYTES: u64 = 64 * 1024;
@@ -151,6 +152,27 @@ impl Caller {
             Some(&scope),
             "rest",
         )
+    }
+}
+
+impl Caller {
+    /// Whom per-principal limits (upload sessions) count against: the
+    /// user, or `ip` for an anonymous caller.
+    pub fn principal(&self, ip: IpAddr) -> Principal {
+        match self.user() {
+            Some(u) => Principal::user(u),
+            None => Principal::address(ip),
+        }
+    }
+
+    /// The principal of a request the middleware let through: its
+    /// caller's, or its source address when authentication is off.
+    pub fn principal_of(req: &Request) -> Principal {
+        let ip = client_ip(req);
+        match req.extensions().get::<Caller>() {
+            Some(c) => c.principal(ip),
+            None => Principal::address(ip),
+        }
     }
 }
 
