@@ -189,7 +189,7 @@ impl From<RegistryError> for OciError {
             other => other,
         };
         let code = match &e {
-            R::Storage(_) | R::Body(_) | R::UploadInvalid(_) => C::BlobUploadInvalid,
+            R::Storage(_) | R::Body(_) => C::BlobUploadInvalid,
             R::Manifest(_) => C::ManifestInvalid,
             R::BlobUnknown(_) => C::BlobUnknown,
             R::NameUnknown(_) => C::NameUnknown,

@@ -187,3 +187,24 @@ pub fn hash_reader(reader: &mut dyn Read) -> std::io::Result<(crate::oci::Digest
     }
     Ok((hasher.finish(), total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::OciError;
+
+    #[tokio::test]
+    async fn a_worker_that_dies_is_an_internal_error_not_the_clients() {
+        let e = blocking(|| -> RegistryResult<()> { panic!("worker died") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Internal(_)), "{e}");
+        let oci = OciError::from(e);
+        assert_eq!(oci.code.status().as_u16(), 500);
+        assert_eq!(oci.code.as_str(), "UNKNOWN");
+        assert!(
+            !oci.message.contains("worker died"),
+            "detail is not returned"
+        );
+    }
+}

@@ -45,8 +45,6 @@ pub enum RegistryError {
     DigestInvalid(String),
     #[error("upload session not found")]
     UploadUnknown,
-    #[error("{0}")]
-    UploadInvalid(String),
     #[error("chunk starts at {got} but the upload is at offset {offset}")]
     RangeInvalid { offset: u64, got: u64 },
     #[error("requested range is not satisfiable for a blob of {total} bytes")]
