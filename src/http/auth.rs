@@ -38,7 +38,6 @@ use super::{json_response, read_body_capped, AppState, RouteName};
 use crate::auth::{parse_scopes, token, Action, Actions, Auth, Claims, LoginError};
 use crate::error::{OciError, OciErrorCode};
 use crate::oci::{Digest, RepoName};
-use crate::registry::Principal;
 
 /// Largest `POST /token` form accepted.
 const MAX_TOKEN_FORM_BYTES: u64 = 64 * 1024;
@@ -158,20 +157,20 @@ impl Caller {
 impl Caller {
     /// Whom per-principal limits (upload sessions) count against: the
     /// user, or `ip` for an anonymous caller.
-    pub fn principal(&self, ip: IpAddr) -> Principal {
+    pub fn principal(&self, ip: IpAddr) -> crate::registry::Principal {
         match self.user() {
-            Some(u) => Principal::user(u),
-            None => Principal::address(ip),
+            Some(u) => crate::registry::Principal::user(u),
+            None => crate::registry::Principal::address(ip),
         }
     }
 
     /// The principal of a request the middleware let through: its
     /// caller's, or its source address when authentication is off.
-    pub fn principal_of(req: &Request) -> Principal {
+    pub fn principal_of(req: &Request) -> crate::registry::Principal {
         let ip = client_ip(req);
         match req.extensions().get::<Caller>() {
             Some(c) => c.principal(ip),
-            None => Principal::address(ip),
+            None => crate::registry::Principal::address(ip),
         }
     }
 }
