@@ -274,9 +274,9 @@ impl Auth {
             match read_users(&self.settings.htpasswd) {
                 Ok(u) => {
                     let n = u.len();
-                    // The cost may have changed.
+                    // The cost may have changed: start the estimate over.
                     if let Ok(took) = time_one_check(&u) {
-                        self.verify_timer.record(took);
+                        self.verify_timer.reset(took);
                     }
                     *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(u);
                     self.generation.fetch_add(1, Ordering::SeqCst);
