@@ -6,7 +6,8 @@ Each round starts the release binary on one data directory (kept across
 rounds), drives concurrent clients for a random 1-3 s -- monolithic and
 chunked blob pushes with manifests, POST /artifacts, host associations
 added and removed, manifest and artifact deletes, chunked uploads left open
-on purpose -- then SIGKILLs the server at that random moment, restarts it
+on purpose, and a PUT completing an upload with a large final chunk raced
+by a PATCH on the same upload 3 ms later -- then SIGKILLs the server at that random moment, restarts it
 on the same directory and verifies, for everything acknowledged in this
 and every earlier round:
 
@@ -20,6 +21,10 @@ and every earlier round:
   * every chunked upload left open resumes (GET gives the acknowledged
     offset, or the offset plus a chunk in flight at the kill; continuing and
     closing it succeeds with the right digest) or is cleanly gone (404);
+  * racing PUT/PATCH on one upload: never a 5xx, never both acknowledged,
+    and a session acknowledged as finished (PUT 201) or cancelled (DELETE
+    204) never reappears (GET 404 after the restart); the blob of every
+    acknowledged PUT is intact (checked with the other blobs);
   * on disk: no blob whose bytes do not hash to its name, no manifest that
     references a missing blob or index child, no tag pointing to a missing
     manifest.
@@ -81,6 +86,9 @@ class State:
         self.assoc: set[tuple[str, str]] = set()  # (host, id) acknowledged
         self.assoc_uncertain: set[tuple[str, str]] = set()  # in flight either way
         self.sessions: list[dict] = []  # open chunked uploads
+        self.ended_sessions: list[str] = []  # upload Locations acknowledged as finished or cancelled
+        self.race_faults: list[str] = []  # 5xx or two winners in a PUT/PATCH race
+        self.races = {"run": 0, "put_won": 0, "patch_won": 0}
         self.acknowledged = 0
 
     def ack(self, n: int = 1) -> None:
@@ -265,9 +273,73 @@ class Worker(threading.Thread):
             sess["loc"] = r.headers["Location"]
             self.st.ack()
 
+    def op_race_upload(self) -> None:
+        """PUT with a large final chunk, and a streamed PATCH (no
+        Content-Range) on the same upload 3 ms later: one writer wins."""
+        repo = f"crash/w{self.wid}"
+        first = self.rng.randbytes(30_000)
+        final = self.rng.randbytes(self.rng.choice([1 << 20, 4 << 20]))
+        data = first + final
+        d = sha256(data)
+        r = self.s.post(f"{self.url}/v2/{repo}/blobs/uploads/", timeout=TIMEOUT)
+        if r.status_code != 202:
+            raise RuntimeError(f"start upload {r.status_code}")
+        loc = r.headers["Location"]
+        r = self.s.patch(f"{self.url}{loc}", data=first, timeout=TIMEOUT, headers={
+            "Content-Range": f"0-{len(first) - 1}", "Content-Type": "application/octet-stream"})
+        if r.status_code != 202:
+            raise RuntimeError(f"patch {r.status_code}")
+        loc = r.headers["Location"]
+        put: dict = {}
+
+        def complete() -> None:
+            try:
+                rr = requests.put(f"{self.url}{loc}{'&' if '?' in loc else '?'}digest={d}", data=final,
+                                  timeout=TIMEOUT, headers={
+                                      "Content-Range": f"{len(first)}-{len(data) - 1}",
+                                      "Content-Type": "application/octet-stream"})
+                put["status"], put["text"] = rr.status_code, rr.text[:200]
+            except requests.RequestException:
+                put["status"] = None  # cut off (by the kill): either way
+        t = threading.Thread(target=complete, daemon=True)
+        t.start()
+        time.sleep(0.003)
+        try:
+            r = self.s.patch(f"{self.url}{loc}", data=b"x" * 1024, timeout=TIMEOUT,
+                             headers={"Content-Type": "application/octet-stream"})
+            patch = (r.status_code, r.text[:200])
+        except requests.RequestException:
+            patch = (None, "")
+        t.join(timeout=TIMEOUT)
+        statuses = [("PUT", put.get("status"), put.get("text", "")), ("PATCH", patch[0], patch[1])]
+        with self.st.lock:
+            self.st.races["run"] += 1
+            for what, status, text in statuses:
+                if status is not None and status >= 500:
+                    self.st.race_faults.append(f"race on {loc}: {what} {status} {text}")
+            if put.get("status") == 201 and patch[0] == 202:
+                self.st.race_faults.append(f"race on {loc}: both PUT and PATCH acknowledged")
+            if put.get("status") == 201:
+                self.st.races["put_won"] += 1
+                self.st.blobs[(repo, d)] = data
+                self.st.ended_sessions.append(loc)
+            elif patch[0] == 202:
+                self.st.races["patch_won"] += 1
+        if put.get("status") == 201:
+            self.st.ack()
+            return
+        if patch[0] == 202:
+            self.st.ack()
+            r = self.s.delete(f"{self.url}{loc}", timeout=TIMEOUT)
+            if r.status_code == 204:
+                with self.st.lock:
+                    self.st.ended_sessions.append(loc)
+                self.st.ack()
+
     def run(self) -> None:
         ops = [(self.op_push_image, 40), (self.op_post_artifact, 20), (self.op_associate, 20),
-               (self.op_delete_manifest, 6), (self.op_delete_artifact, 4), (self.op_open_session, 10)]
+               (self.op_delete_manifest, 6), (self.op_delete_artifact, 4), (self.op_open_session, 10),
+               (self.op_race_upload, 6)]
         fns, weights = zip(*ops)
         while not self.stop.is_set():
             self.n += 1
@@ -446,6 +518,18 @@ class Harness:
             self.st.blobs[(sess["repo"], d)] = data
             self.verified += 1
 
+    def check_races(self, s: requests.Session) -> None:
+        with self.st.lock:
+            faults, self.st.race_faults = self.st.race_faults, []
+            ended = list(self.st.ended_sessions)
+        for f in faults:
+            self.violation(f)
+        for loc in ended:
+            r = s.get(f"{self.url}{loc}", timeout=TIMEOUT)
+            if r.status_code != 404:
+                self.violation(f"finished upload {loc} came back: {r.status_code}")
+            self.verified += 1
+
     def check_disk(self) -> None:
         """The store itself: sound blobs, complete manifests, live tags."""
         blobs_dir = os.path.join(self.data, "blobs", "sha256")
@@ -499,6 +583,7 @@ class Harness:
         self.check_artifacts(s)
         self.check_hosts(s)
         self.check_sessions(s)
+        self.check_races(s)
 
     def run(self) -> int:
         started = time.time()
@@ -535,6 +620,9 @@ class Harness:
                     self.violation(f"scrub: {line}")
         finally:
             self.kill()
+        races = self.st.races
+        print(f"upload races: {races['run']} run, PUT won {races['put_won']}, PATCH won {races['patch_won']}",
+              flush=True)
         print(f"crash harness: rounds {self.args.rounds}, operations acknowledged {self.st.acknowledged}, "
               f"operations verified {self.verified}, violations {len(self.violations)} "
               f"({time.time() - started:.1f}s)", flush=True)

@@ -118,6 +118,7 @@ fn open(
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
+        ..Limits::default()
     };
     let registry = Arc::new(Registry::new(Arc::new(backend), limits));
     Ok((config, lock, runtime, registry))

@@ -32,6 +32,9 @@ pub struct Config {
     pub log_level: LogLevel,
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
+    /// Upload sessions open at once per user (per source address for
+    /// anonymous callers and when authentication is off).
+    pub max_upload_sessions_per_user: usize,
     pub max_artifact_bytes: u64,
     /// Time between online garbage collections; `None` (`0`) turns it off.
     pub gc_interval: Option<Duration>,
@@ -96,6 +99,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "BPF_REGISTRY_MAX_UPLOAD_SESSIONS",
         "1024",
         "upload sessions open at once; more get 429",
+    ),
+    (
+        "BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER",
+        "64",
+        "upload sessions open at once per user (per source address for anonymous callers and when auth is off); more get 429",
     ),
     (
         "BPF_REGISTRY_MAX_ARTIFACT_BYTES",
@@ -246,6 +254,11 @@ impl Config {
             log_level,
             max_manifest_bytes: number(&val, "BPF_REGISTRY_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)?,
             max_upload_sessions: number(&val, "BPF_REGISTRY_MAX_UPLOAD_SESSIONS", 1024)? as usize,
+            max_upload_sessions_per_user: number(
+                &val,
+                "BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER",
+                64,
+            )? as usize,
             max_artifact_bytes: number(&val, "BPF_REGISTRY_MAX_ARTIFACT_BYTES", 64 * 1024 * 1024)?,
             gc_interval: Some(duration(&val, "BPF_REGISTRY_GC_INTERVAL", HOUR)?)
                 .filter(|d| !d.is_zero()),
@@ -479,6 +492,17 @@ mod tests {
             "BPF_REGISTRY_LOG_LEVEL"
         );
         assert!(cfg(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "-1")]).is_err());
+    }
+
+    #[test]
+    fn per_user_upload_sessions() {
+        assert_eq!(cfg(&[]).unwrap().max_upload_sessions_per_user, 64);
+        let c = cfg(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER", "5")]).unwrap();
+        assert_eq!(c.max_upload_sessions_per_user, 5);
+        for bad in ["0", "-1", "many", "1.5"] {
+            let e = cfg(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER", bad)]).unwrap_err();
+            assert_eq!(e.var, "BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER", "{bad}");
+        }
     }
 
     #[test]

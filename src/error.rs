@@ -182,10 +182,14 @@ impl From<RegistryError> for OciError {
         use RegistryError as R;
         let e = match e {
             R::Storage(s) => return s.into(),
+            R::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                return OciError::new(C::Unknown, "internal error");
+            }
             other => other,
         };
         let code = match &e {
-            R::Storage(_) | R::Body(_) | R::UploadInvalid(_) => C::BlobUploadInvalid,
+            R::Storage(_) | R::Body(_) => C::BlobUploadInvalid,
             R::Manifest(_) => C::ManifestInvalid,
             R::BlobUnknown(_) => C::BlobUnknown,
             R::NameUnknown(_) => C::NameUnknown,
@@ -197,7 +201,8 @@ impl From<RegistryError> for OciError {
             R::RangeInvalid { .. } | R::RangeNotSatisfiable { .. } => C::RangeInvalid,
             R::SizeInvalid(_) => C::SizeInvalid,
             R::BodyTooLarge { .. } => C::BodyTooLarge,
-            R::TooManyUploads => C::TooManyRequests,
+            R::TooManyUploads { .. } => C::TooManyRequests,
+            R::Internal(_) => C::Unknown,
         };
         OciError::new(code, e.to_string())
     }

@@ -44,6 +44,7 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
+        max_upload_sessions_per_principal: config.max_upload_sessions_per_user,
     };
     let backend: Arc<dyn storage::Backend> = Arc::new(backend);
     let registry = Arc::new(Registry::new(backend.clone(), limits));

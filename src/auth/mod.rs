@@ -3,6 +3,13 @@
 //! Docker token flow ([`token`]), and the caches and limits that keep
 //! Basic authentication cheap and brute force slow ([`limiter`]).
 //!
+//! Only a known user's password is ever checked with bcrypt: an unknown
+//! user name waits as long as a check typically takes, without a CPU or a
+//! bcrypt slot, so neither the answer nor its timing tells which names
+//! exist, and a caller spraying names cannot take the pool from real
+//! users. The checks a client address can run at once and the failed
+//! checks it may cause per minute are capped (see [`limiter`]).
+//!
 //! [`Auth`] ties them together; the HTTP layer (`http::auth`) calls it
 //! from one middleware and from the `/token` endpoint. Authentication is
 //! on when `BPF_REGISTRY_AUTH_HTPASSWD` is set. The user file and the
@@ -27,7 +34,7 @@ pub use policy::{Action, Actions, Policy};
 pub use token::{Claims, ResourceActions, TokenError, TokenKey};
 
 use crate::oci::RepoName;
-use limiter::{FailureLimiter, LoginCache};
+use limiter::{AddressSlots, FailureLimiter, LoginCache, VerifyTimer};
 use sha2::{Digest as _, Sha256};
 
 /// How often the user and policy files are checked for changes.
@@ -35,7 +42,8 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Lifetime of a refresh token (`offline_token=true`, `access_type=offline`).
 pub const REFRESH_TTL: Duration = Duration::from_secs(24 * 3600);
 /// bcrypt checks running at once; more wait (each takes a core for tens of
-/// milliseconds).
+/// milliseconds). One client address gets at most
+/// [`limiter::BCRYPT_PER_ADDRESS`] of them.
 const BCRYPT_PARALLEL: usize = 4;
 /// Verified access tokens remembered at most.
 const VERIFIED_CACHE_MAX: usize = 10_000;
@@ -140,6 +148,15 @@ fn read_policy(path: Option<&Path>) -> Result<Policy, String> {
     Policy::parse(&text).map_err(|e| format!("BPF_REGISTRY_AUTH_POLICY {}: {e}", path.display()))
 }
 
+/// How long one bcrypt check at the file's highest cost takes here (a
+/// hash costs what a verification costs).
+fn time_one_check(users: &Users) -> Result<Duration, String> {
+    let started = Instant::now();
+    bcrypt::hash("bpf-registry-timing", users.max_cost().clamp(4, 31))
+        .map_err(|e| format!("cannot prepare bcrypt: {e}"))?;
+    Ok(started.elapsed())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -157,9 +174,10 @@ pub struct Auth {
     key: TokenKey,
     cache: Mutex<LoginCache>,
     limiter: Mutex<FailureLimiter>,
-    /// Checked for unknown users, so they take as long as known ones.
-    dummy_hash: String,
+    /// How long a check takes: an unknown user waits that long.
+    verify_timer: VerifyTimer,
     bcrypt_slots: tokio::sync::Semaphore,
+    address_slots: AddressSlots,
     /// Access tokens that verified, by SHA-256 of the token.
     verified: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
 }
@@ -191,8 +209,7 @@ impl Auth {
                     }
                 },
             )?;
-        let dummy_hash = bcrypt::hash("bpf-registry-no-such-user", users.max_cost().clamp(4, 31))
-            .map_err(|e| format!("cannot prepare bcrypt: {e}"))?;
+        let verify_timer = VerifyTimer::new(time_one_check(&users)?);
         let (groups, grants, anonymous) = policy.summary();
         tracing::info!(
             users = users.len(),
@@ -220,8 +237,9 @@ impl Auth {
             key,
             cache: Mutex::new(LoginCache::new()),
             limiter: Mutex::new(FailureLimiter::new()),
-            dummy_hash,
+            verify_timer,
             bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_PARALLEL),
+            address_slots: AddressSlots::default(),
             verified: Mutex::new(HashMap::new()),
             settings,
         })
@@ -256,6 +274,10 @@ impl Auth {
             match read_users(&self.settings.htpasswd) {
                 Ok(u) => {
                     let n = u.len();
+                    // The cost may have changed: start the estimate over.
+                    if let Ok(took) = time_one_check(&u) {
+                        self.verify_timer.reset(took);
+                    }
                     *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(u);
                     self.generation.fetch_add(1, Ordering::SeqCst);
                     lock(&self.cache).clear();
@@ -319,8 +341,10 @@ impl Auth {
         });
     }
 
-    /// Checks a user name and password (Basic), through the cache and the
-    /// failure limiter.
+    /// Checks a user name and password (Basic), through the caches and
+    /// the failure limits. Only a known user's password costs a bcrypt
+    /// check, and only if this pair did not fail a moment ago; everything
+    /// else that fails waits the typical check time and costs nothing.
     pub async fn check_password(
         &self,
         user: &str,
@@ -339,34 +363,72 @@ impl Auth {
             }
             key
         };
+        // Checked after the cache: a user whose login is cached keeps
+        // working from an address that is refused new checks.
+        if let Some(wait) = lock(&self.limiter).address_blocked(client, now) {
+            return Err(LoginError::RateLimited(wait));
+        }
         let generation = self.generation.load(Ordering::SeqCst);
         let users = self.users();
-        let (hash, known) = match users.hash_of(user) {
-            Some(h) => (h.to_string(), true),
-            None => (self.dummy_hash.clone(), false),
+        let hash = users.hash_of(user).map(str::to_string);
+        let known = hash.is_some();
+        let failed_before = known && lock(&self.cache).failed_recently(&key, now);
+        let Some(hash) = hash.filter(|_| !failed_before) else {
+            tokio::time::sleep(self.verify_timer.typical()).await;
+            return Err(self.login_failed(user, client, known, false, None));
         };
         let pw = password.to_string();
         let ok = {
+            let _mine = self.address_slots.acquire(client).await;
             let _slot = self.bcrypt_slots.acquire().await;
-            tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false)
+            let started = Instant::now();
+            let ok =
+                tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
+                    .await
+                    .unwrap_or(false);
+            self.verify_timer.record(started.elapsed());
+            ok
         };
-        if ok && known {
+        if ok {
             if self.generation.load(Ordering::SeqCst) == generation {
                 lock(&self.cache).remember(key, Instant::now());
             }
             lock(&self.limiter).succeed(user, client);
             return Ok(());
         }
-        let failures = lock(&self.limiter).fail(user, client, Instant::now());
+        let unchanged = self.generation.load(Ordering::SeqCst) == generation;
+        Err(self.login_failed(user, client, true, true, unchanged.then_some(key)))
+    }
+
+    /// Counts a failed login: for the pair, and for the address when
+    /// bcrypt ran (`verified`); `remember` is the pair's cache key when
+    /// the failure may be cached (the user file did not change meanwhile).
+    fn login_failed(
+        &self,
+        user: &str,
+        client: IpAddr,
+        known: bool,
+        verified: bool,
+        remember: Option<[u8; 32]>,
+    ) -> LoginError {
+        let now = Instant::now();
+        let failures = {
+            let mut l = lock(&self.limiter);
+            if verified {
+                l.fail_verification(client, now);
+            }
+            l.fail(user, client, known, now)
+        };
+        if let Some(key) = remember {
+            lock(&self.cache).remember_failure(key, now);
+        }
         tracing::warn!(
             user = %user.chars().take(64).collect::<String>(),
             client = %client,
             failures,
             "login failed"
         );
-        Err(LoginError::Invalid)
+        LoginError::Invalid
     }
 
     /// What `user` (`None`: anonymous) may do on `repo`.
@@ -610,6 +672,76 @@ mod tests {
         // A second load reuses it.
         let again = Auth::load(settings(dir.path(), Some(policy))).unwrap();
         assert!(again.verify_access_token(&issued.token).is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_users_and_repeated_failures_cost_no_bcrypt_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load(settings(dir.path(), None)).unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // A failed pair is remembered...
+        assert_eq!(
+            auth.check_password("bob", "wrong", ip).await,
+            Err(LoginError::Invalid)
+        );
+        // ...so with every bcrypt slot taken, unknown users and the same
+        // wrong password are still answered...
+        let _all = auth
+            .bcrypt_slots
+            .acquire_many(BCRYPT_PARALLEL as u32)
+            .await
+            .unwrap();
+        let bound = Duration::from_secs(5);
+        for (user, pw) in [("nobody", "pw"), ("bob", "wrong")] {
+            let r = tokio::time::timeout(bound, auth.check_password(user, pw, ip)).await;
+            assert_eq!(r, Ok(Err(LoginError::Invalid)), "{user}");
+        }
+        // ...while a real check waits for a slot.
+        let r = tokio::time::timeout(
+            Duration::from_millis(200),
+            auth.check_password("alice", "pw", ip),
+        )
+        .await;
+        assert!(r.is_err(), "a known user's check needs a bcrypt slot");
+    }
+
+    #[tokio::test]
+    async fn an_address_guessing_many_passwords_is_refused_new_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = bcrypt::hash("pw", 4).unwrap();
+        let names: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+        let file: String = names.iter().map(|n| format!("{n}:{h}\n")).collect();
+        let mut s = settings(dir.path(), None);
+        s.htpasswd = write(dir.path(), "htpasswd", &format!("{file}alice:{h}\n"));
+        let auth = Auth::load(s).unwrap();
+        let ip: IpAddr = "10.1.1.1".parse().unwrap();
+        let other: IpAddr = "10.1.1.2".parse().unwrap();
+        // A login cached before the attack keeps working.
+        assert_eq!(auth.check_password("alice", "pw", ip).await, Ok(()));
+        let mut guesses = 0;
+        'guessing: for n in &names {
+            for g in 0..limiter::MAX_FAILURES - 1 {
+                if guesses == limiter::MAX_VERIFIED_FAILURES_PER_ADDRESS {
+                    break 'guessing;
+                }
+                let r = auth.check_password(n, &format!("guess{g}"), ip).await;
+                assert_eq!(r, Err(LoginError::Invalid));
+                guesses += 1;
+            }
+        }
+        assert_eq!(guesses, limiter::MAX_VERIFIED_FAILURES_PER_ADDRESS);
+        // Every new check from the address is refused, whatever the name.
+        for user in ["user7", "nobody"] {
+            assert!(
+                matches!(
+                    auth.check_password(user, "pw", ip).await,
+                    Err(LoginError::RateLimited(_))
+                ),
+                "{user}"
+            );
+        }
+        assert_eq!(auth.check_password("alice", "pw", ip).await, Ok(()));
+        assert_eq!(auth.check_password("user7", "pw", other).await, Ok(()));
     }
 
     #[tokio::test]

@@ -154,6 +154,27 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Whom per-principal limits (upload sessions) count against: the
+    /// user, or `ip` for an anonymous caller.
+    pub fn principal(&self, ip: IpAddr) -> crate::registry::Principal {
+        match self.user() {
+            Some(u) => crate::registry::Principal::user(u),
+            None => crate::registry::Principal::address(ip),
+        }
+    }
+
+    /// The principal of a request the middleware let through: its
+    /// caller's, or its source address when authentication is off.
+    pub fn principal_of(req: &Request) -> crate::registry::Principal {
+        let ip = client_ip(req);
+        match req.extensions().get::<Caller>() {
+            Some(c) => c.principal(ip),
+            None => crate::registry::Principal::address(ip),
+        }
+    }
+}
+
 /// Keeps the entries of a list the caller may pull; everything when
 /// authentication is off (`caller` is `None`).
 pub fn visible(caller: Option<&Caller>, repo: &RepoName) -> bool {

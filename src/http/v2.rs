@@ -310,7 +310,8 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 let d = reg.upload_monolithic(&name, &digest, stream).await?;
                 return Ok(blob_created(&name, &d));
             }
-            let status = reg.start_upload(&name).await?;
+            let owner = super::auth::Caller::principal_of(&req);
+            let status = reg.start_upload(&name, &owner).await?;
             Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED))
         }
         Endpoint::GetUpload { name, id } => {

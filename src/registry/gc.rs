@@ -887,7 +887,9 @@ mod tests {
     async fn stale_uploads_and_temp_files_are_purged() {
         let (dir, reg) = setup();
         let repo = RepoName::parse("gc/uploads").unwrap();
-        reg.start_upload(&repo).await.unwrap();
+        reg.start_upload(&repo, &crate::registry::Principal::user("gc"))
+            .await
+            .unwrap();
         std::fs::write(dir.path().join("blobs.tmp-crashed"), b"partial").unwrap();
         let mut o = opts(0);
         o.upload_ttl = Duration::ZERO;

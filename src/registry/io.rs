@@ -17,6 +17,12 @@ pub const BLOCK: usize = 1024 * 1024;
 /// How many written bytes between writeback kicks.
 const WRITEBACK_EVERY: usize = 8 * 1024 * 1024;
 
+/// A blocking worker that panicked or was cancelled: an internal fault,
+/// never the client's.
+fn worker_failed(e: tokio::task::JoinError) -> RegistryError {
+    RegistryError::Internal(format!("worker failed: {e}"))
+}
+
 /// Runs a closure on the blocking pool.
 pub async fn blocking<T, F>(f: F) -> RegistryResult<T>
 where
@@ -25,7 +31,7 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RegistryError::Body(format!("worker failed: {e}")))?
+        .map_err(worker_failed)?
 }
 
 pub struct Pumped {
@@ -112,9 +118,8 @@ where
     }
     drop(hash_tx);
     drop(write_tx);
-    let joined = |e: tokio::task::JoinError| RegistryError::Body(format!("worker failed: {e}"));
-    let write_result = write_worker.await.map_err(joined)?;
-    let hasher = hash_worker.await.map_err(joined)?;
+    let write_result = write_worker.await.map_err(worker_failed)?;
+    let hasher = hash_worker.await.map_err(worker_failed)?;
     if let Some(f) = failure {
         return Err(f);
     }
@@ -181,4 +186,25 @@ pub fn hash_reader(reader: &mut dyn Read) -> std::io::Result<(crate::oci::Digest
         total += n as u64;
     }
     Ok((hasher.finish(), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::OciError;
+
+    #[tokio::test]
+    async fn a_worker_that_dies_is_an_internal_error_not_the_clients() {
+        let e = blocking(|| -> RegistryResult<()> { panic!("worker died") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Internal(_)), "{e}");
+        let oci = OciError::from(e);
+        assert_eq!(oci.code.status().as_u16(), 500);
+        assert_eq!(oci.code.as_str(), "UNKNOWN");
+        assert!(
+            !oci.message.contains("worker died"),
+            "detail is not returned"
+        );
+    }
 }

@@ -8,12 +8,14 @@ pub mod gc;
 mod io;
 mod manifests;
 pub mod scrub;
+mod upload_table;
 mod uploads;
 
 use std::sync::Arc;
 
 pub use blobs::{BlobRead, ByteRange};
 pub use manifests::{ManifestListener, ManifestRead, ManifestStored, Page};
+pub use upload_table::{Principal, UploadCap};
 pub use uploads::UploadStatus;
 
 use crate::oci::{Digest, ManifestError, RepoName};
@@ -43,8 +45,6 @@ pub enum RegistryError {
     DigestInvalid(String),
     #[error("upload session not found")]
     UploadUnknown,
-    #[error("{0}")]
-    UploadInvalid(String),
     #[error("chunk starts at {got} but the upload is at offset {offset}")]
     RangeInvalid { offset: u64, got: u64 },
     #[error("requested range is not satisfiable for a blob of {total} bytes")]
@@ -55,8 +55,12 @@ pub enum RegistryError {
     BodyTooLarge { max: u64 },
     #[error("request body could not be read: {0}")]
     Body(String),
-    #[error("too many upload sessions in progress")]
-    TooManyUploads,
+    #[error("{}", .cap.describe(*.limit))]
+    TooManyUploads { cap: UploadCap, limit: usize },
+    /// An internal fault (a worker thread that died, a value that did not
+    /// serialize): a 500, never a client mistake.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("manifest {digest} has media type {media_type}, which the request's Accept header does not allow")]
     NotAcceptable { digest: Digest, media_type: String },
 }
@@ -67,7 +71,10 @@ pub type RegistryResult<T> = Result<T, RegistryError>;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_manifest_bytes: u64,
+    /// Upload sessions open at once, registry-wide.
     pub max_upload_sessions: usize,
+    /// Upload sessions open at once per [`Principal`].
+    pub max_upload_sessions_per_principal: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +82,7 @@ impl Default for Limits {
         Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
             max_upload_sessions: 1024,
+            max_upload_sessions_per_principal: 64,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Blob upload sessions: monolithic, POST+PUT and chunked PATCH uploads,
 //! persisted under `_uploads/<id>/` so a chunked upload survives a restart.
-//! The `state` file records the acknowledged offset; bytes past it (a chunk
-//! cut short by a crash) are dropped when the session is next opened. A
-//! blob becomes visible only after its digest was verified.
+//! The `state` file records the acknowledged offset and the session's
+//! owner; bytes past the offset (a chunk cut short by a crash) are dropped
+//! when the session is next opened. A blob becomes visible only after its
+//! digest was verified. Every operation on a session holds its slot (see
+//! `upload_table`) from the first look to the last write, so racing
+//! requests on one upload run one after the other, and a session that
+//! ended is refused to whoever was waiting for it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -13,9 +15,12 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use super::io::{blocking, hash_reader, pump};
+use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef};
 use super::{Registry, RegistryError, RegistryResult};
 use crate::oci::{Digest, RepoName, Sha256Hasher};
-use crate::storage::{paths, UploadId};
+use crate::storage::{paths, Backend, UploadId};
+
+pub use super::upload_table::Sessions;
 
 const STATE_MAX: u64 = 64 * 1024;
 
@@ -24,22 +29,20 @@ struct UploadState {
     repository: String,
     offset: u64,
     started_at: u64,
+    /// Absent in sessions written before owners were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<Principal>,
 }
 
-struct Session {
-    repo: RepoName,
-    offset: u64,
-    started_at: u64,
-    /// The hash of bytes `0..offset`; `None` after a restart or a failed
-    /// chunk, in which case the data is re-hashed from disk at the end.
-    hasher: Option<Sha256Hasher>,
-}
-
-/// In-memory view of the sessions: one async lock per session serializes
-/// its chunks; the state file on disk is the truth.
-#[derive(Default)]
-pub struct Sessions {
-    open: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<Session>>>>,
+impl UploadState {
+    fn of(session: &Session, offset: u64) -> UploadState {
+        UploadState {
+            repository: session.repo.to_string(),
+            offset,
+            started_at: session.started_at,
+            owner: session.owner.clone(),
+        }
+    }
 }
 
 /// Where an upload stands.
@@ -59,78 +62,164 @@ fn now_secs() -> u64 {
 /// A body with no size cap beyond what fits in a u64.
 const NO_CAP: u64 = u64::MAX;
 
+/// A session's state read from disk; `None` if it has none (never existed,
+/// ended, or a folder left by a crash) or it does not parse.
+fn read_state(b: &dyn Backend, id: &UploadId) -> RegistryResult<Option<UploadState>> {
+    let Some(raw) = b.read_small(&paths::upload_state(id), STATE_MAX)? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&raw).ok())
+}
+
+/// Seconds since a session was last written (its folder's age when it has
+/// no state).
+fn age_of(b: &dyn Backend, id: &UploadId) -> RegistryResult<u64> {
+    let state_age = b.age_secs(&paths::upload_state(id))?;
+    let dir_age = b.age_secs(&paths::upload_dir(id))?.unwrap_or(0);
+    Ok(state_age.unwrap_or(dir_age))
+}
+
+/// An open session: the slot and its held lock (the right to write).
+struct Open {
+    slot: SlotRef,
+    guard: SlotGuard,
+}
+
+impl Open {
+    fn session(&mut self) -> RegistryResult<&mut Session> {
+        match &mut *self.guard {
+            Slot::Live(s) => Ok(s),
+            _ => Err(RegistryError::UploadUnknown),
+        }
+    }
+}
+
 impl Registry {
-    fn sessions_map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<tokio::sync::Mutex<Session>>>> {
-        self.uploads.open.lock().unwrap_or_else(|p| p.into_inner())
+    /// Counts the sessions on disk once per process, before any session is
+    /// started, opened or purged, so the caps hold across a restart.
+    async fn sessions_counted(&self) -> RegistryResult<()> {
+        self.uploads
+            .ensure_counted(|| async {
+                let b = self.backend.clone();
+                let found = blocking(move || {
+                    let mut found = Vec::new();
+                    for e in b.list(&paths::uploads_dir())? {
+                        let Some(id) = UploadId::parse(&e.name) else {
+                            continue;
+                        };
+                        if let Some(state) = read_state(b.as_ref(), &id)? {
+                            found.push((id, state.owner));
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+                self.uploads.count_found(found);
+                Ok(())
+            })
+            .await
     }
 
-    /// Starts an upload session (`POST /v2/<name>/blobs/uploads/`).
-    pub async fn start_upload(&self, repo: &RepoName) -> RegistryResult<UploadStatus> {
-        if self.sessions_map().len() >= self.limits.max_upload_sessions {
-            return Err(RegistryError::TooManyUploads);
-        }
+    /// Starts an upload session (`POST /v2/<name>/blobs/uploads/`) owned by
+    /// `owner`. Refused with `TooManyUploads` when the registry-wide cap or
+    /// the owner's cap is reached.
+    pub async fn start_upload(
+        &self,
+        repo: &RepoName,
+        owner: &Principal,
+    ) -> RegistryResult<UploadStatus> {
+        self.sessions_counted().await?;
         let id = UploadId::new_random();
-        let state = UploadState {
-            repository: repo.to_string(),
-            offset: 0,
-            started_at: now_secs(),
-        };
-        self.save_state(&id, &state).await?;
         let session = Session {
             repo: repo.clone(),
+            owner: Some(owner.clone()),
             offset: 0,
-            started_at: state.started_at,
+            started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
         };
-        self.sessions_map()
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
+        let state = UploadState::of(&session, 0);
+        let (slot, guard) = self.uploads.reserve(&id, session, &self.limits)?;
+        let mut open = Open { slot, guard };
+        if let Err(e) = self.save_state(&id, &state).await {
+            let _ = self.end_session(&id, &mut open).await;
+            return Err(e);
+        }
         Ok(UploadStatus { id, offset: 0 })
     }
 
     async fn save_state(&self, id: &UploadId, state: &UploadState) -> RegistryResult<()> {
-        let bytes =
-            serde_json::to_vec(state).map_err(|e| RegistryError::UploadInvalid(e.to_string()))?;
+        let bytes = serde_json::to_vec(state)
+            .map_err(|e| RegistryError::Internal(format!("upload state: {e}")))?;
         let b = self.backend.clone();
         let path = paths::upload_state(id);
         blocking(move || b.write_atomic(&path, &bytes).map_err(Into::into)).await
     }
 
-    /// Finds a session in memory, or reloads it from disk after a restart.
-    async fn session(
-        &self,
-        repo: &RepoName,
-        id: &UploadId,
-    ) -> RegistryResult<Arc<tokio::sync::Mutex<Session>>> {
-        let found = self.sessions_map().get(id).cloned();
-        let session = match found {
-            Some(s) => s,
-            None => {
-                let b = self.backend.clone();
-                let path = paths::upload_state(id);
-                let raw =
-                    blocking(move || b.read_small(&path, STATE_MAX).map_err(Into::into)).await?;
-                let Some(raw) = raw else {
-                    return Err(RegistryError::UploadUnknown);
-                };
-                let state: UploadState =
-                    serde_json::from_slice(&raw).map_err(|_| RegistryError::UploadUnknown)?;
-                let state_repo =
-                    RepoName::parse(&state.repository).map_err(|_| RegistryError::UploadUnknown)?;
-                let s = Arc::new(tokio::sync::Mutex::new(Session {
-                    repo: state_repo,
+    /// Opens a session of `repo` for one operation, loading it from disk
+    /// after a restart. The returned lock is held until the operation ends.
+    async fn open_session(&self, repo: &RepoName, id: &UploadId) -> RegistryResult<Open> {
+        self.sessions_counted().await?;
+        let slot = self.uploads.slot(id);
+        let mut guard = slot.clone().lock_owned().await;
+        if let Slot::Unloaded = *guard {
+            let b = self.backend.clone();
+            let key = id.clone();
+            // On an I/O error the slot stays unloaded: the next request
+            // tries again.
+            let state = blocking(move || read_state(b.as_ref(), &key)).await?;
+            let loaded = state.and_then(|state| {
+                let repo = RepoName::parse(&state.repository).ok()?;
+                Some(Session {
+                    repo,
+                    owner: state.owner,
                     offset: state.offset,
                     started_at: state.started_at,
                     hasher: None,
-                }));
-                self.sessions_map().entry(id.clone()).or_insert(s).clone()
+                })
+            });
+            match loaded {
+                Some(session) => {
+                    self.uploads.loaded(id, &session.owner);
+                    *guard = Slot::Live(session);
+                }
+                None => {
+                    *guard = Slot::Ended;
+                    self.uploads.ended(id, &slot);
+                }
             }
-        };
-        if &session.lock().await.repo != repo {
+        }
+        let mut open = Open { slot, guard };
+        if &open.session()?.repo != repo {
             return Err(RegistryError::UploadUnknown);
         }
-        Ok(session)
+        Ok(open)
+    }
+
+    /// Ends an open session: its state file first (durably: from then on
+    /// no reload can find it), then the rest of its folder; the slot is
+    /// marked ended for whoever waits on it and leaves the table. When the
+    /// state cannot be removed, the slot stays as a tombstone.
+    async fn end_session(&self, id: &UploadId, open: &mut Open) -> RegistryResult<()> {
+        let b = self.backend.clone();
+        let key = id.clone();
+        let removed = blocking(move || {
+            b.delete(&paths::upload_state(&key))?;
+            Ok(())
+        })
+        .await;
+        *open.guard = Slot::Ended;
+        if let Err(e) = removed {
+            self.uploads.ended_in_memory(id);
+            return Err(e);
+        }
+        self.uploads.ended(id, &open.slot);
+        let b = self.backend.clone();
+        let dir = paths::upload_dir(id);
+        // What is left is garbage without a state: purged later if this fails.
+        if let Err(e) = blocking(move || b.delete_dir(&dir).map_err(Into::into)).await {
+            tracing::warn!(error = %e, upload = %id, "upload folder left for garbage collection");
+        }
+        Ok(())
     }
 
     /// Upload progress (`GET /v2/<name>/blobs/uploads/<id>`).
@@ -139,8 +228,8 @@ impl Registry {
         repo: &RepoName,
         id: &UploadId,
     ) -> RegistryResult<UploadStatus> {
-        let s = self.session(repo, id).await?;
-        let offset = s.lock().await.offset;
+        let mut open = self.open_session(repo, id).await?;
+        let offset = open.session()?.offset;
         Ok(UploadStatus {
             id: id.clone(),
             offset,
@@ -161,8 +250,8 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
-        let s = self.session(repo, id).await?;
-        let mut session = s.lock().await;
+        let mut open = self.open_session(repo, id).await?;
+        let session = open.session()?;
         if let Some(start) = start {
             if start != session.offset {
                 return Err(RegistryError::RangeInvalid {
@@ -171,8 +260,7 @@ impl Registry {
                 });
             }
         }
-        self.append_locked(id, &mut session, expected_len, body)
-            .await?;
+        self.append_locked(id, session, expected_len, body).await?;
         Ok(UploadStatus {
             id: id.clone(),
             offset: session.offset,
@@ -206,15 +294,8 @@ impl Registry {
             }
         }
         let new_offset = offset.saturating_add(pumped.written);
-        self.save_state(
-            id,
-            &UploadState {
-                repository: session.repo.to_string(),
-                offset: new_offset,
-                started_at: session.started_at,
-            },
-        )
-        .await?;
+        self.save_state(id, &UploadState::of(session, new_offset))
+            .await?;
         session.offset = new_offset;
         session.hasher = had_hasher.then_some(pumped.hasher);
         Ok(())
@@ -222,7 +303,8 @@ impl Registry {
 
     /// Completes an upload (`PUT ...?digest=`), with an optional last chunk.
     /// The blob becomes visible only if the content hashes to `digest`;
-    /// either way the session ends.
+    /// either way the session ends (a chunk that is refused or cut short
+    /// leaves it open).
     pub async fn finish_upload<S>(
         &self,
         repo: &RepoName,
@@ -234,8 +316,8 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
-        let s = self.session(repo, id).await?;
-        let mut session = s.lock().await;
+        let mut open = self.open_session(repo, id).await?;
+        let session = open.session()?;
         if let Some((start, _)) = range {
             if start != session.offset {
                 return Err(RegistryError::RangeInvalid {
@@ -245,14 +327,13 @@ impl Registry {
             }
         }
         let expected_len = range.and_then(|(a, b)| b.checked_sub(a).and_then(|d| d.checked_add(1)));
-        self.append_locked(id, &mut session, expected_len, body)
-            .await?;
-        let result = self.commit_session(repo, id, &mut session, digest).await;
-        drop(session);
-        self.sessions_map().remove(id);
-        let b = self.backend.clone();
-        let dir = paths::upload_dir(id);
-        blocking(move || b.delete_dir(&dir).map_err(Into::into)).await?;
+        self.append_locked(id, session, expected_len, body).await?;
+        let result = self.commit_session(repo, id, session, digest).await;
+        if let Err(e) = self.end_session(id, &mut open).await {
+            // The outcome stands (a stored blob is stored); the session is
+            // ended in memory and its leftovers are purged later.
+            tracing::error!(error = %e, upload = %id, "cannot remove a finished upload session");
+        }
         result
     }
 
@@ -314,6 +395,7 @@ impl Registry {
     }
 
     /// Monolithic upload (`POST ...?digest=` with the whole blob as body).
+    /// No session is recorded: its folder has no state file.
     pub async fn upload_monolithic<S>(
         &self,
         repo: &RepoName,
@@ -324,11 +406,11 @@ impl Registry {
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
         let id = UploadId::new_random();
-        let started_at = now_secs();
         let mut session = Session {
             repo: repo.clone(),
+            owner: None,
             offset: 0,
-            started_at,
+            started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
         };
         let b = self.backend.clone();
@@ -343,23 +425,22 @@ impl Registry {
         .await;
         let b = self.backend.clone();
         let dir = paths::upload_dir(&id);
-        blocking(move || b.delete_dir(&dir).map_err(Into::into)).await?;
+        if let Err(e) = blocking(move || b.delete_dir(&dir).map_err(Into::into)).await {
+            tracing::warn!(error = %e, upload = %id, "upload folder left for garbage collection");
+        }
         result
     }
 
     /// Cancels an upload (`DELETE /v2/<name>/blobs/uploads/<id>`).
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> RegistryResult<()> {
-        let s = self.session(repo, id).await?;
-        let _held = s.lock().await;
-        self.sessions_map().remove(id);
-        let b = self.backend.clone();
-        let dir = paths::upload_dir(id);
-        blocking(move || b.delete_dir(&dir).map_err(Into::into)).await
+        let mut open = self.open_session(repo, id).await?;
+        self.end_session(id, &mut open).await
     }
 
     /// Removes sessions older than `ttl_secs` (and folders without state).
     /// Returns how many were purged.
     pub async fn purge_uploads(&self, ttl_secs: u64) -> RegistryResult<usize> {
+        self.sessions_counted().await?;
         let b = self.backend.clone();
         let stale: Vec<UploadId> = blocking(move || {
             let mut stale = Vec::new();
@@ -367,10 +448,7 @@ impl Registry {
                 let Some(id) = UploadId::parse(&e.name) else {
                     continue;
                 };
-                let state_age = b.age_secs(&paths::upload_state(&id))?;
-                let dir_age = b.age_secs(&paths::upload_dir(&id))?.unwrap_or(0);
-                let age = state_age.unwrap_or(dir_age);
-                if age >= ttl_secs {
+                if age_of(b.as_ref(), &id)? >= ttl_secs {
                     stale.push(id);
                 }
             }
@@ -379,17 +457,143 @@ impl Registry {
         .await?;
         let mut purged = 0;
         for id in stale {
-            let held = self.sessions_map().get(&id).cloned();
-            let _guard = match &held {
-                Some(s) => Some(s.lock().await),
-                None => None,
-            };
-            self.sessions_map().remove(&id);
+            let slot = self.uploads.slot(&id);
+            let guard = slot.clone().lock_owned().await;
+            // Written to while this waited: not stale any more.
             let b = self.backend.clone();
-            let dir = paths::upload_dir(&id);
-            blocking(move || b.delete_dir(&dir).map_err(Into::into)).await?;
+            let key = id.clone();
+            if blocking(move || age_of(b.as_ref(), &key)).await? < ttl_secs {
+                continue;
+            }
+            let mut open = Open { slot, guard };
+            self.end_session(&id, &mut open).await?;
             purged += 1;
         }
         Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Limits, UploadCap};
+    use crate::storage::FsBackend;
+    use std::sync::Arc;
+
+    fn registry(dir: &std::path::Path, total: usize, per: usize) -> Registry {
+        let b: Arc<dyn Backend> = Arc::new(FsBackend::open(dir).unwrap());
+        Registry::new(
+            b,
+            Limits {
+                max_upload_sessions: total,
+                max_upload_sessions_per_principal: per,
+                ..Limits::default()
+            },
+        )
+    }
+
+    fn body(data: &[u8]) -> impl Stream<Item = std::io::Result<Bytes>> + Unpin + Send {
+        futures_util::stream::iter(vec![Ok(Bytes::copy_from_slice(data))])
+    }
+
+    fn cap_of(e: RegistryError) -> UploadCap {
+        match e {
+            RegistryError::TooManyUploads { cap, .. } => cap,
+            other => panic!("expected TooManyUploads, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn purged_sessions_free_their_owners_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path(), 10, 2);
+        let repo = RepoName::parse("t/purge").unwrap();
+        let p = Principal::user("p");
+        reg.start_upload(&repo, &p).await.unwrap();
+        reg.start_upload(&repo, &p).await.unwrap();
+        let e = reg.start_upload(&repo, &p).await.unwrap_err();
+        assert_eq!(cap_of(e), UploadCap::PerUser);
+        assert_eq!(reg.purge_uploads(0).await.unwrap(), 2);
+        assert_eq!(reg.uploads.open_count(), 0);
+        reg.start_upload(&repo, &p).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sessions_on_disk_count_after_a_restart_and_ended_ones_stay_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = RepoName::parse("t/restart").unwrap();
+        let p = Principal::address("10.0.0.1".parse().unwrap());
+        let (kept, done) = {
+            let reg = registry(dir.path(), 4, 2);
+            let kept = reg.start_upload(&repo, &p).await.unwrap();
+            let done = reg.start_upload(&repo, &p).await.unwrap();
+            let d = Digest::of(b"x");
+            reg.finish_upload(&repo, &done.id, &d, None, body(b"x"))
+                .await
+                .unwrap();
+            (kept, done)
+        };
+        // A session written by an older version, without an owner.
+        let legacy = UploadId::new_random();
+        let state = br#"{"repository":"t/restart","offset":0,"started_at":0}"#;
+        let legacy_dir = dir.path().join("_uploads").join(legacy.as_str());
+        std::fs::create_dir_all(&legacy_dir).unwrap();
+        std::fs::write(legacy_dir.join("state"), state).unwrap();
+
+        let reg = registry(dir.path(), 4, 2);
+        let e = reg.upload_status(&repo, &done.id).await.unwrap_err();
+        assert!(matches!(e, RegistryError::UploadUnknown), "{e}");
+        assert_eq!(reg.upload_status(&repo, &kept.id).await.unwrap().offset, 0);
+        // `kept` and the legacy session count: one more for `p`...
+        reg.start_upload(&repo, &p).await.unwrap();
+        let e = reg.start_upload(&repo, &p).await.unwrap_err();
+        assert_eq!(cap_of(e), UploadCap::PerAddress);
+        // ...and for the registry-wide cap of 4.
+        let other = Principal::user("other");
+        reg.start_upload(&repo, &other).await.unwrap();
+        let e = reg.start_upload(&repo, &other).await.unwrap_err();
+        assert_eq!(cap_of(e), UploadCap::RegistryWide);
+        reg.cancel_upload(&repo, &legacy).await.unwrap();
+        reg.start_upload(&repo, &other).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chunk_waiting_behind_the_final_put_finds_the_session_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Arc::new(registry(dir.path(), 10, 10));
+        let repo = RepoName::parse("t/race").unwrap();
+        let s = reg
+            .start_upload(&repo, &Principal::user("p"))
+            .await
+            .unwrap();
+        // The PUT's body arrives only once the PATCH is waiting for the slot.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+        let put_body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let d = Digest::of(b"final");
+        let put = {
+            let (reg, repo, id, d) = (reg.clone(), repo.clone(), s.id.clone(), d.clone());
+            tokio::spawn(async move {
+                reg.finish_upload(&repo, &id, &d, None, Box::pin(put_body))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let patch = {
+            let (reg, repo, id) = (reg.clone(), repo.clone(), s.id.clone());
+            tokio::spawn(async move {
+                reg.append_chunk(&repo, &id, None, None, body(b"late"))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tx.send(Ok(Bytes::from_static(b"final"))).await.unwrap();
+        drop(tx);
+        assert_eq!(put.await.unwrap().unwrap(), d);
+        let e = patch.await.unwrap().unwrap_err();
+        assert!(matches!(e, RegistryError::UploadUnknown), "{e}");
+        assert!(!dir.path().join("_uploads").join(s.id.as_str()).exists());
+        assert_eq!(reg.uploads.open_count(), 0);
     }
 }

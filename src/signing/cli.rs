@@ -90,6 +90,7 @@ pub fn sign(args: &[String]) -> i32 {
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
+        ..Limits::default()
     };
     let registry = Arc::new(Registry::new(Arc::new(backend), limits));
     let host = config.external_url.as_deref().and_then(registry_host);

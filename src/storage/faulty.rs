@@ -265,7 +265,8 @@ mod tests {
         let repo = RepoName::parse("full/chunks").unwrap();
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         let d = Digest::of(&data);
-        let s = reg.start_upload(&repo).await.unwrap();
+        let owner = crate::registry::Principal::user("full");
+        let s = reg.start_upload(&repo, &owner).await.unwrap();
         let st = reg
             .append_chunk(&repo, &s.id, Some(0), None, body(data[..200_000].to_vec()))
             .await
