@@ -10,7 +10,10 @@
 //! modification time) are deleted, after the `_layers` links naming them.
 //! `_layers` links whose blob is gone and `_referrers` links whose
 //! manifest is no longer linked are removed. Upload sessions untouched for
-//! the upload TTL, and temporary files of interrupted writes, are purged.
+//! the upload TTL, and temporary files of interrupted writes, are purged:
+//! this version's (internal names, `.tmp-...`) and the previous version's
+//! only where no client name can take their form (`storage::paths`); so a
+//! repository or tag that merely looks like a temp file is never touched.
 //!
 //! **Safety while pushes run.** The mark reads a snapshot that is stale by
 //! the time the sweep runs: a push may, meanwhile, make an unmarked blob
@@ -40,8 +43,8 @@
 //! deletions), so pushes pause for milliseconds, not for the whole mark.
 //!
 //! Across processes, the `gc` command takes the data folder's lock file
-//! exclusively (a running server holds it shared), so it never runs beside
-//! a server; the server runs the same collector online instead.
+//! exclusively, as a running server does, so it never runs beside a
+//! server; the server runs the same collector online instead.
 //!
 //! If any kept manifest cannot be read or parsed, the blob sweep is skipped
 //! (its references are unknown) and the report says so: run `scrub`.
@@ -888,11 +891,24 @@ mod tests {
         let (dir, reg) = setup();
         let repo = RepoName::parse("gc/uploads").unwrap();
         reg.start_upload(&repo).await.unwrap();
-        std::fs::write(dir.path().join("blobs.tmp-crashed"), b"partial").unwrap();
+        // A temp file of this version, one of the previous version, and a
+        // name no writer made (kept: not known to be a temp file).
+        let new = dir.path().join(paths::temp_name("crashed"));
+        std::fs::write(&new, b"partial").unwrap();
+        let blobs = dir.path().join(paths::blobs_dir().as_str());
+        std::fs::create_dir_all(&blobs).unwrap();
+        let old = blobs.join(format!(
+            "{}.tmp-0123456789abcdef0123456789abcdef",
+            Digest::of(b"x").hex()
+        ));
+        std::fs::write(&old, b"partial").unwrap();
+        std::fs::write(dir.path().join("blobs.tmp-crashed"), b"?").unwrap();
         let mut o = opts(0);
         o.upload_ttl = Duration::ZERO;
         o.temp_min_age = Duration::ZERO;
         let r = reg.gc(&o).await.unwrap();
-        assert_eq!((r.uploads_purged, r.temp_files_removed), (1, 1));
+        assert_eq!((r.uploads_purged, r.temp_files_removed), (1, 2));
+        assert!(!new.exists() && !old.exists());
+        assert!(dir.path().join("blobs.tmp-crashed").exists());
     }
 }
