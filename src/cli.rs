@@ -90,7 +90,15 @@ pub(crate) fn setup(config: &Config) {
 /// maintenance command.
 fn open(
     writes: bool,
-) -> Result<(Config, Option<DataDirLock>, tokio::runtime::Runtime, Arc<Registry>), i32> {
+) -> Result<
+    (
+        Config,
+        Option<DataDirLock>,
+        tokio::runtime::Runtime,
+        Arc<Registry>,
+    ),
+    i32,
+> {
     let config = Config::from_env().map_err(|e| {
         eprintln!("error: invalid configuration: {e}");
         EXIT_USAGE

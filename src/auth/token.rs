@@ -249,8 +249,9 @@ impl TokenKey {
         // with a random name (removed by gc), never a name a later start
         // collides with. One server per data dir (the exclusive lock), so
         // no other process writes this file meanwhile.
-        crate::storage::fs::write_file_atomic(&path, pem.as_bytes(), Some(0o600))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("token key {}: {e}", path.display())))?;
+        crate::storage::fs::write_file_atomic(&path, pem.as_bytes(), Some(0o600)).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("token key {}: {e}", path.display()))
+        })?;
         let pem = std::fs::read(&path)?;
         let key = Self::from_pem(&pem).map_err(|m| invalid(&path, m))?;
         Ok((key, path, true))

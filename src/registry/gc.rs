@@ -211,6 +211,8 @@ struct RepoSnap {
     layers: Vec<Digest>,
     /// (subject, referrer)
     referrers: Vec<(Digest, Digest)>,
+    /// Manifests with a media type record (`paths::media_type_record`).
+    media_types: Vec<Digest>,
 }
 
 fn read_link(b: &dyn Backend, p: &StorePath) -> RegistryResult<Option<Digest>> {
@@ -239,6 +241,7 @@ fn snapshot_repo(b: &dyn Backend, name: RepoName) -> RegistryResult<RepoSnap> {
     };
     let manifests = hexes(paths::manifests_dir(&name))?.into_iter().collect();
     let layers = hexes(paths::layers_dir(&name))?;
+    let media_types = hexes(paths::media_types_dir(&name))?;
     let mut referrers = Vec::new();
     for e in b.list(&paths::referrers_root(&name))? {
         let Some(subject) = Digest::from_hex(&e.name) else {
@@ -254,6 +257,7 @@ fn snapshot_repo(b: &dyn Backend, name: RepoName) -> RegistryResult<RepoSnap> {
         manifests,
         layers,
         referrers,
+        media_types,
     })
 }
 
@@ -426,6 +430,7 @@ impl Registry {
                         }
                         // The repository link first (see `manifests`).
                         b.delete(&link)?;
+                        b.delete(&paths::media_type_record(&repo, &d))?;
                         if let Some(Some(pm)) = m.parsed.get(&d) {
                             if let Some(subject) = &pm.subject {
                                 b.delete(&paths::referrer_link(&repo, &subject.digest, &d))?;
@@ -569,7 +574,8 @@ impl Registry {
         }
 
         // Dangling links: `_layers` whose blob is gone (not just swept),
-        // `_referrers` whose manifest is no longer linked.
+        // `_referrers` and media type records whose manifest is no longer
+        // linked.
         let swept: HashSet<Digest> = if report.unreadable_manifests == 0 {
             candidates.into_iter().collect()
         } else {
@@ -577,6 +583,7 @@ impl Registry {
         };
         let mut layer_checks = Vec::new();
         let mut referrer_checks = Vec::new();
+        let mut media_type_checks = Vec::new();
         for s in &marked.snaps {
             for d in &s.layers {
                 // Swept blobs lost their links with them.
@@ -597,10 +604,22 @@ impl Registry {
                     });
                 }
             }
+            for d in &s.media_types {
+                if !kept_links.contains(&(s.name.clone(), d.clone())) {
+                    media_type_checks.push(LinkCheck {
+                        digest: d.clone(),
+                        target: paths::manifest_link(&s.name, d),
+                        link: paths::media_type_record(&s.name, d),
+                    });
+                }
+            }
         }
         report.layer_links_removed += self.remove_dangling(layer_checks, opts.dry_run).await?;
         report.referrer_links_removed +=
             self.remove_dangling(referrer_checks, opts.dry_run).await?;
+        // Not reported: an invisible leftover of a crash mid-delete.
+        self.remove_dangling(media_type_checks, opts.dry_run)
+            .await?;
 
         if !opts.dry_run {
             report.uploads_purged = self.purge_uploads(opts.upload_ttl.as_secs()).await? as u64;
@@ -871,6 +890,47 @@ mod tests {
         assert!(!exists(&reg, &Digest::of(b"untagged layer")));
         let refs = reg.referrers(&repo, &index, None).await.unwrap();
         assert_eq!(refs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn media_type_records_go_with_their_manifest() {
+        let (dir, reg) = setup();
+        let repo = RepoName::parse("gc/docker").unwrap();
+        let config = blob(&reg, &repo, b"{}").await;
+        let body = serde_json::to_vec(&json!({"schemaVersion": 2, "config": config, "layers": []}))
+            .unwrap();
+        let docker = crate::oci::media::DOCKER_MANIFEST;
+        let d = reg
+            .put_manifest(
+                &repo,
+                &Reference::parse("v1").unwrap(),
+                Some(docker),
+                Bytes::from(body),
+            )
+            .await
+            .unwrap()
+            .digest;
+        let record = dir
+            .path()
+            .join(paths::media_type_record(&repo, &d).as_str());
+        assert_eq!(std::fs::read(&record).unwrap(), docker.as_bytes());
+        let m = reg
+            .get_manifest(&repo, &Reference::Digest(d.clone()), &[])
+            .await
+            .unwrap();
+        assert_eq!(m.media_type, docker);
+        // Untagged, then collected: the record goes with the link.
+        reg.delete_manifest(&repo, &Reference::parse("v1").unwrap())
+            .await
+            .unwrap();
+        let mut o = opts(0);
+        o.delete_untagged = true;
+        assert_eq!(reg.gc(&o).await.unwrap().manifests_deleted, 1);
+        assert!(!record.exists());
+        // A record left by a crash mid-delete is removed too.
+        std::fs::write(&record, docker).unwrap();
+        reg.gc(&opts(0)).await.unwrap();
+        assert!(!record.exists());
     }
 
     #[tokio::test]

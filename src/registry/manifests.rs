@@ -1,10 +1,16 @@
 //! Manifests, tags, referrers and the catalog. A manifest is stored as a
-//! blob, then (if it has a `subject`) linked as a referrer, then linked
-//! into its repository, then tagged: a reader that sees a tag can always
-//! follow it, and a linked manifest always has its referrer link. Deletion
-//! runs the other way (tags, repository link, referrer link). A crash in
-//! between leaves at most a referrer link without its manifest, which
-//! readers skip and garbage collection removes.
+//! blob, then (if it has a `subject`) linked as a referrer, then (if its
+//! body has no `mediaType`) its pushed Content-Type is recorded, then it is
+//! linked into its repository, then tagged: a reader that sees a tag can
+//! always follow it, and a linked manifest always has its referrer link and
+//! media type. Deletion runs the other way (tags, repository link, media
+//! type, referrer link). A crash in between leaves at most a referrer link
+//! or media type record without its manifest, which readers skip and
+//! garbage collection removes.
+//!
+//! Tag writes and deletions by digest in one repository are serialized (a
+//! striped lock per repository), so a delete can never miss a tag written
+//! while it runs: a tag never names an unlinked manifest.
 
 use std::collections::BTreeMap;
 
@@ -98,26 +104,32 @@ fn resolve_blocking(
         .map(|_| digest))
 }
 
-/// Verified manifest bytes and media types by digest. Content-addressed,
-/// so an entry is never stale (whether a repository may serve it is
-/// checked on every request); bounded by total bytes, emptied when full.
+/// Verified manifest bytes and their media type by digest. Content-
+/// addressed, so an entry is never stale (whether a repository may serve it
+/// is checked on every request; a type the body does not declare is looked
+/// up per repository); bounded by total bytes, emptied when full.
 #[derive(Default)]
 pub struct ManifestCache {
     inner: std::sync::Mutex<CacheInner>,
 }
 
-/// Entries (media type, bytes) and their total size.
-type CacheInner = (std::collections::HashMap<Digest, (String, Bytes)>, usize);
+/// Entries and their total size.
+type CacheInner = (
+    std::collections::HashMap<Digest, (StoredType, Bytes)>,
+    usize,
+);
 
 const MANIFEST_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// A media type record is one media type; anything longer is damage.
+const MEDIA_TYPE_MAX: u64 = 256;
 
 impl ManifestCache {
-    fn get(&self, d: &Digest) -> Option<(String, Bytes)> {
+    fn get(&self, d: &Digest) -> Option<(StoredType, Bytes)> {
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         guard.0.get(d).cloned()
     }
 
-    fn put(&self, d: &Digest, media_type: &str, bytes: &Bytes) {
+    fn put(&self, d: &Digest, media_type: &StoredType, bytes: &Bytes) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if guard.1.saturating_add(bytes.len()) > MANIFEST_CACHE_BYTES {
             guard.0.clear();
@@ -126,13 +138,23 @@ impl ManifestCache {
         guard.1 = guard.1.saturating_add(bytes.len());
         guard
             .0
-            .insert(d.clone(), (media_type.to_string(), bytes.clone()));
+            .insert(d.clone(), (media_type.clone(), bytes.clone()));
     }
 }
 
+/// The media type of stored manifest bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StoredType {
+    /// The body's own `mediaType` field.
+    Declared(String),
+    /// No `mediaType` field: the repository's record of the pushed
+    /// Content-Type decides, else the OCI type the shape implies.
+    Undeclared { inferred: &'static str },
+}
+
 /// Reads just the media type of a stored manifest (the body's own field,
-/// or the shape when it has none).
-fn media_type_of(bytes: &[u8]) -> String {
+/// or the OCI type its shape implies).
+fn media_type_of(bytes: &[u8]) -> StoredType {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]
@@ -143,11 +165,87 @@ fn media_type_of(bytes: &[u8]) -> String {
         Ok(Probe {
             media_type: Some(mt),
             ..
-        }) => mt,
+        }) => StoredType::Declared(mt),
         Ok(Probe {
             manifests: Some(_), ..
-        }) => media::OCI_INDEX.to_string(),
-        _ => media::OCI_MANIFEST.to_string(),
+        }) => StoredType::Undeclared {
+            inferred: media::OCI_INDEX,
+        },
+        _ => StoredType::Undeclared {
+            inferred: media::OCI_MANIFEST,
+        },
+    }
+}
+
+/// The media type recorded for an undeclared manifest in `repo`, if any
+/// and if it fits the shape (an index type for an index).
+fn recorded_media_type(
+    b: &dyn Backend,
+    repo: &RepoName,
+    digest: &Digest,
+    inferred: &str,
+) -> RegistryResult<Option<String>> {
+    let Some(raw) = b.read_small(&paths::media_type_record(repo, digest), MEDIA_TYPE_MAX)? else {
+        return Ok(None);
+    };
+    let mt = String::from_utf8_lossy(&raw).trim().to_string();
+    let fits =
+        media::is_manifest_type(&mt) && media::is_index_type(&mt) == media::is_index_type(inferred);
+    Ok(fits.then_some(mt))
+}
+
+/// Checks that every child of an index is a manifest linked into `repo`
+/// whose stored size is the one its descriptor states.
+fn check_index_children(
+    b: &dyn Backend,
+    repo: &RepoName,
+    children: &[Descriptor],
+) -> RegistryResult<()> {
+    for child in children {
+        let linked = b
+            .size(&paths::manifest_link(repo, &child.digest))?
+            .is_some();
+        let stored = b.size(&paths::blob(&child.digest))?;
+        match stored {
+            Some(actual) if linked => {
+                if actual != child.size {
+                    return Err(crate::oci::ManifestError::Invalid(format!(
+                        "index entry {} says {} bytes but the manifest has {actual}",
+                        child.digest, child.size
+                    ))
+                    .into());
+                }
+            }
+            _ => return Err(RegistryError::ManifestChildUnknown(child.digest.clone())),
+        }
+    }
+    Ok(())
+}
+
+/// Per-repository locks, striped: one writer at a time per repository for
+/// tag writes and deletions by digest (a collision between two
+/// repositories only serializes them).
+pub struct RepoLocks {
+    stripes: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES],
+}
+
+const REPO_LOCK_STRIPES: usize = 64;
+
+impl Default for RepoLocks {
+    fn default() -> Self {
+        RepoLocks {
+            stripes: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+impl RepoLocks {
+    async fn lock(&self, repo: &RepoName) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        repo.hash(&mut h);
+        let i = (h.finish() % REPO_LOCK_STRIPES as u64) as usize;
+        self.stripes[i].lock().await
     }
 }
 
@@ -211,14 +309,16 @@ impl Registry {
                 Some(_) => {}
             }
         }
+        // Held from the child checks to the tag: a delete by digest in this
+        // repository runs wholly before or after (see the module doc).
+        let _repo_lock = self.repo_locks.lock(repo).await;
         if manifest.kind == ManifestKind::Index {
-            for child in &manifest.manifests {
-                let b = self.backend.clone();
-                let link = paths::manifest_link(repo, &child.digest);
-                if blocking(move || Ok(b.size(&link)?)).await?.is_none() {
-                    return Err(RegistryError::ManifestChildUnknown(child.digest.clone()));
-                }
-            }
+            let (b, repo2, children) = (
+                self.backend.clone(),
+                repo.clone(),
+                manifest.manifests.clone(),
+            );
+            blocking(move || check_index_children(&*b, &repo2, &children)).await?;
         }
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
@@ -241,6 +341,19 @@ impl Registry {
             }
             None => None,
         };
+        // The type a body without `mediaType` was pushed as; none needed
+        // (and a stale one replaced) when it is the type the shape implies.
+        let media_type_record = (!manifest.media_type_declared).then(|| {
+            let inferred = match manifest.kind {
+                ManifestKind::Index => media::OCI_INDEX,
+                ManifestKind::Image => media::OCI_MANIFEST,
+            };
+            (
+                paths::media_type_record(repo, &digest),
+                manifest.media_type.clone(),
+                manifest.media_type == inferred,
+            )
+        });
         let b = self.backend.clone();
         let (blob, link) = (paths::blob(&digest), paths::manifest_link(repo, &digest));
         let tag_path = tag.as_ref().map(|t| paths::tag(repo, t));
@@ -251,6 +364,13 @@ impl Registry {
             }
             if let Some((path, json)) = referrer_link {
                 b.write_atomic(&path, &json)?;
+            }
+            if let Some((path, mt, is_inferred)) = media_type_record {
+                match b.read_small(&path, MEDIA_TYPE_MAX)? {
+                    Some(c) if c == mt.as_bytes() => {}
+                    None if is_inferred => {}
+                    _ => b.write_atomic(&path, mt.as_bytes())?,
+                }
             }
             if b.size(&link)?.is_none() {
                 b.write_atomic(&link, &digest_text)?;
@@ -294,13 +414,22 @@ impl Registry {
         accept: &[String],
     ) -> RegistryResult<ManifestRead> {
         let digest = self.resolve(repo, reference).await?;
-        let (media_type, bytes) = match self.manifest_cache.get(&digest) {
+        let (stored_type, bytes) = match self.manifest_cache.get(&digest) {
             Some(hit) => hit,
             None => {
                 let bytes = self.manifest_bytes(&digest).await?;
-                let media_type = media_type_of(&bytes);
-                self.manifest_cache.put(&digest, &media_type, &bytes);
-                (media_type, bytes)
+                let stored_type = media_type_of(&bytes);
+                self.manifest_cache.put(&digest, &stored_type, &bytes);
+                (stored_type, bytes)
+            }
+        };
+        let media_type = match stored_type {
+            StoredType::Declared(mt) => mt,
+            StoredType::Undeclared { inferred } => {
+                let (b, repo2, d2) = (self.backend.clone(), repo.clone(), digest.clone());
+                blocking(move || recorded_media_type(&*b, &repo2, &d2, inferred))
+                    .await?
+                    .unwrap_or_else(|| inferred.to_string())
             }
         };
         if !accepts(accept, &media_type) {
@@ -344,6 +473,8 @@ impl Registry {
                 Ok(())
             }
             Reference::Digest(d) => {
+                // No tag PUT of this repository runs until the link is gone.
+                let _repo_lock = self.repo_locks.lock(repo).await;
                 let digest = self.resolve(repo, reference).await?;
                 let parsed = match self.manifest_bytes(&digest).await {
                     Ok(bytes) => ParsedManifest::parse(&bytes, None).ok(),
@@ -369,12 +500,14 @@ impl Registry {
                         }
                     }
                     b.delete(&paths::manifest_link(&repo2, &d2))?;
+                    b.delete(&paths::media_type_record(&repo2, &d2))?;
                     if let Some(subject) = subject {
                         b.delete(&paths::referrer_link(&repo2, &subject, &d2))?;
                     }
                     Ok(())
                 })
                 .await?;
+                drop(_repo_lock);
                 for l in self.listeners() {
                     l.manifest_deleted(repo, &digest, parsed.as_ref());
                 }

@@ -88,6 +88,8 @@ pub struct Registry {
     /// Orders writes against garbage collection (see `gc`).
     gc: gc::Coordinator,
     manifest_cache: manifests::ManifestCache,
+    /// Serializes tag writes and deletions per repository.
+    repo_locks: manifests::RepoLocks,
 }
 
 impl Registry {
@@ -99,6 +101,7 @@ impl Registry {
             listeners: std::sync::RwLock::new(Vec::new()),
             gc: gc::Coordinator::default(),
             manifest_cache: manifests::ManifestCache::default(),
+            repo_locks: manifests::RepoLocks::default(),
         }
     }
 

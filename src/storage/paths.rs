@@ -294,7 +294,10 @@ mod tests {
         assert!(leftover("blobs/sha256", &old));
         assert!(leftover("repositories/a/b/_manifests/sha256", &old));
         assert!(leftover("repositories/a/_layers/sha256", &old));
-        assert!(leftover(&format!("repositories/a/_referrers/sha256/{hex}"), &old));
+        assert!(leftover(
+            &format!("repositories/a/_referrers/sha256/{hex}"),
+            &old
+        ));
         assert!(leftover(
             "_uploads/5f0c6c2e-8a51-4a8e-9a57-2d1b3c4d5e6f",
             "state.tmp-0123456789abcdef0123456789abcdef"
@@ -303,11 +306,20 @@ mod tests {
         assert!(leftover("", ".probe-0123456789abcdef0123456789abcdef"));
         assert!(leftover("repositories/a/_tags", ".tmp-0123.v1"));
         // Valid client names, or names the old writer never made: kept.
-        assert!(!leftover("repositories/a/_tags", "v1.tmp-0123456789abcdef0123456789abcdef"));
-        assert!(!leftover("repositories", "foo.tmp-0123456789abcdef0123456789abcdef"));
+        assert!(!leftover(
+            "repositories/a/_tags",
+            "v1.tmp-0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!leftover(
+            "repositories",
+            "foo.tmp-0123456789abcdef0123456789abcdef"
+        ));
         assert!(!leftover("blobs/sha256", &format!("{hex}.tmp-0123")));
         assert!(!leftover("blobs/sha256", &old.to_uppercase()));
-        assert!(!leftover("blobs/sha256", "abc.tmp-0123456789abcdef0123456789abcdef"));
+        assert!(!leftover(
+            "blobs/sha256",
+            "abc.tmp-0123456789abcdef0123456789abcdef"
+        ));
         assert!(!leftover("repositories/_manifests/sha256", &old));
         assert!(!leftover("", ".lock"));
         assert!(!leftover("_auth", "token-key.pem"));
