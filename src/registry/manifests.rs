@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::io::blocking;
+use super::media_types::{self, StoredType};
 use super::{Registry, RegistryError, RegistryResult};
-use crate::oci::media;
 use crate::oci::{Descriptor, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
 use crate::storage::{paths, Backend, Entry, StorePath};
 
@@ -104,96 +104,6 @@ fn resolve_blocking(
         .map(|_| digest))
 }
 
-/// Verified manifest bytes and their media type by digest. Content-
-/// addressed, so an entry is never stale (whether a repository may serve it
-/// is checked on every request; a type the body does not declare is looked
-/// up per repository); bounded by total bytes, emptied when full.
-#[derive(Default)]
-pub struct ManifestCache {
-    inner: std::sync::Mutex<CacheInner>,
-}
-
-/// Entries and their total size.
-type CacheInner = (
-    std::collections::HashMap<Digest, (StoredType, Bytes)>,
-    usize,
-);
-
-const MANIFEST_CACHE_BYTES: usize = 32 * 1024 * 1024;
-/// A media type record is one media type; anything longer is damage.
-const MEDIA_TYPE_MAX: u64 = 256;
-
-impl ManifestCache {
-    fn get(&self, d: &Digest) -> Option<(StoredType, Bytes)> {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.get(d).cloned()
-    }
-
-    fn put(&self, d: &Digest, media_type: &StoredType, bytes: &Bytes) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.1.saturating_add(bytes.len()) > MANIFEST_CACHE_BYTES {
-            guard.0.clear();
-            guard.1 = 0;
-        }
-        guard.1 = guard.1.saturating_add(bytes.len());
-        guard
-            .0
-            .insert(d.clone(), (media_type.clone(), bytes.clone()));
-    }
-}
-
-/// The media type of stored manifest bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum StoredType {
-    /// The body's own `mediaType` field.
-    Declared(String),
-    /// No `mediaType` field: the repository's record of the pushed
-    /// Content-Type decides, else the OCI type the shape implies.
-    Undeclared { inferred: &'static str },
-}
-
-/// Reads just the media type of a stored manifest (the body's own field,
-/// or the OCI type its shape implies).
-fn media_type_of(bytes: &[u8]) -> StoredType {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde::de::IgnoredAny>,
-    }
-    match serde_json::from_slice::<Probe>(bytes) {
-        Ok(Probe {
-            media_type: Some(mt),
-            ..
-        }) => StoredType::Declared(mt),
-        Ok(Probe {
-            manifests: Some(_), ..
-        }) => StoredType::Undeclared {
-            inferred: media::OCI_INDEX,
-        },
-        _ => StoredType::Undeclared {
-            inferred: media::OCI_MANIFEST,
-        },
-    }
-}
-
-/// The media type recorded for an undeclared manifest in `repo`, if any
-/// and if it fits the shape (an index type for an index).
-fn recorded_media_type(
-    b: &dyn Backend,
-    repo: &RepoName,
-    digest: &Digest,
-    inferred: &str,
-) -> RegistryResult<Option<String>> {
-    let Some(raw) = b.read_small(&paths::media_type_record(repo, digest), MEDIA_TYPE_MAX)? else {
-        return Ok(None);
-    };
-    let mt = String::from_utf8_lossy(&raw).trim().to_string();
-    let fits =
-        media::is_manifest_type(&mt) && media::is_index_type(&mt) == media::is_index_type(inferred);
-    Ok(fits.then_some(mt))
-}
-
 /// Checks that every child of an index is a manifest linked into `repo`
 /// whose stored size is the one its descriptor states.
 fn check_index_children(
@@ -220,33 +130,6 @@ fn check_index_children(
         }
     }
     Ok(())
-}
-
-/// Per-repository locks, striped: one writer at a time per repository for
-/// tag writes and deletions by digest (a collision between two
-/// repositories only serializes them).
-pub struct RepoLocks {
-    stripes: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES],
-}
-
-const REPO_LOCK_STRIPES: usize = 64;
-
-impl Default for RepoLocks {
-    fn default() -> Self {
-        RepoLocks {
-            stripes: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
-        }
-    }
-}
-
-impl RepoLocks {
-    async fn lock(&self, repo: &RepoName) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        repo.hash(&mut h);
-        let i = (h.finish() % REPO_LOCK_STRIPES as u64) as usize;
-        self.stripes[i].lock().await
-    }
 }
 
 /// Whether an `Accept` list admits a media type. No list (or a wildcard)
@@ -341,19 +224,7 @@ impl Registry {
             }
             None => None,
         };
-        // The type a body without `mediaType` was pushed as; none needed
-        // (and a stale one replaced) when it is the type the shape implies.
-        let media_type_record = (!manifest.media_type_declared).then(|| {
-            let inferred = match manifest.kind {
-                ManifestKind::Index => media::OCI_INDEX,
-                ManifestKind::Image => media::OCI_MANIFEST,
-            };
-            (
-                paths::media_type_record(repo, &digest),
-                manifest.media_type.clone(),
-                manifest.media_type == inferred,
-            )
-        });
+        let media_type_record = media_types::Record::for_put(repo, &digest, &manifest);
         let b = self.backend.clone();
         let (blob, link) = (paths::blob(&digest), paths::manifest_link(repo, &digest));
         let tag_path = tag.as_ref().map(|t| paths::tag(repo, t));
@@ -365,12 +236,8 @@ impl Registry {
             if let Some((path, json)) = referrer_link {
                 b.write_atomic(&path, &json)?;
             }
-            if let Some((path, mt, is_inferred)) = media_type_record {
-                match b.read_small(&path, MEDIA_TYPE_MAX)? {
-                    Some(c) if c == mt.as_bytes() => {}
-                    None if is_inferred => {}
-                    _ => b.write_atomic(&path, mt.as_bytes())?,
-                }
+            if let Some(record) = media_type_record {
+                record.write(&*b)?;
             }
             if b.size(&link)?.is_none() {
                 b.write_atomic(&link, &digest_text)?;
@@ -418,7 +285,7 @@ impl Registry {
             Some(hit) => hit,
             None => {
                 let bytes = self.manifest_bytes(&digest).await?;
-                let stored_type = media_type_of(&bytes);
+                let stored_type = StoredType::of(&bytes);
                 self.manifest_cache.put(&digest, &stored_type, &bytes);
                 (stored_type, bytes)
             }
@@ -427,7 +294,7 @@ impl Registry {
             StoredType::Declared(mt) => mt,
             StoredType::Undeclared { inferred } => {
                 let (b, repo2, d2) = (self.backend.clone(), repo.clone(), digest.clone());
-                blocking(move || recorded_media_type(&*b, &repo2, &d2, inferred))
+                blocking(move || media_types::recorded(&*b, &repo2, &d2, inferred))
                     .await?
                     .unwrap_or_else(|| inferred.to_string())
             }
@@ -665,6 +532,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::media;
 
     #[test]
     fn pagination() {

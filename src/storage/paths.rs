@@ -194,7 +194,7 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
 /// `final` is never a client-chosen name.
 fn is_legacy_temp(dir: &[&str], name: &str) -> bool {
     let in_repo = |repo: &[&str]| !repo.is_empty() && RepoName::parse(&repo.join("/")).is_ok();
-    if let [] = dir {
+    if dir.is_empty() {
         if let Some(hex) = name.strip_prefix(".probe-") {
             return is_lower_hex(hex, 32);
         }
