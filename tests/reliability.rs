@@ -1138,8 +1138,9 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 async fn a_tag_put_racing_a_delete_of_its_manifest_never_leaves_a_dangling_tag() {
     // Delete-by-digest removes the manifest's tags, then its link; a tag
     // PUT to the same digest in between would survive the delete and name
-    // an unlinked manifest. Over many trials, every tag that is listed
-    // must resolve.
+    // an unlinked manifest, and a tag moved to another manifest in between
+    // would be deleted with the old one. Over many trials, every tag that
+    // is listed must resolve, and every moved tag must name its new target.
     let server = TestServer::start_with_env(&[("BPF_REGISTRY_GC_INTERVAL", "0")]).await;
     let (c, base) = (client(), server.base_url.clone());
     let repo = "race/tags";
@@ -1149,44 +1150,63 @@ async fn a_tag_put_racing_a_delete_of_its_manifest_never_leaves_a_dangling_tag()
     let layer = try_push_blob(&c, &base, repo, b"race layer", false)
         .await
         .expect("layer");
-    const TRIALS: usize = 150;
-    const TAGS: usize = 4;
-    for trial in 0..TRIALS {
-        let body = serde_json::to_vec(&json!({
+    let manifest = |trial: &str| {
+        serde_json::to_vec(&json!({
             "schemaVersion": 2, "mediaType": MANIFEST,
             "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
             "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": 10}],
-            "annotations": {"trial": trial.to_string()},
+            "annotations": {"trial": trial},
         }))
-        .expect("json");
+        .expect("json")
+    };
+    let put = |reference: String, body: Vec<u8>| {
+        let (c, url) = (c.clone(), format!("{base}/v2/{repo}/manifests/{reference}"));
+        async move {
+            c.put(url)
+                .header("content-type", MANIFEST)
+                .body(body)
+                .send()
+                .await
+                .expect("put")
+                .status()
+        }
+    };
+    let other = manifest("other");
+    assert_eq!(
+        put("other".into(), other.clone()).await,
+        StatusCode::CREATED
+    );
+    const TRIALS: usize = 100;
+    const TAGS: usize = 4;
+    let mut moved_lost = Vec::new();
+    for trial in 0..TRIALS {
+        let body = manifest(&trial.to_string());
         let digest = sha256(&body);
-        let put = |reference: String| {
-            let (c, url, body) = (
-                c.clone(),
-                format!("{base}/v2/{repo}/manifests/{reference}"),
-                body.clone(),
-            );
-            async move {
-                c.put(url)
-                    .header("content-type", MANIFEST)
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("put")
-                    .status()
-            }
-        };
-        assert_eq!(put(format!("seed-{trial}")).await, StatusCode::CREATED);
+        assert_eq!(
+            put(format!("seed-{trial}"), body.clone()).await,
+            StatusCode::CREATED
+        );
+        let moving = format!("moving-{trial}");
+        assert_eq!(put(moving.clone(), body.clone()).await, StatusCode::CREATED);
         let del = {
             let (c, url) = (c.clone(), format!("{base}/v2/{repo}/manifests/{digest}"));
             tokio::spawn(async move { c.delete(url).send().await.expect("delete").status() })
         };
-        let puts: Vec<_> = (0..TAGS)
-            .map(|i| tokio::spawn(put(format!("t{trial}-{i}"))))
+        let mut puts: Vec<_> = (0..TAGS)
+            .map(|i| tokio::spawn(put(format!("t{trial}-{i}"), body.clone())))
             .collect();
+        puts.push(tokio::spawn(put(moving.clone(), other.clone())));
         assert_eq!(del.await.expect("join"), StatusCode::ACCEPTED);
         for p in puts {
             assert_eq!(p.await.expect("join"), StatusCode::CREATED);
+        }
+        let r = c
+            .head(format!("{base}/v2/{repo}/manifests/{moving}"))
+            .send()
+            .await
+            .expect("head");
+        if common::header(&r, "docker-content-digest") != Some(sha256(&other)) {
+            moved_lost.push(moving);
         }
     }
     let v: Value = c
@@ -1217,12 +1237,17 @@ async fn a_tag_put_racing_a_delete_of_its_manifest_never_leaves_a_dangling_tag()
         }
     }
     println!(
-        "tag PUT vs delete: {TRIALS} trials, {} tags listed, {} dangling",
+        "tag PUT vs delete: {TRIALS} trials, {} tags listed, {} dangling, {} moved tags lost",
         tags.len(),
-        dangling.len()
+        dangling.len(),
+        moved_lost.len()
     );
     assert!(
         dangling.is_empty(),
         "tags naming an unlinked manifest: {dangling:?}"
+    );
+    assert!(
+        moved_lost.is_empty(),
+        "moved tags deleted with their old manifest: {moved_lost:?}"
     );
 }

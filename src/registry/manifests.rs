@@ -10,7 +10,10 @@
 //!
 //! Tag writes and deletions by digest in one repository are serialized (a
 //! striped lock per repository), so a delete can never miss a tag written
-//! while it runs: a tag never names an unlinked manifest.
+//! while it runs (a tag never names an unlinked manifest) nor remove a tag
+//! that was just moved to another manifest. Per repository, not per
+//! digest: a tag moved from the deleted digest to another one is a write
+//! under the other digest.
 
 use std::collections::BTreeMap;
 
@@ -192,9 +195,6 @@ impl Registry {
                 Some(_) => {}
             }
         }
-        // Held from the child checks to the tag: a delete by digest in this
-        // repository runs wholly before or after (see the module doc).
-        let _repo_lock = self.repo_locks.lock(repo).await;
         if manifest.kind == ManifestKind::Index {
             let (b, repo2, children) = (
                 self.backend.clone(),
@@ -206,6 +206,12 @@ impl Registry {
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
+        };
+        // A tag write holds the repository's lock to its end, so a delete
+        // by digest there runs wholly before or after it (module doc).
+        let repo_lock = match tag {
+            Some(_) => Some(self.repo_locks.lock(repo).await),
+            None => None,
         };
         let referrer_link = match &manifest.subject {
             Some(subject) => {
@@ -248,6 +254,7 @@ impl Registry {
             Ok(())
         })
         .await?;
+        drop(repo_lock);
         drop(guard);
         tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
         let stored = ManifestStored {
@@ -341,7 +348,7 @@ impl Registry {
             }
             Reference::Digest(d) => {
                 // No tag PUT of this repository runs until the link is gone.
-                let _repo_lock = self.repo_locks.lock(repo).await;
+                let repo_lock = self.repo_locks.lock(repo).await;
                 let digest = self.resolve(repo, reference).await?;
                 let parsed = match self.manifest_bytes(&digest).await {
                     Ok(bytes) => ParsedManifest::parse(&bytes, None).ok(),
@@ -374,7 +381,7 @@ impl Registry {
                     Ok(())
                 })
                 .await?;
-                drop(_repo_lock);
+                drop(repo_lock);
                 for l in self.listeners() {
                     l.manifest_deleted(repo, &digest, parsed.as_ref());
                 }
