@@ -5,8 +5,11 @@
 //!
 //! `gc` and `scrub --repair` change the store, so they take the data
 //! folder's lock exclusively and refuse to run beside a server (which runs
-//! the collector itself, every `BPF_REGISTRY_GC_INTERVAL`). `gc --dry-run`
-//! and `scrub` only read, and run beside a server.
+//! the collector itself, every `BPF_REGISTRY_GC_INTERVAL`) or another
+//! maintenance command. `gc --dry-run` and `scrub` only read: they take no
+//! lock (so they never keep a server from starting) and run beside a
+//! server, noting on stderr that findings may then include writes in
+//! flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use crate::config::Config;
 use crate::registry::gc::{GcOptions, GcReport};
 use crate::registry::scrub::ScrubReport;
 use crate::registry::{Limits, Registry};
-use crate::storage::lock::{DataDirLock, LockMode};
+use crate::storage::lock::{DataDirLock, LockError};
 use crate::storage::FsBackend;
 
 pub const GC_USAGE: &str = "Usage: bpf-registry gc [--dry-run] [--delete-untagged] [--json]
@@ -83,27 +86,49 @@ pub(crate) fn setup(config: &Config) {
         .try_init();
 }
 
-/// Config, lock, runtime and registry for a maintenance command.
+/// Config, lock (for a command that writes), runtime and registry for a
+/// maintenance command.
 fn open(
-    mode: LockMode,
-) -> Result<(Config, DataDirLock, tokio::runtime::Runtime, Arc<Registry>), i32> {
+    writes: bool,
+) -> Result<
+    (
+        Config,
+        Option<DataDirLock>,
+        tokio::runtime::Runtime,
+        Arc<Registry>,
+    ),
+    i32,
+> {
     let config = Config::from_env().map_err(|e| {
         eprintln!("error: invalid configuration: {e}");
         EXIT_USAGE
     })?;
     setup(&config);
-    let lock = DataDirLock::try_acquire(&config.data_dir, mode).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::WouldBlock {
+    let lock = if writes {
+        Some(
+            DataDirLock::acquire_exclusive(&config.data_dir).map_err(|e| {
+                match e {
+                    LockError::Busy(_) => eprintln!(
+                        "error: {} is in use by a running bpf-registry server or another \
+                         maintenance command; stop it first (the server collects garbage \
+                         itself every BPF_REGISTRY_GC_INTERVAL)",
+                        config.data_dir.display()
+                    ),
+                    LockError::Io(..) => eprintln!("error: {e}"),
+                }
+                EXIT_FAILED
+            })?,
+        )
+    } else {
+        if DataDirLock::is_held(&config.data_dir) {
             eprintln!(
-                "error: {} is in use by a running bpf-registry server; stop it first \
-                 (the server collects garbage itself every BPF_REGISTRY_GC_INTERVAL)",
+                "note: a server or maintenance command is using {}; read-only, this \
+                 reports what it sees now, which may include writes in flight",
                 config.data_dir.display()
             );
-        } else {
-            eprintln!("error: cannot lock {}: {e}", config.data_dir.display());
         }
-        EXIT_FAILED
-    })?;
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -241,12 +266,7 @@ pub fn gc(args: &[String]) -> i32 {
         Err(code) => return code,
     };
     let dry_run = flags.has("--dry-run");
-    let mode = if dry_run {
-        LockMode::Shared
-    } else {
-        LockMode::Exclusive
-    };
-    let (config, _lock, runtime, registry) = match open(mode) {
+    let (config, _lock, runtime, registry) = match open(!dry_run) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -282,12 +302,7 @@ pub fn scrub(args: &[String]) -> i32 {
         Err(code) => return code,
     };
     let repair = flags.has("--repair");
-    let mode = if repair {
-        LockMode::Exclusive
-    } else {
-        LockMode::Shared
-    };
-    let (_config, _lock, runtime, registry) = match open(mode) {
+    let (_config, _lock, runtime, registry) = match open(repair) {
         Ok(x) => x,
         Err(code) => return code,
     };

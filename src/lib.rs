@@ -120,19 +120,10 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
         _ => None,
     };
-    // Held shared while serving: `gc` and `scrub --repair` (exclusive)
-    // refuse to run beside this server.
-    let _data_dir_lock =
-        storage::lock::DataDirLock::try_acquire(&config.data_dir, storage::lock::LockMode::Shared)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot lock {} (is `bpf-registry gc` or `scrub --repair` running?): {e}",
-                        config.data_dir.display()
-                    ),
-                )
-            })?;
+    // Held exclusive while serving: a second server, `gc` and `scrub
+    // --repair` on the same data dir are refused (see `storage::lock`).
+    let _data_dir_lock = storage::lock::DataDirLock::acquire_exclusive(&config.data_dir)
+        .map_err(storage::lock::LockError::into_io)?;
     let state = build_state(config).await?;
     if state.auth.is_some() && tls.is_none() {
         tracing::warn!(

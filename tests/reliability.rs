@@ -1069,3 +1069,185 @@ async fn gc_time_on_10k_manifests() {
     println!("gc again (nothing to do): {} ms", r.duration_ms);
     assert_eq!(r.blobs_deleted, 0);
 }
+
+/// Runs a second server on `data_dir` until it fails or, if it starts,
+/// for a few seconds (a liveness bound, not a measured time).
+async fn serve_briefly_on(data_dir: &Path) -> std::io::Result<()> {
+    let dir = data_dir.to_string_lossy().into_owned();
+    let config = bpf_registry::config::Config::from_lookup(|k| match k {
+        "BPF_REGISTRY_DATA_DIR" => Some(dir.clone()),
+        "BPF_REGISTRY_HTTP_ADDR" => Some("127.0.0.1:0".into()),
+        "BPF_REGISTRY_LOG_LEVEL" => Some("ERROR".into()),
+        _ => None,
+    })
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    bpf_registry::run(listener, config, tokio::time::sleep(Duration::from_secs(3))).await
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    use bpf_registry::storage::lock::{DataDirLock, LockMode};
+    let server = TestServer::start_with_env(&[("BPF_REGISTRY_GC_INTERVAL", "0")]).await;
+    let c = client();
+    let data_dir = server.data_dir().to_path_buf();
+    let err = serve_briefly_on(&data_dir)
+        .await
+        .expect_err("a second server must not start beside the first");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&data_dir.display().to_string())
+            && msg.contains("another bpf-registry server or a maintenance command"),
+        "{msg}"
+    );
+    // The first one is unaffected.
+    let r = c
+        .get(format!("{}/v2/", server.base_url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Read-only maintenance runs beside it; gc does not.
+    let (code, out, err) = cli(&data_dir, &["scrub"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(&data_dir, &["gc"], &[]);
+    assert_eq!(code, 1, "{err}");
+
+    // A maintenance command holding the lock also keeps a server out.
+    let mut server = server;
+    server.stop().await;
+    let held = DataDirLock::try_acquire(&data_dir, LockMode::Exclusive).expect("lock");
+    let err = serve_briefly_on(&data_dir)
+        .await
+        .expect_err("no server beside a maintenance command");
+    assert!(err.to_string().contains("maintenance command"), "{err}");
+    drop(held);
+    let server = server.restart().await;
+    let r = c
+        .get(format!("{}/v2/", server.base_url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK, "starts once the lock is free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_put_racing_a_delete_of_its_manifest_never_leaves_a_dangling_tag() {
+    // Delete-by-digest removes the manifest's tags, then its link; a tag
+    // PUT to the same digest in between would survive the delete and name
+    // an unlinked manifest, and a tag moved to another manifest in between
+    // would be deleted with the old one. Over many trials, every tag that
+    // is listed must resolve, and every moved tag must name its new target.
+    let server = TestServer::start_with_env(&[("BPF_REGISTRY_GC_INTERVAL", "0")]).await;
+    let (c, base) = (client(), server.base_url.clone());
+    let repo = "race/tags";
+    let config = try_push_blob(&c, &base, repo, b"{}", false)
+        .await
+        .expect("config");
+    let layer = try_push_blob(&c, &base, repo, b"race layer", false)
+        .await
+        .expect("layer");
+    let manifest = |trial: &str| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": 10}],
+            "annotations": {"trial": trial},
+        }))
+        .expect("json")
+    };
+    let put = |reference: String, body: Vec<u8>| {
+        let (c, url) = (c.clone(), format!("{base}/v2/{repo}/manifests/{reference}"));
+        async move {
+            c.put(url)
+                .header("content-type", MANIFEST)
+                .body(body)
+                .send()
+                .await
+                .expect("put")
+                .status()
+        }
+    };
+    let other = manifest("other");
+    assert_eq!(
+        put("other".into(), other.clone()).await,
+        StatusCode::CREATED
+    );
+    const TRIALS: usize = 100;
+    const TAGS: usize = 4;
+    let mut moved_lost = Vec::new();
+    for trial in 0..TRIALS {
+        let body = manifest(&trial.to_string());
+        let digest = sha256(&body);
+        assert_eq!(
+            put(format!("seed-{trial}"), body.clone()).await,
+            StatusCode::CREATED
+        );
+        let moving = format!("moving-{trial}");
+        assert_eq!(put(moving.clone(), body.clone()).await, StatusCode::CREATED);
+        let del = {
+            let (c, url) = (c.clone(), format!("{base}/v2/{repo}/manifests/{digest}"));
+            tokio::spawn(async move { c.delete(url).send().await.expect("delete").status() })
+        };
+        let mut puts: Vec<_> = (0..TAGS)
+            .map(|i| tokio::spawn(put(format!("t{trial}-{i}"), body.clone())))
+            .collect();
+        puts.push(tokio::spawn(put(moving.clone(), other.clone())));
+        assert_eq!(del.await.expect("join"), StatusCode::ACCEPTED);
+        for p in puts {
+            assert_eq!(p.await.expect("join"), StatusCode::CREATED);
+        }
+        let r = c
+            .head(format!("{base}/v2/{repo}/manifests/{moving}"))
+            .send()
+            .await
+            .expect("head");
+        if common::header(&r, "docker-content-digest") != Some(sha256(&other)) {
+            moved_lost.push(moving);
+        }
+    }
+    let v: Value = c
+        .get(format!("{base}/v2/{repo}/tags/list"))
+        .send()
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .expect("json");
+    let tags: Vec<String> = v["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut dangling = Vec::new();
+    for t in &tags {
+        let r = c
+            .head(format!("{base}/v2/{repo}/manifests/{t}"))
+            .send()
+            .await
+            .expect("head");
+        if r.status() != StatusCode::OK {
+            dangling.push(t.clone());
+        }
+    }
+    println!(
+        "tag PUT vs delete: {TRIALS} trials, {} tags listed, {} dangling, {} moved tags lost",
+        tags.len(),
+        dangling.len(),
+        moved_lost.len()
+    );
+    assert!(
+        dangling.is_empty(),
+        "tags naming an unlinked manifest: {dangling:?}"
+    );
+    assert!(
+        moved_lost.is_empty(),
+        "moved tags deleted with their old manifest: {moved_lost:?}"
+    );
+}

@@ -7,7 +7,6 @@
 //! or SEC1) or is generated on first start into the data directory (mode
 //! 0600).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{
@@ -28,7 +27,7 @@ pub const SERVICE: &str = "bpf-registry";
 /// `aud` of refresh tokens, so one can never pass as an access token.
 pub const REFRESH_AUDIENCE: &str = "bpf-registry/refresh";
 /// Where a generated key is kept, relative to the data directory.
-pub const GENERATED_KEY_PATH: &str = "_auth/token-key.pem";
+pub const GENERATED_KEY_PATH: &str = crate::storage::paths::GENERATED_TOKEN_KEY;
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Clock skew tolerated on `nbf` (the issuer and the verifier share a
@@ -230,7 +229,7 @@ impl TokenKey {
             let key = Self::from_pem(&pem).map_err(|m| invalid(p, m))?;
             return Ok((key, p.to_path_buf(), false));
         }
-        let path = data_dir.join(GENERATED_KEY_PATH);
+        let path = data_dir.join(crate::storage::paths::generated_token_key().as_str());
         match std::fs::read(&path) {
             Ok(pem) => {
                 let key = Self::from_pem(&pem).map_err(|m| invalid(&path, m))?;
@@ -246,30 +245,13 @@ impl TokenKey {
         }
         let key = Self::generate().map_err(|e| invalid(&path, e.to_string()))?;
         let pem = key.to_pem().map_err(|e| invalid(&path, e.to_string()))?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(&tmp)?;
-            f.write_all(pem.as_bytes())?;
-            f.sync_all()?;
-        }
-        // Two servers starting at once: the first rename wins, both then
-        // use what is on disk.
-        std::fs::rename(&tmp, &path)?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        // The store's one atomic write: a crash leaves at most a temp file
+        // with a random name (removed by gc), never a name a later start
+        // collides with. One server per data dir (the exclusive lock), so
+        // no other process writes this file meanwhile.
+        crate::storage::fs::write_file_atomic(&path, pem.as_bytes(), Some(0o600)).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("token key {}: {e}", path.display()))
+        })?;
         let pem = std::fs::read(&path)?;
         let key = Self::from_pem(&pem).map_err(|m| invalid(&path, m))?;
         Ok((key, path, true))

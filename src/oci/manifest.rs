@@ -66,7 +66,13 @@ struct RawManifest {
 /// What the registry knows about a manifest after parsing it.
 #[derive(Debug, Clone)]
 pub struct ParsedManifest {
+    /// The body's own `mediaType`, else the PUT's Content-Type (checked
+    /// against the shape), else the OCI type the shape implies.
     pub media_type: String,
+    /// Whether the body has a `mediaType` field. When it has none the
+    /// media type is not in the bytes, so the registry keeps the one it
+    /// was pushed with beside the manifest.
+    pub media_type_declared: bool,
     pub kind: ManifestKind,
     pub artifact_type: Option<String>,
     pub config: Option<Descriptor>,
@@ -155,6 +161,7 @@ impl ParsedManifest {
         }
         Ok(ParsedManifest {
             media_type,
+            media_type_declared: raw.media_type.is_some(),
             kind,
             artifact_type: raw.artifact_type,
             config: raw.config,
@@ -215,6 +222,23 @@ mod tests {
     fn infers_type_without_media_type() {
         let m = ParsedManifest::parse(&image(None), None).unwrap();
         assert_eq!(m.media_type, media::OCI_MANIFEST);
+        assert!(!m.media_type_declared);
+        assert!(
+            ParsedManifest::parse(&image(Some(media::OCI_MANIFEST)), None)
+                .unwrap()
+                .media_type_declared
+        );
+    }
+
+    #[test]
+    fn content_type_decides_without_media_type_if_it_fits_the_shape() {
+        let body = br#"{"schemaVersion":2,"config":{"mediaType":"a/b","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
+        let m = ParsedManifest::parse(body, Some(media::DOCKER_MANIFEST)).unwrap();
+        assert_eq!(m.media_type, media::DOCKER_MANIFEST);
+        assert!(matches!(
+            ParsedManifest::parse(body, Some(media::DOCKER_MANIFEST_LIST)),
+            Err(ManifestError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! modification time) are deleted, after the `_layers` links naming them.
 //! `_layers` links whose blob is gone and `_referrers` links whose
 //! manifest is no longer linked are removed. Upload sessions untouched for
-//! the upload TTL, and temporary files of interrupted writes, are purged.
+//! the upload TTL, and temporary files of interrupted writes, are purged:
+//! this version's (internal names, `.tmp-...`) and the previous version's
+//! only where no client name can take their form (`storage::paths`); so a
+//! repository or tag that merely looks like a temp file is never touched.
 //!
 //! **Safety while pushes run.** The mark reads a snapshot that is stale by
 //! the time the sweep runs: a push may, meanwhile, make an unmarked blob
@@ -40,8 +43,8 @@
 //! deletions), so pushes pause for milliseconds, not for the whole mark.
 //!
 //! Across processes, the `gc` command takes the data folder's lock file
-//! exclusively (a running server holds it shared), so it never runs beside
-//! a server; the server runs the same collector online instead.
+//! exclusively, as a running server does, so it never runs beside a
+//! server; the server runs the same collector online instead.
 //!
 //! If any kept manifest cannot be read or parsed, the blob sweep is skipped
 //! (its references are unknown) and the report says so: run `scrub`.
@@ -208,6 +211,8 @@ struct RepoSnap {
     layers: Vec<Digest>,
     /// (subject, referrer)
     referrers: Vec<(Digest, Digest)>,
+    /// Manifests with a media type record (`paths::media_type_record`).
+    media_types: Vec<Digest>,
 }
 
 fn read_link(b: &dyn Backend, p: &StorePath) -> RegistryResult<Option<Digest>> {
@@ -236,6 +241,7 @@ fn snapshot_repo(b: &dyn Backend, name: RepoName) -> RegistryResult<RepoSnap> {
     };
     let manifests = hexes(paths::manifests_dir(&name))?.into_iter().collect();
     let layers = hexes(paths::layers_dir(&name))?;
+    let media_types = hexes(paths::media_types_dir(&name))?;
     let mut referrers = Vec::new();
     for e in b.list(&paths::referrers_root(&name))? {
         let Some(subject) = Digest::from_hex(&e.name) else {
@@ -251,6 +257,7 @@ fn snapshot_repo(b: &dyn Backend, name: RepoName) -> RegistryResult<RepoSnap> {
         manifests,
         layers,
         referrers,
+        media_types,
     })
 }
 
@@ -423,6 +430,7 @@ impl Registry {
                         }
                         // The repository link first (see `manifests`).
                         b.delete(&link)?;
+                        b.delete(&paths::media_type_record(&repo, &d))?;
                         if let Some(Some(pm)) = m.parsed.get(&d) {
                             if let Some(subject) = &pm.subject {
                                 b.delete(&paths::referrer_link(&repo, &subject.digest, &d))?;
@@ -566,7 +574,8 @@ impl Registry {
         }
 
         // Dangling links: `_layers` whose blob is gone (not just swept),
-        // `_referrers` whose manifest is no longer linked.
+        // `_referrers` and media type records whose manifest is no longer
+        // linked.
         let swept: HashSet<Digest> = if report.unreadable_manifests == 0 {
             candidates.into_iter().collect()
         } else {
@@ -574,6 +583,7 @@ impl Registry {
         };
         let mut layer_checks = Vec::new();
         let mut referrer_checks = Vec::new();
+        let mut media_type_checks = Vec::new();
         for s in &marked.snaps {
             for d in &s.layers {
                 // Swept blobs lost their links with them.
@@ -594,10 +604,22 @@ impl Registry {
                     });
                 }
             }
+            for d in &s.media_types {
+                if !kept_links.contains(&(s.name.clone(), d.clone())) {
+                    media_type_checks.push(LinkCheck {
+                        digest: d.clone(),
+                        target: paths::manifest_link(&s.name, d),
+                        link: paths::media_type_record(&s.name, d),
+                    });
+                }
+            }
         }
         report.layer_links_removed += self.remove_dangling(layer_checks, opts.dry_run).await?;
         report.referrer_links_removed +=
             self.remove_dangling(referrer_checks, opts.dry_run).await?;
+        // Not reported: an invisible leftover of a crash mid-delete.
+        self.remove_dangling(media_type_checks, opts.dry_run)
+            .await?;
 
         if !opts.dry_run {
             report.uploads_purged = self.purge_uploads(opts.upload_ttl.as_secs()).await? as u64;
@@ -871,6 +893,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn media_type_records_go_with_their_manifest() {
+        let (dir, reg) = setup();
+        let repo = RepoName::parse("gc/docker").unwrap();
+        let config = blob(&reg, &repo, b"{}").await;
+        let body = serde_json::to_vec(&json!({"schemaVersion": 2, "config": config, "layers": []}))
+            .unwrap();
+        let docker = crate::oci::media::DOCKER_MANIFEST;
+        let d = reg
+            .put_manifest(
+                &repo,
+                &Reference::parse("v1").unwrap(),
+                Some(docker),
+                Bytes::from(body),
+            )
+            .await
+            .unwrap()
+            .digest;
+        let record = dir
+            .path()
+            .join(paths::media_type_record(&repo, &d).as_str());
+        assert_eq!(std::fs::read(&record).unwrap(), docker.as_bytes());
+        let m = reg
+            .get_manifest(&repo, &Reference::Digest(d.clone()), &[])
+            .await
+            .unwrap();
+        assert_eq!(m.media_type, docker);
+        // Untagged, then collected: the record goes with the link.
+        reg.delete_manifest(&repo, &Reference::parse("v1").unwrap())
+            .await
+            .unwrap();
+        let mut o = opts(0);
+        o.delete_untagged = true;
+        assert_eq!(reg.gc(&o).await.unwrap().manifests_deleted, 1);
+        assert!(!record.exists());
+        // A record left by a crash mid-delete is removed too.
+        std::fs::write(&record, docker).unwrap();
+        reg.gc(&opts(0)).await.unwrap();
+        assert!(!record.exists());
+    }
+
+    #[tokio::test]
     async fn unreadable_manifest_stops_the_sweep() {
         let (dir, reg) = setup();
         let repo = RepoName::parse("gc/damaged").unwrap();
@@ -890,11 +953,24 @@ mod tests {
         reg.start_upload(&repo, &crate::registry::Principal::user("gc"))
             .await
             .unwrap();
-        std::fs::write(dir.path().join("blobs.tmp-crashed"), b"partial").unwrap();
+        // A temp file of this version, one of the previous version, and a
+        // name no writer made (kept: not known to be a temp file).
+        let new = dir.path().join(paths::temp_name("crashed"));
+        std::fs::write(&new, b"partial").unwrap();
+        let blobs = dir.path().join(paths::blobs_dir().as_str());
+        std::fs::create_dir_all(&blobs).unwrap();
+        let old = blobs.join(format!(
+            "{}.tmp-0123456789abcdef0123456789abcdef",
+            Digest::of(b"x").hex()
+        ));
+        std::fs::write(&old, b"partial").unwrap();
+        std::fs::write(dir.path().join("blobs.tmp-crashed"), b"?").unwrap();
         let mut o = opts(0);
         o.upload_ttl = Duration::ZERO;
         o.temp_min_age = Duration::ZERO;
         let r = reg.gc(&o).await.unwrap();
-        assert_eq!((r.uploads_purged, r.temp_files_removed), (1, 1));
+        assert_eq!((r.uploads_purged, r.temp_files_removed), (1, 2));
+        assert!(!new.exists() && !old.exists());
+        assert!(dir.path().join("blobs.tmp-crashed").exists());
     }
 }

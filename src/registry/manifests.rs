@@ -1,18 +1,27 @@
 //! Manifests, tags, referrers and the catalog. A manifest is stored as a
-//! blob, then (if it has a `subject`) linked as a referrer, then linked
-//! into its repository, then tagged: a reader that sees a tag can always
-//! follow it, and a linked manifest always has its referrer link. Deletion
-//! runs the other way (tags, repository link, referrer link). A crash in
-//! between leaves at most a referrer link without its manifest, which
-//! readers skip and garbage collection removes.
+//! blob, then (if it has a `subject`) linked as a referrer, then (if its
+//! body has no `mediaType`) its pushed Content-Type is recorded, then it is
+//! linked into its repository, then tagged: a reader that sees a tag can
+//! always follow it, and a linked manifest always has its referrer link and
+//! media type. Deletion runs the other way (tags, repository link, media
+//! type, referrer link). A crash in between leaves at most a referrer link
+//! or media type record without its manifest, which readers skip and
+//! garbage collection removes.
+//!
+//! Tag writes and deletions by digest in one repository are serialized (a
+//! striped lock per repository), so a delete can never miss a tag written
+//! while it runs (a tag never names an unlinked manifest) nor remove a tag
+//! that was just moved to another manifest. Per repository, not per
+//! digest: a tag moved from the deleted digest to another one is a write
+//! under the other digest.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use super::io::blocking;
+use super::media_types::{self, StoredType};
 use super::{Registry, RegistryError, RegistryResult};
-use crate::oci::media;
 use crate::oci::{Descriptor, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
 use crate::storage::{paths, Backend, Entry, StorePath};
 
@@ -98,57 +107,32 @@ fn resolve_blocking(
         .map(|_| digest))
 }
 
-/// Verified manifest bytes and media types by digest. Content-addressed,
-/// so an entry is never stale (whether a repository may serve it is
-/// checked on every request); bounded by total bytes, emptied when full.
-#[derive(Default)]
-pub struct ManifestCache {
-    inner: std::sync::Mutex<CacheInner>,
-}
-
-/// Entries (media type, bytes) and their total size.
-type CacheInner = (std::collections::HashMap<Digest, (String, Bytes)>, usize);
-
-const MANIFEST_CACHE_BYTES: usize = 32 * 1024 * 1024;
-
-impl ManifestCache {
-    fn get(&self, d: &Digest) -> Option<(String, Bytes)> {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.get(d).cloned()
-    }
-
-    fn put(&self, d: &Digest, media_type: &str, bytes: &Bytes) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.1.saturating_add(bytes.len()) > MANIFEST_CACHE_BYTES {
-            guard.0.clear();
-            guard.1 = 0;
+/// Checks that every child of an index is a manifest linked into `repo`
+/// whose stored size is the one its descriptor states.
+fn check_index_children(
+    b: &dyn Backend,
+    repo: &RepoName,
+    children: &[Descriptor],
+) -> RegistryResult<()> {
+    for child in children {
+        let linked = b
+            .size(&paths::manifest_link(repo, &child.digest))?
+            .is_some();
+        let stored = b.size(&paths::blob(&child.digest))?;
+        match stored {
+            Some(actual) if linked => {
+                if actual != child.size {
+                    return Err(crate::oci::ManifestError::Invalid(format!(
+                        "index entry {} says {} bytes but the manifest has {actual}",
+                        child.digest, child.size
+                    ))
+                    .into());
+                }
+            }
+            _ => return Err(RegistryError::ManifestChildUnknown(child.digest.clone())),
         }
-        guard.1 = guard.1.saturating_add(bytes.len());
-        guard
-            .0
-            .insert(d.clone(), (media_type.to_string(), bytes.clone()));
     }
-}
-
-/// Reads just the media type of a stored manifest (the body's own field,
-/// or the shape when it has none).
-fn media_type_of(bytes: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde::de::IgnoredAny>,
-    }
-    match serde_json::from_slice::<Probe>(bytes) {
-        Ok(Probe {
-            media_type: Some(mt),
-            ..
-        }) => mt,
-        Ok(Probe {
-            manifests: Some(_), ..
-        }) => media::OCI_INDEX.to_string(),
-        _ => media::OCI_MANIFEST.to_string(),
-    }
+    Ok(())
 }
 
 /// Whether an `Accept` list admits a media type. No list (or a wildcard)
@@ -212,17 +196,22 @@ impl Registry {
             }
         }
         if manifest.kind == ManifestKind::Index {
-            for child in &manifest.manifests {
-                let b = self.backend.clone();
-                let link = paths::manifest_link(repo, &child.digest);
-                if blocking(move || Ok(b.size(&link)?)).await?.is_none() {
-                    return Err(RegistryError::ManifestChildUnknown(child.digest.clone()));
-                }
-            }
+            let (b, repo2, children) = (
+                self.backend.clone(),
+                repo.clone(),
+                manifest.manifests.clone(),
+            );
+            blocking(move || check_index_children(&*b, &repo2, &children)).await?;
         }
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
+        };
+        // A tag write holds the repository's lock to its end, so a delete
+        // by digest there runs wholly before or after it (module doc).
+        let repo_lock = match tag {
+            Some(_) => Some(self.repo_locks.lock(repo).await),
+            None => None,
         };
         let referrer_link = match &manifest.subject {
             Some(subject) => {
@@ -241,6 +230,7 @@ impl Registry {
             }
             None => None,
         };
+        let media_type_record = media_types::Record::for_put(repo, &digest, &manifest);
         let b = self.backend.clone();
         let (blob, link) = (paths::blob(&digest), paths::manifest_link(repo, &digest));
         let tag_path = tag.as_ref().map(|t| paths::tag(repo, t));
@@ -252,6 +242,9 @@ impl Registry {
             if let Some((path, json)) = referrer_link {
                 b.write_atomic(&path, &json)?;
             }
+            if let Some(record) = media_type_record {
+                record.write(&*b)?;
+            }
             if b.size(&link)?.is_none() {
                 b.write_atomic(&link, &digest_text)?;
             }
@@ -261,6 +254,7 @@ impl Registry {
             Ok(())
         })
         .await?;
+        drop(repo_lock);
         drop(guard);
         tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
         let stored = ManifestStored {
@@ -294,13 +288,22 @@ impl Registry {
         accept: &[String],
     ) -> RegistryResult<ManifestRead> {
         let digest = self.resolve(repo, reference).await?;
-        let (media_type, bytes) = match self.manifest_cache.get(&digest) {
+        let (stored_type, bytes) = match self.manifest_cache.get(&digest) {
             Some(hit) => hit,
             None => {
                 let bytes = self.manifest_bytes(&digest).await?;
-                let media_type = media_type_of(&bytes);
-                self.manifest_cache.put(&digest, &media_type, &bytes);
-                (media_type, bytes)
+                let stored_type = StoredType::of(&bytes);
+                self.manifest_cache.put(&digest, &stored_type, &bytes);
+                (stored_type, bytes)
+            }
+        };
+        let media_type = match stored_type {
+            StoredType::Declared(mt) => mt,
+            StoredType::Undeclared { inferred } => {
+                let (b, repo2, d2) = (self.backend.clone(), repo.clone(), digest.clone());
+                blocking(move || media_types::recorded(&*b, &repo2, &d2, inferred))
+                    .await?
+                    .unwrap_or_else(|| inferred.to_string())
             }
         };
         if !accepts(accept, &media_type) {
@@ -344,6 +347,8 @@ impl Registry {
                 Ok(())
             }
             Reference::Digest(d) => {
+                // No tag PUT of this repository runs until the link is gone.
+                let repo_lock = self.repo_locks.lock(repo).await;
                 let digest = self.resolve(repo, reference).await?;
                 let parsed = match self.manifest_bytes(&digest).await {
                     Ok(bytes) => ParsedManifest::parse(&bytes, None).ok(),
@@ -369,12 +374,14 @@ impl Registry {
                         }
                     }
                     b.delete(&paths::manifest_link(&repo2, &d2))?;
+                    b.delete(&paths::media_type_record(&repo2, &d2))?;
                     if let Some(subject) = subject {
                         b.delete(&paths::referrer_link(&repo2, &subject, &d2))?;
                     }
                     Ok(())
                 })
                 .await?;
+                drop(repo_lock);
                 for l in self.listeners() {
                     l.manifest_deleted(repo, &digest, parsed.as_ref());
                 }
@@ -532,6 +539,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::media;
 
     #[test]
     fn pagination() {

@@ -7,6 +7,8 @@ mod blobs;
 pub mod gc;
 mod io;
 mod manifests;
+mod media_types;
+mod repo_locks;
 pub mod scrub;
 mod upload_table;
 mod uploads;
@@ -95,7 +97,9 @@ pub struct Registry {
     listeners: std::sync::RwLock<Vec<Arc<dyn ManifestListener>>>,
     /// Orders writes against garbage collection (see `gc`).
     gc: gc::Coordinator,
-    manifest_cache: manifests::ManifestCache,
+    manifest_cache: media_types::ManifestCache,
+    /// Serializes tag writes and deletions per repository.
+    repo_locks: repo_locks::RepoLocks,
 }
 
 impl Registry {
@@ -106,7 +110,8 @@ impl Registry {
             uploads: uploads::Sessions::default(),
             listeners: std::sync::RwLock::new(Vec::new()),
             gc: gc::Coordinator::default(),
-            manifest_cache: manifests::ManifestCache::default(),
+            manifest_cache: media_types::ManifestCache::default(),
+            repo_locks: repo_locks::RepoLocks::default(),
         }
     }
 

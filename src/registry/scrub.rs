@@ -4,8 +4,8 @@
 //! manifest is linked in the repository and stored; each manifest link
 //! names a stored, parseable manifest whose config and layers are stored
 //! with the size its descriptors state (and linked in the repository), and
-//! whose index children are linked manifests; each `_layers` link names a
-//! stored blob; each `_referrers` link names a linked manifest whose
+//! whose index children are linked manifests of the size stated; each
+//! `_layers` link names a stored blob; each `_referrers` link names a linked manifest whose
 //! `subject` is that folder, and each linked manifest with a subject has
 //! its referrer link.
 //!
@@ -347,6 +347,21 @@ impl Ctx<'_> {
                         ),
                         false,
                     );
+                } else if let Some(size) = b.size(&paths::blob(&c.digest))? {
+                    // Pushes check this since this version; an older store
+                    // may hold such an index.
+                    if size != c.size {
+                        self.problem(
+                            "index_child_size",
+                            Some(repo),
+                            d,
+                            format!(
+                                "index child {} stated as {} bytes; it has {size}",
+                                c.digest, c.size
+                            ),
+                            false,
+                        );
+                    }
                 }
             }
             if let Some(subject) = m.subject.clone() {
@@ -565,5 +580,27 @@ mod tests {
         assert!(kinds.contains(&"tag_dangling"), "{kinds:?}");
         assert!(kinds.contains(&"corrupt_blob"), "{kinds:?}");
         assert!(kinds.contains(&"manifest_invalid"), "{kinds:?}");
+    }
+
+    #[tokio::test]
+    async fn an_index_stating_a_wrong_child_size_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> = Arc::new(FsBackend::open(dir.path()).unwrap());
+        let reg = Registry::new(b.clone(), Limits::default());
+        let repo = RepoName::parse("scrub/index").unwrap();
+        let child = store_image(&reg, &repo, b"layer").await;
+        // Written as an older version could: pushes refuse this now.
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": crate::oci::media::OCI_INDEX,
+            "manifests": [{"mediaType": crate::oci::media::OCI_MANIFEST, "digest": child, "size": 1}],
+        }))
+        .unwrap();
+        let d = Digest::of(&index);
+        b.write_atomic(&paths::blob(&d), &index).unwrap();
+        b.write_atomic(&paths::manifest_link(&repo, &d), d.to_string().as_bytes())
+            .unwrap();
+        let r = reg.scrub(false).await.unwrap();
+        let kinds: Vec<&str> = r.problems.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, ["index_child_size"], "{:?}", r.problems);
     }
 }

@@ -1,14 +1,18 @@
 //! The filesystem backend. Every durable write goes through
-//! `write_atomic` or `rename`: temp file in the same filesystem, fsync,
-//! rename, fsync the folder. Temp files carry a random suffix and are
-//! removed by a guard if the write does not complete.
+//! `write_atomic` (or [`write_file_atomic`] for a file outside the
+//! backend's objects, the token key) or `rename`: temp file in the same
+//! folder, fsync, rename, fsync the folder. Temp files have a random
+//! internal name (`paths::temp_name`) and are removed by a guard if the
+//! write does not complete; listings hide every internal name.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{AppendWriter, Backend, Entry, ObjectReader, StorageError, StorageResult, StorePath};
+use super::{
+    paths, AppendWriter, Backend, Entry, ObjectReader, StorageError, StorageResult, StorePath,
+};
 
 pub struct FsBackend {
     root: PathBuf,
@@ -118,13 +122,46 @@ impl Drop for TempGuard {
     }
 }
 
-fn temp_name(target: &Path) -> PathBuf {
-    let mut name = target
+fn temp_path(target: &Path) -> PathBuf {
+    let final_name = target
         .file_name()
-        .map(|n| n.to_os_string())
+        .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.push(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    target.with_file_name(name)
+    target.with_file_name(paths::temp_name(&final_name))
+}
+
+/// Writes a whole file atomically and durably: a temp file with a random
+/// internal name in the same folder (created with `mode` on Unix, if
+/// given), fsync, rename over `target`, fsync the folder. Missing folders
+/// are created durably. Readers see the old file or the new one, never a
+/// mix; a crash leaves at most the temp file, which `gc` removes.
+pub fn write_file_atomic(target: &Path, data: &[u8], mode: Option<u32>) -> io::Result<()> {
+    let dir = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    create_dir_durable(&dir)?;
+    let tmp = temp_path(target);
+    let guard = TempGuard {
+        path: tmp.clone(),
+        armed: true,
+    };
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, target)?;
+    guard.keep();
+    sync_dir(&dir)
 }
 
 struct FsAppend {
@@ -176,28 +213,7 @@ impl Backend for FsBackend {
     }
 
     fn write_atomic(&self, path: &StorePath, data: &[u8]) -> StorageResult<()> {
-        let target = self.full(path);
-        let dir = target
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        create_dir_durable(&dir).map_err(io_err(path))?;
-        let tmp = temp_name(&target);
-        let guard = TempGuard {
-            path: tmp.clone(),
-            armed: true,
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err(path))?;
-        f.write_all(data).map_err(io_err(path))?;
-        f.sync_all().map_err(io_err(path))?;
-        drop(f);
-        fs::rename(&tmp, &target).map_err(io_err(path))?;
-        guard.keep();
-        sync_dir(&dir).map_err(io_err(path))
+        write_file_atomic(&self.full(path), data, None).map_err(io_err(path))
     }
 
     fn size(&self, path: &StorePath) -> StorageResult<Option<u64>> {
@@ -294,8 +310,8 @@ impl Backend for FsBackend {
             let Ok(name) = ent.file_name().into_string() else {
                 continue;
             };
-            // Temp files of in-flight writes are not objects.
-            if name.contains(".tmp-") {
+            // Temp files and the lock are not objects.
+            if paths::is_internal(&name) {
                 continue;
             }
             let is_dir = ent.file_type().map_err(io_err(path))?.is_dir();
@@ -316,9 +332,7 @@ impl Backend for FsBackend {
     }
 
     fn probe_writable(&self) -> StorageResult<()> {
-        let probe = self
-            .root
-            .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+        let probe = self.root.join(paths::temp_name("probe"));
         let p = StorePath::probe();
         let r = File::create(&probe).and_then(|mut f| f.write_all(b"ok"));
         let _ = fs::remove_file(&probe);
@@ -338,19 +352,31 @@ impl Backend for FsBackend {
 
     fn remove_stale_temps(&self, min_age_secs: u64) -> StorageResult<(u64, u64)> {
         let mut removed = (0u64, 0u64);
-        let mut stack = vec![self.root.clone()];
+        // Folders as components relative to the root (for the legacy rule).
+        let mut stack: Vec<Vec<String>> = vec![Vec::new()];
         let root = StorePath::probe();
-        while let Some(dir) = stack.pop() {
+        while let Some(rel) = stack.pop() {
+            let dir = rel.iter().fold(self.root.clone(), |p, c| p.join(c));
             let Some(rd) = not_found(fs::read_dir(&dir)).map_err(io_err(&root))? else {
                 continue;
             };
+            let comps: Vec<&str> = rel.iter().map(String::as_str).collect();
             for ent in rd.flatten() {
                 let Ok(ft) = ent.file_type() else { continue };
+                let Ok(name) = ent.file_name().into_string() else {
+                    continue;
+                };
                 if ft.is_dir() {
-                    stack.push(ent.path());
+                    // The store makes no internal folders; one that is
+                    // there (a filesystem's `.snapshot`) is not ours.
+                    if !paths::is_internal(&name) {
+                        let mut next = rel.clone();
+                        next.push(name);
+                        stack.push(next);
+                    }
                     continue;
                 }
-                if !ent.file_name().to_string_lossy().contains(".tmp-") {
+                if !paths::is_temp_leftover(&comps, &name) {
                     continue;
                 }
                 let Ok(meta) = ent.metadata() else { continue };

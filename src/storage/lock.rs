@@ -1,12 +1,18 @@
 //! The data folder's lock file (`<data dir>/.lock`, an advisory `flock`).
-//! A server holds it shared for its lifetime, as do read-only maintenance
-//! commands; `gc` and `scrub --repair` hold it exclusive, so they never
-//! run beside a server (which runs its own collector) or each other. The
-//! kernel drops the lock when the process dies, `kill -9` included.
+//! Everything that writes the store holds it exclusive for its lifetime: a
+//! server (each server keeps its own in-memory state: upload sessions,
+//! garbage-collection protection, derived indexes, so two on one folder
+//! would be blind to each other's writes), `gc`, `scrub --repair` and
+//! `sign`. So at most one of them runs on a data folder, and a second one
+//! is refused at start with [`LockError::Busy`]. Read-only commands (`gc
+//! --dry-run`, `scrub` without `--repair`) take no lock: they run beside a
+//! server, and what they report may include writes in flight
+//! ([`DataDirLock::is_held`] lets them say so). The kernel drops the lock
+//! when the process dies, `kill -9` included.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::paths;
 
@@ -22,7 +28,48 @@ pub enum LockMode {
     Exclusive,
 }
 
+/// Why the exclusive lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("data dir {0} is in use by another bpf-registry server or a maintenance command (gc, scrub --repair, sign): only one may use it at a time; stop the other first")]
+    Busy(PathBuf),
+    #[error("cannot lock data dir {0}: {1}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+impl LockError {
+    /// As an `io::Error` carrying the message (`WouldBlock` when busy).
+    pub fn into_io(self) -> io::Error {
+        let kind = match &self {
+            LockError::Busy(_) => io::ErrorKind::WouldBlock,
+            LockError::Io(_, e) => e.kind(),
+        };
+        io::Error::new(kind, self.to_string())
+    }
+}
+
 impl DataDirLock {
+    /// Takes the lock exclusive for a process that writes the store.
+    pub fn acquire_exclusive(data_dir: &Path) -> Result<DataDirLock, LockError> {
+        Self::try_acquire(data_dir, LockMode::Exclusive).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                LockError::Busy(data_dir.to_path_buf())
+            } else {
+                LockError::Io(data_dir.to_path_buf(), e)
+            }
+        })
+    }
+
+    /// Whether a writer holds the lock right now (probed with a shared
+    /// lock, released at once). `false` when the folder does not exist.
+    pub fn is_held(data_dir: &Path) -> bool {
+        data_dir.is_dir()
+            && matches!(
+                Self::try_acquire(data_dir, LockMode::Shared),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            )
+    }
+
     /// Takes the lock without waiting; `WouldBlock` if it is held in a
     /// conflicting mode.
     pub fn try_acquire(data_dir: &Path, mode: LockMode) -> io::Result<DataDirLock> {
@@ -67,6 +114,21 @@ fn flock(_file: &File, _mode: LockMode) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exclusive_excludes_everything_and_names_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!DataDirLock::is_held(dir.path()));
+        let held = DataDirLock::acquire_exclusive(dir.path()).unwrap();
+        assert!(DataDirLock::is_held(dir.path()));
+        let e = DataDirLock::acquire_exclusive(dir.path()).unwrap_err();
+        assert!(matches!(e, LockError::Busy(_)));
+        assert!(e.to_string().contains(&dir.path().display().to_string()));
+        assert_eq!(e.into_io().kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        assert!(!DataDirLock::is_held(dir.path()));
+        let _again = DataDirLock::acquire_exclusive(dir.path()).unwrap();
+    }
 
     #[test]
     fn shared_excludes_exclusive() {

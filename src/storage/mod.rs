@@ -4,6 +4,8 @@
 //! The trait is synchronous; services call it from blocking threads, which
 //! keeps it implementable by any object store client.
 
+/// Only the crate's own tests inject faults.
+#[cfg(test)]
 pub mod faulty;
 pub mod fs;
 pub mod lock;
@@ -97,6 +99,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes a folder and everything below it.
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()>;
     /// Lists a folder's children (empty if it does not exist), unsorted.
+    /// Internal names (`paths::is_internal`: temp files, the lock) are
+    /// never listed.
     fn list(&self, path: &StorePath) -> StorageResult<Vec<Entry>>;
     /// Seconds since the object was last modified (for GC grace periods).
     fn age_secs(&self, path: &StorePath) -> StorageResult<Option<u64>>;
@@ -111,7 +115,8 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Removes temporary files of interrupted writes that are at least
     /// `min_age_secs` old (a crash leaves them behind; listings never show
-    /// them). Returns how many files and bytes went.
+    /// them), this version's and the previous one's, by the rule of
+    /// `paths::is_temp_leftover`. Returns how many files and bytes went.
     fn remove_stale_temps(&self, min_age_secs: u64) -> StorageResult<(u64, u64)> {
         let _ = min_age_secs;
         Ok((0, 0))

@@ -1,4 +1,5 @@
-//! Every storage path, built here and nowhere else. The layout:
+//! Every storage path and every name the store makes for itself, built
+//! here and nowhere else. The layout:
 //!
 //! ```text
 //! <data dir>/
@@ -6,16 +7,35 @@
 //!   repositories/<name>/                       <name> may have several components
 //!     _tags/<tag>                              file holding a digest
 //!     _manifests/sha256/<hex>                  link: the manifest belongs to this repo
+//!     _media_types/sha256/<hex>                Content-Type of a manifest without `mediaType`
 //!     _layers/sha256/<hex>                     link: the blob is reachable from this repo
 //!     _referrers/sha256/<subject>/<referrer>   link per referrer (holds its descriptor)
 //!   _uploads/<uuid>/data                       bytes received so far
 //!   _uploads/<uuid>/state                      JSON: repository, acknowledged offset
 //!   _quarantine/sha256/<hex>                   blobs scrub found corrupt
-//!   .lock                                      held by a server (shared) and gc (exclusive)
+//!   _auth/token-key.pem                        generated token signing key (0600)
+//!   .lock                                      held exclusive by a server, `gc`, `scrub --repair`
 //! ```
 //!
-//! A `_` cannot begin a component of a validated repository name, so the
+//! **Internal names start with `.`** (temp files `.tmp-<32 hex>.<final
+//! name>` in the folder of their final name, the lock file): no repository
+//! component (`[a-z0-9]...`), tag (`[A-Za-z0-9_]...`), digest hex or upload
+//! id can, so listings hide them by that rule alone and a client name never
+//! looks internal. The `_` folders stay: at the top level they sit beside
+//! `blobs` and `repositories`, never among repository names, and inside
+//! `repositories/` a `_` cannot begin a component of a validated name, so
 //! `_tags`-style folders never collide with nested repositories.
+//!
+//! **Leftovers of the previous version.** Its temp files were
+//! `<final name>.tmp-<32 lowercase hex>`, which can be a valid tag or
+//! repository component. Garbage collection removes such a file only where
+//! its final name is a digest hex (`blobs/sha256`, the `_manifests`,
+//! `_layers` and `_referrers` link folders) or an upload's `state`, so the
+//! name itself is never a valid entry there and no tag or link can name it;
+//! plus that writer's `_auth/token-key.tmp-<pid>` and `.probe-<32 hex>`.
+//! In `_tags` a legacy-looking name is a valid tag, so it is never deleted:
+//! at worst an old crash leaked one ~100-byte tag file, which lists as a tag
+//! and can be deleted like one.
 
 use std::fmt;
 
@@ -55,6 +75,7 @@ pub const REPOSITORIES: &str = "repositories";
 pub const TAGS_DIR: &str = "_tags";
 pub const MANIFESTS_DIR: &str = "_manifests";
 pub const LAYERS_DIR: &str = "_layers";
+pub const MEDIA_TYPES_DIR: &str = "_media_types";
 pub const REFERRERS_DIR: &str = "_referrers";
 
 pub fn blobs_dir() -> StorePath {
@@ -69,9 +90,14 @@ pub fn quarantine(d: &Digest) -> StorePath {
 pub fn quarantine_dir() -> StorePath {
     StorePath("_quarantine/sha256".into())
 }
-/// The lock file a server holds shared and `gc`/`scrub --repair` exclusive.
+/// The lock file a server, `gc` and `scrub --repair` hold exclusive.
 pub fn lock_file() -> StorePath {
     StorePath(".lock".into())
+}
+/// The generated token key, relative to the data directory.
+pub const GENERATED_TOKEN_KEY: &str = "_auth/token-key.pem";
+pub fn generated_token_key() -> StorePath {
+    StorePath(GENERATED_TOKEN_KEY.into())
 }
 pub fn repositories_root() -> StorePath {
     StorePath(REPOSITORIES.into())
@@ -100,6 +126,14 @@ pub fn manifests_dir(name: &RepoName) -> StorePath {
 pub fn manifest_link(name: &RepoName, d: &Digest) -> StorePath {
     manifests_dir(name).join(d.hex())
 }
+pub fn media_types_dir(name: &RepoName) -> StorePath {
+    repo_dir(name).join(MEDIA_TYPES_DIR).join("sha256")
+}
+/// The Content-Type a manifest without a `mediaType` field was pushed with
+/// to this repository.
+pub fn media_type_record(name: &RepoName, d: &Digest) -> StorePath {
+    media_types_dir(name).join(d.hex())
+}
 pub fn layers_dir(name: &RepoName) -> StorePath {
     repo_dir(name).join(LAYERS_DIR).join("sha256")
 }
@@ -126,6 +160,68 @@ pub fn upload_data(id: &UploadId) -> StorePath {
 }
 pub fn upload_state(id: &UploadId) -> StorePath {
     upload_dir(id).join("state")
+}
+
+/// Whether a file or folder name is the store's own (a temp file, the
+/// lock): listings never show these.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// A fresh temp file name for a write whose final name is `final_name`
+/// (in the same folder, so the rename is atomic).
+pub fn temp_name(final_name: &str) -> String {
+    format!(
+        "{TEMP_PREFIX}{}.{final_name}",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Whether a file in the folder `dir` (components relative to the store
+/// root) was left by an interrupted write, of this version or of the
+/// previous one (see the module doc for which names and why).
+pub fn is_temp_leftover(dir: &[&str], name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) || is_legacy_temp(dir, name)
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `<final>.tmp-<32 lowercase hex>` of the previous writer, only where
+/// `final` is never a client-chosen name.
+fn is_legacy_temp(dir: &[&str], name: &str) -> bool {
+    let in_repo = |repo: &[&str]| !repo.is_empty() && RepoName::parse(&repo.join("/")).is_ok();
+    if dir.is_empty() {
+        if let Some(hex) = name.strip_prefix(".probe-") {
+            return is_lower_hex(hex, 32);
+        }
+    }
+    if let ["_auth"] = dir {
+        if let Some(pid) = name.strip_prefix("token-key.tmp-") {
+            return !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        }
+    }
+    let Some((final_name, suffix)) = name.rsplit_once(".tmp-") else {
+        return false;
+    };
+    if !is_lower_hex(suffix, 32) {
+        return false;
+    }
+    let digest_named = is_lower_hex(final_name, 64);
+    match dir {
+        ["blobs", "sha256"] => digest_named,
+        [REPOSITORIES, repo @ .., MANIFESTS_DIR | LAYERS_DIR, "sha256"] => {
+            digest_named && in_repo(repo)
+        }
+        [REPOSITORIES, repo @ .., REFERRERS_DIR, "sha256", subject] => {
+            digest_named && is_lower_hex(subject, 64) && in_repo(repo)
+        }
+        ["_uploads", id] => final_name == "state" && UploadId::parse(id).is_some(),
+        _ => false,
+    }
 }
 
 /// An upload session id: a hyphenated lowercase UUID, validated.
@@ -173,6 +269,60 @@ mod tests {
                 d.hex()
             )
         );
+    }
+
+    #[test]
+    fn internal_names_are_outside_every_client_grammar() {
+        let t = temp_name("v1");
+        assert!(is_internal(&t) && is_internal(".lock"));
+        assert!(t.starts_with(".tmp-") && t.ends_with(".v1"));
+        assert!(RepoName::parse(&t).is_err() && Tag::parse(&t).is_err());
+        assert!(Digest::from_hex(&t).is_none());
+        for client_name in ["foo.tmp-bar", "rel.tmp-1", "_x"] {
+            assert!(!is_internal(client_name));
+        }
+    }
+
+    #[test]
+    fn legacy_temps_are_recognised_only_where_no_client_name_fits() {
+        let hex = Digest::of(b"").hex().to_string();
+        let old = format!("{hex}.tmp-0123456789abcdef0123456789abcdef");
+        let leftover = |dir: &str, name: &str| {
+            let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+            is_temp_leftover(&comps, name)
+        };
+        assert!(leftover("blobs/sha256", &old));
+        assert!(leftover("repositories/a/b/_manifests/sha256", &old));
+        assert!(leftover("repositories/a/_layers/sha256", &old));
+        assert!(leftover(
+            &format!("repositories/a/_referrers/sha256/{hex}"),
+            &old
+        ));
+        assert!(leftover(
+            "_uploads/5f0c6c2e-8a51-4a8e-9a57-2d1b3c4d5e6f",
+            "state.tmp-0123456789abcdef0123456789abcdef"
+        ));
+        assert!(leftover("_auth", "token-key.tmp-1"));
+        assert!(leftover("", ".probe-0123456789abcdef0123456789abcdef"));
+        assert!(leftover("repositories/a/_tags", ".tmp-0123.v1"));
+        // Valid client names, or names the old writer never made: kept.
+        assert!(!leftover(
+            "repositories/a/_tags",
+            "v1.tmp-0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!leftover(
+            "repositories",
+            "foo.tmp-0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!leftover("blobs/sha256", &format!("{hex}.tmp-0123")));
+        assert!(!leftover("blobs/sha256", &old.to_uppercase()));
+        assert!(!leftover(
+            "blobs/sha256",
+            "abc.tmp-0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!leftover("repositories/_manifests/sha256", &old));
+        assert!(!leftover("", ".lock"));
+        assert!(!leftover("_auth", "token-key.pem"));
     }
 
     #[test]
