@@ -1,8 +1,8 @@
 //! Property tests of everything that parses untrusted input: digests,
-//! repository names, tags and references; the `/v2` path parser; manifest
-//! validation; the REST JSON decoder (through a real server); the tar.zst
-//! packer; the ELF inspector. Each must never panic, accept what the
-//! grammar allows and refuse the rest.
+//! repository names, tags and references; the `/v2` path and query
+//! parser; manifest validation; the REST JSON decoder (through a real
+//! server); the tar.zst packer; the ELF inspector. Each must never panic,
+//! accept what the grammar allows and refuse the rest.
 
 mod common;
 
