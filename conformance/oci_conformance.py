@@ -1200,6 +1200,104 @@ def error_upload_foreign_repo(c: Ctx) -> None:
     c.reg.request("DELETE", loc)
 
 
+# === spec details and strict queries =============================================
+
+
+@check
+def manifest_invalid_reference_is_unknown(c: Ctx) -> None:
+    """The official suite's nonexistent reference: 404, not 400 (a PUT stays 400)."""
+    ref = ".INVALID_MANIFEST_NAME"
+    r = c.reg.get_manifest(c.repo, ref)
+    expect_error(r, [404], ["MANIFEST_UNKNOWN"], f"GET manifests/{ref}")
+    h = c.reg.get_manifest(c.repo, ref, "HEAD")
+    expect_status(h, 404, what=f"HEAD manifests/{ref}")
+    d = c.reg.request("DELETE", f"/v2/{c.repo}/manifests/{ref}")
+    expect_error(d, [404], ["MANIFEST_UNKNOWN"], f"DELETE manifests/{ref}")
+    img = build_image(c.reg, c.repo)
+    p = c.reg.put_manifest(c.repo, ref, img.body, img.media_type)
+    expect_error(p, [400], ["MANIFEST_INVALID", "TAG_INVALID"], f"PUT manifests/{ref}")
+
+
+@check
+def blob_mount_without_from_discovers_blob(c: Ctx) -> None:
+    """Automatic content discovery: a mount without `from` finds the blob (201)."""
+    src = c.fresh_repo("mount-src")
+    data = rand_bytes(333)
+    digest = c.reg.upload_blob(src, data)
+    dst = c.fresh_repo("mount-auto")
+    r = c.reg.request("POST", f"/v2/{dst}/blobs/uploads/", params={"mount": digest})
+    expect_status(r, 201, what="mount without from of a stored blob")
+    loc = expect_header(r, "Location")
+    ensure(urllib.parse.urlsplit(c.reg.resolve(loc)).path == f"/v2/{dst}/blobs/{digest}",
+           f"Location {loc!r} is not the mounted blob")
+    g = c.reg.request("GET", f"/v2/{dst}/blobs/{digest}")
+    expect_status(g, 200, what="GET blob after automatic mount")
+    ensure(g.content == data, "mounted blob differs")
+    # A digest stored nowhere: an upload session, as for any failed mount.
+    r = c.reg.request("POST", f"/v2/{dst}/blobs/uploads/",
+                      params={"mount": sha256(rand_bytes(64))})
+    expect_status(r, 202, what="mount without from of an unknown blob")
+    c.reg.request("DELETE", c.reg.resolve(expect_header(r, "Location")))
+
+
+@check
+def manifest_accept_q_zero_excludes(c: Ctx) -> None:
+    """RFC 9110 §12.5.1: a media range with q=0 is not acceptable."""
+    img = build_image(c.reg, c.repo)
+    tag = "q0-" + rand_suffix()
+    c.reg.push_manifest(c.repo, tag, img.body, img.media_type)
+    for accept in (f"{OCI_MANIFEST};q=0", f"{OCI_MANIFEST};q=0, */*",
+                   f"{OCI_INDEX}, {OCI_MANIFEST}; q=0.0"):
+        r = c.reg.get_manifest(c.repo, tag, accept=accept)
+        expect_status(r, 404, 406, what=f"Accept: {accept}")
+    r = c.reg.get_manifest(c.repo, tag, accept=f"{OCI_INDEX};q=0, {OCI_MANIFEST}")
+    expect_status(r, 200, what="q=0 on another type only")
+    ensure(r.content == img.body, "manifest bytes differ")
+
+
+@check
+def blob_get_invalid_range_ignored(c: Ctx) -> None:
+    """RFC 9110 §14.2: an invalid range (last < first) is ignored: 200, whole blob."""
+    data = rand_bytes(400)
+    digest = c.reg.upload_blob(c.repo, data)
+    r = c.reg.request("GET", f"/v2/{c.repo}/blobs/{digest}", headers={"Range": "bytes=5-3"})
+    expect_status(r, 200, what="Range: bytes=5-3")
+    ensure("Content-Range" not in r.headers, "ignored range answered with Content-Range")
+    ensure(r.content == data, "body is not the whole blob")
+
+
+@check
+def query_repeated_parameters_rejected(c: Ctx) -> None:
+    """A parameter given twice is a 400 and changes nothing (never first-here, last-there)."""
+    data = rand_bytes(99)
+    right, wrong = sha256(data), sha256(rand_bytes(99))
+    repo = c.fresh_repo("dupq")
+    held = c.reg.upload_blob(c.fresh_repo("dupq-src"), rand_bytes(50))
+    r = c.reg.request("POST", f"/v2/{repo}/blobs/uploads/",
+                      params=[("digest", wrong), ("digest", right)], data=data,
+                      headers={"Content-Type": OCTET})
+    expect_error(r, [400], ["DIGEST_INVALID"], "POST ?digest=&digest=")
+    ensure(not c.reg.blob_exists(repo, right), "blob stored despite repeated digest")
+    r = c.reg.request("POST", f"/v2/{repo}/blobs/uploads/",
+                      params=[("mount", held), ("from", repo), ("from", repo + "x")])
+    expect_error(r, [400], ["NAME_INVALID"], "POST ?mount=&from=&from=")
+    ensure(not c.reg.blob_exists(repo, held), "blob mounted despite repeated from")
+    loc = c.reg.start_upload(repo)
+    url = c.reg.resolve(loc)
+    sep = "&" if urllib.parse.urlsplit(url).query else "?"
+    r = c.reg.request("PUT", f"{url}{sep}digest={wrong}&digest={right}", data=data,
+                      headers={"Content-Type": OCTET})
+    expect_error(r, [400], ["DIGEST_INVALID"], "PUT ?digest=&digest=")
+    ensure(not c.reg.blob_exists(repo, right), "blob stored despite repeated digest")
+    c.reg.request("DELETE", url)
+    for path in (f"/v2/{c.repo}/tags/list", "/v2/_catalog"):
+        r = c.reg.request("GET", path, params=[("n", "1"), ("n", "2")])
+        expect_error(r, [400], ["PAGINATION_NUMBER_INVALID"], f"GET {path}?n=&n=")
+        r = c.reg.request("GET", path, params=[("last", "a"), ("last", "b")])
+        expect_status(r, 400, what=f"GET {path}?last=&last=")
+        error_codes(r, f"GET {path}?last=&last=")
+
+
 # === path tricks =================================================================
 
 

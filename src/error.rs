@@ -27,6 +27,9 @@ pub enum OciErrorCode {
     Unauthorized,
     Denied,
     Unsupported,
+    /// `UNSUPPORTED` answered with 400: a query parameter given twice or
+    /// not decodable.
+    QueryInvalid,
     TooManyRequests,
     /// `PAGINATION_NUMBER_INVALID` (a distribution extension): bad `n`.
     PaginationNumberInvalid,
@@ -57,6 +60,7 @@ impl OciErrorCode {
             | ManifestInvalid
             | NameInvalid
             | SizeInvalid
+            | QueryInvalid
             | PaginationNumberInvalid => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Denied => StatusCode::FORBIDDEN,
@@ -85,7 +89,7 @@ impl OciErrorCode {
             SizeInvalid | BodyTooLarge => "SIZE_INVALID",
             Unauthorized => "UNAUTHORIZED",
             Denied => "DENIED",
-            Unsupported => "UNSUPPORTED",
+            Unsupported | QueryInvalid => "UNSUPPORTED",
             TooManyRequests => "TOOMANYREQUESTS",
             PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Unavailable => "UNAVAILABLE",

@@ -2229,3 +2229,184 @@ async fn content_range_whose_length_overflows_is_rejected_not_a_panic() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&r, "range").as_deref(), Some("0-0"));
 }
+
+// ---- OCI details of issue 11 -------------------------------------------------
+
+#[tokio::test]
+async fn lookups_of_an_invalid_tag_are_404_manifest_unknown_and_put_stays_400() {
+    let s = TestServer::start().await;
+    let c = client();
+    s.push_image(&c, "bpf/ref", "v1", b"{}", &[b"l"], json!({}))
+        .await;
+    // The conformance suite's "nonexistent manifest" reference.
+    for repo in ["bpf/ref", "bpf/none"] {
+        for reference in [".INVALID_MANIFEST_NAME", "-x", "a%2Bb", "x%21y"] {
+            let url = s.url(&format!("/v2/{repo}/manifests/{reference}"));
+            let r = c.get(&url).send().await.unwrap();
+            assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+            let r = c.head(&url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "HEAD {url}");
+            let r = c.delete(&url).send().await.unwrap();
+            assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+        }
+    }
+    let r = s
+        .put_manifest(&c, "bpf/ref", ".INVALID_MANIFEST_NAME", OCI_MANIFEST, b"{}")
+        .await;
+    assert_oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    // The valid tag is untouched.
+    let r = c
+        .get(s.url("/v2/bpf/ref/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn mount_without_from_finds_the_blob_in_another_repository() {
+    let s = TestServer::start().await;
+    let c = client();
+    let data = pseudo_random(500, 80);
+    let d = s.push_blob(&c, "bpf/holder", &data).await;
+    let r = c
+        .post(s.url(&format!("/v2/bpf/auto/blobs/uploads/?mount={d}")))
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(location(&r), format!("/v2/bpf/auto/blobs/{d}"));
+    assert_eq!(
+        header(&r, "docker-content-digest").as_deref(),
+        Some(d.as_str())
+    );
+    let got = c
+        .get(s.url(&format!("/v2/bpf/auto/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+    // A digest no repository holds: an upload session.
+    let r = c
+        .post(s.url(&format!(
+            "/v2/bpf/auto/blobs/uploads/?mount={}",
+            sha256(b"nowhere")
+        )))
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(location(&r).starts_with("/v2/bpf/auto/blobs/uploads/"));
+}
+
+#[tokio::test]
+async fn accept_with_q_zero_excludes_that_type() {
+    let s = TestServer::start().await;
+    let c = client();
+    let repo = "bpf/qzero";
+    let (child, child_body) = s
+        .push_image(&c, repo, "amd64", b"{}", &[b"layer"], json!({}))
+        .await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": child_body.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }))
+    .unwrap();
+    s.put_manifest_ok(&c, repo, "v1", OCI_INDEX, &index).await;
+    let index_url = s.url(&format!("/v2/{repo}/manifests/v1"));
+    let image_url = s.url(&format!("/v2/{repo}/manifests/amd64"));
+    for accept in [
+        format!("{OCI_INDEX};q=0"),
+        format!("{OCI_INDEX};q=0, */*"),
+        format!("{OCI_MANIFEST}, {OCI_INDEX}; q=0.0"),
+        format!("application/*;q=0, {OCI_MANIFEST}"),
+    ] {
+        let r = c
+            .get(&index_url)
+            .header("accept", &accept)
+            .send()
+            .await
+            .unwrap();
+        assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+    // The excluded type is only that type.
+    let r = c
+        .get(&image_url)
+        .header("accept", format!("{OCI_INDEX};q=0, */*"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type").as_deref(), Some(OCI_MANIFEST));
+    let r = c
+        .get(&index_url)
+        .header("accept", format!("{OCI_INDEX};q=0.1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_invalid_or_foreign_range_is_ignored_and_the_whole_blob_served() {
+    let s = TestServer::start().await;
+    let c = client();
+    let data = pseudo_random(100, 81);
+    let digest = s.push_blob(&c, "bpf/ranges", &data).await;
+    let url = s.url(&format!("/v2/bpf/ranges/blobs/{digest}"));
+    // RFC 9110 §14.2: an invalid range (last before first), an unknown
+    // unit and (here) several ranges are ignored: 200 with the whole blob.
+    for range in ["bytes=5-3", "items=0-1", "bytes=0-1,3-4"] {
+        let r = c.get(&url).header("range", range).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "Range: {range}");
+        assert!(header(&r, "content-range").is_none(), "Range: {range}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    }
+    // Not a ranges-specifier at all: still refused.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID").await;
+    // The REST binary download reads Range the same way.
+    let body = json!({
+        "name": "bpf/rangetool",
+        "version": "1.0.0",
+        "type": "program",
+        "architecture": "x86_64",
+        "data": "dGVzdCBkYXRh",
+    });
+    let r = c
+        .post(s.url("/artifacts"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let whole = c
+        .get(s.url(&format!("/artifacts/{id}/binary")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let r = c
+        .get(s.url(&format!("/artifacts/{id}/binary")))
+        .header("range", "bytes=5-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), whole);
+}

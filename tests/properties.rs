@@ -1,8 +1,8 @@
 //! Property tests of everything that parses untrusted input: digests,
-//! repository names, tags and references; the `/v2` path parser; manifest
-//! validation; the REST JSON decoder (through a real server); the tar.zst
-//! packer; the ELF inspector. Each must never panic, accept what the
-//! grammar allows and refuse the rest.
+//! repository names, tags and references; the `/v2` path and query
+//! parser; manifest validation; the REST JSON decoder (through a real
+//! server); the tar.zst packer; the ELF inspector. Each must never panic,
+//! accept what the grammar allows and refuse the rest.
 
 mod common;
 
@@ -125,16 +125,16 @@ proptest! {
     fn v2_paths_parse_into_the_right_endpoint(name in repo_name(), t in tag(), hex in hex64()) {
         prop_assume!(name.len() <= 255);
         let get = axum::http::Method::GET;
-        let e = endpoint::parse(&get, &format!("/v2/{name}/manifests/{t}")).expect("manifest path");
+        let e = endpoint::parse(&get, &format!("/v2/{name}/manifests/{t}"), None).expect("manifest path");
         let is_manifest = matches!(e, Endpoint::GetManifest { name: ref n, .. } if n.as_str() == name);
         prop_assert!(is_manifest);
-        let e = endpoint::parse(&get, &format!("/v2/{name}/blobs/sha256:{hex}")).expect("blob path");
+        let e = endpoint::parse(&get, &format!("/v2/{name}/blobs/sha256:{hex}"), None).expect("blob path");
         let is_blob = matches!(e, Endpoint::GetBlob { ref digest, .. } if digest.hex() == hex);
         prop_assert!(is_blob);
-        let e = endpoint::parse(&get, &format!("/v2/{name}/tags/list")).expect("tags path");
+        let e = endpoint::parse(&get, &format!("/v2/{name}/tags/list"), None).expect("tags path");
         let is_tags = matches!(e, Endpoint::ListTags { .. });
         prop_assert!(is_tags);
-        let e = endpoint::parse(&axum::http::Method::POST, &format!("/v2/{name}/blobs/uploads/"));
+        let e = endpoint::parse(&axum::http::Method::POST, &format!("/v2/{name}/blobs/uploads/"), None);
         let is_start = matches!(e, Ok(Endpoint::StartUpload { .. }));
         prop_assert!(is_start);
     }
@@ -145,12 +145,79 @@ proptest! {
         method in prop::sample::select(vec!["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"]),
     ) {
         let m = axum::http::Method::from_bytes(method.as_bytes()).expect("method");
-        if let Ok(e) = endpoint::parse(&m, &path) {
+        if let Ok(e) = endpoint::parse(&m, &path, None) {
             // Whatever parsed names a valid repository (or none).
             if let Some(n) = e.repository() {
                 prop_assert!(grammar_ok(n.as_str()));
             }
         }
+    }
+
+    #[test]
+    fn v2_query_parser_never_panics(
+        query in "[a-zA-Z0-9=&%+:/._-]{0,80}",
+        path in prop::sample::select(vec![
+            "/v2/_catalog",
+            "/v2/a/tags/list",
+            "/v2/a/blobs/uploads/",
+            "/v2/a/referrers/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "/v2/a/blobs/uploads/0b5f3c2e-8f5e-4c1a-9a53-3d5c1c6d2a10",
+        ]),
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "PATCH"]),
+    ) {
+        let m = axum::http::Method::from_bytes(method.as_bytes()).expect("method");
+        match endpoint::parse(&m, path, Some(&query)) {
+            // Whatever parsed carries validated values only.
+            Ok(Endpoint::StartUpload { mount: Some(mount), .. }) => {
+                if let Some(from) = mount.from {
+                    prop_assert!(grammar_ok(from.as_str()));
+                }
+            }
+            Ok(_) => {}
+            // A refused query is a client error, never a server error.
+            Err(e) => prop_assert!(e.code.status().is_client_error(), "{:?}", e),
+        }
+    }
+
+    #[test]
+    fn a_repeated_query_parameter_is_always_refused(
+        key in "[a-zA-Z]{1,8}",
+        a in "[a-z0-9:/]{0,20}",
+        b in "[a-z0-9:/]{0,20}",
+        path in prop::sample::select(vec![
+            "/v2/",
+            "/v2/_catalog",
+            "/v2/a/tags/list",
+            "/v2/a/manifests/v1",
+            "/v2/a/blobs/uploads/",
+        ]),
+    ) {
+        // However the second occurrence is spelled: percent-encoding its
+        // first letter still names the same parameter.
+        let first = key.as_bytes()[0];
+        let spelled = format!("%{first:02X}{}", &key[1..]);
+        for q in [format!("{key}={a}&{key}={b}"), format!("{key}={a}&{spelled}={b}")] {
+            let method = if path.ends_with("uploads/") { axum::http::Method::POST } else { axum::http::Method::GET };
+            let r = endpoint::parse(&method, path, Some(&q));
+            prop_assert!(r.is_err(), "{} ?{} parsed", path, q);
+            let e = r.unwrap_err();
+            prop_assert_eq!(e.code.status().as_u16(), 400, "{:?}", e);
+        }
+    }
+
+    #[test]
+    fn mount_parameters_round_trip_through_percent_encoding(name in repo_name(), hex in hex64()) {
+        prop_assume!(name.len() <= 255);
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let d = format!("sha256:{hex}");
+        let q = format!("mount={}&from={}", enc(&d), enc(&name));
+        let e = endpoint::parse(&axum::http::Method::POST, "/v2/t/blobs/uploads/", Some(&q)).expect("mount");
+        let ok = matches!(
+            e,
+            Endpoint::StartUpload { mount: Some(ref m), .. }
+                if m.digest.to_string() == d && m.from.as_ref().map(|f| f.as_str()) == Some(name.as_str())
+        );
+        prop_assert!(ok, "{:?}", e);
     }
 
     #[test]

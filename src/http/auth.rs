@@ -4,10 +4,12 @@
 //! `/token` endpoint of the Docker token flow (`GET` with Basic, and the
 //! OAuth2 `POST` form with `grant_type=password` or `refresh_token`).
 //!
-//! For `/v2/*` the request is parsed with [`endpoint::parse`] into its
-//! repository and action (`pull` for GET/HEAD, `push` for POST/PUT/PATCH,
-//! `delete` for DELETE; a cross-repository mount also needs `pull` on
-//! `from`, else it falls back to a plain upload). For `/artifacts...` the
+//! For `/v2/*` the middleware authorizes the endpoint that
+//! [`super::endpoint::layer`] parsed, by the access the endpoint states
+//! (`Endpoint::access`: `pull` for reads, `push` for writes, `delete` for
+//! deletes; a cross-repository mount also needs `pull` on `from`, else the
+//! middleware replaces the parsed value by the same request without the
+//! mount, a plain upload). For `/artifacts...` the
 //! artifact id is mapped to its repository. Lists (`GET /artifacts`,
 //! `/artifacts/for-host/...`, `/v2/_catalog`) are filtered to what the
 //! caller may pull: the middleware leaves a [`Caller`] in the request
@@ -33,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::json;
 
-use super::endpoint::{self, Endpoint};
+use super::endpoint::{Access, Parsed};
 use super::{json_response, read_body_capped, AppState, RouteName};
 use crate::auth::{parse_scopes, token, Action, Actions, Auth, Claims, LoginError};
 use crate::error::{OciError, OciErrorCode};
@@ -41,8 +43,6 @@ use crate::oci::{Digest, RepoName};
 
 /// Largest `POST /token` form accepted.
 const MAX_TOKEN_FORM_BYTES: u64 = 64 * 1024;
-/// Largest `/v2/_catalog` answer the filter buffers.
-const MAX_CATALOG_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 enum Who {
@@ -463,12 +463,6 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
             let resp = next.run(Request::from_parts(parts, body)).await;
             with_user(resp, user)
         }
-        Decision::AllowCatalog => {
-            parts.extensions.insert(caller.clone());
-            let resp = next.run(Request::from_parts(parts, body)).await;
-            let user = caller.user().map(Arc::<str>::from);
-            with_user(filter_catalog(resp, &caller).await, user)
-        }
     }
 }
 
@@ -488,8 +482,6 @@ fn with_user(mut resp: Response, user: Option<Arc<str>>) -> Response {
 enum Decision {
     /// Let it through (with the caller in its extensions).
     Allow,
-    /// Let it through, then filter the `_catalog` answer.
-    AllowCatalog,
     /// Answer this instead; the handler never runs.
     Refuse(Response),
 }
@@ -505,44 +497,24 @@ async fn drain(body: Body) {
     let _ = tokio::time::timeout(DRAIN_TIME, http_body_util::BodyExt::collect(limited)).await;
 }
 
-/// What a `/v2` endpoint needs: the repository and action checked, and
-/// the actions advertised in the challenge's scope.
-///
-/// A blob `HEAD` is how pushes begin (clients check whether a blob is
-/// there before uploading it), and some clients (oras-py) keep the first
-/// token they get for the rest of the push, so its challenge offers
-/// `pull,push`: the token still carries only what the policy grants.
-fn v2_needs(ep: &Endpoint) -> Option<(&RepoName, Action, Actions)> {
-    let pull = Actions::NONE.with(Action::Pull);
-    let push = pull.with(Action::Push);
-    let delete = Actions::NONE.with(Action::Delete);
-    match ep {
-        Endpoint::Base | Endpoint::Catalog => None,
-        Endpoint::GetBlob {
-            name, head: true, ..
-        } => Some((name, Action::Pull, push)),
-        Endpoint::ListTags { name }
-        | Endpoint::GetManifest { name, .. }
-        | Endpoint::GetBlob { name, .. }
-        | Endpoint::Referrers { name, .. } => Some((name, Action::Pull, pull)),
-        Endpoint::PutManifest { name, .. }
-        | Endpoint::StartUpload { name }
-        | Endpoint::GetUpload { name, .. }
-        | Endpoint::PatchUpload { name, .. }
-        | Endpoint::PutUpload { name, .. }
-        | Endpoint::DeleteUpload { name, .. } => Some((name, Action::Push, push)),
-        Endpoint::DeleteManifest { name, .. } | Endpoint::DeleteBlob { name, .. } => {
-            Some((name, Action::Delete, delete))
-        }
-    }
-}
-
+/// Authorizes the `/v2` request [`super::endpoint::layer`] parsed. The middleware
+/// decides on that value and hands it on; when a mount is not allowed it
+/// replaces the value with the same request without the mount (a plain
+/// upload session, what distribution does), never the URI.
 fn v2(caller: &Caller, parts: &mut Parts) -> Decision {
-    let ep = match endpoint::parse(&parts.method, parts.uri.path()) {
+    let Some(Parsed(parsed)) = parts.extensions.get::<Parsed>() else {
+        // The parse layer runs before this middleware on every `/v2`
+        // path; refuse rather than let an unparsed request through.
+        tracing::error!("a /v2 request reached authorization unparsed");
+        return Decision::Refuse(v2_headers(
+            OciError::new(OciErrorCode::Unknown, "internal error").into_response(),
+        ));
+    };
+    let ep = match parsed {
         Ok(ep) => ep,
         Err(_) => {
-            // A malformed path: the handler explains, to those who
-            // authenticated.
+            // A malformed request: the handler explains, to those who
+            // authenticated (nothing runs).
             if caller.is_anonymous() {
                 return Decision::Refuse(refusal_response(
                     Refusal::Challenge(None),
@@ -556,17 +528,21 @@ fn v2(caller: &Caller, parts: &mut Parts) -> Decision {
         }
     };
     let route = ep.route();
-    match &ep {
-        Endpoint::Base if caller.is_anonymous() => {
-            return Decision::Refuse(refusal_response(
-                Refusal::Challenge(None),
-                Api::V2,
-                &caller.realm,
-                None,
-                route,
-            ));
+    // Whether the caller may pull the source of an explicit mount.
+    let mount_allowed = match ep.access() {
+        Access::Base => {
+            if caller.is_anonymous() {
+                return Decision::Refuse(refusal_response(
+                    Refusal::Challenge(None),
+                    Api::V2,
+                    &caller.realm,
+                    None,
+                    route,
+                ));
+            }
+            None
         }
-        Endpoint::Catalog => {
+        Access::Catalog => {
             let ok = match &caller.who {
                 Who::Token(c) => c
                     .access
@@ -588,95 +564,29 @@ fn v2(caller: &Caller, parts: &mut Parts) -> Decision {
                     route,
                 ));
             }
-            return Decision::AllowCatalog;
+            // The handler lists only what `visible` admits.
+            None
         }
-        _ => {}
-    }
-    if let Some((repo, action, advertised)) = v2_needs(&ep) {
-        if !caller.may(repo, action) {
-            let scope = scope_string(repo, advertised);
-            let refusal = caller.refusal(Some((repo, Actions::NONE.with(action))));
-            return Decision::Refuse(refusal_response(
-                refusal,
-                Api::V2,
-                &caller.realm,
-                Some(&scope),
-                route,
-            ));
+        Access::Repository { need, mount_from } => {
+            if !caller.may(need.repo, need.action) {
+                let scope = scope_string(need.repo, need.advertised);
+                let refusal = caller.refusal(Some((need.repo, Actions::NONE.with(need.action))));
+                return Decision::Refuse(refusal_response(
+                    refusal,
+                    Api::V2,
+                    &caller.realm,
+                    Some(&scope),
+                    route,
+                ));
+            }
+            mount_from.map(|from| caller.may(from, Action::Pull))
         }
-    }
-    if let Endpoint::StartUpload { .. } = &ep {
-        drop_unauthorized_mount(&mut parts.uri, caller);
+    };
+    if mount_allowed == Some(false) {
+        let without = ep.clone().without_mount();
+        parts.extensions.insert(Parsed(Ok(without)));
     }
     Decision::Allow
-}
-
-/// `POST .../blobs/uploads/?mount=<digest>&from=<repo>` when the caller may
-/// not pull `from`: the mount is dropped and a plain upload session starts
-/// (what distribution does), so nothing of `from` leaks.
-fn drop_unauthorized_mount(uri: &mut Uri, caller: &Caller) {
-    let Some(q) = uri.query() else {
-        return;
-    };
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();
-    let Some(from) = pairs
-        .iter()
-        .find(|(k, _)| k == "from")
-        .map(|(_, v)| v.clone())
-    else {
-        return;
-    };
-    let allowed = RepoName::parse(&from).is_ok_and(|r| caller.may(&r, Action::Pull));
-    if allowed {
-        return;
-    }
-    let kept: Vec<(String, String)> = pairs
-        .into_iter()
-        .filter(|(k, _)| k != "from" && k != "mount")
-        .collect();
-    let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
-    let path = uri.path().to_string();
-    let pq = if query.is_empty() {
-        path
-    } else {
-        format!("{path}?{query}")
-    };
-    let mut uri_parts = uri.clone().into_parts();
-    if let Ok(p) = pq.parse() {
-        uri_parts.path_and_query = Some(p);
-        if let Ok(u) = Uri::from_parts(uri_parts) {
-            *uri = u;
-        }
-    }
-}
-
-/// Removes from a `_catalog` answer the repositories the caller may not
-/// pull.
-async fn filter_catalog(resp: Response, caller: &Caller) -> Response {
-    if resp.status() != StatusCode::OK {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let Ok(bytes) = read_body_capped(body, MAX_CATALOG_BYTES).await else {
-        return v2_headers(
-            OciError::new(OciErrorCode::Unknown, "catalog too large to filter").into_response(),
-        );
-    };
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
-    };
-    if let Some(list) = v.get_mut("repositories").and_then(|r| r.as_array_mut()) {
-        list.retain(|r| {
-            r.as_str()
-                .and_then(|s| RepoName::parse(s).ok())
-                .is_some_and(|repo| caller.may_list(&repo))
-        });
-    }
-    let out = serde_json::to_vec(&v).unwrap_or_default();
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, hv(&out.len().to_string()));
-    Response::from_parts(parts, Body::from(out))
 }
 
 fn rest(state: &AppState, caller: &Caller, parts: &mut Parts) -> Decision {

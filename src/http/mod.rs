@@ -73,6 +73,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::middleware,
         ))
+        // Parses every `/v2` request once, before it is authorized; the
+        // middleware and the handler both use that one parse.
+        .layer(middleware::from_fn(endpoint::layer))
         .with_state(state)
         // Concurrency cap and stalled-body timeout (inside the log, so a
         // 429 is logged too).

@@ -228,9 +228,10 @@ pub async fn binary(
     }
     let range = match headers.get(header::RANGE) {
         None => None,
-        Some(v) => match v.to_str().ok().and_then(ByteRange::parse) {
-            Some(r) => Some(r),
-            None => {
+        // A range RFC 9110 says to ignore is `Ok(None)`: the whole file.
+        Some(v) => match v.to_str().ok().map(ByteRange::parse) {
+            Some(Ok(r)) => r,
+            _ => {
                 return named(
                     ROUTE,
                     ArtifactError::InvalidRequest(

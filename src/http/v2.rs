@@ -1,7 +1,7 @@
-//! Handlers of the OCI distribution API: parse the request into an
-//! `Endpoint`, call the registry service, map the answer to headers.
-
-use std::collections::HashMap;
+//! Handlers of the OCI distribution API: take the `Endpoint` that
+//! [`super::endpoint::layer`] parsed (and the auth middleware authorized) from the
+//! request extensions, call the registry service, map the answer to
+//! headers. Nothing here reads the path or the query again.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -10,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use serde_json::json;
 
-use super::endpoint::{self, Endpoint};
+use super::auth::{self, Caller};
+use super::endpoint::{Endpoint, Mount, Parsed};
 use super::{json_response, read_body_capped, AppState, RouteName};
+use crate::auth::Action;
 use crate::error::{OciError, OciErrorCode};
 use crate::oci::{media, Digest, RepoName};
 use crate::registry::{ByteRange, Page, RegistryError, UploadStatus};
@@ -20,11 +22,17 @@ use crate::storage::UploadId;
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const DIGEST_HEADER: &str = "docker-content-digest";
 
-/// The single entry point for `/v2` and everything below it.
-pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
-    let endpoint = match endpoint::parse(req.method(), req.uri().path()) {
-        Ok(e) => e,
-        Err(e) => return with_api_version(e.into_response()),
+/// The single entry point for `/v2` and everything below it. Works with
+/// authentication off too: the parse layer runs on every `/v2` request.
+pub async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
+    let endpoint = match req.extensions_mut().remove::<Parsed>() {
+        Some(Parsed(Ok(e))) => e,
+        Some(Parsed(Err(e))) => return with_api_version(e.into_response()),
+        None => {
+            tracing::error!("a /v2 request reached its handler unparsed");
+            let e = OciError::new(OciErrorCode::Unknown, "internal error");
+            return with_api_version(e.into_response());
+        }
     };
     let route = endpoint.route();
     let mut resp = match handle(state, endpoint, req).await {
@@ -41,14 +49,6 @@ fn with_api_version(mut resp: Response) -> Response {
     resp
 }
 
-fn query(req: &Request) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
-        .map(|v| v.into_iter().collect())
-        .unwrap_or_default()
-}
-
 fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -59,24 +59,6 @@ fn body_stream(
     req.into_body()
         .into_data_stream()
         .map_err(std::io::Error::other)
-}
-
-fn parse_n(q: &HashMap<String, String>) -> Result<Option<usize>, OciError> {
-    match q.get("n") {
-        None => Ok(None),
-        Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
-            OciError::new(
-                OciErrorCode::PaginationNumberInvalid,
-                format!("invalid n {v:?}: expected a non-negative integer"),
-            )
-        }),
-    }
-}
-
-fn query_digest(q: &HashMap<String, String>, key: &str) -> Result<Option<Digest>, OciError> {
-    q.get(key)
-        .map(|d| Digest::parse(d).map_err(OciError::from))
-        .transpose()
 }
 
 fn upload_accepted(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
@@ -166,23 +148,78 @@ fn parse_content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>, OciError> {
     Ok(Some((a, b)))
 }
 
+/// Whether the caller may pull `repo` (everyone may when authentication
+/// is off): the sources an automatic mount may copy from.
+fn may_pull(caller: Option<&Caller>, repo: &RepoName) -> bool {
+    caller.is_none_or(|c| c.may(repo, Action::Pull))
+}
+
+/// `POST .../blobs/uploads/?mount=`: links the blob from `from`, or, when
+/// no `from` was given, from the first repository the caller may pull
+/// that holds it. `false` when there is nothing to mount (the caller then
+/// gets an upload session, exactly as for a digest stored nowhere).
+async fn try_mount(
+    reg: &crate::registry::Registry,
+    caller: Option<&Caller>,
+    name: &RepoName,
+    mount: &Mount,
+) -> Result<bool, OciError> {
+    let from = match &mount.from {
+        // Authorized by the middleware (which drops a mount it refuses).
+        Some(from) => from.clone(),
+        None => match reg
+            .find_blob_holder(&mount.digest, |r| may_pull(caller, r))
+            .await?
+        {
+            Some(holder) => holder,
+            None => return Ok(false),
+        },
+    };
+    Ok(reg.mount_blob(name, &from, &mount.digest).await?)
+}
+
+/// The `Accept` header(s) as a list of media ranges (with parameters).
+fn accept_list(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A `Range` header: `None` for the whole blob (absent, or a range RFC 9110
+/// says to ignore), 416 for one that is not a ranges-specifier.
+fn requested_range(headers: &HeaderMap) -> Result<Option<ByteRange>, OciError> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| ByteRange::parse(v).ok())
+        .ok_or_else(|| {
+            OciError::new(
+                OciErrorCode::RangeInvalid,
+                "malformed Range: expected bytes=<start>-<end>",
+            )
+        })
+}
+
 async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Response, OciError> {
     let reg = state.registry.clone();
-    let q = query(&req);
+    let caller = req.extensions().get::<Caller>().cloned();
     match endpoint {
         Endpoint::Base => Ok(json_response(StatusCode::OK, &json!({}))),
-        Endpoint::Catalog => {
-            let n = parse_n(&q)?;
-            let page = reg.catalog(n, q.get("last").map(String::as_str)).await?;
+        Endpoint::Catalog { n, last } => {
+            let visible = |r: &RepoName| auth::visible(caller.as_ref(), r);
+            let page = reg.catalog(n, last.as_deref(), visible).await?;
             let mut r = json_response(StatusCode::OK, &json!({ "repositories": page.items }));
             link_header(&mut r, "/v2/_catalog", &page, n);
             Ok(r)
         }
-        Endpoint::ListTags { name } => {
-            let n = parse_n(&q)?;
-            let page = reg
-                .list_tags(&name, n, q.get("last").map(String::as_str))
-                .await?;
+        Endpoint::ListTags { name, n, last } => {
+            let page = reg.list_tags(&name, n, last.as_deref()).await?;
             let mut r = json_response(
                 StatusCode::OK,
                 &json!({ "name": name.as_str(), "tags": page.items }),
@@ -195,14 +232,7 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             reference,
             head,
         } => {
-            let accept: Vec<String> = req
-                .headers()
-                .get_all(header::ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-                .filter(|s| !s.is_empty())
-                .collect();
+            let accept = accept_list(req.headers());
             let m = reg.get_manifest(&name, &reference, &accept).await?;
             let len = m.bytes.len();
             let body = if head {
@@ -218,6 +248,12 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
             Ok(r)
         }
+        Endpoint::UnknownManifest {
+            name, reference, ..
+        } => Err(OciError::new(
+            OciErrorCode::ManifestUnknown,
+            format!("manifest {reference:?} is not known to {name}: it is not a valid tag"),
+        )),
         Endpoint::PutManifest { name, reference } => {
             let content_type = req
                 .headers()
@@ -252,15 +288,7 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             Ok((StatusCode::ACCEPTED, Body::empty()).into_response())
         }
         Endpoint::GetBlob { name, digest, head } => {
-            let range = match req.headers().get(header::RANGE) {
-                None => None,
-                Some(v) => Some(v.to_str().ok().and_then(ByteRange::parse).ok_or_else(|| {
-                    OciError::new(
-                        OciErrorCode::RangeInvalid,
-                        "malformed Range: expected bytes=<start>-<end>",
-                    )
-                })?),
-            };
+            let range = requested_range(req.headers())?;
             if head {
                 let size = reg.blob_size(&name, &digest).await?.ok_or_else(|| {
                     OciError::new(
@@ -296,16 +324,17 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             reg.delete_blob(&name, &digest).await?;
             Ok((StatusCode::ACCEPTED, Body::empty()).into_response())
         }
-        Endpoint::StartUpload { name } => {
-            if let Some(mount) = query_digest(&q, "mount")? {
-                if let Some(from) = q.get("from") {
-                    let from = RepoName::parse(from)?;
-                    if reg.mount_blob(&name, &from, &mount).await? {
-                        return Ok(blob_created(&name, &mount));
-                    }
+        Endpoint::StartUpload {
+            name,
+            digest,
+            mount,
+        } => {
+            if let Some(mount) = &mount {
+                if try_mount(&reg, caller.as_ref(), &name, mount).await? {
+                    return Ok(blob_created(&name, &mount.digest));
                 }
             }
-            if let Some(digest) = query_digest(&q, "digest")? {
+            if let Some(digest) = digest {
                 let stream = body_stream(req);
                 let d = reg.upload_monolithic(&name, &digest, stream).await?;
                 return Ok(blob_created(&name, &d));
@@ -333,13 +362,7 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 Err(e) => Err(e.into()),
             }
         }
-        Endpoint::PutUpload { name, id } => {
-            let digest = query_digest(&q, "digest")?.ok_or_else(|| {
-                OciError::new(
-                    OciErrorCode::DigestInvalid,
-                    "the digest query parameter is required",
-                )
-            })?;
+        Endpoint::PutUpload { name, id, digest } => {
             let range = parse_content_range(req.headers())?;
             let stream = body_stream(req);
             match reg.finish_upload(&name, &id, &digest, range, stream).await {
@@ -354,8 +377,11 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             reg.cancel_upload(&name, &id).await?;
             Ok((StatusCode::NO_CONTENT, Body::empty()).into_response())
         }
-        Endpoint::Referrers { name, digest } => {
-            let filter = q.get("artifactType").cloned();
+        Endpoint::Referrers {
+            name,
+            digest,
+            artifact_type: filter,
+        } => {
             let list = reg.referrers(&name, &digest, filter.as_deref()).await?;
             let index = json!({
                 "schemaVersion": 2,

@@ -1,5 +1,6 @@
-//! Blob reads, ranged reads, deletion (unlinking from a repository) and
-//! cross-repository mounts.
+//! Blob reads, ranged reads (and the `Range` header's grammar), deletion
+//! (unlinking from a repository) and cross-repository mounts, with the
+//! lookup of a mount's source when the client names none.
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -21,20 +22,53 @@ pub enum ByteRange {
     Suffix(u64),
 }
 
+/// A `Range` header this registry cannot read (416, as before: RFC 9110
+/// lets a server reject an invalid ranges-specifier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeMalformed;
+
+/// `1*DIGIT` as a u64 (no sign, no spaces).
+fn range_pos(s: &str) -> Result<u64, RangeMalformed> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RangeMalformed);
+    }
+    s.parse().map_err(|_| RangeMalformed)
+}
+
 impl ByteRange {
-    /// Parses a single-range `Range` header value; `None` if malformed.
-    pub fn parse(h: &str) -> Option<ByteRange> {
-        let spec = h.trim().strip_prefix("bytes=")?;
-        if spec.contains(',') {
-            return None;
+    /// Reads a `Range` header value (RFC 9110 §14.2): `Ok(Some)` is the one
+    /// range to serve; `Ok(None)` means serve the whole blob, for what the
+    /// RFC says to (or lets us) ignore: another range unit, a range whose
+    /// last position is before its first (`bytes=5-3`), several ranges
+    /// (no multipart answers here); `Err` for a header that is not a
+    /// ranges-specifier at all (`bytes=abc`).
+    pub fn parse(h: &str) -> Result<Option<ByteRange>, RangeMalformed> {
+        let (unit, spec) = h.trim().split_once('=').ok_or(RangeMalformed)?;
+        if !unit.trim().eq_ignore_ascii_case("bytes") {
+            // "An origin server MUST ignore a Range header field that
+            // contains a range unit it does not understand."
+            return Ok(None);
         }
-        let (a, b) = spec.split_once('-')?;
-        let (a, b) = (a.trim(), b.trim());
-        match (a.is_empty(), b.is_empty()) {
-            (false, false) => Some(ByteRange::FromTo(a.parse().ok()?, b.parse().ok()?)),
-            (false, true) => Some(ByteRange::From(a.parse().ok()?)),
-            (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
-            (true, true) => None,
+        let mut ranges = Vec::new();
+        for one in spec.split(',') {
+            let (a, b) = one.trim().split_once('-').ok_or(RangeMalformed)?;
+            ranges.push(match (a.is_empty(), b.is_empty()) {
+                (false, false) => {
+                    let (a, b) = (range_pos(a)?, range_pos(b)?);
+                    if a > b {
+                        None
+                    } else {
+                        Some(ByteRange::FromTo(a, b))
+                    }
+                }
+                (false, true) => Some(ByteRange::From(range_pos(a)?)),
+                (true, false) => Some(ByteRange::Suffix(range_pos(b)?)),
+                (true, true) => return Err(RangeMalformed),
+            });
+        }
+        match ranges.as_slice() {
+            [one] => Ok(*one),
+            _ => Ok(None),
         }
     }
 
@@ -183,6 +217,36 @@ impl Registry {
         }
     }
 
+    /// The first repository, in name order, that `may_pull` admits and that
+    /// can serve `digest`: the source of a mount without `from`. Only the
+    /// admitted repositories are looked at, so neither the answer nor its
+    /// cost depends on what the caller may not see.
+    pub async fn find_blob_holder(
+        &self,
+        digest: &Digest,
+        may_pull: impl Fn(&RepoName) -> bool,
+    ) -> RegistryResult<Option<RepoName>> {
+        let candidates: Vec<RepoName> = self
+            .all_repositories()
+            .await?
+            .into_iter()
+            .filter(|r| may_pull(r))
+            .collect();
+        let b = self.backend.clone();
+        let digest = digest.clone();
+        blocking(move || {
+            for repo in candidates {
+                if b.size(&paths::layer_link(&repo, &digest))?.is_some()
+                    || b.size(&paths::manifest_link(&repo, &digest))?.is_some()
+                {
+                    return Ok(Some(repo));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     /// Records that `repo` may serve `digest`; `BlobUnknown` if the blob
     /// is not stored. The blob's grace period restarts (see `gc`).
     pub async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> RegistryResult<()> {
@@ -239,12 +303,31 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(ByteRange::parse("bytes=0-9"), Some(ByteRange::FromTo(0, 9)));
-        assert_eq!(ByteRange::parse("bytes=5-"), Some(ByteRange::From(5)));
-        assert_eq!(ByteRange::parse("bytes=-5"), Some(ByteRange::Suffix(5)));
-        assert_eq!(ByteRange::parse("bytes=-"), None);
-        assert_eq!(ByteRange::parse("bytes=0-1,3-4"), None);
-        assert_eq!(ByteRange::parse("items=0-1"), None);
+        let p = ByteRange::parse;
+        assert_eq!(p("bytes=0-9"), Ok(Some(ByteRange::FromTo(0, 9))));
+        assert_eq!(p("Bytes = 3-3"), Ok(Some(ByteRange::FromTo(3, 3))));
+        assert_eq!(p("bytes=5-"), Ok(Some(ByteRange::From(5))));
+        assert_eq!(p("bytes=-5"), Ok(Some(ByteRange::Suffix(5))));
+        // Ignored: the whole blob is served.
+        assert_eq!(p("bytes=5-3"), Ok(None));
+        assert_eq!(p("bytes=0-1,3-4"), Ok(None));
+        assert_eq!(p("bytes=0-1, 5-3"), Ok(None));
+        assert_eq!(p("items=0-1"), Ok(None));
+        assert_eq!(p("items=whatever"), Ok(None));
+        // Not a ranges-specifier.
+        for bad in [
+            "bytes=-",
+            "bytes=abc",
+            "bytes=1-x",
+            "bytes=+1-2",
+            "bytes= -",
+            "bytes=0-1,abc",
+            "bytes",
+            "",
+            "bytes=99999999999999999999-",
+        ] {
+            assert_eq!(p(bad), Err(super::RangeMalformed), "{bad}");
+        }
         assert_eq!(ByteRange::FromTo(0, 9).resolve(5), Some((0, 5)));
         assert_eq!(ByteRange::FromTo(5, 9).resolve(5), None);
         assert_eq!(ByteRange::FromTo(3, 2).resolve(5), None);

@@ -135,14 +135,43 @@ fn check_index_children(
     Ok(())
 }
 
-/// Whether an `Accept` list admits a media type. No list (or a wildcard)
+/// Whether an `Accept` list admits a media type (RFC 9110 §12.5.1): the
+/// most specific matching range decides (`type/subtype`, then `type/*`,
+/// then `*/*`), and a `q=0` range makes its types not acceptable. No list
 /// admits everything.
 fn accepts(accept: &[String], media_type: &str) -> bool {
-    accept.is_empty()
-        || accept.iter().any(|a| {
-            let a = a.split(';').next().unwrap_or(a).trim();
-            a == "*/*" || a == "application/*" || a == media_type
-        })
+    if accept.is_empty() {
+        return true;
+    }
+    let main = media_type.split('/').next().unwrap_or(media_type);
+    // (specificity, acceptable) of the most specific match so far.
+    let mut best: Option<(u8, bool)> = None;
+    for entry in accept {
+        let mut parts = entry.split(';');
+        let range = parts.next().unwrap_or("").trim();
+        let specificity = if range.eq_ignore_ascii_case(media_type) {
+            3
+        } else if range
+            .strip_suffix("/*")
+            .is_some_and(|m| m.eq_ignore_ascii_case(main))
+        {
+            2
+        } else if range == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        let excluded = parts.any(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+        });
+        best = match best {
+            Some((s, ok)) if s > specificity => Some((s, ok)),
+            Some((s, ok)) if s == specificity => Some((s, ok || !excluded)),
+            _ => Some((specificity, !excluded)),
+        };
+    }
+    best.is_some_and(|(_, ok)| ok)
 }
 
 impl Registry {
@@ -482,11 +511,23 @@ impl Registry {
         Ok(list)
     }
 
-    /// Every repository name, sorted, one page (`GET /v2/_catalog`).
-    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> RegistryResult<Page> {
+    /// The repository names `visible` admits, sorted, one page
+    /// (`GET /v2/_catalog`).
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        visible: impl Fn(&RepoName) -> bool,
+    ) -> RegistryResult<Page> {
         let names = self.all_repositories().await?;
+        // Filtered before paginating: pages, `last` and the next page's
+        // marker only ever range over names the caller may see.
         Ok(paginate(
-            names.into_iter().map(|r| r.to_string()).collect(),
+            names
+                .into_iter()
+                .filter(|r| visible(r))
+                .map(|r| r.to_string())
+                .collect(),
             n,
             last,
         ))
@@ -561,6 +602,29 @@ mod tests {
         assert!(!accepts(&[media::OCI_MANIFEST.into()], media::OCI_INDEX));
         assert!(accepts(
             &[format!("{}; q=0.5", media::OCI_INDEX)],
+            media::OCI_INDEX
+        ));
+        assert!(accepts(&["application/*".into()], media::OCI_INDEX));
+        // q=0: not acceptable, whatever else is listed less specifically.
+        for zero in ["q=0", "q=0.0", "Q=0.000", " q = 0 "] {
+            let excluded = format!("{};{zero}", media::OCI_INDEX);
+            assert!(
+                !accepts(std::slice::from_ref(&excluded), media::OCI_INDEX),
+                "{zero}"
+            );
+            assert!(
+                !accepts(&[excluded.clone(), "*/*".into()], media::OCI_INDEX),
+                "{zero}"
+            );
+            assert!(accepts(&[excluded, "*/*".into()], media::OCI_MANIFEST));
+        }
+        assert!(!accepts(&["*/*;q=0".into()], media::OCI_INDEX));
+        assert!(accepts(
+            &["*/*;q=0".into(), format!("{};q=0.1", media::OCI_INDEX)],
+            media::OCI_INDEX
+        ));
+        assert!(!accepts(
+            &["application/*;q=0".into(), "*/*".into()],
             media::OCI_INDEX
         ));
     }
