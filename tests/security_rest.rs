@@ -329,10 +329,20 @@ async fn create_body_with_a_hash_comment_is_authorized_on_its_name() {
     // The finding's exact body: strict JSON fails on the comment, so the
     // old middleware skipped the push check while the service executed it.
     let attack = r#"{"name":"public/tool","version":"2.0.0","type":"map","architecture":"x86_64","data":"ZXZpbA=="} #"#;
-    rest_error(post_text(&f, &mallory, attack).await, StatusCode::FORBIDDEN, "denied").await;
+    rest_error(
+        post_text(&f, &mallory, attack).await,
+        StatusCode::FORBIDDEN,
+        "denied",
+    )
+    .await;
     // A comment in the middle of the body, too.
     let attack = "{ # hidden\n\"name\":\"bpf/net/tool\",\"version\":\"1\",\"type\":\"map\",\"architecture\":\"x86_64\",\"data\":\"ZXZpbA==\"}";
-    rest_error(post_text(&f, &mallory, attack).await, StatusCode::FORBIDDEN, "denied").await;
+    rest_error(
+        post_text(&f, &mallory, attack).await,
+        StatusCode::FORBIDDEN,
+        "denied",
+    )
+    .await;
     // Anonymous callers are asked to authenticate, whatever the body.
     let r = post_text(&f, &client(), &format!("{attack} #")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -340,7 +350,10 @@ async fn create_body_with_a_hash_comment_is_authorized_on_its_name() {
     // Her own repository with the same comment works (the comment is
     // tolerated, as the seed README's example needs).
     let own = r#"{"name":"sandbox/mallory/tool","version":"1","type":"map","architecture":"x86_64","data":"ZXZpbA=="} # mine"#;
-    assert_eq!(post_text(&f, &mallory, own).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        post_text(&f, &mallory, own).await.status(),
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
@@ -358,12 +371,22 @@ async fn create_cannot_add_an_architecture_or_hosts_to_another_teams_release() {
     let mut arm = artifact_body("bpf/net/xdp-filter", "1.0.0", "aarch64", b"evil");
     arm["hosts"] = json!(["host-1"]);
     let text = format!("{arm} #");
-    rest_error(post_text(&f, &mallory, &text).await, StatusCode::FORBIDDEN, "denied").await;
+    rest_error(
+        post_text(&f, &mallory, &text).await,
+        StatusCode::FORBIDDEN,
+        "denied",
+    )
+    .await;
     // Replaying the released content with `hosts` would associate it.
     let mut replay = released.clone();
     replay["hosts"] = json!(["host-1"]);
     let text = format!("{replay} #");
-    rest_error(post_text(&f, &mallory, &text).await, StatusCode::FORBIDDEN, "denied").await;
+    rest_error(
+        post_text(&f, &mallory, &text).await,
+        StatusCode::FORBIDDEN,
+        "denied",
+    )
+    .await;
     let r = mallory
         .post(f.url("/artifacts"))
         .json(&replay)
@@ -373,7 +396,10 @@ async fn create_cannot_add_an_architecture_or_hosts_to_another_teams_release() {
     rest_error(r, StatusCode::FORBIDDEN, "denied").await;
 
     assert_eq!(snapshot(&f), before, "a refused create wrote to the store");
-    assert_eq!(tag_digest(&f, "bpf/net/xdp-filter", "1.0.0").await, tag_before);
+    assert_eq!(
+        tag_digest(&f, "bpf/net/xdp-filter", "1.0.0").await,
+        tag_before
+    );
     let fh = get_ok(&admin, &f.url("/artifacts/for-host/host-1")).await;
     assert_eq!(fh["artifacts"], json!([]), "{fh}");
 }
@@ -384,7 +410,12 @@ async fn create_cannot_add_an_architecture_or_hosts_to_another_teams_release() {
 async fn foreign_host_association_referrer_never_reaches_another_repository() {
     let f = Fixture::start().await;
     let (alice, mallory, admin) = (basic("alice"), basic("mallory"), basic("admin"));
-    let a = create(&f, &alice, &artifact_body("bpf/net/xdp", "1.0.0", "x86_64", b"xdp")).await;
+    let a = create(
+        &f,
+        &alice,
+        &artifact_body("bpf/net/xdp", "1.0.0", "x86_64", b"xdp"),
+    )
+    .await;
     let id = id_of(&a);
     let size = manifest_bytes(&alice, &f, "bpf/net/xdp", &id).await.len();
     // Her referrer names alice's artifact as its subject, from her own
@@ -424,7 +455,15 @@ async fn deleting_a_copy_never_changes_the_original() {
     body["hosts"] = json!(["host-1"]);
     let a = create(&f, &alice, &body).await;
     let id = id_of(&a);
-    copy_manifest(&f, &mallory, "bpf/net/xdp", &id, "sandbox/mallory/copy", Some("1.0.0")).await;
+    copy_manifest(
+        &f,
+        &mallory,
+        "bpf/net/xdp",
+        &id,
+        "sandbox/mallory/copy",
+        Some("1.0.0"),
+    )
+    .await;
     // She deletes her copy through OCI.
     let r = mallory
         .delete(f.url(&format!("/v2/sandbox/mallory/copy/manifests/{id}")))
@@ -453,7 +492,15 @@ async fn rest_delete_of_a_copy_with_host_associations_is_not_a_500() {
     let mut body = artifact_body("bpf/net/xdp", "1.0.0", "x86_64", b"xdp");
     body["hosts"] = json!(["host-1"]);
     let id = id_of(&create(&f, &alice, &body).await);
-    copy_manifest(&f, &mallory, "bpf/net/xdp", &id, "sandbox/mallory/copy", Some("1.0.0")).await;
+    copy_manifest(
+        &f,
+        &mallory,
+        "bpf/net/xdp",
+        &id,
+        "sandbox/mallory/copy",
+        Some("1.0.0"),
+    )
+    .await;
 
     // Two copies visible to her: the write must say which.
     let r = mallory
@@ -468,9 +515,7 @@ async fn rest_delete_of_a_copy_with_host_associations_is_not_a_500() {
         "{v}"
     );
     let r = mallory
-        .delete(f.url(&format!(
-            "/artifacts/{id}?repository=sandbox/mallory/copy"
-        )))
+        .delete(f.url(&format!("/artifacts/{id}?repository=sandbox/mallory/copy")))
         .send()
         .await
         .expect("send");
@@ -505,7 +550,12 @@ async fn rest_delete_of_a_copy_with_host_associations_is_not_a_500() {
 async fn rest_name_is_the_repository_never_the_config_name() {
     let f = Fixture::start().await;
     let (alice, mallory) = (basic("alice"), basic("mallory"));
-    create(&f, &alice, &artifact_body("bpf/net/xdp-filter", "1.0.0", "x86_64", b"real")).await;
+    create(
+        &f,
+        &alice,
+        &artifact_body("bpf/net/xdp-filter", "1.0.0", "x86_64", b"real"),
+    )
+    .await;
     // Her OCI-pushed artifact claims to be alice's in its config.
     let config = serde_json::to_vec(&json!({
         "name": "bpf/net/xdp-filter", "version": "1.0.0", "type": "map",
@@ -529,7 +579,11 @@ async fn rest_name_is_the_repository_never_the_config_name() {
         let l = get_ok(c, &f.url("/artifacts?name=bpf/net/xdp-filter")).await;
         assert_eq!(names(&l), ["bpf/net/xdp-filter"], "{l}");
         assert!(
-            l["artifacts"].as_array().expect("list").iter().all(|a| a["id"] != evil.as_str()),
+            l["artifacts"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .all(|a| a["id"] != evil.as_str()),
             "{l}"
         );
     }
@@ -573,18 +627,30 @@ fn layer_pairs(m: &Value) -> Vec<(String, String)> {
 async fn a_manifest_signed_in_one_repository_is_signed_again_in_another() {
     let f = Fixture::start_with(true).await;
     let admin = basic("admin");
-    let a = create(&f, &admin, &artifact_body("bpf/a", "1", "x86_64", b"signed once")).await;
+    let a = create(
+        &f,
+        &admin,
+        &artifact_body("bpf/a", "1", "x86_64", b"signed once"),
+    )
+    .await;
     let id = id_of(&a);
     assert!(a["signature"].is_object(), "{a}");
     assert!(sig_layers(&f, "bpf/a", &id).await.is_some());
 
     copy_manifest(&f, &admin, "bpf/a", &id, "bpf/b", Some("1")).await;
     let in_b = sig_layers(&f, "bpf/b", &id).await;
-    assert!(in_b.is_some_and(|l| l.len() == 1), "the copy in bpf/b is unsigned");
+    assert!(
+        in_b.is_some_and(|l| l.len() == 1),
+        "the copy in bpf/b is unsigned"
+    );
     let g = get_ok(&admin, &f.url(&format!("/artifacts/{id}?repository=bpf/b"))).await;
     assert_eq!(g["name"], "bpf/b");
     assert!(g["signature"].is_object(), "{g}");
-    let v = get_ok(&admin, &f.url(&format!("/artifacts/{id}/verify?repository=bpf/b"))).await;
+    let v = get_ok(
+        &admin,
+        &f.url(&format!("/artifacts/{id}/verify?repository=bpf/b")),
+    )
+    .await;
     assert_eq!(v["verified"], true, "{v}");
 
     // Deleting the copy keeps the original's signature.
@@ -608,7 +674,14 @@ async fn a_manifest_signed_in_one_repository_is_signed_again_in_another() {
 async fn an_id_resolves_to_the_first_copy_the_caller_may_read() {
     let f = Fixture::start().await;
     let (admin, alice, mallory) = (basic("admin"), basic("alice"), basic("mallory"));
-    let id = id_of(&create(&f, &admin, &artifact_body("secret/first", "1", "x86_64", b"x")).await);
+    let id = id_of(
+        &create(
+            &f,
+            &admin,
+            &artifact_body("secret/first", "1", "x86_64", b"x"),
+        )
+        .await,
+    );
     // Link times are kept to the second: keep the copies apart.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     copy_manifest(&f, &admin, "secret/first", &id, "bpf/second", None).await;
@@ -647,7 +720,12 @@ async fn an_id_the_caller_may_not_read_is_answered_like_an_unknown_id() {
     let before = snapshot(&f);
     for (who, c, status, code) in [
         ("mallory", &mallory, StatusCode::NOT_FOUND, "not_found"),
-        ("anonymous", &client(), StatusCode::UNAUTHORIZED, "unauthorized"),
+        (
+            "anonymous",
+            &client(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
     ] {
         for id in [&hidden, &unknown] {
             for (method, path) in [
@@ -657,9 +735,15 @@ async fn an_id_the_caller_may_not_read_is_answered_like_an_unknown_id() {
                 (reqwest::Method::GET, format!("/artifacts/{id}/signatures")),
                 (reqwest::Method::GET, format!("/artifacts/{id}/verify")),
                 (reqwest::Method::DELETE, format!("/artifacts/{id}")),
-                (reqwest::Method::DELETE, format!("/artifacts/{id}?repository=secret/s")),
+                (
+                    reqwest::Method::DELETE,
+                    format!("/artifacts/{id}?repository=secret/s"),
+                ),
                 (reqwest::Method::DELETE, format!("/artifacts/{id}/hosts/h1")),
-                (reqwest::Method::GET, format!("/artifacts/{id}?repository=secret/s")),
+                (
+                    reqwest::Method::GET,
+                    format!("/artifacts/{id}?repository=secret/s"),
+                ),
             ] {
                 let r = c
                     .request(method.clone(), f.url(&path))
@@ -715,7 +799,11 @@ async fn an_ambiguous_write_lists_only_the_repositories_the_caller_may_see() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let h = get_ok(&alice, &f.url(&format!("/artifacts/{id}/hosts?repository=bpf/y"))).await;
+    let h = get_ok(
+        &alice,
+        &f.url(&format!("/artifacts/{id}/hosts?repository=bpf/y")),
+    )
+    .await;
     assert_eq!(h["hosts"], json!(["h1"]));
     assert_eq!(h["repository"], "bpf/y");
     let h = get_ok(&alice, &f.url(&format!("/artifacts/{id}/hosts"))).await;
@@ -786,20 +874,29 @@ async fn list_cursors_and_for_host_reveal_only_pullable_artifacts() {
                 .decode(c)
                 .expect("cursor is base64");
             let text = String::from_utf8_lossy(&raw);
-            assert!(!text.contains("secret"), "cursor names a hidden artifact: {text}");
+            assert!(
+                !text.contains("secret"),
+                "cursor names a hidden artifact: {text}"
+            );
         } else {
             break;
         }
     }
     assert_eq!(seen, ["public/a", "public/c", "public/e"]);
     // A cursor forged to sit among hidden names reveals nothing either.
-    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("public/b\n1\nx86_64\nsha256:0");
-    let page = get_ok(&anon, &f.url(&format!("/artifacts?limit=10&cursor={forged}"))).await;
+    let forged =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("public/b\n1\nx86_64\nsha256:0");
+    let page = get_ok(
+        &anon,
+        &f.url(&format!("/artifacts?limit=10&cursor={forged}")),
+    )
+    .await;
     assert_eq!(names(&page), ["public/c", "public/e"]);
     let fh = get_ok(&anon, &f.url("/artifacts/for-host/host-1")).await;
     assert_eq!(names(&fh), ["public/a", "public/c", "public/e"]);
+    // What anonymous callers may pull, authenticated users may too.
     let fh = get_ok(&basic("mallory"), &f.url("/artifacts/for-host/host-1")).await;
-    assert_eq!(names(&fh), Vec::<String>::new());
+    assert_eq!(names(&fh), ["public/a", "public/c", "public/e"]);
 }
 
 // ---- the `.sig` tag: concurrent signature writes ---------------------------------
