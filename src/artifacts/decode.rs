@@ -88,21 +88,18 @@ impl CreateArtifact {
     /// decoded). This is the only parse of the body: what it returns is
     /// what is authorized and what executes.
     pub fn parse(body: Bytes, max_artifact_bytes: u64) -> Result<Self, ArtifactError> {
-        let stripped: Bytes;
-        let (buf, req): (&Bytes, CreateRequest<'_>) = match serde_json::from_slice(&body) {
-            Ok(r) => (&body, r),
-            Err(e) => {
-                // The seed README's own curl example sends a shell comment
-                // inside the body; accept `#` line comments outside strings.
-                stripped = Bytes::from(
-                    strip_hash_comments(&body)
-                        .ok_or_else(|| ArtifactError::InvalidJson(e.to_string()))?,
-                );
-                let r = serde_json::from_slice(&stripped)
-                    .map_err(|_| ArtifactError::InvalidJson(e.to_string()))?;
-                (&stripped, r)
-            }
-        };
+        // The seed README's own curl example sends a shell comment inside
+        // the body: `#` line comments outside strings are removed first,
+        // then the body is parsed once (strict JSON has no `#` outside
+        // strings, so a valid body is read unchanged).
+        let stripped = body
+            .contains(&b'#')
+            .then(|| strip_hash_comments(&body))
+            .flatten()
+            .map(Bytes::from);
+        let buf = stripped.as_ref().unwrap_or(&body);
+        let req: CreateRequest<'_> =
+            serde_json::from_slice(buf).map_err(|e| ArtifactError::InvalidJson(e.to_string()))?;
         let CreateRequest {
             name,
             version,

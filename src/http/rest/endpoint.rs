@@ -443,4 +443,20 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_line_parses_or_is_refused_without_panicking(
+            tail in "[a-z0-9:%/._ -]{0,90}",
+            query in "[a-z0-9=&%/._+-]{0,60}",
+            m in 0usize..6,
+        ) {
+            let methods = [Method::GET, Method::HEAD, Method::POST, Method::DELETE, Method::PUT, Method::PATCH];
+            let path = format!("/artifacts{tail}");
+            if let Ok(ep) = RestEndpoint::parse(&methods[m], &path, Some(&query)) {
+                // A parsed endpoint always names its route and its needs.
+                let _ = (ep.route(), ep.needs());
+            }
+        }
+    }
 }
