@@ -394,3 +394,84 @@ impl ArtifactIndex {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    fn record(r: &str, id: &Digest, linked_at: u64) -> Classified {
+        Classified::Artifact(Box::new(ArtifactRecord {
+            id: id.clone(),
+            repo: repo(r),
+            config: BpfConfig {
+                name: "ignored/config-name".into(),
+                version: "1".into(),
+                description: String::new(),
+                kind: "map".into(),
+                architecture: "x86_64".into(),
+                kernel_version: String::new(),
+                metadata: Default::default(),
+                tags: Vec::new(),
+                created_at: String::new(),
+                ebpf: None,
+            },
+            layer_digest: Digest::of(b"layer"),
+            layer_size: 5,
+            layer_media_type: media::OCI_LAYER_TAR_ZSTD.into(),
+            linked_at,
+        }))
+    }
+
+    fn host(h: &str) -> HostId {
+        HostId::parse(h).unwrap()
+    }
+
+    #[test]
+    fn copies_and_associations_are_per_repository() {
+        let mut inner = Inner::default();
+        let id = Digest::of(b"manifest");
+        let (a, b) = (repo("team/a"), repo("sandbox/b"));
+        apply(&mut inner, &b, &id, record("sandbox/b", &id, 20));
+        apply(&mut inner, &a, &id, record("team/a", &id, 10));
+        // Stored again later: keeps its first link time.
+        apply(&mut inner, &a, &id, record("team/a", &id, 99));
+        // b's referrer names the digest both copies share.
+        let assoc = Digest::of(b"assoc");
+        apply(
+            &mut inner,
+            &b,
+            &assoc,
+            Classified::Association {
+                host: host("victim"),
+                subject: id.clone(),
+            },
+        );
+        let (ka, kb) = (
+            ArtifactKey::new(a.clone(), id.clone()),
+            ArtifactKey::new(b.clone(), id.clone()),
+        );
+        assert!(!inner.by_artifact.contains_key(&ka));
+        assert_eq!(inner.by_host.get(&host("victim")).map(|s| s.len()), Some(1));
+        assert!(inner.by_host[&host("victim")].contains(&kb));
+        let dir = tempfile::tempdir().unwrap();
+        let idx = ArtifactIndex {
+            backend: Arc::new(crate::storage::FsBackend::open(dir.path()).unwrap()),
+            inner: RwLock::new(inner),
+        };
+        let order: Vec<String> = idx.copies(&id).iter().map(|r| r.repo.to_string()).collect();
+        assert_eq!(order, ["team/a", "sandbox/b"]);
+        assert!(idx.hosts_of(&ka).is_empty());
+        assert_eq!(idx.hosts_of(&kb), vec![host("victim")]);
+        // Deleting b's copy and its referrer leaves a untouched.
+        idx.manifest_deleted(&b, &assoc, None);
+        idx.manifest_deleted(&b, &id, None);
+        assert!(idx.get(&kb).is_none());
+        assert!(idx.get(&ka).is_some());
+        assert_eq!(idx.copies(&id).len(), 1);
+        assert!(idx.artifacts_for_host(&host("victim")).is_empty());
+    }
+}
