@@ -1130,13 +1130,15 @@ async fn rest_facade_follows_the_policy() {
         status(&bob, Method::GET, format!("/artifacts/{bpf_id}/hosts")).await,
         StatusCode::OK
     );
+    // An artifact the caller may not read is answered like an unknown id
+    // (no existence oracle).
     assert_eq!(
         status(&bob, Method::GET, format!("/artifacts/{other_id}")).await,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
     assert_eq!(
         status(&bob, Method::GET, format!("/artifacts/{secret_id}/binary")).await,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
     assert_eq!(
         status(&anon, Method::GET, format!("/artifacts/{public_id}")).await,

@@ -1,12 +1,15 @@
 //! The derived in-memory index of artifacts and host associations. It is a
 //! cache: rebuilt from the store at start-up and kept current by listening
 //! to every manifest stored or deleted (REST and OCI alike), never the
-//! source of truth.
+//! source of truth. Every key is (repository, digest): a manifest copied
+//! into another repository is another artifact, and a host-association
+//! referrer counts only for the subject in its own repository (OCI
+//! referrers are per repository).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::model::{ArtifactRecord, BpfConfig, HostId};
+use super::model::{ArtifactKey, ArtifactRecord, BpfConfig, HostId};
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, RepoName};
 use crate::registry::{ManifestListener, ManifestStored, Registry, RegistryResult};
 use crate::storage::{paths, Backend};
@@ -29,13 +32,16 @@ const CONFIG_MAX: u64 = 1024 * 1024;
 
 #[derive(Default)]
 struct Inner {
-    artifacts: HashMap<Digest, Arc<ArtifactRecord>>,
-    /// host → artifact digests associated with it
-    by_host: HashMap<HostId, BTreeSet<Digest>>,
-    /// artifact digest → host → association manifest digest
-    by_artifact: HashMap<Digest, BTreeMap<HostId, Digest>>,
-    /// association manifest digest → (host, artifact digest)
-    associations: HashMap<Digest, (HostId, Digest)>,
+    artifacts: HashMap<ArtifactKey, Arc<ArtifactRecord>>,
+    /// manifest digest → the repositories holding it as an artifact
+    copies: HashMap<Digest, BTreeSet<RepoName>>,
+    /// host → artifacts associated with it
+    by_host: HashMap<HostId, BTreeSet<ArtifactKey>>,
+    /// artifact → host → association manifest digest
+    by_artifact: HashMap<ArtifactKey, BTreeMap<HostId, Digest>>,
+    /// association manifest (in its repository) → (host, subject digest).
+    /// A referrer counts for the subject in its own repository only.
+    associations: HashMap<ArtifactKey, (HostId, Digest)>,
 }
 
 pub struct ArtifactIndex {
@@ -55,6 +61,13 @@ pub fn is_artifact_manifest(m: &ParsedManifest) -> bool {
     m.kind == ManifestKind::Image
         && (m.artifact_type.as_deref() == Some(media::BPF_ARTIFACT_TYPE)
             || m.config.as_ref().map(|c| c.media_type.as_str()) == Some(media::BPF_CONFIG))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl ArtifactIndex {
@@ -83,6 +96,17 @@ impl ArtifactIndex {
             .read_small(&paths::blob(&c.digest), CONFIG_MAX)
             .ok()??;
         serde_json::from_slice(&raw).ok()
+    }
+
+    /// When the manifest was linked into the repository, from the link's
+    /// age in the store (whole seconds), so the order of copies survives a
+    /// restart.
+    fn linked_at(&self, repo: &RepoName, digest: &Digest) -> u64 {
+        let now = unix_now();
+        match self.backend.age_secs(&paths::manifest_link(repo, digest)) {
+            Ok(Some(age)) => now.saturating_sub(age),
+            _ => now,
+        }
     }
 
     fn classify(&self, repo: &RepoName, digest: &Digest, m: &ParsedManifest) -> Classified {
@@ -134,27 +158,51 @@ impl ArtifactIndex {
             layer_digest: layer.digest.clone(),
             layer_size: layer.size,
             layer_media_type: layer.media_type.clone(),
+            linked_at: self.linked_at(repo, digest),
         }))
     }
 
-    pub fn get(&self, id: &Digest) -> Option<Arc<ArtifactRecord>> {
-        self.read().artifacts.get(id).cloned()
+    pub fn get(&self, key: &ArtifactKey) -> Option<Arc<ArtifactRecord>> {
+        self.read().artifacts.get(key).cloned()
+    }
+
+    /// Every copy of a manifest that is an artifact, the first linked
+    /// first (ties: by repository name).
+    pub fn copies(&self, digest: &Digest) -> Vec<Arc<ArtifactRecord>> {
+        let inner = self.read();
+        let mut out: Vec<Arc<ArtifactRecord>> = inner
+            .copies
+            .get(digest)
+            .map(|repos| {
+                repos
+                    .iter()
+                    .filter_map(|r| {
+                        inner
+                            .artifacts
+                            .get(&ArtifactKey::new(r.clone(), digest.clone()))
+                            .cloned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| (a.linked_at, &a.repo).cmp(&(b.linked_at, &b.repo)));
+        out
     }
 
     /// Hosts associated with an artifact, sorted.
-    pub fn hosts_of(&self, id: &Digest) -> Vec<HostId> {
+    pub fn hosts_of(&self, key: &ArtifactKey) -> Vec<HostId> {
         self.read()
             .by_artifact
-            .get(id)
+            .get(key)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// The association manifest linking `host` to `id`, if any.
-    pub fn association(&self, id: &Digest, host: &HostId) -> Option<Digest> {
+    /// The association manifest linking `host` to an artifact, if any.
+    pub fn association(&self, key: &ArtifactKey, host: &HostId) -> Option<Digest> {
         self.read()
             .by_artifact
-            .get(id)
+            .get(key)
             .and_then(|m| m.get(host).cloned())
     }
 
@@ -166,7 +214,7 @@ impl ArtifactIndex {
             .get(host)
             .map(|set| {
                 set.iter()
-                    .filter_map(|d| inner.artifacts.get(d).cloned())
+                    .filter_map(|k| inner.artifacts.get(k).cloned())
                     .collect()
             })
             .unwrap_or_default()
@@ -178,48 +226,79 @@ impl ArtifactIndex {
     }
 }
 
-fn apply(inner: &mut Inner, c: Classified) {
+fn apply(inner: &mut Inner, repo: &RepoName, digest: &Digest, c: Classified) {
     match c {
         Classified::Artifact(r) => {
-            inner.artifacts.insert(r.id.clone(), Arc::from(r));
+            let key = r.key();
+            // A manifest stored again keeps the time it was first linked.
+            if inner.artifacts.contains_key(&key) {
+                let linked_at = inner
+                    .artifacts
+                    .get(&key)
+                    .map_or(r.linked_at, |old| old.linked_at);
+                let mut r = *r;
+                r.linked_at = linked_at;
+                inner.artifacts.insert(key, Arc::new(r));
+            } else {
+                inner
+                    .copies
+                    .entry(digest.clone())
+                    .or_default()
+                    .insert(repo.clone());
+                inner.artifacts.insert(key, Arc::from(r));
+            }
         }
-        Classified::Association { .. } | Classified::Other => {}
+        Classified::Association { host, subject } => {
+            let assoc = ArtifactKey::new(repo.clone(), digest.clone());
+            let target = ArtifactKey::new(repo.clone(), subject.clone());
+            inner
+                .by_host
+                .entry(host.clone())
+                .or_default()
+                .insert(target.clone());
+            inner
+                .by_artifact
+                .entry(target)
+                .or_default()
+                .insert(host.clone(), digest.clone());
+            inner.associations.insert(assoc, (host, subject));
+        }
+        Classified::Other => {}
     }
 }
 
-fn apply_association(inner: &mut Inner, assoc: Digest, host: HostId, subject: Digest) {
-    inner
-        .by_host
-        .entry(host.clone())
-        .or_default()
-        .insert(subject.clone());
-    inner
-        .by_artifact
-        .entry(subject.clone())
-        .or_default()
-        .insert(host.clone(), assoc.clone());
-    inner.associations.insert(assoc, (host, subject));
+fn remove_artifact(inner: &mut Inner, key: &ArtifactKey) {
+    if inner.artifacts.remove(key).is_none() {
+        return;
+    }
+    if let Some(repos) = inner.copies.get_mut(&key.digest) {
+        repos.remove(&key.repo);
+        if repos.is_empty() {
+            inner.copies.remove(&key.digest);
+        }
+    }
 }
 
-fn remove_association(inner: &mut Inner, assoc: &Digest) {
+fn remove_association(inner: &mut Inner, assoc: &ArtifactKey) {
     let Some((host, subject)) = inner.associations.remove(assoc) else {
         return;
     };
+    let target = ArtifactKey::new(assoc.repo.clone(), subject);
     let mut still_linked = false;
     let mut now_empty = false;
-    if let Some(m) = inner.by_artifact.get_mut(&subject) {
-        if m.get(&host) == Some(assoc) {
+    if let Some(m) = inner.by_artifact.get_mut(&target) {
+        if m.get(&host) == Some(&assoc.digest) {
             m.remove(&host);
         }
         still_linked = m.contains_key(&host);
         now_empty = m.is_empty();
     }
     if now_empty {
-        inner.by_artifact.remove(&subject);
+        inner.by_artifact.remove(&target);
     }
     if !still_linked {
         if let Some(set) = inner.by_host.get_mut(&host) {
-            set.remove(&subject);
+            set.remove(&target);
             if set.is_empty() {
                 inner.by_host.remove(&host);
             }
@@ -227,28 +306,17 @@ fn remove_association(inner: &mut Inner, assoc: &Digest) {
     }
 }
 
-impl ArtifactIndex {
-    fn record(&self, repo: &RepoName, digest: &Digest, m: &ParsedManifest) {
-        let c = self.classify(repo, digest, m);
-        let mut inner = self.write();
-        match c {
-            Classified::Association { host, subject } => {
-                apply_association(&mut inner, digest.clone(), host, subject)
-            }
-            other => apply(&mut inner, other),
-        }
-    }
-}
-
 impl ManifestListener for ArtifactIndex {
     fn manifest_stored(&self, e: &ManifestStored) {
-        self.record(&e.repo, &e.digest, &e.manifest);
+        let c = self.classify(&e.repo, &e.digest, &e.manifest);
+        apply(&mut self.write(), &e.repo, &e.digest, c);
     }
 
-    fn manifest_deleted(&self, _repo: &RepoName, digest: &Digest, _m: Option<&ParsedManifest>) {
+    fn manifest_deleted(&self, repo: &RepoName, digest: &Digest, _m: Option<&ParsedManifest>) {
+        let key = ArtifactKey::new(repo.clone(), digest.clone());
         let mut inner = self.write();
-        inner.artifacts.remove(digest);
-        remove_association(&mut inner, digest);
+        remove_artifact(&mut inner, &key);
+        remove_association(&mut inner, &key);
     }
 }
 
@@ -266,31 +334,31 @@ impl ArtifactIndex {
                 .map(|n| n.get())
                 .unwrap_or(1)
                 .clamp(1, 8);
-            let found: Vec<Vec<(Digest, Classified)>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let (this, repos) = (&this, &repos);
-                        scope.spawn(move || this.scan(repos.iter().skip(t).step_by(threads), max))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
+            // A scanner that panicked would leave artifacts out: fail.
+            let found: Option<Vec<Vec<(RepoName, Digest, Classified)>>> =
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|t| {
+                            let (this, repos) = (&this, &repos);
+                            scope.spawn(move || {
+                                this.scan(repos.iter().skip(t).step_by(threads), max)
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().ok()).collect()
+                });
             let mut fresh = Inner::default();
-            for (digest, c) in found.into_iter().flatten() {
-                match c {
-                    Classified::Association { host, subject } => {
-                        apply_association(&mut fresh, digest, host, subject)
-                    }
-                    other => apply(&mut fresh, other),
-                }
+            for (repo, digest, c) in found?.into_iter().flatten() {
+                apply(&mut fresh, &repo, &digest, c);
             }
-            fresh
+            Some(fresh)
         })
         .await
-        .map_err(|e| crate::registry::RegistryError::Body(format!("index rebuild failed: {e}")))?;
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            crate::registry::RegistryError::Body("index rebuild failed: a scanner panicked".into())
+        })?;
         let counts = (fresh.artifacts.len(), fresh.associations.len());
         *self.write() = fresh;
         Ok(counts)
@@ -301,7 +369,7 @@ impl ArtifactIndex {
         &self,
         repos: impl Iterator<Item = &'a RepoName>,
         max: u64,
-    ) -> Vec<(Digest, Classified)> {
+    ) -> Vec<(RepoName, Digest, Classified)> {
         let mut out = Vec::new();
         for repo in repos {
             let Ok(entries) = self.backend.list(&paths::manifests_dir(repo)) else {
@@ -319,10 +387,91 @@ impl ArtifactIndex {
                 };
                 let c = self.classify(repo, &digest, &m);
                 if !matches!(c, Classified::Other) {
-                    out.push((digest, c));
+                    out.push((repo.clone(), digest, c));
                 }
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    fn record(r: &str, id: &Digest, linked_at: u64) -> Classified {
+        Classified::Artifact(Box::new(ArtifactRecord {
+            id: id.clone(),
+            repo: repo(r),
+            config: BpfConfig {
+                name: "ignored/config-name".into(),
+                version: "1".into(),
+                description: String::new(),
+                kind: "map".into(),
+                architecture: "x86_64".into(),
+                kernel_version: String::new(),
+                metadata: Default::default(),
+                tags: Vec::new(),
+                created_at: String::new(),
+                ebpf: None,
+            },
+            layer_digest: Digest::of(b"layer"),
+            layer_size: 5,
+            layer_media_type: media::OCI_LAYER_TAR_ZSTD.into(),
+            linked_at,
+        }))
+    }
+
+    fn host(h: &str) -> HostId {
+        HostId::parse(h).unwrap()
+    }
+
+    #[test]
+    fn copies_and_associations_are_per_repository() {
+        let mut inner = Inner::default();
+        let id = Digest::of(b"manifest");
+        let (a, b) = (repo("team/a"), repo("sandbox/b"));
+        apply(&mut inner, &b, &id, record("sandbox/b", &id, 20));
+        apply(&mut inner, &a, &id, record("team/a", &id, 10));
+        // Stored again later: keeps its first link time.
+        apply(&mut inner, &a, &id, record("team/a", &id, 99));
+        // b's referrer names the digest both copies share.
+        let assoc = Digest::of(b"assoc");
+        apply(
+            &mut inner,
+            &b,
+            &assoc,
+            Classified::Association {
+                host: host("victim"),
+                subject: id.clone(),
+            },
+        );
+        let (ka, kb) = (
+            ArtifactKey::new(a.clone(), id.clone()),
+            ArtifactKey::new(b.clone(), id.clone()),
+        );
+        assert!(!inner.by_artifact.contains_key(&ka));
+        assert_eq!(inner.by_host.get(&host("victim")).map(|s| s.len()), Some(1));
+        assert!(inner.by_host[&host("victim")].contains(&kb));
+        let dir = tempfile::tempdir().unwrap();
+        let idx = ArtifactIndex {
+            backend: Arc::new(crate::storage::FsBackend::open(dir.path()).unwrap()),
+            inner: RwLock::new(inner),
+        };
+        let order: Vec<String> = idx.copies(&id).iter().map(|r| r.repo.to_string()).collect();
+        assert_eq!(order, ["team/a", "sandbox/b"]);
+        assert!(idx.hosts_of(&ka).is_empty());
+        assert_eq!(idx.hosts_of(&kb), vec![host("victim")]);
+        // Deleting b's copy and its referrer leaves a untouched.
+        idx.manifest_deleted(&b, &assoc, None);
+        idx.manifest_deleted(&b, &id, None);
+        assert!(idx.get(&kb).is_none());
+        assert!(idx.get(&ka).is_some());
+        assert_eq!(idx.copies(&id).len(), 1);
+        assert!(idx.artifacts_for_host(&host("victim")).is_empty());
     }
 }

@@ -1,19 +1,27 @@
 //! The eBPF domain on top of the registry: the REST model of an artifact,
-//! packing payloads into a tar+zstd layer, ELF inspection, the in-memory
-//! host/artifact index, and the service behind the REST facade. Every REST
-//! write becomes OCI objects; every REST read is answered from them.
+//! decoding create requests, packing payloads into a tar+zstd layer, ELF
+//! inspection, the OCI objects a REST write becomes, the in-memory index
+//! keyed by (repository, digest), listing, and the service behind the
+//! REST facade. Every REST write becomes OCI objects; every REST read is
+//! answered from them.
 
+pub mod build;
+pub mod decode;
 pub mod elf;
 pub mod index;
+pub mod list;
 pub mod model;
 pub mod pack;
 pub mod payload;
 pub mod service;
 
+pub use decode::{CreateArtifact, NewArtifact};
 pub use index::ArtifactIndex;
-pub use model::{ArtifactJson, HostId};
-pub use service::{ArtifactService, ListQuery};
+pub use list::ListQuery;
+pub use model::{ArtifactJson, ArtifactKey, HostId};
+pub use service::{ArtifactService, Created};
 
+use crate::oci::{Digest, RepoName};
 use crate::registry::RegistryError;
 
 /// Errors of the REST facade; `code()` and `status()` are its one table.
@@ -40,6 +48,12 @@ pub enum ArtifactError {
     InvalidHostId(String),
     #[error("artifact {0} not found")]
     NotFound(String),
+    /// A write by id when the caller may read several copies.
+    #[error("artifact {id} is in {} repositories you may read; name one with ?repository=", repositories.len())]
+    AmbiguousId {
+        id: Digest,
+        repositories: Vec<RepoName>,
+    },
     #[error("{name} version {version} for {architecture} already exists with different content; versions are immutable")]
     VersionExists {
         name: String,
@@ -75,6 +89,7 @@ impl ArtifactError {
             ArtifactError::InvalidId(_) => "invalid_id",
             ArtifactError::InvalidHostId(_) => "invalid_host_id",
             ArtifactError::NotFound(_) => "not_found",
+            ArtifactError::AmbiguousId { .. } => "ambiguous_id",
             ArtifactError::VersionExists { .. } => "version_exists",
             ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => {
                 "payload_too_large"
@@ -101,7 +116,7 @@ impl ArtifactError {
             | ArtifactError::InvalidHostId(_) => 400,
             ArtifactError::UnsupportedMediaType => 415,
             ArtifactError::NotFound(_) => 404,
-            ArtifactError::VersionExists { .. } => 409,
+            ArtifactError::VersionExists { .. } | ArtifactError::AmbiguousId { .. } => 409,
             ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => 413,
             ArtifactError::SigningUnavailable(_) => 503,
             ArtifactError::Registry(e) if is_storage_full(e) => 507,

@@ -59,6 +59,27 @@ pub struct BpfConfig {
     pub ebpf: Option<EbpfFacts>,
 }
 
+/// Where an artifact lives: one manifest in one repository. Every derived
+/// view is keyed by it; the same manifest copied into another repository
+/// is another artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArtifactKey {
+    pub repo: RepoName,
+    pub digest: Digest,
+}
+
+impl ArtifactKey {
+    pub fn new(repo: RepoName, digest: Digest) -> Self {
+        ArtifactKey { repo, digest }
+    }
+}
+
+impl fmt::Display for ArtifactKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.repo, self.digest)
+    }
+}
+
 /// What the index knows of one artifact manifest.
 #[derive(Debug, Clone)]
 pub struct ArtifactRecord {
@@ -68,6 +89,9 @@ pub struct ArtifactRecord {
     pub layer_digest: Digest,
     pub layer_size: u64,
     pub layer_media_type: String,
+    /// Unix seconds when the manifest was linked into `repo` (from the
+    /// store, so a restart keeps the order of copies).
+    pub linked_at: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +107,7 @@ pub struct OciRef {
 #[derive(Debug, Clone, Serialize)]
 pub struct ArtifactJson {
     pub id: String,
+    /// The repository (an id can live in several; this names the copy).
     pub name: String,
     pub version: String,
     pub description: String,
@@ -103,11 +128,17 @@ pub struct ArtifactJson {
 }
 
 impl ArtifactRecord {
+    pub fn key(&self) -> ArtifactKey {
+        ArtifactKey::new(self.repo.clone(), self.id.clone())
+    }
+
+    /// The artifact JSON. `name` is the repository, never the config's
+    /// `name` field (which anyone who can push anywhere can write).
     pub fn to_json(&self, hosts: Vec<String>) -> ArtifactJson {
         let c = &self.config;
         ArtifactJson {
             id: self.id.to_string(),
-            name: c.name.clone(),
+            name: self.repo.to_string(),
             version: c.version.clone(),
             description: c.description.clone(),
             kind: c.kind.clone(),

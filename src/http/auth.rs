@@ -10,7 +10,9 @@
 //! deletes; a cross-repository mount also needs `pull` on `from`, else the
 //! middleware replaces the parsed value by the same request without the
 //! mount, a plain upload). For `/artifacts...` the
-//! artifact id is mapped to its repository. Lists (`GET /artifacts`,
+//! middleware only authenticates: `http::rest` authorizes the parsed
+//! endpoint on what it resolves to (the decoded create body, the copy an
+//! id names) with the `*_rest` methods of [`Caller`]. Lists (`GET /artifacts`,
 //! `/artifacts/for-host/...`, `/v2/_catalog`) are filtered to what the
 //! caller may pull: the middleware leaves a [`Caller`] in the request
 //! extensions for the handlers. `/healthz` and `/token` stay open. Nothing
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -39,7 +41,7 @@ use super::endpoint::{Access, Parsed};
 use super::{json_response, read_body_capped, AppState, RouteName};
 use crate::auth::{parse_scopes, token, Action, Actions, Auth, Claims, LoginError};
 use crate::error::{OciError, OciErrorCode};
-use crate::oci::{Digest, RepoName};
+use crate::oci::RepoName;
 
 /// Largest `POST /token` form accepted.
 const MAX_TOKEN_FORM_BYTES: u64 = 64 * 1024;
@@ -139,8 +141,10 @@ impl Caller {
         }
     }
 
-    /// The REST answer refusing `action` on `repo` (used by handlers that
-    /// learn the repository from the body).
+    // ---- REST: what `http::rest` authorizes with -----------------------
+
+    /// The REST answer refusing `action` on `repo`: 401 with a challenge
+    /// (anonymous, or a token its user could extend) or 403 `denied`.
     pub fn refuse_rest(&self, repo: &RepoName, action: Action) -> Response {
         let needed = Actions::NONE.with(action);
         let scope = scope_string(repo, needed);
@@ -151,6 +155,64 @@ impl Caller {
             Some(&scope),
             "rest",
         )
+    }
+
+    /// No user behind the call: no credentials, or an anonymous token.
+    pub fn is_anonymous_rest(&self) -> bool {
+        match &self.who {
+            Who::Anonymous => true,
+            Who::User(_) => false,
+            Who::Token(c) => c.sub.is_empty(),
+        }
+    }
+
+    /// Whether the caller's principal may pull `repo` by the policy (a
+    /// token is judged by its user's grants, as lists are): such a caller
+    /// learns nothing new from being told to get a token for `repo`.
+    pub fn could_pull_rest(&self, repo: &RepoName) -> bool {
+        self.may_list(repo)
+    }
+
+    /// The REST 401 for a caller who must authenticate: a Bearer and a
+    /// Basic challenge, no scope.
+    pub fn rest_challenge(&self) -> Response {
+        refusal_response(
+            Refusal::Challenge(None),
+            Api::Rest,
+            &self.realm,
+            None,
+            "rest.auth",
+        )
+    }
+
+    /// For a REST list: an anonymous caller who may pull nothing is asked
+    /// to authenticate.
+    pub fn refuse_rest_list(&self) -> Option<Response> {
+        (self.is_anonymous() && !self.may_somewhere(Action::Pull)).then(|| self.rest_challenge())
+    }
+
+    /// For `POST /artifacts` before its body is read: a caller who may
+    /// push nowhere is refused (the repository is checked once decoded).
+    pub fn refuse_rest_create(&self) -> Option<Response> {
+        if self.may_somewhere(Action::Push) {
+            return None;
+        }
+        let refusal = match &self.who {
+            Who::Anonymous => Refusal::Challenge(None),
+            Who::Token(c)
+                if c.sub.is_empty() || self.auth.may_somewhere(Some(&c.sub), Action::Push) =>
+            {
+                Refusal::Challenge(Some("insufficient_scope"))
+            }
+            _ => Refusal::Denied,
+        };
+        Some(refusal_response(
+            refusal,
+            Api::Rest,
+            &self.realm,
+            None,
+            "rest.artifacts.create",
+        ))
     }
 }
 
@@ -179,17 +241,6 @@ impl Caller {
 /// authentication is off (`caller` is `None`).
 pub fn visible(caller: Option<&Caller>, repo: &RepoName) -> bool {
     caller.is_none_or(|c| c.may_list(repo))
-}
-
-/// The repository a `POST /artifacts` body names, if it parses (the
-/// service reports anything else).
-pub fn requested_repository(body: &[u8]) -> Option<RepoName> {
-    #[derive(serde::Deserialize)]
-    struct NameOnly {
-        name: Option<String>,
-    }
-    let n: NameOnly = serde_json::from_slice(body).ok()?;
-    RepoName::parse(&n.name?).ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,7 +501,9 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     let (mut parts, body) = req.into_parts();
     let decision = match api {
         Api::V2 => v2(&caller, &mut parts),
-        Api::Rest => rest(&state, &caller, &mut parts),
+        // REST: authenticated here, authorized by `http::rest` on the
+        // parsed endpoint and the artifact it resolves to.
+        Api::Rest => Decision::Allow,
     };
     match decision {
         Decision::Refuse(r) => {
@@ -585,92 +638,6 @@ fn v2(caller: &Caller, parts: &mut Parts) -> Decision {
     if mount_allowed == Some(false) {
         let without = ep.clone().without_mount();
         parts.extensions.insert(Parsed(Ok(without)));
-    }
-    Decision::Allow
-}
-
-fn rest(state: &AppState, caller: &Caller, parts: &mut Parts) -> Decision {
-    let path = parts.uri.path().to_string();
-    let rest = path.strip_prefix("/artifacts").unwrap_or("");
-    let segs: Vec<&str> = rest
-        .strip_prefix('/')
-        .map(|r| r.split('/').collect())
-        .unwrap_or_default();
-    let method = parts.method.clone();
-    let challenge = |route: &'static str| {
-        Decision::Refuse(refusal_response(
-            Refusal::Challenge(None),
-            Api::Rest,
-            &caller.realm,
-            None,
-            route,
-        ))
-    };
-    match (&method, segs.as_slice()) {
-        (&Method::GET, []) | (&Method::GET, ["for-host", _]) => {
-            // Lists: filtered by the handlers; an anonymous caller who may
-            // pull nothing is asked to authenticate instead.
-            if caller.is_anonymous() && !caller.may_somewhere(Action::Pull) {
-                return challenge("rest.auth");
-            }
-        }
-        (&Method::POST, []) => {
-            // The repository is in the body: the handler checks it; here,
-            // only whether the caller may push anywhere at all.
-            if !caller.may_somewhere(Action::Push) {
-                let refusal = match &caller.who {
-                    Who::Anonymous => Refusal::Challenge(None),
-                    Who::Token(c)
-                        if c.sub.is_empty()
-                            || caller.auth.may_somewhere(Some(&c.sub), Action::Push) =>
-                    {
-                        Refusal::Challenge(Some("insufficient_scope"))
-                    }
-                    _ => Refusal::Denied,
-                };
-                return Decision::Refuse(refusal_response(
-                    refusal,
-                    Api::Rest,
-                    &caller.realm,
-                    None,
-                    "rest.artifacts.create",
-                ));
-            }
-        }
-        (m, [id, tail @ ..]) if *id != "for-host" => {
-            let action = match (m, tail) {
-                (
-                    &Method::GET | &Method::HEAD,
-                    [] | ["binary"] | ["hosts"] | ["signatures"] | ["verify"],
-                ) => Some(Action::Pull),
-                (&Method::POST, ["hosts"]) | (&Method::DELETE, ["hosts", _]) => Some(Action::Push),
-                (&Method::DELETE, []) => Some(Action::Delete),
-                _ => None,
-            };
-            let decoded = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
-            let record = Digest::parse(&decoded)
-                .ok()
-                .and_then(|d| state.artifacts.index().get(&d));
-            match (record, action) {
-                (Some(rec), Some(action)) => {
-                    if !caller.may(&rec.repo, action) {
-                        return Decision::Refuse(caller.refuse_rest(&rec.repo, action));
-                    }
-                }
-                // Unknown id or route: the handler answers 400/404/405 to
-                // those who authenticated.
-                _ => {
-                    if caller.is_anonymous() {
-                        return challenge("rest.auth");
-                    }
-                }
-            }
-        }
-        _ => {
-            if caller.is_anonymous() {
-                return challenge("rest.auth");
-            }
-        }
     }
     Decision::Allow
 }
@@ -928,15 +895,5 @@ mod tests {
             h.insert(header::AUTHORIZATION, hv(bad));
             assert!(presented(&h).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn repository_of_a_create_body() {
-        assert_eq!(
-            requested_repository(br#"{"name":"bpf/x","data":"AAAA"}"#).map(|r| r.to_string()),
-            Some("bpf/x".into())
-        );
-        assert!(requested_repository(br#"{"name":"Bad"}"#).is_none());
-        assert!(requested_repository(b"nonsense").is_none());
     }
 }

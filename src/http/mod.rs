@@ -18,7 +18,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get};
+use axum::routing::{any, get};
 use axum::Router;
 use http_body_util::BodyExt;
 
@@ -51,18 +51,10 @@ pub fn router(state: AppState) -> Router {
     let request_limits = limits::RequestLimits::from_config(&state.config);
     Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/artifacts", get(rest::list).post(rest::create))
-        .route("/artifacts/for-host/{host_id}", get(rest::for_host))
-        .route("/artifacts/{id}", get(rest::get).delete(rest::delete))
-        .route("/artifacts/{id}/binary", get(rest::binary))
-        .route(
-            "/artifacts/{id}/hosts",
-            get(rest::hosts).post(rest::add_host),
-        )
-        .route("/artifacts/{id}/hosts/{host_id}", delete(rest::remove_host))
-        .route("/artifacts/{id}/signatures", get(rest::signatures))
-        .route("/artifacts/{id}/verify", get(rest::verify))
-        .route("/signing/public-key", get(rest::public_key))
+        // REST: one table, in `rest::endpoint`.
+        .route("/artifacts", any(rest::dispatch))
+        .route("/artifacts/{*rest}", any(rest::dispatch))
+        .route("/signing/public-key", any(rest::dispatch))
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))

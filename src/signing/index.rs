@@ -1,5 +1,9 @@
-//! The in-memory index of signature manifests: signed manifest digest →
-//! the signature manifests that name it. A cache like the artifact index:
+//! The in-memory index of signature manifests: (repository, signed
+//! manifest digest) → the signature manifests in that repository that name
+//! it. A signature counts only in its own repository (its payload names
+//! the repository, and OCI referrers are per repository), so a manifest
+//! signed in one repository and copied into another is unsigned there
+//! until it is signed there. A cache like the artifact index:
 //! kept current by listening to every manifest stored or deleted, rebuilt
 //! at start-up from the `sha256-<hex>.sig` tags (cheap: one directory
 //! listing per repository, one read per signature). It answers the
@@ -39,12 +43,15 @@ pub struct SignatureSummary {
     pub signed_at: Option<String>,
 }
 
+/// A manifest in a repository.
+type Key = (RepoName, Digest);
+
 #[derive(Default)]
 struct Inner {
-    /// signed digest → its signature manifests, oldest first
-    by_subject: HashMap<Digest, Vec<SigEntry>>,
-    /// signature manifest → the digest it signs
-    subject_of: HashMap<Digest, Digest>,
+    /// signed manifest → its signature manifests, oldest first
+    by_subject: HashMap<Key, Vec<SigEntry>>,
+    /// signature manifest → the digest it signs (in the same repository)
+    subject_of: HashMap<Key, Digest>,
 }
 
 #[derive(Default)]
@@ -99,44 +106,49 @@ impl SignatureIndex {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(inner: &mut Inner, subject: Digest, entry: SigEntry) {
+    fn insert(inner: &mut Inner, repo: &RepoName, subject: Digest, entry: SigEntry) {
         inner
             .subject_of
-            .insert(entry.manifest.clone(), subject.clone());
-        let list = inner.by_subject.entry(subject).or_default();
+            .insert((repo.clone(), entry.manifest.clone()), subject.clone());
+        let list = inner.by_subject.entry((repo.clone(), subject)).or_default();
         list.retain(|e| e.manifest != entry.manifest);
         list.push(entry);
     }
 
-    /// Records a manifest if it is a signature.
-    pub fn record(&self, tag: Option<&Tag>, digest: &Digest, m: &ParsedManifest) {
+    /// Records a manifest stored in `repo` if it is a signature.
+    pub fn record(&self, repo: &RepoName, tag: Option<&Tag>, digest: &Digest, m: &ParsedManifest) {
         if let Some((subject, entry)) = classify(tag, digest, m) {
-            Self::insert(&mut self.write(), subject, entry);
+            Self::insert(&mut self.write(), repo, subject, entry);
         }
     }
 
-    /// The signature manifests of `subject`, oldest first.
-    pub fn entries(&self, subject: &Digest) -> Vec<SigEntry> {
+    /// The signature manifests of `subject` in `repo`, oldest first.
+    pub fn entries(&self, repo: &RepoName, subject: &Digest) -> Vec<SigEntry> {
         self.read()
             .by_subject
-            .get(subject)
+            .get(&(repo.clone(), subject.clone()))
             .cloned()
             .unwrap_or_default()
     }
 
-    /// Whether `subject` has a signature made with `key_id`.
-    pub fn signed_by(&self, subject: &Digest, key_id: &str) -> bool {
+    /// Whether `subject` has a signature made with `key_id` in `repo`.
+    pub fn signed_by(&self, repo: &RepoName, subject: &Digest, key_id: &str) -> bool {
         self.read()
             .by_subject
-            .get(subject)
+            .get(&(repo.clone(), subject.clone()))
             .is_some_and(|l| l.iter().any(|e| e.key_id.as_deref() == Some(key_id)))
     }
 
-    /// The artifact JSON's `signature`: the newest signature with `key_id`
-    /// when given and present, else the newest one found.
-    pub fn summary(&self, subject: &Digest, key_id: Option<&str>) -> Option<SignatureSummary> {
+    /// The artifact JSON's `signature`: the newest signature in `repo` with
+    /// `key_id` when given and present, else the newest one found.
+    pub fn summary(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        key_id: Option<&str>,
+    ) -> Option<SignatureSummary> {
         let inner = self.read();
-        let list = inner.by_subject.get(subject)?;
+        let list = inner.by_subject.get(&(repo.clone(), subject.clone()))?;
         let e = key_id
             .and_then(|k| list.iter().rev().find(|e| e.key_id.as_deref() == Some(k)))
             .or_else(|| list.iter().rev().find(|e| e.key_id.is_some()))
@@ -172,7 +184,7 @@ impl SignatureIndex {
                     continue;
                 };
                 if let Some((subject, entry)) = classify(Some(&tag), &digest, &m) {
-                    Self::insert(&mut fresh, subject, entry);
+                    Self::insert(&mut fresh, &repo, subject, entry);
                     found += 1;
                 }
             }
@@ -196,12 +208,13 @@ pub(crate) async fn read_manifest(
 
 impl ManifestListener for SignatureIndex {
     fn manifest_stored(&self, e: &ManifestStored) {
-        self.record(e.tag.as_ref(), &e.digest, &e.manifest);
+        self.record(&e.repo, e.tag.as_ref(), &e.digest, &e.manifest);
     }
 
-    fn manifest_deleted(&self, _repo: &RepoName, digest: &Digest, _m: Option<&ParsedManifest>) {
+    fn manifest_deleted(&self, repo: &RepoName, digest: &Digest, _m: Option<&ParsedManifest>) {
         let mut inner = self.write();
-        if let Some(subject) = inner.subject_of.remove(digest) {
+        if let Some(subject) = inner.subject_of.remove(&(repo.clone(), digest.clone())) {
+            let subject = (repo.clone(), subject);
             let now_empty = match inner.by_subject.get_mut(&subject) {
                 Some(list) => {
                     list.retain(|e| &e.manifest != digest);
@@ -247,17 +260,34 @@ mod tests {
     #[test]
     fn records_summarises_and_forgets() {
         let idx = SignatureIndex::new();
+        let r = RepoName::parse("r").unwrap();
         let a = Digest::of(b"artifact");
         let (d1, m1) = sig_manifest(&a, "vault:transit/k");
-        idx.record(None, &d1, &m1);
-        assert!(idx.signed_by(&a, "vault:transit/k"));
-        assert!(!idx.signed_by(&a, "other"));
-        let s = idx.summary(&a, Some("vault:transit/k")).unwrap();
+        idx.record(&r, None, &d1, &m1);
+        assert!(idx.signed_by(&r, &a, "vault:transit/k"));
+        assert!(!idx.signed_by(&r, &a, "other"));
+        let s = idx.summary(&r, &a, Some("vault:transit/k")).unwrap();
         assert_eq!(s.key_version, Some(3));
         assert_eq!(s.manifest_digest, d1.to_string());
         assert_eq!(s.tag, cosign::signature_tag(&a));
-        idx.manifest_deleted(&RepoName::parse("r").unwrap(), &d1, None);
-        assert!(idx.summary(&a, None).is_none());
+        idx.manifest_deleted(&r, &d1, None);
+        assert!(idx.summary(&r, &a, None).is_none());
+    }
+
+    #[test]
+    fn a_signature_counts_in_its_own_repository_only() {
+        let idx = SignatureIndex::new();
+        let (r, other) = (RepoName::parse("r").unwrap(), RepoName::parse("o").unwrap());
+        let a = Digest::of(b"artifact");
+        let (d1, m1) = sig_manifest(&a, "k");
+        idx.record(&r, None, &d1, &m1);
+        idx.record(&other, None, &d1, &m1);
+        assert!(idx.signed_by(&other, &a, "k"));
+        // Deleting the copy in `other` leaves `r` signed.
+        idx.manifest_deleted(&other, &d1, None);
+        assert!(!idx.signed_by(&other, &a, "k"));
+        assert!(idx.signed_by(&r, &a, "k"));
+        assert!(idx.summary(&r, &a, None).is_some());
     }
 
     #[test]
@@ -267,7 +297,8 @@ mod tests {
         let m = ParsedManifest::parse(body, None).unwrap();
         let d = Digest::of(body);
         let tag = Tag::parse(&cosign::signature_tag(&d)).unwrap();
-        idx.record(Some(&tag), &d, &m);
-        assert!(idx.entries(&d).is_empty());
+        let r = RepoName::parse("r").unwrap();
+        idx.record(&r, Some(&tag), &d, &m);
+        assert!(idx.entries(&r, &d).is_empty());
     }
 }

@@ -1,0 +1,331 @@
+//! One handler per REST endpoint: authorize the parsed endpoint (see
+//! `access`), call the artifact or signing service with the resolved
+//! value, map the answer.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::access::Access;
+use super::endpoint::ArtifactOp;
+use super::response::{json_ok, respond};
+use crate::artifacts::{
+    ArtifactError, ArtifactJson, ArtifactKey, CreateArtifact, HostId, ListQuery,
+};
+use crate::http::{blob_response, json_response, read_body_capped, AppState, BodyReadError};
+use crate::oci::media;
+use crate::registry::ByteRange;
+
+/// Largest `POST /artifacts/{id}/hosts` body.
+const MAX_HOST_BODY_BYTES: u64 = 64 * 1024;
+
+#[derive(serde::Serialize)]
+struct ArtifactList {
+    artifacts: Vec<ArtifactJson>,
+    next_cursor: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ForHost<'a> {
+    host_id: &'a str,
+    artifacts: Vec<ArtifactJson>,
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false)
+}
+
+/// Reads and drops what is left of a small request body before a refusal
+/// goes out, so an HTTP/2 client sees its stream end cleanly instead of
+/// being reset. Bounded: 64 KiB, one second.
+async fn drain(body: Body) {
+    const DRAIN_MAX: usize = 64 * 1024;
+    const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+    let limited = http_body_util::Limited::new(body, DRAIN_MAX);
+    let _ = tokio::time::timeout(DRAIN_TIME, http_body_util::BodyExt::collect(limited)).await;
+}
+
+/// A refusal, after draining the request body.
+pub async fn refuse(req: Request, r: Response) -> Response {
+    drain(req.into_body()).await;
+    r
+}
+
+/// `GET /artifacts`
+pub fn list(state: &AppState, access: Access<'_>, query: &ListQuery) -> Response {
+    let (artifacts, next_cursor) = state.artifacts.list(query, &|r| access.visible(r));
+    json_ok(
+        StatusCode::OK,
+        &ArtifactList {
+            artifacts,
+            next_cursor,
+        },
+    )
+}
+
+/// `GET /artifacts/for-host/{host_id}`
+pub fn for_host(state: &AppState, access: Access<'_>, host: &HostId) -> Response {
+    let artifacts = state.artifacts.for_host(host, &|r| access.visible(r));
+    json_ok(
+        StatusCode::OK,
+        &ForHost {
+            host_id: host.as_str(),
+            artifacts,
+        },
+    )
+}
+
+/// `POST /artifacts`: the body is decoded once, push is checked on the
+/// repository the decoded request writes, and that decoded request is
+/// what the service stores.
+pub async fn create(state: &AppState, access: Access<'_>, req: Request) -> Response {
+    if !is_json(req.headers()) {
+        return refuse(req, ArtifactError::UnsupportedMediaType.into_response()).await;
+    }
+    let svc = state.artifacts.clone();
+    let max = svc.max_artifact_bytes();
+    let body = match read_body_capped(req.into_body(), svc.max_body_bytes()).await {
+        Ok(b) => b,
+        Err(BodyReadError::TooLarge) => return ArtifactError::TooLarge { max }.into_response(),
+        Err(BodyReadError::Broken(m)) => {
+            return ArtifactError::InvalidRequest(format!("body could not be read: {m}"))
+                .into_response()
+        }
+    };
+    let request = match CreateArtifact::parse(body, max) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(r) = access.check_push(request.repository()) {
+        return r.into_response();
+    }
+    // Base64, packing and ELF inspection are CPU work: off the executor.
+    let new = match tokio::task::spawn_blocking(move || request.into_artifact(max)).await {
+        Ok(Ok(new)) => new,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => return ArtifactError::Internal(format!("decode task: {e}")).into_response(),
+    };
+    match svc.create(new).await {
+        Ok(c) => {
+            let status = if c.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let location = format!("/artifacts/{}", c.value.id);
+            let mut r = json_ok(status, &c.value);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/artifacts/{id}[/...]` on the copy the id resolved to.
+pub async fn artifact(
+    state: &AppState,
+    key: &ArtifactKey,
+    op: ArtifactOp,
+    req: Request,
+) -> Response {
+    let svc = &state.artifacts;
+    match op {
+        ArtifactOp::Get => respond(StatusCode::OK, svc.get(key)),
+        ArtifactOp::Delete => match svc.delete(key).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => e.into_response(),
+        },
+        ArtifactOp::Binary => binary(state, key, req.headers()).await,
+        ArtifactOp::Hosts => respond(
+            StatusCode::OK,
+            svc.hosts(key).map(|h| {
+                json!({ "id": key.digest.to_string(), "repository": key.repo.as_str(), "hosts": h })
+            }),
+        ),
+        ArtifactOp::AddHost => add_host(state, key, req).await,
+        ArtifactOp::RemoveHost { host } => match svc.remove_host(key, &host).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => e.into_response(),
+        },
+        ArtifactOp::Signatures => {
+            let r = state
+                .signing
+                .signatures(&key.repo, &key.digest)
+                .await
+                .map(|s| {
+                    json!({
+                        "id": key.digest.to_string(),
+                        "repository": key.repo.as_str(),
+                        "signatures": s,
+                    })
+                })
+                .map_err(ArtifactError::from);
+            respond(StatusCode::OK, r)
+        }
+        ArtifactOp::Verify => {
+            let r = state
+                .signing
+                .verify(&key.repo, &key.digest)
+                .await
+                .map(|v| {
+                    json!({
+                        "id": key.digest.to_string(),
+                        "repository": key.repo.as_str(),
+                        "verified": v.verified,
+                        "key_id": v.key_id,
+                        "signatures": v.signatures,
+                    })
+                })
+                .map_err(ArtifactError::from);
+            respond(StatusCode::OK, r)
+        }
+    }
+}
+
+/// `GET /artifacts/{id}/binary`, with `If-None-Match` and `Range`.
+async fn binary(state: &AppState, key: &ArtifactKey, headers: &HeaderMap) -> Response {
+    let svc = &state.artifacts;
+    let etag = match svc.binary_etag(key) {
+        Ok(d) => format!("\"{d}\""),
+        Err(e) => return e.into_response(),
+    };
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if not_modified {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        return r;
+    }
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        // A range RFC 9110 says to ignore is `Ok(None)`: the whole file.
+        Some(v) => match v.to_str().ok().map(ByteRange::parse) {
+            Some(Ok(r)) => r,
+            _ => {
+                return ArtifactError::InvalidRequest(
+                    "malformed Range: expected bytes=<start>-<end>".into(),
+                )
+                .into_response()
+            }
+        },
+    };
+    match svc.binary(key, range).await {
+        Ok((blob, digest, filename)) => {
+            let mut r = blob_response(blob, &digest, media::OCI_LAYER_TAR_ZSTD);
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+                r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HostBody {
+    host_id: Option<String>,
+}
+
+/// `POST /artifacts/{id}/hosts` with `{"host_id": "..."}`
+async fn add_host(state: &AppState, key: &ArtifactKey, req: Request) -> Response {
+    if !is_json(req.headers()) {
+        return refuse(req, ArtifactError::UnsupportedMediaType.into_response()).await;
+    }
+    let body = match read_body_capped(req.into_body(), MAX_HOST_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ArtifactError::InvalidRequest("body over 64 KiB or unreadable".into())
+                .into_response()
+        }
+    };
+    let host = match serde_json::from_slice::<HostBody>(&body) {
+        Ok(HostBody { host_id: Some(h) }) => h,
+        Ok(_) => {
+            return ArtifactError::InvalidRequest("host_id is required".into()).into_response()
+        }
+        Err(e) => return ArtifactError::InvalidJson(e.to_string()).into_response(),
+    };
+    let host = match HostId::parse(&host) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    match state.artifacts.add_host(key, &host).await {
+        Ok(c) => {
+            let status = if c.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_ok(
+                status,
+                &json!({
+                    "id": key.digest.to_string(),
+                    "repository": key.repo.as_str(),
+                    "host_id": host.as_str(),
+                    "hosts": c.value,
+                }),
+            )
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /signing/public-key[?version=N]`: the PEM public key (default:
+/// the latest version), for `cosign verify --key` or `openssl`.
+pub async fn public_key(state: &AppState, version: Option<u32>) -> Response {
+    match state.signing.public_key(version).await {
+        Ok((keys, v)) => {
+            let pem = keys
+                .versions
+                .get(&v)
+                .map(|k| k.to_pem())
+                .unwrap_or_default();
+            let mut r = (StatusCode::OK, pem).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            for (name, value) in [
+                ("x-signing-key-id", keys.key_id.clone()),
+                ("x-signing-key-version", v.to_string()),
+                ("x-signing-algorithm", keys.algorithm.as_str().to_string()),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    h.insert(name, value);
+                }
+            }
+            r
+        }
+        Err(crate::signing::SigningError::Disabled) => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "error": "not_found",
+                "message": "signing is not configured on this registry (BPF_REGISTRY_SIGNER=none)"
+            }),
+        ),
+        Err(crate::signing::SigningError::NotFound(m)) => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": "not_found", "message": m }),
+        ),
+        Err(e) => ArtifactError::from(e).into_response(),
+    }
+}

@@ -1,0 +1,66 @@
+//! The REST facade of the original service (`/artifacts...` and
+//! `/signing/public-key`): one entry point that parses the request into a
+//! [`RestEndpoint`] (`endpoint`, the one route table), authorizes it on
+//! what it resolves to (`access`: the decoded create body, the copy an id
+//! names), calls the artifact or signing service (`handlers`) and maps
+//! the answer through the dialect's one error table (`response`).
+//!
+//! The auth middleware only authenticates REST requests (401/429 for bad
+//! credentials) and leaves the [`Caller`](super::auth::Caller) in the
+//! request extensions; every authorization decision is made here.
+
+mod access;
+pub mod endpoint;
+mod handlers;
+mod response;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+
+use super::{auth, AppState};
+use crate::artifacts::ArtifactError;
+use access::Access;
+use endpoint::{Needs, RestEndpoint};
+use response::{named, route_error};
+
+/// Every REST route: parse, authorize, handle.
+pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let ep = match RestEndpoint::parse(req.method(), req.uri().path(), req.uri().query()) {
+        Ok(ep) => ep,
+        Err(e) => {
+            let r = route_error(e, req.method().as_str(), req.uri().path());
+            return named("rest", r);
+        }
+    };
+    let route = ep.route();
+    let caller = req.extensions().get::<auth::Caller>().cloned();
+    let access = Access::new(caller.as_ref());
+    // What the endpoint needs, checked before any body is read; a create
+    // is checked again on the repository its decoded body writes.
+    let copy = match ep.needs() {
+        Needs::Open => Ok(None),
+        Needs::ListPull => access.check_list().map(|()| None),
+        Needs::PushOnBody => access.check_create().map(|()| None),
+        Needs::OnCopy(id, action) => access
+            .resolve(state.artifacts.copies(&id.digest), id, action)
+            .map(Some),
+    };
+    let copy = match copy {
+        Ok(c) => c,
+        Err(refusal) => return named(route, handlers::refuse(req, refusal.into_response()).await),
+    };
+    let r = match (ep, copy) {
+        (RestEndpoint::List { query }, _) => handlers::list(&state, access, &query),
+        (RestEndpoint::ForHost { host }, _) => handlers::for_host(&state, access, &host),
+        (RestEndpoint::Create, _) => handlers::create(&state, access, req).await,
+        (RestEndpoint::PublicKey { version }, _) => handlers::public_key(&state, version).await,
+        (RestEndpoint::Artifact { op, .. }, Some(key)) => {
+            handlers::artifact(&state, &key, op, req).await
+        }
+        (RestEndpoint::Artifact { .. }, None) => {
+            ArtifactError::Internal("an id endpoint without its resolved copy".into())
+                .into_response()
+        }
+    };
+    named(route, r)
+}
