@@ -51,7 +51,10 @@ fn free_port() -> u16 {
 
 /// Reads until EOF, an error or `limit`; returns what came and how long
 /// it took.
-async fn read_until_closed<R: AsyncRead + Unpin>(s: &mut R, limit: Duration) -> (Vec<u8>, Duration) {
+async fn read_until_closed<R: AsyncRead + Unpin>(
+    s: &mut R,
+    limit: Duration,
+) -> (Vec<u8>, Duration) {
     let t0 = Instant::now();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -490,7 +493,10 @@ async fn silent_plain_and_h2c_connections_are_closed_after_the_header_timeout() 
             t0.elapsed()
         );
         let took = t0.elapsed();
-        assert!(took >= Duration::from_millis(500), "{how:?}: closed after {took:?}");
+        assert!(
+            took >= Duration::from_millis(500),
+            "{how:?}: closed after {took:?}"
+        );
     }
 }
 
@@ -563,7 +569,10 @@ async fn silent_tls_connections_are_closed_after_the_handshake_and_header_timeou
         t0.elapsed()
     );
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(2) + Duration::from_millis(900), "raw TCP closed after {took:?}");
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(900),
+        "raw TCP closed after {took:?}"
+    );
     // A finished handshake, then nothing: the header timeout (from accept).
     let mut s = tls.connect(server.addr).await.expect("handshake");
     let t0 = Instant::now();
@@ -572,7 +581,11 @@ async fn silent_tls_connections_are_closed_after_the_handshake_and_header_timeou
         "silent TLS connection still open after {:?}",
         t0.elapsed()
     );
-    assert!(t0.elapsed() >= Duration::from_millis(1000), "closed after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "closed after {:?}",
+        t0.elapsed()
+    );
     // A well-behaved TLS client is served.
     let took = tls_healthz_latency(server.addr, &tls).await;
     assert!(took < HEALTHZ_BOUND);
@@ -636,7 +649,10 @@ async fn at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() {
     let (answer, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 503"), "answer: {text:?}");
-    assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
     assert!(took < Duration::from_secs(2), "refusal took {took:?}");
     // One busy connection finishes: a new client is served again.
     held[0].write_all(&[0u8; 10]).await.unwrap();
@@ -782,7 +798,10 @@ async fn a_trickling_rest_body_gets_408_in_the_rest_dialect() {
     .await;
     let answer = trickle_patch_to(server.addr, "POST", "/artifacts", 5000).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer:?}");
-    assert!(answer.contains("\"error\":\"request_timeout\""), "answer: {answer:?}");
+    assert!(
+        answer.contains("\"error\":\"request_timeout\""),
+        "answer: {answer:?}"
+    );
     let r = reqwest::get(server.url("/artifacts")).await.expect("list");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["artifacts"], serde_json::json!([]));
@@ -836,7 +855,9 @@ async fn a_slow_but_steady_body_is_accepted() {
     let t0 = Instant::now();
     for chunk in data.chunks(8 * 1024) {
         tokio::time::sleep(Duration::from_millis(125)).await;
-        s.write_all(chunk).await.expect("the server cut a steady body");
+        s.write_all(chunk)
+            .await
+            .expect("the server cut a steady body");
     }
     let mut answer = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
@@ -844,7 +865,11 @@ async fn a_slow_but_steady_body_is_accepted() {
         .expect("answer")
         .expect("read");
     let text = String::from_utf8_lossy(&answer[..n]);
-    assert!(text.starts_with("HTTP/1.1 202"), "after {:?}: {text}", t0.elapsed());
+    assert!(
+        text.starts_with("HTTP/1.1 202"),
+        "after {:?}: {text}",
+        t0.elapsed()
+    );
     let r = c
         .put(server.abs(&common::with_query(
             &server.abs(&raw_location(&text)),
