@@ -12,7 +12,7 @@
 //!   the TOML policy, ES256 bearer tokens, login cache and failure limits.
 //! - [`error`]: the one OCI wire error table.
 //! - [`http`]: the axum router and handlers (with the auth middleware,
-//!   the `/token` endpoint and the TLS listener).
+//!   the `/token` endpoint, the accept loop and TLS).
 //! - [`config`]: typed configuration from `BPF_REGISTRY_*` variables.
 //! - [`cli`]: the maintenance subcommands `gc` and `scrub`.
 

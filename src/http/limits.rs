@@ -20,6 +20,7 @@
 //! blob bodies stream to disk and are bounded by the store only.
 
 mod connections;
+mod write_stall;
 
 pub use connections::{serve, ConnectionPolicy};
 

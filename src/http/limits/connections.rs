@@ -24,10 +24,9 @@ use std::collections::HashMap;
 use std::future::{pending, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -36,12 +35,13 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use super::write_stall::WriteStall;
 use super::BodyHolding;
 use crate::config::Config;
 
@@ -133,6 +133,8 @@ fn nofile_soft_limit() -> Option<u64> {
     if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
+    // `rlim_t` is not u64 everywhere.
+    #[allow(clippy::unnecessary_cast)]
     Some(lim.rlim_cur as u64)
 }
 
@@ -554,95 +556,6 @@ impl Connection {
             }
             _ = idle_for(&mut idle, closing, CLOSE_GRACE) => {}
         }
-    }
-}
-
-// ---- stalled writes ----------------------------------------------------------------
-
-/// A stream whose writes fail once they make no progress for `timeout`
-/// (the peer stopped reading); reads pass through.
-struct WriteStall<I> {
-    io: I,
-    timeout: Duration,
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<I> WriteStall<I> {
-    fn new(io: I, timeout: Duration) -> Self {
-        WriteStall {
-            io,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// After a write returned `Pending`: `Pending`, or the stall error.
-    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let timeout = self.timeout;
-        let sleep = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client read nothing for {timeout:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn progress<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match r {
-            Poll::Pending => self.pending(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for WriteStall<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for WriteStall<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.progress(r, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.progress(r, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.io).poll_flush(cx);
-        self.progress(r, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.progress(r, cx)
     }
 }
 
