@@ -46,8 +46,17 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Longest a client may take to send a request's headers.
     pub header_read_timeout: Duration,
-    /// Longest a request body may stall between two chunks.
+    /// Longest a request body may stall between two chunks (and a
+    /// response write may make no progress).
     pub body_idle_timeout: Duration,
+    /// Open connections at most; `None` derives it from `RLIMIT_NOFILE`.
+    pub max_connections: Option<usize>,
+    /// Longest a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+    /// Bytes/s a request body must deliver over each `body_rate_window`
+    /// of waiting for it; 0 = no minimum.
+    pub min_body_rate: u64,
+    pub body_rate_window: Duration,
     /// htpasswd file (bcrypt); set = authentication on.
     pub auth_htpasswd: Option<PathBuf>,
     /// Authorization policy (TOML); none = authenticated users may do everything.
@@ -138,7 +147,27 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "BPF_REGISTRY_BODY_IDLE_TIMEOUT",
         "60s",
-        "longest a request body may stall between two chunks",
+        "longest a request body may stall between two chunks, or a response write make no progress",
+    ),
+    (
+        "BPF_REGISTRY_MIN_BODY_RATE",
+        "4096",
+        "bytes/s a request body must average over each rate window; slower gets 408; 0 = off",
+    ),
+    (
+        "BPF_REGISTRY_BODY_RATE_WINDOW",
+        "10s",
+        "window of waiting over which the body rate is measured",
+    ),
+    (
+        "BPF_REGISTRY_MAX_CONNECTIONS",
+        "(derived)",
+        "open connections at most; unset: RLIMIT_NOFILE minus a quarter (64 at least), at most 4096",
+    ),
+    (
+        "BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT",
+        "10s",
+        "longest a TLS handshake may take",
     ),
     (
         "BPF_REGISTRY_AUTH_HTPASSWD",
@@ -277,6 +306,19 @@ impl Config {
                 duration(&val, "BPF_REGISTRY_BODY_IDLE_TIMEOUT", 60 * SECOND)?,
                 "BPF_REGISTRY_BODY_IDLE_TIMEOUT",
             )?,
+            max_connections: match val("BPF_REGISTRY_MAX_CONNECTIONS") {
+                None => None,
+                Some(_) => Some(number(&val, "BPF_REGISTRY_MAX_CONNECTIONS", 1)? as usize),
+            },
+            tls_handshake_timeout: positive(
+                duration(&val, "BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT", 10 * SECOND)?,
+                "BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT",
+            )?,
+            min_body_rate: number_or_zero(&val, "BPF_REGISTRY_MIN_BODY_RATE", 4096)?,
+            body_rate_window: positive(
+                duration(&val, "BPF_REGISTRY_BODY_RATE_WINDOW", 10 * SECOND)?,
+                "BPF_REGISTRY_BODY_RATE_WINDOW",
+            )?,
             auth_htpasswd: None,
             auth_policy: None,
             token_key: None,
@@ -371,6 +413,21 @@ fn number(
                 message: format!("invalid value {v:?}: expected a positive integer"),
             }),
         },
+    }
+}
+
+/// Like [`number`], with 0 allowed (meaning "off").
+fn number_or_zero(
+    val: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match val(var) {
+        None => Ok(default),
+        Some(v) => v.trim().parse::<u64>().map_err(|_| ConfigError {
+            var,
+            message: format!("invalid value {v:?}: expected a non-negative integer"),
+        }),
     }
 }
 
@@ -538,5 +595,34 @@ mod tests {
                 .var,
             "BPF_REGISTRY_HEADER_READ_TIMEOUT"
         );
+    }
+
+    #[test]
+    fn connection_and_body_pace_settings() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.max_connections, None);
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.min_body_rate, 4096);
+        assert_eq!(c.body_rate_window, Duration::from_secs(10));
+        let c = cfg(&[
+            ("BPF_REGISTRY_MAX_CONNECTIONS", "100"),
+            ("BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT", "2s"),
+            ("BPF_REGISTRY_MIN_BODY_RATE", "0"),
+            ("BPF_REGISTRY_BODY_RATE_WINDOW", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_connections, Some(100));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.min_body_rate, 0);
+        assert_eq!(c.body_rate_window, Duration::from_millis(500));
+        for (var, bad) in [
+            ("BPF_REGISTRY_MAX_CONNECTIONS", "0"),
+            ("BPF_REGISTRY_MAX_CONNECTIONS", "many"),
+            ("BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT", "0"),
+            ("BPF_REGISTRY_MIN_BODY_RATE", "-1"),
+            ("BPF_REGISTRY_BODY_RATE_WINDOW", "0"),
+        ] {
+            assert_eq!(cfg(&[(var, bad)]).unwrap_err().var, var, "{var}={bad}");
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!   the TOML policy, ES256 bearer tokens, login cache and failure limits.
 //! - [`error`]: the one OCI wire error table.
 //! - [`http`]: the axum router and handlers (with the auth middleware,
-//!   the `/token` endpoint and the TLS listener).
+//!   the `/token` endpoint, the accept loop and TLS).
 //! - [`config`]: typed configuration from `BPF_REGISTRY_*` variables.
 //! - [`cli`]: the maintenance subcommands `gc` and `scrub`.
 
@@ -130,7 +130,7 @@ pub async fn run(
             "authentication is on but TLS is off: passwords and tokens cross the network in clear text (set BPF_REGISTRY_TLS_CERT and BPF_REGISTRY_TLS_KEY)"
         );
     }
-    let header_read_timeout = state.config.header_read_timeout;
+    let connection_policy = http::limits::ConnectionPolicy::from_config(&state.config);
     let collector = state.config.gc_interval.map(|every| {
         let opts = registry::gc::GcOptions {
             dry_run: false,
@@ -143,16 +143,10 @@ pub async fn run(
         registry::gc::spawn_collector(state.registry.clone(), every, opts)
     });
     let service = app(state);
-    let served = match tls {
-        Some(tls) => {
-            tracing::info!("serving HTTPS");
-            // Its address type is `SocketAddr` too: the login limiter keys
-            // on the client address either way.
-            let tls_listener = http::tls::TlsListener::new(listener, tls)?;
-            http::limits::serve(tls_listener, service, header_read_timeout, shutdown).await
-        }
-        None => http::limits::serve(listener, service, header_read_timeout, shutdown).await,
-    };
+    if tls.is_some() {
+        tracing::info!("serving HTTPS");
+    }
+    let served = http::limits::serve(listener, tls, service, connection_policy, shutdown).await;
     if let Some(c) = collector {
         c.abort();
     }

@@ -1,73 +1,106 @@
 //! Limits against bad clients.
 //!
-//! - [`serve`]: the accept loop (hyper directly, as `axum::serve` cannot
-//!   set a header timeout): a client must send a request's headers within
-//!   `BPF_REGISTRY_HEADER_READ_TIMEOUT` (this also closes idle keep-alive
-//!   connections after that long); in-flight requests finish on shutdown.
+//! - [`serve`] (in `limits/connections.rs`): the accept loop and the
+//!   lifecycle of connections: open-connection cap, idle and handshake
+//!   timeouts, stalled writes.
 //! - [`enforce`] (middleware): at most `BPF_REGISTRY_MAX_CONCURRENT_REQUESTS`
 //!   requests at once (a request counts until its response body is sent);
 //!   one more is answered at once with 429 `TOOMANYREQUESTS` and
-//!   `Retry-After`, never queued. `/healthz` is exempt. Every request body
-//!   fails when it stalls for `BPF_REGISTRY_BODY_IDLE_TIMEOUT` between two
-//!   chunks; the handler then answers an error and nothing is stored.
+//!   `Retry-After`, never queued. `/healthz` is exempt.
+//! - Request body pace ([`BodyPace`]): a body fails when it stalls for
+//!   `BPF_REGISTRY_BODY_IDLE_TIMEOUT` between two chunks, or when it
+//!   delivers less than `BPF_REGISTRY_MIN_BODY_RATE` bytes/s over a
+//!   `BPF_REGISTRY_BODY_RATE_WINDOW` of waiting for it. The handler then
+//!   stores nothing, and its error answer becomes 408 (the route's
+//!   dialect, `Connection: close`), so the permit is freed at once.
 //!
 //! Body sizes are capped where bodies are read: manifests
 //! (`BPF_REGISTRY_MAX_MANIFEST_BYTES`), `POST /artifacts` (from
 //! `BPF_REGISTRY_MAX_ARTIFACT_BYTES`), other JSON bodies (their handlers);
 //! blob bodies stream to disk and are bounded by the store only.
 
-use std::fmt::Debug;
+mod connections;
+mod write_stall;
+
+pub use connections::{serve, ConnectionPolicy};
+
 use std::future::Future;
-use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tower::ServiceExt;
+use tokio::sync::Semaphore;
 
 use super::{json_response, RouteName};
 use crate::config::Config;
 use crate::error::{OciError, OciErrorCode};
 
-/// Seconds a client is told to wait after a 429.
+/// Seconds a client is told to wait after a 429 (or a refused connection).
 pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// How fast a request body must arrive. Time counts only while the handler
+/// waits for the body, so a slow disk is never blamed on the client.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyPace {
+    /// Longest stall between two chunks.
+    pub idle_timeout: Duration,
+    /// Bytes per second a body must deliver over each `window` of waiting;
+    /// 0 turns the minimum off.
+    pub min_rate: u64,
+    pub window: Duration,
+}
+
+impl BodyPace {
+    /// Bytes a full window must bring.
+    fn window_bytes(&self) -> u64 {
+        let ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        self.min_rate.saturating_mul(ms) / 1000
+    }
+}
 
 /// The request limits of the middleware.
 #[derive(Clone)]
 pub struct RequestLimits {
     permits: Arc<Semaphore>,
-    body_idle_timeout: Duration,
+    pace: BodyPace,
 }
 
 impl RequestLimits {
-    pub fn new(max_concurrent_requests: usize, body_idle_timeout: Duration) -> Self {
+    pub fn new(max_concurrent_requests: usize, pace: BodyPace) -> Self {
         RequestLimits {
             permits: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
-            body_idle_timeout,
+            pace,
         }
     }
 
     pub fn from_config(c: &Config) -> Self {
-        Self::new(c.max_concurrent_requests, c.body_idle_timeout)
+        Self::new(
+            c.max_concurrent_requests,
+            BodyPace {
+                idle_timeout: c.body_idle_timeout,
+                min_rate: c.min_body_rate,
+                window: c.body_rate_window,
+            },
+        )
     }
+}
+
+fn is_oci(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 /// The 429 answer, in the dialect of the route (OCI envelope under `/v2`,
 /// the REST error shape elsewhere), with `Retry-After`.
 pub fn too_many_requests(path: &str) -> Response {
-    let mut r = if path == "/v2" || path.starts_with("/v2/") {
+    let mut r = if is_oci(path) {
         let mut r = OciError::new(
             OciErrorCode::TooManyRequests,
             "too many requests in progress; retry later",
@@ -93,57 +126,171 @@ pub fn too_many_requests(path: &str) -> Response {
     r
 }
 
-/// The middleware: concurrency cap and stalled-body timeout.
+/// The 408 answer to a body cut for its pace, in the dialect of the route.
+/// Under `/v2` the code is `BLOB_UPLOAD_INVALID` for uploads (the client
+/// restarts from the acknowledged offset) and `SIZE_INVALID` otherwise
+/// (fewer bytes came than declared).
+fn request_timeout(path: &str, version: Version, cut: &BodyCut) -> Response {
+    let message = cut.to_string();
+    let mut r = if is_oci(path) {
+        let code = if path.contains("/blobs/uploads") {
+            "BLOB_UPLOAD_INVALID"
+        } else {
+            "SIZE_INVALID"
+        };
+        let mut r = json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &serde_json::json!({"errors": [{
+                "code": code,
+                "message": message,
+                "detail": cut.detail(),
+            }]}),
+        );
+        r.headers_mut().insert(
+            super::v2::API_VERSION_HEADER,
+            HeaderValue::from_static("registry/2.0"),
+        );
+        r
+    } else {
+        json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &serde_json::json!({
+                "error": "request_timeout",
+                "message": message,
+                "detail": cut.detail(),
+            }),
+        )
+    };
+    // HTTP/2 has no connection header; its stream simply ends.
+    if version < Version::HTTP_2 {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r.extensions_mut().insert(RouteName("limits.body_too_slow"));
+    r
+}
+
+/// The middleware: concurrency cap and body pace.
 pub async fn enforce(State(limits): State<RequestLimits>, req: Request, next: Next) -> Response {
-    let permit = if req.uri().path() == "/healthz" {
+    let path = req.uri().path().to_string();
+    let permit = if path == "/healthz" {
         None
     } else {
         match limits.permits.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                tracing::warn!(path = %req.uri().path(), "concurrent request cap reached");
-                return too_many_requests(req.uri().path());
+                tracing::warn!(path = %path, "concurrent request cap reached");
+                return too_many_requests(&path);
             }
         }
     };
-    let timeout = limits.body_idle_timeout;
-    let req = req.map(|b| Body::new(IdleTimeoutBody::new(b, timeout)));
-    let resp = next.run(req).await;
+    let version = req.version();
+    let cut = Arc::new(OnceLock::new());
+    let req = req.map(|b| Body::new(PacedBody::new(b, limits.pace, cut.clone())));
+    let mut resp = next.run(req).await;
+    if let Some(c) = cut.get() {
+        // The handler saw the body fail; whatever error it chose, the
+        // cause is the client's pace.
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            tracing::warn!(path = %path, cause = %c, "request body cut");
+            resp = request_timeout(&path, version, c);
+        }
+    }
     match permit {
-        Some(permit) => resp.map(|b| {
-            Body::new(HoldPermit {
-                inner: b,
-                _permit: permit,
-            })
-        }),
+        Some(permit) => resp.map(|b| Body::new(BodyHolding::new(b, permit))),
         None => resp,
     }
 }
 
-/// The error a stalled request body ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("request body stalled for more than {0:?}")]
-pub struct BodyStalled(pub Duration);
-
-/// A request body that fails if no data arrives for `timeout` while the
-/// handler waits for it (the timer runs only while a read is pending).
-struct IdleTimeoutBody {
-    inner: Body,
-    timeout: Duration,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+/// Why a request body was cut off.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyCut {
+    #[error("request body stalled for more than {0:?}")]
+    Stalled(Duration),
+    #[error(
+        "request body too slow: {received} bytes in {window:?}, the minimum is {min_rate} bytes/s"
+    )]
+    TooSlow {
+        received: u64,
+        window: Duration,
+        min_rate: u64,
+    },
 }
 
-impl IdleTimeoutBody {
-    fn new(inner: Body, timeout: Duration) -> Self {
-        IdleTimeoutBody {
-            inner,
-            timeout,
-            sleep: None,
+impl BodyCut {
+    fn detail(&self) -> serde_json::Value {
+        match self {
+            BodyCut::Stalled(t) => serde_json::json!({"idle_timeout_ms": t.as_millis() as u64}),
+            BodyCut::TooSlow {
+                received,
+                window,
+                min_rate,
+            } => serde_json::json!({
+                "received_bytes": received,
+                "window_ms": window.as_millis() as u64,
+                "min_rate_bytes_per_second": min_rate,
+            }),
         }
     }
 }
 
-impl http_body::Body for IdleTimeoutBody {
+/// A request body held to a [`BodyPace`]. The timers run only while a read
+/// is pending; a cut is recorded in `cut` for the middleware's answer.
+struct PacedBody {
+    inner: Body,
+    pace: BodyPace,
+    cut: Arc<OnceLock<BodyCut>>,
+    /// Fires after `idle_timeout` of one pending read.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Fires when the waiting time of the current window reaches `window`.
+    window_end: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Time spent waiting in the current window (without the pending read).
+    waited: Duration,
+    /// When the pending read began.
+    pending_since: Option<Instant>,
+    /// Bytes received in the current window.
+    received: u64,
+}
+
+impl PacedBody {
+    fn new(inner: Body, pace: BodyPace, cut: Arc<OnceLock<BodyCut>>) -> Self {
+        PacedBody {
+            inner,
+            pace,
+            cut,
+            idle: None,
+            window_end: None,
+            waited: Duration::ZERO,
+            pending_since: None,
+            received: 0,
+        }
+    }
+
+    fn fail(&mut self, cut: BodyCut) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let err = Box::new(cut.clone());
+        let _ = self.cut.set(cut);
+        self.idle = None;
+        self.window_end = None;
+        Poll::Ready(Some(Err(err)))
+    }
+
+    /// A full window of waiting has passed: too few bytes is a cut,
+    /// enough starts the next window.
+    fn window_complete(&mut self) -> Result<(), BodyCut> {
+        if self.received < self.pace.window_bytes() {
+            return Err(BodyCut::TooSlow {
+                received: self.received,
+                window: self.pace.window,
+                min_rate: self.pace.min_rate,
+            });
+        }
+        self.received = 0;
+        self.waited = Duration::ZERO;
+        Ok(())
+    }
+}
+
+impl http_body::Body for PacedBody {
     type Data = Bytes;
     type Error = axum::BoxError;
 
@@ -152,23 +299,54 @@ impl http_body::Body for IdleTimeoutBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(c) = this.cut.get() {
+            return Poll::Ready(Some(Err(Box::new(c.clone()))));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                this.sleep = None;
+                this.idle = None;
+                this.window_end = None;
+                if let Some(since) = this.pending_since.take() {
+                    this.waited += since.elapsed();
+                }
+                if let Some(Ok(frame)) = &r {
+                    if let Some(data) = frame.data_ref() {
+                        this.received += data.len() as u64;
+                    }
+                }
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this
-                    .sleep
+                let now = Instant::now();
+                let since = *this.pending_since.get_or_insert(now);
+                let timeout = this.pace.idle_timeout;
+                let idle = this
+                    .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.sleep = None;
-                        Poll::Ready(Some(Err(Box::new(BodyStalled(timeout)))))
-                    }
-                    Poll::Pending => Poll::Pending,
+                if idle.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyCut::Stalled(timeout));
                 }
+                if this.pace.min_rate == 0 {
+                    return Poll::Pending;
+                }
+                let window = this.pace.window;
+                let left = window.saturating_sub(this.waited);
+                let end = this.window_end.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until((since + left).into()))
+                });
+                if end.as_mut().poll(cx).is_ready() {
+                    // This window's waiting time is complete.
+                    this.waited = window;
+                    if let Err(c) = this.window_complete() {
+                        return this.fail(c);
+                    }
+                    this.pending_since = Some(now);
+                    let next = this.window_end.insert(Box::pin(tokio::time::sleep(window)));
+                    if next.as_mut().poll(cx).is_ready() {
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Poll::Pending
             }
         }
     }
@@ -182,14 +360,20 @@ impl http_body::Body for IdleTimeoutBody {
     }
 }
 
-/// A response body that keeps its request's concurrency permit until it
-/// is sent (or dropped).
-struct HoldPermit {
+/// A response body that keeps something (a concurrency permit, a
+/// connection's in-flight mark) until it is sent or dropped.
+pub(super) struct BodyHolding<T> {
     inner: Body,
-    _permit: OwnedSemaphorePermit,
+    _held: T,
 }
 
-impl http_body::Body for HoldPermit {
+impl<T> BodyHolding<T> {
+    pub(super) fn new(inner: Body, held: T) -> Self {
+        BodyHolding { inner, _held: held }
+    }
+}
+
+impl<T: Unpin + Send + 'static> http_body::Body for BodyHolding<T> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -207,74 +391,4 @@ impl http_body::Body for HoldPermit {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets the
-/// open connections finish their requests. HTTP/1.1 and HTTP/2 (prior
-/// knowledge, or ALPN from a TLS listener); HTTP/1 request headers must
-/// arrive within `header_read_timeout`. Each request carries the peer
-/// address as `ConnectInfo<L::Addr>`, like axum's
-/// `into_make_service_with_connect_info`.
-pub async fn serve<L>(
-    mut listener: L,
-    app: Router,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: Debug + Clone + Send + Sync + 'static,
-{
-    let (signal_tx, signal_rx) = watch::channel(());
-    let (close_tx, close_rx) = watch::channel(());
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let (io, addr) = tokio::select! {
-            conn = listener.accept() => conn,
-            _ = &mut shutdown => break,
-        };
-        tracing::trace!(remote = ?addr, "connection accepted");
-        let service =
-            app.clone()
-                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(addr.clone()));
-                    req.map(Body::new)
-                });
-        let hyper_service = TowerToHyperService::new(service);
-        let mut signal_rx = signal_rx.clone();
-        let close_rx = close_rx.clone();
-        tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
-            let mut conn =
-                pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service));
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    changed = signal_rx.changed(), if !draining => {
-                        let _ = changed;
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            }
-            drop(close_rx);
-        });
-    }
-    drop(listener);
-    let _ = signal_tx.send(());
-    drop(signal_rx);
-    drop(close_rx);
-    close_tx.closed().await;
-    Ok(())
 }
