@@ -25,6 +25,11 @@ and every earlier round:
     and a session acknowledged as finished (PUT 201) or cancelled (DELETE
     204) never reappears (GET 404 after the restart); the blob of every
     acknowledged PUT is intact (checked with the other blobs);
+  * concurrent signature writes (the server signs with a local key): one
+    artifact manifest PUT into a fresh repository by 3 clients at once is
+    signed there exactly once, its `.sig` tag holds that signature, and
+    `GET /artifacts/{id}/verify?repository=` says verified after the
+    restart;
   * on disk: no blob whose bytes do not hash to its name, no manifest that
     references a missing blob or index child, no tag pointing to a missing
     manifest.
@@ -89,6 +94,9 @@ class State:
         self.ended_sessions: list[str] = []  # upload Locations acknowledged as finished or cancelled
         self.race_faults: list[str] = []  # 5xx or two winners in a PUT/PATCH race
         self.races = {"run": 0, "put_won": 0, "patch_won": 0}
+        self.signed_copies: list[tuple[str, str]] = []  # (repo, id) acknowledged signed by a racing PUT
+        self.sign_faults: list[str] = []  # 5xx in a signing race
+        self.sign_races = 0
         self.acknowledged = 0
 
     def ack(self, n: int = 1) -> None:
@@ -336,10 +344,58 @@ class Worker(threading.Thread):
                     self.st.ended_sessions.append(loc)
                 self.st.ack()
 
+    def op_race_sign(self) -> None:
+        """Three clients PUT the same artifact manifest into a fresh
+        repository at once: the registry signs it there exactly once."""
+        name = f"crash-sign-{self.wid}"
+        version = f"{self.rnd}.{self.n}.0"
+        data = self.rng.randbytes(self.rng.choice([100, 5000]))
+        r = self.s.post(f"{self.url}/artifacts", timeout=TIMEOUT, json={
+            "name": name, "version": version, "type": "map", "architecture": "x86_64",
+            "data": base64.b64encode(data).decode()})
+        if r.status_code != 201:
+            raise RuntimeError(f"post artifact {r.status_code} {r.text[:200]}")
+        aid = r.json()["id"]
+        r = self.s.get(f"{self.url}/v2/{name}/manifests/{aid}", timeout=TIMEOUT,
+                       headers={"Accept": OCI_MANIFEST})
+        if r.status_code != 200:
+            raise RuntimeError(f"get manifest {r.status_code}")
+        body = r.content
+        m = json.loads(body)
+        dst = f"crash/signed-{self.wid}-{self.rnd}-{self.n}"
+        for desc in [m["config"]] + m["layers"]:
+            rr = self.s.post(f"{self.url}/v2/{dst}/blobs/uploads/?mount={desc['digest']}&from={name}",
+                             timeout=TIMEOUT)
+            if rr.status_code != 201:
+                raise RuntimeError(f"mount {rr.status_code}")
+        results: list = []
+
+        def put() -> None:
+            try:
+                rr = requests.put(f"{self.url}/v2/{dst}/manifests/{version}", data=body, timeout=TIMEOUT,
+                                  headers={"Content-Type": OCI_MANIFEST})
+                results.append((rr.status_code, rr.text[:200]))
+            except requests.RequestException:
+                results.append((None, ""))  # cut off by the kill
+        threads = [threading.Thread(target=put, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=TIMEOUT)
+        with self.st.lock:
+            self.st.sign_races += 1
+            for status, text in results:
+                if status is not None and status >= 500:
+                    self.st.sign_faults.append(f"signing race in {dst}: PUT {status} {text}")
+            if any(status == 201 for status, _ in results):
+                self.st.signed_copies.append((dst, aid))
+        if any(status == 201 for status, _ in results):
+            self.st.ack()
+
     def run(self) -> None:
         ops = [(self.op_push_image, 40), (self.op_post_artifact, 20), (self.op_associate, 20),
                (self.op_delete_manifest, 6), (self.op_delete_artifact, 4), (self.op_open_session, 10),
-               (self.op_race_upload, 6)]
+               (self.op_race_upload, 6), (self.op_race_sign, 6)]
         fns, weights = zip(*ops)
         while not self.stop.is_set():
             self.n += 1
@@ -362,6 +418,12 @@ class Harness:
         self.verified = 0
         self.proc = None
         self.url = ""
+        # A local signing key: every artifact manifest is signed (the
+        # signing race needs a signer).
+        self.key = self.data + ".signing-key.pem"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", self.key], check=True, capture_output=True)
+        os.chmod(self.key, 0o600)
 
     def violation(self, msg: str) -> None:
         self.violations.append(msg)
@@ -376,7 +438,9 @@ class Harness:
                    BPF_REGISTRY_LOG_LEVEL="WARN",
                    # The collector runs (and is killed) during the rounds;
                    # the default grace keeps everything fresh.
-                   BPF_REGISTRY_GC_INTERVAL="1s")
+                   BPF_REGISTRY_GC_INTERVAL="1s",
+                   BPF_REGISTRY_SIGNER="key",
+                   BPF_REGISTRY_SIGNING_KEY=self.key)
         log = open(os.path.join(os.path.dirname(self.data), os.path.basename(self.data) + ".log"), "ab")
         self.proc = subprocess.Popen([self.binary], env=env, stdout=log, stderr=log)
         deadline = time.time() + 30
@@ -530,12 +594,30 @@ class Harness:
                 self.violation(f"finished upload {loc} came back: {r.status_code}")
             self.verified += 1
 
+    def check_signatures(self, s: requests.Session) -> None:
+        with self.st.lock:
+            faults, self.st.sign_faults = self.st.sign_faults, []
+            copies = list(self.st.signed_copies)
+        for f in faults:
+            self.violation(f)
+        for repo, aid in copies:
+            r = s.get(f"{self.url}/artifacts/{aid}/verify", params={"repository": repo}, timeout=TIMEOUT)
+            if r.status_code != 200:
+                self.violation(f"verify {repo}@{aid}: {r.status_code} {r.text[:200]}")
+                continue
+            v = r.json()
+            sigs = v.get("signatures", [])
+            if not v.get("verified") or len(sigs) != 1:
+                self.violation(f"signed copy {repo}@{aid}: verified={v.get('verified')}, "
+                               f"{len(sigs)} signatures under its .sig tag (expected exactly 1)")
+            self.verified += 1
+
     def check_disk(self) -> None:
         """The store itself: sound blobs, complete manifests, live tags."""
         blobs_dir = os.path.join(self.data, "blobs", "sha256")
         present = set()
         for name in os.listdir(blobs_dir) if os.path.isdir(blobs_dir) else []:
-            if ".tmp-" in name:
+            if name.startswith("."):  # internal: temp files
                 continue
             with open(os.path.join(blobs_dir, name), "rb") as f:
                 h = hashlib.sha256(f.read()).hexdigest()
@@ -548,7 +630,7 @@ class Harness:
                 continue
             repo_dir = os.path.dirname(dirpath)
             linked = set(os.listdir(os.path.join(dirpath, "sha256"))) if os.path.isdir(os.path.join(dirpath, "sha256")) else set()
-            linked = {x for x in linked if ".tmp-" not in x}
+            linked = {x for x in linked if not x.startswith(".")}
             for hexd in linked:
                 if hexd not in present:
                     self.violation(f"manifest {hexd} linked in {repo_dir} is missing")
@@ -567,7 +649,7 @@ class Harness:
                         self.violation(f"index {hexd} references missing child {desc['digest']}")
             tags_dir = os.path.join(repo_dir, "_tags")
             for t in os.listdir(tags_dir) if os.path.isdir(tags_dir) else []:
-                if ".tmp-" in t:
+                if t.startswith("."):
                     continue
                 with open(os.path.join(tags_dir, t)) as f:
                     target = f.read().strip().split(":")[-1]
@@ -584,6 +666,7 @@ class Harness:
         self.check_hosts(s)
         self.check_sessions(s)
         self.check_races(s)
+        self.check_signatures(s)
 
     def run(self) -> int:
         started = time.time()
@@ -623,15 +706,18 @@ class Harness:
         races = self.st.races
         print(f"upload races: {races['run']} run, PUT won {races['put_won']}, PATCH won {races['patch_won']}",
               flush=True)
+        print(f"signing races: {self.st.sign_races} run, {len(self.st.signed_copies)} acknowledged signed copies",
+              flush=True)
         print(f"crash harness: rounds {self.args.rounds}, operations acknowledged {self.st.acknowledged}, "
               f"operations verified {self.verified}, violations {len(self.violations)} "
               f"({time.time() - started:.1f}s)", flush=True)
         if not self.args.keep:
             shutil.rmtree(self.data, ignore_errors=True)
-            try:
-                os.remove(self.data + ".log")
-            except OSError:
-                pass
+            for leftover in (self.data + ".log", self.key):
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
         else:
             print(f"data dir kept: {self.data}")
         return 1 if self.violations else 0
