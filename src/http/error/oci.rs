@@ -397,3 +397,296 @@ impl From<LimitRefusal> for OciError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::error::with_request_id;
+    use crate::http::limits::BodyCut;
+    use crate::oci::Digest;
+    use crate::registry::UploadCap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Every code, each once, in the order of `documented`.
+    const ALL: [OciErrorCode; 25] = {
+        use OciErrorCode::*;
+        [
+            BlobUnknown,
+            BlobUploadInvalid,
+            BlobUploadUnknown,
+            DigestInvalid,
+            ManifestBlobUnknown,
+            ManifestInvalid,
+            ManifestUnknown,
+            NameInvalid,
+            NameUnknown,
+            SizeInvalid,
+            Unauthorized,
+            Denied,
+            Unsupported,
+            ParameterInvalid,
+            MediaTypeUnsupported,
+            TooManyRequests,
+            PaginationNumberInvalid,
+            RangeInvalid,
+            ManifestTooLarge,
+            BodyTooLarge,
+            UploadTooSlow,
+            BodyTooSlow,
+            StorageFull,
+            Unavailable,
+            Unknown,
+        ]
+    };
+
+    /// The README's OCI error table (and the codes its prose names):
+    /// (position in `ALL`, wire code, status). An exhaustive match: a new
+    /// code does not compile until its documented row is written here.
+    fn documented(c: OciErrorCode) -> (usize, &'static str, u16) {
+        use OciErrorCode::*;
+        match c {
+            BlobUnknown => (0, "BLOB_UNKNOWN", 404),
+            BlobUploadInvalid => (1, "BLOB_UPLOAD_INVALID", 400),
+            BlobUploadUnknown => (2, "BLOB_UPLOAD_UNKNOWN", 404),
+            DigestInvalid => (3, "DIGEST_INVALID", 400),
+            ManifestBlobUnknown => (4, "MANIFEST_BLOB_UNKNOWN", 400),
+            ManifestInvalid => (5, "MANIFEST_INVALID", 400),
+            ManifestUnknown => (6, "MANIFEST_UNKNOWN", 404),
+            NameInvalid => (7, "NAME_INVALID", 400),
+            NameUnknown => (8, "NAME_UNKNOWN", 404),
+            SizeInvalid => (9, "SIZE_INVALID", 400),
+            Unauthorized => (10, "UNAUTHORIZED", 401),
+            Denied => (11, "DENIED", 403),
+            Unsupported => (12, "UNSUPPORTED", 405),
+            ParameterInvalid => (13, "UNSUPPORTED", 400),
+            MediaTypeUnsupported => (14, "UNSUPPORTED", 415),
+            TooManyRequests => (15, "TOOMANYREQUESTS", 429),
+            PaginationNumberInvalid => (16, "PAGINATION_NUMBER_INVALID", 400),
+            RangeInvalid => (17, "BLOB_UPLOAD_INVALID", 416),
+            ManifestTooLarge => (18, "MANIFEST_INVALID", 413),
+            BodyTooLarge => (19, "SIZE_INVALID", 413),
+            UploadTooSlow => (20, "BLOB_UPLOAD_INVALID", 408),
+            BodyTooSlow => (21, "SIZE_INVALID", 408),
+            StorageFull => (22, "UNKNOWN", 507),
+            Unavailable => (23, "UNAVAILABLE", 503),
+            Unknown => (24, "UNKNOWN", 500),
+        }
+    }
+
+    #[test]
+    fn every_code_answers_its_documented_status_and_wire_code() {
+        for (i, c) in ALL.iter().enumerate() {
+            let (pos, wire, status) = documented(*c);
+            assert_eq!(pos, i, "{c:?} is listed once, in order");
+            assert_eq!(c.as_str(), wire, "{c:?}");
+            assert_eq!(c.status().as_u16(), status, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn internal_codes_are_5xx_and_client_codes_are_4xx() {
+        for c in ALL {
+            let status = c.status();
+            if c.is_internal() {
+                assert!(status.is_server_error(), "{c:?} is internal: {status}");
+            } else {
+                assert!(status.is_client_error(), "{c:?} is the client's: {status}");
+            }
+        }
+    }
+
+    fn io(kind: std::io::ErrorKind, os: Option<i32>) -> StorageError {
+        let source = match os {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(kind, "secret /data/blobs/sha256/ab/cd detail"),
+        };
+        StorageError::Io {
+            path: "blobs/sha256/ab/cd".into(),
+            source,
+        }
+    }
+
+    /// Whether a registry error is the client's mistake (an exhaustive
+    /// match: a new variant must be classified here).
+    fn is_client_mistake(e: &RegistryError) -> bool {
+        use RegistryError as R;
+        match e {
+            R::Storage(_) | R::Internal(_) => false,
+            R::Manifest(_)
+            | R::BlobUnknown(_)
+            | R::NameUnknown(_)
+            | R::ManifestUnknown(_)
+            | R::ManifestBlobUnknown(_)
+            | R::ManifestChildUnknown(_)
+            | R::ManifestTooLarge { .. }
+            | R::DigestMismatch { .. }
+            | R::DigestInvalid(_)
+            | R::UploadUnknown
+            | R::RangeInvalid { .. }
+            | R::RangeNotSatisfiable { .. }
+            | R::SizeInvalid(_)
+            | R::BodyTooLarge { .. }
+            | R::Body(_)
+            | R::TooManyUploads { .. }
+            | R::NotAcceptable { .. } => true,
+        }
+    }
+
+    fn every_registry_error() -> Vec<RegistryError> {
+        use RegistryError as R;
+        let d = Digest::parse(
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        )
+        .unwrap();
+        vec![
+            R::Storage(io(std::io::ErrorKind::PermissionDenied, None)),
+            R::Storage(StorageError::TooLarge("secret/path".into(), 10)),
+            R::Internal("secret worker panic".into()),
+            R::Manifest(ManifestError::SchemaVersion),
+            R::BlobUnknown(d.clone()),
+            R::NameUnknown(crate::oci::RepoName::parse("a/b").unwrap()),
+            R::ManifestUnknown("latest".into()),
+            R::ManifestBlobUnknown(d.clone()),
+            R::ManifestChildUnknown(d.clone()),
+            R::ManifestTooLarge { size: 9, max: 8 },
+            R::DigestMismatch {
+                expected: d.clone(),
+                actual: d.clone(),
+            },
+            R::DigestInvalid("x".into()),
+            R::UploadUnknown,
+            R::RangeInvalid { offset: 4, got: 9 },
+            R::RangeNotSatisfiable { total: 10 },
+            R::SizeInvalid("x".into()),
+            R::BodyTooLarge { max: 8 },
+            R::Body("reset".into()),
+            R::TooManyUploads {
+                cap: UploadCap::RegistryWide,
+                limit: 3,
+            },
+            R::NotAcceptable {
+                digest: d,
+                media_type: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn registry_errors_map_by_whose_fault_they_are_and_hide_internal_detail() {
+        for e in every_registry_error() {
+            let client = is_client_mistake(&e);
+            let shown = format!("{e}");
+            let w = OciError::from(e);
+            if client {
+                assert!(w.code.status().is_client_error(), "{shown}: {:?}", w.code);
+            } else {
+                assert!(w.code.status().is_server_error(), "{shown}: {:?}", w.code);
+                let body = String::from_utf8(w.body()).unwrap();
+                assert!(!body.contains("secret"), "{body}");
+            }
+        }
+        let full = OciError::from(RegistryError::Storage(io(
+            std::io::ErrorKind::Other,
+            Some(28),
+        )));
+        assert_eq!(full.code, OciErrorCode::StorageFull);
+    }
+
+    #[test]
+    fn signing_errors_are_unavailable_without_their_detail() {
+        let e = OciError::from(SigningError::Unavailable("vault token secret-123".into()));
+        assert_eq!(e.code.status().as_u16(), 503);
+        assert!(!String::from_utf8(e.body()).unwrap().contains("secret-123"));
+        let e = OciError::from(SigningError::NotFound("no such key".into()));
+        assert_eq!(e.code, OciErrorCode::ManifestUnknown);
+    }
+
+    #[tokio::test]
+    async fn an_internal_failure_names_the_request_id_and_not_the_cause() {
+        let e = with_request_id(Arc::from("req-7"), async {
+            OciError::from(RegistryError::Internal("worker died".into()))
+        })
+        .await;
+        assert_eq!(e.code, OciErrorCode::Unknown);
+        assert!(e.message.contains("req-7"), "{}", e.message);
+        assert!(!e.message.contains("worker died"), "{}", e.message);
+    }
+
+    fn answer(e: OciError) -> Response {
+        e.into_response()
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn each_error_adds_its_own_headers() {
+        let r = answer(RegistryError::RangeNotSatisfiable { total: 10 }.into());
+        assert_eq!(r.status(), 416);
+        assert_eq!(header(&r, "content-range"), Some("bytes */10"));
+        assert_eq!(
+            header(&r, "docker-distribution-api-version"),
+            Some("registry/2.0")
+        );
+
+        let r = answer(OciError::of_upload(
+            RegistryError::RangeInvalid { offset: 5, got: 9 },
+            "/v2/a/blobs/uploads/u".into(),
+        ));
+        assert_eq!(r.status(), 416);
+        assert_eq!(header(&r, "location"), Some("/v2/a/blobs/uploads/u"));
+        assert_eq!(header(&r, "range"), Some("0-4"));
+        // Another upload error says nothing of where the upload is.
+        let r = answer(OciError::of_upload(
+            RegistryError::UploadUnknown,
+            "/v2/a/blobs/uploads/u".into(),
+        ));
+        assert_eq!((r.status().as_u16(), header(&r, "location")), (404, None));
+
+        let r = answer(
+            RegistryError::TooManyUploads {
+                cap: UploadCap::PerUser,
+                limit: 2,
+            }
+            .into(),
+        );
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "retry-after"), Some("1"));
+
+        let r = answer(AuthRefusal::Throttled { retry_after: 7 }.into());
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "retry-after")),
+            (429, Some("7"))
+        );
+
+        let r = answer(
+            AuthRefusal::Unauthenticated {
+                message: "authentication required",
+                scope: Some("repository:a:pull".into()),
+                challenges: vec![HeaderValue::from_static("Bearer realm=\"x\"")],
+            }
+            .into(),
+        );
+        assert_eq!(r.status(), 401);
+        assert_eq!(header(&r, "www-authenticate"), Some("Bearer realm=\"x\""));
+
+        let cut = BodyCut::Stalled(Duration::from_secs(1));
+        let slow = |upload, close_connection| {
+            answer(
+                LimitRefusal::BodyCut {
+                    cut: cut.clone(),
+                    upload,
+                    close_connection,
+                }
+                .into(),
+            )
+        };
+        let r = slow(true, true);
+        assert_eq!(r.status(), 408);
+        assert_eq!(header(&r, "connection"), Some("close"));
+        let r = slow(false, false);
+        assert_eq!((r.status().as_u16(), header(&r, "connection")), (408, None));
+    }
+}

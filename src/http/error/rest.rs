@@ -331,3 +331,281 @@ impl From<LimitRefusal> for RestError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::error::with_request_id;
+    use crate::http::limits::BodyCut;
+    use crate::oci::{Digest, RepoName};
+    use crate::storage::StorageError;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Every code, each once, in the order of `documented`.
+    const ALL: [RestErrorCode; 22] = {
+        use RestErrorCode::*;
+        [
+            InvalidRequest,
+            InvalidJson,
+            InvalidBase64,
+            InvalidName,
+            InvalidEbpf,
+            InvalidArtifact,
+            InvalidId,
+            InvalidHostId,
+            Unauthorized,
+            Denied,
+            NotFound,
+            MethodNotAllowed,
+            RequestTimeout,
+            AmbiguousId,
+            VersionExists,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            RangeNotSatisfiable,
+            TooManyRequests,
+            SigningUnavailable,
+            StorageFull,
+            InternalError,
+        ]
+    };
+
+    /// The README's REST error table: (position in `ALL`, wire code,
+    /// status). An exhaustive match: a new code does not compile until its
+    /// documented row is written here.
+    fn documented(c: RestErrorCode) -> (usize, &'static str, u16) {
+        use RestErrorCode::*;
+        match c {
+            InvalidRequest => (0, "invalid_request", 400),
+            InvalidJson => (1, "invalid_json", 400),
+            InvalidBase64 => (2, "invalid_base64", 400),
+            InvalidName => (3, "invalid_name", 400),
+            InvalidEbpf => (4, "invalid_ebpf", 400),
+            InvalidArtifact => (5, "invalid_artifact", 400),
+            InvalidId => (6, "invalid_id", 400),
+            InvalidHostId => (7, "invalid_host_id", 400),
+            Unauthorized => (8, "unauthorized", 401),
+            Denied => (9, "denied", 403),
+            NotFound => (10, "not_found", 404),
+            MethodNotAllowed => (11, "method_not_allowed", 405),
+            RequestTimeout => (12, "request_timeout", 408),
+            AmbiguousId => (13, "ambiguous_id", 409),
+            VersionExists => (14, "version_exists", 409),
+            PayloadTooLarge => (15, "payload_too_large", 413),
+            UnsupportedMediaType => (16, "unsupported_media_type", 415),
+            RangeNotSatisfiable => (17, "range_not_satisfiable", 416),
+            TooManyRequests => (18, "too_many_requests", 429),
+            SigningUnavailable => (19, "signing_unavailable", 503),
+            StorageFull => (20, "storage_full", 507),
+            InternalError => (21, "internal_error", 500),
+        }
+    }
+
+    #[test]
+    fn every_code_answers_its_documented_status_and_wire_code() {
+        for (i, c) in ALL.iter().enumerate() {
+            let (pos, wire, status) = documented(*c);
+            assert_eq!(pos, i, "{c:?} is listed once, in order");
+            assert_eq!(c.as_str(), wire, "{c:?}");
+            assert_eq!(c.status().as_u16(), status, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn internal_codes_are_5xx_and_client_codes_are_4xx() {
+        for c in ALL {
+            let status = c.status();
+            if c.is_internal() {
+                assert!(status.is_server_error(), "{c:?} is internal: {status}");
+            } else {
+                assert!(status.is_client_error(), "{c:?} is the client's: {status}");
+            }
+        }
+    }
+
+    fn digest() -> Digest {
+        Digest::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+            .unwrap()
+    }
+
+    fn storage(os: Option<i32>) -> RegistryError {
+        let source = match os {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::other("secret /data/blobs/sha256/ab/cd detail"),
+        };
+        RegistryError::Storage(StorageError::Io {
+            path: "blobs/sha256/ab/cd".into(),
+            source,
+        })
+    }
+
+    /// Whether an artifact error is the client's mistake (an exhaustive
+    /// match: a new variant must be classified here).
+    fn is_client_mistake(e: &ArtifactError) -> bool {
+        use ArtifactError as A;
+        match e {
+            A::InvalidRequest(_)
+            | A::InvalidJson(_)
+            | A::UnsupportedMediaType
+            | A::InvalidBase64(_)
+            | A::InvalidName(_)
+            | A::InvalidEbpf(_)
+            | A::InvalidArtifact(_)
+            | A::InvalidId(_)
+            | A::InvalidHostId(_)
+            | A::NotFound(_)
+            | A::AmbiguousId { .. }
+            | A::VersionExists { .. }
+            | A::TooLarge { .. }
+            | A::ArchiveTooLarge { .. } => true,
+            A::SigningUnavailable(_) | A::Internal(_) => false,
+            A::Registry(RegistryError::RangeNotSatisfiable { .. } | RegistryError::Body(_)) => true,
+            A::Registry(_) => false,
+        }
+    }
+
+    fn every_artifact_error() -> Vec<ArtifactError> {
+        use ArtifactError as A;
+        vec![
+            A::InvalidRequest("x".into()),
+            A::InvalidJson("x".into()),
+            A::UnsupportedMediaType,
+            A::InvalidBase64("x".into()),
+            A::InvalidName("x".into()),
+            A::InvalidEbpf("x".into()),
+            A::InvalidArtifact("x".into()),
+            A::InvalidId("x".into()),
+            A::InvalidHostId("x".into()),
+            A::NotFound("x".into()),
+            A::AmbiguousId {
+                id: digest(),
+                repositories: vec![RepoName::parse("a").unwrap()],
+            },
+            A::VersionExists {
+                name: "a".into(),
+                version: "1".into(),
+                architecture: "x86_64".into(),
+            },
+            A::TooLarge { max: 1 },
+            A::ArchiveTooLarge { max: 1 },
+            A::SigningUnavailable("vault secret-token refused".into()),
+            A::Internal("secret invariant".into()),
+            A::Registry(storage(None)),
+            A::Registry(storage(Some(28))),
+            A::Registry(RegistryError::Internal("secret join error".into())),
+            A::Registry(RegistryError::BlobUnknown(digest())),
+            A::Registry(RegistryError::RangeNotSatisfiable { total: 3 }),
+            A::Registry(RegistryError::Body("reset".into())),
+        ]
+    }
+
+    #[test]
+    fn artifact_errors_map_by_whose_fault_they_are_and_hide_internal_detail() {
+        for e in every_artifact_error() {
+            let client = is_client_mistake(&e);
+            let shown = format!("{e}");
+            let w = RestError::from(e);
+            assert_eq!(w.code.is_internal(), !client, "{shown}");
+            if client {
+                assert!(w.code.status().is_client_error(), "{shown}: {:?}", w.code);
+            } else {
+                assert!(w.code.status().is_server_error(), "{shown}: {:?}", w.code);
+                let body = String::from_utf8(w.body()).unwrap();
+                assert!(!body.contains("secret"), "{body}");
+            }
+        }
+        assert_eq!(
+            RestError::from(ArtifactError::Registry(storage(Some(28)))).code,
+            RestErrorCode::StorageFull
+        );
+    }
+
+    #[tokio::test]
+    async fn an_internal_failure_names_the_request_id_and_not_the_cause() {
+        let e = with_request_id(Arc::from("req-9"), async {
+            RestError::from(ArtifactError::Internal("decode task panicked".into()))
+        })
+        .await;
+        assert_eq!(e.code, RestErrorCode::InternalError);
+        assert!(e.message.contains("req-9"), "{}", e.message);
+        assert!(!e.message.contains("panicked"), "{}", e.message);
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn json(r: Response) -> serde_json::Value {
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_error_adds_its_own_headers_and_fields() {
+        let r = ArtifactError::Registry(RegistryError::RangeNotSatisfiable { total: 3 })
+            .into_response();
+        assert_eq!(r.status(), 416);
+        assert_eq!(header(&r, "content-range"), Some("bytes */3"));
+
+        let r = RestError::of_route(
+            RouteError::MethodNotAllowed { allow: "GET,HEAD" },
+            "PUT",
+            "/artifacts",
+        )
+        .into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "allow")),
+            (405, Some("GET,HEAD"))
+        );
+
+        let r = RestError::from(LimitRefusal::Busy).into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "retry-after")),
+            (429, Some("1"))
+        );
+        let r = RestError::from(AuthRefusal::Throttled { retry_after: 5 }).into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "retry-after")),
+            (429, Some("5"))
+        );
+
+        let r = RestError::from(AuthRefusal::Unauthenticated {
+            message: "authentication required",
+            scope: None,
+            challenges: vec![
+                HeaderValue::from_static("Bearer realm=\"x\""),
+                HeaderValue::from_static("Basic realm=\"y\""),
+            ],
+        })
+        .into_response();
+        assert_eq!(r.status(), 401);
+        let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().collect();
+        assert_eq!(challenges.len(), 2);
+
+        let r = RestError::from(LimitRefusal::BodyCut {
+            cut: BodyCut::Stalled(Duration::from_millis(1500)),
+            upload: false,
+            close_connection: true,
+        })
+        .into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "connection")),
+            (408, Some("close"))
+        );
+        assert_eq!(json(r).await["detail"]["idle_timeout_ms"], 1500);
+
+        let r = ArtifactError::AmbiguousId {
+            id: digest(),
+            repositories: vec![RepoName::parse("a").unwrap(), RepoName::parse("b").unwrap()],
+        }
+        .into_response();
+        assert_eq!(r.status(), 409);
+        let v = json(r).await;
+        assert_eq!(v["error"], "ambiguous_id");
+        assert_eq!(v["repositories"], serde_json::json!(["a", "b"]));
+    }
+}
