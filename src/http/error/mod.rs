@@ -159,10 +159,10 @@ fn public_message(text: &str) -> String {
 fn log_internal(code: &'static str, status: u16, detail: Option<&str>) {
     let id = request_id();
     tracing::error!(
-        request_id = id.as_deref().unwrap_or("-"),
+        request_id = %id.as_deref().unwrap_or("-"),
         code,
         status,
-        error = detail.unwrap_or(""),
+        error = %detail.unwrap_or(""),
         "internal failure"
     );
 }
