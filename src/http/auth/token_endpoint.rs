@@ -95,11 +95,14 @@ fn not_found() -> Response {
     ))
 }
 
-/// Decodes the query or form; a malformed one or a parameter given twice
-/// (other than `scope`) is a 400.
-fn decode(raw: Option<&str>) -> Result<Query, Response> {
-    Query::parse(raw, REPEATABLE)
-        .map_err(|_| invalid("malformed parameters, or a parameter given more than once"))
+/// Decodes the query or form; `None` for a malformed one or a parameter
+/// given twice (other than `scope`), answered with [`malformed`].
+fn decode(raw: Option<&str>) -> Option<Query> {
+    Query::parse(raw, REPEATABLE).ok()
+}
+
+fn malformed() -> Response {
+    invalid("malformed parameters, or a parameter given more than once")
 }
 
 /// `GET /token?service=&scope=[&offline_token=true]`, Basic credentials
@@ -108,9 +111,8 @@ pub async fn token_get(State(state): State<AppState>, req: Request) -> Response 
     let Some(auth) = state.auth.clone() else {
         return not_found();
     };
-    let q = match decode(req.uri().query()) {
-        Ok(q) => q,
-        Err(r) => return r,
+    let Some(q) = decode(req.uri().query()) else {
+        return malformed();
     };
     if !service_ok(q.get("service")) {
         return invalid("unknown service: this registry is bpf-registry");
@@ -162,14 +164,12 @@ pub async fn token_post(State(state): State<AppState>, req: Request) -> Response
     let Ok(body) = read_body_capped(req.into_body(), MAX_TOKEN_FORM_BYTES).await else {
         return invalid("form too large or unreadable");
     };
-    let form = match std::str::from_utf8(&body) {
-        Ok(text) => decode(Some(text)),
-        Err(_) => Err(invalid("the form is not UTF-8")),
-    };
+    let form = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| decode(Some(text)));
     drop(body);
-    let form = match form {
-        Ok(f) => f,
-        Err(r) => return r,
+    let Some(form) = form else {
+        return malformed();
     };
     if !service_ok(form.get("service")) {
         return invalid("unknown service: this registry is bpf-registry");
