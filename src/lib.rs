@@ -10,9 +10,10 @@
 //! - [`artifacts`]: the eBPF domain: REST model, packing, ELF inspection, host index.
 //! - [`auth`]: HTTP-free authentication and authorization: htpasswd users,
 //!   the TOML policy, ES256 bearer tokens, login cache and failure limits.
-//! - [`error`]: the one OCI wire error table.
 //! - [`http`]: the axum router and handlers (with the auth middleware,
-//!   the `/token` endpoint, the accept loop and TLS).
+//!   the `/token` endpoint, the accept loop and TLS), and the one error
+//!   table per dialect (`http::error`): the only place domain errors
+//!   become wire errors.
 //! - [`config`]: typed configuration from `BPF_REGISTRY_*` variables.
 //! - [`cli`]: the maintenance subcommands `gc` and `scrub`.
 
@@ -23,7 +24,6 @@ pub mod artifacts;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod error;
 pub mod http;
 pub mod oci;
 pub mod registry;

@@ -1700,3 +1700,40 @@ async fn tls_with_a_self_signed_ca_and_basic_credentials() {
     .await;
     assert!(e.contains("BPF_REGISTRY_TLS"), "{e}");
 }
+
+#[tokio::test]
+async fn token_parameters_given_twice_are_refused_except_scope() {
+    let f = Fixture::start(Some(POLICY)).await;
+    // `scope` repeats (Docker clients send one per repository).
+    f.token(Some("alice"), "repository:bpf/x:pull").await;
+    // Any other parameter twice is a 400: never "the first here, the
+    // last there".
+    let r = reqwest::Client::new()
+        .get(f.server.url("/token"))
+        .query(&[
+            ("service", SERVICE),
+            ("scope", "repository:bpf/x:pull"),
+            ("service", SERVICE),
+        ])
+        .basic_auth("alice", Some(password("alice")))
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "password"),
+        ("username", "bob"),
+        ("password", &password("alice")),
+        ("username", "alice"),
+        ("service", SERVICE),
+    ])
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(f.server.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+}

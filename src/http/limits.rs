@@ -32,16 +32,16 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode, Version};
+use axum::http::Version;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::Semaphore;
 
-use super::{json_response, RouteName};
+use super::error::Dialect;
+use super::RouteName;
 use crate::config::Config;
-use crate::error::{OciError, OciErrorCode};
 
 /// Seconds a client is told to wait after a 429 (or a refused connection).
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -93,79 +93,44 @@ impl RequestLimits {
     }
 }
 
-fn is_oci(path: &str) -> bool {
-    path == "/v2" || path.starts_with("/v2/")
+/// Why the limits turn a request away; the dialect tables
+/// (`http::error`) make the answer.
+#[derive(Debug, Clone)]
+pub enum LimitRefusal {
+    /// The concurrent-request cap is reached: 429 with `Retry-After`.
+    Busy,
+    /// The body was cut for its pace: 408. `upload` when the request was
+    /// an upload's (its OCI code tells the client to resume);
+    /// `close_connection` over HTTP/1 (HTTP/2 has no connection header;
+    /// its stream simply ends).
+    BodyCut {
+        cut: BodyCut,
+        upload: bool,
+        close_connection: bool,
+    },
 }
 
-/// The 429 answer, in the dialect of the route (OCI envelope under `/v2`,
-/// the REST error shape elsewhere), with `Retry-After`.
+impl LimitRefusal {
+    pub const BUSY_MESSAGE: &'static str = "too many requests in progress; retry later";
+}
+
+/// The 429 answer, in the dialect of the route, with `Retry-After`.
 pub fn too_many_requests(path: &str) -> Response {
-    let mut r = if is_oci(path) {
-        let mut r = OciError::new(
-            OciErrorCode::TooManyRequests,
-            "too many requests in progress; retry later",
-        )
-        .into_response();
-        r.headers_mut().insert(
-            super::v2::API_VERSION_HEADER,
-            HeaderValue::from_static("registry/2.0"),
-        );
-        r
-    } else {
-        json_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            &serde_json::json!({
-                "error": "too_many_requests",
-                "message": "too many requests in progress; retry later",
-            }),
-        )
-    };
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    let mut r = Dialect::of_path(path).answer(LimitRefusal::Busy);
     r.extensions_mut().insert(RouteName("limits.rejected"));
     r
 }
 
-/// The 408 answer to a body cut for its pace, in the dialect of the route.
-/// Under `/v2` the code is `BLOB_UPLOAD_INVALID` for uploads (the client
-/// restarts from the acknowledged offset) and `SIZE_INVALID` otherwise
-/// (fewer bytes came than declared).
-fn request_timeout(path: &str, version: Version, cut: &BodyCut) -> Response {
-    let message = cut.to_string();
-    let mut r = if is_oci(path) {
-        let code = if path.contains("/blobs/uploads") {
-            "BLOB_UPLOAD_INVALID"
-        } else {
-            "SIZE_INVALID"
-        };
-        let mut r = json_response(
-            StatusCode::REQUEST_TIMEOUT,
-            &serde_json::json!({"errors": [{
-                "code": code,
-                "message": message,
-                "detail": cut.detail(),
-            }]}),
-        );
-        r.headers_mut().insert(
-            super::v2::API_VERSION_HEADER,
-            HeaderValue::from_static("registry/2.0"),
-        );
-        r
-    } else {
-        json_response(
-            StatusCode::REQUEST_TIMEOUT,
-            &serde_json::json!({
-                "error": "request_timeout",
-                "message": message,
-                "detail": cut.detail(),
-            }),
-        )
+/// The 408 answer to a body cut for its pace, in the dialect of the route
+/// (`route`, the name the handler gave its answer, says whether it was an
+/// upload's), with `Connection: close` over HTTP/1.
+fn request_timeout(path: &str, route: Option<&str>, version: Version, cut: &BodyCut) -> Response {
+    let refusal = LimitRefusal::BodyCut {
+        cut: cut.clone(),
+        upload: route.is_some_and(|r| r.starts_with("v2.upload.")),
+        close_connection: version < Version::HTTP_2,
     };
-    // HTTP/2 has no connection header; its stream simply ends.
-    if version < Version::HTTP_2 {
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
+    let mut r = Dialect::of_path(path).answer(refusal);
     r.extensions_mut().insert(RouteName("limits.body_too_slow"));
     r
 }
@@ -193,7 +158,8 @@ pub async fn enforce(State(limits): State<RequestLimits>, req: Request, next: Ne
         // cause is the client's pace.
         if resp.status().is_client_error() || resp.status().is_server_error() {
             tracing::warn!(path = %path, cause = %c, "request body cut");
-            resp = request_timeout(&path, version, c);
+            let route = resp.extensions().get::<RouteName>().map(|r| r.0);
+            resp = request_timeout(&path, route, version, c);
         }
     }
     match permit {
@@ -218,7 +184,8 @@ pub enum BodyCut {
 }
 
 impl BodyCut {
-    fn detail(&self) -> serde_json::Value {
+    /// The numbers of the cut, for the answer's `detail`.
+    pub fn detail(&self) -> serde_json::Value {
         match self {
             BodyCut::Stalled(t) => serde_json::json!({"idle_timeout_ms": t.as_millis() as u64}),
             BodyCut::TooSlow {

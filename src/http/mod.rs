@@ -1,8 +1,10 @@
 //! The axum layer: the router, shared state, request logging with request
-//! ids, and the helpers that turn service answers into responses.
+//! ids, and the helpers that turn service answers into responses. Errors
+//! answer through the one table of their dialect, in [`error`].
 
 pub mod auth;
 pub mod endpoint;
+pub mod error;
 mod health;
 pub mod limits;
 mod rest;
@@ -24,7 +26,6 @@ use http_body_util::BodyExt;
 
 use crate::artifacts::ArtifactService;
 use crate::config::Config;
-use crate::error::{OciError, OciErrorCode};
 use crate::oci::Digest;
 use crate::registry::{BlobRead, Registry};
 
@@ -79,29 +80,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn fallback(req: Request) -> Response {
-    let mut r = json_response(
-        StatusCode::NOT_FOUND,
-        &serde_json::json!({"error": "not_found", "message": format!("no route for {} {}", req.method(), req.uri().path())}),
-    );
+    let mut r = error::RestError::no_route(req.method().as_str(), req.uri().path()).into_response();
     r.extensions_mut().insert(RouteName("fallback"));
     r
-}
-
-impl IntoResponse for OciError {
-    fn into_response(self) -> Response {
-        let mut r = (self.code.status(), self.body()).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if self.code == OciErrorCode::TooManyRequests {
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(limits::RETRY_AFTER_SECS),
-            );
-        }
-        r
-    }
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
@@ -118,21 +99,6 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
 pub enum BodyReadError {
     TooLarge,
     Broken(String),
-}
-
-impl BodyReadError {
-    /// Maps to an OCI error; `too_large` is the code for an oversized body.
-    pub fn into_oci(self, too_large: OciErrorCode, max: u64) -> OciError {
-        match self {
-            BodyReadError::TooLarge => {
-                OciError::new(too_large, format!("body is over the {max}-byte cap"))
-            }
-            BodyReadError::Broken(m) => OciError::new(
-                OciErrorCode::SizeInvalid,
-                format!("body could not be read: {m}"),
-            ),
-        }
-    }
 }
 
 /// Buffers a JSON/manifest body, refusing more than `max` bytes.
@@ -184,7 +150,9 @@ fn new_request_id() -> String {
     format!("{:08x}-{n:x}", std::process::id())
 }
 
-/// One log line per request, and a request id echoed as `X-Request-Id`.
+/// One log line per request, and a request id echoed as `X-Request-Id`
+/// (and known to the error tables while the request is handled, so an
+/// internal failure is logged under it).
 async fn log_requests(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
@@ -199,7 +167,7 @@ async fn log_requests(req: Request, next: Next) -> Response {
         })
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
-    let mut resp = next.run(req).await;
+    let mut resp = error::with_request_id(Arc::from(id.as_str()), next.run(req)).await;
     let route = resp
         .extensions()
         .get::<RouteName>()

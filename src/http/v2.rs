@@ -12,11 +12,11 @@ use serde_json::json;
 
 use super::auth::{self, Caller};
 use super::endpoint::{Endpoint, Mount, Parsed};
+use super::error::{OciError, OciErrorCode};
 use super::{json_response, read_body_capped, AppState, RouteName};
 use crate::auth::Action;
-use crate::error::{OciError, OciErrorCode};
 use crate::oci::{media, Digest, RepoName};
-use crate::registry::{ByteRange, Page, RegistryError, UploadStatus};
+use crate::registry::{ByteRange, Page, UploadStatus};
 use crate::storage::UploadId;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -27,11 +27,13 @@ pub const DIGEST_HEADER: &str = "docker-content-digest";
 pub async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
     let endpoint = match req.extensions_mut().remove::<Parsed>() {
         Some(Parsed(Ok(e))) => e,
-        Some(Parsed(Err(e))) => return with_api_version(e.into_response()),
+        Some(Parsed(Err(e))) => return e.into_response(),
         None => {
-            tracing::error!("a /v2 request reached its handler unparsed");
-            let e = OciError::new(OciErrorCode::Unknown, "internal error");
-            return with_api_version(e.into_response());
+            let e = OciError::new(
+                OciErrorCode::Unknown,
+                "a /v2 request reached its handler unparsed",
+            );
+            return e.into_response();
         }
     };
     let route = endpoint.route();
@@ -61,44 +63,19 @@ fn body_stream(
         .map_err(std::io::Error::other)
 }
 
+/// Where an upload session is: its `Location`.
+fn upload_location(name: &RepoName, id: &UploadId) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
 fn upload_accepted(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
-    let location = format!("/v2/{name}/blobs/uploads/{}", status.id);
     let range = format!("0-{}", status.offset.saturating_sub(1));
     let mut r = (code, Body::empty()).into_response();
     let h = r.headers_mut();
-    h.insert(header::LOCATION, hv(&location));
+    h.insert(header::LOCATION, hv(&upload_location(name, &status.id)));
     h.insert(header::RANGE, hv(&range));
     h.insert("docker-upload-uuid", hv(status.id.as_str()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    r
-}
-
-/// 416 for a chunk that does not start at the upload's offset, with the
-/// upload's current `Location` and `Range` so the client can resume.
-fn chunk_out_of_order(name: &RepoName, id: UploadId, offset: u64, got: u64) -> Response {
-    let mut r = OciError::new(
-        OciErrorCode::RangeInvalid,
-        format!("chunk starts at {got} but the upload is at offset {offset}"),
-    )
-    .into_response();
-    let ok = upload_accepted(name, &UploadStatus { id, offset }, StatusCode::ACCEPTED);
-    for k in [header::LOCATION, header::RANGE] {
-        if let Some(v) = ok.headers().get(&k) {
-            r.headers_mut().insert(k, v.clone());
-        }
-    }
-    r
-}
-
-/// 416 for a read range outside the blob, with `Content-Range: bytes */len`.
-pub fn range_not_satisfiable(total: u64) -> Response {
-    let mut r = OciError::new(
-        OciErrorCode::RangeInvalid,
-        format!("requested range is not satisfiable for a blob of {total} bytes"),
-    )
-    .into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}")));
     r
 }
 
@@ -263,7 +240,7 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             let max = reg.limits().max_manifest_bytes;
             let body = read_body_capped(req.into_body(), max)
                 .await
-                .map_err(|e| e.into_oci(OciErrorCode::ManifestTooLarge, max))?;
+                .map_err(|e| OciError::of_body(e, OciErrorCode::ManifestTooLarge, max))?;
             // eBPF artifact manifests are signed before they are stored;
             // a signer that fails stores nothing: 503 UNAVAILABLE.
             let stored = state
@@ -307,13 +284,8 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 return Ok(r);
             }
-            let blob = match reg.read_blob(&name, &digest, range).await {
-                Ok(b) => b,
-                Err(RegistryError::RangeNotSatisfiable { total }) => {
-                    return Ok(range_not_satisfiable(total))
-                }
-                Err(e) => return Err(e.into()),
-            };
+            // A range outside the blob is a 416 with `Content-Range`.
+            let blob = reg.read_blob(&name, &digest, range).await?;
             Ok(super::blob_response(
                 blob,
                 &digest,
@@ -354,24 +326,21 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 None => (None, None),
             };
             let stream = body_stream(req);
-            match reg.append_chunk(&name, &id, start, expected, stream).await {
-                Ok(status) => Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED)),
-                Err(RegistryError::RangeInvalid { offset, got }) => {
-                    Ok(chunk_out_of_order(&name, id, offset, got))
-                }
-                Err(e) => Err(e.into()),
-            }
+            // A chunk out of order is a 416 saying where the upload is.
+            let status = reg
+                .append_chunk(&name, &id, start, expected, stream)
+                .await
+                .map_err(|e| OciError::of_upload(e, upload_location(&name, &id)))?;
+            Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED))
         }
         Endpoint::PutUpload { name, id, digest } => {
             let range = parse_content_range(req.headers())?;
             let stream = body_stream(req);
-            match reg.finish_upload(&name, &id, &digest, range, stream).await {
-                Ok(d) => Ok(blob_created(&name, &d)),
-                Err(RegistryError::RangeInvalid { offset, got }) => {
-                    Ok(chunk_out_of_order(&name, id, offset, got))
-                }
-                Err(e) => Err(e.into()),
-            }
+            let d = reg
+                .finish_upload(&name, &id, &digest, range, stream)
+                .await
+                .map_err(|e| OciError::of_upload(e, upload_location(&name, &id)))?;
+            Ok(blob_created(&name, &d))
         }
         Endpoint::DeleteUpload { name, id } => {
             reg.cancel_upload(&name, &id).await?;

@@ -191,7 +191,7 @@ pub fn hash_reader(reader: &mut dyn Read) -> std::io::Result<(crate::oci::Digest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::OciError;
+    use crate::http::error::OciError;
 
     #[tokio::test]
     async fn a_worker_that_dies_is_an_internal_error_not_the_clients() {

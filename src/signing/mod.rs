@@ -126,20 +126,6 @@ impl From<SignerError> for SigningError {
     }
 }
 
-impl From<SigningError> for crate::error::OciError {
-    fn from(e: SigningError) -> Self {
-        use crate::error::{OciError, OciErrorCode};
-        match e {
-            SigningError::Registry(r) => r.into(),
-            SigningError::NotFound(m) => OciError::new(OciErrorCode::ManifestUnknown, m),
-            SigningError::Disabled | SigningError::Unavailable(_) => OciError::new(
-                OciErrorCode::Unavailable,
-                "eBPF artifact manifests are signed when stored and the signer is unavailable; nothing was stored, retry later",
-            ),
-        }
-    }
-}
-
 impl From<SigningError> for crate::artifacts::ArtifactError {
     fn from(e: SigningError) -> Self {
         use crate::artifacts::ArtifactError;

@@ -175,7 +175,7 @@ impl Backend for FaultyBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::OciError;
+    use crate::http::error::OciError;
     use crate::oci::{Digest, Reference, RepoName};
     use crate::registry::{Limits, Registry, RegistryError};
     use crate::storage::{paths, FsBackend};

@@ -106,6 +106,12 @@ impl From<ArtifactError> for RouteError {
     }
 }
 
+/// Whether `path` is one of the routes whose callers the auth middleware
+/// authenticates: `/artifacts` and below (the signing public key is open).
+pub fn authenticates(path: &str) -> bool {
+    path == "/artifacts" || path.starts_with("/artifacts/")
+}
+
 /// The query's parameters, each given at most once.
 struct Query(Vec<(String, String)>);
 

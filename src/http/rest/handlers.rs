@@ -14,7 +14,8 @@ use super::response::{json_ok, respond};
 use crate::artifacts::{
     ArtifactError, ArtifactJson, ArtifactKey, CreateArtifact, HostId, ListQuery,
 };
-use crate::http::{blob_response, json_response, read_body_capped, AppState, BodyReadError};
+use crate::http::error::{RestError, RestErrorCode};
+use crate::http::{blob_response, read_body_capped, AppState, BodyReadError};
 use crate::oci::media;
 use crate::registry::ByteRange;
 
@@ -315,17 +316,13 @@ pub async fn public_key(state: &AppState, version: Option<u32>) -> Response {
             }
             r
         }
-        Err(crate::signing::SigningError::Disabled) => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({
-                "error": "not_found",
-                "message": "signing is not configured on this registry (BPF_REGISTRY_SIGNER=none)"
-            }),
-        ),
-        Err(crate::signing::SigningError::NotFound(m)) => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({ "error": "not_found", "message": m }),
-        ),
+        // No signer, no key: the key is not found (not a failure).
+        Err(e @ crate::signing::SigningError::Disabled) => {
+            RestError::new(RestErrorCode::NotFound, e.to_string()).into_response()
+        }
+        Err(crate::signing::SigningError::NotFound(m)) => {
+            RestError::new(RestErrorCode::NotFound, m).into_response()
+        }
         Err(e) => ArtifactError::from(e).into_response(),
     }
 }

@@ -3,7 +3,8 @@
 //! [`RestEndpoint`] (`endpoint`, the one route table), authorizes it on
 //! what it resolves to (`access`: the decoded create body, the copy an id
 //! names), calls the artifact or signing service (`handlers`) and maps
-//! the answer through the dialect's one error table (`response`).
+//! the answer through the dialect's one error table
+//! (`http::error::rest`; `response` holds the success bodies).
 //!
 //! The auth middleware only authenticates REST requests (401/429 for bad
 //! credentials) and leaves the [`Caller`](super::auth::Caller) in the
@@ -17,19 +18,20 @@ mod response;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 
+use super::error::RestError;
 use super::{auth, AppState};
 use crate::artifacts::ArtifactError;
 use access::Access;
 use endpoint::{Needs, RestEndpoint};
-use response::{named, route_error};
+use response::named;
 
 /// Every REST route: parse, authorize, handle.
 pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let ep = match RestEndpoint::parse(req.method(), req.uri().path(), req.uri().query()) {
         Ok(ep) => ep,
         Err(e) => {
-            let r = route_error(e, req.method().as_str(), req.uri().path());
-            return named("rest", r);
+            let r = RestError::of_route(e, req.method().as_str(), req.uri().path());
+            return named("rest", r.into_response());
         }
     };
     let route = ep.route();

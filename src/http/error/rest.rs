@@ -1,0 +1,611 @@
+//! The REST wire error: every code of the dialect with its HTTP status in
+//! one table (`status()` and `as_str()`), the
+//! `{"error":"<code>","message":"..."}` body (plus an error's own fields)
+//! serialized with serde, and the conversion of every domain error a REST
+//! request can meet (`ArtifactError`, route errors, auth and limit
+//! refusals).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::{log_internal, public_message, ErrorHeaders};
+use crate::artifacts::ArtifactError;
+use crate::http::auth::AuthRefusal;
+use crate::http::limits::LimitRefusal;
+use crate::http::rest::endpoint::RouteError;
+use crate::registry::RegistryError;
+
+/// Every error a REST route can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestErrorCode {
+    InvalidRequest,
+    InvalidJson,
+    InvalidBase64,
+    InvalidName,
+    InvalidEbpf,
+    /// A pre-packed archive breaks the archive rules.
+    InvalidArtifact,
+    InvalidId,
+    InvalidHostId,
+    Unauthorized,
+    Denied,
+    /// No such artifact, association or route.
+    NotFound,
+    MethodNotAllowed,
+    /// A body cut for its pace.
+    RequestTimeout,
+    /// A write by an id that names several copies the caller may read.
+    AmbiguousId,
+    VersionExists,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RangeNotSatisfiable,
+    TooManyRequests,
+    /// A configured signer could not sign: nothing was stored.
+    SigningUnavailable,
+    StorageFull,
+    /// A bug or a store fault.
+    InternalError,
+}
+
+impl RestErrorCode {
+    pub fn status(self) -> StatusCode {
+        use RestErrorCode::*;
+        match self {
+            InvalidRequest | InvalidJson | InvalidBase64 | InvalidName | InvalidEbpf
+            | InvalidArtifact | InvalidId | InvalidHostId => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Denied => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            AmbiguousId | VersionExists => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            SigningUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use RestErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            InvalidJson => "invalid_json",
+            InvalidBase64 => "invalid_base64",
+            InvalidName => "invalid_name",
+            InvalidEbpf => "invalid_ebpf",
+            InvalidArtifact => "invalid_artifact",
+            InvalidId => "invalid_id",
+            InvalidHostId => "invalid_host_id",
+            Unauthorized => "unauthorized",
+            Denied => "denied",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            RequestTimeout => "request_timeout",
+            AmbiguousId => "ambiguous_id",
+            VersionExists => "version_exists",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            RangeNotSatisfiable => "range_not_satisfiable",
+            TooManyRequests => "too_many_requests",
+            SigningUnavailable => "signing_unavailable",
+            StorageFull => "storage_full",
+            InternalError => "internal_error",
+        }
+    }
+
+    /// An internal failure, not the client's mistake: logged with the
+    /// request id, answered with a fixed message.
+    pub fn is_internal(self) -> bool {
+        use RestErrorCode::*;
+        matches!(self, SigningUnavailable | StorageFull | InternalError)
+    }
+
+    /// What the client is told of an internal failure.
+    fn public_text(self) -> &'static str {
+        match self {
+            RestErrorCode::StorageFull => "the registry's storage is full",
+            RestErrorCode::SigningUnavailable => {
+                "the artifact could not be signed (the signer is unavailable); nothing was stored, retry later"
+            }
+            _ => "internal error",
+        }
+    }
+}
+
+/// A REST error as sent on the wire.
+#[derive(Debug, Clone)]
+pub struct RestError {
+    pub code: RestErrorCode,
+    /// What the client reads: for an internal failure a fixed text and
+    /// the request id.
+    pub message: String,
+    /// `ambiguous_id`: the repositories the caller may choose from (all
+    /// readable by it).
+    repositories: Option<Vec<String>>,
+    /// Machine-readable facts of the error (a slow body's numbers).
+    detail: Option<serde_json::Value>,
+    headers: ErrorHeaders,
+    /// An internal failure's cause, for the log only.
+    cause: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repositories: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a serde_json::Value>,
+}
+
+impl RestError {
+    /// An error with its message. For an internal code the message is
+    /// the cause, logged and not returned.
+    pub fn new(code: RestErrorCode, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let (message, cause) = if code.is_internal() {
+            (public_message(code.public_text()), Some(message))
+        } else {
+            (message, None)
+        };
+        RestError {
+            code,
+            message,
+            repositories: None,
+            detail: None,
+            headers: ErrorHeaders::None,
+            cause,
+        }
+    }
+
+    fn with_headers(mut self, headers: ErrorHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The headers this error adds to its answer.
+    pub fn headers(&self) -> &ErrorHeaders {
+        &self.headers
+    }
+
+    /// 404 for a path no route has.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        let path: String = path.chars().take(200).collect();
+        RestError::new(
+            RestErrorCode::NotFound,
+            format!("no route for {method} {path}"),
+        )
+    }
+
+    /// A request that is not a REST endpoint: 404 for an unknown path, 405
+    /// (with `Allow`) for a known path's wrong method, else the value's 4xx.
+    pub fn of_route(e: RouteError, method: &str, path: &str) -> Self {
+        match e {
+            RouteError::NoRoute => RestError::no_route(method, path),
+            RouteError::MethodNotAllowed { allow } => RestError::new(
+                RestErrorCode::MethodNotAllowed,
+                format!("{method} is not allowed here; allowed: {allow}"),
+            )
+            .with_headers(ErrorHeaders::Allow(allow)),
+            RouteError::Invalid(e) => e.into(),
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let body = Body {
+            error: self.code.as_str(),
+            message: &self.message,
+            repositories: self.repositories.as_deref(),
+            detail: self.detail.as_ref(),
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| {
+            br#"{"error":"internal_error","message":"internal error"}"#.to_vec()
+        })
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if self.code.is_internal() {
+            log_internal(self.code.as_str(), status.as_u16(), self.cause.as_deref());
+        }
+        let mut r = (status, self.body()).into_response();
+        let h = r.headers_mut();
+        h.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.headers
+            .write(h, self.code == RestErrorCode::TooManyRequests);
+        r
+    }
+}
+
+/// The artifact service's errors answer in this dialect wherever they are
+/// returned.
+impl IntoResponse for ArtifactError {
+    fn into_response(self) -> Response {
+        RestError::from(self).into_response()
+    }
+}
+
+impl From<ArtifactError> for RestError {
+    fn from(e: ArtifactError) -> Self {
+        use ArtifactError as A;
+        use RestErrorCode as C;
+        let code = match &e {
+            A::InvalidRequest(_) => C::InvalidRequest,
+            A::InvalidJson(_) => C::InvalidJson,
+            A::UnsupportedMediaType => C::UnsupportedMediaType,
+            A::InvalidBase64(_) => C::InvalidBase64,
+            A::InvalidName(_) => C::InvalidName,
+            A::InvalidEbpf(_) => C::InvalidEbpf,
+            A::InvalidArtifact(_) => C::InvalidArtifact,
+            A::InvalidId(_) => C::InvalidId,
+            A::InvalidHostId(_) => C::InvalidHostId,
+            A::NotFound(_) => C::NotFound,
+            A::AmbiguousId { .. } => C::AmbiguousId,
+            A::VersionExists { .. } => C::VersionExists,
+            A::TooLarge { .. } | A::ArchiveTooLarge { .. } => C::PayloadTooLarge,
+            A::SigningUnavailable(_) => C::SigningUnavailable,
+            A::Internal(_) => C::InternalError,
+            A::Registry(RegistryError::Storage(s)) if s.is_storage_full() => C::StorageFull,
+            A::Registry(RegistryError::RangeNotSatisfiable { .. }) => C::RangeNotSatisfiable,
+            A::Registry(RegistryError::Body(_)) => C::InvalidRequest,
+            // Every other registry error under a REST request is the
+            // service's fault (the facade validated what it wrote).
+            A::Registry(_) => C::InternalError,
+        };
+        let headers = match &e {
+            A::Registry(RegistryError::RangeNotSatisfiable { total }) => {
+                ErrorHeaders::UnsatisfiedRange { total: *total }
+            }
+            _ => ErrorHeaders::None,
+        };
+        let repositories = match &e {
+            A::AmbiguousId { repositories, .. } => Some(
+                repositories
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        RestError {
+            repositories,
+            ..RestError::new(code, e.to_string()).with_headers(headers)
+        }
+    }
+}
+
+impl From<AuthRefusal> for RestError {
+    fn from(r: AuthRefusal) -> Self {
+        match r {
+            AuthRefusal::Unauthenticated {
+                message,
+                challenges,
+                ..
+            } => RestError::new(RestErrorCode::Unauthorized, message)
+                .with_headers(ErrorHeaders::Challenge(challenges)),
+            AuthRefusal::Denied { .. } => {
+                RestError::new(RestErrorCode::Denied, AuthRefusal::DENIED_MESSAGE)
+            }
+            AuthRefusal::Throttled { retry_after } => RestError::new(
+                RestErrorCode::TooManyRequests,
+                AuthRefusal::throttled_message(retry_after),
+            )
+            .with_headers(ErrorHeaders::RetryAfter(retry_after)),
+        }
+    }
+}
+
+impl From<LimitRefusal> for RestError {
+    fn from(r: LimitRefusal) -> Self {
+        match r {
+            LimitRefusal::Busy => {
+                RestError::new(RestErrorCode::TooManyRequests, LimitRefusal::BUSY_MESSAGE)
+            }
+            LimitRefusal::BodyCut {
+                cut,
+                close_connection,
+                ..
+            } => {
+                let e = RestError {
+                    detail: Some(cut.detail()),
+                    ..RestError::new(RestErrorCode::RequestTimeout, cut.to_string())
+                };
+                if close_connection {
+                    e.with_headers(ErrorHeaders::CloseConnection)
+                } else {
+                    e
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::error::with_request_id;
+    use crate::http::limits::BodyCut;
+    use crate::oci::{Digest, RepoName};
+    use crate::storage::StorageError;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Every code, each once, in the order of `documented`.
+    const ALL: [RestErrorCode; 22] = {
+        use RestErrorCode::*;
+        [
+            InvalidRequest,
+            InvalidJson,
+            InvalidBase64,
+            InvalidName,
+            InvalidEbpf,
+            InvalidArtifact,
+            InvalidId,
+            InvalidHostId,
+            Unauthorized,
+            Denied,
+            NotFound,
+            MethodNotAllowed,
+            RequestTimeout,
+            AmbiguousId,
+            VersionExists,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            RangeNotSatisfiable,
+            TooManyRequests,
+            SigningUnavailable,
+            StorageFull,
+            InternalError,
+        ]
+    };
+
+    /// The README's REST error table: (position in `ALL`, wire code,
+    /// status). An exhaustive match: a new code does not compile until its
+    /// documented row is written here.
+    fn documented(c: RestErrorCode) -> (usize, &'static str, u16) {
+        use RestErrorCode::*;
+        match c {
+            InvalidRequest => (0, "invalid_request", 400),
+            InvalidJson => (1, "invalid_json", 400),
+            InvalidBase64 => (2, "invalid_base64", 400),
+            InvalidName => (3, "invalid_name", 400),
+            InvalidEbpf => (4, "invalid_ebpf", 400),
+            InvalidArtifact => (5, "invalid_artifact", 400),
+            InvalidId => (6, "invalid_id", 400),
+            InvalidHostId => (7, "invalid_host_id", 400),
+            Unauthorized => (8, "unauthorized", 401),
+            Denied => (9, "denied", 403),
+            NotFound => (10, "not_found", 404),
+            MethodNotAllowed => (11, "method_not_allowed", 405),
+            RequestTimeout => (12, "request_timeout", 408),
+            AmbiguousId => (13, "ambiguous_id", 409),
+            VersionExists => (14, "version_exists", 409),
+            PayloadTooLarge => (15, "payload_too_large", 413),
+            UnsupportedMediaType => (16, "unsupported_media_type", 415),
+            RangeNotSatisfiable => (17, "range_not_satisfiable", 416),
+            TooManyRequests => (18, "too_many_requests", 429),
+            SigningUnavailable => (19, "signing_unavailable", 503),
+            StorageFull => (20, "storage_full", 507),
+            InternalError => (21, "internal_error", 500),
+        }
+    }
+
+    #[test]
+    fn every_code_answers_its_documented_status_and_wire_code() {
+        for (i, c) in ALL.iter().enumerate() {
+            let (pos, wire, status) = documented(*c);
+            assert_eq!(pos, i, "{c:?} is listed once, in order");
+            assert_eq!(c.as_str(), wire, "{c:?}");
+            assert_eq!(c.status().as_u16(), status, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn internal_codes_are_5xx_and_client_codes_are_4xx() {
+        for c in ALL {
+            let status = c.status();
+            if c.is_internal() {
+                assert!(status.is_server_error(), "{c:?} is internal: {status}");
+            } else {
+                assert!(status.is_client_error(), "{c:?} is the client's: {status}");
+            }
+        }
+    }
+
+    fn digest() -> Digest {
+        Digest::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+            .unwrap()
+    }
+
+    fn storage(os: Option<i32>) -> RegistryError {
+        let source = match os {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::other("secret /data/blobs/sha256/ab/cd detail"),
+        };
+        RegistryError::Storage(StorageError::Io {
+            path: "blobs/sha256/ab/cd".into(),
+            source,
+        })
+    }
+
+    /// Whether an artifact error is the client's mistake (an exhaustive
+    /// match: a new variant must be classified here).
+    fn is_client_mistake(e: &ArtifactError) -> bool {
+        use ArtifactError as A;
+        match e {
+            A::InvalidRequest(_)
+            | A::InvalidJson(_)
+            | A::UnsupportedMediaType
+            | A::InvalidBase64(_)
+            | A::InvalidName(_)
+            | A::InvalidEbpf(_)
+            | A::InvalidArtifact(_)
+            | A::InvalidId(_)
+            | A::InvalidHostId(_)
+            | A::NotFound(_)
+            | A::AmbiguousId { .. }
+            | A::VersionExists { .. }
+            | A::TooLarge { .. }
+            | A::ArchiveTooLarge { .. } => true,
+            A::SigningUnavailable(_) | A::Internal(_) => false,
+            A::Registry(RegistryError::RangeNotSatisfiable { .. } | RegistryError::Body(_)) => true,
+            A::Registry(_) => false,
+        }
+    }
+
+    fn every_artifact_error() -> Vec<ArtifactError> {
+        use ArtifactError as A;
+        vec![
+            A::InvalidRequest("x".into()),
+            A::InvalidJson("x".into()),
+            A::UnsupportedMediaType,
+            A::InvalidBase64("x".into()),
+            A::InvalidName("x".into()),
+            A::InvalidEbpf("x".into()),
+            A::InvalidArtifact("x".into()),
+            A::InvalidId("x".into()),
+            A::InvalidHostId("x".into()),
+            A::NotFound("x".into()),
+            A::AmbiguousId {
+                id: digest(),
+                repositories: vec![RepoName::parse("a").unwrap()],
+            },
+            A::VersionExists {
+                name: "a".into(),
+                version: "1".into(),
+                architecture: "x86_64".into(),
+            },
+            A::TooLarge { max: 1 },
+            A::ArchiveTooLarge { max: 1 },
+            A::SigningUnavailable("vault secret-token refused".into()),
+            A::Internal("secret invariant".into()),
+            A::Registry(storage(None)),
+            A::Registry(storage(Some(28))),
+            A::Registry(RegistryError::Internal("secret join error".into())),
+            A::Registry(RegistryError::BlobUnknown(digest())),
+            A::Registry(RegistryError::RangeNotSatisfiable { total: 3 }),
+            A::Registry(RegistryError::Body("reset".into())),
+        ]
+    }
+
+    #[test]
+    fn artifact_errors_map_by_whose_fault_they_are_and_hide_internal_detail() {
+        for e in every_artifact_error() {
+            let client = is_client_mistake(&e);
+            let shown = format!("{e}");
+            let w = RestError::from(e);
+            assert_eq!(w.code.is_internal(), !client, "{shown}");
+            if client {
+                assert!(w.code.status().is_client_error(), "{shown}: {:?}", w.code);
+            } else {
+                assert!(w.code.status().is_server_error(), "{shown}: {:?}", w.code);
+                let body = String::from_utf8(w.body()).unwrap();
+                assert!(!body.contains("secret"), "{body}");
+            }
+        }
+        assert_eq!(
+            RestError::from(ArtifactError::Registry(storage(Some(28)))).code,
+            RestErrorCode::StorageFull
+        );
+    }
+
+    #[tokio::test]
+    async fn an_internal_failure_names_the_request_id_and_not_the_cause() {
+        let e = with_request_id(Arc::from("req-9"), async {
+            RestError::from(ArtifactError::Internal("decode task panicked".into()))
+        })
+        .await;
+        assert_eq!(e.code, RestErrorCode::InternalError);
+        assert!(e.message.contains("req-9"), "{}", e.message);
+        assert!(!e.message.contains("panicked"), "{}", e.message);
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn json(r: Response) -> serde_json::Value {
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_error_adds_its_own_headers_and_fields() {
+        let r = ArtifactError::Registry(RegistryError::RangeNotSatisfiable { total: 3 })
+            .into_response();
+        assert_eq!(r.status(), 416);
+        assert_eq!(header(&r, "content-range"), Some("bytes */3"));
+
+        let r = RestError::of_route(
+            RouteError::MethodNotAllowed { allow: "GET,HEAD" },
+            "PUT",
+            "/artifacts",
+        )
+        .into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "allow")),
+            (405, Some("GET,HEAD"))
+        );
+
+        let r = RestError::from(LimitRefusal::Busy).into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "retry-after")),
+            (429, Some("1"))
+        );
+        let r = RestError::from(AuthRefusal::Throttled { retry_after: 5 }).into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "retry-after")),
+            (429, Some("5"))
+        );
+
+        let r = RestError::from(AuthRefusal::Unauthenticated {
+            message: "authentication required",
+            scope: None,
+            challenges: vec![
+                HeaderValue::from_static("Bearer realm=\"x\""),
+                HeaderValue::from_static("Basic realm=\"y\""),
+            ],
+        })
+        .into_response();
+        assert_eq!(r.status(), 401);
+        let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().collect();
+        assert_eq!(challenges.len(), 2);
+
+        let r = RestError::from(LimitRefusal::BodyCut {
+            cut: BodyCut::Stalled(Duration::from_millis(1500)),
+            upload: false,
+            close_connection: true,
+        })
+        .into_response();
+        assert_eq!(
+            (r.status().as_u16(), header(&r, "connection")),
+            (408, Some("close"))
+        );
+        assert_eq!(json(r).await["detail"]["idle_timeout_ms"], 1500);
+
+        let r = ArtifactError::AmbiguousId {
+            id: digest(),
+            repositories: vec![RepoName::parse("a").unwrap(), RepoName::parse("b").unwrap()],
+        }
+        .into_response();
+        assert_eq!(r.status(), 409);
+        let v = json(r).await;
+        assert_eq!(v["error"], "ambiguous_id");
+        assert_eq!(v["repositories"], serde_json::json!(["a", "b"]));
+    }
+}
