@@ -441,7 +441,9 @@ fn streamed_body(name: &str, data_b64: &Bytes) -> (reqwest::Body, u64) {
 #[tokio::test]
 async fn six_concurrent_64_mib_creates_stay_within_the_memory_budget() {
     const BUDGET_MIB: u64 = 256; // the default
-    let p = Proc::start(&[]).await;
+                                 // A long wait bound: this test is about memory, not about refusals
+                                 // (two run at a time; the last ones wait for four to finish).
+    let p = Proc::start(&[("BPF_REGISTRY_CREATE_MEMORY_WAIT", "300s")]).await;
     let data = Bytes::from(b64(&pseudo_random(PAYLOAD, 3)));
     let c = reqwest::Client::new();
     let started = Instant::now();

@@ -7,26 +7,47 @@
 //! called, and never again here.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::build::{self, Platform, EMPTY_JSON};
-use super::decode::NewArtifact;
+use super::decode::CreateArtifact;
 use super::index::ArtifactIndex;
 use super::list::{self, ListQuery};
+use super::memory::{CreateMemory, CreateMemoryBudget};
 use super::model::{oci_architecture, ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
+use super::payload::{Layer, PayloadLimits};
 use super::ArtifactError;
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
-use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
+use crate::registry::{reader_stream, BlobRead, ByteRange, Registry, RegistryError};
 use crate::signing::SigningService;
 
 const LOCK_STRIPES: usize = 64;
+
+/// How REST creates are bounded (see `payload` and `memory`).
+#[derive(Debug, Clone)]
+pub struct CreateSettings {
+    /// Decoded payload bytes (`BPF_REGISTRY_MAX_ARTIFACT_BYTES`).
+    pub max_artifact_bytes: u64,
+    /// The folder of payload temp files (`paths::spool_dir`), made and
+    /// emptied at start-up.
+    pub spool_dir: PathBuf,
+    /// All creates together (`BPF_REGISTRY_CREATE_MEMORY_BUDGET`).
+    pub memory_budget_bytes: u64,
+    /// Longest wait for a share of it (`BPF_REGISTRY_CREATE_MEMORY_WAIT`).
+    pub memory_wait: Duration,
+}
 
 pub struct ArtifactService {
     registry: Arc<Registry>,
     index: Arc<ArtifactIndex>,
     max_artifact_bytes: u64,
+    payload_limits: PayloadLimits,
+    spool_dir: PathBuf,
+    memory: CreateMemoryBudget,
     /// Serializes creates/deletes per repository (striped by name hash), so
     /// two posts of one version cannot both build an index.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -53,12 +74,15 @@ impl ArtifactService {
     pub fn new(
         registry: Arc<Registry>,
         index: Arc<ArtifactIndex>,
-        max_artifact_bytes: u64,
+        settings: CreateSettings,
     ) -> Self {
         ArtifactService {
             registry,
             index,
-            max_artifact_bytes,
+            max_artifact_bytes: settings.max_artifact_bytes,
+            payload_limits: PayloadLimits::for_artifact_cap(settings.max_artifact_bytes),
+            spool_dir: settings.spool_dir,
+            memory: CreateMemoryBudget::new(settings.memory_budget_bytes, settings.memory_wait),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -145,32 +169,56 @@ impl ArtifactService {
         Ok(())
     }
 
-    /// `POST /artifacts`, for a request decoded (and authorized) by the
-    /// caller: everything is written to `new.repository()`.
-    pub async fn create(&self, new: NewArtifact) -> Result<Created<ArtifactJson>, ArtifactError> {
+    /// A create's share of the memory budget, for a body of `declared`
+    /// bytes (`None`: not declared, the body cap is reserved). Taken before
+    /// the body is buffered; 503 `server_busy` when it stays full.
+    pub async fn reserve_create_memory(
+        &self,
+        declared: Option<u64>,
+    ) -> Result<CreateMemory, ArtifactError> {
+        let cap = self.max_body_bytes();
+        self.memory.reserve(declared.unwrap_or(cap).min(cap)).await
+    }
+
+    /// `POST /artifacts`, for a request parsed (and authorized) by the
+    /// caller: everything is written to `request.repository()`. The
+    /// payload is decoded once, on a blocking thread, after the checks
+    /// that need no payload; `memory` is the request's share of the
+    /// budget, its payload part given back once the payload is decoded.
+    pub async fn create(
+        &self,
+        request: CreateArtifact,
+        mut memory: CreateMemory,
+    ) -> Result<Created<ArtifactJson>, ArtifactError> {
+        // Cheap first: a version tag naming anything but this
+        // repository's artifacts is a conflict whatever the payload.
+        let (repo, tag) = (request.repository(), request.tag());
+        if let Some(members) = self.existing_version(repo, tag).await? {
+            if members.iter().any(|m| m.record.is_none()) {
+                return Err(conflict(repo, tag.as_str(), request.architecture()));
+            }
+        }
+        let (limits, spool_dir) = (self.payload_limits, self.spool_dir.clone());
+        let new = tokio::task::spawn_blocking(move || request.into_artifact(&limits, &spool_dir))
+            .await
+            .map_err(|e| internal(format!("payload worker failed: {e}")))??;
+        memory.release_payload();
+
         let _held = self.lock_for(&new.repo).lock().await;
         let repo = &new.repo;
-        let layer_digest = Digest::of(&new.layer);
+        let layer_digest = new.layer.digest().clone();
+        let layer_size = new.layer.size();
         let platform_arch = oci_architecture(&new.config.architecture).to_string();
+        let conflict_of_new = || conflict(&new.repo, &new.config.version, &new.config.architecture);
 
-        // What the version tag already names decides: replay, conflict,
-        // a new manifest, or a new platform in an index.
+        // What the version tag names now decides: replay, conflict, a new
+        // manifest, or a new platform in an index.
         let mut siblings: Option<Vec<Platform>> = None;
-        if let Some(existing) = self.resolve_optional(repo, &new.tag).await? {
-            let bytes = self.registry.manifest_bytes(&existing).await?;
-            let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
-            let candidates: Vec<(Digest, u64)> = match parsed.kind {
-                ManifestKind::Image => vec![(existing.clone(), bytes.len() as u64)],
-                ManifestKind::Index => parsed
-                    .manifests
-                    .iter()
-                    .map(|d| (d.digest.clone(), d.size))
-                    .collect(),
-            };
+        if let Some(members) = self.existing_version(repo, &new.tag).await? {
             let mut others = Vec::new();
-            for (d, size) in candidates {
-                let Some(rec) = self.index.get(&ArtifactKey::new(repo.clone(), d.clone())) else {
-                    return Err(conflict(&new));
+            for member in members {
+                let Some(rec) = member.record else {
+                    return Err(conflict_of_new());
                 };
                 let arch = oci_architecture(&rec.config.architecture).to_string();
                 if arch == platform_arch {
@@ -183,14 +231,13 @@ impl ArtifactService {
                             created: false,
                         });
                     }
-                    return Err(conflict(&new));
+                    return Err(conflict_of_new());
                 }
-                others.push((d, size, arch));
+                others.push((member.digest, member.size, arch));
             }
             siblings = Some(others);
         }
 
-        let layer_size = new.layer.len() as u64;
         let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
         let config_digest = Digest::of(&config_bytes);
         let manifest_bytes = build::artifact_manifest(
@@ -223,9 +270,7 @@ impl ArtifactService {
         let _pin = self
             .registry
             .pin_for_gc(vec![layer_digest.clone(), config_digest.clone()]);
-        self.registry
-            .put_small_blob(repo, Bytes::from(new.layer))
-            .await?;
+        self.store_layer(repo, new.layer).await?;
         self.registry
             .put_small_blob(repo, Bytes::from(config_bytes))
             .await?;
@@ -279,6 +324,56 @@ impl ArtifactService {
             value: self.json(&rec),
             created: true,
         })
+    }
+
+    /// The manifests the version tag names (itself, or the children of
+    /// its index), each with its record when it is an artifact of `repo`.
+    async fn existing_version(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Vec<VersionMember>>, ArtifactError> {
+        let Some(existing) = self.resolve_optional(repo, tag).await? else {
+            return Ok(None);
+        };
+        let bytes = self.registry.manifest_bytes(&existing).await?;
+        let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
+        let members: Vec<(Digest, u64)> = match parsed.kind {
+            ManifestKind::Image => vec![(existing, bytes.len() as u64)],
+            ManifestKind::Index => parsed
+                .manifests
+                .iter()
+                .map(|d| (d.digest.clone(), d.size))
+                .collect(),
+        };
+        Ok(Some(
+            members
+                .into_iter()
+                .map(|(digest, size)| VersionMember {
+                    record: self
+                        .index
+                        .get(&ArtifactKey::new(repo.clone(), digest.clone())),
+                    digest,
+                    size,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Streams a spooled layer into `repo`'s blobs, or only links it when
+    /// the store already holds it (its grace period restarts either way).
+    async fn store_layer(&self, repo: &RepoName, layer: Layer) -> Result<(), ArtifactError> {
+        let digest = layer.digest().clone();
+        match self.registry.link_blob(repo, &digest).await {
+            Ok(()) => return Ok(()),
+            Err(RegistryError::BlobUnknown(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let size = layer.size();
+        let reader = layer.into_reader().map_err(internal)?;
+        let body = Box::pin(reader_stream(Box::new(reader), size));
+        self.registry.upload_monolithic(repo, &digest, body).await?;
+        Ok(())
     }
 
     async fn resolve_optional(
@@ -520,10 +615,17 @@ impl ArtifactService {
     }
 }
 
-fn conflict(new: &NewArtifact) -> ArtifactError {
+/// One manifest a version tag names.
+struct VersionMember {
+    digest: Digest,
+    size: u64,
+    record: Option<Arc<ArtifactRecord>>,
+}
+
+fn conflict(repo: &RepoName, version: &str, architecture: &str) -> ArtifactError {
     ArtifactError::VersionExists {
-        name: new.repo.to_string(),
-        version: new.config.version.clone(),
-        architecture: new.config.architecture.clone(),
+        name: repo.to_string(),
+        version: version.to_string(),
+        architecture: architecture.to_string(),
     }
 }

@@ -15,7 +15,10 @@ impl IntoResponse for ArtifactError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = if status.is_server_error() {
+        let message = if let ArtifactError::ServerBusy { .. } = &self {
+            // Load, not a fault: logged where it is decided.
+            self.to_string()
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "rest request failed");
             match self.code() {
                 "storage_full" => "the registry's storage is full".to_string(),
@@ -35,6 +38,10 @@ impl IntoResponse for ArtifactError {
                 json!(repositories.iter().map(|r| r.as_str()).collect::<Vec<_>>());
         }
         let mut r = json_response(status, &body);
+        if let ArtifactError::ServerBusy { retry_after_secs } = &self {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         // A 416 says how long the file is (RFC 9110 §15.5.17).
         if let ArtifactError::Registry(crate::registry::RegistryError::RangeNotSatisfiable {
             total,
