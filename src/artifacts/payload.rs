@@ -88,9 +88,30 @@ impl From<PayloadError> for ArtifactError {
             PayloadError::TooManyEntries { .. }
             | PayloadError::UnsafeEntry { .. }
             | PayloadError::InvalidArchive(_) => ArtifactError::InvalidArtifact(e.to_string()),
+            // The spool shares the data dir's disk: full is 507, like the store.
+            PayloadError::Io(e) if is_disk_full(&e) => {
+                let source = match e.raw_os_error() {
+                    Some(_) => e,
+                    None => io::Error::from_raw_os_error(ENOSPC),
+                };
+                ArtifactError::Registry(crate::registry::RegistryError::Storage(
+                    crate::storage::StorageError::Io {
+                        path: crate::storage::paths::SPOOL_DIR.into(),
+                        source,
+                    },
+                ))
+            }
             PayloadError::Io(e) => ArtifactError::Internal(format!("payload spool: {e}")),
         }
     }
+}
+
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+/// No space (or quota) left, also when a writer wrapped the OS error.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
 }
 
 /// A payload turned into a layer.
@@ -1237,6 +1258,16 @@ mod tests {
                 PayloadError::Io(io::Error::other("disk")),
                 500,
                 "internal_error",
+            ),
+            (
+                PayloadError::Io(io::Error::from_raw_os_error(ENOSPC)),
+                507,
+                "storage_full",
+            ),
+            (
+                PayloadError::Io(io::Error::new(io::ErrorKind::StorageFull, "wrapped")),
+                507,
+                "storage_full",
             ),
         ];
         for (e, status, code) in cases {
