@@ -556,3 +556,29 @@ async fn leftover_spool_files_are_removed_at_start_up() {
     let c = common::client();
     assert_eq!(catalog(&c, &s).await["repositories"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_version_held_by_a_plain_image_is_409_before_the_payload_is_decoded() {
+    let s = TestServer::start().await;
+    let c = common::client();
+    let config = s.push_empty_config(&c, "plain/app").await;
+    let layer = s.push_blob(&c, "plain/app", b"layer").await;
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": common::OCI_MANIFEST,
+        "config": config,
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 5}],
+    });
+    let m = serde_json::to_vec(&m).expect("json");
+    s.put_manifest_ok(&c, "plain/app", "1.0.0", common::OCI_MANIFEST, &m)
+        .await;
+    let before = stored(&s);
+    // Decoding first would answer 400 `invalid_base64`, or 413 for the bomb.
+    let bomb = b64(&zstd_bomb(64 << 30));
+    for data in ["!!!!", bomb.as_str()] {
+        let (status, _, v) = post(&c, &s.base_url, create_body("plain/app", "1.0.0", data)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{v}");
+        assert_eq!(v["error"], "version_exists", "{v}");
+    }
+    assert_eq!(stored(&s), before);
+}
