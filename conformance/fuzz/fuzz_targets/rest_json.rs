@@ -20,7 +20,8 @@ const LIMITS: ArchiveLimits = ArchiveLimits {
 fn spool() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("bpf-registry-fuzz-spool-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("bpf-registry-fuzz-spool-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         dir
     })
@@ -30,7 +31,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<CreateRequest>(data) {
         if let Some(b64) = req.data.as_deref() {
             let text = b64.as_bytes().to_vec();
-            let _ = prepare_payload(text, "fuzz/prog", &PayloadLimits::for_artifact_cap(1 << 20), spool());
+            let _ = prepare_payload(
+                text,
+                "fuzz/prog",
+                &PayloadLimits::for_artifact_cap(1 << 20),
+                spool(),
+            );
         }
     }
     let _ = pack::inspect_tar_zstd(data, LIMITS);
