@@ -36,6 +36,11 @@ pub struct Config {
     /// anonymous callers and when authentication is off).
     pub max_upload_sessions_per_user: usize,
     pub max_artifact_bytes: u64,
+    /// Bytes all `POST /artifacts` together may hold (bodies being
+    /// buffered and decoded); see `artifacts::memory`.
+    pub create_memory_budget: u64,
+    /// Longest a create waits for its share of that budget before 503.
+    pub create_memory_wait: Duration,
     /// Time between online garbage collections; `None` (`0`) turns it off.
     pub gc_interval: Option<Duration>,
     /// Unreferenced blobs younger than this are kept.
@@ -118,6 +123,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "BPF_REGISTRY_MAX_ARTIFACT_BYTES",
         "67108864",
         "largest decoded `data` of POST /artifacts (bytes)",
+    ),
+    (
+        "BPF_REGISTRY_CREATE_MEMORY_BUDGET",
+        "268435456",
+        "bytes all POST /artifacts together may hold: each reserves its body length plus 8 MiB before reading it (one larger than the budget runs alone)",
+    ),
+    (
+        "BPF_REGISTRY_CREATE_MEMORY_WAIT",
+        "30s",
+        "longest a POST /artifacts waits for its share of that budget; then 503 `server_busy` with Retry-After",
     ),
     (
         "BPF_REGISTRY_GC_INTERVAL",
@@ -289,6 +304,15 @@ impl Config {
                 64,
             )? as usize,
             max_artifact_bytes: number(&val, "BPF_REGISTRY_MAX_ARTIFACT_BYTES", 64 * 1024 * 1024)?,
+            create_memory_budget: number(
+                &val,
+                "BPF_REGISTRY_CREATE_MEMORY_BUDGET",
+                256 * 1024 * 1024,
+            )?,
+            create_memory_wait: positive(
+                duration(&val, "BPF_REGISTRY_CREATE_MEMORY_WAIT", 30 * SECOND)?,
+                "BPF_REGISTRY_CREATE_MEMORY_WAIT",
+            )?,
             gc_interval: Some(duration(&val, "BPF_REGISTRY_GC_INTERVAL", HOUR)?)
                 .filter(|d| !d.is_zero()),
             gc_grace: duration(&val, "BPF_REGISTRY_GC_GRACE", HOUR)?,
@@ -514,6 +538,26 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:8084");
         assert_eq!(c.data_dir, PathBuf::from("/data/artifacts"));
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.create_memory_budget, 256 * 1024 * 1024);
+        assert_eq!(c.create_memory_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn create_memory_settings() {
+        let c = cfg(&[
+            ("BPF_REGISTRY_CREATE_MEMORY_BUDGET", "1048576"),
+            ("BPF_REGISTRY_CREATE_MEMORY_WAIT", "2s"),
+        ])
+        .unwrap();
+        assert_eq!(c.create_memory_budget, 1 << 20);
+        assert_eq!(c.create_memory_wait, Duration::from_secs(2));
+        for (var, bad) in [
+            ("BPF_REGISTRY_CREATE_MEMORY_BUDGET", "0"),
+            ("BPF_REGISTRY_CREATE_MEMORY_BUDGET", "lots"),
+            ("BPF_REGISTRY_CREATE_MEMORY_WAIT", "0"),
+        ] {
+            assert_eq!(cfg(&[(var, bad)]).unwrap_err().var, var);
+        }
     }
 
     #[test]

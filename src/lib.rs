@@ -72,8 +72,25 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     )
     .await
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // REST payloads are spooled here; a crashed server's leftovers go.
+    let spool_dir = storage::paths::spool_dir(&config.data_dir);
+    artifacts::payload::reset_spool_dir(&spool_dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot prepare the spool folder {}: {e}",
+                spool_dir.display()
+            ),
+        )
+    })?;
+    let create_settings = artifacts::service::CreateSettings {
+        max_artifact_bytes: config.max_artifact_bytes,
+        spool_dir,
+        memory_budget_bytes: config.create_memory_budget,
+        memory_wait: config.create_memory_wait,
+    };
     let artifacts = Arc::new(
-        artifacts::ArtifactService::new(registry.clone(), index, config.max_artifact_bytes)
+        artifacts::ArtifactService::new(registry.clone(), index, create_settings)
             .with_signing(signing.clone()),
     );
     let auth = match &config.auth_htpasswd {

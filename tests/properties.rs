@@ -1,16 +1,43 @@
 //! Property tests of everything that parses untrusted input: digests,
 //! repository names, tags and references; the `/v2` path and query
 //! parser; manifest validation; the REST JSON decoder (through a real
-//! server); the tar.zst packer; the ELF inspector. Each must never panic,
+//! server); the tar.zst packer, the archive walk and the payload decoder;
+//! the ELF inspector. Each must never panic,
 //! accept what the grammar allows and refuse the rest.
 
 mod common;
 
+use base64::Engine as _;
+use bpf_registry::artifacts::pack::{ArchiveLimits, ArchiveVerdict};
+use bpf_registry::artifacts::payload::{prepare_payload, PayloadLimits};
 use bpf_registry::artifacts::{elf, pack};
 use bpf_registry::http::endpoint::{self, Endpoint};
 use bpf_registry::oci::{Digest, ParsedManifest, Reference, RepoName, Tag};
 use proptest::prelude::*;
 use serde_json::json;
+
+/// Budgets of the archive properties: small, so a budget can be crossed.
+const ARCHIVE_LIMITS: ArchiveLimits = ArchiveLimits {
+    max_unpacked_bytes: 1 << 20,
+    max_entries: 100,
+};
+
+/// A payload through the one decoder of `POST /artifacts` `data`.
+fn prepare(
+    payload: &[u8],
+) -> Result<
+    bpf_registry::artifacts::payload::PreparedPayload,
+    bpf_registry::artifacts::payload::PayloadError,
+> {
+    let spool = tempfile::tempdir().expect("spool");
+    let text = base64::engine::general_purpose::STANDARD.encode(payload);
+    prepare_payload(
+        bytes::Bytes::from(text),
+        "team/prog",
+        &PayloadLimits::for_artifact_cap(1 << 20),
+        spool.path(),
+    )
+}
 
 /// A name component of the OCI grammar: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
 fn component() -> impl Strategy<Value = String> {
@@ -264,7 +291,8 @@ proptest! {
     #[test]
     fn packer_round_trips(entry in "[a-z][a-z0-9_-]{0,20}\\.(o|bin)", payload in prop::collection::vec(any::<u8>(), 0..5000)) {
         let packed = pack::pack_tar_zstd(&entry, &payload).expect("pack");
-        prop_assert!(pack::is_tar_zstd(&packed));
+        let verdict = pack::inspect_tar_zstd(&packed[..], ARCHIVE_LIMITS);
+        prop_assert!(matches!(verdict, Ok(ArchiveVerdict::Archive { members: 1, .. })), "{:?}", verdict);
         let mut tar = tar::Archive::new(zstd::Decoder::new(&packed[..]).expect("zstd"));
         let mut entries = tar.entries().expect("entries");
         let mut first = entries.next().expect("one entry").expect("entry");
@@ -275,12 +303,51 @@ proptest! {
     }
 
     #[test]
-    fn pack_sniffers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
-        let _ = pack::is_tar_zstd(&bytes);
-        let _ = pack::first_elf_in_tar_zstd(&bytes, 1 << 20);
+    fn archive_inspection_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = pack::inspect_tar_zstd(&bytes[..], ARCHIVE_LIMITS);
         let mut zstd_magic = vec![0x28, 0xb5, 0x2f, 0xfd];
         zstd_magic.extend_from_slice(&bytes);
-        let _ = pack::is_tar_zstd(&zstd_magic);
+        let _ = pack::inspect_tar_zstd(&zstd_magic[..], ARCHIVE_LIMITS);
+        // A valid zstd stream of noise: the tar walk itself sees garbage.
+        let framed = zstd::encode_all(&bytes[..], 1).expect("zstd");
+        let _ = pack::inspect_tar_zstd(&framed[..], ARCHIVE_LIMITS);
+        for payload in [&bytes[..], &zstd_magic[..], &framed[..]] {
+            let _ = prepare(payload);
+        }
+    }
+
+    #[test]
+    fn clean_archives_are_kept_byte_for_byte(
+        files in prop::collection::vec(("[a-z]{1,8}(/[a-z]{1,8}){0,2}", prop::collection::vec(any::<u8>(), 0..3000)), 1..5),
+    ) {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, data) in &files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            builder.append_data(&mut h, path, &data[..]).expect("tar");
+        }
+        let archive = zstd::encode_all(&builder.into_inner().expect("tar")[..], 3).expect("zstd");
+        let prepared = prepare(&archive).expect("a clean archive is accepted");
+        prop_assert!(prepared.prepacked);
+        prop_assert_eq!(prepared.layer.digest().to_string(), common::sha256(&archive));
+        let mut layer = Vec::new();
+        std::io::Read::read_to_end(&mut prepared.layer.into_reader().expect("reader"), &mut layer).expect("read");
+        prop_assert_eq!(layer, archive);
+    }
+
+    #[test]
+    fn any_non_archive_payload_is_packed_and_unpacks_to_itself(payload in prop::collection::vec(any::<u8>(), 1..5000)) {
+        let prepared = prepare(&payload).expect("prepare");
+        prop_assert!(!prepared.prepacked);
+        prop_assert_eq!(prepared.payload_size, payload.len() as u64);
+        let mut layer = Vec::new();
+        std::io::Read::read_to_end(&mut prepared.layer.into_reader().expect("reader"), &mut layer).expect("read");
+        let mut tar = tar::Archive::new(zstd::Decoder::new(&layer[..]).expect("zstd"));
+        let mut first = tar.entries().expect("entries").next().expect("one entry").expect("entry");
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut first, &mut out).expect("read");
+        prop_assert_eq!(out, payload);
     }
 
     #[test]

@@ -2,15 +2,17 @@
 //! the JSON (the seed README's `#` comments tolerated) into validated
 //! fields that name the one repository the create writes, so the caller
 //! can authorize exactly what will execute; [`CreateArtifact::into_artifact`]
-//! then decodes the payload (base64, a tar.zst kept as is or a packed
-//! one-entry tar, eBPF facts) into the [`NewArtifact`] the service stores.
+//! then decodes the payload once (see `payload`: base64 to a spooled
+//! layer, a tar.zst kept as is or a packed one-entry tar, eBPF facts)
+//! into the [`NewArtifact`] the service stores.
 
-use base64::Engine as _;
+use std::path::Path;
+
 use bytes::Bytes;
 
 use super::elf::{self, EbpfFacts, ElfError, Endianness};
 use super::model::{architecture_is_big_endian, BpfConfig, CreateRequest, HostId, KINDS};
-use super::pack;
+use super::payload::{self, Layer, PayloadLimits};
 use super::ArtifactError;
 use crate::oci::{RepoName, Tag};
 
@@ -37,7 +39,8 @@ pub struct NewArtifact {
     pub(crate) repo: RepoName,
     pub(crate) tag: Tag,
     pub(crate) config: BpfConfig,
-    pub(crate) layer: Vec<u8>,
+    /// The layer, spooled to a temp file (streamed into the store).
+    pub(crate) layer: Layer,
     pub(crate) hosts: Vec<HostId>,
 }
 
@@ -92,12 +95,8 @@ impl CreateArtifact {
         // the body: `#` line comments outside strings are removed first,
         // then the body is parsed once (strict JSON has no `#` outside
         // strings, so a valid body is read unchanged).
-        let stripped = body
-            .contains(&b'#')
-            .then(|| strip_hash_comments(&body))
-            .flatten()
-            .map(Bytes::from);
-        let buf = stripped.as_ref().unwrap_or(&body);
+        let body = without_hash_comments(body);
+        let buf = &body;
         let req: CreateRequest<'_> =
             serde_json::from_slice(buf).map_err(|e| ArtifactError::InvalidJson(e.to_string()))?;
         let CreateRequest {
@@ -181,25 +180,32 @@ impl CreateArtifact {
         &self.repo
     }
 
-    /// Decodes the payload (CPU work: run it on a blocking thread).
-    pub fn into_artifact(self, max_artifact_bytes: u64) -> Result<NewArtifact, ArtifactError> {
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let payload = engine
-            .decode(&self.data)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&self.data))
-            .map_err(|e| ArtifactError::InvalidBase64(e.to_string()))?;
-        drop(self.data);
-        let max = max_artifact_bytes;
-        if payload.len() as u64 > max {
-            return Err(ArtifactError::TooLarge { max });
-        }
-        let (layer, ebpf) = payload_layer(
-            payload,
-            self.repo.as_str(),
-            &self.kind,
-            &self.architecture,
-            max,
-        )?;
+    /// The version tag the create writes (or whose index it extends).
+    pub fn tag(&self) -> &Tag {
+        &self.tag
+    }
+
+    /// The declared architecture.
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// Decodes the payload, once, into a spooled layer and its eBPF facts
+    /// (blocking: file I/O and compression; run it on a blocking thread).
+    /// The base64 text is dropped as soon as it is decoded.
+    pub fn into_artifact(
+        mut self,
+        limits: &PayloadLimits,
+        spool_dir: &Path,
+    ) -> Result<NewArtifact, ArtifactError> {
+        let data = std::mem::take(&mut self.data);
+        let prepared = payload::prepare_payload(data, self.repo.as_str(), limits, spool_dir)?;
+        // A pre-packed archive's first ELF object, or the payload itself.
+        let ebpf = match &prepared.elf {
+            Some(object) => inspect_declared(object, &self.kind, &self.architecture)?,
+            None => None,
+        };
+        let layer = prepared.layer;
         let config = BpfConfig {
             name: self.repo.to_string(),
             version: self.version,
@@ -220,34 +226,6 @@ impl CreateArtifact {
             hosts: self.hosts,
         })
     }
-}
-
-/// The stored layer and eBPF facts of a decoded payload: a tar.zst is
-/// kept as is (its first ELF inspected), anything else is packed as a
-/// one-entry tar.zst. The one place that looks into client payloads.
-fn payload_layer(
-    payload: Vec<u8>,
-    name: &str,
-    kind: &str,
-    architecture: &str,
-    max: u64,
-) -> Result<(Vec<u8>, Option<EbpfFacts>), ArtifactError> {
-    if pack::is_tar_zstd(&payload) {
-        let facts = match pack::first_elf_in_tar_zstd(&payload, max) {
-            Some(obj) => inspect_declared(&obj, kind, architecture)?,
-            None => None,
-        };
-        return Ok((payload, facts));
-    }
-    let is_elf = pack::is_elf(&payload);
-    let facts = if is_elf {
-        inspect_declared(&payload, kind, architecture)?
-    } else {
-        None
-    };
-    let packed = pack::pack_tar_zstd(&pack::entry_name(name, is_elf), &payload)
-        .map_err(|e| ArtifactError::Internal(e.to_string()))?;
-    Ok((packed, facts))
 }
 
 fn now_rfc3339() -> String {
@@ -291,20 +269,35 @@ fn inspect_declared(
     }
 }
 
-/// Removes `#`-to-end-of-line comments that stand outside JSON strings;
-/// `None` when there is none (so the strict parse error stands).
-fn strip_hash_comments(body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len());
-    let (mut in_string, mut escaped, mut in_comment, mut found) = (false, false, false, false);
-    for &b in body {
+/// `body` without its `#` comments, stripped in place when the buffer
+/// is not shared: a create body can be ~85 MiB, and a second copy of it
+/// would be the largest allocation of the create.
+fn without_hash_comments(body: Bytes) -> Bytes {
+    if !body.contains(&b'#') {
+        return body;
+    }
+    let mut buf = body
+        .try_into_mut()
+        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+    let len = strip_hash_comments(&mut buf);
+    buf.truncate(len);
+    buf.freeze()
+}
+
+/// Removes `#`-to-end-of-line comments that stand outside JSON strings,
+/// moving the rest to the front of `body`; returns the new length (the
+/// old one when there was none, so the strict parse error stands).
+fn strip_hash_comments(body: &mut [u8]) -> usize {
+    let (mut in_string, mut escaped, mut in_comment) = (false, false, false);
+    let mut kept = 0;
+    for read in 0..body.len() {
+        let Some(&b) = body.get(read) else { break };
         if in_comment {
-            if b == b'\n' {
-                in_comment = false;
-                out.push(b);
+            if b != b'\n' {
+                continue;
             }
-            continue;
-        }
-        if in_string {
+            in_comment = false;
+        } else if in_string {
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
@@ -316,12 +309,15 @@ fn strip_hash_comments(body: &[u8]) -> Option<Vec<u8>> {
             in_string = true;
         } else if b == b'#' {
             in_comment = true;
-            found = true;
             continue;
         }
-        out.push(b);
+        // `kept <= read`: this only ever moves bytes towards the front.
+        if let Some(slot) = body.get_mut(kept) {
+            *slot = b;
+        }
+        kept += 1;
     }
-    found.then_some(out)
+    kept
 }
 
 #[cfg(test)]
@@ -332,13 +328,24 @@ mod tests {
 
     #[test]
     fn hash_comments_outside_strings_are_stripped() {
-        let body = b"{\"data\": \"a#b\"  # comment\n}";
+        let strip = |text: &[u8]| without_hash_comments(Bytes::copy_from_slice(text));
         assert_eq!(
-            strip_hash_comments(body).unwrap(),
+            &strip(b"{\"data\": \"a#b\"  # comment\n}")[..],
             b"{\"data\": \"a#b\"  \n}"
         );
-        assert_eq!(strip_hash_comments(b"{\"a\": \"x#y\\\"#\"}"), None);
-        assert_eq!(strip_hash_comments(b"{}"), None);
+        assert_eq!(&strip(b"{} # one\n# two")[..], b"{} \n");
+        for unchanged in [&b"{\"a\": \"x#y\\\"#\"}"[..], b"{}"] {
+            assert_eq!(&strip(unchanged)[..], unchanged);
+        }
+        // A shared buffer is copied, never changed under its other owner.
+        let shared = Bytes::from_static(b"{} # c");
+        assert_eq!(&without_hash_comments(shared.clone())[..], b"{} ");
+        assert_eq!(&shared[..], b"{} # c");
+    }
+
+    fn into_artifact(c: CreateArtifact) -> Result<NewArtifact, ArtifactError> {
+        let spool = tempfile::tempdir().unwrap();
+        c.into_artifact(&PayloadLimits::for_artifact_cap(MAX), spool.path())
     }
 
     fn parse(text: &str) -> Result<CreateArtifact, ArtifactError> {
@@ -354,7 +361,7 @@ mod tests {
         ] {
             let c = parse(body).unwrap();
             assert_eq!(c.repository().as_str(), "public/tool");
-            let new = c.into_artifact(MAX).unwrap();
+            let new = into_artifact(c).unwrap();
             assert_eq!(new.repository().as_str(), "public/tool");
             assert_eq!(new.config.name, "public/tool");
         }
@@ -367,13 +374,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&c.data[..], b"ZXZpbA==");
+        let body = Bytes::from_static(
+            br#"{"name":"a","version":"1","type":"map","architecture":"x86_64","data":"ZXZpbA=="}"#,
+        );
+        let c = CreateArtifact::parse(body.clone(), MAX).unwrap();
+        let inside = body.as_ptr_range();
+        assert!(
+            inside.contains(&c.data.as_ptr()),
+            "data is a slice of the body"
+        );
+        for missing_or_null in [r#""data":null"#, r#""x":1"#] {
+            let text = format!(
+                r#"{{"name":"a","version":"1","type":"map","architecture":"x86_64",{missing_or_null}}}"#
+            );
+            assert!(matches!(
+                parse(&text),
+                Err(ArtifactError::InvalidRequest(_))
+            ));
+        }
+        assert!(matches!(
+            parse(r#"{"name":"a","version":"1","type":"map","architecture":"x86_64","data":7}"#),
+            Err(ArtifactError::InvalidJson(_))
+        ));
         // An escaped string is copied, not sliced.
         let c = parse(
             r#"{"name":"a","version":"1","type":"map","architecture":"x86_64","data":"ZXZp\u0062A=="}"#,
         )
         .unwrap();
         assert_eq!(&c.data[..], b"ZXZpbA==");
-        assert!(!c.into_artifact(MAX).unwrap().layer.is_empty());
+        assert!(into_artifact(c).unwrap().layer.size() > 0);
     }
 
     #[test]
@@ -388,8 +417,8 @@ mod tests {
         ));
         assert!(matches!(
             parse(r#"{"name":"a","version":"1","type":"map","architecture":"x","data":"!!"}"#)
-                .unwrap()
-                .into_artifact(MAX),
+                .map(into_artifact)
+                .unwrap(),
             Err(ArtifactError::InvalidBase64(_))
         ));
     }

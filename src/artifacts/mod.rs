@@ -10,6 +10,7 @@ pub mod decode;
 pub mod elf;
 pub mod index;
 pub mod list;
+pub mod memory;
 pub mod model;
 pub mod pack;
 pub mod payload;
@@ -66,6 +67,10 @@ pub enum ArtifactError {
     TooLarge { max: u64 },
     #[error("the archive unpacks to more than {max} bytes, the artifact size limit")]
     ArchiveTooLarge { max: u64 },
+    /// The create memory budget stayed full for the wait bound (see
+    /// `memory`): nothing was read or stored; retry later.
+    #[error("the registry is busy with other large creates; retry in {retry_after_secs} s")]
+    ServerBusy { retry_after_secs: u64 },
     /// A signer is configured and could not sign: nothing was stored.
     #[error("the artifact could not be signed: {0}")]
     SigningUnavailable(String),
@@ -95,6 +100,7 @@ impl ArtifactError {
                 "payload_too_large"
             }
             ArtifactError::SigningUnavailable(_) => "signing_unavailable",
+            ArtifactError::ServerBusy { .. } => "server_busy",
             ArtifactError::Registry(e) if is_storage_full(e) => "storage_full",
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => {
                 "range_not_satisfiable"
@@ -118,7 +124,7 @@ impl ArtifactError {
             ArtifactError::NotFound(_) => 404,
             ArtifactError::VersionExists { .. } | ArtifactError::AmbiguousId { .. } => 409,
             ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => 413,
-            ArtifactError::SigningUnavailable(_) => 503,
+            ArtifactError::SigningUnavailable(_) | ArtifactError::ServerBusy { .. } => 503,
             ArtifactError::Registry(e) if is_storage_full(e) => 507,
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => 416,
             ArtifactError::Registry(RegistryError::Body(_)) => 400,

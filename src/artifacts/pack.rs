@@ -44,63 +44,6 @@ const HARMLESS_PAX_KEYS: &[&str] = &[
     "LIBARCHIVE.creationtime",
 ];
 
-/// Whether `bytes` is a zstd stream holding a valid, non-empty tar.
-///
-/// Superseded by [`crate::artifacts::payload::prepare_payload`] (one
-/// bounded pass); kept until service.rs calls that instead.
-pub fn is_tar_zstd(bytes: &[u8]) -> bool {
-    if !bytes.starts_with(&ZSTD_MAGIC) {
-        return false;
-    }
-    let Ok(decoder) = zstd::stream::read::Decoder::new(bytes) else {
-        return false;
-    };
-    let mut archive = tar::Archive::new(decoder);
-    let Ok(entries) = archive.entries() else {
-        return false;
-    };
-    let mut count = 0usize;
-    for entry in entries {
-        let Ok(mut e) = entry else {
-            return false;
-        };
-        // Reading the entry proves the compressed stream is intact.
-        if std::io::copy(&mut e, &mut std::io::sink()).is_err() {
-            return false;
-        }
-        count += 1;
-    }
-    count > 0
-}
-
-/// The first regular file in a tar+zstd that is an ELF object, up to
-/// `max` bytes (for eBPF inspection of pre-packed payloads).
-///
-/// Superseded by [`crate::artifacts::payload::prepare_payload`]; kept
-/// until service.rs calls that instead.
-pub fn first_elf_in_tar_zstd(bytes: &[u8], max: u64) -> Option<Vec<u8>> {
-    let decoder = zstd::stream::read::Decoder::new(bytes).ok()?;
-    let mut archive = tar::Archive::new(decoder);
-    for entry in archive.entries().ok()? {
-        let mut e = entry.ok()?;
-        if !e.header().entry_type().is_file() || e.size() > max {
-            continue;
-        }
-        let mut head = [0u8; 4];
-        if e.read_exact(&mut head).is_err() || head != ELF_MAGIC {
-            continue;
-        }
-        let mut out = head.to_vec();
-        e.read_to_end(&mut out).ok()?;
-        return Some(out);
-    }
-    None
-}
-
-pub fn is_elf(bytes: &[u8]) -> bool {
-    bytes.starts_with(&ELF_MAGIC)
-}
-
 /// The file name a payload gets inside the tar.
 pub fn entry_name(artifact_name: &str, elf: bool) -> String {
     let base = artifact_name.rsplit('/').next().unwrap_or(artifact_name);
@@ -587,20 +530,34 @@ impl<R: Read> Read for Budgeted<R> {
 mod tests {
     use super::*;
 
+    const LIMITS: ArchiveLimits = ArchiveLimits {
+        max_unpacked_bytes: 1 << 20,
+        max_entries: 100,
+    };
+
+    fn inspect(bytes: &[u8]) -> Result<ArchiveVerdict, PayloadError> {
+        inspect_tar_zstd(bytes, LIMITS)
+    }
+
     #[test]
     fn pack_roundtrip_is_deterministic_and_detected() {
         let a = pack_tar_zstd("x.bin", b"test data").unwrap();
         let b = pack_tar_zstd("x.bin", b"test data").unwrap();
         assert_eq!(a, b);
-        assert!(is_tar_zstd(&a));
-        assert!(!is_tar_zstd(b"test data"));
+        assert!(matches!(
+            inspect(&a),
+            Ok(ArchiveVerdict::Archive { members: 1, .. })
+        ));
         // zstd magic but garbage inside
         let mut bad = ZSTD_MAGIC.to_vec();
         bad.extend_from_slice(&[0u8; 64]);
-        assert!(!is_tar_zstd(&bad));
+        assert!(matches!(inspect(&bad), Ok(ArchiveVerdict::NotAnArchive)));
         // valid zstd of non-tar
         let not_tar = zstd::encode_all(&b"hello world, not a tar"[..], 3).unwrap();
-        assert!(!is_tar_zstd(&not_tar));
+        assert!(matches!(
+            inspect(&not_tar),
+            Ok(ArchiveVerdict::NotAnArchive)
+        ));
     }
 
     #[test]
@@ -608,9 +565,15 @@ mod tests {
         let mut elf = ELF_MAGIC.to_vec();
         elf.extend_from_slice(b"rest");
         let packed = pack_tar_zstd("p.o", &elf).unwrap();
-        assert_eq!(first_elf_in_tar_zstd(&packed, 1024), Some(elf));
+        match inspect(&packed) {
+            Ok(ArchiveVerdict::Archive { elf: found, .. }) => assert_eq!(found, Some(elf)),
+            other => panic!("{other:?}"),
+        }
         let packed = pack_tar_zstd("p.bin", b"nope").unwrap();
-        assert_eq!(first_elf_in_tar_zstd(&packed, 1024), None);
+        match inspect(&packed) {
+            Ok(ArchiveVerdict::Archive { elf: found, .. }) => assert_eq!(found, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! one streaming pass with bounded cost: base64 is decoded in chunks; a
 //! payload that is a tar.zst is spooled to a temp file, hashed as it is
 //! written, and walked once within the budgets and archive rules of
-//! [`super::pack::inspect_tar_zstd`] (it is stored as is); anything else
-//! is packed as a one-entry tar+zstd straight from the decoder into a
-//! temp file, hashing the layer as it is written.
+//! [`super::pack::inspect_tar_zstd`] (it is stored as is); an ELF object
+//! is spooled, then read back whole for inspection; anything else is
+//! packed as a one-entry tar+zstd straight from the decoder into a temp
+//! file, hashing the layer as it is written.
 //!
-//! Memory per call: one decode chunk, the zstd contexts (a few MiB; a
-//! pre-packed payload's window is capped at 8 MiB) and at most one ELF
-//! object (no larger than the payload cap). The base64 text itself is
-//! borrowed from the caller's buffered JSON body.
+//! Memory per call, besides one decode chunk and the zstd contexts (a few
+//! MiB; a pre-packed payload's window is capped at 8 MiB): the base64
+//! text, which the call owns and drops as soon as it is decoded, and
+//! after that at most one ELF object (no larger than the payload cap).
+//! So a create holds its body or its ELF object, never both.
 //!
 //! Everything here blocks (file I/O, compression): call [`prepare_payload`]
 //! on a blocking thread, or use [`prepare_payload_blocking`], which does.
@@ -86,9 +88,30 @@ impl From<PayloadError> for ArtifactError {
             PayloadError::TooManyEntries { .. }
             | PayloadError::UnsafeEntry { .. }
             | PayloadError::InvalidArchive(_) => ArtifactError::InvalidArtifact(e.to_string()),
+            // The spool shares the data dir's disk: full is 507, like the store.
+            PayloadError::Io(e) if is_disk_full(&e) => {
+                let source = match e.raw_os_error() {
+                    Some(_) => e,
+                    None => io::Error::from_raw_os_error(ENOSPC),
+                };
+                ArtifactError::Registry(crate::registry::RegistryError::Storage(
+                    crate::storage::StorageError::Io {
+                        path: crate::storage::paths::SPOOL_DIR.into(),
+                        source,
+                    },
+                ))
+            }
             PayloadError::Io(e) => ArtifactError::Internal(format!("payload spool: {e}")),
         }
     }
+}
+
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+/// No space (or quota) left, also when a writer wrapped the OS error.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
 }
 
 /// A payload turned into a layer.
@@ -150,15 +173,19 @@ impl Read for LayerReader {
 /// temp files in `spool_dir`. `artifact_name` names the entry of a
 /// packed payload (`<last component>.o` for ELF, else `.bin`).
 ///
+/// `data` is taken so that it can be dropped as soon as it is decoded:
+/// when it is the only handle on the request body, the body's memory is
+/// free before an ELF object or an archive member is read into memory.
+///
 /// Blocking: call it from `spawn_blocking` (or [`prepare_payload_blocking`]).
 pub fn prepare_payload(
-    data: &[u8],
+    data: impl Into<Bytes>,
     artifact_name: &str,
     limits: &PayloadLimits,
     spool_dir: &Path,
 ) -> Result<PreparedPayload, PayloadError> {
-    let text = data.trim_ascii();
-    let payload_size = decoded_len(text);
+    let text = trim_ascii(data.into());
+    let payload_size = decoded_len(&text);
     if payload_size > limits.max_payload_bytes {
         return Err(PayloadError::TooLarge {
             max: limits.max_payload_bytes,
@@ -169,14 +196,11 @@ pub fn prepare_payload(
     if head.starts_with(&ZSTD_MAGIC) {
         return prepare_zstd(decoder, payload_size, artifact_name, limits, spool_dir);
     }
-    let payload_is_elf = head.starts_with(&ELF_MAGIC);
-    let mut elf = payload_is_elf.then(|| Vec::with_capacity(capacity(payload_size)));
-    let mut source = Tee {
-        inner: &mut decoder,
-        copy: elf.as_mut(),
-    };
-    let entry = pack::entry_name(artifact_name, payload_is_elf);
-    let layer = pack_into_spool(&entry, payload_size, &mut source, spool_dir);
+    if head.starts_with(&ELF_MAGIC) {
+        return prepare_elf(decoder, payload_size, artifact_name, spool_dir);
+    }
+    let entry = pack::entry_name(artifact_name, false);
+    let layer = pack_into_spool(&entry, payload_size, &mut decoder, spool_dir);
     let layer = match layer {
         Ok(l) => l,
         Err(e) => return Err(decoder.failure.take().unwrap_or(e)),
@@ -184,8 +208,8 @@ pub fn prepare_payload(
     decoder.expect_end(payload_size)?;
     Ok(PreparedPayload {
         layer,
-        elf,
-        payload_is_elf,
+        elf: None,
+        payload_is_elf: false,
         prepacked: false,
         payload_size,
     })
@@ -200,15 +224,67 @@ pub async fn prepare_payload_blocking(
     limits: PayloadLimits,
     spool_dir: PathBuf,
 ) -> Result<PreparedPayload, PayloadError> {
-    tokio::task::spawn_blocking(move || prepare_payload(&data, &artifact_name, &limits, &spool_dir))
+    tokio::task::spawn_blocking(move || prepare_payload(data, &artifact_name, &limits, &spool_dir))
         .await
         .map_err(|e| PayloadError::Io(io::Error::other(format!("payload worker failed: {e}"))))?
 }
 
-/// A payload with the zstd magic: spooled and hashed, then walked once;
-/// stored as is if it is a tar.zst, else packed like any payload.
+/// Makes `dir` the empty folder of this server's spool files: whatever an
+/// earlier process left there (a crash between creating a spool file and
+/// unlinking it) is removed. Call it at start-up, with the data dir held.
+pub fn reset_spool_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// An ELF payload: decoded whole into a spool file, the base64 text
+/// dropped, then read back as the one object to inspect and packed from
+/// that copy, so the body and the object are never in memory together.
+fn prepare_elf(
+    mut decoder: Base64Decoder,
+    payload_size: u64,
+    artifact_name: &str,
+    spool_dir: &Path,
+) -> Result<PreparedPayload, PayloadError> {
+    let mut raw = Spool::create_in(spool_dir)?;
+    decoder.copy_to(&mut raw.file)?;
+    decoder.expect_end(payload_size)?;
+    drop(decoder);
+    raw.file.seek(SeekFrom::Start(0))?;
+    let mut elf = Vec::with_capacity(capacity(payload_size));
+    (&raw.file).take(payload_size).read_to_end(&mut elf)?;
+    drop(raw);
+    if elf.len() as u64 != payload_size {
+        return Err(PayloadError::Io(io::Error::other(
+            "the spooled payload is shorter than what was decoded",
+        )));
+    }
+    let entry = pack::entry_name(artifact_name, true);
+    let layer = pack_into_spool(&entry, payload_size, &elf[..], spool_dir)?;
+    Ok(PreparedPayload {
+        layer,
+        elf: Some(elf),
+        payload_is_elf: true,
+        prepacked: false,
+        payload_size,
+    })
+}
+
+/// A payload with the zstd magic: spooled and hashed, the base64 text
+/// dropped, then walked once; stored as is if it is a tar.zst, else
+/// packed like any payload.
 fn prepare_zstd(
-    mut decoder: Base64Decoder<'_>,
+    mut decoder: Base64Decoder,
     payload_size: u64,
     artifact_name: &str,
     limits: &PayloadLimits,
@@ -218,6 +294,7 @@ fn prepare_zstd(
     let mut out = Hashing::new(&spool.file);
     decoder.copy_to(&mut out)?;
     decoder.expect_end(payload_size)?;
+    drop(decoder);
     let (digest, size) = out.finish();
     spool.file.seek(SeekFrom::Start(0))?;
     let archive_limits = ArchiveLimits {
@@ -271,6 +348,15 @@ fn pack_into_spool<R: Read>(
     })
 }
 
+/// `data` without surrounding ASCII whitespace (the same buffer).
+fn trim_ascii(data: Bytes) -> Bytes {
+    let trimmed = data.trim_ascii();
+    if trimmed.is_empty() {
+        return Bytes::new();
+    }
+    data.slice_ref(trimmed)
+}
+
 /// The decoded length of valid base64 `text` (padded or not).
 fn decoded_len(text: &[u8]) -> u64 {
     let pad = text
@@ -296,8 +382,8 @@ fn capacity(size: u64) -> usize {
 /// last one is decoded as before (padded, else unpadded), so exactly the
 /// old inputs are accepted. Errors are kept in `failure` and the reader
 /// reports a generic I/O error, which callers swap back.
-struct Base64Decoder<'a> {
-    text: &'a [u8],
+struct Base64Decoder {
+    text: Bytes,
     next: usize,
     buf: Vec<u8>,
     pos: usize,
@@ -306,8 +392,8 @@ struct Base64Decoder<'a> {
     failure: Option<PayloadError>,
 }
 
-impl<'a> Base64Decoder<'a> {
-    fn new(text: &'a [u8], max: u64) -> Self {
+impl Base64Decoder {
+    fn new(text: Bytes, max: u64) -> Self {
         Base64Decoder {
             text,
             next: 0,
@@ -379,7 +465,7 @@ impl<'a> Base64Decoder<'a> {
     }
 }
 
-impl Read for Base64Decoder<'_> {
+impl Read for Base64Decoder {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.failure.is_none() && self.pos >= self.buf.len() {
             match self.refill() {
@@ -409,22 +495,6 @@ fn shifted(e: base64::DecodeError, offset: usize) -> base64::DecodeError {
         E::InvalidLastSymbol(i, b) => E::InvalidLastSymbol(i + offset, b),
         E::InvalidLength(n) => E::InvalidLength(n + offset),
         E::InvalidPadding => E::InvalidPadding,
-    }
-}
-
-/// Keeps a copy of what it reads (the ELF object, when the payload is one).
-struct Tee<'a, R> {
-    inner: R,
-    copy: Option<&'a mut Vec<u8>>,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(copy) = self.copy.as_mut() {
-            copy.extend_from_slice(buf.get(..n).unwrap_or_default());
-        }
-        Ok(n)
     }
 }
 
@@ -509,7 +579,12 @@ mod tests {
 
     fn prepare_with(text: &[u8], limits: &PayloadLimits) -> Result<PreparedPayload, PayloadError> {
         let dir = tempfile::tempdir().unwrap();
-        let out = prepare_payload(text, "team/prog", limits, dir.path());
+        let out = prepare_payload(
+            Bytes::copy_from_slice(text),
+            "team/prog",
+            limits,
+            dir.path(),
+        );
         // Spool files never keep a name.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         out
@@ -1028,7 +1103,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = PayloadLimits::for_artifact_cap(CAP);
         let prepared =
-            prepare_payload(b64(b"data").as_bytes(), &name, &limits, dir.path()).unwrap();
+            prepare_payload(Bytes::from(b64(b"data")), &name, &limits, dir.path()).unwrap();
         let expected = reference_pack(&pack::entry_name(&name, false), b"data");
         assert_eq!(layer_bytes(prepared), expected);
     }
@@ -1184,6 +1259,16 @@ mod tests {
                 500,
                 "internal_error",
             ),
+            (
+                PayloadError::Io(io::Error::from_raw_os_error(ENOSPC)),
+                507,
+                "storage_full",
+            ),
+            (
+                PayloadError::Io(io::Error::new(io::ErrorKind::StorageFull, "wrapped")),
+                507,
+                "storage_full",
+            ),
         ];
         for (e, status, code) in cases {
             let a = ArtifactError::from(e);
@@ -1217,7 +1302,12 @@ mod tests {
     #[test]
     fn a_missing_spool_directory_is_an_io_error() {
         let limits = PayloadLimits::for_artifact_cap(CAP);
-        let out = prepare_payload(b"QUJD", "p", &limits, Path::new("/nonexistent/spool"));
+        let out = prepare_payload(
+            Bytes::from_static(b"QUJD"),
+            "p",
+            &limits,
+            Path::new("/nonexistent/spool"),
+        );
         assert!(matches!(out, Err(PayloadError::Io(_))), "{out:?}");
     }
 
@@ -1239,13 +1329,13 @@ mod tests {
     }
 
     /// One measurement per process (freed heap stays resident and would
-    /// hide the next one's growth): `MEASURE=random|elf|tar.zst` and
-    /// `MEASURE_OLD=1` for the code this module replaces.
+    /// hide the next one's growth): `MEASURE=random|elf|tar.zst`. The
+    /// base64 text is handed over, so the growth is over a process that
+    /// already holds it (as a server holds the request body).
     #[test]
     #[ignore = "measurement: run alone with --ignored --nocapture and MEASURE set"]
     fn measure_peak_memory_of_a_64_mib_payload() {
         let what = std::env::var("MEASURE").unwrap_or_else(|_| "random".into());
-        let old = std::env::var("MEASURE_OLD").is_ok();
         let dir = tempfile::tempdir().unwrap();
         let limits = PayloadLimits::for_artifact_cap(CAP);
         let mut payload = noise(64 << 20, 42);
@@ -1264,30 +1354,16 @@ mod tests {
             }
             other => panic!("MEASURE={other}?"),
         }
-        let text = b64(&payload);
+        let text = Bytes::from(b64(&payload));
         drop(payload);
+        let text_mib = text.len() >> 20;
         let started = Instant::now();
-        let growth = if old {
-            peak_growth_mib(|| {
-                let decoded = reference_decode(&text).unwrap();
-                let packed = if pack::is_tar_zstd(&decoded) {
-                    let _ = pack::first_elf_in_tar_zstd(&decoded, CAP);
-                    decoded
-                } else {
-                    reference_pack("prog.bin", &decoded)
-                };
-                std::hint::black_box(packed);
-            })
-        } else {
-            peak_growth_mib(|| {
-                let p = prepare_payload(text.as_bytes(), "prog", &limits, dir.path()).unwrap();
-                std::hint::black_box(p);
-            })
-        };
+        let growth = peak_growth_mib(|| {
+            let p = prepare_payload(text, "prog", &limits, dir.path()).unwrap();
+            std::hint::black_box(p);
+        });
         eprintln!(
-            "MEASURE {what} ({}): base64 {} MiB; peak RSS growth {growth:.1} MiB in {} ms",
-            if old { "old" } else { "new" },
-            text.len() >> 20,
+            "MEASURE {what}: base64 {text_mib} MiB; peak RSS growth {growth:.1} MiB in {} ms",
             started.elapsed().as_millis()
         );
     }

@@ -4,22 +4,28 @@
 //! answers reads from the index and the blob store. Every operation on an
 //! existing artifact takes its resolved [`ArtifactKey`] (repository and
 //! digest): which copy an id means is decided before the service is
-//! called, and never again here.
+//! called, and never again here. The create path lives in `create`.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::build::{self, Platform, EMPTY_JSON};
-use super::decode::NewArtifact;
 use super::index::ArtifactIndex;
 use super::list::{self, ListQuery};
-use super::model::{oci_architecture, ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
+use super::memory::CreateMemoryBudget;
+use super::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
+use super::payload::PayloadLimits;
 use super::ArtifactError;
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
 use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
 use crate::signing::SigningService;
+
+pub use create::CreateSettings;
+
+mod create;
 
 const LOCK_STRIPES: usize = 64;
 
@@ -27,6 +33,9 @@ pub struct ArtifactService {
     registry: Arc<Registry>,
     index: Arc<ArtifactIndex>,
     max_artifact_bytes: u64,
+    payload_limits: PayloadLimits,
+    spool_dir: PathBuf,
+    memory: CreateMemoryBudget,
     /// Serializes creates/deletes per repository (striped by name hash), so
     /// two posts of one version cannot both build an index.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -53,12 +62,15 @@ impl ArtifactService {
     pub fn new(
         registry: Arc<Registry>,
         index: Arc<ArtifactIndex>,
-        max_artifact_bytes: u64,
+        settings: CreateSettings,
     ) -> Self {
         ArtifactService {
             registry,
             index,
-            max_artifact_bytes,
+            max_artifact_bytes: settings.max_artifact_bytes,
+            payload_limits: PayloadLimits::for_artifact_cap(settings.max_artifact_bytes),
+            spool_dir: settings.spool_dir,
+            memory: CreateMemoryBudget::new(settings.memory_budget_bytes, settings.memory_wait),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -143,142 +155,6 @@ impl ArtifactService {
             }
         }
         Ok(())
-    }
-
-    /// `POST /artifacts`, for a request decoded (and authorized) by the
-    /// caller: everything is written to `new.repository()`.
-    pub async fn create(&self, new: NewArtifact) -> Result<Created<ArtifactJson>, ArtifactError> {
-        let _held = self.lock_for(&new.repo).lock().await;
-        let repo = &new.repo;
-        let layer_digest = Digest::of(&new.layer);
-        let platform_arch = oci_architecture(&new.config.architecture).to_string();
-
-        // What the version tag already names decides: replay, conflict,
-        // a new manifest, or a new platform in an index.
-        let mut siblings: Option<Vec<Platform>> = None;
-        if let Some(existing) = self.resolve_optional(repo, &new.tag).await? {
-            let bytes = self.registry.manifest_bytes(&existing).await?;
-            let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
-            let candidates: Vec<(Digest, u64)> = match parsed.kind {
-                ManifestKind::Image => vec![(existing.clone(), bytes.len() as u64)],
-                ManifestKind::Index => parsed
-                    .manifests
-                    .iter()
-                    .map(|d| (d.digest.clone(), d.size))
-                    .collect(),
-            };
-            let mut others = Vec::new();
-            for (d, size) in candidates {
-                let Some(rec) = self.index.get(&ArtifactKey::new(repo.clone(), d.clone())) else {
-                    return Err(conflict(&new));
-                };
-                let arch = oci_architecture(&rec.config.architecture).to_string();
-                if arch == platform_arch {
-                    if rec.layer_digest == layer_digest {
-                        for h in &new.hosts {
-                            self.associate(&rec, h).await?;
-                        }
-                        return Ok(Created {
-                            value: self.json(&rec),
-                            created: false,
-                        });
-                    }
-                    return Err(conflict(&new));
-                }
-                others.push((d, size, arch));
-            }
-            siblings = Some(others);
-        }
-
-        let layer_size = new.layer.len() as u64;
-        let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
-        let config_digest = Digest::of(&config_bytes);
-        let manifest_bytes = build::artifact_manifest(
-            repo,
-            &new.config,
-            (&config_digest, config_bytes.len() as u64),
-            (&layer_digest, layer_size),
-        )?;
-        let manifest_size = manifest_bytes.len() as u64;
-        let manifest_digest = Digest::of(&manifest_bytes);
-        let manifest_ref = match siblings {
-            None => Reference::Tag(new.tag.clone()),
-            Some(_) => Reference::Digest(manifest_digest.clone()),
-        };
-        // With a signer, the manifest is signed before anything is written:
-        // when signing fails nothing is stored (503 `signing_unavailable`).
-        let signed = match &self.signing {
-            Some(s) => {
-                s.prepare(
-                    repo,
-                    &manifest_ref,
-                    Some(media::OCI_MANIFEST),
-                    &manifest_bytes,
-                )
-                .await?
-            }
-            None => None,
-        };
-        // Kept from garbage collection until the manifest references them.
-        let _pin = self
-            .registry
-            .pin_for_gc(vec![layer_digest.clone(), config_digest.clone()]);
-        self.registry
-            .put_small_blob(repo, Bytes::from(new.layer))
-            .await?;
-        self.registry
-            .put_small_blob(repo, Bytes::from(config_bytes))
-            .await?;
-        match &self.signing {
-            Some(s) => {
-                s.put_prepared(
-                    signed,
-                    repo,
-                    &manifest_ref,
-                    Some(media::OCI_MANIFEST),
-                    manifest_bytes,
-                )
-                .await?;
-            }
-            None => {
-                self.registry
-                    .put_manifest(
-                        repo,
-                        &manifest_ref,
-                        Some(media::OCI_MANIFEST),
-                        manifest_bytes,
-                    )
-                    .await?;
-            }
-        }
-        if let Some(mut others) = siblings {
-            others.push((manifest_digest.clone(), manifest_size, platform_arch));
-            if let Err(e) = self.put_version_index(repo, &new.tag, &others).await {
-                // Not under the version tag: take the new manifest back
-                // out so nothing half-created stays visible.
-                if let Some(s) = &self.signing {
-                    let _ = s.delete_signatures(repo, &manifest_digest).await;
-                }
-                let _ = self
-                    .registry
-                    .delete_manifest(repo, &Reference::Digest(manifest_digest.clone()))
-                    .await;
-                return Err(e);
-            }
-        }
-        let key = ArtifactKey::new(repo.clone(), manifest_digest);
-        let rec = self
-            .index
-            .get(&key)
-            .ok_or_else(|| internal("artifact stored but not indexed"))?;
-        for h in &new.hosts {
-            self.associate(&rec, h).await?;
-        }
-        tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
-        Ok(Created {
-            value: self.json(&rec),
-            created: true,
-        })
     }
 
     async fn resolve_optional(
@@ -517,13 +393,5 @@ impl ArtifactService {
             s.delete_signatures(repo, &current).await?;
         }
         self.delete_if_present(repo, current).await
-    }
-}
-
-fn conflict(new: &NewArtifact) -> ArtifactError {
-    ArtifactError::VersionExists {
-        name: new.repo.to_string(),
-        version: new.config.version.clone(),
-        architecture: new.config.architecture.clone(),
     }
 }

@@ -101,21 +101,26 @@ pub enum BodyReadError {
     Broken(String),
 }
 
-/// Buffers a JSON/manifest body, refusing more than `max` bytes.
-pub async fn read_body_capped(body: Body, max: u64) -> Result<bytes::Bytes, BodyReadError> {
-    let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(BodyReadError::TooLarge)
-            } else {
-                Err(BodyReadError::Broken(e.to_string()))
+/// Buffers a JSON/manifest body, refusing more than `max` bytes. The
+/// body goes into one buffer sized from its declared length, chunk by
+/// chunk, so a large body (a REST create) is held once, never twice.
+pub async fn read_body_capped(mut body: Body, max: u64) -> Result<bytes::Bytes, BodyReadError> {
+    let hint = http_body::Body::size_hint(&body);
+    if hint.lower() > max {
+        return Err(BodyReadError::TooLarge);
+    }
+    let expected = hint.exact().unwrap_or(hint.lower()).min(max);
+    let mut buf = bytes::BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyReadError::Broken(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() as u64).saturating_add(data.len() as u64) > max {
+                return Err(BodyReadError::TooLarge);
             }
+            buf.extend_from_slice(&data);
         }
     }
+    Ok(buf.freeze())
 }
 
 /// A streamed blob, whole or a range of it.

@@ -16,6 +16,7 @@ mod uploads;
 use std::sync::Arc;
 
 pub use blobs::{BlobRead, ByteRange};
+pub use io::reader_stream;
 pub use manifests::{ManifestListener, ManifestRead, ManifestStored, Page};
 pub use upload_table::{Principal, UploadCap};
 pub use uploads::UploadStatus;

@@ -15,6 +15,7 @@
 //!   _quarantine/sha256/<hex>                   blobs scrub found corrupt
 //!   _auth/token-key.pem                        generated token signing key (0600)
 //!   .lock                                      held exclusive by a server, `gc`, `scrub --repair`
+//!   .spool/                                    a server's temp files of REST payloads (local disk)
 //! ```
 //!
 //! **Internal names start with `.`** (temp files `.tmp-<32 hex>.<final
@@ -93,6 +94,13 @@ pub fn quarantine_dir() -> StorePath {
 /// The lock file a server, `gc` and `scrub --repair` hold exclusive.
 pub fn lock_file() -> StorePath {
     StorePath(".lock".into())
+}
+/// The folder of a server's spooled REST payloads, inside the data
+/// directory (local files, never store objects: each is unlinked as soon
+/// as it is open). Internal by its leading `.`; emptied at start-up.
+pub const SPOOL_DIR: &str = ".spool";
+pub fn spool_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join(SPOOL_DIR)
 }
 /// The generated token key, relative to the data directory.
 pub const GENERATED_TOKEN_KEY: &str = "_auth/token-key.pem";
@@ -274,7 +282,7 @@ mod tests {
     #[test]
     fn internal_names_are_outside_every_client_grammar() {
         let t = temp_name("v1");
-        assert!(is_internal(&t) && is_internal(".lock"));
+        assert!(is_internal(&t) && is_internal(".lock") && is_internal(SPOOL_DIR));
         assert!(t.starts_with(".tmp-") && t.ends_with(".v1"));
         assert!(RepoName::parse(&t).is_err() && Tag::parse(&t).is_err());
         assert!(Digest::from_hex(&t).is_none());

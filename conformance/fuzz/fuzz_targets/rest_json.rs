@@ -1,21 +1,43 @@
 //! The REST `POST /artifacts` body decoder (JSON, base64 `data`) and the
-//! tar.zst sniffers the payload goes through: never a panic.
+//! payload decoder the data goes through (base64 to a spooled layer, the
+//! bounded tar.zst walk): never a panic.
 #![no_main]
 
-use base64::Engine as _;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
 use bpf_registry::artifacts::model::CreateRequest;
-use bpf_registry::artifacts::pack;
+use bpf_registry::artifacts::pack::{self, ArchiveLimits};
+use bpf_registry::artifacts::payload::{prepare_payload, PayloadLimits};
 use libfuzzer_sys::fuzz_target;
+
+const LIMITS: ArchiveLimits = ArchiveLimits {
+    max_unpacked_bytes: 1 << 20,
+    max_entries: 100,
+};
+
+/// One spool folder for the run (spool files are unlinked at once).
+fn spool() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("bpf-registry-fuzz-spool-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<CreateRequest>(data) {
         if let Some(b64) = req.data.as_deref() {
-            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64) {
-                let _ = pack::is_tar_zstd(&bytes);
-                let _ = pack::first_elf_in_tar_zstd(&bytes, 1 << 20);
-            }
+            let text = b64.as_bytes().to_vec();
+            let _ = prepare_payload(
+                text,
+                "fuzz/prog",
+                &PayloadLimits::for_artifact_cap(1 << 20),
+                spool(),
+            );
         }
     }
-    let _ = pack::is_tar_zstd(data);
-    let _ = pack::first_elf_in_tar_zstd(data, 1 << 20);
+    let _ = pack::inspect_tar_zstd(data, LIMITS);
 });

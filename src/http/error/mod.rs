@@ -87,7 +87,7 @@ impl Dialect {
 pub enum ErrorHeaders {
     #[default]
     None,
-    /// A 429: `Retry-After: <seconds>`.
+    /// A 429 or 503: `Retry-After: <seconds>`.
     RetryAfter(u64),
     /// A 416 on a read: `Content-Range: bytes */<total>` (RFC 9110
     /// §15.5.17).
@@ -110,7 +110,11 @@ impl ErrorHeaders {
         let hv = |s: String| HeaderValue::from_str(&s).ok();
         match self {
             ErrorHeaders::None => {}
-            ErrorHeaders::RetryAfter(_) => {}
+            // Written below for a 429; any other status (a 503 for load)
+            // that carries one says it here.
+            ErrorHeaders::RetryAfter(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
             ErrorHeaders::UnsatisfiedRange { total } => {
                 if let Some(v) = hv(format!("bytes */{total}")) {
                     h.insert(header::CONTENT_RANGE, v);

@@ -42,6 +42,9 @@ pub enum RestErrorCode {
     UnsupportedMediaType,
     RangeNotSatisfiable,
     TooManyRequests,
+    /// The create memory budget had no room in time: load, not a fault
+    /// (nothing was read or stored; retry after `Retry-After`).
+    ServerBusy,
     /// A configured signer could not sign: nothing was stored.
     SigningUnavailable,
     StorageFull,
@@ -65,6 +68,7 @@ impl RestErrorCode {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             SigningUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             StorageFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -93,6 +97,7 @@ impl RestErrorCode {
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
             TooManyRequests => "too_many_requests",
+            ServerBusy => "server_busy",
             SigningUnavailable => "signing_unavailable",
             StorageFull => "storage_full",
             InternalError => "internal_error",
@@ -256,6 +261,7 @@ impl From<ArtifactError> for RestError {
             A::VersionExists { .. } => C::VersionExists,
             A::TooLarge { .. } | A::ArchiveTooLarge { .. } => C::PayloadTooLarge,
             A::SigningUnavailable(_) => C::SigningUnavailable,
+            A::ServerBusy { .. } => C::ServerBusy,
             A::Internal(_) => C::InternalError,
             A::Registry(RegistryError::Storage(s)) if s.is_storage_full() => C::StorageFull,
             A::Registry(RegistryError::RangeNotSatisfiable { .. }) => C::RangeNotSatisfiable,
@@ -268,6 +274,7 @@ impl From<ArtifactError> for RestError {
             A::Registry(RegistryError::RangeNotSatisfiable { total }) => {
                 ErrorHeaders::UnsatisfiedRange { total: *total }
             }
+            A::ServerBusy { retry_after_secs } => ErrorHeaders::RetryAfter(*retry_after_secs),
             _ => ErrorHeaders::None,
         };
         let repositories = match &e {
@@ -343,7 +350,7 @@ mod tests {
     use std::time::Duration;
 
     /// Every code, each once, in the order of `documented`.
-    const ALL: [RestErrorCode; 22] = {
+    const ALL: [RestErrorCode; 23] = {
         use RestErrorCode::*;
         [
             InvalidRequest,
@@ -365,6 +372,7 @@ mod tests {
             UnsupportedMediaType,
             RangeNotSatisfiable,
             TooManyRequests,
+            ServerBusy,
             SigningUnavailable,
             StorageFull,
             InternalError,
@@ -396,9 +404,10 @@ mod tests {
             UnsupportedMediaType => (16, "unsupported_media_type", 415),
             RangeNotSatisfiable => (17, "range_not_satisfiable", 416),
             TooManyRequests => (18, "too_many_requests", 429),
-            SigningUnavailable => (19, "signing_unavailable", 503),
-            StorageFull => (20, "storage_full", 507),
-            InternalError => (21, "internal_error", 500),
+            ServerBusy => (19, "server_busy", 503),
+            SigningUnavailable => (20, "signing_unavailable", 503),
+            StorageFull => (21, "storage_full", 507),
+            InternalError => (22, "internal_error", 500),
         }
     }
 
@@ -416,7 +425,8 @@ mod tests {
     fn internal_codes_are_5xx_and_client_codes_are_4xx() {
         for c in ALL {
             let status = c.status();
-            if c.is_internal() {
+            if c.is_internal() || c == RestErrorCode::ServerBusy {
+                // ServerBusy is load (503), neither a fault nor a mistake.
                 assert!(status.is_server_error(), "{c:?} is internal: {status}");
             } else {
                 assert!(status.is_client_error(), "{c:?} is the client's: {status}");
@@ -459,6 +469,8 @@ mod tests {
             | A::VersionExists { .. }
             | A::TooLarge { .. }
             | A::ArchiveTooLarge { .. } => true,
+            // Load, not a fault: a 503 with its own message (checked below).
+            A::ServerBusy { .. } => false,
             A::SigningUnavailable(_) | A::Internal(_) => false,
             A::Registry(RegistryError::RangeNotSatisfiable { .. } | RegistryError::Body(_)) => true,
             A::Registry(_) => false,
@@ -502,6 +514,12 @@ mod tests {
 
     #[test]
     fn artifact_errors_map_by_whose_fault_they_are_and_hide_internal_detail() {
+        let busy = RestError::from(ArtifactError::ServerBusy {
+            retry_after_secs: 5,
+        });
+        assert_eq!(busy.code.status().as_u16(), 503);
+        assert!(!busy.code.is_internal());
+        assert!(busy.message.contains("retry in 5 s"), "{}", busy.message);
         for e in every_artifact_error() {
             let client = is_client_mistake(&e);
             let shown = format!("{e}");

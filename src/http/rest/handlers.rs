@@ -88,15 +88,24 @@ pub fn for_host(state: &AppState, access: Access<'_>, host: &HostId) -> Response
     )
 }
 
-/// `POST /artifacts`: the body is decoded once, push is checked on the
-/// repository the decoded request writes, and that decoded request is
-/// what the service stores.
+/// `POST /artifacts`: a share of the create memory budget is taken for
+/// the declared body, the body is parsed once, push is checked on the
+/// repository the parsed request writes, and that request is what the
+/// service decodes and stores.
 pub async fn create(state: &AppState, access: Access<'_>, req: Request) -> Response {
     if !is_json(req.headers()) {
         return refuse(req, ArtifactError::UnsupportedMediaType.into_response()).await;
     }
     let svc = state.artifacts.clone();
     let max = svc.max_artifact_bytes();
+    let declared = http_body::Body::size_hint(req.body()).exact();
+    if declared.is_some_and(|n| n > svc.max_body_bytes()) {
+        return ArtifactError::TooLarge { max }.into_response();
+    }
+    let memory = match svc.reserve_create_memory(declared).await {
+        Ok(m) => m,
+        Err(e) => return refuse(req, e.into_response()).await,
+    };
     let body = match read_body_capped(req.into_body(), svc.max_body_bytes()).await {
         Ok(b) => b,
         Err(BodyReadError::TooLarge) => return ArtifactError::TooLarge { max }.into_response(),
@@ -112,13 +121,7 @@ pub async fn create(state: &AppState, access: Access<'_>, req: Request) -> Respo
     if let Err(r) = access.check_push(request.repository()) {
         return r.into_response();
     }
-    // Base64, packing and ELF inspection are CPU work: off the executor.
-    let new = match tokio::task::spawn_blocking(move || request.into_artifact(max)).await {
-        Ok(Ok(new)) => new,
-        Ok(Err(e)) => return e.into_response(),
-        Err(e) => return ArtifactError::Internal(format!("decode task: {e}")).into_response(),
-    };
-    match svc.create(new).await {
+    match svc.create(request, memory).await {
         Ok(c) => {
             let status = if c.created {
                 StatusCode::CREATED
