@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::limits::MAX_CONFIG_BYTES;
 use super::model::{ArtifactKey, ArtifactRecord, BpfConfig, HostId};
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, RepoName};
 use crate::registry::{ManifestListener, ManifestStored, Registry, RegistryResult};
@@ -27,8 +28,6 @@ pub mod annotations {
     pub const KERNEL_VERSION: &str = "io.aegisflux.bpf.kernel-version";
     pub const HOST_ID: &str = "io.aegisflux.bpf.host-id";
 }
-
-const CONFIG_MAX: u64 = 1024 * 1024;
 
 #[derive(Default)]
 struct Inner {
@@ -91,10 +90,18 @@ impl ArtifactIndex {
         if c.media_type != media::BPF_CONFIG {
             return None;
         }
-        let raw = self
+        let raw = match self
             .backend
-            .read_small(&paths::blob(&c.digest), CONFIG_MAX)
-            .ok()??;
+            .read_small(&paths::blob(&c.digest), MAX_CONFIG_BYTES)
+        {
+            Ok(raw) => raw?,
+            Err(e) => {
+                // Pushed through OCI (a REST create refuses it): answered
+                // from the manifest's annotations instead.
+                tracing::warn!(config = %c.digest, error = %e, "artifact config not read");
+                return None;
+            }
+        };
         serde_json::from_slice(&raw).ok()
     }
 
@@ -109,7 +116,13 @@ impl ArtifactIndex {
         }
     }
 
-    fn classify(&self, repo: &RepoName, digest: &Digest, m: &ParsedManifest) -> Classified {
+    fn classify(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        m: &ParsedManifest,
+    ) -> Classified {
         if m.artifact_type.as_deref() == Some(media::BPF_HOST_ASSOCIATION) {
             let (Some(subject), Some(host)) = (&m.subject, m.annotations.get(annotations::HOST_ID))
             else {
@@ -154,6 +167,7 @@ impl ArtifactIndex {
         Classified::Artifact(Box::new(ArtifactRecord {
             id: digest.clone(),
             repo: repo.clone(),
+            manifest_size: size,
             config,
             layer_digest: layer.digest.clone(),
             layer_size: layer.size,
@@ -308,7 +322,7 @@ fn remove_association(inner: &mut Inner, assoc: &ArtifactKey) {
 
 impl ManifestListener for ArtifactIndex {
     fn manifest_stored(&self, e: &ManifestStored) {
-        let c = self.classify(&e.repo, &e.digest, &e.manifest);
+        let c = self.classify(&e.repo, &e.digest, e.size, &e.manifest);
         apply(&mut self.write(), &e.repo, &e.digest, c);
     }
 
@@ -357,7 +371,9 @@ impl ArtifactIndex {
         .ok()
         .flatten()
         .ok_or_else(|| {
-            crate::registry::RegistryError::Body("index rebuild failed: a scanner panicked".into())
+            crate::registry::RegistryError::Internal(
+                "index rebuild failed: a scanner panicked".into(),
+            )
         })?;
         let counts = (fresh.artifacts.len(), fresh.associations.len());
         *self.write() = fresh;
@@ -385,7 +401,7 @@ impl ArtifactIndex {
                 let Ok(m) = ParsedManifest::parse(&bytes, None) else {
                     continue;
                 };
-                let c = self.classify(repo, &digest, &m);
+                let c = self.classify(repo, &digest, bytes.len() as u64, &m);
                 if !matches!(c, Classified::Other) {
                     out.push((repo.clone(), digest, c));
                 }
@@ -407,6 +423,7 @@ mod tests {
         Classified::Artifact(Box::new(ArtifactRecord {
             id: id.clone(),
             repo: repo(r),
+            manifest_size: 500,
             config: BpfConfig {
                 name: "ignored/config-name".into(),
                 version: "1".into(),

@@ -10,10 +10,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 
 use super::build::{self, Platform, EMPTY_JSON};
 use super::decode::NewArtifact;
 use super::index::ArtifactIndex;
+use super::limits::{Limit, MAX_HOSTS};
 use super::list::{self, ListQuery};
 use super::model::{oci_architecture, ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
 use super::ArtifactError;
@@ -22,6 +24,11 @@ use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
 use crate::signing::SigningService;
 
 const LOCK_STRIPES: usize = 64;
+
+/// Association manifests written (or deleted) at once for one request:
+/// each is a few small files, each fsynced, so the time of many is the
+/// device's flush latency shared, not summed.
+const ASSOCIATION_WRITES_IN_FLIGHT: usize = 32;
 
 pub struct ArtifactService {
     registry: Arc<Registry>,
@@ -155,43 +162,22 @@ impl ArtifactService {
 
         // What the version tag already names decides: replay, conflict,
         // a new manifest, or a new platform in an index.
-        let mut siblings: Option<Vec<Platform>> = None;
-        if let Some(existing) = self.resolve_optional(repo, &new.tag).await? {
-            let bytes = self.registry.manifest_bytes(&existing).await?;
-            let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
-            let candidates: Vec<(Digest, u64)> = match parsed.kind {
-                ManifestKind::Image => vec![(existing.clone(), bytes.len() as u64)],
-                ManifestKind::Index => parsed
-                    .manifests
-                    .iter()
-                    .map(|d| (d.digest.clone(), d.size))
-                    .collect(),
-            };
-            let mut others = Vec::new();
-            for (d, size) in candidates {
-                let Some(rec) = self.index.get(&ArtifactKey::new(repo.clone(), d.clone())) else {
-                    return Err(conflict(&new));
-                };
-                let arch = oci_architecture(&rec.config.architecture).to_string();
-                if arch == platform_arch {
-                    if rec.layer_digest == layer_digest {
-                        for h in &new.hosts {
-                            self.associate(&rec, h).await?;
-                        }
-                        return Ok(Created {
-                            value: self.json(&rec),
-                            created: false,
-                        });
-                    }
-                    return Err(conflict(&new));
-                }
-                others.push((d, size, arch));
+        let (siblings, stale_index) = match self
+            .version_state(&new, &layer_digest, &platform_arch)
+            .await?
+        {
+            VersionState::Replay(rec) => {
+                self.associate_all(&rec, &new.hosts).await?;
+                return Ok(Created {
+                    value: self.json(&rec),
+                    created: false,
+                });
             }
-            siblings = Some(others);
-        }
+            VersionState::New { siblings, stale } => (siblings, stale),
+        };
 
         let layer_size = new.layer.len() as u64;
-        let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
+        let config_bytes = build::config_blob(&new.config)?;
         let config_digest = Digest::of(&config_bytes);
         let manifest_bytes = build::artifact_manifest(
             repo,
@@ -200,6 +186,10 @@ impl ArtifactService {
             (&layer_digest, layer_size),
         )?;
         let manifest_size = manifest_bytes.len() as u64;
+        let max_manifest = self.registry.limits().max_manifest_bytes;
+        if manifest_size > max_manifest {
+            return Err(Limit::Manifest.refusal(max_manifest, Some(manifest_size)));
+        }
         let manifest_digest = Digest::of(&manifest_bytes);
         let manifest_ref = match siblings {
             None => Reference::Tag(new.tag.clone()),
@@ -266,14 +256,15 @@ impl ArtifactService {
                 return Err(e);
             }
         }
+        if let Some(stale) = stale_index {
+            self.remove_replaced_index(repo, stale).await?;
+        }
         let key = ArtifactKey::new(repo.clone(), manifest_digest);
         let rec = self
             .index
             .get(&key)
             .ok_or_else(|| internal("artifact stored but not indexed"))?;
-        for h in &new.hosts {
-            self.associate(&rec, h).await?;
-        }
+        self.associate_all(&rec, &new.hosts).await?;
         tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
         Ok(Created {
             value: self.json(&rec),
@@ -309,30 +300,141 @@ impl ArtifactService {
             .await
     }
 
-    /// Stores the association manifest in the artifact's repository.
-    /// Returns false when it already existed.
-    async fn associate(&self, rec: &ArtifactRecord, host: &HostId) -> Result<bool, ArtifactError> {
-        if self.index.association(&rec.key(), host).is_some() {
-            return Ok(false);
+    /// What the version tag names for a create of `new` (whose layer and
+    /// OCI architecture are given). A platform of an index that is no
+    /// longer linked (deleted through OCI by digest) counts as absent: the
+    /// tag is then rewritten without it, and the old index removed.
+    async fn version_state(
+        &self,
+        new: &NewArtifact,
+        layer_digest: &Digest,
+        platform_arch: &str,
+    ) -> Result<VersionState, ArtifactError> {
+        let repo = &new.repo;
+        let Some(existing) = self.resolve_optional(repo, &new.tag).await? else {
+            return Ok(VersionState::New {
+                siblings: None,
+                stale: None,
+            });
+        };
+        let bytes = self.registry.manifest_bytes(&existing).await?;
+        let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
+        let candidates: Vec<(Digest, u64)> = match parsed.kind {
+            ManifestKind::Image => vec![(existing.clone(), bytes.len() as u64)],
+            ManifestKind::Index => parsed
+                .manifests
+                .iter()
+                .map(|d| (d.digest.clone(), d.size))
+                .collect(),
+        };
+        let mut others = Vec::new();
+        let mut dead_children = false;
+        for (d, size) in candidates {
+            let Some(rec) = self.index.get(&ArtifactKey::new(repo.clone(), d.clone())) else {
+                if d != existing && !self.is_linked(repo, &d).await? {
+                    dead_children = true;
+                    continue;
+                }
+                return Err(conflict(new));
+            };
+            let arch = oci_architecture(&rec.config.architecture).to_string();
+            if arch == platform_arch {
+                if &rec.layer_digest == layer_digest {
+                    return Ok(VersionState::Replay(rec));
+                }
+                return Err(conflict(new));
+            }
+            others.push((d, size, arch));
+        }
+        Ok(VersionState::New {
+            siblings: (!others.is_empty()).then_some(others),
+            stale: dead_children.then_some(existing),
+        })
+    }
+
+    /// Whether a manifest is linked into `repo`.
+    async fn is_linked(&self, repo: &RepoName, d: &Digest) -> Result<bool, ArtifactError> {
+        match self
+            .registry
+            .resolve(repo, &Reference::Digest(d.clone()))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(RegistryError::ManifestUnknown(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a version index the tag no longer names (with its
+    /// signatures): it would reference a deleted manifest.
+    async fn remove_replaced_index(
+        &self,
+        repo: &RepoName,
+        index: Digest,
+    ) -> Result<(), ArtifactError> {
+        if let Some(s) = &self.signing {
+            s.delete_signatures(repo, &index).await?;
+        }
+        self.delete_if_present(repo, index).await
+    }
+
+    /// Associates the artifact with every host of `hosts` it is not yet
+    /// associated with; returns how many were new. Refused, with nothing
+    /// written, when the artifact would have more than [`MAX_HOSTS`]. The
+    /// empty blob is stored once, the subject's size comes from the index,
+    /// and the association manifests are written concurrently.
+    async fn associate_all(
+        &self,
+        rec: &ArtifactRecord,
+        hosts: &[HostId],
+    ) -> Result<usize, ArtifactError> {
+        let key = rec.key();
+        let missing: Vec<&HostId> = hosts
+            .iter()
+            .filter(|h| self.index.association(&key, h).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let total = self
+            .index
+            .hosts_of(&key)
+            .len()
+            .saturating_add(missing.len());
+        if total > MAX_HOSTS {
+            return Err(Limit::Hosts.refusal(MAX_HOSTS as u64, Some(total as u64)));
         }
         let repo = &rec.repo;
-        // Kept from garbage collection until the manifest references it.
+        // Kept from garbage collection until the manifests reference it.
         let _pin = self.registry.pin_for_gc(vec![Digest::of(EMPTY_JSON)]);
         self.registry
             .put_small_blob(repo, Bytes::from_static(EMPTY_JSON))
             .await?;
-        let subject_size = self.registry.manifest_bytes(&rec.id).await?.len() as u64;
-        let bytes = build::association_manifest(&rec.id, subject_size, host)?;
+        let writes: Vec<_> = missing
+            .iter()
+            .map(|host| self.put_association(rec, host))
+            .collect();
+        all_of(writes).await?;
+        Ok(missing.len())
+    }
+
+    /// Stores one association manifest (the empty blob is already there).
+    async fn put_association(
+        &self,
+        rec: &ArtifactRecord,
+        host: &HostId,
+    ) -> Result<(), ArtifactError> {
+        let bytes = build::association_manifest(&rec.id, rec.manifest_size, host)?;
         let digest = Digest::of(&bytes);
         self.registry
             .put_manifest(
-                repo,
+                &rec.repo,
                 &Reference::Digest(digest),
                 Some(media::OCI_MANIFEST),
                 bytes,
             )
             .await?;
-        Ok(true)
+        Ok(())
     }
 
     /// `GET /artifacts/{id}`.
@@ -371,8 +473,12 @@ impl ArtifactService {
         key: &ArtifactKey,
         host: &HostId,
     ) -> Result<Created<Vec<String>>, ArtifactError> {
+        // Under the repository's lock: the host cap holds against
+        // concurrent adds.
+        let held = self.lock_for(&key.repo).lock().await;
         let rec = self.record(key)?;
-        let created = self.associate(&rec, host).await?;
+        let created = self.associate_all(&rec, std::slice::from_ref(host)).await? > 0;
+        drop(held);
         Ok(Created {
             value: self.hosts(key)?,
             created,
@@ -442,11 +548,17 @@ impl ArtifactService {
         let repo = &key.repo;
         let _held = self.lock_for(repo).lock().await;
         let rec = self.record(key)?;
-        for host in self.index.hosts_of(key) {
-            if let Some(assoc) = self.index.association(key, &host) {
-                self.delete_if_present(repo, assoc).await?;
-            }
-        }
+        let associations: Vec<Digest> = self
+            .index
+            .hosts_of(key)
+            .iter()
+            .filter_map(|host| self.index.association(key, host))
+            .collect();
+        let deletes: Vec<_> = associations
+            .into_iter()
+            .map(|assoc| self.delete_if_present(repo, assoc))
+            .collect();
+        all_of(deletes).await?;
         if let Ok(tag) = Tag::parse(&rec.config.version) {
             self.drop_from_version_index(repo, &tag, &rec.id).await?;
         }
@@ -490,21 +602,22 @@ impl ArtifactService {
         if parsed.kind != ManifestKind::Index || !parsed.manifests.iter().any(|m| &m.digest == id) {
             return Ok(());
         }
-        let rest: Vec<Platform> = parsed
-            .manifests
-            .iter()
-            .filter(|m| &m.digest != id)
-            .map(|m| {
-                let arch = m
-                    .platform
-                    .as_ref()
-                    .and_then(|p| p.get("architecture"))
-                    .and_then(|a| a.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                (m.digest.clone(), m.size, arch)
-            })
-            .collect();
+        // The other platforms still linked: one deleted through OCI by
+        // digest is left out, not written back as a dangling entry.
+        let mut rest: Vec<Platform> = Vec::new();
+        for m in parsed.manifests.iter().filter(|m| &m.digest != id) {
+            if !self.is_linked(repo, &m.digest).await? {
+                continue;
+            }
+            let arch = m
+                .platform
+                .as_ref()
+                .and_then(|p| p.get("architecture"))
+                .and_then(|a| a.as_str())
+                .unwrap_or_default()
+                .to_string();
+            rest.push((m.digest.clone(), m.size, arch));
+        }
         if rest.is_empty() {
             self.registry
                 .delete_manifest(repo, &Reference::Tag(tag.clone()))
@@ -513,11 +626,36 @@ impl ArtifactService {
             self.put_version_index(repo, tag, &rest).await?;
         }
         // The old index would reference a deleted manifest.
-        if let Some(s) = &self.signing {
-            s.delete_signatures(repo, &current).await?;
-        }
-        self.delete_if_present(repo, current).await
+        self.remove_replaced_index(repo, current).await
     }
+}
+
+/// What a version tag names, for a create of one platform.
+enum VersionState {
+    /// That platform with the same layer: a replay.
+    Replay(Arc<ArtifactRecord>),
+    /// A new manifest: under the tag (`siblings` is `None`), or by digest
+    /// with the tag rewritten as the index of `siblings` and it. `stale`
+    /// is the index the tag named when it listed deleted manifests: it is
+    /// removed once the tag has moved.
+    New {
+        siblings: Option<Vec<Platform>>,
+        stale: Option<Digest>,
+    },
+}
+
+/// Runs association writes [`ASSOCIATION_WRITES_IN_FLIGHT`] at a time.
+/// Every one runs to its end (none is cut off between the store and the
+/// index), then the first failure is reported.
+async fn all_of<F>(writes: Vec<F>) -> Result<(), ArtifactError>
+where
+    F: std::future::Future<Output = Result<(), ArtifactError>>,
+{
+    let results: Vec<Result<(), ArtifactError>> = futures_util::stream::iter(writes)
+        .buffer_unordered(ASSOCIATION_WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 fn conflict(new: &NewArtifact) -> ArtifactError {
