@@ -366,7 +366,7 @@ async fn a_post_hosts_body_over_64_kib_is_413_naming_the_limit() {
     let c = client();
     let a = create(&s, &c, &body("hosts/body", "1.0.0", "x86_64", b"p")).await;
     let id = id_of(&a);
-    let mut big = serde_json::to_vec(&json!({ "host_id": "node-1", "pad": "p".repeat(64 * 1024) }))
+    let big = serde_json::to_vec(&json!({ "host_id": "node-1", "pad": "p".repeat(64 * 1024) }))
         .expect("json");
     let r = add_host(&s, &c, &id, big).await;
     assert_limit_error(
@@ -404,11 +404,40 @@ async fn two_arch_with_amd64_deleted_through_oci(
     (amd, arm)
 }
 
+/// A server without a signer, and one signing with a local key (whose
+/// version indexes are signed, so replacing one removes its signature).
+async fn servers() -> Vec<(&'static str, TestServer, tempfile::TempDir)> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes: [u8; 32] = pseudo_random(32, 7).try_into().expect("32 bytes");
+    let pem = ed25519_dalek::SigningKey::from_bytes(&bytes)
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .expect("pem");
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, pem.as_bytes()).expect("write key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let signed = TestServer::start_with_env(&[
+        ("BPF_REGISTRY_SIGNER", "key"),
+        ("BPF_REGISTRY_SIGNING_KEY", key.to_str().expect("utf8")),
+    ])
+    .await;
+    let unsigned = TestServer::start().await;
+    let empty = tempfile::tempdir().expect("tempdir");
+    vec![("unsigned", unsigned, empty), ("signed", signed, dir)]
+}
+
 #[tokio::test]
 async fn after_an_oci_delete_of_one_platform_the_other_is_deleted_through_rest() {
-    let s = TestServer::start().await;
+    for (what, s, _dir) in servers().await {
+        eprintln!("{what}");
+        oci_delete_then_rest_delete_of_the_other(&s).await;
+    }
+}
+
+async fn oci_delete_then_rest_delete_of_the_other(s: &TestServer) {
     let c = client();
-    let (amd, arm) = two_arch_with_amd64_deleted_through_oci(&s, &c).await;
+    let (amd, arm) = two_arch_with_amd64_deleted_through_oci(s, &c).await;
 
     let r = c
         .delete(s.url(&format!("/artifacts/{}", id_of(&amd))))
@@ -432,33 +461,39 @@ async fn after_an_oci_delete_of_one_platform_the_other_is_deleted_through_rest()
         StatusCode::NO_CONTENT,
         "REST delete of arm64: {text}"
     );
-    assert_eq!(listed_ids(&s, &c).await, Vec::<String>::new());
+    assert_eq!(listed_ids(s, &c).await, Vec::<String>::new());
     // No live platform is left: neither is the version tag.
     assert_eq!(
-        manifest_status(&c, &s, "twoarch", "1.0.0").await,
+        manifest_status(&c, s, "twoarch", "1.0.0").await,
         StatusCode::NOT_FOUND
     );
 
     // The version can be posted again, and is listed.
-    let again = create(&s, &c, &body("twoarch", "1.0.0", "x86_64", b"amd")).await;
-    assert_eq!(listed_ids(&s, &c).await, vec![id_of(&again)]);
+    let again = create(s, &c, &body("twoarch", "1.0.0", "x86_64", b"amd")).await;
+    assert_eq!(listed_ids(s, &c).await, vec![id_of(&again)]);
     assert_eq!(
-        manifest_status(&c, &s, "twoarch", "1.0.0").await,
+        manifest_status(&c, s, "twoarch", "1.0.0").await,
         StatusCode::OK
     );
 }
 
 #[tokio::test]
 async fn after_an_oci_delete_of_one_platform_it_can_be_posted_again() {
-    let s = TestServer::start().await;
-    let c = client();
-    let (_amd, arm) = two_arch_with_amd64_deleted_through_oci(&s, &c).await;
+    for (what, s, _dir) in servers().await {
+        eprintln!("{what}");
+        oci_delete_then_repost(&s).await;
+    }
+}
 
-    let r = post(&s, &c, &body("twoarch", "1.0.0", "x86_64", b"amd")).await;
+async fn oci_delete_then_repost(s: &TestServer) {
+    let c = client();
+    let (_amd, arm) = two_arch_with_amd64_deleted_through_oci(s, &c).await;
+
+    let r = post(s, &c, &body("twoarch", "1.0.0", "x86_64", b"amd")).await;
     let again = json_of(r, StatusCode::CREATED).await;
     let mut want = vec![id_of(&arm), id_of(&again)];
     want.sort();
-    assert_eq!(listed_ids(&s, &c).await, want);
+    assert_eq!(listed_ids(s, &c).await, want);
 
     // The version's index holds exactly the live platforms, each pullable.
     let r = c
@@ -478,7 +513,7 @@ async fn after_an_oci_delete_of_one_platform_it_can_be_posted_again() {
     assert_eq!(children, want, "no dead child in {index}");
     for child in &children {
         assert_eq!(
-            manifest_status(&c, &s, "twoarch", child).await,
+            manifest_status(&c, s, "twoarch", child).await,
             StatusCode::OK
         );
     }
@@ -492,7 +527,7 @@ async fn after_an_oci_delete_of_one_platform_it_can_be_posted_again() {
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
     }
     assert_eq!(
-        manifest_status(&c, &s, "twoarch", "1.0.0").await,
+        manifest_status(&c, s, "twoarch", "1.0.0").await,
         StatusCode::NOT_FOUND
     );
 }

@@ -39,8 +39,8 @@ fn to_bytes(v: &impl serde::Serialize) -> Result<Bytes, ArtifactError> {
 
 /// The config blob of an artifact; refused over the size the index reads
 /// back, so a stored config is never silently ignored.
-pub fn config_blob(config: &BpfConfig) -> Result<Bytes, ArtifactError> {
-    let bytes = to_bytes(config)?;
+pub fn config_blob(config: &BpfConfig) -> Result<Vec<u8>, ArtifactError> {
+    let bytes = serde_json::to_vec(config).map_err(internal)?;
     let size = bytes.len() as u64;
     if size > MAX_CONFIG_BYTES {
         return Err(Limit::Config.refusal(MAX_CONFIG_BYTES, Some(size)));

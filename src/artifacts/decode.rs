@@ -444,4 +444,31 @@ mod tests {
             Err(ArtifactError::InvalidBase64(_))
         ));
     }
+
+    #[test]
+    fn caps_are_checked_at_parse_before_the_payload() {
+        let hosts: Vec<String> = (0..=MAX_HOSTS).map(|i| format!("h{i}")).collect();
+        let body = serde_json::json!({
+            "name": "a", "version": "1", "type": "map", "architecture": "x86_64",
+            "data": "!! not base64", "hosts": hosts,
+        });
+        match parse(&body.to_string()) {
+            Err(ArtifactError::OverLimit {
+                limit: Limit::Hosts,
+                max,
+                actual,
+            }) => assert_eq!((max, actual), (1000, Some(1001))),
+            other => panic!("{other:?}"),
+        }
+        // Duplicates are one host each.
+        let body = serde_json::json!({
+            "name": "a", "version": "1", "type": "map", "architecture": "x86_64",
+            "data": "ZXZpbA==", "hosts": ["b", "a", "b"],
+        });
+        let c = parse(&body.to_string()).unwrap();
+        assert_eq!(
+            c.hosts,
+            vec![HostId::parse("a").unwrap(), HostId::parse("b").unwrap()]
+        );
+    }
 }

@@ -491,4 +491,57 @@ mod tests {
         assert_eq!(idx.copies(&id).len(), 1);
         assert!(idx.artifacts_for_host(&host("victim")).is_empty());
     }
+
+    #[test]
+    fn a_config_at_the_create_cap_is_read_back_whole() {
+        use crate::artifacts::build;
+        use crate::artifacts::limits::MAX_CONFIG_BYTES;
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> =
+            Arc::new(crate::storage::FsBackend::open(dir.path()).unwrap());
+        let idx = ArtifactIndex::new(backend.clone());
+        let mut config = BpfConfig {
+            name: "a".into(),
+            version: "1".into(),
+            description: String::new(),
+            kind: "map".into(),
+            architecture: "x86_64".into(),
+            kernel_version: String::new(),
+            metadata: Default::default(),
+            tags: vec!["t".into()],
+            created_at: String::new(),
+            ebpf: None,
+        };
+        let base = build::config_blob(&config).unwrap().len() as u64;
+        config.description = "d".repeat((MAX_CONFIG_BYTES - base) as usize);
+        let blob = build::config_blob(&config).unwrap();
+        assert_eq!(blob.len() as u64, MAX_CONFIG_BYTES);
+        let digest = Digest::of(&blob);
+        backend.write_atomic(&paths::blob(&digest), &blob).unwrap();
+        let layer = Digest::of(b"layer");
+        let manifest = build::artifact_manifest(
+            &repo("a"),
+            &config,
+            (&digest, blob.len() as u64),
+            (&layer, 5),
+        )
+        .unwrap();
+        let parsed = ParsedManifest::parse(&manifest, None).unwrap();
+        let id = Digest::of(&manifest);
+        let Classified::Artifact(r) = idx.classify(&repo("a"), &id, manifest.len() as u64, &parsed)
+        else {
+            panic!("not an artifact");
+        };
+        assert_eq!(r.config, config, "read back whole, tags included");
+        assert_eq!(r.manifest_size, manifest.len() as u64);
+        // One byte more is refused where it is built.
+        config.description.push('d');
+        assert!(matches!(
+            build::config_blob(&config),
+            Err(crate::artifacts::ArtifactError::OverLimit {
+                limit: crate::artifacts::Limit::Config,
+                ..
+            })
+        ));
+    }
 }
