@@ -531,3 +531,43 @@ async fn oci_delete_then_repost(s: &TestServer) {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn after_oci_deletes_of_every_platform_the_version_is_posted_again() {
+    let s = TestServer::start().await;
+    let c = client();
+    let (_amd, arm) = two_arch_with_amd64_deleted_through_oci(&s, &c).await;
+    let r = c
+        .delete(s.url(&format!("/v2/twoarch/manifests/{}", id_of(&arm))))
+        .send()
+        .await
+        .expect("send OCI delete");
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "OCI delete of the arm64 child"
+    );
+    assert_eq!(listed_ids(&s, &c).await, Vec::<String>::new());
+
+    // The tag still names the old index, whose children are both gone.
+    let again = create(&s, &c, &body("twoarch", "1.0.0", "aarch64", b"arm")).await;
+    assert_eq!(listed_ids(&s, &c).await, vec![id_of(&again)]);
+    let r = c
+        .get(s.url("/v2/twoarch/manifests/1.0.0"))
+        .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        header(&r, "docker-content-digest"),
+        Some(id_of(&again)),
+        "the tag names the new manifest, not an index of dead children"
+    );
+    let r = c
+        .delete(s.url(&format!("/artifacts/{}", id_of(&again))))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
