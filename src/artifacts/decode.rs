@@ -87,16 +87,17 @@ fn trim_ascii(b: &Bytes) -> Bytes {
     b.slice(start..end.max(start))
 }
 
-/// The optional fields of a create, each checked against its cap (see
-/// `limits`) before anything is decoded or written.
-type BoundedFields = (
-    String,
-    String,
-    serde_json::Map<String, serde_json::Value>,
-    Vec<String>,
-    Vec<String>,
-);
+/// The optional fields of a create, each within its cap.
+struct BoundedFields {
+    description: String,
+    kernel_version: String,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    tags: Vec<String>,
+    hosts: Vec<String>,
+}
 
+/// Checks the optional fields against their caps (see `limits`), before
+/// anything is decoded or written.
 fn within_limits(
     description: Option<String>,
     kernel_version: Option<String>,
@@ -129,7 +130,13 @@ fn within_limits(
     }
     let tags = count_within(tags, Limit::Tags)?;
     let hosts = count_within(hosts, Limit::Hosts)?;
-    Ok((description, kernel_version, metadata, tags, hosts))
+    Ok(BoundedFields {
+        description,
+        kernel_version,
+        metadata,
+        tags,
+        hosts,
+    })
 }
 
 impl CreateArtifact {
@@ -185,8 +192,13 @@ impl CreateArtifact {
                 "invalid architecture {architecture:?}: expected e.g. x86_64, aarch64"
             )));
         }
-        let (description, kernel_version, metadata, tags, hosts) =
-            within_limits(description, kernel_version, metadata, tags, hosts)?;
+        let BoundedFields {
+            description,
+            kernel_version,
+            metadata,
+            tags,
+            hosts,
+        } = within_limits(description, kernel_version, metadata, tags, hosts)?;
         if let Some(bad) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
             return Err(ArtifactError::InvalidRequest(format!(
                 "invalid tag {bad:?}: 1-128 characters"
