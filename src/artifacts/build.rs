@@ -1,6 +1,7 @@
 //! The OCI objects a REST write becomes, built as bytes (no I/O): the
-//! artifact manifest with its annotations, the image index of a version
-//! with several architectures, and the host-association referrer.
+//! config blob (within the cap the index reads), the artifact manifest
+//! with its annotations, the image index of a version with several
+//! architectures, and the host-association referrer.
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use oci_spec::image::{
 };
 
 use super::index::annotations;
+use super::limits::{Limit, MAX_CONFIG_BYTES};
 use super::model::{BpfConfig, HostId};
 use super::ArtifactError;
 use crate::oci::{media, Digest, RepoName};
@@ -33,6 +35,17 @@ fn spec_descriptor(
 
 fn to_bytes(v: &impl serde::Serialize) -> Result<Bytes, ArtifactError> {
     Ok(Bytes::from(serde_json::to_vec(v).map_err(internal)?))
+}
+
+/// The config blob of an artifact; refused over the size the index reads
+/// back, so a stored config is never silently ignored.
+pub fn config_blob(config: &BpfConfig) -> Result<Vec<u8>, ArtifactError> {
+    let bytes = serde_json::to_vec(config).map_err(internal)?;
+    let size = bytes.len() as u64;
+    if size > MAX_CONFIG_BYTES {
+        return Err(Limit::Config.refusal(MAX_CONFIG_BYTES, Some(size)));
+    }
+    Ok(bytes)
 }
 
 /// The file name a downloaded artifact gets: `<repository>-<version>.tar.zst`

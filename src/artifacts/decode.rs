@@ -11,6 +11,10 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::elf::{self, EbpfFacts, ElfError, Endianness};
+use super::limits::{
+    CappedList, CappedMetadata, Limit, MAX_DESCRIPTION_BYTES, MAX_HOSTS, MAX_KERNEL_VERSION_BYTES,
+    MAX_METADATA_BYTES, MAX_TAGS,
+};
 use super::model::{architecture_is_big_endian, BpfConfig, CreateRequest, HostId, KINDS};
 use super::payload::{self, Layer, PayloadLimits};
 use super::ArtifactError;
@@ -86,6 +90,58 @@ fn trim_ascii(b: &Bytes) -> Bytes {
     b.slice(start..end.max(start))
 }
 
+/// The optional fields of a create, each within its cap.
+struct BoundedFields {
+    description: String,
+    kernel_version: String,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    tags: Vec<String>,
+    hosts: Vec<String>,
+}
+
+/// Checks the optional fields against their caps (see `limits`), before
+/// anything is decoded or written.
+fn within_limits(
+    description: Option<String>,
+    kernel_version: Option<String>,
+    metadata: Option<CappedMetadata>,
+    tags: Option<CappedList<String, MAX_TAGS>>,
+    hosts: Option<CappedList<String, MAX_HOSTS>>,
+) -> Result<BoundedFields, ArtifactError> {
+    let text_within = |v: Option<String>, limit: Limit, max: u64| match v {
+        Some(s) if s.len() as u64 > max => Err(limit.refusal(max, Some(s.len() as u64))),
+        v => Ok(v.unwrap_or_default()),
+    };
+    let description = text_within(description, Limit::Description, MAX_DESCRIPTION_BYTES)?;
+    let kernel_version = text_within(
+        kernel_version,
+        Limit::KernelVersion,
+        MAX_KERNEL_VERSION_BYTES,
+    )?;
+    let metadata = match metadata {
+        Some(m) if m.is_over() => return Err(Limit::Metadata.refusal(MAX_METADATA_BYTES, m.size)),
+        m => m.map(|m| m.map).unwrap_or_default(),
+    };
+    fn count_within<const N: usize>(
+        v: Option<CappedList<String, N>>,
+        limit: Limit,
+    ) -> Result<Vec<String>, ArtifactError> {
+        match v {
+            Some(l) if l.is_over() => Err(limit.refusal(N as u64, Some(l.total as u64))),
+            v => Ok(v.map(|l| l.items).unwrap_or_default()),
+        }
+    }
+    let tags = count_within(tags, Limit::Tags)?;
+    let hosts = count_within(hosts, Limit::Hosts)?;
+    Ok(BoundedFields {
+        description,
+        kernel_version,
+        metadata,
+        tags,
+        hosts,
+    })
+}
+
 impl CreateArtifact {
     /// Parses and validates a create body (cheap: the payload is not
     /// decoded). This is the only parse of the body: what it returns is
@@ -135,17 +191,24 @@ impl CreateArtifact {
                 "invalid architecture {architecture:?}: expected e.g. x86_64, aarch64"
             )));
         }
-        let tags = tags.unwrap_or_default();
+        let BoundedFields {
+            description,
+            kernel_version,
+            metadata,
+            tags,
+            hosts,
+        } = within_limits(description, kernel_version, metadata, tags, hosts)?;
         if let Some(bad) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
             return Err(ArtifactError::InvalidRequest(format!(
                 "invalid tag {bad:?}: 1-128 characters"
             )));
         }
-        let hosts = hosts
-            .unwrap_or_default()
+        let mut hosts = hosts
             .iter()
             .map(|h| HostId::parse(h))
             .collect::<Result<Vec<_>, _>>()?;
+        hosts.sort();
+        hosts.dedup();
         let data = match data {
             Some(d) if !d.trim().is_empty() => trim_ascii(&data_bytes(buf, d)),
             _ => {
@@ -162,11 +225,11 @@ impl CreateArtifact {
             repo,
             tag,
             version,
-            description: description.unwrap_or_default(),
+            description,
             kind,
             architecture,
-            kernel_version: kernel_version.unwrap_or_default(),
-            metadata: metadata.unwrap_or_default(),
+            kernel_version,
+            metadata,
             tags,
             hosts,
             data,
@@ -421,5 +484,32 @@ mod tests {
                 .unwrap(),
             Err(ArtifactError::InvalidBase64(_))
         ));
+    }
+
+    #[test]
+    fn caps_are_checked_at_parse_before_the_payload() {
+        let hosts: Vec<String> = (0..=MAX_HOSTS).map(|i| format!("h{i}")).collect();
+        let body = serde_json::json!({
+            "name": "a", "version": "1", "type": "map", "architecture": "x86_64",
+            "data": "!! not base64", "hosts": hosts,
+        });
+        match parse(&body.to_string()) {
+            Err(ArtifactError::OverLimit {
+                limit: Limit::Hosts,
+                max,
+                actual,
+            }) => assert_eq!((max, actual), (1000, Some(1001))),
+            other => panic!("{other:?}"),
+        }
+        // Duplicates are one host each.
+        let body = serde_json::json!({
+            "name": "a", "version": "1", "type": "map", "architecture": "x86_64",
+            "data": "ZXZpbA==", "hosts": ["b", "a", "b"],
+        });
+        let c = parse(&body.to_string()).unwrap();
+        assert_eq!(
+            c.hosts,
+            vec![HostId::parse("a").unwrap(), HostId::parse("b").unwrap()]
+        );
     }
 }

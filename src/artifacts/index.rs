@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::limits::MAX_CONFIG_BYTES;
 use super::model::{ArtifactKey, ArtifactRecord, BpfConfig, HostId};
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, RepoName};
 use crate::registry::{ManifestListener, ManifestStored, Registry, RegistryResult};
@@ -27,8 +28,6 @@ pub mod annotations {
     pub const KERNEL_VERSION: &str = "io.aegisflux.bpf.kernel-version";
     pub const HOST_ID: &str = "io.aegisflux.bpf.host-id";
 }
-
-const CONFIG_MAX: u64 = 1024 * 1024;
 
 #[derive(Default)]
 struct Inner {
@@ -91,10 +90,18 @@ impl ArtifactIndex {
         if c.media_type != media::BPF_CONFIG {
             return None;
         }
-        let raw = self
+        let raw = match self
             .backend
-            .read_small(&paths::blob(&c.digest), CONFIG_MAX)
-            .ok()??;
+            .read_small(&paths::blob(&c.digest), MAX_CONFIG_BYTES)
+        {
+            Ok(raw) => raw?,
+            Err(e) => {
+                // Pushed through OCI (a REST create refuses it): answered
+                // from the manifest's annotations instead.
+                tracing::warn!(config = %c.digest, error = %e, "artifact config not read");
+                return None;
+            }
+        };
         serde_json::from_slice(&raw).ok()
     }
 
@@ -109,7 +116,13 @@ impl ArtifactIndex {
         }
     }
 
-    fn classify(&self, repo: &RepoName, digest: &Digest, m: &ParsedManifest) -> Classified {
+    fn classify(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        m: &ParsedManifest,
+    ) -> Classified {
         if m.artifact_type.as_deref() == Some(media::BPF_HOST_ASSOCIATION) {
             let (Some(subject), Some(host)) = (&m.subject, m.annotations.get(annotations::HOST_ID))
             else {
@@ -154,6 +167,7 @@ impl ArtifactIndex {
         Classified::Artifact(Box::new(ArtifactRecord {
             id: digest.clone(),
             repo: repo.clone(),
+            manifest_size: size,
             config,
             layer_digest: layer.digest.clone(),
             layer_size: layer.size,
@@ -308,7 +322,7 @@ fn remove_association(inner: &mut Inner, assoc: &ArtifactKey) {
 
 impl ManifestListener for ArtifactIndex {
     fn manifest_stored(&self, e: &ManifestStored) {
-        let c = self.classify(&e.repo, &e.digest, &e.manifest);
+        let c = self.classify(&e.repo, &e.digest, e.size, &e.manifest);
         apply(&mut self.write(), &e.repo, &e.digest, c);
     }
 
@@ -357,7 +371,9 @@ impl ArtifactIndex {
         .ok()
         .flatten()
         .ok_or_else(|| {
-            crate::registry::RegistryError::Body("index rebuild failed: a scanner panicked".into())
+            crate::registry::RegistryError::Internal(
+                "index rebuild failed: a scanner panicked".into(),
+            )
         })?;
         let counts = (fresh.artifacts.len(), fresh.associations.len());
         *self.write() = fresh;
@@ -385,7 +401,7 @@ impl ArtifactIndex {
                 let Ok(m) = ParsedManifest::parse(&bytes, None) else {
                     continue;
                 };
-                let c = self.classify(repo, &digest, &m);
+                let c = self.classify(repo, &digest, bytes.len() as u64, &m);
                 if !matches!(c, Classified::Other) {
                     out.push((repo.clone(), digest, c));
                 }
@@ -407,6 +423,7 @@ mod tests {
         Classified::Artifact(Box::new(ArtifactRecord {
             id: id.clone(),
             repo: repo(r),
+            manifest_size: 500,
             config: BpfConfig {
                 name: "ignored/config-name".into(),
                 version: "1".into(),
@@ -473,5 +490,58 @@ mod tests {
         assert!(idx.get(&ka).is_some());
         assert_eq!(idx.copies(&id).len(), 1);
         assert!(idx.artifacts_for_host(&host("victim")).is_empty());
+    }
+
+    #[test]
+    fn a_config_at_the_create_cap_is_read_back_whole() {
+        use crate::artifacts::build;
+        use crate::artifacts::limits::MAX_CONFIG_BYTES;
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> =
+            Arc::new(crate::storage::FsBackend::open(dir.path()).unwrap());
+        let idx = ArtifactIndex::new(backend.clone());
+        let mut config = BpfConfig {
+            name: "a".into(),
+            version: "1".into(),
+            description: String::new(),
+            kind: "map".into(),
+            architecture: "x86_64".into(),
+            kernel_version: String::new(),
+            metadata: Default::default(),
+            tags: vec!["t".into()],
+            created_at: String::new(),
+            ebpf: None,
+        };
+        let base = build::config_blob(&config).unwrap().len() as u64;
+        config.description = "d".repeat((MAX_CONFIG_BYTES - base) as usize);
+        let blob = build::config_blob(&config).unwrap();
+        assert_eq!(blob.len() as u64, MAX_CONFIG_BYTES);
+        let digest = Digest::of(&blob);
+        backend.write_atomic(&paths::blob(&digest), &blob).unwrap();
+        let layer = Digest::of(b"layer");
+        let manifest = build::artifact_manifest(
+            &repo("a"),
+            &config,
+            (&digest, blob.len() as u64),
+            (&layer, 5),
+        )
+        .unwrap();
+        let parsed = ParsedManifest::parse(&manifest, None).unwrap();
+        let id = Digest::of(&manifest);
+        let Classified::Artifact(r) = idx.classify(&repo("a"), &id, manifest.len() as u64, &parsed)
+        else {
+            panic!("not an artifact");
+        };
+        assert_eq!(r.config, config, "read back whole, tags included");
+        assert_eq!(r.manifest_size, manifest.len() as u64);
+        // One byte more is refused where it is built.
+        config.description.push('d');
+        assert!(matches!(
+            build::config_blob(&config),
+            Err(crate::artifacts::ArtifactError::OverLimit {
+                limit: crate::artifacts::Limit::Config,
+                ..
+            })
+        ));
     }
 }

@@ -9,6 +9,7 @@ pub mod build;
 pub mod decode;
 pub mod elf;
 pub mod index;
+pub mod limits;
 pub mod list;
 pub mod memory;
 pub mod model;
@@ -18,6 +19,7 @@ pub mod service;
 
 pub use decode::{CreateArtifact, NewArtifact};
 pub use index::ArtifactIndex;
+pub use limits::Limit;
 pub use list::ListQuery;
 pub use model::{ArtifactJson, ArtifactKey, HostId};
 pub use service::{ArtifactService, Created};
@@ -65,6 +67,14 @@ pub enum ArtifactError {
         "payload is over the {max}-byte limit; push large artifacts with oras (chunked uploads)"
     )]
     TooLarge { max: u64 },
+    /// A list, field or derived object of a request over its cap (see
+    /// `limits`): nothing was stored.
+    #[error("{}", .limit.describe(*.max, *.actual))]
+    OverLimit {
+        limit: Limit,
+        max: u64,
+        actual: Option<u64>,
+    },
     #[error("the archive unpacks to more than {max} bytes, the artifact size limit")]
     ArchiveTooLarge { max: u64 },
     /// The create memory budget stayed full for the wait bound (see
@@ -99,6 +109,7 @@ impl ArtifactError {
             ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => {
                 "payload_too_large"
             }
+            ArtifactError::OverLimit { limit, .. } => limit.code(),
             ArtifactError::SigningUnavailable(_) => "signing_unavailable",
             ArtifactError::ServerBusy { .. } => "server_busy",
             ArtifactError::Registry(e) if is_storage_full(e) => "storage_full",
@@ -124,6 +135,7 @@ impl ArtifactError {
             ArtifactError::NotFound(_) => 404,
             ArtifactError::VersionExists { .. } | ArtifactError::AmbiguousId { .. } => 409,
             ArtifactError::TooLarge { .. } | ArtifactError::ArchiveTooLarge { .. } => 413,
+            ArtifactError::OverLimit { limit, .. } => limit.status(),
             ArtifactError::SigningUnavailable(_) | ArtifactError::ServerBusy { .. } => 503,
             ArtifactError::Registry(e) if is_storage_full(e) => 507,
             ArtifactError::Registry(RegistryError::RangeNotSatisfiable { .. }) => 416,

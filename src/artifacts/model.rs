@@ -8,11 +8,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::elf::EbpfFacts;
+use super::limits::{CappedList, CappedMetadata, MAX_HOSTS, MAX_TAGS};
 use super::ArtifactError;
 use crate::oci::{Digest, RepoName};
 
 /// `POST /artifacts` body. `data` borrows from the request buffer so the
-/// base64 text is not copied before it is decoded.
+/// base64 text is not copied before it is decoded; the lists and
+/// `metadata` are read bounded (see `limits`), so an oversized one costs
+/// no more memory than its cap before it is refused.
 #[derive(Debug, Deserialize)]
 pub struct CreateRequest<'a> {
     pub name: Option<String>,
@@ -25,13 +28,13 @@ pub struct CreateRequest<'a> {
     #[serde(default)]
     pub kernel_version: Option<String>,
     #[serde(default)]
-    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub metadata: Option<CappedMetadata>,
     #[serde(default)]
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<CappedList<String, MAX_TAGS>>,
     #[serde(borrow, default, deserialize_with = "borrowed_str")]
     pub data: Option<Cow<'a, str>>,
     #[serde(default)]
-    pub hosts: Option<Vec<String>>,
+    pub hosts: Option<CappedList<String, MAX_HOSTS>>,
 }
 
 /// An optional string borrowed from the input when it has no escapes
@@ -117,6 +120,8 @@ impl fmt::Display for ArtifactKey {
 pub struct ArtifactRecord {
     pub id: Digest,
     pub repo: RepoName,
+    /// Bytes of the manifest (what a referrer's `subject` states).
+    pub manifest_size: u64,
     pub config: BpfConfig,
     pub layer_digest: Digest,
     pub layer_size: u64,

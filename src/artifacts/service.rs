@@ -4,7 +4,9 @@
 //! answers reads from the index and the blob store. Every operation on an
 //! existing artifact takes its resolved [`ArtifactKey`] (repository and
 //! digest): which copy an id means is decided before the service is
-//! called, and never again here. The create path lives in `create`.
+//! called, and never again here. The create path lives in `create`, the
+//! version tag and its index in `versions`, host associations in
+//! `associations`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -12,20 +14,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::build::{self, Platform, EMPTY_JSON};
+use super::build;
 use super::index::ArtifactIndex;
 use super::list::{self, ListQuery};
 use super::memory::CreateMemoryBudget;
-use super::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
+use super::model::{ArtifactJson, ArtifactKey, ArtifactRecord};
 use super::payload::PayloadLimits;
 use super::ArtifactError;
-use crate::oci::{media, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
+use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
 use crate::signing::SigningService;
 
 pub use create::CreateSettings;
 
+mod associations;
 mod create;
+mod versions;
 
 const LOCK_STRIPES: usize = 64;
 
@@ -157,60 +161,6 @@ impl ArtifactService {
         Ok(())
     }
 
-    async fn resolve_optional(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<Digest>, ArtifactError> {
-        match self
-            .registry
-            .resolve(repo, &Reference::Tag(tag.clone()))
-            .await
-        {
-            Ok(d) => Ok(Some(d)),
-            Err(RegistryError::ManifestUnknown(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Points `tag` at an image index of the given per-platform manifests.
-    async fn put_version_index(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        children: &[Platform],
-    ) -> Result<(), ArtifactError> {
-        let bytes = build::version_index(children)?;
-        self.store_manifest(repo, &Reference::Tag(tag.clone()), media::OCI_INDEX, bytes)
-            .await
-    }
-
-    /// Stores the association manifest in the artifact's repository.
-    /// Returns false when it already existed.
-    async fn associate(&self, rec: &ArtifactRecord, host: &HostId) -> Result<bool, ArtifactError> {
-        if self.index.association(&rec.key(), host).is_some() {
-            return Ok(false);
-        }
-        let repo = &rec.repo;
-        // Kept from garbage collection until the manifest references it.
-        let _pin = self.registry.pin_for_gc(vec![Digest::of(EMPTY_JSON)]);
-        self.registry
-            .put_small_blob(repo, Bytes::from_static(EMPTY_JSON))
-            .await?;
-        let subject_size = self.registry.manifest_bytes(&rec.id).await?.len() as u64;
-        let bytes = build::association_manifest(&rec.id, subject_size, host)?;
-        let digest = Digest::of(&bytes);
-        self.registry
-            .put_manifest(
-                repo,
-                &Reference::Digest(digest),
-                Some(media::OCI_MANIFEST),
-                bytes,
-            )
-            .await?;
-        Ok(true)
-    }
-
     /// `GET /artifacts/{id}`.
     pub fn get(&self, key: &ArtifactKey) -> Result<ArtifactJson, ArtifactError> {
         Ok(self.json(&*self.record(key)?))
@@ -241,56 +191,6 @@ impl ArtifactService {
         Ok(self.record(key)?.layer_digest.clone())
     }
 
-    /// `POST /artifacts/{id}/hosts`.
-    pub async fn add_host(
-        &self,
-        key: &ArtifactKey,
-        host: &HostId,
-    ) -> Result<Created<Vec<String>>, ArtifactError> {
-        let rec = self.record(key)?;
-        let created = self.associate(&rec, host).await?;
-        Ok(Created {
-            value: self.hosts(key)?,
-            created,
-        })
-    }
-
-    /// `DELETE /artifacts/{id}/hosts/{host_id}`.
-    pub async fn remove_host(&self, key: &ArtifactKey, host: &HostId) -> Result<(), ArtifactError> {
-        let rec = self.record(key)?;
-        let assoc = self.index.association(key, host).ok_or_else(|| {
-            ArtifactError::NotFound(format!("association of {} with host {host}", rec.id))
-        })?;
-        self.registry
-            .delete_manifest(&rec.repo, &Reference::Digest(assoc))
-            .await?;
-        Ok(())
-    }
-
-    /// `GET /artifacts/{id}/hosts`.
-    pub fn hosts(&self, key: &ArtifactKey) -> Result<Vec<String>, ArtifactError> {
-        self.record(key)?;
-        Ok(self
-            .index
-            .hosts_of(key)
-            .into_iter()
-            .map(|h| h.to_string())
-            .collect())
-    }
-
-    /// `GET /artifacts/for-host/{host_id}`, keeping only artifacts whose
-    /// repository passes `visible` (what the caller may pull).
-    pub fn for_host(
-        &self,
-        host: &HostId,
-        visible: &dyn Fn(&RepoName) -> bool,
-    ) -> Vec<ArtifactJson> {
-        let mut recs = self.index.artifacts_for_host(host);
-        recs.retain(|r| visible(&r.repo));
-        recs.sort_by(|a, b| list::sort_key(a).cmp(&list::sort_key(b)));
-        recs.iter().map(|r| self.json(r)).collect()
-    }
-
     /// `GET /artifacts`: one page of the artifacts matching `q` whose
     /// repository passes `visible`, filtered before paging; and the next
     /// page's cursor.
@@ -318,11 +218,7 @@ impl ArtifactService {
         let repo = &key.repo;
         let _held = self.lock_for(repo).lock().await;
         let rec = self.record(key)?;
-        for host in self.index.hosts_of(key) {
-            if let Some(assoc) = self.index.association(key, &host) {
-                self.delete_if_present(repo, assoc).await?;
-            }
-        }
+        self.remove_associations(key).await?;
         if let Ok(tag) = Tag::parse(&rec.config.version) {
             self.drop_from_version_index(repo, &tag, &rec.id).await?;
         }
@@ -336,6 +232,7 @@ impl ArtifactService {
         Ok(())
     }
 
+    /// Deletes a manifest by digest; one already gone is no error.
     async fn delete_if_present(&self, repo: &RepoName, d: Digest) -> Result<(), ArtifactError> {
         match self
             .registry
@@ -345,53 +242,5 @@ impl ArtifactService {
             Ok(()) | Err(RegistryError::ManifestUnknown(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// When `tag` names an index holding `id`, rewrites it without `id`
-    /// (or removes the tag when `id` was its last platform).
-    async fn drop_from_version_index(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        id: &Digest,
-    ) -> Result<(), ArtifactError> {
-        let Some(current) = self.resolve_optional(repo, tag).await? else {
-            return Ok(());
-        };
-        if &current == id {
-            return Ok(());
-        }
-        let bytes = self.registry.manifest_bytes(&current).await?;
-        let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
-        if parsed.kind != ManifestKind::Index || !parsed.manifests.iter().any(|m| &m.digest == id) {
-            return Ok(());
-        }
-        let rest: Vec<Platform> = parsed
-            .manifests
-            .iter()
-            .filter(|m| &m.digest != id)
-            .map(|m| {
-                let arch = m
-                    .platform
-                    .as_ref()
-                    .and_then(|p| p.get("architecture"))
-                    .and_then(|a| a.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                (m.digest.clone(), m.size, arch)
-            })
-            .collect();
-        if rest.is_empty() {
-            self.registry
-                .delete_manifest(repo, &Reference::Tag(tag.clone()))
-                .await?;
-        } else {
-            self.put_version_index(repo, tag, &rest).await?;
-        }
-        // The old index would reference a deleted manifest.
-        if let Some(s) = &self.signing {
-            s.delete_signatures(repo, &current).await?;
-        }
-        self.delete_if_present(repo, current).await
     }
 }

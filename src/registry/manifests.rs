@@ -253,8 +253,8 @@ impl Registry {
                         .then(|| manifest.annotations.clone()),
                     platform: None,
                 };
-                let json =
-                    serde_json::to_vec(&desc).map_err(|e| RegistryError::Body(e.to_string()))?;
+                let json = serde_json::to_vec(&desc)
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
                 Some((paths::referrer_link(repo, &subject.digest, &digest), json))
             }
             None => None,

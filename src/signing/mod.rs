@@ -290,7 +290,7 @@ pub fn is_signable(m: &ParsedManifest) -> bool {
 }
 
 fn internal(e: impl std::fmt::Display) -> SigningError {
-    SigningError::Registry(RegistryError::Body(format!("internal: {e}")))
+    SigningError::Registry(RegistryError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

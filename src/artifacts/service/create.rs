@@ -6,19 +6,20 @@
 //! file, the config, the signed manifest, the index and host associations.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::versions::VersionState;
 use super::{internal, ArtifactService, Created};
-use crate::artifacts::build::{self, Platform};
+use crate::artifacts::build;
 use crate::artifacts::decode::CreateArtifact;
+use crate::artifacts::limits::Limit;
 use crate::artifacts::memory::CreateMemory;
-use crate::artifacts::model::{oci_architecture, ArtifactJson, ArtifactKey, ArtifactRecord};
+use crate::artifacts::model::{oci_architecture, ArtifactJson, ArtifactKey};
 use crate::artifacts::payload::Layer;
 use crate::artifacts::ArtifactError;
-use crate::oci::{media, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
+use crate::oci::{media, Digest, Reference, RepoName};
 use crate::registry::{reader_stream, RegistryError};
 
 /// How REST creates are bounded (see `payload` and `memory`).
@@ -60,10 +61,8 @@ impl ArtifactService {
         // Cheap first: a version tag naming anything but this
         // repository's artifacts is a conflict whatever the payload.
         let (repo, tag) = (request.repository(), request.tag());
-        if let Some(members) = self.existing_version(repo, tag).await? {
-            if members.iter().any(|m| m.record.is_none()) {
-                return Err(conflict(repo, tag.as_str(), request.architecture()));
-            }
+        if self.held_by_foreign(repo, tag).await? {
+            return Err(conflict(repo, tag.as_str(), request.architecture()));
         }
         let (limits, spool_dir) = (self.payload_limits, self.spool_dir.clone());
         let new = tokio::task::spawn_blocking(move || request.into_artifact(&limits, &spool_dir))
@@ -76,36 +75,24 @@ impl ArtifactService {
         let layer_digest = new.layer.digest().clone();
         let layer_size = new.layer.size();
         let platform_arch = oci_architecture(&new.config.architecture).to_string();
-        let conflict_of_new = || conflict(&new.repo, &new.config.version, &new.config.architecture);
 
         // What the version tag names now decides: replay, conflict, a new
         // manifest, or a new platform in an index.
-        let mut siblings: Option<Vec<Platform>> = None;
-        if let Some(members) = self.existing_version(repo, &new.tag).await? {
-            let mut others = Vec::new();
-            for member in members {
-                let Some(rec) = member.record else {
-                    return Err(conflict_of_new());
-                };
-                let arch = oci_architecture(&rec.config.architecture).to_string();
-                if arch == platform_arch {
-                    if rec.layer_digest == layer_digest {
-                        for h in &new.hosts {
-                            self.associate(&rec, h).await?;
-                        }
-                        return Ok(Created {
-                            value: self.json(&rec),
-                            created: false,
-                        });
-                    }
-                    return Err(conflict_of_new());
-                }
-                others.push((member.digest, member.size, arch));
+        let (siblings, stale_index) = match self
+            .version_state(&new, &layer_digest, &platform_arch)
+            .await?
+        {
+            VersionState::Replay(rec) => {
+                self.associate_all(&rec, &new.hosts).await?;
+                return Ok(Created {
+                    value: self.json(&rec),
+                    created: false,
+                });
             }
-            siblings = Some(others);
-        }
+            VersionState::New { siblings, stale } => (siblings, stale),
+        };
 
-        let config_bytes = serde_json::to_vec(&new.config).map_err(internal)?;
+        let config_bytes = build::config_blob(&new.config)?;
         let config_digest = Digest::of(&config_bytes);
         let manifest_bytes = build::artifact_manifest(
             repo,
@@ -114,6 +101,10 @@ impl ArtifactService {
             (&layer_digest, layer_size),
         )?;
         let manifest_size = manifest_bytes.len() as u64;
+        let max_manifest = self.registry.limits().max_manifest_bytes;
+        if manifest_size > max_manifest {
+            return Err(Limit::Manifest.refusal(max_manifest, Some(manifest_size)));
+        }
         let manifest_digest = Digest::of(&manifest_bytes);
         let manifest_ref = match siblings {
             None => Reference::Tag(new.tag.clone()),
@@ -178,53 +169,20 @@ impl ArtifactService {
                 return Err(e);
             }
         }
+        if let Some(stale) = stale_index {
+            self.remove_replaced_index(repo, stale).await?;
+        }
         let key = ArtifactKey::new(repo.clone(), manifest_digest);
         let rec = self
             .index
             .get(&key)
             .ok_or_else(|| internal("artifact stored but not indexed"))?;
-        for h in &new.hosts {
-            self.associate(&rec, h).await?;
-        }
+        self.associate_all(&rec, &new.hosts).await?;
         tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
         Ok(Created {
             value: self.json(&rec),
             created: true,
         })
-    }
-
-    /// The manifests the version tag names (itself, or the children of
-    /// its index), each with its record when it is an artifact of `repo`.
-    async fn existing_version(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<Vec<VersionMember>>, ArtifactError> {
-        let Some(existing) = self.resolve_optional(repo, tag).await? else {
-            return Ok(None);
-        };
-        let bytes = self.registry.manifest_bytes(&existing).await?;
-        let parsed = ParsedManifest::parse(&bytes, None).map_err(RegistryError::from)?;
-        let members: Vec<(Digest, u64)> = match parsed.kind {
-            ManifestKind::Image => vec![(existing, bytes.len() as u64)],
-            ManifestKind::Index => parsed
-                .manifests
-                .iter()
-                .map(|d| (d.digest.clone(), d.size))
-                .collect(),
-        };
-        Ok(Some(
-            members
-                .into_iter()
-                .map(|(digest, size)| VersionMember {
-                    record: self
-                        .index
-                        .get(&ArtifactKey::new(repo.clone(), digest.clone())),
-                    digest,
-                    size,
-                })
-                .collect(),
-        ))
     }
 
     /// Streams a spooled layer into `repo`'s blobs, or only links it when
@@ -249,13 +207,6 @@ impl ArtifactService {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// One manifest a version tag names.
-struct VersionMember {
-    digest: Digest,
-    size: u64,
-    record: Option<Arc<ArtifactRecord>>,
 }
 
 fn conflict(repo: &RepoName, version: &str, architecture: &str) -> ArtifactError {

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::{log_internal, public_message, ErrorHeaders};
+use crate::artifacts::limits::Limit;
 use crate::artifacts::ArtifactError;
 use crate::http::auth::AuthRefusal;
 use crate::http::limits::LimitRefusal;
@@ -39,6 +40,16 @@ pub enum RestErrorCode {
     AmbiguousId,
     VersionExists,
     PayloadTooLarge,
+    /// A list or field of a create over its cap (`artifacts::limits`):
+    /// counts are 400, sizes 413; the message names the limit.
+    TooManyHosts,
+    TooManyTags,
+    MetadataTooLarge,
+    DescriptionTooLarge,
+    KernelVersionTooLarge,
+    ConfigTooLarge,
+    ManifestTooLarge,
+    BodyTooLarge,
     UnsupportedMediaType,
     RangeNotSatisfiable,
     TooManyRequests,
@@ -57,14 +68,22 @@ impl RestErrorCode {
         use RestErrorCode::*;
         match self {
             InvalidRequest | InvalidJson | InvalidBase64 | InvalidName | InvalidEbpf
-            | InvalidArtifact | InvalidId | InvalidHostId => StatusCode::BAD_REQUEST,
+            | InvalidArtifact | InvalidId | InvalidHostId | TooManyHosts | TooManyTags => {
+                StatusCode::BAD_REQUEST
+            }
             Unauthorized => StatusCode::UNAUTHORIZED,
             Denied => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AmbiguousId | VersionExists => StatusCode::CONFLICT,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PayloadTooLarge
+            | MetadataTooLarge
+            | DescriptionTooLarge
+            | KernelVersionTooLarge
+            | ConfigTooLarge
+            | ManifestTooLarge
+            | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
@@ -94,6 +113,14 @@ impl RestErrorCode {
             AmbiguousId => "ambiguous_id",
             VersionExists => "version_exists",
             PayloadTooLarge => "payload_too_large",
+            TooManyHosts => "too_many_hosts",
+            TooManyTags => "too_many_tags",
+            MetadataTooLarge => "metadata_too_large",
+            DescriptionTooLarge => "description_too_large",
+            KernelVersionTooLarge => "kernel_version_too_large",
+            ConfigTooLarge => "config_too_large",
+            ManifestTooLarge => "manifest_too_large",
+            BodyTooLarge => "body_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
             TooManyRequests => "too_many_requests",
@@ -260,6 +287,16 @@ impl From<ArtifactError> for RestError {
             A::AmbiguousId { .. } => C::AmbiguousId,
             A::VersionExists { .. } => C::VersionExists,
             A::TooLarge { .. } | A::ArchiveTooLarge { .. } => C::PayloadTooLarge,
+            A::OverLimit { limit, .. } => match limit {
+                Limit::Hosts => C::TooManyHosts,
+                Limit::Tags => C::TooManyTags,
+                Limit::Metadata => C::MetadataTooLarge,
+                Limit::Description => C::DescriptionTooLarge,
+                Limit::KernelVersion => C::KernelVersionTooLarge,
+                Limit::Config => C::ConfigTooLarge,
+                Limit::Manifest => C::ManifestTooLarge,
+                Limit::HostBody => C::BodyTooLarge,
+            },
             A::SigningUnavailable(_) => C::SigningUnavailable,
             A::ServerBusy { .. } => C::ServerBusy,
             A::Internal(_) => C::InternalError,
@@ -350,7 +387,7 @@ mod tests {
     use std::time::Duration;
 
     /// Every code, each once, in the order of `documented`.
-    const ALL: [RestErrorCode; 23] = {
+    const ALL: [RestErrorCode; 31] = {
         use RestErrorCode::*;
         [
             InvalidRequest,
@@ -369,6 +406,14 @@ mod tests {
             AmbiguousId,
             VersionExists,
             PayloadTooLarge,
+            TooManyHosts,
+            TooManyTags,
+            MetadataTooLarge,
+            DescriptionTooLarge,
+            KernelVersionTooLarge,
+            ConfigTooLarge,
+            ManifestTooLarge,
+            BodyTooLarge,
             UnsupportedMediaType,
             RangeNotSatisfiable,
             TooManyRequests,
@@ -401,13 +446,21 @@ mod tests {
             AmbiguousId => (13, "ambiguous_id", 409),
             VersionExists => (14, "version_exists", 409),
             PayloadTooLarge => (15, "payload_too_large", 413),
-            UnsupportedMediaType => (16, "unsupported_media_type", 415),
-            RangeNotSatisfiable => (17, "range_not_satisfiable", 416),
-            TooManyRequests => (18, "too_many_requests", 429),
-            ServerBusy => (19, "server_busy", 503),
-            SigningUnavailable => (20, "signing_unavailable", 503),
-            StorageFull => (21, "storage_full", 507),
-            InternalError => (22, "internal_error", 500),
+            TooManyHosts => (16, "too_many_hosts", 400),
+            TooManyTags => (17, "too_many_tags", 400),
+            MetadataTooLarge => (18, "metadata_too_large", 413),
+            DescriptionTooLarge => (19, "description_too_large", 413),
+            KernelVersionTooLarge => (20, "kernel_version_too_large", 413),
+            ConfigTooLarge => (21, "config_too_large", 413),
+            ManifestTooLarge => (22, "manifest_too_large", 413),
+            BodyTooLarge => (23, "body_too_large", 413),
+            UnsupportedMediaType => (24, "unsupported_media_type", 415),
+            RangeNotSatisfiable => (25, "range_not_satisfiable", 416),
+            TooManyRequests => (26, "too_many_requests", 429),
+            ServerBusy => (27, "server_busy", 503),
+            SigningUnavailable => (28, "signing_unavailable", 503),
+            StorageFull => (29, "storage_full", 507),
+            InternalError => (30, "internal_error", 500),
         }
     }
 
@@ -468,7 +521,8 @@ mod tests {
             | A::AmbiguousId { .. }
             | A::VersionExists { .. }
             | A::TooLarge { .. }
-            | A::ArchiveTooLarge { .. } => true,
+            | A::ArchiveTooLarge { .. }
+            | A::OverLimit { .. } => true,
             // Load, not a fault: a 503 with its own message (checked below).
             A::ServerBusy { .. } => false,
             A::SigningUnavailable(_) | A::Internal(_) => false,
@@ -501,6 +555,16 @@ mod tests {
             },
             A::TooLarge { max: 1 },
             A::ArchiveTooLarge { max: 1 },
+            A::OverLimit {
+                limit: Limit::Hosts,
+                max: 1,
+                actual: Some(2),
+            },
+            A::OverLimit {
+                limit: Limit::Description,
+                max: 1,
+                actual: None,
+            },
             A::SigningUnavailable("vault secret-token refused".into()),
             A::Internal("secret invariant".into()),
             A::Registry(storage(None)),

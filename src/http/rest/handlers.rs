@@ -11,16 +11,14 @@ use serde_json::json;
 use super::access::Access;
 use super::endpoint::ArtifactOp;
 use super::response::{json_ok, respond};
+use crate::artifacts::limits::MAX_HOST_BODY_BYTES;
 use crate::artifacts::{
-    ArtifactError, ArtifactJson, ArtifactKey, CreateArtifact, HostId, ListQuery,
+    ArtifactError, ArtifactJson, ArtifactKey, CreateArtifact, HostId, Limit, ListQuery,
 };
 use crate::http::error::{RestError, RestErrorCode};
 use crate::http::{blob_response, read_body_capped, AppState, BodyReadError};
 use crate::oci::media;
 use crate::registry::ByteRange;
-
-/// Largest `POST /artifacts/{id}/hosts` body.
-const MAX_HOST_BODY_BYTES: u64 = 64 * 1024;
 
 #[derive(serde::Serialize)]
 struct ArtifactList {
@@ -255,8 +253,13 @@ async fn add_host(state: &AppState, key: &ArtifactKey, req: Request) -> Response
     }
     let body = match read_body_capped(req.into_body(), MAX_HOST_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => {
-            return ArtifactError::InvalidRequest("body over 64 KiB or unreadable".into())
+        Err(BodyReadError::TooLarge) => {
+            return Limit::HostBody
+                .refusal(MAX_HOST_BODY_BYTES, None)
+                .into_response()
+        }
+        Err(BodyReadError::Broken(m)) => {
+            return ArtifactError::InvalidRequest(format!("body could not be read: {m}"))
                 .into_response()
         }
     };

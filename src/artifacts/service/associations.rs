@@ -1,0 +1,164 @@
+//! Host associations of REST artifacts: adding (bounded by the host cap,
+//! written concurrently), removing and listing them. An association is a
+//! referrer manifest in the artifact's repository (see `build`).
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+use super::{ArtifactService, Created};
+use crate::artifacts::build::{self, EMPTY_JSON};
+use crate::artifacts::limits::{Limit, MAX_HOSTS};
+use crate::artifacts::list;
+use crate::artifacts::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
+use crate::artifacts::ArtifactError;
+use crate::oci::{media, Digest, Reference, RepoName};
+
+/// Association manifests written (or deleted) at once for one request.
+/// Each is three small files written crash-safely (fsync, rename, fsync
+/// the folder); one after another, 1,000 took seconds, while in flight
+/// together the device's flushes and the filesystem's work overlap.
+const ASSOCIATION_WRITES_IN_FLIGHT: usize = 32;
+
+impl ArtifactService {
+    /// Associates the artifact with every host of `hosts` it is not yet
+    /// associated with; returns how many were new. Refused, with nothing
+    /// written, when the artifact would have more than [`MAX_HOSTS`]. The
+    /// empty blob is stored once, the subject's size comes from the index,
+    /// and the association manifests are written concurrently.
+    pub(super) async fn associate_all(
+        &self,
+        rec: &ArtifactRecord,
+        hosts: &[HostId],
+    ) -> Result<usize, ArtifactError> {
+        let key = rec.key();
+        let missing: Vec<&HostId> = hosts
+            .iter()
+            .filter(|h| self.index.association(&key, h).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let total = self
+            .index
+            .hosts_of(&key)
+            .len()
+            .saturating_add(missing.len());
+        if total > MAX_HOSTS {
+            return Err(Limit::Hosts.refusal(MAX_HOSTS as u64, Some(total as u64)));
+        }
+        let repo = &rec.repo;
+        // Kept from garbage collection until the manifests reference it.
+        let _pin = self.registry.pin_for_gc(vec![Digest::of(EMPTY_JSON)]);
+        self.registry
+            .put_small_blob(repo, Bytes::from_static(EMPTY_JSON))
+            .await?;
+        let writes: Vec<_> = missing
+            .iter()
+            .map(|host| self.put_association(rec, host))
+            .collect();
+        all_of(writes).await?;
+        Ok(missing.len())
+    }
+
+    /// Stores one association manifest (the empty blob is already there).
+    async fn put_association(
+        &self,
+        rec: &ArtifactRecord,
+        host: &HostId,
+    ) -> Result<(), ArtifactError> {
+        let bytes = build::association_manifest(&rec.id, rec.manifest_size, host)?;
+        let digest = Digest::of(&bytes);
+        self.registry
+            .put_manifest(
+                &rec.repo,
+                &Reference::Digest(digest),
+                Some(media::OCI_MANIFEST),
+                bytes,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /artifacts/{id}/hosts`.
+    pub async fn add_host(
+        &self,
+        key: &ArtifactKey,
+        host: &HostId,
+    ) -> Result<Created<Vec<String>>, ArtifactError> {
+        // Under the repository's lock: the host cap holds against
+        // concurrent adds.
+        let held = self.lock_for(&key.repo).lock().await;
+        let rec = self.record(key)?;
+        let created = self.associate_all(&rec, std::slice::from_ref(host)).await? > 0;
+        drop(held);
+        Ok(Created {
+            value: self.hosts(key)?,
+            created,
+        })
+    }
+
+    /// `DELETE /artifacts/{id}/hosts/{host_id}`.
+    pub async fn remove_host(&self, key: &ArtifactKey, host: &HostId) -> Result<(), ArtifactError> {
+        let rec = self.record(key)?;
+        let assoc = self.index.association(key, host).ok_or_else(|| {
+            ArtifactError::NotFound(format!("association of {} with host {host}", rec.id))
+        })?;
+        self.registry
+            .delete_manifest(&rec.repo, &Reference::Digest(assoc))
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /artifacts/{id}/hosts`.
+    pub fn hosts(&self, key: &ArtifactKey) -> Result<Vec<String>, ArtifactError> {
+        self.record(key)?;
+        Ok(self
+            .index
+            .hosts_of(key)
+            .into_iter()
+            .map(|h| h.to_string())
+            .collect())
+    }
+
+    /// `GET /artifacts/for-host/{host_id}`, keeping only artifacts whose
+    /// repository passes `visible` (what the caller may pull).
+    pub fn for_host(
+        &self,
+        host: &HostId,
+        visible: &dyn Fn(&RepoName) -> bool,
+    ) -> Vec<ArtifactJson> {
+        let mut recs = self.index.artifacts_for_host(host);
+        recs.retain(|r| visible(&r.repo));
+        recs.sort_by(|a, b| list::sort_key(a).cmp(&list::sort_key(b)));
+        recs.iter().map(|r| self.json(r)).collect()
+    }
+
+    /// Deletes every association of an artifact (before the artifact).
+    pub(super) async fn remove_associations(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
+        let associations: Vec<Digest> = self
+            .index
+            .hosts_of(key)
+            .iter()
+            .filter_map(|host| self.index.association(key, host))
+            .collect();
+        let deletes: Vec<_> = associations
+            .into_iter()
+            .map(|assoc| self.delete_if_present(&key.repo, assoc))
+            .collect();
+        all_of(deletes).await
+    }
+}
+
+/// Runs association writes [`ASSOCIATION_WRITES_IN_FLIGHT`] at a time.
+/// Every one runs to its end (none is cut off between the store and the
+/// index), then the first failure is reported.
+async fn all_of<F>(writes: Vec<F>) -> Result<(), ArtifactError>
+where
+    F: std::future::Future<Output = Result<(), ArtifactError>>,
+{
+    let results: Vec<Result<(), ArtifactError>> = futures_util::stream::iter(writes)
+        .buffer_unordered(ASSOCIATION_WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
