@@ -136,7 +136,11 @@ mod tests {
             matches!(refused, ArtifactError::ServerBusy { retry_after_secs } if retry_after_secs > 0),
             "{refused:?}"
         );
-        assert_eq!((refused.status(), refused.code()), (503, "server_busy"));
+        let wire = crate::http::error::RestError::from(refused);
+        assert_eq!(
+            (wire.code.status().as_u16(), wire.code.as_str()),
+            (503, "server_busy")
+        );
         a.release_payload();
         assert_eq!(a.held_bytes(), CREATE_OVERHEAD_BYTES);
         let b = budget.reserve(50 * MIB).await.unwrap();

@@ -1271,8 +1271,14 @@ mod tests {
             ),
         ];
         for (e, status, code) in cases {
-            let a = ArtifactError::from(e);
-            assert_eq!((a.status(), a.code()), (status, code), "{a}");
+            // The REST wire table at the HTTP edge answers it.
+            let a = crate::http::error::RestError::from(ArtifactError::from(e));
+            assert_eq!(
+                (a.code.status().as_u16(), a.code.as_str()),
+                (status, code),
+                "{}",
+                a.message
+            );
         }
         let a = ArtifactError::from(PayloadError::UnsafeEntry {
             entry: "../x".into(),

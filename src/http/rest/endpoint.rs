@@ -444,7 +444,11 @@ mod tests {
         ];
         for (m, p, q, code) in invalid {
             match parse(m.clone(), &p, q) {
-                Err(RouteError::Invalid(e)) => assert_eq!(e.code(), code, "{m} {p} {q:?}"),
+                Err(RouteError::Invalid(e)) => assert_eq!(
+                    crate::http::error::RestError::from(e).code.as_str(),
+                    code,
+                    "{m} {p} {q:?}"
+                ),
                 other => panic!("{m} {p} {q:?}: {other:?}"),
             }
         }
