@@ -58,6 +58,9 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Longest a TLS handshake may take.
     pub tls_handshake_timeout: Duration,
+    /// `?mount=` without `from` looks for the blob in the repositories the
+    /// caller may pull (`BPF_REGISTRY_AUTOMATIC_MOUNT=on`, the default).
+    pub automatic_mount: bool,
     /// Bytes/s a request body must deliver over each `body_rate_window`
     /// of waiting for it; 0 = no minimum.
     pub min_body_rate: u64,
@@ -183,6 +186,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT",
         "10s",
         "longest a TLS handshake may take",
+    ),
+    (
+        "BPF_REGISTRY_AUTOMATIC_MOUNT",
+        "on",
+        "on/off: ?mount= without from mounts from a repository the caller may pull",
     ),
     (
         "BPF_REGISTRY_AUTH_HTPASSWD",
@@ -338,6 +346,7 @@ impl Config {
                 duration(&val, "BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT", 10 * SECOND)?,
                 "BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT",
             )?,
+            automatic_mount: switch(&val, "BPF_REGISTRY_AUTOMATIC_MOUNT", true)?,
             min_body_rate: number_or_zero(&val, "BPF_REGISTRY_MIN_BODY_RATE", 4096)?,
             body_rate_window: positive(
                 duration(&val, "BPF_REGISTRY_BODY_RATE_WINDOW", 10 * SECOND)?,
@@ -435,6 +444,25 @@ fn number(
             _ => Err(ConfigError {
                 var,
                 message: format!("invalid value {v:?}: expected a positive integer"),
+            }),
+        },
+    }
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`).
+fn switch(
+    val: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match val(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "on" | "true" | "1" => Ok(true),
+            "off" | "false" | "0" => Ok(false),
+            _ => Err(ConfigError {
+                var,
+                message: format!("invalid value {v:?}: expected on or off"),
             }),
         },
     }
@@ -648,6 +676,12 @@ mod tests {
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.min_body_rate, 4096);
         assert_eq!(c.body_rate_window, Duration::from_secs(10));
+        assert!(c.automatic_mount);
+        assert!(
+            !cfg(&[("BPF_REGISTRY_AUTOMATIC_MOUNT", "off")])
+                .unwrap()
+                .automatic_mount
+        );
         let c = cfg(&[
             ("BPF_REGISTRY_MAX_CONNECTIONS", "100"),
             ("BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT", "2s"),
@@ -665,6 +699,7 @@ mod tests {
             ("BPF_REGISTRY_TLS_HANDSHAKE_TIMEOUT", "0"),
             ("BPF_REGISTRY_MIN_BODY_RATE", "-1"),
             ("BPF_REGISTRY_BODY_RATE_WINDOW", "0"),
+            ("BPF_REGISTRY_AUTOMATIC_MOUNT", "sometimes"),
         ] {
             assert_eq!(cfg(&[(var, bad)]).unwrap_err().var, var, "{var}={bad}");
         }

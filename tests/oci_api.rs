@@ -2302,6 +2302,37 @@ async fn mount_without_from_finds_the_blob_in_another_repository() {
 }
 
 #[tokio::test]
+async fn with_automatic_mount_off_a_mount_without_from_is_a_session() {
+    let s = TestServer::start_with_env(&[("BPF_REGISTRY_AUTOMATIC_MOUNT", "off")]).await;
+    let c = client();
+    let d = s.push_blob(&c, "bpf/holder", &pseudo_random(500, 81)).await;
+    let r = c
+        .post(s.url(&format!("/v2/bpf/manual/blobs/uploads/?mount={d}")))
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(location(&r).starts_with("/v2/bpf/manual/blobs/uploads/"));
+    let got = c
+        .head(s.url(&format!("/v2/bpf/manual/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::NOT_FOUND, "nothing was mounted");
+    // An explicit `from` still mounts.
+    let r = c
+        .post(s.url(&format!(
+            "/v2/bpf/manual/blobs/uploads/?mount={d}&from=bpf/holder"
+        )))
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn accept_with_q_zero_excludes_that_type() {
     let s = TestServer::start().await;
     let c = client();

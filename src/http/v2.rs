@@ -140,10 +140,13 @@ async fn try_mount(
     caller: Option<&Caller>,
     name: &RepoName,
     mount: &Mount,
+    automatic: bool,
 ) -> Result<bool, OciError> {
     let from = match &mount.from {
         // Authorized by the middleware (which drops a mount it refuses).
         Some(from) => from.clone(),
+        // `BPF_REGISTRY_AUTOMATIC_MOUNT=off`: no discovery, a session.
+        None if !automatic => return Ok(false),
         None => match reg
             .find_blob_holder(&mount.digest, |r| may_pull(caller, r))
             .await?
@@ -302,7 +305,8 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             mount,
         } => {
             if let Some(mount) = &mount {
-                if try_mount(&reg, caller.as_ref(), &name, mount).await? {
+                let automatic = state.config.automatic_mount;
+                if try_mount(&reg, caller.as_ref(), &name, mount, automatic).await? {
                     return Ok(blob_created(&name, &mount.digest));
                 }
             }
