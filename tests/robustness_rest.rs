@@ -601,7 +601,12 @@ async fn an_artifact_with_a_thousand_hosts_is_deleted_promptly_with_its_associat
     .expect("a delete of an artifact with 1,000 hosts is answered within the liveness bound")
     .expect("send DELETE");
     eprintln!("delete with 1,000 hosts took {:?}", started.elapsed());
-    assert_eq!(r.status(), StatusCode::NO_CONTENT, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
 
     let check = |s: &TestServer| {
         let (s_url, c) = (s.url(""), c.clone());
@@ -618,7 +623,11 @@ async fn an_artifact_with_a_thousand_hosts_is_deleted_promptly_with_its_associat
                 .iter()
                 .map(id_of)
                 .collect();
-            assert_eq!(ids, vec![kept_id.clone()], "the other artifact keeps its host");
+            assert_eq!(
+                ids,
+                vec![kept_id.clone()],
+                "the other artifact keeps its host"
+            );
             let r = c
                 .get(format!("{s_url}/artifacts/{id}"))
                 .send()

@@ -292,6 +292,71 @@ impl Backend for FsBackend {
         }
     }
 
+    fn delete_many(&self, paths: &[StorePath]) -> StorageResult<Vec<bool>> {
+        let mut existed = Vec::with_capacity(paths.len());
+        // Each folder that lost an entry, synced once after all removals.
+        let mut dirs: Vec<(PathBuf, &StorePath)> = Vec::new();
+        for path in paths {
+            let full = self.full(path);
+            match fs::remove_file(&full) {
+                Ok(()) => {
+                    if let Some(dir) = full.parent() {
+                        if !dirs.iter().any(|(d, _)| d == dir) {
+                            dirs.push((dir.to_path_buf(), path));
+                        }
+                    }
+                    existed.push(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => existed.push(false),
+                Err(e) => return Err(StorageError::io(path, e)),
+            }
+        }
+        for (dir, path) in &dirs {
+            sync_dir(dir).map_err(io_err(path))?;
+        }
+        Ok(existed)
+    }
+
+    fn write_many_atomic(&self, objects: &[(StorePath, &[u8])]) -> StorageResult<()> {
+        let mut dirs: Vec<(PathBuf, &StorePath)> = Vec::new();
+        // Every temp file written and synced first (a guard removes it if
+        // anything fails before its rename), then renamed into place, then
+        // each distinct folder synced once.
+        let mut pending: Vec<(TempGuard, PathBuf, &StorePath)> = Vec::with_capacity(objects.len());
+        for (path, data) in objects {
+            let target = self.full(path);
+            let dir = target
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.root.clone());
+            if !dirs.iter().any(|(d, _)| d == &dir) {
+                create_dir_durable(&dir).map_err(io_err(path))?;
+                dirs.push((dir, path));
+            }
+            let tmp = temp_path(&target);
+            let guard = TempGuard {
+                path: tmp.clone(),
+                armed: true,
+            };
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_err(path))?;
+            f.write_all(data).map_err(io_err(path))?;
+            f.sync_all().map_err(io_err(path))?;
+            pending.push((guard, target, path));
+        }
+        for (guard, target, path) in pending {
+            fs::rename(&guard.path, &target).map_err(io_err(path))?;
+            guard.keep();
+        }
+        for (dir, path) in &dirs {
+            sync_dir(dir).map_err(io_err(path))?;
+        }
+        Ok(())
+    }
+
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()> {
         match fs::remove_dir_all(self.full(path)) {
             Ok(()) => Ok(()),
