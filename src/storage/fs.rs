@@ -317,46 +317,6 @@ impl Backend for FsBackend {
         Ok(existed)
     }
 
-    fn write_many_atomic(&self, objects: &[(StorePath, &[u8])]) -> StorageResult<()> {
-        let mut dirs: Vec<(PathBuf, &StorePath)> = Vec::new();
-        // Every temp file written and synced first (a guard removes it if
-        // anything fails before its rename), then renamed into place, then
-        // each distinct folder synced once.
-        let mut pending: Vec<(TempGuard, PathBuf, &StorePath)> = Vec::with_capacity(objects.len());
-        for (path, data) in objects {
-            let target = self.full(path);
-            let dir = target
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| self.root.clone());
-            if !dirs.iter().any(|(d, _)| d == &dir) {
-                create_dir_durable(&dir).map_err(io_err(path))?;
-                dirs.push((dir, path));
-            }
-            let tmp = temp_path(&target);
-            let guard = TempGuard {
-                path: tmp.clone(),
-                armed: true,
-            };
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io_err(path))?;
-            f.write_all(data).map_err(io_err(path))?;
-            f.sync_all().map_err(io_err(path))?;
-            pending.push((guard, target, path));
-        }
-        for (guard, target, path) in pending {
-            fs::rename(&guard.path, &target).map_err(io_err(path))?;
-            guard.keep();
-        }
-        for (dir, path) in &dirs {
-            sync_dir(dir).map_err(io_err(path))?;
-        }
-        Ok(())
-    }
-
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()> {
         match fs::remove_dir_all(self.full(path)) {
             Ok(()) => Ok(()),

@@ -104,16 +104,6 @@ pub trait Backend: Send + Sync + 'static {
     fn delete_many(&self, paths: &[StorePath]) -> StorageResult<Vec<bool>> {
         paths.iter().map(|p| self.delete(p)).collect()
     }
-    /// Writes several small objects, each atomically and durably as
-    /// `write_atomic` does; all are durable when this returns (the
-    /// filesystem syncs each distinct folder once). No order among them
-    /// survives a crash: a caller whose writes must land in an order makes
-    /// one call per step.
-    fn write_many_atomic(&self, objects: &[(StorePath, &[u8])]) -> StorageResult<()> {
-        objects
-            .iter()
-            .try_for_each(|(p, data)| self.write_atomic(p, data))
-    }
     /// Deletes a folder and everything below it.
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()>;
     /// Lists a folder's children (empty if it does not exist), unsorted.

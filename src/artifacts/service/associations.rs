@@ -13,7 +13,8 @@ use crate::artifacts::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId}
 use crate::artifacts::ArtifactError;
 use crate::oci::{media, Digest, Reference, RepoName};
 
-/// Association manifests written (or deleted) at once for one request.
+/// Association manifests written at once for one request (deletes are one
+/// batch, see `remove_associations`).
 /// Each is three small files written crash-safely (fsync, rename, fsync
 /// the folder); one after another, 1,000 took seconds, while in flight
 /// together the device's flushes and the filesystem's work overlap.
