@@ -571,3 +571,75 @@ async fn after_oci_deletes_of_every_platform_the_version_is_posted_again() {
         .expect("send");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
+
+// ---- deleting an artifact with many hosts --------------------------------------
+
+#[tokio::test]
+async fn an_artifact_with_a_thousand_hosts_is_deleted_promptly_with_its_associations() {
+    let s = TestServer::start().await;
+    let c = client();
+    let all = hosts(1000);
+    let mut req = body("fleet/gone", "1.0.0", "x86_64", b"fleet payload to delete");
+    req["hosts"] = json!(all);
+    let started = Instant::now();
+    let r = tokio::time::timeout(THOUSAND_HOSTS_LIVENESS, post(&s, &c, &req))
+        .await
+        .expect("a create with 1,000 hosts is answered within the liveness bound");
+    let id = id_of(&json_of(r, StatusCode::CREATED).await);
+    eprintln!("create with 1,000 hosts took {:?}", started.elapsed());
+    // A second artifact in the same repository keeps its own hosts.
+    let mut kept = body("fleet/gone", "2.0.0", "x86_64", b"fleet payload kept");
+    kept["hosts"] = json!([&all[0]]);
+    let kept_id = id_of(&create(&s, &c, &kept).await);
+
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        THOUSAND_HOSTS_LIVENESS,
+        c.delete(s.url(&format!("/artifacts/{id}"))).send(),
+    )
+    .await
+    .expect("a delete of an artifact with 1,000 hosts is answered within the liveness bound")
+    .expect("send DELETE");
+    eprintln!("delete with 1,000 hosts took {:?}", started.elapsed());
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+
+    let check = |s: &TestServer| {
+        let (s_url, c) = (s.url(""), c.clone());
+        let (all, id, kept_id) = (all.clone(), id.clone(), kept_id.clone());
+        async move {
+            for h in [&all[1], &all[500], &all[999]] {
+                let fh = get_json(&c, &format!("{s_url}/artifacts/for-host/{h}")).await;
+                assert_eq!(fh["artifacts"], json!([]), "{h} after the delete: {fh}");
+            }
+            let fh = get_json(&c, &format!("{s_url}/artifacts/for-host/{}", all[0])).await;
+            let ids: Vec<String> = fh["artifacts"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no artifacts array in {fh}"))
+                .iter()
+                .map(id_of)
+                .collect();
+            assert_eq!(
+                ids,
+                vec![kept_id.clone()],
+                "the other artifact keeps its host"
+            );
+            let r = c
+                .get(format!("{s_url}/artifacts/{id}"))
+                .send()
+                .await
+                .expect("send GET");
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "the deleted artifact");
+            let got = get_json(&c, &format!("{s_url}/artifacts/{kept_id}")).await;
+            assert_eq!(got["hosts"], json!([&all[0]]), "{got}");
+        }
+    };
+    check(&s).await;
+    // The delete is in the store, not only in the index.
+    let s = s.restart().await;
+    check(&s).await;
+}

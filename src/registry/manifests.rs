@@ -107,6 +107,63 @@ fn resolve_blocking(
         .map(|_| digest))
 }
 
+/// The store side of [`Registry::delete_manifests`]: the linked manifests
+/// among `wanted` (each with its parsed body, when it still reads and
+/// verifies), after their tags, links and records are durably gone.
+fn delete_manifests_blocking(
+    b: &dyn Backend,
+    repo: &RepoName,
+    wanted: &[Digest],
+    max_manifest_bytes: u64,
+) -> RegistryResult<Vec<(Digest, Option<ParsedManifest>)>> {
+    let mut linked: Vec<(Digest, Option<ParsedManifest>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in wanted {
+        if !seen.insert(d) || b.size(&paths::manifest_link(repo, d))?.is_none() {
+            continue;
+        }
+        // A body that is missing or damaged is no reason to keep the link;
+        // only its referrer link cannot be found then (scrub and gc see it).
+        let parsed = match b.read_small(&paths::blob(d), max_manifest_bytes) {
+            Ok(Some(bytes)) if super::scrub::verify_read(d, &bytes).is_ok() => {
+                ParsedManifest::parse(&bytes, None).ok()
+            }
+            _ => None,
+        };
+        linked.push((d.clone(), parsed));
+    }
+    if linked.is_empty() {
+        return Ok(linked);
+    }
+    let gone: std::collections::HashSet<&Digest> = linked.iter().map(|(d, _)| d).collect();
+    // Tags first: a tag must never point at a missing manifest.
+    let mut tags = Vec::new();
+    for e in b.list(&paths::tags_dir(repo))? {
+        let Ok(tag) = Tag::parse(&e.name) else {
+            continue;
+        };
+        let tp = paths::tag(repo, &tag);
+        if read_digest_file(b, &tp)?.is_some_and(|d| gone.contains(&d)) {
+            tags.push(tp);
+        }
+    }
+    b.delete_many(&tags)?;
+    let links: Vec<StorePath> = linked
+        .iter()
+        .map(|(d, _)| paths::manifest_link(repo, d))
+        .collect();
+    b.delete_many(&links)?;
+    let mut records = Vec::with_capacity(linked.len() * 2);
+    for (d, parsed) in &linked {
+        records.push(paths::media_type_record(repo, d));
+        if let Some(subject) = parsed.as_ref().and_then(|m| m.subject.as_ref()) {
+            records.push(paths::referrer_link(repo, &subject.digest, d));
+        }
+    }
+    b.delete_many(&records)?;
+    Ok(linked)
+}
+
 /// Checks that every child of an index is a manifest linked into `repo`
 /// whose stored size is the one its descriptor states.
 fn check_index_children(
@@ -376,47 +433,45 @@ impl Registry {
                 Ok(())
             }
             Reference::Digest(d) => {
-                // No tag PUT of this repository runs until the link is gone.
-                let repo_lock = self.repo_locks.lock(repo).await;
-                let digest = self.resolve(repo, reference).await?;
-                let parsed = match self.manifest_bytes(&digest).await {
-                    Ok(bytes) => ParsedManifest::parse(&bytes, None).ok(),
-                    Err(_) => None,
-                };
-                let b = self.backend.clone();
-                let (repo2, d2, subject) = (
-                    repo.clone(),
-                    d.clone(),
-                    parsed
-                        .as_ref()
-                        .and_then(|m| m.subject.as_ref().map(|s| s.digest.clone())),
-                );
-                blocking(move || {
-                    // Tags first: a tag must never point at a missing manifest.
-                    for e in b.list(&paths::tags_dir(&repo2))? {
-                        let Ok(tag) = Tag::parse(&e.name) else {
-                            continue;
-                        };
-                        let tp = paths::tag(&repo2, &tag);
-                        if read_digest_file(&*b, &tp)?.as_ref() == Some(&d2) {
-                            b.delete(&tp)?;
-                        }
-                    }
-                    b.delete(&paths::manifest_link(&repo2, &d2))?;
-                    b.delete(&paths::media_type_record(&repo2, &d2))?;
-                    if let Some(subject) = subject {
-                        b.delete(&paths::referrer_link(&repo2, &subject, &d2))?;
-                    }
-                    Ok(())
-                })
-                .await?;
-                drop(repo_lock);
-                for l in self.listeners() {
-                    l.manifest_deleted(repo, &digest, parsed.as_ref());
+                let deleted = self.delete_manifests(repo, std::slice::from_ref(d)).await?;
+                if deleted.is_empty() {
+                    return Err(RegistryError::ManifestUnknown(d.to_string()));
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Deletes manifests by digest with their tags, media type records and
+    /// referrer links, under one hold of the repository's lock and with one
+    /// scan of its tags; returns the digests that were linked (and are now
+    /// gone), in the order given. A digest not linked into `repo` is
+    /// skipped. Each step (tags, then repository links, then the records
+    /// and referrer links) is durable before the next starts, so a crash
+    /// leaves no tag naming an unlinked manifest; listeners are told per
+    /// digest once the store has changed.
+    pub async fn delete_manifests(
+        &self,
+        repo: &RepoName,
+        digests: &[Digest],
+    ) -> RegistryResult<Vec<Digest>> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        // No tag PUT of this repository runs until the links are gone.
+        let repo_lock = self.repo_locks.lock(repo).await;
+        let b = self.backend.clone();
+        let (repo2, wanted) = (repo.clone(), digests.to_vec());
+        let max = self.limits.max_manifest_bytes;
+        let deleted =
+            blocking(move || delete_manifests_blocking(&*b, &repo2, &wanted, max)).await?;
+        drop(repo_lock);
+        for (digest, parsed) in &deleted {
+            for l in self.listeners() {
+                l.manifest_deleted(repo, digest, parsed.as_ref());
+            }
+        }
+        Ok(deleted.into_iter().map(|(d, _)| d).collect())
     }
 
     /// Whether a repository exists (has anything linked or tagged).

@@ -292,6 +292,31 @@ impl Backend for FsBackend {
         }
     }
 
+    fn delete_many(&self, paths: &[StorePath]) -> StorageResult<Vec<bool>> {
+        let mut existed = Vec::with_capacity(paths.len());
+        // Each folder that lost an entry, synced once after all removals.
+        let mut dirs: Vec<(PathBuf, &StorePath)> = Vec::new();
+        for path in paths {
+            let full = self.full(path);
+            match fs::remove_file(&full) {
+                Ok(()) => {
+                    if let Some(dir) = full.parent() {
+                        if !dirs.iter().any(|(d, _)| d == dir) {
+                            dirs.push((dir.to_path_buf(), path));
+                        }
+                    }
+                    existed.push(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => existed.push(false),
+                Err(e) => return Err(StorageError::io(path, e)),
+            }
+        }
+        for (dir, path) in &dirs {
+            sync_dir(dir).map_err(io_err(path))?;
+        }
+        Ok(existed)
+    }
+
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()> {
         match fs::remove_dir_all(self.full(path)) {
             Ok(()) => Ok(()),

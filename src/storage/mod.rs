@@ -96,6 +96,14 @@ pub trait Backend: Send + Sync + 'static {
     fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()>;
     /// Deletes an object; `false` if it did not exist.
     fn delete(&self, path: &StorePath) -> StorageResult<bool>;
+    /// Deletes several objects; for each, `false` if it did not exist.
+    /// Every deletion is durable when this returns (the filesystem syncs
+    /// each distinct folder once, not once per object). No order among
+    /// them survives a crash: a caller whose deletions must land in an
+    /// order makes one call per step.
+    fn delete_many(&self, paths: &[StorePath]) -> StorageResult<Vec<bool>> {
+        paths.iter().map(|p| self.delete(p)).collect()
+    }
     /// Deletes a folder and everything below it.
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()>;
     /// Lists a folder's children (empty if it does not exist), unsorted.

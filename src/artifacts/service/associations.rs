@@ -13,7 +13,8 @@ use crate::artifacts::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId}
 use crate::artifacts::ArtifactError;
 use crate::oci::{media, Digest, Reference, RepoName};
 
-/// Association manifests written (or deleted) at once for one request.
+/// Association manifests written at once for one request (deletes are one
+/// batch, see `remove_associations`).
 /// Each is three small files written crash-safely (fsync, rename, fsync
 /// the folder); one after another, 1,000 took seconds, while in flight
 /// together the device's flushes and the filesystem's work overlap.
@@ -133,7 +134,10 @@ impl ArtifactService {
         recs.iter().map(|r| self.json(r)).collect()
     }
 
-    /// Deletes every association of an artifact (before the artifact).
+    /// Deletes every association of an artifact (before the artifact), in
+    /// one batch of the registry: one hold of the repository's lock, one
+    /// scan of its tags, each folder synced once. One already gone is no
+    /// error.
     pub(super) async fn remove_associations(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
         let associations: Vec<Digest> = self
             .index
@@ -141,11 +145,10 @@ impl ArtifactService {
             .iter()
             .filter_map(|host| self.index.association(key, host))
             .collect();
-        let deletes: Vec<_> = associations
-            .into_iter()
-            .map(|assoc| self.delete_if_present(&key.repo, assoc))
-            .collect();
-        all_of(deletes).await
+        self.registry
+            .delete_manifests(&key.repo, &associations)
+            .await?;
+        Ok(())
     }
 }
 
