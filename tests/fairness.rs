@@ -20,58 +20,18 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::attacker::{password, write_htpasswd, ATTACKER_POLICY as POLICY};
 use common::*;
 use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
 
 const SECOND_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const THIRD_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
-
-/// The attacker fixture: mallory may write only below `sandbox/mallory/`.
-const POLICY: &str = r#"
-[[grant]]
-users = ["mallory"]
-repositories = ["sandbox/mallory/**"]
-actions = ["pull", "push", "delete"]
-
-[[grant]]
-users = ["mallory"]
-repositories = ["bpf/**"]
-actions = ["pull"]
-
-[[grant]]
-users = ["alice"]
-repositories = ["bpf/**"]
-actions = ["pull", "push", "delete"]
-
-[[grant]]
-users = ["admin"]
-repositories = ["**"]
-actions = ["*"]
-
-[anonymous]
-repositories = ["public/**"]
-actions = ["pull"]
-"#;
-
-fn password(user: &str) -> String {
-    format!("{user}-Pa55word")
-}
-
-fn write_htpasswd(path: &Path, users: &[&str], cost: u32) {
-    let mut text = String::new();
-    for u in users {
-        let h = bcrypt::hash(password(u), cost).expect("bcrypt");
-        text.push_str(&format!("{u}:{}\n", h.replacen("$2b$", "$2y$", 1)));
-    }
-    std::fs::write(path, text).expect("write htpasswd");
-}
 
 /// A server with authentication on (users hashed at `cost`).
 async fn auth_server(

@@ -20,6 +20,9 @@ mod common;
 use std::path::Path;
 
 use base64::Engine as _;
+use common::attacker::{
+    password, write_htpasswd, ATTACKER_POLICY as POLICY, ATTACKER_USERS as USERS,
+};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -28,38 +31,6 @@ const HOST_ASSOCIATION: &str = "application/vnd.aegisflux.bpf.host-association.v
 const HOST_ID_ANNOTATION: &str = "io.aegisflux.bpf.host-id";
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
-
-const POLICY: &str = r#"
-[[grant]]
-users = ["mallory"]
-repositories = ["sandbox/mallory/**"]
-actions = ["pull", "push", "delete"]
-
-[[grant]]
-users = ["mallory"]
-repositories = ["bpf/**"]
-actions = ["pull"]
-
-[[grant]]
-users = ["alice"]
-repositories = ["bpf/**"]
-actions = ["pull", "push", "delete"]
-
-[[grant]]
-users = ["admin"]
-repositories = ["**"]
-actions = ["*"]
-
-[anonymous]
-repositories = ["public/**"]
-actions = ["pull"]
-"#;
-
-const USERS: [&str; 3] = ["mallory", "alice", "admin"];
-
-fn password(user: &str) -> String {
-    format!("{user}-Pa55word")
-}
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -74,15 +45,6 @@ struct Fixture {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-fn write_htpasswd(path: &Path) {
-    let mut text = String::new();
-    for u in USERS {
-        let h = bcrypt::hash(password(u), 4).expect("bcrypt");
-        text.push_str(&format!("{u}:{}\n", h.replacen("$2b$", "$2y$", 1)));
-    }
-    std::fs::write(path, text).expect("write htpasswd");
 }
 
 /// An Ed25519 signing key file (PKCS#8 PEM, mode 0600).
@@ -108,7 +70,7 @@ impl Fixture {
     /// With `signing`, a local Ed25519 key signs every artifact stored.
     async fn start_with(signing: bool) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_htpasswd(&dir.path().join("htpasswd"));
+        write_htpasswd(&dir.path().join("htpasswd"), &USERS, 4);
         std::fs::write(dir.path().join("policy.toml"), POLICY).expect("policy");
         let htpasswd = path_str(&dir.path().join("htpasswd"));
         let policy = path_str(&dir.path().join("policy.toml"));

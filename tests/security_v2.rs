@@ -19,41 +19,12 @@ use std::path::Path;
 use base64::Engine as _;
 use bpf_registry::auth::token::{unix_now, ISSUER, SERVICE};
 use bpf_registry::auth::TokenKey;
+use common::attacker::{
+    password, write_htpasswd, ATTACKER_POLICY as POLICY, ATTACKER_USERS as USERS,
+};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-const POLICY: &str = r#"
-[[grant]]
-users = ["mallory"]
-repositories = ["sandbox/mallory/**"]
-actions = ["pull", "push", "delete"]
-
-[[grant]]
-users = ["mallory"]
-repositories = ["bpf/**"]
-actions = ["pull"]
-
-[[grant]]
-users = ["alice"]
-repositories = ["bpf/**"]
-actions = ["pull", "push", "delete"]
-
-[[grant]]
-users = ["admin"]
-repositories = ["**"]
-actions = ["*"]
-
-[anonymous]
-repositories = ["public/**"]
-actions = ["pull"]
-"#;
-
-const USERS: [&str; 3] = ["mallory", "alice", "admin"];
-
-fn password(user: &str) -> String {
-    format!("{user}-Pa55word")
-}
 
 /// A server with authentication on and the attacker policy.
 struct Fixture {
@@ -65,7 +36,7 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_htpasswd(&dir.path().join("htpasswd"), &USERS);
+        write_htpasswd(&dir.path().join("htpasswd"), &USERS, 4);
         let key = TokenKey::generate().expect("key");
         std::fs::write(dir.path().join("token.pem"), key.to_pem().expect("pem"))
             .expect("write key");
@@ -141,15 +112,6 @@ impl Fixture {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-fn write_htpasswd(path: &Path, users: &[&str]) {
-    let mut text = String::from("# test users\n");
-    for u in users {
-        let h = bcrypt::hash(password(u), 4).expect("bcrypt");
-        text.push_str(&format!("{u}:{}\n", h.replacen("$2b$", "$2y$", 1)));
-    }
-    std::fs::write(path, text).expect("write htpasswd");
 }
 
 fn with_auth(value: &str) -> reqwest::Client {
