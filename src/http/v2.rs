@@ -268,7 +268,6 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             Ok((StatusCode::ACCEPTED, Body::empty()).into_response())
         }
         Endpoint::GetBlob { name, digest, head } => {
-            let range = requested_range(req.headers())?;
             if head {
                 let size = reg.blob_size(&name, &digest).await?.ok_or_else(|| {
                     OciError::new(
@@ -287,6 +286,8 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 return Ok(r);
             }
+            // A HEAD ignores `Range`; only a GET reads it.
+            let range = requested_range(req.headers())?;
             // A range outside the blob is a 416 with `Content-Range`.
             let blob = reg.read_blob(&name, &digest, range).await?;
             Ok(super::blob_response(

@@ -96,7 +96,7 @@ enum Decision {
 /// goes out, so an HTTP/2 client sees its stream end cleanly instead of
 /// being reset (curl reports such a reset as an error even after a full
 /// answer). Bounded: 64 KiB, one second; a larger body is cut off.
-async fn drain(body: Body) {
+pub(crate) async fn drain(body: Body) {
     const DRAIN_MAX: usize = 64 * 1024;
     const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
     let limited = http_body_util::Limited::new(body, DRAIN_MAX);
@@ -157,13 +157,16 @@ fn v2(caller: &Caller, parts: &mut Parts) -> Decision {
                     .access
                     .iter()
                     .any(|a| a.kind == "registry" && a.name == "catalog"),
-                _ => caller.may_somewhere(Action::Pull) || caller.user().is_some(),
+                // A user always gets the list (filtered to what they may
+                // pull, possibly empty); an anonymous caller only when the
+                // policy lets anonymous callers pull somewhere.
+                Who::User(_) => true,
+                Who::Anonymous => caller.may_somewhere(Action::Pull),
             };
             if !ok {
                 let refusal = match &caller.who {
-                    Who::User(_) => Refusal::Denied,
                     Who::Token(_) => Refusal::Challenge(Some("insufficient_scope")),
-                    Who::Anonymous => Refusal::Challenge(None),
+                    Who::User(_) | Who::Anonymous => Refusal::Challenge(None),
                 };
                 return Decision::Refuse(refusal_response(
                     refusal,

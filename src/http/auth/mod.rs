@@ -48,6 +48,7 @@ use axum::extract::Request;
 use crate::auth::{Action, Auth, Claims};
 use crate::oci::RepoName;
 
+pub(crate) use middleware::drain;
 pub use middleware::{middleware, ServedUser};
 pub use refusal::AuthRefusal;
 pub use token_endpoint::{token_get, token_post};

@@ -26,7 +26,7 @@ use crate::auth::{Action, Actions};
 use crate::http::error::{OciError, OciErrorCode};
 use crate::oci::{Digest, NameError, Reference, RepoName};
 use crate::storage::UploadId;
-use query::{percent_decode, Query, QueryError};
+use query::{percent_decode, Query, QueryError, MAX_PARAMETERS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -304,9 +304,9 @@ fn unsupported(method: &Method) -> OciError {
 fn not_found(path: &str) -> OciError {
     OciError::new(
         OciErrorCode::NameUnknown,
-        format!("no such endpoint: {path}"),
+        format!("no such endpoint: {}", short(path)),
     )
-    .with_detail(serde_json::json!({ "path": path }))
+    .with_detail(serde_json::json!({ "path": short(path) }))
 }
 
 fn short(s: &str) -> String {
@@ -339,6 +339,10 @@ impl Params {
             ),
             QueryError::BadValue { key } => param_error(&key, "is not valid percent-encoded UTF-8"),
             QueryError::Repeated { key } => param_error(&key, "is given more than once"),
+            QueryError::TooMany => OciError::new(
+                OciErrorCode::ParameterInvalid,
+                format!("more than {MAX_PARAMETERS} query parameters"),
+            ),
         })
     }
 

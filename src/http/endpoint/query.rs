@@ -14,7 +14,14 @@ pub enum QueryError {
     BadValue { key: String },
     /// `key` is given more than once.
     Repeated { key: String },
+    /// More than [`MAX_PARAMETERS`] parameters.
+    TooMany,
 }
+
+/// The most parameters a query (or form) may carry: every endpoint reads
+/// a handful; the cap bounds what decoding costs an unauthenticated
+/// caller.
+pub const MAX_PARAMETERS: usize = 64;
 
 /// A decoded query.
 #[derive(Debug, Default)]
@@ -37,11 +44,15 @@ impl Query {
     /// once.
     pub fn parse(raw: Option<&str>, repeatable: &[&str]) -> Result<Query, QueryError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            if pairs.len() == MAX_PARAMETERS {
+                return Err(QueryError::TooMany);
+            }
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let key = form_decode(k).ok_or(QueryError::BadName)?;
             let value = form_decode(v).ok_or_else(|| QueryError::BadValue { key: key.clone() })?;
-            if !repeatable.contains(&key.as_str()) && pairs.iter().any(|(seen, _)| *seen == key) {
+            if !repeatable.contains(&key.as_str()) && !seen.insert(key.clone()) {
                 return Err(QueryError::Repeated { key });
             }
             pairs.push((key, value));
@@ -98,5 +109,16 @@ mod tests {
             QueryError::BadValue { key: "a".into() }
         );
         assert!(Query::parse(None, &[]).unwrap().get("a").is_none());
+    }
+
+    #[test]
+    fn more_than_the_cap_of_parameters_is_refused() {
+        let at_cap: Vec<String> = (0..MAX_PARAMETERS).map(|i| format!("k{i}=v")).collect();
+        assert!(Query::parse(Some(&at_cap.join("&")), &[]).is_ok());
+        let over = format!("{}&one=more", at_cap.join("&"));
+        assert_eq!(
+            Query::parse(Some(&over), &[]).unwrap_err(),
+            QueryError::TooMany
+        );
     }
 }

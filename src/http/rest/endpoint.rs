@@ -8,6 +8,7 @@
 //! "the first here, the last there"; unknown parameters are ignored, as
 //! the seed service did.
 
+use crate::http::endpoint::query::{Query as StrictQuery, QueryError, MAX_PARAMETERS};
 use axum::http::Method;
 use percent_encoding::percent_decode_str;
 
@@ -112,31 +113,29 @@ pub fn authenticates(path: &str) -> bool {
     path == "/artifacts" || path.starts_with("/artifacts/")
 }
 
-/// The query's parameters, each given at most once.
-struct Query(Vec<(String, String)>);
+/// The query's parameters, each given at most once: the strict decoder
+/// every dialect shares.
+struct Query(StrictQuery);
 
 impl Query {
     fn parse(q: Option<&str>) -> Result<Query, RouteError> {
-        let pairs: Vec<(String, String)> = match q {
-            None | Some("") => Vec::new(),
-            Some(q) => serde_urlencoded::from_str(q).map_err(|e| {
-                ArtifactError::InvalidRequest(format!("malformed query string: {e}"))
-            })?,
-        };
-        for (i, (k, _)) in pairs.iter().enumerate() {
-            if pairs[..i].iter().any(|(seen, _)| seen == k) {
-                return Err(ArtifactError::InvalidRequest(format!(
+        StrictQuery::parse(q, &[]).map(Query).map_err(|e| {
+            let message = match e {
+                QueryError::Repeated { key } => format!(
                     "query parameter {:?} is given more than once",
-                    k.chars().take(40).collect::<String>()
-                ))
-                .into());
-            }
-        }
-        Ok(Query(pairs))
+                    key.chars().take(40).collect::<String>()
+                ),
+                QueryError::TooMany => format!("more than {MAX_PARAMETERS} query parameters"),
+                QueryError::BadName | QueryError::BadValue { .. } => {
+                    "malformed query string: not valid percent-encoded UTF-8".to_string()
+                }
+            };
+            ArtifactError::InvalidRequest(message).into()
+        })
     }
 
     fn get(&self, k: &str) -> Option<String> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        self.0.get(k).map(str::to_string)
     }
 }
 

@@ -2,7 +2,6 @@
 //! `access`), call the artifact or signing service with the resolved
 //! value, map the answer.
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,19 +45,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads and drops what is left of a small request body before a refusal
-/// goes out, so an HTTP/2 client sees its stream end cleanly instead of
-/// being reset. Bounded: 64 KiB, one second.
-async fn drain(body: Body) {
-    const DRAIN_MAX: usize = 64 * 1024;
-    const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
-    let limited = http_body_util::Limited::new(body, DRAIN_MAX);
-    let _ = tokio::time::timeout(DRAIN_TIME, http_body_util::BodyExt::collect(limited)).await;
-}
-
 /// A refusal, after draining the request body.
 pub async fn refuse(req: Request, r: Response) -> Response {
-    drain(req.into_body()).await;
+    crate::http::auth::drain(req.into_body()).await;
     r
 }
 
