@@ -378,13 +378,10 @@ impl SigningService {
     /// Undoes `store` after the signed manifest could not be stored (the
     /// caller still holds the tag lock).
     async fn detach(&self, repo: &RepoName, a: Attached) {
-        if let Err(e) = self
-            .registry
-            .delete_manifest(repo, &Reference::Digest(a.signature.clone()))
-            .await
-        {
-            tracing::warn!(repo = %repo, signature = %a.signature, error = %e, "cannot remove the signature of a manifest that was not stored");
-        }
+        // The tag goes back to the previous signatures first: a crash
+        // between the two steps must never leave them untagged (garbage
+        // collection would take them); the new signature is then untagged
+        // and deleted by digest.
         if let Some(bytes) = a.previous {
             if let Err(e) = self
                 .registry
@@ -398,6 +395,13 @@ impl SigningService {
             {
                 tracing::warn!(repo = %repo, error = %e, "cannot restore the previous signature tag");
             }
+        }
+        if let Err(e) = self
+            .registry
+            .delete_manifest(repo, &Reference::Digest(a.signature.clone()))
+            .await
+        {
+            tracing::warn!(repo = %repo, signature = %a.signature, error = %e, "cannot remove the signature of a manifest that was not stored");
         }
     }
 

@@ -65,10 +65,17 @@ impl ArtifactService {
             return Err(conflict(repo, tag.as_str(), request.architecture()));
         }
         let (limits, spool_dir) = (self.payload_limits, self.spool_dir.clone());
-        let new = tokio::task::spawn_blocking(move || request.into_artifact(&limits, &spool_dir))
-            .await
-            .map_err(|e| internal(format!("payload worker failed: {e}")))??;
-        memory.release_payload();
+        // The budget share travels with the decode: a client that goes
+        // away while it runs cannot free memory the worker still holds.
+        let (new, memory) = tokio::task::spawn_blocking(move || {
+            let decoded = request.into_artifact(&limits, &spool_dir);
+            memory.release_payload();
+            (decoded, memory)
+        })
+        .await
+        .map_err(|e| internal(format!("payload worker failed: {e}")))?;
+        let new = new?;
+        let _memory = memory;
 
         let _held = self.lock_for(&new.repo).lock().await;
         let repo = &new.repo;
