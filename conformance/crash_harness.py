@@ -387,6 +387,11 @@ class Worker(threading.Thread):
             for status, text in results:
                 if status is not None and status >= 500:
                     self.st.sign_faults.append(f"signing race in {dst}: PUT {status} {text}")
+            answered = [(status, text) for status, text in results if status is not None]
+            if answered and not any(status == 201 for status, _ in answered):
+                # Three PUTs of a valid manifest that all got an answer:
+                # at least one must have stored it.
+                self.st.sign_faults.append(f"signing race in {dst}: no PUT stored it: {answered}")
             if any(status == 201 for status, _ in results):
                 self.st.signed_copies.append((dst, aid))
         if any(status == 201 for status, _ in results):
@@ -708,6 +713,8 @@ class Harness:
               flush=True)
         print(f"signing races: {self.st.sign_races} run, {len(self.st.signed_copies)} acknowledged signed copies",
               flush=True)
+        if self.st.sign_races and not self.st.signed_copies:
+            self.violation("signing races ran but none stored a signed copy: nothing was checked")
         print(f"crash harness: rounds {self.args.rounds}, operations acknowledged {self.st.acknowledged}, "
               f"operations verified {self.verified}, violations {len(self.violations)} "
               f"({time.time() - started:.1f}s)", flush=True)
