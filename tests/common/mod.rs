@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod attacker;
+pub mod engines;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,7 +95,10 @@ impl TestServer {
         Self::start_on(tmp, extra).await
     }
 
-    async fn start_on(tmp: TempDir, extra_env: Vec<(String, String)>) -> TestServer {
+    async fn start_on(tmp: TempDir, mut extra_env: Vec<(String, String)>) -> TestServer {
+        // The configuration under test (BPF_TEST_METADATA, BPF_TEST_BLOB_STORE)
+        // where the test did not choose; kept in extra_env, so a restart keeps it.
+        engines::add_missing_server_env(&mut extra_env);
         let data_dir = tmp.path().join("data");
         let mut vars: HashMap<String, String> = HashMap::new();
         vars.insert(
