@@ -29,6 +29,8 @@ impl LogLevel {
 pub struct Config {
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the metadata lives (`BPF_REGISTRY_METADATA`).
+    pub metadata: crate::metadata::MetadataConfig,
     pub log_level: LogLevel,
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
@@ -300,9 +302,18 @@ impl Config {
                 }
             },
         };
+        let metadata = crate::metadata::MetadataConfig::parse(
+            val("BPF_REGISTRY_METADATA").as_deref(),
+            &data_dir,
+        )
+        .map_err(|message| ConfigError {
+            var: "BPF_REGISTRY_METADATA",
+            message,
+        })?;
         Config {
             http_addr,
             data_dir,
+            metadata,
             log_level,
             max_manifest_bytes: number(&val, "BPF_REGISTRY_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)?,
             max_upload_sessions: number(&val, "BPF_REGISTRY_MAX_UPLOAD_SESSIONS", 1024)? as usize,

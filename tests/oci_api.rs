@@ -1730,9 +1730,12 @@ async fn concurrent_tag_pushes_last_write_wins_nothing_torn() {
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.bytes().await.unwrap().as_ref() == b.as_slice());
     }
-    // The tag folder holds exactly one file (no temp files left behind).
-    let tags = s.files_under(&format!("repositories/{repo}/_tags"));
-    assert_eq!(tags, vec!["latest".to_string()]);
+    // Exactly one tag row, naming one of the pushed digests.
+    let repo_name = bpf_registry::oci::RepoName::parse(repo).unwrap();
+    let tags = s.metadata().await.tag_map(&repo_name).await.unwrap();
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].0.to_string(), "latest");
+    assert_eq!(tags[0].1.to_string(), d);
     let v: Value = c
         .get(s.url(&format!("/v2/{repo}/tags/list")))
         .send()

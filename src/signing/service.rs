@@ -93,13 +93,8 @@ impl SigningService {
             }
             SignerConfig::Vault(v) => Some(Arc::new(vault::VaultSigner::new(v)?)),
         };
-        let index = Arc::new(SignatureIndex::new());
-        let started = Instant::now();
-        let found = index
-            .rebuild(&registry)
-            .await
-            .map_err(|e| format!("cannot index the signatures in the store: {e}"))?;
-        registry.add_listener(index.clone());
+        // Its rows are derived by the deriver `open_registry` registers.
+        let index = Arc::new(SignatureIndex::new(registry.metadata().clone()));
         let svc = SigningService {
             registry,
             signer,
@@ -110,14 +105,12 @@ impl SigningService {
                 .collect(),
         };
         match &svc.signer {
-            None => tracing::info!(signatures = found, "signing off"),
+            None => tracing::info!("signing off"),
             Some(s) => match s.public_keys(false).await {
                 Ok(k) => tracing::info!(
                     key_id = %k.key_id,
                     algorithm = k.algorithm.as_str(),
                     latest_version = k.latest,
-                    signatures = found,
-                    duration_ms = started.elapsed().as_millis() as u64,
                     "signing on"
                 ),
                 Err(e) => tracing::warn!(
@@ -143,8 +136,12 @@ impl SigningService {
     }
 
     /// The artifact JSON's `signature` of a manifest in `repo`.
-    pub fn summary(&self, repo: &RepoName, digest: &Digest) -> Option<SignatureSummary> {
-        self.index.summary(repo, digest, self.key_id())
+    pub async fn summary(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> crate::registry::RegistryResult<Option<SignatureSummary>> {
+        self.index.summary(repo, digest, self.key_id()).await
     }
 
     /// Holds the `.sig` tag of `subject` in `repo` (see the module doc).
@@ -156,10 +153,11 @@ impl SigningService {
         self.tag_locks[i].lock().await
     }
 
-    fn signed_here(&self, repo: &RepoName, subject: &Digest) -> bool {
-        self.signer
-            .as_ref()
-            .is_some_and(|s| self.index.signed_by(repo, subject, s.key_id()))
+    async fn signed_here(&self, repo: &RepoName, subject: &Digest) -> Result<bool, SigningError> {
+        match &self.signer {
+            Some(s) => Ok(self.index.signed_by(repo, subject, s.key_id()).await?),
+            None => Ok(false),
+        }
     }
 
     fn docker_reference(&self, repo: &RepoName) -> String {
@@ -204,7 +202,7 @@ impl SigningService {
         let digest = Digest::of(body);
         let signable = size <= self.registry.limits().max_manifest_bytes
             && !matches!(reference, Reference::Digest(want) if want != &digest)
-            && !self.index.signed_by(repo, &digest, signer.key_id());
+            && !self.index.signed_by(repo, &digest, signer.key_id()).await?;
         let parsed = if signable {
             ParsedManifest::parse(body, content_type)
                 .ok()
@@ -248,7 +246,7 @@ impl SigningService {
         // Signed once: a concurrent push of the same manifest may have
         // signed it while this one was signing.
         let _tag = self.lock_tag(repo, &pending.subject.digest).await;
-        if self.signed_here(repo, &pending.subject.digest) {
+        if self.signed_here(repo, &pending.subject.digest).await? {
             return Ok(self
                 .registry
                 .put_manifest(repo, reference, content_type, body)
@@ -425,7 +423,11 @@ impl SigningService {
                     continue;
                 }
                 let _tag = self.lock_tag(&repo, &digest).await;
-                if self.index.signed_by(&repo, &digest, signer.key_id()) {
+                if self
+                    .index
+                    .signed_by(&repo, &digest, signer.key_id())
+                    .await?
+                {
                     report.already_signed += 1;
                     continue;
                 }

@@ -162,6 +162,21 @@ impl TestServer {
     }
 
     /// The store root (`BPF_REGISTRY_DATA_DIR`).
+    /// The server's metadata store, opened beside it (SQLite in WAL mode
+    /// and PostgreSQL both take a second client).
+    pub async fn metadata(&self) -> bpf_registry::metadata::Metadata {
+        let url = self
+            .store_env()
+            .into_iter()
+            .find(|(k, _)| k == "BPF_REGISTRY_METADATA")
+            .map(|(_, v)| v);
+        let config = bpf_registry::metadata::MetadataConfig::parse(url.as_deref(), &self.data_dir)
+            .expect("metadata config");
+        bpf_registry::metadata::Metadata::open(&config)
+            .await
+            .expect("open the server's metadata store")
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
