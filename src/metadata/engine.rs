@@ -22,7 +22,7 @@ impl Engine {
     pub(super) fn pool_size(self) -> u32 {
         match self {
             Engine::Sqlite => 8,
-            Engine::Postgres => 16,
+            Engine::Postgres => 32,
         }
     }
 }

@@ -29,7 +29,7 @@ mod uploads;
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
-pub use uploads::UploadRow;
+pub use uploads::{UploadLease, UploadRow};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;

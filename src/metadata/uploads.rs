@@ -118,3 +118,30 @@ impl Metadata {
         Ok(())
     }
 }
+
+/// The right to write one upload session, across replicas: a session
+/// advisory lock on PostgreSQL (on a connection of its own, closed rather
+/// than returned to the pool, so the lock never outlives its holder);
+/// nothing on SQLite, where one process serves a data directory and its
+/// in-memory slot lock suffices.
+pub struct UploadLease {
+    _conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+}
+
+impl Metadata {
+    /// Waits for the session's lease: two replicas never write one
+    /// session's bytes at once (the loser of a race then finds the offset
+    /// moved and is refused cleanly, never interleaving its bytes).
+    pub async fn lease_upload(&self, id: &str) -> MetadataResult<UploadLease> {
+        if self.engine() == super::Engine::Sqlite {
+            return Ok(UploadLease { _conn: None });
+        }
+        let mut conn = self.pool().acquire().await?;
+        conn.close_on_drop();
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+            .bind(format!("upload:{id}"))
+            .execute(&mut *conn)
+            .await?;
+        Ok(UploadLease { _conn: Some(conn) })
+    }
+}

@@ -67,10 +67,12 @@ fn now_secs() -> u64 {
 /// A body with no size cap beyond what fits in a u64.
 const NO_CAP: u64 = u64::MAX;
 
-/// An open session: the slot and its held lock (the right to write).
+/// An open session: the slot and its held lock (the right to write in
+/// this process) and the session's lease (across replicas).
 struct Open {
     slot: SlotRef,
     guard: SlotGuard,
+    _lease: Option<crate::metadata::UploadLease>,
 }
 
 impl Open {
@@ -120,7 +122,11 @@ impl Registry {
         };
         let row = row_of(&id, &session)?;
         let (slot, guard) = self.uploads.reserve(&id, session, &self.limits)?;
-        let mut open = Open { slot, guard };
+        let mut open = Open {
+            slot,
+            guard,
+            _lease: None,
+        };
         if let Err(e) = self.meta.insert_upload(&row).await {
             let e = RegistryError::from(e);
             let _ = self.end_session(&id, &mut open).await;
@@ -138,6 +144,7 @@ impl Registry {
         if matches!(*guard, Slot::Ended) {
             return Err(RegistryError::UploadUnknown);
         }
+        let lease = self.meta.lease_upload(id.as_str()).await?;
         // The row decides, on every request: another replica may have
         // moved the offset or ended the session. On an error the slot is
         // left as it was and the next request tries again.
@@ -166,7 +173,11 @@ impl Registry {
                 self.uploads.ended(id, &slot);
             }
         }
-        let mut open = Open { slot, guard };
+        let mut open = Open {
+            slot,
+            guard,
+            _lease: Some(lease),
+        };
         if &open.session()?.repo != repo {
             return Err(RegistryError::UploadUnknown);
         }
@@ -467,7 +478,12 @@ impl Registry {
                 Some(r) if now.saturating_sub(r.updated_at) >= ttl => {}
                 _ => continue,
             }
-            let mut open = Open { slot, guard };
+            let lease = self.meta.lease_upload(id.as_str()).await?;
+            let mut open = Open {
+                slot,
+                guard,
+                _lease: Some(lease),
+            };
             self.end_session(&id, &mut open).await?;
             purged += 1;
         }
