@@ -1,6 +1,7 @@
 //! bpf-registry: an OCI distribution v1.1 registry for eBPF artifacts.
 //!
 //! Modules, in dependency order (arrows only point down):
+//! - [`metrics`]: every metric the server exports, and their encoding.
 //! - [`oci`]: pure types: digests, names, references, media types, manifests.
 //! - [`storage`]: the backend trait, every storage path, the filesystem backend.
 //! - [`registry`]: HTTP-free services: blobs, uploads, manifests, tags, referrers,
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod signing;
@@ -46,7 +48,8 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
         max_upload_sessions: config.max_upload_sessions,
         max_upload_sessions_per_principal: config.max_upload_sessions_per_user,
     };
-    let backend: Arc<dyn storage::Backend> = Arc::new(backend);
+    let metrics = config.metrics.then(|| Arc::new(metrics::Metrics::new()));
+    let backend = storage::instrumented::wrap(Arc::new(backend), "fs", metrics.as_ref());
     let registry = Arc::new(Registry::new(backend.clone(), limits));
     let index = Arc::new(artifacts::ArtifactIndex::new(backend));
     let started = std::time::Instant::now();
@@ -72,6 +75,9 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     )
     .await
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if let Some(m) = &metrics {
+        signing.record_metrics_in(m.clone());
+    }
     // REST payloads are spooled here; a crashed server's leftovers go.
     let spool_dir = storage::paths::spool_dir(&config.data_dir);
     artifacts::payload::reset_spool_dir(&spool_dir).map_err(|e| {
@@ -118,6 +124,7 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
         config: Arc::new(config),
         auth,
         signing,
+        metrics,
     })
 }
 
@@ -157,7 +164,12 @@ pub async fn run(
             // Temp files live for milliseconds; older ones are from a crash.
             temp_min_age: state.config.upload_ttl,
         };
-        registry::gc::spawn_collector(state.registry.clone(), every, opts)
+        let metrics = state.metrics.clone();
+        registry::gc::spawn_collector(state.registry.clone(), every, opts, move |report| {
+            if let Some(m) = &metrics {
+                m.gc_run(report.bytes_freed);
+            }
+        })
     });
     let service = app(state);
     if tls.is_some() {

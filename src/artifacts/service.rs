@@ -93,6 +93,15 @@ impl ArtifactService {
         &self.index
     }
 
+    /// How many artifacts and host associations there are now (for the
+    /// metrics scrape; linear in the artifacts, read under the index's
+    /// read lock).
+    pub fn counts(&self) -> (usize, usize) {
+        let all = self.index.all();
+        let associations = all.iter().map(|r| self.index.hosts_of(&r.key()).len()).sum();
+        (all.len(), associations)
+    }
+
     pub fn max_artifact_bytes(&self) -> u64 {
         self.max_artifact_bytes
     }

@@ -8,6 +8,7 @@
 #[cfg(test)]
 pub mod faulty;
 pub mod fs;
+pub mod instrumented;
 pub mod lock;
 pub mod paths;
 
