@@ -190,16 +190,19 @@ EXPECTED=(
   "GET /healthz 200"
   "GET /metrics 200"
 )
-# Prints what is missing from a query answer (stdin); nothing when all is there.
-check_answer() {
-  "$PY" - "$TMP/digests" "${EXPECTED[@]}" <<'EOF'
+# The checker of a query answer: prints what is missing (or a label that
+# holds a name or a digest), nothing when all is there.
+cat >"$TMP/check_answer.py" <<'EOF'
 import json, sys
-answer = json.load(sys.stdin)
-secrets = open(sys.argv[1]).read().split() + ["secret-repo-name", "secret-tag", "secret-artifact", "pusher"]
+answer = json.load(open(sys.argv[1]))
+secrets = open(sys.argv[2]).read().split() + ["secret-repo-name", "secret-tag", "secret-artifact", "pusher"]
 secrets += [s.split(":", 1)[1] for s in secrets if ":" in s]
-want = sys.argv[2:]
+want = sys.argv[3:]
 have = set()
-for r in answer.get("data", {}).get("result", []):
+results = answer.get("data", {}).get("result", [])
+if not results:
+    print("no series at all")
+for r in results:
     m = r["metric"]
     have.add(f'{m.get("method")} {m.get("route")} {m.get("status")}')
     for k, v in m.items():
@@ -210,12 +213,16 @@ for w in want:
     if w not in have:
         print(f"no series for {w!r}")
 EOF
+# The value of a PromQL query's first series ("" when it has none).
+query_value() {
+  curl -fsS -G "$PROM/api/v1/query" --data-urlencode "query=$1" -o "$TMP/query.json" || return 1
+  "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))["data"]["result"]; print(r[0]["value"][1] if r else "")' "$TMP/query.json"
 }
 QUERY="$PROM/api/v1/query?query=http_server_request_duration_seconds_count"
 missing="no answer"
 for _ in $(seq 1 $((WAIT_SECS * 2))); do
-  if answer=$(curl -fsS "$QUERY" 2>/dev/null); then
-    missing=$(check_answer <<<"$answer")
+  if curl -fsS "$QUERY" -o "$TMP/answer.json" 2>/dev/null; then
+    missing=$("$PY" "$TMP/check_answer.py" "$TMP/answer.json" "$TMP/digests" "${EXPECTED[@]}" 2>&1)
     [[ -z "$missing" ]] && break
   fi
   sleep 0.5
@@ -225,13 +232,11 @@ if [[ -z "$missing" ]]; then
 else
   fail "prometheus has the request histogram by route template" "$(tr '\n' ';' <<<"$missing")"
 fi
-up=$(curl -fsS "$PROM/api/v1/query?query=up" | "$PY" -c \
-  'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(",".join(x["value"][1] for x in r))')
+up=$(query_value 'up{job="bpf-registry"}' 2>&1)
 if [[ "$up" == "1" ]]; then pass "scrape target is up"; else fail "scrape target is up" "up=$up"; fi
 for q in 'registry_blob_bytes_total{direction="in"}' 'registry_artifacts' 'process_resident_memory_bytes'; do
-  v=$(curl -fsS -G "$PROM/api/v1/query" --data-urlencode "query=$q" | "$PY" -c \
-    'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")')
-  if [[ -n "$v" ]] && "$PY" -c "import sys; sys.exit(0 if float('$v') > 0 else 1)"; then
+  v=$(query_value "$q" 2>&1)
+  if [[ -n "$v" ]] && "$PY" -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$v" 2>/dev/null; then
     pass "prometheus has $q ($v)"
   else
     fail "prometheus has $q" "value '$v'"

@@ -314,7 +314,15 @@ async fn answer(state: &AppState, req: Request) -> Response {
             return refusal;
         }
     }
-    let (artifacts, host_associations) = state.artifacts.counts();
+    // Linear in the artifacts: off the request threads.
+    let service = state.artifacts.clone();
+    let (artifacts, host_associations) = match tokio::task::spawn_blocking(move || service.counts()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = RestError::new(RestErrorCode::InternalError, format!("counting failed: {e}"));
+            return e.into_response();
+        }
+    };
     let counts = StateCounts {
         artifacts: artifacts as u64,
         host_associations: host_associations as u64,
