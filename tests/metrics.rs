@@ -93,7 +93,9 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
     let chunked_digest = s.push_blob_chunked(&c, repo, &chunked, 8_000).await;
     let layer_digest = sha256(&layer);
     let get = |path: String| c.get(s.url(&path)).send();
-    let r = get(format!("/v2/{repo}/manifests/{tag}")).await.expect("send");
+    let r = get(format!("/v2/{repo}/manifests/{tag}"))
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     r.bytes().await.expect("body");
     let r = c
@@ -102,7 +104,9 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = get(format!("/v2/{repo}/blobs/{layer_digest}")).await.expect("send");
+    let r = get(format!("/v2/{repo}/blobs/{layer_digest}"))
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.expect("body").len(), layer.len());
     for path in [
@@ -114,7 +118,9 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         r.bytes().await.expect("body");
     }
-    let r = get(format!("/v2/{repo}/manifests/tag-missing-okapi")).await.expect("send");
+    let r = get(format!("/v2/{repo}/manifests/tag-missing-okapi"))
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     r.bytes().await.expect("body");
     // Paths that are no endpoint, and a method no route has.
@@ -133,7 +139,10 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
     // REST: an artifact, a host association, reads.
     let r = c
         .post(s.url("/artifacts"))
-        .json(&artifact_body("rest-pangolin", b"test data of the pangolin"))
+        .json(&artifact_body(
+            "rest-pangolin",
+            b"test data of the pangolin",
+        ))
         .send()
         .await
         .expect("send");
@@ -220,8 +229,12 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
     assert_eq!(sample(&text, "registry_artifacts"), Some(2.0));
     assert_eq!(sample(&text, "registry_host_associations"), Some(1.0));
     assert_eq!(sample(&text, "registry_upload_sessions"), Some(0.0));
-    let response_sum = "http_server_response_body_bytes_sum{method=\"GET\",route=\"/v2/{name}/blobs/{digest}\"}";
-    assert!(sample(&text, response_sum).is_some_and(|v| v >= layer.len() as f64), "{text}");
+    let response_sum =
+        "http_server_response_body_bytes_sum{method=\"GET\",route=\"/v2/{name}/blobs/{digest}\"}";
+    assert!(
+        sample(&text, response_sum).is_some_and(|v| v >= layer.len() as f64),
+        "{text}"
+    );
     // Nothing a client chose is a label.
     for secret in [
         "zebra",
@@ -239,7 +252,10 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
         hex_of(&chunked_digest),
         hex_of(&id),
     ] {
-        assert!(!text.contains(secret), "{secret:?} is in the exposition:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "{secret:?} is in the exposition:\n{text}"
+        );
     }
     // Every series of the request histogram has a known method and a
     // template route.
@@ -252,7 +268,14 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
             .nth(1)
             .and_then(|r| r.split('"').next())
             .unwrap_or_else(|| panic!("no route in {line}"));
-        let literal = ["unmatched", "/healthz", "/metrics", "/v2/", "/v2/_catalog", "/artifacts"];
+        let literal = [
+            "unmatched",
+            "/healthz",
+            "/metrics",
+            "/v2/",
+            "/v2/_catalog",
+            "/artifacts",
+        ];
         assert!(
             literal.contains(&route) || route.contains('{'),
             "route {route:?} is neither a template nor a literal route: {line}"
@@ -273,7 +296,10 @@ async fn gc_runs_and_freed_bytes_are_counted() {
     s.push_blob(&c, "gc/orphan", &blob).await;
     let want = [
         ("registry_gc_runs_total".to_string(), 1.0),
-        ("registry_gc_freed_bytes_total".to_string(), blob.len() as f64),
+        (
+            "registry_gc_freed_bytes_total".to_string(),
+            blob.len() as f64,
+        ),
     ];
     scrape_until(&c, &s, &want).await;
 }
@@ -415,7 +441,10 @@ async fn with_auth_metrics_needs_the_token_or_a_granted_user() {
     assert_eq!(metrics_status(&s, Some(&prom)).await, StatusCode::OK);
     // A user with every repository action but no metrics grant.
     let alice = basic("alice", &password("alice"));
-    assert_eq!(metrics_status(&s, Some(&alice)).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        metrics_status(&s, Some(&alice)).await,
+        StatusCode::FORBIDDEN
+    );
     // A user the policy grants nothing.
     let bob = basic("bob", &password("bob"));
     assert_eq!(metrics_status(&s, Some(&bob)).await, StatusCode::FORBIDDEN);
@@ -443,7 +472,10 @@ async fn with_auth_metrics_needs_the_token_or_a_granted_user() {
         .expect("send");
     let t: serde_json::Value = r.json().await.expect("json");
     let access = format!("Bearer {}", t["token"].as_str().expect("token"));
-    assert_eq!(metrics_status(&s, Some(&access)).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        metrics_status(&s, Some(&access)).await,
+        StatusCode::FORBIDDEN
+    );
     // The refusals are counted by reason.
     let c = reqwest::Client::builder()
         .default_headers(
@@ -457,10 +489,22 @@ async fn with_auth_metrics_needs_the_token_or_a_granted_user() {
         .build()
         .expect("client");
     let want = [
-        ("registry_auth_failures_total{reason=\"no_credentials\"}".to_string(), 2.0),
-        ("registry_auth_failures_total{reason=\"denied\"}".to_string(), 3.0),
-        ("registry_auth_failures_total{reason=\"bad_token\"}".to_string(), 3.0),
-        ("registry_auth_failures_total{reason=\"bad_credentials\"}".to_string(), 2.0),
+        (
+            "registry_auth_failures_total{reason=\"no_credentials\"}".to_string(),
+            2.0,
+        ),
+        (
+            "registry_auth_failures_total{reason=\"denied\"}".to_string(),
+            3.0,
+        ),
+        (
+            "registry_auth_failures_total{reason=\"bad_token\"}".to_string(),
+            3.0,
+        ),
+        (
+            "registry_auth_failures_total{reason=\"bad_credentials\"}".to_string(),
+            2.0,
+        ),
         (count_series("GET", "/metrics", 401), 1.0),
         (count_series("GET", "/metrics", 403), 1.0),
         (count_series("GET", "/metrics", 200), 2.0),

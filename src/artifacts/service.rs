@@ -98,7 +98,10 @@ impl ArtifactService {
     /// read lock).
     pub fn counts(&self) -> (usize, usize) {
         let all = self.index.all();
-        let associations = all.iter().map(|r| self.index.hosts_of(&r.key()).len()).sum();
+        let associations = all
+            .iter()
+            .map(|r| self.index.hosts_of(&r.key()).len())
+            .sum();
         (all.len(), associations)
     }
 

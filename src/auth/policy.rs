@@ -624,7 +624,10 @@ actions = ["*"]
         assert!(!p.may_read_metrics("alice"), "actions do not grant metrics");
         assert_eq!(p.actions_for(Some("prometheus"), "x"), Actions::NONE);
         assert!(!p.may_somewhere(Some("prometheus"), Action::Pull));
-        assert_eq!(p.actions_for(Some("olga"), "x"), Actions::NONE.with(Action::Pull));
+        assert_eq!(
+            p.actions_for(Some("olga"), "x"),
+            Actions::NONE.with(Action::Pull)
+        );
         // Without metrics, a grant still needs repositories and actions.
         let e = Policy::parse("[[grant]]\nusers = [\"a\"]\n").unwrap_err();
         assert!(e.message.contains("repositories"), "{e}");
@@ -635,7 +638,10 @@ actions = ["*"]
             .unwrap_err();
         assert!(e.message.contains("repositories"), "{e}");
         // Anonymous callers cannot be granted metrics.
-        assert!(Policy::parse("[anonymous]\nrepositories = [\"x\"]\nactions = [\"pull\"]\nmetrics = true\n").is_err());
+        assert!(Policy::parse(
+            "[anonymous]\nrepositories = [\"x\"]\nactions = [\"pull\"]\nmetrics = true\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -80,9 +80,7 @@ impl RouteTemplate {
                 template: BLOB,
                 blob: Some(BlobDirection::Out),
             },
-            Endpoint::GetBlob { head: true, .. } | Endpoint::DeleteBlob { .. } => {
-                Self::plain(BLOB)
-            }
+            Endpoint::GetBlob { head: true, .. } | Endpoint::DeleteBlob { .. } => Self::plain(BLOB),
             Endpoint::StartUpload {
                 digest: Some(_), ..
             } => uploaded(UPLOADS),
@@ -123,7 +121,10 @@ impl RouteTemplate {
 /// The route label of a finished request: its endpoint's template, else
 /// the router's own template when it is a literal path, else `unmatched`
 /// (a catch-all's match says nothing, and a fallback has none).
-fn route_label(template: Option<RouteTemplate>, matched: Option<&MatchedPath>) -> Cow<'static, str> {
+fn route_label(
+    template: Option<RouteTemplate>,
+    matched: Option<&MatchedPath>,
+) -> Cow<'static, str> {
     match (template, matched) {
         (Some(t), _) => Cow::Borrowed(t.template),
         (None, Some(m)) if !m.as_str().contains('{') => Cow::Owned(m.as_str().to_string()),
@@ -316,13 +317,17 @@ async fn answer(state: &AppState, req: Request) -> Response {
     }
     // Linear in the artifacts: off the request threads.
     let service = state.artifacts.clone();
-    let (artifacts, host_associations) = match tokio::task::spawn_blocking(move || service.counts()).await {
-        Ok(c) => c,
-        Err(e) => {
-            let e = RestError::new(RestErrorCode::InternalError, format!("counting failed: {e}"));
-            return e.into_response();
-        }
-    };
+    let (artifacts, host_associations) =
+        match tokio::task::spawn_blocking(move || service.counts()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = RestError::new(
+                    RestErrorCode::InternalError,
+                    format!("counting failed: {e}"),
+                );
+                return e.into_response();
+            }
+        };
     let counts = StateCounts {
         artifacts: artifacts as u64,
         host_associations: host_associations as u64,
@@ -360,17 +365,72 @@ mod tests {
         let cases = [
             (Method::GET, "/v2/".to_string(), None, "/v2/"),
             (Method::GET, "/v2/_catalog".into(), None, "/v2/_catalog"),
-            (Method::GET, "/v2/team/prog/tags/list".into(), None, "/v2/{name}/tags/list"),
-            (Method::GET, "/v2/team/prog/manifests/v1".into(), None, "/v2/{name}/manifests/{reference}"),
-            (Method::HEAD, format!("/v2/a/manifests/{D}"), None, "/v2/{name}/manifests/{reference}"),
-            (Method::GET, "/v2/a/manifests/.bad".into(), None, "/v2/{name}/manifests/{reference}"),
-            (Method::PUT, "/v2/a/manifests/v1".into(), None, "/v2/{name}/manifests/{reference}"),
-            (Method::GET, format!("/v2/a/b/c/blobs/{D}"), None, "/v2/{name}/blobs/{digest}"),
-            (Method::DELETE, format!("/v2/a/blobs/{D}"), None, "/v2/{name}/blobs/{digest}"),
-            (Method::POST, "/v2/a/blobs/uploads/".into(), None, "/v2/{name}/blobs/uploads/"),
-            (Method::PATCH, format!("/v2/a/blobs/uploads/{U}"), None, "/v2/{name}/blobs/uploads/{uuid}"),
-            (Method::PUT, format!("/v2/a/blobs/uploads/{U}"), Some(format!("digest={D}")), "/v2/{name}/blobs/uploads/{uuid}"),
-            (Method::GET, format!("/v2/a/referrers/{D}"), None, "/v2/{name}/referrers/{digest}"),
+            (
+                Method::GET,
+                "/v2/team/prog/tags/list".into(),
+                None,
+                "/v2/{name}/tags/list",
+            ),
+            (
+                Method::GET,
+                "/v2/team/prog/manifests/v1".into(),
+                None,
+                "/v2/{name}/manifests/{reference}",
+            ),
+            (
+                Method::HEAD,
+                format!("/v2/a/manifests/{D}"),
+                None,
+                "/v2/{name}/manifests/{reference}",
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/.bad".into(),
+                None,
+                "/v2/{name}/manifests/{reference}",
+            ),
+            (
+                Method::PUT,
+                "/v2/a/manifests/v1".into(),
+                None,
+                "/v2/{name}/manifests/{reference}",
+            ),
+            (
+                Method::GET,
+                format!("/v2/a/b/c/blobs/{D}"),
+                None,
+                "/v2/{name}/blobs/{digest}",
+            ),
+            (
+                Method::DELETE,
+                format!("/v2/a/blobs/{D}"),
+                None,
+                "/v2/{name}/blobs/{digest}",
+            ),
+            (
+                Method::POST,
+                "/v2/a/blobs/uploads/".into(),
+                None,
+                "/v2/{name}/blobs/uploads/",
+            ),
+            (
+                Method::PATCH,
+                format!("/v2/a/blobs/uploads/{U}"),
+                None,
+                "/v2/{name}/blobs/uploads/{uuid}",
+            ),
+            (
+                Method::PUT,
+                format!("/v2/a/blobs/uploads/{U}"),
+                Some(format!("digest={D}")),
+                "/v2/{name}/blobs/uploads/{uuid}",
+            ),
+            (
+                Method::GET,
+                format!("/v2/a/referrers/{D}"),
+                None,
+                "/v2/{name}/referrers/{digest}",
+            ),
         ];
         for (m, path, q, want) in cases {
             let ep = parse(&m, &path, q.as_deref()).unwrap_or_else(|e| panic!("{m} {path}: {e:?}"));
@@ -383,11 +443,21 @@ mod tests {
         let dir = |m: Method, path: String, q: Option<String>| {
             RouteTemplate::of_v2(&parse(&m, &path, q.as_deref()).unwrap()).blob
         };
-        assert_eq!(dir(Method::GET, format!("/v2/a/blobs/{D}"), None), Some(BlobDirection::Out));
-        assert_eq!(dir(Method::HEAD, format!("/v2/a/blobs/{D}"), None), None);
-        assert_eq!(dir(Method::PATCH, format!("/v2/a/blobs/uploads/{U}"), None), Some(BlobDirection::In));
         assert_eq!(
-            dir(Method::POST, "/v2/a/blobs/uploads/".into(), Some(format!("digest={D}"))),
+            dir(Method::GET, format!("/v2/a/blobs/{D}"), None),
+            Some(BlobDirection::Out)
+        );
+        assert_eq!(dir(Method::HEAD, format!("/v2/a/blobs/{D}"), None), None);
+        assert_eq!(
+            dir(Method::PATCH, format!("/v2/a/blobs/uploads/{U}"), None),
+            Some(BlobDirection::In)
+        );
+        assert_eq!(
+            dir(
+                Method::POST,
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("digest={D}"))
+            ),
             Some(BlobDirection::In)
         );
         assert_eq!(dir(Method::POST, "/v2/a/blobs/uploads/".into(), None), None);
@@ -399,17 +469,46 @@ mod tests {
         let cases = [
             (Method::GET, "/artifacts".to_string(), "/artifacts"),
             (Method::POST, "/artifacts".into(), "/artifacts"),
-            (Method::GET, "/artifacts/for-host/node-1".into(), "/artifacts/for-host/{host_id}"),
-            (Method::GET, "/signing/public-key".into(), "/signing/public-key"),
+            (
+                Method::GET,
+                "/artifacts/for-host/node-1".into(),
+                "/artifacts/for-host/{host_id}",
+            ),
+            (
+                Method::GET,
+                "/signing/public-key".into(),
+                "/signing/public-key",
+            ),
             (Method::DELETE, format!("/artifacts/{D}"), "/artifacts/{id}"),
-            (Method::GET, format!("/artifacts/{D}/binary"), "/artifacts/{id}/binary"),
-            (Method::POST, format!("/artifacts/{D}/hosts"), "/artifacts/{id}/hosts"),
-            (Method::DELETE, format!("/artifacts/{D}/hosts/node-1"), "/artifacts/{id}/hosts/{host_id}"),
-            (Method::GET, format!("/artifacts/{D}/signatures"), "/artifacts/{id}/signatures"),
-            (Method::GET, format!("/artifacts/{D}/verify"), "/artifacts/{id}/verify"),
+            (
+                Method::GET,
+                format!("/artifacts/{D}/binary"),
+                "/artifacts/{id}/binary",
+            ),
+            (
+                Method::POST,
+                format!("/artifacts/{D}/hosts"),
+                "/artifacts/{id}/hosts",
+            ),
+            (
+                Method::DELETE,
+                format!("/artifacts/{D}/hosts/node-1"),
+                "/artifacts/{id}/hosts/{host_id}",
+            ),
+            (
+                Method::GET,
+                format!("/artifacts/{D}/signatures"),
+                "/artifacts/{id}/signatures",
+            ),
+            (
+                Method::GET,
+                format!("/artifacts/{D}/verify"),
+                "/artifacts/{id}/verify",
+            ),
         ];
         for (m, path, want) in cases {
-            let ep = RestEndpoint::parse(&m, &path, None).unwrap_or_else(|e| panic!("{m} {path}: {e:?}"));
+            let ep = RestEndpoint::parse(&m, &path, None)
+                .unwrap_or_else(|e| panic!("{m} {path}: {e:?}"));
             assert_eq!(RouteTemplate::of_rest(&ep).template, want, "{m} {path}");
         }
     }

@@ -219,7 +219,7 @@ impl Metrics {
         let blobs = Family::<DirectionLabels, Counter>::default();
         registry.register(
             "registry_blob_bytes",
-            "Blob bytes uploaded (in) and downloaded (out) by successful /v2 blob requests",
+            "Blob bytes uploaded (in: /v2 uploads) and downloaded (out: /v2 blob GETs, REST binary downloads) by successful requests",
             blobs.clone(),
         );
         let blob_in = blobs

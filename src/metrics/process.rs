@@ -36,9 +36,12 @@ impl ProcessCollector {
                 libc::sysconf(libc::_SC_PAGESIZE),
             )
         };
+        // `c_long` is `i64` here and `i32` on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let page_bytes = if page > 0 { i64::from(page) } else { 4096 };
         ProcessCollector {
             ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
-            page_bytes: if page > 0 { page as i64 } else { 4096 },
+            page_bytes,
         }
     }
 

@@ -78,16 +78,28 @@ fn a_request_is_recorded_under_its_method_route_and_status() {
 fn blob_bytes_count_successful_blob_transfers_only() {
     let m = Metrics::new();
     let text = m.encode(StateCounts::default()).unwrap();
-    assert_eq!(sample(&text, r#"registry_blob_bytes_total{direction="in"}"#), Some(0.0));
-    assert_eq!(sample(&text, r#"registry_blob_bytes_total{direction="out"}"#), Some(0.0));
+    assert_eq!(
+        sample(&text, r#"registry_blob_bytes_total{direction="in"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, r#"registry_blob_bytes_total{direction="out"}"#),
+        Some(0.0)
+    );
     m.record_request(request(200, Some(BlobDirection::Out)));
     m.record_request(request(206, Some(BlobDirection::Out)));
     m.record_request(request(404, Some(BlobDirection::Out)));
     m.record_request(request(201, Some(BlobDirection::In)));
     m.record_request(request(200, None));
     let text = m.encode(StateCounts::default()).unwrap();
-    assert_eq!(sample(&text, r#"registry_blob_bytes_total{direction="out"}"#), Some(2000.0));
-    assert_eq!(sample(&text, r#"registry_blob_bytes_total{direction="in"}"#), Some(10.0));
+    assert_eq!(
+        sample(&text, r#"registry_blob_bytes_total{direction="out"}"#),
+        Some(2000.0)
+    );
+    assert_eq!(
+        sample(&text, r#"registry_blob_bytes_total{direction="in"}"#),
+        Some(10.0)
+    );
 }
 
 #[test]
@@ -116,7 +128,10 @@ fn gauges_counters_and_histograms_move_with_their_recorders() {
         (r#"registry_auth_failures_total{reason="bad_token"}"#, 0.0),
         ("registry_gc_runs_total", 2.0),
         ("registry_gc_freed_bytes_total", 4096.0),
-        (r#"registry_signing_duration_seconds_count{signer="key"}"#, 2.0),
+        (
+            r#"registry_signing_duration_seconds_count{signer="key"}"#,
+            2.0,
+        ),
         ("registry_signing_failures_total", 1.0),
         (
             r#"registry_storage_operation_duration_seconds_count{backend="fs",operation="rename"}"#,

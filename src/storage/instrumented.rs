@@ -122,7 +122,8 @@ impl AppendWriter for TimedWriter {
 
     fn start_writeback(&mut self) -> StorageResult<()> {
         let w = &mut self.inner;
-        self.timers.time(Op::AppendWriteback, || w.start_writeback())
+        self.timers
+            .time(Op::AppendWriteback, || w.start_writeback())
     }
 }
 
@@ -161,8 +162,7 @@ impl Backend for InstrumentedBackend {
     }
 
     fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()> {
-        self.timers
-            .time(Op::Rename, || self.inner.rename(from, to))
+        self.timers.time(Op::Rename, || self.inner.rename(from, to))
     }
 
     fn delete(&self, path: &StorePath) -> StorageResult<bool> {
@@ -216,7 +216,10 @@ mod tests {
         let b = InstrumentedBackend::new(fs, "fs", &metrics);
         let p = paths::blob(&crate::oci::Digest::of(b"hello"));
         b.write_atomic(&p, b"hello").unwrap();
-        assert_eq!(b.read_small(&p, 100).unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            b.read_small(&p, 100).unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
         assert_eq!(b.size(&p).unwrap(), Some(5));
         let q = paths::upload_data(&crate::storage::UploadId::new_random());
         let mut w = b.open_append(&q, 0).unwrap();

@@ -51,9 +51,9 @@ use axum::extract::Request;
 use crate::auth::{Action, Auth, Claims};
 use crate::oci::RepoName;
 
+pub use metrics_access::authorize_metrics;
 pub(crate) use middleware::drain;
 pub use middleware::{middleware, ServedUser};
-pub use metrics_access::authorize_metrics;
 pub use refusal::{AuthRefusal, FailureReason};
 pub use token_endpoint::{token_get, token_post};
 
