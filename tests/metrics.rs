@@ -284,6 +284,24 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
 }
 
 #[tokio::test]
+async fn open_upload_sessions_are_a_gauge() {
+    let s = TestServer::start().await;
+    let c = client();
+    let first = s.start_upload(&c, "uploads/gauge").await;
+    s.start_upload(&c, "uploads/gauge").await;
+    let text = scrape(&c, &s).await;
+    assert_eq!(
+        sample(&text, "registry_upload_sessions"),
+        Some(2.0),
+        "{text}"
+    );
+    let r = c.delete(s.abs(&first)).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let text = scrape(&c, &s).await;
+    assert_eq!(sample(&text, "registry_upload_sessions"), Some(1.0));
+}
+
+#[tokio::test]
 async fn gc_runs_and_freed_bytes_are_counted() {
     let s = TestServer::start_with_env(&[
         ("BPF_REGISTRY_GC_INTERVAL", "1s"),
