@@ -2,9 +2,11 @@
 # install-deps.sh - idempotently install what the conformance/interop scripts need.
 #
 # System packages (Debian): skopeo, docker-registry (CNCF distribution 2.8.x),
-# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk, and
-# postgresql (initdb/pg_ctl for conformance/postgres.sh). They are only
-# installed when missing, so a second run does nothing and is fast.
+# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk,
+# postgresql (initdb/pg_ctl for conformance/postgres.sh) and prometheus
+# (with promtool; conformance/prometheus.sh starts its own on loopback, so
+# the packaged service is not left running). They are only installed when
+# missing, so a second run does nothing and is fast.
 # As root, also the unprivileged system user bpfreg-test that the test
 # PostgreSQL runs as (the server refuses to run as root).
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
@@ -31,10 +33,12 @@ declare -A PKG_CMD=(
   [apache2-utils]=htpasswd
   [openssl]=openssl
   [wrk]=wrk
+  # the metrics test: a real Prometheus and promtool
+  [prometheus]=promtool
 )
 
 missing=()
-for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk; do
+for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk prometheus; do
   cmd="${PKG_CMD[$pkg]}"
   if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
     continue
@@ -80,8 +84,14 @@ if ((${#missing[@]})); then
       || { log "ERROR: $pkg did not install"; exit 1; }
   done
   pg_tools_present || { log "ERROR: initdb/pg_ctl not found after installing postgresql"; exit 1; }
+  # Where systemd started the packaged Prometheus (on :9090, every
+  # interface), stop it: the tests run their own on loopback.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+     && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus || true
+  fi
 else
-  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk postgresql)"
+  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk postgresql prometheus)"
 fi
 
 # --- unprivileged user for the test PostgreSQL ------------------------------

@@ -11,7 +11,8 @@
 #    against it; then the crash harness (its own server, kill -9 under
 #    load, restart, verify: conformance/crash_harness.py) and the auth
 #    interop script (its own servers, HTTP and TLS, with users and a policy:
-#    conformance/auth_interop.sh);
+#    conformance/auth_interop.sh), and a real Prometheus scraping /metrics
+#    (its own server and Prometheus: conformance/prometheus.sh);
 # 5. the fs + PostgreSQL configuration: a throw-away PostgreSQL
 #    (conformance/postgres.sh, loopback only, as an unprivileged user),
 #    cargo test again with BPF_TEST_METADATA=postgres (a database per test
@@ -114,6 +115,8 @@ if [[ -x target/release/bpf-registry ]]; then
   stop_server
   # authentication, policy and TLS with oras-py, skopeo, curl (own servers)
   run "auth interop" bash conformance/auth_interop.sh target/release/bpf-registry
+  # a real Prometheus scrapes /metrics (own server, own Prometheus, loopback)
+  run "prometheus scrape" bash conformance/prometheus.sh target/release/bpf-registry
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
   run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5

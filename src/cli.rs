@@ -136,7 +136,7 @@ fn open(
             EXIT_FAILED
         })?;
     let registry = runtime
-        .block_on(crate::open_registry(&config))
+        .block_on(crate::open_registry(&config, None))
         .map_err(|e| {
             eprintln!("error: cannot open {}: {e}", config.data_dir.display());
             EXIT_FAILED

@@ -1,6 +1,7 @@
 //! bpf-registry: an OCI distribution v1.1 registry for eBPF artifacts.
 //!
 //! Modules, in dependency order (arrows only point down):
+//! - [`metrics`]: every metric the server exports, and their encoding.
 //! - [`oci`]: pure types: digests, names, references, media types, manifests.
 //! - [`storage`]: the backend trait, every storage path, the filesystem backend.
 //! - [`registry`]: HTTP-free services: blobs, uploads, manifests, tags, referrers,
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metadata;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod signing;
@@ -42,14 +44,17 @@ use storage::FsBackend;
 /// the derivers of the domain rows (artifacts, host associations,
 /// signatures) and imports a data directory of the previous version: what
 /// the server and every maintenance command start from.
-pub async fn open_registry(config: &Config) -> std::io::Result<Arc<Registry>> {
+pub async fn open_registry(
+    config: &Config,
+    metrics: Option<&Arc<metrics::Metrics>>,
+) -> std::io::Result<Arc<Registry>> {
     let backend = FsBackend::open(&config.data_dir)?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
         max_upload_sessions_per_principal: config.max_upload_sessions_per_user,
     };
-    let backend: Arc<dyn storage::Backend> = Arc::new(backend);
+    let backend = storage::instrumented::wrap(Arc::new(backend), "fs", metrics);
     let started = std::time::Instant::now();
     let meta = metadata::Metadata::open(&config.metadata)
         .await
@@ -77,7 +82,8 @@ pub async fn open_registry(config: &Config) -> std::io::Result<Arc<Registry>> {
 
 /// Builds the application state for a config.
 pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
-    let registry = open_registry(&config).await?;
+    let metrics = config.metrics.then(|| Arc::new(metrics::Metrics::new()));
+    let registry = open_registry(&config, metrics.as_ref()).await?;
     let index = Arc::new(artifacts::ArtifactIndex::new(
         registry.backend().clone(),
         registry.metadata().clone(),
@@ -93,6 +99,9 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     )
     .await
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if let Some(m) = &metrics {
+        signing.record_metrics_in(m.clone());
+    }
     // REST payloads are spooled here; a crashed server's leftovers go.
     let spool_dir = storage::paths::spool_dir(&config.data_dir);
     artifacts::payload::reset_spool_dir(&spool_dir).map_err(|e| {
@@ -139,6 +148,7 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
         config: Arc::new(config),
         auth,
         signing,
+        metrics,
     })
 }
 
@@ -197,7 +207,12 @@ pub async fn run(
             // Temp files live for milliseconds; older ones are from a crash.
             temp_min_age: state.config.upload_ttl,
         };
-        registry::gc::spawn_collector(state.registry.clone(), every, opts)
+        let metrics = state.metrics.clone();
+        registry::gc::spawn_collector(state.registry.clone(), every, opts, move |report| {
+            if let Some(m) = &metrics {
+                m.gc_run(report.bytes_freed);
+            }
+        })
     });
     let service = app(state);
     if tls.is_some() {

@@ -93,6 +93,12 @@ impl ArtifactService {
         &self.index
     }
 
+    /// How many artifacts and host associations there are now (for the
+    /// metrics scrape: two count queries).
+    pub async fn counts(&self) -> Result<(u64, u64), ArtifactError> {
+        Ok(self.index.counts().await?)
+    }
+
     pub fn max_artifact_bytes(&self) -> u64 {
         self.max_artifact_bytes
     }

@@ -479,11 +479,13 @@ impl Registry {
     }
 }
 
-/// Runs the collector every `interval` until the task is aborted.
+/// Runs the collector every `interval` until the task is aborted; each
+/// report goes to `on_report` (the metrics) after it is logged.
 pub fn spawn_collector(
     registry: Arc<Registry>,
     interval: Duration,
     opts: GcOptions,
+    on_report: impl Fn(&GcReport) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -491,7 +493,10 @@ pub fn spawn_collector(
         loop {
             tick.tick().await;
             match registry.gc(&opts).await {
-                Ok(report) => report.log(),
+                Ok(report) => {
+                    report.log();
+                    on_report(&report);
+                }
                 Err(e) => tracing::error!(error = %e, "garbage collection failed"),
             }
         }

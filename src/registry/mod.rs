@@ -146,6 +146,12 @@ impl Registry {
         self.derivers.read().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Upload sessions open now (for the metrics; sessions a previous run
+    /// left on disk count from the first upload request on).
+    pub fn upload_sessions(&self) -> usize {
+        self.uploads.open_count()
+    }
+
     /// Whether the store accepts writes (for `/healthz`).
     pub async fn probe_writable(&self) -> RegistryResult<()> {
         let b = self.backend.clone();

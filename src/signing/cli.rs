@@ -76,7 +76,7 @@ pub fn sign(args: &[String]) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let registry = match runtime.block_on(crate::open_registry(&config)) {
+    let registry = match runtime.block_on(crate::open_registry(&config, None)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot open {}: {e}", config.data_dir.display());

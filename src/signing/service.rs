@@ -64,6 +64,8 @@ pub struct SigningService {
     registry_host: Option<String>,
     /// Serializes the `.sig` tag of one (repository, subject), striped.
     tag_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Where each signature's duration and failures are recorded.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 fn now_rfc3339() -> String {
@@ -103,6 +105,7 @@ impl SigningService {
             tag_locks: (0..TAG_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            metrics: std::sync::OnceLock::new(),
         };
         match &svc.signer {
             None => tracing::info!("signing off"),
@@ -121,6 +124,12 @@ impl SigningService {
             },
         }
         Ok(Arc::new(svc))
+    }
+
+    /// Records every signature from now on in `metrics`
+    /// (`registry_signing_*`); the first call wins.
+    pub fn record_metrics_in(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     pub fn enabled(&self) -> bool {
@@ -276,7 +285,17 @@ impl SigningService {
         let started = Instant::now();
         let payload =
             cosign::Payload::new(&self.docker_reference(repo), &subject.digest).to_bytes();
-        let sig = match signer.sign(&payload).await {
+        let signed = signer.sign(&payload).await;
+        if let Some(m) = self.metrics.get() {
+            // The kind is the key id's prefix (`vault:...`, `key:...`).
+            let kind = match signer.key_id().split(':').next() {
+                Some("vault") => "vault",
+                Some("key") => "key",
+                _ => "other",
+            };
+            m.signing_attempt(kind, started.elapsed(), signed.is_ok());
+        }
+        let sig = match signed {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(

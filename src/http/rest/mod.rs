@@ -35,6 +35,7 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     let route = ep.route();
+    let template = super::metrics::RouteTemplate::of_rest(&ep);
     let caller = req.extensions().get::<auth::Caller>().cloned();
     let access = Access::new(caller.as_ref());
     // What the endpoint needs, checked before any body is read; a create
@@ -50,7 +51,10 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     };
     let copy = match copy {
         Ok(c) => c,
-        Err(refusal) => return named(route, handlers::refuse(req, refusal.into_response()).await),
+        Err(refusal) => {
+            let r = handlers::refuse(req, refusal.into_response()).await;
+            return template.on(named(route, r));
+        }
     };
     let r = match (ep, copy) {
         (RestEndpoint::List { query }, _) => handlers::list(&state, access, &query).await,
@@ -65,5 +69,5 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
                 .into_response()
         }
     };
-    named(route, r)
+    template.on(named(route, r))
 }
