@@ -2,19 +2,24 @@
 //! offset, append-only writers with an explicit sync, atomic rename into
 //! place, listing, deletion) and the filesystem backend that implements it.
 //! The trait is synchronous; services call it from blocking threads, which
-//! keeps it implementable by any object store client.
+//! keeps it implementable by any object store client. Two backends: the
+//! filesystem ([`fs`]) and S3 ([`s3`]); [`blob_store`] picks one from the
+//! configuration.
 
+pub mod blob_store;
 /// Only the crate's own tests inject faults.
 #[cfg(test)]
 pub mod faulty;
 pub mod fs;
 pub mod lock;
 pub mod paths;
+pub mod s3;
 
 use std::io::Read;
 
 pub use fs::FsBackend;
 pub use paths::{StorePath, UploadId};
+pub use s3::S3Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -26,6 +31,10 @@ pub enum StorageError {
     },
     #[error("object {0} is larger than the {1}-byte cap")]
     TooLarge(String, u64),
+    /// A remote object store refused or failed a request (after its
+    /// client's retries).
+    #[error("object store error on {path}: {detail}")]
+    Remote { path: String, detail: String },
 }
 
 impl StorageError {
@@ -41,7 +50,7 @@ impl StorageError {
             StorageError::Io { source, .. } => {
                 matches!(source.raw_os_error(), Some(28) | Some(122))
             }
-            StorageError::TooLarge(..) => false,
+            StorageError::TooLarge(..) | StorageError::Remote { .. } => false,
         }
     }
 }
