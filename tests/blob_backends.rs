@@ -9,6 +9,10 @@
 //!
 //! A counting global allocator measures peak heap use for the streaming
 //! case; the cases run one at a time (a lock) so that peak is their own.
+//!
+//! `measure_256_mib_throughput` (ignored) prints MB/s of a 256 MiB write
+//! (`open_append` + `sync`, then `rename`) and read on each configured
+//! backend: `cargo test --release --test blob_backends -- --ignored --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
@@ -108,9 +112,7 @@ fn subject(kind: Kind, case: &str) -> Option<(Arc<dyn Backend>, tempfile::TempDi
             let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
             let url = format!("{}/{prefix}?{query}", location.trim_end_matches('/'));
             let config = BlobStoreConfig::parse(&url).unwrap();
-            let b = config
-                .open(dir.path(), runtime().handle().clone())
-                .unwrap();
+            let b = config.open(dir.path(), runtime().handle().clone()).unwrap();
             Some((b, dir))
         }
     }
@@ -233,7 +235,10 @@ mod cases {
         append(b, &data, 0, &[b"abc"]);
         append(b, &data, 3, &[b"def"]);
         assert_eq!(b.read_small(&data, 6).unwrap().unwrap(), b"abcdef");
-        assert!(matches!(b.read_small(&data, 5), Err(StorageError::TooLarge(..))));
+        assert!(matches!(
+            b.read_small(&data, 5),
+            Err(StorageError::TooLarge(..))
+        ));
     }
 
     pub fn ranged_reads_start_at_zero_middle_and_end(b: &Arc<dyn Backend>) {
@@ -250,7 +255,17 @@ mod cases {
         append(b, &data, 1000 + two.len() as u64, &[three]);
         assert_eq!(b.size(&data).unwrap(), Some(len));
         for p in [&blob, &data] {
-            for offset in [0, 1, 999, 1000, 1001, len / 2, 2 * 1024 * 1024 + 1000, len - 1, len] {
+            for offset in [
+                0,
+                1,
+                999,
+                1000,
+                1001,
+                len / 2,
+                2 * 1024 * 1024 + 1000,
+                len - 1,
+                len,
+            ] {
                 let (got, whole) = read_all(b, p, offset).unwrap();
                 assert_eq!(whole, len, "{p} at {offset}: len is the whole length");
                 assert!(got == content[offset as usize..], "{p} at {offset}");
@@ -269,7 +284,10 @@ mod cases {
         append(b, &data, 25, &[b"more garbage"]);
         // ...is cut off by the next session at the acknowledged offset.
         append(b, &data, 11, &[b"!"]);
-        assert_eq!(read_all(b, &data, 0).unwrap(), (b"hello world!".to_vec(), 12));
+        assert_eq!(
+            read_all(b, &data, 0).unwrap(),
+            (b"hello world!".to_vec(), 12)
+        );
         assert_eq!(b.size(&data).unwrap(), Some(12));
         assert_eq!(read_all(b, &data, 4).unwrap().0, b"o world!");
         // Back to zero drops everything.
@@ -372,7 +390,8 @@ mod cases {
     pub fn list_shows_files_and_folders_and_hides_internal_names(b: &Arc<dyn Backend>) {
         b.write_atomic(&tag("v1"), b"d1").unwrap();
         b.write_atomic(&tag("v2.parts"), b"d2").unwrap();
-        b.write_atomic(&paths::temp_beside(&tag("v3")), b"temp").unwrap();
+        b.write_atomic(&paths::temp_beside(&tag("v3")), b"temp")
+            .unwrap();
         let nested = RepoName::parse("team/app/sub").unwrap();
         b.write_atomic(&paths::tag(&nested, &Tag::parse("x").unwrap()), b"d")
             .unwrap();
@@ -384,7 +403,10 @@ mod cases {
             [("v1".to_string(), false), ("v2.parts".to_string(), false)]
         );
         assert_eq!(
-            names(b.list(&paths::repositories_child(&["team".into()])).unwrap()),
+            names(
+                b.list(&paths::repositories_child(&["team".into()]))
+                    .unwrap()
+            ),
             [("app".to_string(), true), ("app.parts".to_string(), true)]
         );
         assert_eq!(
@@ -483,7 +505,11 @@ mod cases {
     pub fn probe_writable_succeeds(b: &Arc<dyn Backend>) {
         b.probe_writable().unwrap();
         b.probe_writable().unwrap();
-        assert_eq!(b.remove_stale_temps(0).unwrap(), (0, 0), "the probe left nothing");
+        assert_eq!(
+            b.remove_stale_temps(0).unwrap(),
+            (0, 0),
+            "the probe left nothing"
+        );
     }
 
     pub fn remove_stale_temps_takes_only_old_temp_objects(b: &Arc<dyn Backend>) {
@@ -536,12 +562,67 @@ mod cases {
             assert_eq!(total, LEN);
             assert_eq!(got.finish(), digest);
         });
-        eprintln!("GROWTH {} KiB", growth >> 10);
         assert!(
             growth < 48 * 1024 * 1024,
             "peak heap grew by {} MiB for a {} MiB object",
             growth >> 20,
             LEN >> 20
         );
+    }
+}
+
+/// Not a check: prints MB/s of 256 MiB written in one session (and in four
+/// sessions, whose rename concatenates parts), renamed, and read back.
+#[test]
+#[ignore]
+fn measure_256_mib_throughput() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const MIB: usize = 1024 * 1024;
+    const LEN: usize = 256 * MIB;
+    let block = bytes(30, MIB);
+    let mbps = |secs: f64| LEN as f64 / MIB as f64 / secs;
+    for (name, kind) in [("fs", Kind::Fs), ("s3", Kind::S3)] {
+        let Some((b, _dir)) = subject(kind, "measure_256_mib_throughput") else {
+            continue;
+        };
+        for sessions in [1usize, 4] {
+            let data = paths::upload_data(&UploadId::new_random());
+            let blob = paths::blob(&Digest::of(format!("{name}{sessions}").as_bytes()));
+            let per = LEN / sessions;
+            let t = std::time::Instant::now();
+            for s in 0..sessions {
+                let mut w = b.open_append(&data, (s * per) as u64).unwrap();
+                for _ in 0..per / MIB {
+                    w.write_all(&block).unwrap();
+                }
+                w.sync().unwrap();
+            }
+            let written = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            b.rename(&data, &blob).unwrap();
+            let renamed = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let r = b.open_read(&blob, 0).unwrap().unwrap();
+            let mut reader = r.reader;
+            let mut buf = vec![0u8; MIB];
+            let mut total = 0usize;
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            let read = t.elapsed().as_secs_f64();
+            assert_eq!(total, LEN);
+            println!(
+                "MEASURE {name} 256 MiB in {sessions} session(s): append+sync {:.0} MB/s ({written:.2} s), \
+                 rename {renamed:.2} s, write+rename {:.0} MB/s, read {:.0} MB/s ({read:.2} s)",
+                mbps(written),
+                mbps(written + renamed),
+                mbps(read),
+            );
+            b.delete(&blob).unwrap();
+        }
     }
 }

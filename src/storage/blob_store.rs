@@ -92,7 +92,8 @@ impl BlobStoreConfig {
             Some(other) => return err(format!("allow_http must be true or false, got {other:?}")),
         };
         let is_http = check_endpoint(&endpoint)?;
-        if is_http && !asked_http && !is_loopback(&endpoint) {
+        let loopback = is_loopback(&endpoint);
+        if is_http && !asked_http && !loopback {
             return err(format!(
                 "endpoint {endpoint} is plain http to another host: use https, or add allow_http=true"
             ));
@@ -103,6 +104,7 @@ impl BlobStoreConfig {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             region,
             allow_http: is_http,
+            sign_payload: is_http && !loopback,
         }))
     }
 
@@ -257,12 +259,13 @@ mod tests {
                 endpoint: "http://127.0.0.1:3900".into(),
                 region: "garage".into(),
                 allow_http: true,
+                sign_payload: false,
             }
         );
         let l = s3("s3://b12/team/prod/?region=eu-west-1&endpoint=https://s3.example.com/");
         assert_eq!(l.prefix, "team/prod");
         assert_eq!(l.endpoint, "https://s3.example.com");
-        assert!(!l.allow_http);
+        assert!(!l.allow_http && !l.sign_payload);
         let l = s3("s3://b12?endpoint=http%3A%2F%2Flocalhost%3A3900&region=garage");
         assert_eq!(l.endpoint, "http://localhost:3900");
         assert!(s3("s3://b12?endpoint=http://[::1]:3900&region=r").allow_http);
@@ -295,7 +298,8 @@ mod tests {
     fn plain_http_to_another_host_needs_allow_http() {
         let m = refused("s3://b12?endpoint=http://10.0.0.5:3900&region=r");
         assert!(m.contains("allow_http=true"), "{m}");
-        assert!(s3("s3://b12?endpoint=http://10.0.0.5:3900&region=r&allow_http=true").allow_http);
+        let remote_http = s3("s3://b12?endpoint=http://10.0.0.5:3900&region=r&allow_http=true");
+        assert!(remote_http.allow_http && remote_http.sign_payload);
         assert!(
             refused("s3://b12?endpoint=http://10.0.0.5:3900&region=r&allow_http=yes")
                 .contains("true or false")

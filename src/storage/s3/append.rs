@@ -27,8 +27,8 @@ pub struct S3Append {
     /// Bytes written to the current part so far.
     len: u64,
     pending: Option<Pending>,
-    /// Whether this session has completed a part (an empty first `sync`
-    /// still creates the object, as a file would exist).
+    /// Whether the object has a part (if not, an empty first `sync` still
+    /// creates one, as the file would exist on a filesystem).
     wrote_part: bool,
 }
 
@@ -40,7 +40,8 @@ impl S3Append {
             start,
             len: 0,
             pending: Some(Pending::Buffered(Vec::new())),
-            wrote_part: false,
+            // Kept parts before `start` already make the object exist.
+            wrote_part: start > 0,
         }
     }
 

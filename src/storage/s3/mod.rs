@@ -49,6 +49,12 @@
 //!   expire (Garage: `garage bucket cleanup-incomplete-uploads`, or an
 //!   `AbortIncompleteMultipartUpload` lifecycle rule).
 //!
+//! **Requests.** Path-style URLs (`<endpoint>/<bucket>/<key>`), SigV4 with
+//! the access key; the body's SHA-256 is signed only over plain http to
+//! another host (`S3Location::sign_payload`). No whole-request timeout (a
+//! blob GET lasts as long as its client reads), a 60 s read timeout, and
+//! `object_store`'s retries (10, with backoff, within 3 minutes).
+//!
 //! The trait is synchronous and is called from blocking threads; each call
 //! drives the async client on the runtime whose handle the backend was
 //! opened with (a multi-thread runtime).
@@ -88,6 +94,11 @@ pub struct S3Location {
     pub region: String,
     /// Plain `http://` endpoint allowed (loopback, or asked for).
     pub allow_http: bool,
+    /// Whether each request signs a SHA-256 of its body, so the store
+    /// detects a body damaged on the way. Needed only for plain http to
+    /// another host: TLS protects a body already, loopback cannot damage
+    /// one, and hashing every byte costs a fifth of the write speed.
+    pub sign_payload: bool,
 }
 
 /// The access key, from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
@@ -151,6 +162,7 @@ impl S3Backend {
             .with_region(&location.region)
             .with_endpoint(&location.endpoint)
             .with_virtual_hosted_style_request(false)
+            .with_unsigned_payload(!location.sign_payload)
             .with_allow_http(location.allow_http)
             .with_access_key_id(&credentials.access_key_id)
             .with_secret_access_key(&credentials.secret_access_key)
@@ -406,7 +418,10 @@ impl Backend for S3Backend {
                 return Err(not_found(from));
             }
             Remote::check_contiguous(from, &parts)?;
-            match parts.as_slice() {
+            // An empty session (a PUT without body after the PATCHes) adds
+            // an empty part; it is no reason to re-upload the bytes.
+            let filled: Vec<&remote::Part> = parts.iter().filter(|p| p.meta.size > 0).collect();
+            match filled.as_slice() {
                 [only] if only.meta.size <= MAX_COPY => store
                     .copy(&only.key, &to_key)
                     .await
