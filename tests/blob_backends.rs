@@ -17,7 +17,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bpf_registry::oci::{Digest, RepoName, Sha256Hasher, Tag};
@@ -74,17 +74,6 @@ fn peak_growth(f: impl FnOnce()) -> usize {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 enum Kind {
     Fs,
     S3,
@@ -112,7 +101,7 @@ fn subject(kind: Kind, case: &str) -> Option<(Arc<dyn Backend>, tempfile::TempDi
             let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
             let url = format!("{}/{prefix}?{query}", location.trim_end_matches('/'));
             let config = BlobStoreConfig::parse(&url).unwrap();
-            let b = config.open(dir.path(), runtime().handle().clone()).unwrap();
+            let b = config.open(dir.path()).unwrap();
             Some((b, dir))
         }
     }

@@ -8,8 +8,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::runtime::Handle;
-
 use super::s3::{S3Credentials, S3Location};
 use super::{Backend, FsBackend, S3Backend};
 
@@ -110,17 +108,16 @@ impl BlobStoreConfig {
 
     /// Opens the configured backend: the data directory's, or the bucket
     /// (reading the access key from the environment; a missing variable is
-    /// an error here, at start-up). `rt` is the multi-thread runtime an
-    /// object store client runs on.
-    pub fn open(&self, data_dir: &Path, rt: Handle) -> Result<Arc<dyn Backend>, BlobStoreError> {
-        self.open_with(data_dir, rt, |k| std::env::var(k).ok())
+    /// an error here, at start-up). No request is made yet: the caller's
+    /// `probe_writable` checks the bucket.
+    pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn Backend>, BlobStoreError> {
+        self.open_with(data_dir, |k| std::env::var(k).ok())
     }
 
     /// `open` with the environment given as a lookup.
     pub fn open_with(
         &self,
         data_dir: &Path,
-        rt: Handle,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Arc<dyn Backend>, BlobStoreError> {
         match self {
@@ -129,7 +126,7 @@ impl BlobStoreConfig {
                 .map_err(|e| BlobStoreError(format!("cannot open {}: {e}", data_dir.display()))),
             BlobStoreConfig::S3(location) => {
                 let credentials = S3Credentials::from_lookup(get).map_err(BlobStoreError)?;
-                S3Backend::open(location, &credentials, rt)
+                S3Backend::open(location, &credentials)
                     .map(|b| Arc::new(b) as Arc<dyn Backend>)
                     .map_err(|e| BlobStoreError(e.to_string()))
             }
@@ -340,26 +337,15 @@ mod tests {
 
     #[test]
     fn missing_credentials_are_an_error_when_opening() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let config =
             BlobStoreConfig::parse("s3://b12?endpoint=http://127.0.0.1:1&region=r").unwrap();
         let dir = std::env::temp_dir();
         let only_id = |k: &str| (k == "AWS_ACCESS_KEY_ID").then(|| "GK1".to_string());
-        let e = config
-            .open_with(&dir, rt.handle().clone(), only_id)
-            .err()
-            .unwrap();
+        let e = config.open_with(&dir, only_id).err().unwrap();
         assert!(e.0.contains("AWS_SECRET_ACCESS_KEY must be set"), "{e}");
-        let e = config
-            .open_with(&dir, rt.handle().clone(), |_| None)
-            .err()
-            .unwrap();
+        let e = config.open_with(&dir, |_| None).err().unwrap();
         assert!(e.0.contains("AWS_ACCESS_KEY_ID must be set"), "{e}");
         let both = |k: &str| Some(format!("value-of-{k}"));
-        assert!(config.open_with(&dir, rt.handle().clone(), both).is_ok());
+        assert!(config.open_with(&dir, both).is_ok());
     }
 }

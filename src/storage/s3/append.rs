@@ -68,7 +68,7 @@ impl AppendWriter for S3Append {
                     .wait(self.remote.store.put_multipart(&key))
                     .map_err(|e| remote_err(&self.path, e))?;
                 let mut upload = WriteMultipart::new_with_chunk_size(upload, CHUNK);
-                let _entered = self.remote.rt.enter();
+                let _entered = self.remote.io.handle().enter();
                 upload.write(&held);
                 upload.write(buf);
                 Pending::Streaming {
@@ -82,7 +82,7 @@ impl AppendWriter for S3Append {
             }) => {
                 {
                     // Filling a chunk spawns its upload on the runtime.
-                    let _entered = self.remote.rt.enter();
+                    let _entered = self.remote.io.handle().enter();
                     upload.write(buf);
                 }
                 since_wait += buf.len();
@@ -90,7 +90,7 @@ impl AppendWriter for S3Append {
                     // Back-pressure: at most IN_FLIGHT parts in flight.
                     let waited = self.remote.wait(upload.wait_for_capacity(IN_FLIGHT));
                     if let Err(e) = waited {
-                        self.remote.rt.spawn(upload.abort());
+                        self.remote.io.handle().spawn(upload.abort());
                         return Err(remote_err(&self.path, e));
                     }
                     since_wait = 0;
@@ -144,7 +144,7 @@ impl Drop for S3Append {
     fn drop(&mut self) {
         if let Some(Pending::Streaming { upload, .. }) = self.pending.take() {
             // Unsynced bytes are not kept; free the uploaded parts.
-            self.remote.rt.spawn(upload.abort());
+            self.remote.io.handle().spawn(upload.abort());
         }
     }
 }

@@ -55,13 +55,14 @@
 //! blob GET lasts as long as its client reads), a 60 s read timeout, and
 //! `object_store`'s retries (10, with backoff, within 3 minutes).
 //!
-//! The trait is synchronous and is called from blocking threads; each call
-//! drives the async client on the runtime whose handle the backend was
-//! opened with (a multi-thread runtime).
+//! The trait is synchronous; each call waits for the async client, whose
+//! I/O runs on the backend's own small runtime ([`runtime`]), so it may be
+//! called from any thread.
 
 mod append;
 mod read;
 mod remote;
+mod runtime;
 
 use std::collections::HashSet;
 use std::io;
@@ -72,11 +73,11 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use tokio::runtime::Handle;
 
 use self::append::S3Append;
 use self::read::{Source, StreamReader};
 use self::remote::{remote_err, Remote, Segment, MAX_COPY};
+use self::runtime::IoRuntime;
 use super::{
     paths, AppendWriter, Backend, Entry, ObjectReader, StorageError, StorageResult, StorePath,
 };
@@ -143,13 +144,13 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
-    /// Builds the client (no request is made; `probe_writable` checks the
-    /// bucket). `rt` is the multi-thread runtime the client's I/O runs on.
-    pub fn open(
-        location: &S3Location,
-        credentials: &S3Credentials,
-        rt: Handle,
-    ) -> StorageResult<Self> {
+    /// Builds the client and starts its I/O runtime (no request is made;
+    /// `probe_writable` checks the bucket).
+    pub fn open(location: &S3Location, credentials: &S3Credentials) -> StorageResult<Self> {
+        let io = IoRuntime::start().map_err(|e| StorageError::Remote {
+            path: String::new(),
+            detail: format!("cannot start the S3 client's runtime: {e}"),
+        })?;
         let client = ClientOptions::new()
             .with_allow_http(location.allow_http)
             // A blob GET lasts as long as its client reads: no whole-request
@@ -177,7 +178,7 @@ impl S3Backend {
         Ok(S3Backend {
             remote: Remote {
                 store: Arc::new(store),
-                rt,
+                io: Arc::new(io),
                 prefix: location.prefix.clone(),
             },
         })
@@ -339,7 +340,7 @@ impl Backend for S3Backend {
                 let len = meta.size;
                 if offset >= len {
                     return Ok(Some(ObjectReader {
-                        reader: Box::new(StreamReader::empty()),
+                        reader: Box::new(StreamReader::empty(remote)),
                         len,
                     }));
                 }

@@ -4,6 +4,7 @@
 //! object's size, and the network keeps flowing while the consumer works.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
@@ -11,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::remote::{ranged, Remote, Segment};
+use super::runtime::IoRuntime;
 
 /// Blocks handed over at a time; each up to `COALESCE` bytes.
 const QUEUE: usize = 4;
@@ -26,6 +28,7 @@ pub enum Source {
 }
 
 pub struct StreamReader {
+    io: Arc<IoRuntime>,
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
     /// Bytes still owed; a channel that closes early is a short read.
@@ -37,18 +40,20 @@ impl StreamReader {
     pub fn start(remote: &Remote, sources: Vec<Source>, total: u64) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         if total > 0 {
-            remote.rt.spawn(feed(remote.clone(), sources, tx));
+            remote.io.handle().spawn(feed(remote.clone(), sources, tx));
         }
         StreamReader {
+            io: remote.io.clone(),
             rx,
             current: Bytes::new(),
             remaining: total,
         }
     }
 
-    pub fn empty() -> Self {
+    pub fn empty(remote: &Remote) -> Self {
         let (_, rx) = mpsc::channel(1);
         StreamReader {
+            io: remote.io.clone(),
             rx,
             current: Bytes::new(),
             remaining: 0,
@@ -65,7 +70,7 @@ impl Read for StreamReader {
             if self.remaining == 0 {
                 return Ok(0);
             }
-            let next = tokio::task::block_in_place(|| self.rx.blocking_recv());
+            let next = self.io.wait(self.rx.recv());
             match next {
                 Some(Ok(block)) => self.current = block,
                 Some(Err(e)) => return Err(e),

@@ -1,6 +1,6 @@
 //! The object store as the backend sees it: store paths mapped to keys
-//! under the configured prefix, the async client driven from blocking
-//! threads, errors mapped to `StorageError`, and the few multi-request
+//! under the configured prefix, the async client waited for from
+//! synchronous calls, errors mapped to `StorageError`, and the few multi-request
 //! operations the backend builds on (the parts of a parted object, copying
 //! a sequence of byte ranges into one new object).
 
@@ -15,8 +15,8 @@ use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
-use tokio::runtime::Handle;
 
+use super::runtime::IoRuntime;
 use crate::storage::{paths, StorageError, StorageResult, StorePath};
 
 /// Objects up to this size are written with one PUT (buffered in memory);
@@ -54,7 +54,9 @@ pub struct Segment {
 #[derive(Clone)]
 pub struct Remote {
     pub store: Arc<dyn ObjectStore>,
-    pub rt: Handle,
+    /// The runtime the client's I/O runs on (kept alive by every holder:
+    /// the backend, its writers and readers).
+    pub io: Arc<IoRuntime>,
     /// Key prefix without leading or trailing `/`; empty for none.
     pub prefix: String,
 }
@@ -70,12 +72,8 @@ impl Remote {
     }
 
     /// Runs an object store call to completion from the calling thread.
-    /// The backend is called from blocking threads (`spawn_blocking`),
-    /// where blocking on the runtime is legal; on a worker thread of a
-    /// multi-thread runtime `block_in_place` first hands the worker's
-    /// other tasks away.
     pub fn wait<F: Future>(&self, f: F) -> F::Output {
-        tokio::task::block_in_place(|| self.rt.block_on(f))
+        self.io.wait(f)
     }
 
     /// HEAD: the object's metadata, `None` if it does not exist.
