@@ -16,7 +16,10 @@
 //!   the parts that start at or beyond `truncate_to` (unacknowledged bytes
 //!   of a crashed or refused request) and rewrites one that crosses it
 //!   (the registry never makes one: every request ends in a `sync`, so the
-//!   acknowledged offset is always at a part boundary).
+//!   acknowledged offset is always at a part boundary). A `truncate_to`
+//!   beyond the stored bytes is an error (the filesystem would pad with
+//!   zeros, which can only end in a digest mismatch), and so is a gap
+//!   between parts: neither is ever read as zeros.
 //! - `rename` of a parted object writes `to` from its parts (one part:
 //!   server-side copy; several: one streaming multipart upload) and then
 //!   deletes the parts; of a plain object, copy and delete. `to` appears
