@@ -31,6 +31,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the metadata lives (`BPF_REGISTRY_METADATA`).
     pub metadata: crate::metadata::MetadataConfig,
+    /// Where blobs and manifests live (`BPF_REGISTRY_BLOB_STORE`).
+    pub blob_store: crate::storage::blob_store::BlobStoreConfig,
     pub log_level: LogLevel,
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
@@ -327,10 +329,16 @@ impl Config {
             var: "BPF_REGISTRY_METADATA",
             message,
         })?;
+        let blob_store = crate::storage::blob_store::BlobStoreConfig::from_lookup(|k| get(k))
+            .map_err(|e| ConfigError {
+                var: "BPF_REGISTRY_BLOB_STORE",
+                message: e.to_string(),
+            })?;
         Config {
             http_addr,
             data_dir,
             metadata,
+            blob_store,
             log_level,
             max_manifest_bytes: number(&val, "BPF_REGISTRY_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)?,
             max_upload_sessions: number(&val, "BPF_REGISTRY_MAX_UPLOAD_SESSIONS", 1024)? as usize,

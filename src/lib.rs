@@ -38,7 +38,6 @@ use std::sync::Arc;
 
 use config::Config;
 use registry::{Limits, Registry};
-use storage::FsBackend;
 
 /// Opens the blob store and the metadata store of a config, registers
 /// the derivers of the domain rows (artifacts, host associations,
@@ -48,13 +47,20 @@ pub async fn open_registry(
     config: &Config,
     metrics: Option<&Arc<metrics::Metrics>>,
 ) -> std::io::Result<Arc<Registry>> {
-    let backend = FsBackend::open(&config.data_dir)?;
+    let backend = config
+        .blob_store
+        .open(&config.data_dir)
+        .map_err(|e| std::io::Error::other(format!("cannot open the blob store: {e}")))?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
         max_upload_sessions_per_principal: config.max_upload_sessions_per_user,
     };
-    let backend = storage::instrumented::wrap(Arc::new(backend), "fs", metrics);
+    let label = match config.blob_store {
+        storage::blob_store::BlobStoreConfig::Fs => "fs",
+        storage::blob_store::BlobStoreConfig::S3(_) => "s3",
+    };
+    let backend = storage::instrumented::wrap(backend, label, metrics);
     let started = std::time::Instant::now();
     let meta = metadata::Metadata::open(&config.metadata)
         .await

@@ -2,9 +2,12 @@
 //! offset, append-only writers with an explicit sync, atomic rename into
 //! place, listing, deletion) and the filesystem backend that implements it.
 //! The trait is synchronous; services call it from blocking threads, which
-//! keeps it implementable by any object store client. `instrumented` wraps
-//! any backend to time its calls into the metrics.
+//! keeps it implementable by any object store client. Two backends: the
+//! filesystem ([`fs`]) and S3 ([`s3`]); [`blob_store`] picks one from the
+//! configuration. `instrumented` wraps any backend to time its calls into
+//! the metrics.
 
+pub mod blob_store;
 /// Only the crate's own tests inject faults.
 #[cfg(test)]
 pub mod faulty;
@@ -12,11 +15,13 @@ pub mod fs;
 pub mod instrumented;
 pub mod lock;
 pub mod paths;
+pub mod s3;
 
 use std::io::Read;
 
 pub use fs::FsBackend;
 pub use paths::{StorePath, UploadId};
+pub use s3::S3Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -28,6 +33,10 @@ pub enum StorageError {
     },
     #[error("object {0} is larger than the {1}-byte cap")]
     TooLarge(String, u64),
+    /// A remote object store refused or failed a request (after its
+    /// client's retries).
+    #[error("object store error on {path}: {detail}")]
+    Remote { path: String, detail: String },
 }
 
 impl StorageError {
@@ -43,7 +52,7 @@ impl StorageError {
             StorageError::Io { source, .. } => {
                 matches!(source.raw_os_error(), Some(28) | Some(122))
             }
-            StorageError::TooLarge(..) => false,
+            StorageError::TooLarge(..) | StorageError::Remote { .. } => false,
         }
     }
 }

@@ -11,6 +11,7 @@
 //!     _layers/sha256/<hex>                     link: the blob is reachable from this repo
 //!     _referrers/sha256/<subject>/<referrer>   link per referrer (holds its descriptor)
 //!   _uploads/<uuid>/data                       bytes received so far
+//!   _uploads/<uuid>/.parts.data/<start>        the same on an object store, in parts
 //!   _uploads/<uuid>/state                      JSON: repository, acknowledged offset
 //!   _quarantine/sha256/<hex>                   blobs scrub found corrupt
 //!   _auth/token-key.pem                        generated token signing key (0600)
@@ -37,6 +38,14 @@
 //! In `_tags` a legacy-looking name is a valid tag, so it is never deleted:
 //! at worst an old crash leaked one ~100-byte tag file, which lists as a tag
 //! and can be deleted like one.
+//!
+//! **Parted objects (object stores).** An object store cannot append, so
+//! there an appended object (an upload's `data`) is kept as parts in the
+//! internal folder `.parts.<name>` beside it, one object per writer
+//! session named by its start offset (`00000000000000000000`, 20 digits so
+//! names sort by offset). Listings show the folder as the one file
+//! `<name>`; the leading `.` keeps it off every client grammar (a
+//! `<name>.parts` folder could be a repository called `foo.parts`).
 
 use std::fmt;
 
@@ -168,6 +177,53 @@ pub fn upload_data(id: &UploadId) -> StorePath {
 }
 pub fn upload_state(id: &UploadId) -> StorePath {
     upload_dir(id).join("state")
+}
+
+/// The prefix of a parted object's parts folder (see the module doc).
+const PARTS_PREFIX: &str = ".parts.";
+
+/// The internal folder holding the parts of the parted object `p`
+/// (`<folder of p>/.parts.<name of p>`).
+pub fn parts_dir(p: &StorePath) -> StorePath {
+    match p.0.rsplit_once('/') {
+        Some((dir, name)) => StorePath(format!("{dir}/{PARTS_PREFIX}{name}")),
+        None => StorePath(format!("{PARTS_PREFIX}{}", p.0)),
+    }
+}
+/// The part of `p` that starts at byte `start`.
+pub fn part(p: &StorePath, start: u64) -> StorePath {
+    parts_dir(p).join(&format!("{start:020}"))
+}
+/// A temp object in `p`'s parts folder (for rewriting a part).
+pub fn part_temp(p: &StorePath) -> StorePath {
+    parts_dir(p).join(&temp_name("part"))
+}
+/// The start offset a part's name encodes; `None` for any other name.
+pub fn part_start(name: &str) -> Option<u64> {
+    if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+/// The object name whose parts a folder named `folder` holds, if it is a
+/// parts folder.
+pub fn parted_object_name(folder: &str) -> Option<&str> {
+    folder
+        .strip_prefix(PARTS_PREFIX)
+        .filter(|n| !n.is_empty() && !is_internal(n))
+}
+/// A temp object beside `p` (in its folder), for a write that goes
+/// through a second key.
+pub fn temp_beside(p: &StorePath) -> StorePath {
+    match p.0.rsplit_once('/') {
+        Some((dir, name)) => StorePath(format!("{dir}/{}", temp_name(name))),
+        None => StorePath(temp_name(&p.0)),
+    }
+}
+/// A fresh object for the writability probe of an object store (internal,
+/// at the root; a leftover is a temp leftover).
+pub fn probe_object() -> StorePath {
+    StorePath(temp_name("probe"))
 }
 
 /// Whether a file or folder name is the store's own (a temp file, the
@@ -331,6 +387,32 @@ mod tests {
         assert!(!leftover("repositories/_manifests/sha256", &old));
         assert!(!leftover("", ".lock"));
         assert!(!leftover("_auth", "token-key.pem"));
+    }
+
+    #[test]
+    fn parts_sit_in_an_internal_folder_beside_their_object() {
+        let id = UploadId::parse("5f0c6c2e-8a51-4a8e-9a57-2d1b3c4d5e6f").unwrap();
+        let data = upload_data(&id);
+        assert_eq!(
+            parts_dir(&data).as_str(),
+            "_uploads/5f0c6c2e-8a51-4a8e-9a57-2d1b3c4d5e6f/.parts.data"
+        );
+        assert_eq!(
+            part(&data, 42).as_str(),
+            "_uploads/5f0c6c2e-8a51-4a8e-9a57-2d1b3c4d5e6f/.parts.data/00000000000000000042"
+        );
+        assert!(is_internal(".parts.data"));
+        assert_eq!(parted_object_name(".parts.data"), Some("data"));
+        assert_eq!(parted_object_name(".parts."), None);
+        assert_eq!(parted_object_name(".tmp-1.x"), None);
+        assert_eq!(part_start("00000000000000000042"), Some(42));
+        assert_eq!(part_start(&format!("{:020}", u64::MAX)), Some(u64::MAX));
+        assert_eq!(part_start("42"), None);
+        let temp = part_temp(&data);
+        let name = temp.as_str().rsplit('/').next().unwrap();
+        assert!(part_start(name).is_none() && is_temp_leftover(&[], name));
+        let probe = probe_object();
+        assert!(is_temp_leftover(&[], probe.as_str()));
     }
 
     #[test]

@@ -65,8 +65,8 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// The storage variables (metadata, blob store) of every data directory a
 /// test server ran on, so a maintenance command run on that directory
 /// (`gc`, `scrub`, `sign`) opens the same stores.
-static STORE_ENVS: std::sync::Mutex<Vec<(PathBuf, Vec<(String, String)>)>> =
-    std::sync::Mutex::new(Vec::new());
+type StoreEnv = Vec<(String, String)>;
+static STORE_ENVS: std::sync::Mutex<Vec<(PathBuf, StoreEnv)>> = std::sync::Mutex::new(Vec::new());
 
 fn remember_store_env(data_dir: &Path, env: &[(String, String)]) {
     let store: Vec<(String, String)> = env
