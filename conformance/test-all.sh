@@ -19,7 +19,13 @@
 #    server: tests/common/engines.rs), then the release binary on a fresh
 #    database with the OCI conformance harness, the REST interop and the
 #    client interop scripts against it;
-# 6. prints a summary; exits non-zero if anything failed.
+# 6. the S3 + PostgreSQL configuration: Garage (conformance/garage.sh,
+#    built once into ~/.cache/bpf-registry-garage, one node on loopback),
+#    the suites that use the store through the API with
+#    BPF_TEST_BLOB_STORE=s3 (tests/replicas.rs: three replicas on one
+#    database and one bucket), then the release binary on a fresh database
+#    and bucket prefix with the OCI conformance harness and REST interop;
+# 7. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip. The PostgreSQL
 # configuration is skipped only with BPF_TEST_SKIP_POSTGRES=1, and never
 # under CI=true. PostgreSQL is started before the first cargo test, whose
@@ -45,8 +51,13 @@ bash conformance/install-deps.sh || { echo "install-deps failed"; exit 1; }
 SERVER_PID=""
 DATA_DIRS=()
 PG_DIR=""
+GARAGE_DIR=""
 cleanup() {
   stop_server
+  if [[ -n "$GARAGE_DIR" ]]; then
+    bash conformance/garage.sh stop "$GARAGE_DIR" || echo "could not stop the Garage in $GARAGE_DIR"
+    rm -rf "$GARAGE_DIR"
+  fi
   if [[ -n "$PG_DIR" ]]; then
     bash conformance/postgres.sh stop "$PG_DIR" || echo "could not stop the PostgreSQL in $PG_DIR"
     rm -rf "$PG_DIR"
@@ -100,6 +111,25 @@ else
   fi
 fi
 
+# Garage (a real S3 store) for the backend suite (tests/blob_backends.rs)
+# and the S3 + PostgreSQL configuration: built once into a cache
+# (conformance/garage.sh install; about 20 min on 2 cores the first time),
+# one node on loopback (exports BPF_TEST_S3_URL and the AWS_* key).
+step "start Garage"
+if bash conformance/garage.sh install; then
+  GARAGE_DIR=$(mktemp -d /tmp/bpf-registry-garage.XXXXXX)
+  if GARAGE_ENV=$(bash conformance/garage.sh start1 "$GARAGE_DIR"); then
+    eval "$GARAGE_ENV"
+    echo "---- start Garage: ok ($BPF_TEST_S3_URL)"
+  else
+    echo "---- start Garage: FAILED"
+    FAILED_STEPS+=("start Garage")
+  fi
+else
+  echo "---- install Garage: FAILED"
+  FAILED_STEPS+=("install Garage")
+fi
+
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --all-targets -- -D warnings
 run "cargo test (unit + integration)" env BPF_TEST_METADATA=sqlite BPF_TEST_BLOB_STORE=fs cargo test --all-targets
@@ -143,12 +173,29 @@ elif [[ "${CI:-}" == true || "${BPF_TEST_SKIP_POSTGRES:-}" != 1 ]]; then
 fi
 
 # ---- S3 (Garage) + PostgreSQL --------------------------------------------------
-# TODO(issue 12): the S3 + PostgreSQL phase goes here: start Garage
-# (conformance/garage.sh start1 DIR, exports BPF_TEST_S3_URL and the AWS_*
-# credentials), then the same as the phase above with BPF_TEST_BLOB_STORE=s3
-# for cargo test, and start_server BPF_REGISTRY_METADATA=<fresh db>
-# BPF_REGISTRY_BLOB_STORE=<BPF_TEST_S3_URL with a fresh prefix> for the
-# harness and interop scripts.
+# The suites that exercise the store through the API (the others read the
+# data dir's files, fill a tmpfs or run the fs-only maintenance commands),
+# the replicas on one database and one bucket, then the release binary on
+# a fresh database and a fresh bucket prefix with the conformance harness
+# and the REST interop.
+if [[ -n "${BPF_TEST_POSTGRES:-}" && -n "${BPF_TEST_S3_URL:-}" ]]; then
+  run "cargo test (S3 + PostgreSQL)" env BPF_TEST_METADATA=postgres BPF_TEST_BLOB_STORE=s3 \
+    cargo test --test blob_backends --test oci_api --test oci_client --test rest_api \
+      --test replicas --test security_v2 --test security_rest --test metadata_engines
+  S3_DB="t_s3_$(date +%s)_$$"
+  S3_PREFIX="ci-$(date +%s)-$$"
+  S3_URL="${BPF_TEST_S3_URL/\?//$S3_PREFIX?}"
+  if run "create database $S3_DB" \
+      "$BPF_TEST_PSQL" -X -q -v ON_ERROR_STOP=1 -d "$BPF_TEST_POSTGRES" -c "CREATE DATABASE $S3_DB" \
+    && run "start release server (S3 + PostgreSQL)" \
+      start_server BPF_REGISTRY_METADATA="${BPF_TEST_POSTGRES%/*}/$S3_DB" BPF_REGISTRY_BLOB_STORE="$S3_URL"; then
+    run "OCI conformance harness (S3 + PostgreSQL)" "$PY" conformance/oci_conformance.py --url "$URL"
+    run "REST interop (oras-py) (S3 + PostgreSQL)" "$PY" conformance/rest_interop.py --url "$URL"
+  fi
+  stop_server
+else
+  FAILED_STEPS+=("S3 + PostgreSQL: no PostgreSQL or no Garage")
+fi
 
 step "summary"
 if ((${#FAILED_STEPS[@]})); then
