@@ -99,7 +99,8 @@ impl Metadata {
         let url = config.url();
         let options = AnyPoolOptions::new()
             .max_connections(engine.pool_size())
-            .acquire_timeout(std::time::Duration::from_secs(30));
+            // A store that is down answers within a load balancer's probe.
+            .acquire_timeout(std::time::Duration::from_secs(5));
         let options = match engine {
             Engine::Sqlite => options.after_connect(|conn, _| {
                 Box::pin(async move {
