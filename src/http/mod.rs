@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod error;
 mod health;
 pub mod limits;
+pub mod openapi;
 mod rest;
 pub mod tls;
 pub mod v2;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
     let request_limits = limits::RequestLimits::from_config(&state.config);
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::serve))
         // REST: one table, in `rest::endpoint`.
         .route("/artifacts", any(rest::dispatch))
         .route("/artifacts/{*rest}", any(rest::dispatch))
@@ -85,7 +87,7 @@ async fn fallback(req: Request) -> Response {
     r
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = (status, body).into_response();
     r.headers_mut().insert(

@@ -51,7 +51,7 @@ use crate::oci::RepoName;
 pub(crate) use middleware::drain;
 pub use middleware::{middleware, ServedUser};
 pub use refusal::AuthRefusal;
-pub use token_endpoint::{token_get, token_post};
+pub use token_endpoint::{token_get, token_post, TokenAnswer};
 
 #[derive(Clone)]
 enum Who {
