@@ -17,7 +17,18 @@ use crate::oci::{Digest, RepoName};
 /// `metadata` are read bounded (see `limits`), so an oversized one costs
 /// no more memory than its cap before it is refused.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[schema(description = "A new artifact version. Unknown fields are ignored.")]
+#[schema(
+    description = "A new artifact version. Unknown fields are ignored.",
+    example = json!({
+        "name": "security_monitor",
+        "version": "1.0.0",
+        "description": "Security monitoring eBPF program",
+        "type": "program",
+        "architecture": "x86_64",
+        "kernel_version": "5.4.0",
+        "data": "dGVzdCBkYXRh"
+    })
+)]
 pub struct CreateRequest<'a> {
     /// The repository: an OCI repository name (lower case, at most 255
     /// characters).
@@ -51,7 +62,7 @@ pub struct CreateRequest<'a> {
     /// The payload, base64 (padded or not): an eBPF object, a pre-packed
     /// tar.zst, or any file.
     #[serde(borrow, default, deserialize_with = "borrowed_str")]
-    #[schema(value_type = String, required = true, content_encoding = "base64")]
+    #[schema(value_type = String, required = true)]
     pub data: Option<Cow<'a, str>>,
     /// Host ids to associate at once (at most 1,000).
     #[serde(default)]

@@ -58,6 +58,8 @@ use super::RouteName;
         schemas::ArtifactKind,
         schemas::Version,
         schemas::Architecture,
+        schemas::Payload,
+        schemas::ArtifactTag,
     )),
     modifiers(&Grammar, &ErrorBodies, &Security),
     tags(
@@ -109,11 +111,13 @@ impl Modify for Grammar {
         let Some(components) = doc.components.as_mut() else {
             return;
         };
-        let fields: [(&str, &str, &str); 6] = [
+        let fields: [(&str, &str, &str); 8] = [
             ("CreateRequest", "name", "RepositoryName"),
             ("CreateRequest", "version", "Version"),
             ("CreateRequest", "type", "ArtifactKind"),
             ("CreateRequest", "architecture", "Architecture"),
+            ("CreateRequest", "data", "Payload"),
+            ("CreateRequest", "tags", "ArtifactTag"),
             ("CreateRequest", "hosts", "HostId"),
             ("HostBody", "host_id", "HostId"),
         ];

@@ -38,7 +38,8 @@ pub struct ListParams {
     /// Page size (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque, base64url).
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
 }
 
@@ -96,7 +97,12 @@ pub struct TokenForm {
     description = "Filtered, in a stable order (name, version, architecture, id), a page at a time. With authentication on, only artifacts the caller may pull are listed (filtered before paging).",
     params(ListParams),
     responses(
-        (status = 200, description = "One page", body = ArtifactList),
+        (status = 200, description = "One page", body = ArtifactList,
+            links(
+                ("first" = (operation_id = "rest.artifacts.get", parameters(("id" = "$response.body#/artifacts/0/id"), ("repository" = "$response.body#/artifacts/0/name")))),
+                ("first_hosts" = (operation_id = "rest.hosts.list", parameters(("id" = "$response.body#/artifacts/0/id"), ("repository" = "$response.body#/artifacts/0/name")))),
+                ("first_binary" = (operation_id = "rest.artifacts.binary", parameters(("id" = "$response.body#/artifacts/0/id"), ("repository" = "$response.body#/artifacts/0/name")))),
+            )),
         (status = 400, description = "A bad `limit`, `cursor` or `host`, or a parameter given twice"),
         (status = 401, description = "Bad credentials, or an anonymous caller who may pull nothing"),
         (status = 429, description = "Over the concurrent request cap, or too many failed logins"),
@@ -154,7 +160,10 @@ fn artifacts_create() {}
     summary = "Artifacts associated with a host",
     params(("host_id" = HostIdSchema, Path, description = "The host")),
     responses(
-        (status = 200, description = "The host's artifacts (empty for an unknown host)", body = HostArtifacts),
+        (status = 200, description = "The host's artifacts (empty for an unknown host)", body = HostArtifacts,
+            links(
+                ("remove" = (operation_id = "rest.hosts.remove", parameters(("id" = "$response.body#/artifacts/0/id"), ("host_id" = "$response.body#/host_id"), ("repository" = "$response.body#/artifacts/0/name")))),
+            )),
         (status = 400, description = "Not a host id, or a parameter given twice"),
         (status = 401, description = "Bad credentials, or an anonymous caller who may pull nothing"),
         (status = 429, description = "Over the concurrent request cap, or too many failed logins"),

@@ -25,6 +25,13 @@ pub const VERSION_PATTERN: &str = "^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$";
 pub const ARCHITECTURE_PATTERN: &str = "^[A-Za-z0-9_-]{1,32}$";
 /// `HostId::parse`.
 pub const HOST_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,253}$";
+/// What the create's base64 decoder takes (`artifacts::payload`): whole
+/// groups, then an optional last group of 2 or 3 symbols, padded or not,
+/// whose unused bits are zero (the decoder refuses others).
+pub const BASE64_PATTERN: &str =
+    "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw](==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?$";
+/// The create's tag check: 1-128 bytes.
+pub const MAX_TAG_BYTES: usize = 128;
 
 fn pattern(p: &str, max: Option<usize>, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
@@ -91,6 +98,31 @@ string_schema!(
     HostIdSchema,
     "HostId",
     pattern(HOST_ID_PATTERN, None, "A host id: 1-253 characters of `[A-Za-z0-9._:-]`.")
+);
+string_schema!(
+    /// A create's payload.
+    Payload,
+    "Payload",
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(BASE64_PATTERN))
+        .min_length(Some(1))
+        .content_encoding("base64")
+        .description(Some(
+            "The payload, base64 (padded or not): an eBPF object, a pre-packed tar.zst (stored as is), or any file (packed as a one-entry tar.zst)."
+        ))
+        .into()
+);
+string_schema!(
+    /// One of an artifact's tags.
+    ArtifactTag,
+    "ArtifactTag",
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_TAG_BYTES))
+        .description(Some("A free-form tag, 1-128 bytes."))
+        .into()
 );
 string_schema!(
     /// What an artifact is.

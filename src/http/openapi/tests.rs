@@ -270,6 +270,11 @@ fn values_the_parsers_check_reference_their_grammar() {
         create["hosts"]["items"]["$ref"],
         "#/components/schemas/HostId"
     );
+    assert_eq!(
+        create["tags"]["items"]["$ref"],
+        "#/components/schemas/ArtifactTag"
+    );
+    assert_eq!(create["data"]["$ref"], "#/components/schemas/Payload");
     let kinds = &doc["components"]["schemas"]["ArtifactKind"]["enum"];
     assert_eq!(kinds, &serde_json::json!(crate::artifacts::model::KINDS));
 }
@@ -288,6 +293,7 @@ proptest::proptest! {
         repo in strategy(schemas::REPOSITORY_PATTERN),
         version in strategy(schemas::VERSION_PATTERN),
         host in strategy(schemas::HOST_ID_PATTERN),
+        payload in strategy(schemas::BASE64_PATTERN),
     ) {
         proptest::prop_assert!(Digest::parse(&digest).is_ok(), "{}", digest);
         if repo.len() <= crate::oci::name::MAX_NAME_LEN {
@@ -295,5 +301,10 @@ proptest::proptest! {
         }
         proptest::prop_assert!(Tag::parse(&version).is_ok(), "{}", version);
         proptest::prop_assert!(HostId::parse(&host).is_ok(), "{}", host);
+        // The create's decoder: padded, else unpadded (`artifacts::payload`).
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        let decodes = STANDARD.decode(&payload).is_ok() || STANDARD_NO_PAD.decode(&payload).is_ok();
+        proptest::prop_assert!(decodes, "{}", payload);
     }
 }
