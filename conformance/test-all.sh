@@ -11,7 +11,9 @@
 #    against it; then the crash harness (its own server, kill -9 under
 #    load, restart, verify: conformance/crash_harness.py) and the auth
 #    interop script (its own servers, HTTP and TLS, with users and a policy:
-#    conformance/auth_interop.sh);
+#    conformance/auth_interop.sh); then schemathesis against the REST API
+#    from its own /openapi.json, validated by openapi-spec-validator
+#    (conformance/schemathesis.sh);
 # 5. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip.
 set -uo pipefail
@@ -64,6 +66,9 @@ if [[ -x target/release/bpf-registry ]]; then
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
   run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5
+  # the REST API fuzzed from its own /openapi.json (own servers: auth off,
+  # then auth and signing on; fixed seed, bounded examples, about 2 minutes)
+  run "schemathesis (REST API from /openapi.json)" bash conformance/schemathesis.sh target/release/bpf-registry
 else
   FAILED_STEPS+=("release binary missing")
 fi

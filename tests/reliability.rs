@@ -257,7 +257,7 @@ async fn gc_under_load_keeps_every_acknowledged_artifact() {
                 let config = format!("{{\"worker\":{w},\"i\":{i}}}").into_bytes();
                 // A quarter re-upload one of a few shared layers: content
                 // already stored, often unreferenced, often old.
-                let layer = if i % 4 == 0 {
+                let layer = if i.is_multiple_of(4) {
                     pseudo_random(20_000, 7 + i % 3)
                 } else {
                     pseudo_random(1000 + (i as usize * 37) % 60_000, w * 1_000_000 + i)
@@ -266,7 +266,16 @@ async fn gc_under_load_keeps_every_acknowledged_artifact() {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match try_push_image(&c, &base, &repo, &tag, &config, &layer, i % 2 == 0).await
+                    match try_push_image(
+                        &c,
+                        &base,
+                        &repo,
+                        &tag,
+                        &config,
+                        &layer,
+                        i.is_multiple_of(2),
+                    )
+                    .await
                     {
                         Ok(a) => {
                             mine.push(a);
@@ -295,7 +304,7 @@ async fn gc_under_load_keeps_every_acknowledged_artifact() {
                 if let Ok(d) = try_push_blob(&c, &base, &repo, &orphan, false).await {
                     orphans.lock().unwrap().push(d);
                 }
-                if i % 3 == 0 && mine.len() > 2 {
+                if i.is_multiple_of(3) && mine.len() > 2 {
                     let victim = mine.remove(mine.len() / 2);
                     let r = c
                         .delete(format!("{base}/v2/{repo}/manifests/{}", victim.digest))

@@ -73,18 +73,33 @@ pub struct TokenParams {
     offline_token: Option<String>,
 }
 
+/// The OAuth2 grants `POST /token` takes.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Grant {
+    /// With `username` and `password`.
+    Password,
+    /// With `refresh_token`.
+    RefreshToken,
+}
+
 /// `POST /token` form (OAuth2).
 #[derive(utoipa::ToSchema)]
 pub struct TokenForm {
-    /// `password` or `refresh_token`.
-    grant_type: String,
+    grant_type: Grant,
+    #[schema(value_type = String, required = false)]
     username: Option<String>,
+    #[schema(value_type = String, required = false)]
     password: Option<String>,
+    #[schema(value_type = String, required = false)]
     refresh_token: Option<String>,
+    #[schema(value_type = String, required = false)]
     service: Option<String>,
     /// Space separated scopes.
+    #[schema(value_type = String, required = false)]
     scope: Option<String>,
     /// `offline`: also issue a refresh token.
+    #[schema(value_type = String, required = false)]
     access_type: Option<String>,
 }
 
@@ -177,14 +192,14 @@ fn for_host() {}
 /// The responses every read by id shares, besides its 200.
 macro_rules! by_id_path {
     ($method:ident, $path:literal, $op:literal, $tag:literal, $summary:literal, $fn:ident,
-     $( $extra:tt )*) => {
+     [$( $param:tt )*], $( $extra:tt )*) => {
         #[utoipa::path(
             $method,
             path = $path,
             operation_id = $op,
             tag = $tag,
             summary = $summary,
-            params(("id" = ArtifactId, Path, description = "The artifact id"), CopyParams),
+            params(("id" = ArtifactId, Path, description = "The artifact id"), $( $param )* CopyParams),
             responses(
                 $( $extra )*
                 (status = 400, description = "Not an id, not a repository name, or a parameter given twice"),
@@ -207,6 +222,7 @@ by_id_path!(
     "artifacts",
     "Get an artifact",
     artifacts_get,
+    [],
     (
         status = 200,
         description = "The artifact",
@@ -221,6 +237,7 @@ by_id_path!(
     "hosts",
     "The hosts of an artifact",
     hosts_list,
+    [],
     (status = 200, description = "The hosts", body = HostList),
 );
 
@@ -231,6 +248,7 @@ by_id_path!(
     "signing",
     "Every stored signature of an artifact",
     signatures_list,
+    [],
     (
         status = 200,
         description = "The signatures",
@@ -245,6 +263,7 @@ by_id_path!(
     "signing",
     "Check each signature against every key version",
     signatures_verify,
+    [],
     (
         status = 200,
         description = "The verdicts",
@@ -259,6 +278,18 @@ by_id_path!(
     "artifacts",
     "Download the layer (tar.zst)",
     artifacts_binary,
+    [
+        (
+            "Range" = Option<String>,
+            Header,
+            description = "`bytes=<start>-[<end>]` or `bytes=-<suffix>`: one range (206); one RFC 9110 says to ignore gives the whole file"
+        ),
+        (
+            "If-None-Match" = Option<String>,
+            Header,
+            description = "The quoted layer digest (or `*`): 304 when it names the layer"
+        ),
+    ],
     (
         status = 200,
         description = "The layer",
