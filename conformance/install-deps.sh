@@ -2,8 +2,13 @@
 # install-deps.sh - idempotently install what the conformance/interop scripts need.
 #
 # System packages (Debian): skopeo, docker-registry (CNCF distribution 2.8.x),
-# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk. They are only
-# installed when missing, so a second run does nothing and is fast.
+# clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk,
+# postgresql (initdb/pg_ctl for conformance/postgres.sh) and prometheus
+# (with promtool; conformance/prometheus.sh starts its own on loopback, so
+# the packaged service is not left running). They are only installed when
+# missing, so a second run does nothing and is fast.
+# As root, also the unprivileged system user bpfreg-test that the test
+# PostgreSQL runs as (the server refuses to run as root).
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
 # requests and hvac, created/filled only when something is missing;
 # schemathesis and openapi-spec-validator (pinned) for conformance/schemathesis.sh;
@@ -29,10 +34,12 @@ declare -A PKG_CMD=(
   [apache2-utils]=htpasswd
   [openssl]=openssl
   [wrk]=wrk
+  # the metrics test: a real Prometheus and promtool
+  [prometheus]=promtool
 )
 
 missing=()
-for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk; do
+for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk prometheus; do
   cmd="${PKG_CMD[$pkg]}"
   if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
     continue
@@ -43,19 +50,65 @@ for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wr
   missing+=("$pkg")
 done
 
+# PostgreSQL: Debian puts initdb/pg_ctl under /usr/lib/postgresql/<ver>/bin,
+# not on PATH; either place counts as present.
+pg_tools_present() {
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    return 0
+  fi
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && return 0
+  done
+  return 1
+}
+if ! pg_tools_present; then
+  missing+=(postgresql)
+fi
+
 if ((${#missing[@]})); then
   log "installing apt packages: ${missing[*]}"
   SUDO=""
   if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
+  if [[ " ${missing[*]} " == *" postgresql "* && ! -e /etc/postgresql-common/createcluster.conf ]]; then
+    # The tests run their own throw-away clusters (conformance/postgres.sh):
+    # keep the package from creating and starting a system cluster on 5432.
+    $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" \
+      | $SUDO tee /etc/postgresql-common/createcluster.d/bpf-registry-tests.conf >/dev/null
+  fi
   $SUDO apt-get update
   $SUDO apt-get install -y "${missing[@]}"
   for pkg in "${missing[@]}"; do
     dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
       || { log "ERROR: $pkg did not install"; exit 1; }
   done
+  pg_tools_present || { log "ERROR: initdb/pg_ctl not found after installing postgresql"; exit 1; }
+  # Where systemd started the packaged Prometheus (on :9090, every
+  # interface), stop it: the tests run their own on loopback.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+     && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus || true
+  fi
 else
-  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk)"
+  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk postgresql prometheus)"
+fi
+
+# --- unprivileged user for the test PostgreSQL ------------------------------
+# postgres refuses to run as root; conformance/postgres.sh runs it as this
+# user when the tests run as root (as a normal user it runs as that user).
+PG_TEST_USER="${BPF_TEST_PG_USER:-bpfreg-test}"
+if [[ $(id -u) -eq 0 ]]; then
+  if id -u "$PG_TEST_USER" >/dev/null 2>&1; then
+    log "user $PG_TEST_USER exists"
+  else
+    log "creating system user $PG_TEST_USER (runs the test PostgreSQL)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin "$PG_TEST_USER" \
+      || id -u "$PG_TEST_USER" >/dev/null 2>&1 \
+      || { log "ERROR: cannot create user $PG_TEST_USER"; exit 1; }
+  fi
 fi
 
 # --- python venv ------------------------------------------------------------

@@ -104,7 +104,9 @@ run_pass() {
   local port url
   port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   url="http://127.0.0.1:$port"
-  env "$@" BPF_REGISTRY_HTTP_ADDR="127.0.0.1:$port" BPF_REGISTRY_DATA_DIR="$dir/data" \
+  # The default storage (fs + SQLite in the data dir), whatever the shell has.
+  env -u BPF_REGISTRY_METADATA -u BPF_REGISTRY_BLOB_STORE "$@" \
+    BPF_REGISTRY_HTTP_ADDR="127.0.0.1:$port" BPF_REGISTRY_DATA_DIR="$dir/data" \
     BPF_REGISTRY_LOG_LEVEL=WARN "$BIN" >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do

@@ -11,11 +11,22 @@
 #    against it; then the crash harness (its own server, kill -9 under
 #    load, restart, verify: conformance/crash_harness.py) and the auth
 #    interop script (its own servers, HTTP and TLS, with users and a policy:
-#    conformance/auth_interop.sh); then schemathesis against the REST API
-#    from its own /openapi.json, validated by openapi-spec-validator
-#    (conformance/schemathesis.sh);
-# 5. prints a summary; exits non-zero if anything failed.
-# Under CI=true a missing tool is a failure, never a skip.
+#    conformance/auth_interop.sh), a real Prometheus scraping /metrics
+#    (its own server and Prometheus: conformance/prometheus.sh), and
+#    schemathesis against the REST API from its own /openapi.json,
+#    validated by openapi-spec-validator (its own servers:
+#    conformance/schemathesis.sh);
+# 5. the fs + PostgreSQL configuration: a throw-away PostgreSQL
+#    (conformance/postgres.sh, loopback only, as an unprivileged user),
+#    cargo test again with BPF_TEST_METADATA=postgres (a database per test
+#    server: tests/common/engines.rs), then the release binary on a fresh
+#    database with the OCI conformance harness, the REST interop and the
+#    client interop scripts against it;
+# 6. prints a summary; exits non-zero if anything failed.
+# Under CI=true a missing tool is a failure, never a skip. The PostgreSQL
+# configuration is skipped only with BPF_TEST_SKIP_POSTGRES=1, and never
+# under CI=true. PostgreSQL is started before the first cargo test, whose
+# tests/postgres_harness.rs needs BPF_TEST_POSTGRES.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
@@ -34,35 +45,81 @@ run() {
 step "install dependencies"
 bash conformance/install-deps.sh || { echo "install-deps failed"; exit 1; }
 
-run "cargo fmt --check" cargo fmt --all -- --check
-run "cargo clippy" cargo clippy --all-targets -- -D warnings
-run "cargo test (unit + integration)" cargo test --all-targets
-run "cargo build --release" cargo build --release
-
 SERVER_PID=""
-DATA_DIR=""
+DATA_DIRS=()
+PG_DIR=""
 cleanup() {
-  if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
-  if [[ -n "$DATA_DIR" ]]; then rm -rf "$DATA_DIR"; fi
+  stop_server
+  if [[ -n "$PG_DIR" ]]; then
+    bash conformance/postgres.sh stop "$PG_DIR" || echo "could not stop the PostgreSQL in $PG_DIR"
+    rm -rf "$PG_DIR"
+  fi
+  if ((${#DATA_DIRS[@]})); then rm -rf "${DATA_DIRS[@]}"; fi
 }
 trap cleanup EXIT
 
-if [[ -x target/release/bpf-registry ]]; then
-  PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  DATA_DIR=$(mktemp -d /tmp/bpf-registry-test.XXXXXX)
-  BPF_REGISTRY_HTTP_ADDR="127.0.0.1:$PORT" BPF_REGISTRY_DATA_DIR="$DATA_DIR" BPF_REGISTRY_LOG_LEVEL=WARN \
-    target/release/bpf-registry >"$DATA_DIR.log" 2>&1 &
+# start_server [VAR=value...]: the release binary on a free 127.0.0.1 port
+# over a fresh data dir, with the given extra variables (the storage
+# variables of the caller's shell are not inherited); sets SERVER_PID and
+# URL; fails if /healthz does not answer within 10 s.
+start_server() {
+  local port data_dir
+  port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  data_dir=$(mktemp -d /tmp/bpf-registry-test.XXXXXX)
+  DATA_DIRS+=("$data_dir")
+  env -u BPF_REGISTRY_METADATA -u BPF_REGISTRY_BLOB_STORE \
+    BPF_REGISTRY_HTTP_ADDR="127.0.0.1:$port" BPF_REGISTRY_DATA_DIR="$data_dir" \
+    BPF_REGISTRY_LOG_LEVEL=WARN "$@" \
+    target/release/bpf-registry >"$data_dir.log" 2>&1 &
   SERVER_PID=$!
-  URL="http://127.0.0.1:$PORT"
+  URL="http://127.0.0.1:$port"
   for _ in $(seq 1 100); do
-    curl -fsS "$URL/healthz" >/dev/null 2>&1 && break
+    curl -fsS "$URL/healthz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  run "OCI conformance harness" "$PY" conformance/oci_conformance.py --url "$URL"
-  run "REST interop (oras-py)" "$PY" conformance/rest_interop.py --url "$URL"
-  run "client interop (oras-py, skopeo, distribution)" bash conformance/interop.sh "$URL"
+  echo "the server on $URL did not start; log $data_dir.log:"
+  tail -n 20 "$data_dir.log"
+  return 1
+}
+
+stop_server() {
+  if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
+  SERVER_PID=""
+}
+
+# PostgreSQL for the fs + PostgreSQL configuration (exports BPF_TEST_POSTGRES,
+# BPF_TEST_PSQL).
+if [[ "${CI:-}" != true && "${BPF_TEST_SKIP_POSTGRES:-}" == 1 ]]; then
+  step "PostgreSQL: skipped (BPF_TEST_SKIP_POSTGRES=1)"
+else
+  step "start PostgreSQL"
+  PG_DIR=$(mktemp -d /tmp/bpf-registry-pg.XXXXXX)
+  if PG_ENV=$(bash conformance/postgres.sh start "$PG_DIR"); then
+    eval "$PG_ENV"
+    echo "---- start PostgreSQL: ok ($BPF_TEST_POSTGRES)"
+  else
+    echo "---- start PostgreSQL: FAILED"
+    FAILED_STEPS+=("start PostgreSQL")
+  fi
+fi
+
+run "cargo fmt --check" cargo fmt --all -- --check
+run "cargo clippy" cargo clippy --all-targets -- -D warnings
+run "cargo test (unit + integration)" env BPF_TEST_METADATA=sqlite BPF_TEST_BLOB_STORE=fs cargo test --all-targets
+run "cargo build --release" cargo build --release
+
+# ---- default configuration: fs + SQLite --------------------------------------
+if [[ -x target/release/bpf-registry ]]; then
+  if run "start release server (fs + SQLite)" start_server; then
+    run "OCI conformance harness" "$PY" conformance/oci_conformance.py --url "$URL"
+    run "REST interop (oras-py)" "$PY" conformance/rest_interop.py --url "$URL"
+    run "client interop (oras-py, skopeo, distribution)" bash conformance/interop.sh "$URL"
+  fi
+  stop_server
   # authentication, policy and TLS with oras-py, skopeo, curl (own servers)
   run "auth interop" bash conformance/auth_interop.sh target/release/bpf-registry
+  # a real Prometheus scrapes /metrics (own server, own Prometheus, loopback)
+  run "prometheus scrape" bash conformance/prometheus.sh target/release/bpf-registry
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
   run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5
@@ -72,6 +129,32 @@ if [[ -x target/release/bpf-registry ]]; then
 else
   FAILED_STEPS+=("release binary missing")
 fi
+
+# ---- fs + PostgreSQL ---------------------------------------------------------
+if [[ -n "${BPF_TEST_POSTGRES:-}" ]]; then
+  run "cargo test (fs + PostgreSQL)" env BPF_TEST_METADATA=postgres BPF_TEST_BLOB_STORE=fs cargo test --all-targets
+  PG_REGISTRY_DB="registry_$(date +%s)_$$"
+  if [[ -x target/release/bpf-registry ]] \
+    && run "create database $PG_REGISTRY_DB" \
+      "$BPF_TEST_PSQL" -X -q -v ON_ERROR_STOP=1 -d "$BPF_TEST_POSTGRES" -c "CREATE DATABASE $PG_REGISTRY_DB" \
+    && run "start release server (fs + PostgreSQL)" \
+      start_server BPF_REGISTRY_METADATA="${BPF_TEST_POSTGRES%/*}/$PG_REGISTRY_DB"; then
+    run "OCI conformance harness (fs + PostgreSQL)" "$PY" conformance/oci_conformance.py --url "$URL"
+    run "REST interop (oras-py) (fs + PostgreSQL)" "$PY" conformance/rest_interop.py --url "$URL"
+    run "client interop (fs + PostgreSQL)" bash conformance/interop.sh "$URL"
+  fi
+  stop_server
+elif [[ "${CI:-}" == true || "${BPF_TEST_SKIP_POSTGRES:-}" != 1 ]]; then
+  FAILED_STEPS+=("fs + PostgreSQL: no PostgreSQL")
+fi
+
+# ---- S3 (Garage) + PostgreSQL --------------------------------------------------
+# TODO(issue 12): the S3 + PostgreSQL phase goes here: start Garage
+# (conformance/garage.sh start1 DIR, exports BPF_TEST_S3_URL and the AWS_*
+# credentials), then the same as the phase above with BPF_TEST_BLOB_STORE=s3
+# for cargo test, and start_server BPF_REGISTRY_METADATA=<fresh db>
+# BPF_REGISTRY_BLOB_STORE=<BPF_TEST_S3_URL with a fresh prefix> for the
+# harness and interop scripts.
 
 step "summary"
 if ((${#FAILED_STEPS[@]})); then

@@ -17,9 +17,8 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::registry::gc::{GcOptions, GcReport};
 use crate::registry::scrub::ScrubReport;
-use crate::registry::{Limits, Registry};
+use crate::registry::Registry;
 use crate::storage::lock::{DataDirLock, LockError};
-use crate::storage::FsBackend;
 
 pub const GC_USAGE: &str = "Usage: bpf-registry gc [--dry-run] [--delete-untagged] [--json]
 
@@ -136,16 +135,12 @@ fn open(
             eprintln!("error: cannot start the runtime: {e}");
             EXIT_FAILED
         })?;
-    let backend = FsBackend::open(&config.data_dir).map_err(|e| {
-        eprintln!("error: cannot open {}: {e}", config.data_dir.display());
-        EXIT_FAILED
-    })?;
-    let limits = Limits {
-        max_manifest_bytes: config.max_manifest_bytes,
-        max_upload_sessions: config.max_upload_sessions,
-        ..Limits::default()
-    };
-    let registry = Arc::new(Registry::new(Arc::new(backend), limits));
+    let registry = runtime
+        .block_on(crate::open_registry(&config, None))
+        .map_err(|e| {
+            eprintln!("error: cannot open {}: {e}", config.data_dir.display());
+            EXIT_FAILED
+        })?;
     Ok((config, lock, runtime, registry))
 }
 

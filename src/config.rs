@@ -29,6 +29,8 @@ impl LogLevel {
 pub struct Config {
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the metadata lives (`BPF_REGISTRY_METADATA`).
+    pub metadata: crate::metadata::MetadataConfig,
     pub log_level: LogLevel,
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
@@ -81,6 +83,12 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Artifact signing (`BPF_REGISTRY_SIGNER` and its settings).
     pub signing: crate::signing::SigningConfig,
+    /// `GET /metrics` and the recording behind it (`BPF_REGISTRY_METRICS`,
+    /// on by default); off, the route is a 404 and nothing is recorded.
+    pub metrics: bool,
+    /// The bearer token that opens `/metrics` when authentication is on
+    /// (besides users the policy grants `metrics`).
+    pub metrics_token: Option<crate::signing::Secret>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -223,6 +231,17 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "TLS certificate chain (PEM); with TLS_KEY, HTTPS is served",
     ),
     ("BPF_REGISTRY_TLS_KEY", "(unset)", "TLS private key (PEM)"),
+    // metrics (src/metrics, src/http/metrics.rs)
+    (
+        "BPF_REGISTRY_METRICS",
+        "on",
+        "on/off: GET /metrics (Prometheus text format); off = 404 and nothing recorded",
+    ),
+    (
+        "BPF_REGISTRY_METRICS_TOKEN",
+        "(unset)",
+        "with authentication on, `Authorization: Bearer <it>` opens /metrics (16+ printable ASCII characters, no spaces; never logged)",
+    ),
     // artifact signing (src/signing)
     (
         "BPF_REGISTRY_SIGNER",
@@ -300,9 +319,18 @@ impl Config {
                 }
             },
         };
+        let metadata = crate::metadata::MetadataConfig::parse(
+            val("BPF_REGISTRY_METADATA").as_deref(),
+            &data_dir,
+        )
+        .map_err(|message| ConfigError {
+            var: "BPF_REGISTRY_METADATA",
+            message,
+        })?;
         Config {
             http_addr,
             data_dir,
+            metadata,
             log_level,
             max_manifest_bytes: number(&val, "BPF_REGISTRY_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)?,
             max_upload_sessions: number(&val, "BPF_REGISTRY_MAX_UPLOAD_SESSIONS", 1024)? as usize,
@@ -362,8 +390,49 @@ impl Config {
             signing: crate::signing::SigningConfig::from_lookup(&|k: &str| {
                 get(k).filter(|v| !v.trim().is_empty())
             })?,
+            metrics: switch(&val, "BPF_REGISTRY_METRICS", true)?,
+            metrics_token: None,
         }
-        .with_auth_and_tls(&val)
+        .with_auth_and_tls(&val)?
+        .with_metrics_token(&val)
+    }
+
+    /// Reads `BPF_REGISTRY_METRICS_TOKEN`: only meaningful with metrics
+    /// and authentication on (without authentication `/metrics` is open).
+    fn with_metrics_token(
+        mut self,
+        val: &impl Fn(&'static str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        const VAR: &str = "BPF_REGISTRY_METRICS_TOKEN";
+        /// Short tokens can be guessed; 16 characters is 2^90 and more
+        /// even for a hex token.
+        const MIN_LEN: usize = 16;
+        let Some(token) = val(VAR) else {
+            return Ok(self);
+        };
+        let token = token.trim().to_string();
+        let problem = if !self.metrics {
+            Some("only meaningful with BPF_REGISTRY_METRICS=on".to_string())
+        } else if self.auth_htpasswd.is_none() {
+            Some(
+                "only meaningful with BPF_REGISTRY_AUTH_HTPASSWD (authentication is off: /metrics is open)"
+                    .to_string(),
+            )
+        } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            Some("the token must be printable ASCII without spaces".to_string())
+        } else if token.len() < MIN_LEN {
+            Some(format!(
+                "the token is {} characters: at least {MIN_LEN} are needed",
+                token.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            return Err(ConfigError { var: VAR, message });
+        }
+        self.metrics_token = Some(crate::signing::Secret::new(token));
+        Ok(self)
     }
 
     /// Reads the authentication and TLS variables into `self`.
@@ -667,6 +736,34 @@ mod tests {
                 .var,
             "BPF_REGISTRY_HEADER_READ_TIMEOUT"
         );
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.metrics);
+        assert!(c.metrics_token.is_none());
+        assert!(!cfg(&[("BPF_REGISTRY_METRICS", "off")]).unwrap().metrics);
+        let e = cfg(&[("BPF_REGISTRY_METRICS", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "BPF_REGISTRY_METRICS");
+        let auth = ("BPF_REGISTRY_AUTH_HTPASSWD", "/etc/htpasswd");
+        let good = "0123456789abcdef-token";
+        let c = cfg(&[auth, ("BPF_REGISTRY_METRICS_TOKEN", good)]).unwrap();
+        assert_eq!(c.metrics_token.as_ref().map(|t| t.expose()), Some(good));
+        // The token never shows in the config's Debug.
+        assert!(!format!("{c:?}").contains(good));
+        for (extra, bad) in [
+            (Some(auth), "short"),
+            (Some(auth), "0123456789 abcdef-with-space"),
+            (Some(auth), "0123456789abcdef\u{e9}"),
+            (None, good),
+            (Some(("BPF_REGISTRY_METRICS", "off")), good),
+        ] {
+            let mut vars = vec![("BPF_REGISTRY_METRICS_TOKEN", bad)];
+            vars.extend(extra);
+            let e = cfg(&vars).unwrap_err();
+            assert_eq!(e.var, "BPF_REGISTRY_METRICS_TOKEN", "{vars:?}: {e}");
+        }
     }
 
     #[test]

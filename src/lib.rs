@@ -1,6 +1,7 @@
 //! bpf-registry: an OCI distribution v1.1 registry for eBPF artifacts.
 //!
 //! Modules, in dependency order (arrows only point down):
+//! - [`metrics`]: every metric the server exports, and their encoding.
 //! - [`oci`]: pure types: digests, names, references, media types, manifests.
 //! - [`storage`]: the backend trait, every storage path, the filesystem backend.
 //! - [`registry`]: HTTP-free services: blobs, uploads, manifests, tags, referrers,
@@ -25,6 +26,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod metadata;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod signing;
@@ -37,30 +40,54 @@ use config::Config;
 use registry::{Limits, Registry};
 use storage::FsBackend;
 
-/// Builds the application state for a config: opens the store and
-/// rebuilds the derived artifact index from it.
-pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
+/// Opens the blob store and the metadata store of a config, registers
+/// the derivers of the domain rows (artifacts, host associations,
+/// signatures) and imports a data directory of the previous version: what
+/// the server and every maintenance command start from.
+pub async fn open_registry(
+    config: &Config,
+    metrics: Option<&Arc<metrics::Metrics>>,
+) -> std::io::Result<Arc<Registry>> {
     let backend = FsBackend::open(&config.data_dir)?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
         max_upload_sessions_per_principal: config.max_upload_sessions_per_user,
     };
-    let backend: Arc<dyn storage::Backend> = Arc::new(backend);
-    let registry = Arc::new(Registry::new(backend.clone(), limits));
-    let index = Arc::new(artifacts::ArtifactIndex::new(backend));
+    let backend = storage::instrumented::wrap(Arc::new(backend), "fs", metrics);
     let started = std::time::Instant::now();
-    let (artifact_count, association_count) = index
-        .rebuild(&registry)
+    let meta = metadata::Metadata::open(&config.metadata)
         .await
-        .map_err(|e| std::io::Error::other(format!("cannot index the store: {e}")))?;
+        .map_err(|e| std::io::Error::other(format!("cannot open the metadata store: {e}")))?;
+    let registry = Arc::new(Registry::new(backend.clone(), meta.clone(), limits));
+    registry.add_deriver(Arc::new(artifacts::ArtifactIndex::new(
+        backend,
+        meta.clone(),
+    )));
+    registry.add_deriver(Arc::new(signing::SignatureIndex::new(meta.clone())));
+    // A data directory written by the previous version: its link tree
+    // becomes rows once, through the derivers above (resumable,
+    // idempotent; see `registry::import`).
+    let imported = registry::import::import_link_tree(&registry)
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot import the link tree: {e}")))?;
     tracing::info!(
-        artifacts = artifact_count,
-        associations = association_count,
+        engine = meta.engine().as_str(),
+        imported_manifests = imported.manifests,
         duration_ms = started.elapsed().as_millis() as u64,
-        "artifact index rebuilt"
+        "metadata store open"
     );
-    registry.add_listener(index.clone());
+    Ok(registry)
+}
+
+/// Builds the application state for a config.
+pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
+    let metrics = config.metrics.then(|| Arc::new(metrics::Metrics::new()));
+    let registry = open_registry(&config, metrics.as_ref()).await?;
+    let index = Arc::new(artifacts::ArtifactIndex::new(
+        registry.backend().clone(),
+        registry.metadata().clone(),
+    ));
     // Refuses to start on an unusable signing key (mode, format).
     let signing = signing::SigningService::start(
         &config.signing,
@@ -72,6 +99,9 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     )
     .await
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if let Some(m) = &metrics {
+        signing.record_metrics_in(m.clone());
+    }
     // REST payloads are spooled here; a crashed server's leftovers go.
     let spool_dir = storage::paths::spool_dir(&config.data_dir);
     artifacts::payload::reset_spool_dir(&spool_dir).map_err(|e| {
@@ -118,6 +148,7 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
         config: Arc::new(config),
         auth,
         signing,
+        metrics,
     })
 }
 
@@ -137,10 +168,29 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
         _ => None,
     };
-    // Held exclusive while serving: a second server, `gc` and `scrub
-    // --repair` on the same data dir are refused (see `storage::lock`).
-    let _data_dir_lock = storage::lock::DataDirLock::acquire_exclusive(&config.data_dir)
-        .map_err(storage::lock::LockError::into_io)?;
+    // With the embedded SQLite store, held exclusive while serving: a
+    // second server, `gc` and `scrub --repair` on the same data dir are
+    // refused (see `storage::lock`). With PostgreSQL the metadata engine
+    // serializes writers, so replicas may share a data directory (on a
+    // shared filesystem): held shared, which still keeps `gc` and `scrub
+    // --repair` (exclusive) away while any of them serves.
+    let _data_dir_lock = match config.metadata.engine() {
+        metadata::Engine::Sqlite => storage::lock::DataDirLock::acquire_exclusive(&config.data_dir)
+            .map_err(storage::lock::LockError::into_io)?,
+        metadata::Engine::Postgres => storage::lock::DataDirLock::try_acquire(
+            &config.data_dir,
+            storage::lock::LockMode::Shared,
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "data dir {} is in use by a maintenance command (gc, scrub --repair, sign): {e}",
+                    config.data_dir.display()
+                ),
+            )
+        })?,
+    };
     let state = build_state(config).await?;
     if state.auth.is_some() && tls.is_none() {
         tracing::warn!(
@@ -157,7 +207,12 @@ pub async fn run(
             // Temp files live for milliseconds; older ones are from a crash.
             temp_min_age: state.config.upload_ttl,
         };
-        registry::gc::spawn_collector(state.registry.clone(), every, opts)
+        let metrics = state.metrics.clone();
+        registry::gc::spawn_collector(state.registry.clone(), every, opts, move |report| {
+            if let Some(m) = &metrics {
+                m.gc_run(report.bytes_freed);
+            }
+        })
     });
     let service = app(state);
     if tls.is_some() {

@@ -1730,9 +1730,12 @@ async fn concurrent_tag_pushes_last_write_wins_nothing_torn() {
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.bytes().await.unwrap().as_ref() == b.as_slice());
     }
-    // The tag folder holds exactly one file (no temp files left behind).
-    let tags = s.files_under(&format!("repositories/{repo}/_tags"));
-    assert_eq!(tags, vec!["latest".to_string()]);
+    // Exactly one tag row, naming one of the pushed digests.
+    let repo_name = bpf_registry::oci::RepoName::parse(repo).unwrap();
+    let tags = s.metadata().await.tag_map(&repo_name).await.unwrap();
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].0.to_string(), "latest");
+    assert_eq!(tags[0].1.to_string(), d);
     let v: Value = c
         .get(s.url(&format!("/v2/{repo}/tags/list")))
         .send()
@@ -1772,6 +1775,9 @@ async fn concurrent_same_blob_uploads() {
     assert_eq!(r.status(), StatusCode::OK);
     let body = r.bytes().await.unwrap();
     assert!(body.as_ref() == data.as_slice(), "blob content differs");
+    if !engines::fs_blob_store_or_skip("concurrent_same_blob_uploads: its file checks") {
+        return;
+    }
     assert_eq!(
         s.files_under("blobs"),
         vec![format!("sha256/{}", hex_of(&digest))]
@@ -1785,6 +1791,9 @@ async fn concurrent_same_blob_uploads() {
 
 #[tokio::test]
 async fn identical_content_stored_once() {
+    if !common::engines::fs_blob_store_or_skip("identical_content_stored_once") {
+        return;
+    }
     let s = TestServer::start().await;
     let c = client();
     let data = pseudo_random(20_000, 17);
@@ -2132,6 +2141,9 @@ async fn upload_session_cap_is_429() {
 
 #[tokio::test]
 async fn torn_chunk_after_crash_is_discarded() {
+    if !common::engines::fs_blob_store_or_skip("torn_chunk_after_crash_is_discarded") {
+        return;
+    }
     let s = TestServer::start().await;
     let data = pseudo_random(200_000, 31);
     let loc = {

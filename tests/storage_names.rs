@@ -158,6 +158,11 @@ async fn tags_named_like_temp_files_are_listed_and_survive_gc() {
 
 #[tokio::test]
 async fn gc_removes_leftover_temp_files_of_old_and_new_writers_and_nothing_else() {
+    if !common::engines::fs_blob_store_or_skip(
+        "gc_removes_leftover_temp_files_of_old_and_new_writers_and_nothing_else",
+    ) {
+        return;
+    }
     let s = TestServer::start_with_env(&[("BPF_REGISTRY_GC_INTERVAL", "0")]).await;
     let c = client();
     let repo = "bpf/leftovers";

@@ -93,6 +93,12 @@ impl ArtifactService {
         &self.index
     }
 
+    /// How many artifacts and host associations there are now (for the
+    /// metrics scrape: two count queries).
+    pub async fn counts(&self) -> Result<(u64, u64), ArtifactError> {
+        Ok(self.index.counts().await?)
+    }
+
     pub fn max_artifact_bytes(&self) -> u64 {
         self.max_artifact_bytes
     }
@@ -108,8 +114,8 @@ impl ArtifactService {
 
     /// Every copy of a manifest that is an artifact, the first linked
     /// first: what a REST id can mean.
-    pub fn copies(&self, digest: &Digest) -> Vec<Arc<ArtifactRecord>> {
-        self.index.copies(digest)
+    pub async fn copies(&self, digest: &Digest) -> Result<Vec<Arc<ArtifactRecord>>, ArtifactError> {
+        Ok(self.index.copies(digest).await?)
     }
 
     fn lock_for(&self, repo: &RepoName) -> &tokio::sync::Mutex<()> {
@@ -120,23 +126,18 @@ impl ArtifactService {
         &self.locks[i]
     }
 
-    fn json(&self, r: &ArtifactRecord) -> ArtifactJson {
-        let mut j = r.to_json(
-            self.index
-                .hosts_of(&r.key())
-                .into_iter()
-                .map(|h| h.to_string())
-                .collect(),
-        );
-        j.signature = self
-            .signing
-            .as_ref()
-            .and_then(|s| s.summary(&r.repo, &r.id));
-        j
+    async fn json(&self, r: &ArtifactRecord) -> Result<ArtifactJson, ArtifactError> {
+        let hosts = self.index.hosts_of(&r.key()).await?;
+        let mut j = r.to_json(hosts.into_iter().map(|h| h.to_string()).collect());
+        j.signature = match &self.signing {
+            Some(s) => s.summary(&r.repo, &r.id).await?,
+            None => None,
+        };
+        Ok(j)
     }
 
-    fn record(&self, key: &ArtifactKey) -> Result<Arc<ArtifactRecord>, ArtifactError> {
-        self.index.get(key).ok_or_else(|| not_found(key))
+    async fn record(&self, key: &ArtifactKey) -> Result<Arc<ArtifactRecord>, ArtifactError> {
+        self.index.get(key).await?.ok_or_else(|| not_found(key))
     }
 
     /// A manifest PUT, through the signing service when there is one.
@@ -162,8 +163,9 @@ impl ArtifactService {
     }
 
     /// `GET /artifacts/{id}`.
-    pub fn get(&self, key: &ArtifactKey) -> Result<ArtifactJson, ArtifactError> {
-        Ok(self.json(&*self.record(key)?))
+    pub async fn get(&self, key: &ArtifactKey) -> Result<ArtifactJson, ArtifactError> {
+        let rec = self.record(key).await?;
+        self.json(&rec).await
     }
 
     /// `GET /artifacts/{id}/binary`: the layer, streamed, with its digest
@@ -173,7 +175,7 @@ impl ArtifactService {
         key: &ArtifactKey,
         range: Option<ByteRange>,
     ) -> Result<(BlobRead, Digest, String), ArtifactError> {
-        let rec = self.record(key)?;
+        let rec = self.record(key).await?;
         let blob = self
             .registry
             .read_blob_unchecked(&rec.layer_digest, range)
@@ -187,27 +189,36 @@ impl ArtifactService {
 
     /// The layer digest, without opening the blob (for conditional
     /// requests).
-    pub fn binary_etag(&self, key: &ArtifactKey) -> Result<Digest, ArtifactError> {
-        Ok(self.record(key)?.layer_digest.clone())
+    pub async fn binary_etag(&self, key: &ArtifactKey) -> Result<Digest, ArtifactError> {
+        Ok(self.record(key).await?.layer_digest.clone())
     }
 
     /// `GET /artifacts`: one page of the artifacts matching `q` whose
     /// repository passes `visible`, filtered before paging; and the next
     /// page's cursor.
-    pub fn list(
+    pub async fn list(
         &self,
         q: &ListQuery,
-        visible: &dyn Fn(&RepoName) -> bool,
-    ) -> (Vec<ArtifactJson>, Option<String>) {
-        let host_set: Option<HashSet<ArtifactKey>> = q.host.as_ref().map(|h| {
-            self.index
-                .artifacts_for_host(h)
-                .iter()
-                .map(|r| r.key())
-                .collect()
-        });
-        let (page, next) = list::page(self.index.all(), q, host_set.as_ref(), visible);
-        (page.iter().map(|r| self.json(r)).collect(), next)
+        visible: &(dyn Fn(&RepoName) -> bool + Sync),
+    ) -> Result<(Vec<ArtifactJson>, Option<String>), ArtifactError> {
+        let host_set: Option<HashSet<ArtifactKey>> = match &q.host {
+            Some(h) => Some(
+                self.index
+                    .artifacts_for_host(h)
+                    .await?
+                    .iter()
+                    .map(|r| r.key())
+                    .collect(),
+            ),
+            None => None,
+        };
+        let all = self.index.all().await?;
+        let (page, next) = list::page(all, q, host_set.as_ref(), visible);
+        let mut out = Vec::with_capacity(page.len());
+        for r in &page {
+            out.push(self.json(r).await?);
+        }
+        Ok((out, next))
     }
 
     /// `DELETE /artifacts/{id}`: removes the manifest from its repository
@@ -217,7 +228,7 @@ impl ArtifactService {
     pub async fn delete(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
         let repo = &key.repo;
         let _held = self.lock_for(repo).lock().await;
-        let rec = self.record(key)?;
+        let rec = self.record(key).await?;
         self.remove_associations(key).await?;
         if let Ok(tag) = Tag::parse(&rec.config.version) {
             self.drop_from_version_index(repo, &tag, &rec.id).await?;

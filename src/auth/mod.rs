@@ -441,6 +441,11 @@ impl Auth {
         self.policy().may_somewhere(user, action)
     }
 
+    /// Whether `user` may read `GET /metrics` by the policy.
+    pub fn may_read_metrics(&self, user: &str) -> bool {
+        self.policy().may_read_metrics(user)
+    }
+
     /// Verifies an access token. A token that verified before is found in
     /// a small cache (keyed by its SHA-256, kept until it expires), so a
     /// client sending the same token on every request pays one ECDSA

@@ -20,13 +20,22 @@
 //! [anonymous]
 //! repositories = ["public/*"]
 //! actions = ["pull"]
+//!
+//! [[grant]]
+//! users = ["prometheus"]
+//! metrics = true                # may read GET /metrics
 //! ```
+//!
+//! `metrics = true` lets a grant's users and groups read `GET /metrics`
+//! (besides the `BPF_REGISTRY_METRICS_TOKEN` bearer token); such a grant
+//! may name no repositories and actions. Anonymous callers are never
+//! granted metrics.
 //!
 //! Globs: `*` matches within one path component (no `/`), `**` matches
 //! across components (`bpf/**` is everything below `bpf/`, `**` is every
 //! repository). Whatever `[anonymous]` allows, every user may do too.
-//! Without a policy file every authenticated user may do everything and an
-//! anonymous caller nothing.
+//! Without a policy file every authenticated user may do everything
+//! (metrics included) and an anonymous caller nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -226,6 +235,8 @@ struct Grant {
     users: HashSet<String>,
     groups: Vec<String>,
     rule: Rule,
+    /// May read `GET /metrics`.
+    metrics: bool,
 }
 
 /// The parsed policy.
@@ -263,8 +274,12 @@ struct GrantFile {
     users: Vec<Spanned<String>>,
     #[serde(default)]
     groups: Vec<Spanned<String>>,
+    #[serde(default)]
     repositories: Vec<Spanned<String>>,
+    #[serde(default)]
     actions: Vec<Spanned<String>>,
+    #[serde(default)]
+    metrics: bool,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +311,7 @@ impl Policy {
                     globs: vec![Glob(b"**".to_vec())],
                     actions: Actions::ALL,
                 },
+                metrics: true,
             }],
             anonymous: None,
             default_all: true,
@@ -393,10 +409,20 @@ impl Policy {
                     ));
                 }
             }
+            // A metrics-only grant names no repositories and no actions.
+            let rule = if g.metrics && g.repositories.is_empty() && g.actions.is_empty() {
+                Rule {
+                    globs: Vec::new(),
+                    actions: Actions::NONE,
+                }
+            } else {
+                rule(&g.repositories, &g.actions, span)?
+            };
             grants.push(Grant {
                 users: g.users.iter().map(|u| u.get_ref().clone()).collect(),
                 groups: g.groups.iter().map(|u| u.get_ref().clone()).collect(),
-                rule: rule(&g.repositories, &g.actions, span)?,
+                rule,
+                metrics: g.metrics,
             });
         }
         let anonymous = match &file.anonymous {
@@ -457,6 +483,14 @@ impl Policy {
         self.grants
             .iter()
             .any(|g| g.rule.actions.contains(action) && self.in_grant(g, user))
+    }
+
+    /// Whether `user` may read `GET /metrics` (a grant with
+    /// `metrics = true` names them or one of their groups).
+    pub fn may_read_metrics(&self, user: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.metrics && self.in_grant(g, user))
     }
 
     /// Whether anonymous callers may push or delete anywhere (worth a
@@ -558,6 +592,56 @@ actions = ["pull"]
         let p = Policy::allow_authenticated();
         assert_eq!(p.actions_for(Some("anyone"), "a/b/c"), Actions::ALL);
         assert_eq!(p.actions_for(None, "a"), Actions::NONE);
+        assert!(p.may_read_metrics("anyone"));
+    }
+
+    #[test]
+    fn metrics_grants() {
+        let p = Policy::parse(
+            r#"
+[groups]
+ops = ["olga"]
+
+[[grant]]
+users = ["prometheus"]
+metrics = true
+
+[[grant]]
+groups = ["ops"]
+repositories = ["**"]
+actions = ["pull"]
+metrics = true
+
+[[grant]]
+users = ["alice"]
+repositories = ["**"]
+actions = ["*"]
+"#,
+        )
+        .unwrap();
+        assert!(p.may_read_metrics("prometheus"));
+        assert!(p.may_read_metrics("olga"));
+        assert!(!p.may_read_metrics("alice"), "actions do not grant metrics");
+        assert_eq!(p.actions_for(Some("prometheus"), "x"), Actions::NONE);
+        assert!(!p.may_somewhere(Some("prometheus"), Action::Pull));
+        assert_eq!(
+            p.actions_for(Some("olga"), "x"),
+            Actions::NONE.with(Action::Pull)
+        );
+        // Without metrics, a grant still needs repositories and actions.
+        let e = Policy::parse("[[grant]]\nusers = [\"a\"]\n").unwrap_err();
+        assert!(e.message.contains("repositories"), "{e}");
+        let e = Policy::parse("[[grant]]\nusers = [\"a\"]\nmetrics = false\n").unwrap_err();
+        assert!(e.message.contains("repositories"), "{e}");
+        // Half a rule beside metrics is still an error.
+        let e = Policy::parse("[[grant]]\nusers = [\"a\"]\nmetrics = true\nactions = [\"pull\"]\n")
+            .unwrap_err();
+        assert!(e.message.contains("repositories"), "{e}");
+        // Anonymous callers cannot be granted metrics.
+        assert!(Policy::parse(
+            "[anonymous]\nrepositories = [\"x\"]\nactions = [\"pull\"]\nmetrics = true\n"
+        )
+        .is_err());
     }
 
     #[test]

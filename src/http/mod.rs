@@ -1,12 +1,14 @@
 //! The axum layer: the router, shared state, request logging with request
-//! ids, and the helpers that turn service answers into responses. Errors
-//! answer through the one table of their dialect, in [`error`].
+//! ids, the request metrics and `GET /metrics` ([`metrics`]), and the
+//! helpers that turn service answers into responses. Errors answer through
+//! the one table of their dialect, in [`error`].
 
 pub mod auth;
 pub mod endpoint;
 pub mod error;
 mod health;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 mod rest;
 pub mod tls;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Artifact signing and verification (`signer` off by default).
     pub signing: Arc<crate::signing::SigningService>,
+    /// The server's metrics; `None` when `BPF_REGISTRY_METRICS=off`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The matched route's constant name, left in response extensions for the
@@ -51,7 +55,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 pub fn router(state: AppState) -> Router {
     let request_limits = limits::RequestLimits::from_config(&state.config);
-    Router::new()
+    let recorder = state.metrics.clone();
+    let mut routes = Router::new();
+    if recorder.is_some() {
+        routes = routes.route("/metrics", any(metrics::serve));
+    }
+    let app = routes
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(openapi::serve))
         // REST: one table, in `rest::endpoint`.
@@ -78,7 +87,11 @@ pub fn router(state: AppState) -> Router {
             request_limits,
             limits::enforce,
         ))
-        .layer(middleware::from_fn(log_requests))
+        .layer(middleware::from_fn(log_requests));
+    match recorder {
+        Some(m) => metrics::instrument(app, m),
+        None => app,
+    }
 }
 
 async fn fallback(req: Request) -> Response {

@@ -101,19 +101,12 @@ impl Registry {
     /// Whether `digest` is reachable from `repo` (as a layer/config blob or
     /// as a manifest), and its size if so.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> RegistryResult<Option<u64>> {
+        if !self.meta.reachable(repo, digest).await? {
+            return Ok(None);
+        }
         let b = self.backend.clone();
-        let (layer, manifest, blob) = (
-            paths::layer_link(repo, digest),
-            paths::manifest_link(repo, digest),
-            paths::blob(digest),
-        );
-        blocking(move || {
-            if b.size(&layer)?.is_none() && b.size(&manifest)?.is_none() {
-                return Ok(None);
-            }
-            Ok(b.size(&blob)?)
-        })
-        .await
+        let blob = paths::blob(digest);
+        blocking(move || Ok(b.size(&blob)?)).await
     }
 
     /// Opens a blob of `repo` for reading, optionally a range of it.
@@ -189,10 +182,7 @@ impl Registry {
     /// Unlinks a blob from a repository (`DELETE /v2/<name>/blobs/<digest>`).
     /// The bytes stay until garbage collection finds nothing else uses them.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> RegistryResult<()> {
-        let b = self.backend.clone();
-        let link = paths::layer_link(repo, digest);
-        let existed = blocking(move || Ok(b.delete(&link)?)).await?;
-        if existed {
+        if self.meta.unlink_blob(repo, digest).await? {
             Ok(())
         } else {
             Err(RegistryError::BlobUnknown(digest.clone()))
@@ -219,56 +209,49 @@ impl Registry {
 
     /// The first repository, in name order, that `may_pull` admits and that
     /// can serve `digest`: the source of a mount without `from`. Only the
-    /// admitted repositories are looked at, so neither the answer nor its
-    /// cost depends on what the caller may not see.
+    /// admitted repositories are answered, so the answer never depends on
+    /// what the caller may not see.
     pub async fn find_blob_holder(
         &self,
         digest: &Digest,
         may_pull: impl Fn(&RepoName) -> bool,
     ) -> RegistryResult<Option<RepoName>> {
-        let candidates: Vec<RepoName> = self
-            .all_repositories()
+        Ok(self
+            .meta
+            .blob_holders(digest)
             .await?
             .into_iter()
-            .filter(|r| may_pull(r))
-            .collect();
-        let b = self.backend.clone();
-        let digest = digest.clone();
-        blocking(move || {
-            for repo in candidates {
-                if b.size(&paths::layer_link(&repo, &digest))?.is_some()
-                    || b.size(&paths::manifest_link(&repo, &digest))?.is_some()
-                {
-                    return Ok(Some(repo));
-                }
-            }
-            Ok(None)
-        })
-        .await
+            .find(|r| may_pull(r)))
     }
 
     /// Records that `repo` may serve `digest`; `BlobUnknown` if the blob
     /// is not stored. The blob's grace period restarts (see `gc`).
     pub async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> RegistryResult<()> {
-        let b = self.backend.clone();
-        let link = paths::layer_link(repo, digest);
-        let blob = paths::blob(digest);
-        let body = digest.to_string().into_bytes();
         let guard = self.gc_write_guard().await;
         guard.note(digest);
-        let d = digest.clone();
-        let r = blocking(move || {
-            if !b.touch(&blob)? {
-                return Err(RegistryError::BlobUnknown(d));
-            }
-            if b.size(&link)?.is_none() {
-                b.write_atomic(&link, &body)?;
-            }
-            Ok(())
-        })
-        .await;
+        let linked = self.link_stored(repo, digest).await?;
         drop(guard);
-        r
+        if linked {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown(digest.clone()))
+        }
+    }
+
+    /// Links stored bytes into `repo`, touching them inside the link's
+    /// transaction; `false` if they are gone.
+    pub(super) async fn link_stored(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> RegistryResult<bool> {
+        let b = self.backend.clone();
+        let blob = paths::blob(digest);
+        self.meta
+            .link_blob(repo, digest, async move || {
+                blocking(move || Ok(b.touch(&blob)?)).await
+            })
+            .await
     }
 
     /// Stores a small blob given whole (configs, REST-built layers) and
@@ -278,20 +261,21 @@ impl Registry {
         let digest = Digest::of(&bytes);
         let b = self.backend.clone();
         let path = paths::blob(&digest);
-        let link = paths::layer_link(repo, &digest);
-        let body = digest.to_string().into_bytes();
         let guard = self.gc_write_guard().await;
         guard.note(&digest);
+        // Bytes durable before the row that makes them visible.
         blocking(move || {
             if !b.touch(&path)? {
                 b.write_atomic(&path, &bytes)?;
             }
-            if b.size(&link)?.is_none() {
-                b.write_atomic(&link, &body)?;
-            }
             Ok(())
         })
         .await?;
+        if !self.link_stored(repo, &digest).await? {
+            return Err(RegistryError::Internal(format!(
+                "blob {digest} vanished while it was linked"
+            )));
+        }
         drop(guard);
         Ok(digest)
     }

@@ -1,39 +1,35 @@
-//! Manifests, tags, referrers and the catalog. A manifest is stored as a
-//! blob, then (if it has a `subject`) linked as a referrer, then (if its
-//! body has no `mediaType`) its pushed Content-Type is recorded, then it is
-//! linked into its repository, then tagged: a reader that sees a tag can
-//! always follow it, and a linked manifest always has its referrer link and
-//! media type. Deletion runs the other way (tags, repository link, media
-//! type, referrer link). A crash in between leaves at most a referrer link
-//! or media type record without its manifest, which readers skip and
-//! garbage collection removes.
+//! Manifests, tags, referrers and the catalog. A manifest's bytes are
+//! stored in the blob store first; then one metadata transaction checks
+//! its references, links it into its repository (with the media type it is
+//! served with there and, for a referrer, its descriptor), records the rows
+//! the domain derives from it and moves its tag. A reader that sees a tag
+//! can always follow it; a crash before the commit leaves only bytes that
+//! nothing references, which garbage collection sweeps.
 //!
-//! Tag writes and deletions by digest in one repository are serialized (a
-//! striped lock per repository), so a delete can never miss a tag written
-//! while it runs (a tag never names an unlinked manifest) nor remove a tag
-//! that was just moved to another manifest. Per repository, not per
-//! digest: a tag moved from the deleted digest to another one is a write
-//! under the other digest.
+//! A deletion by digest removes the manifest's tags, link, references and
+//! derived rows in one transaction. Tag writes and deletions in one
+//! repository are serialized by the metadata store (see `metadata`), on
+//! every replica.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use super::io::blocking;
-use super::media_types::{self, StoredType};
 use super::{Registry, RegistryError, RegistryResult};
+use crate::metadata::{DerivedRow, ManifestPut, PutRejected};
 use crate::oci::{Descriptor, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
-use crate::storage::{paths, Backend, Entry, StorePath};
+use crate::storage::paths;
 
-const LINK_MAX: u64 = 64 * 1024;
-
-/// Told about every manifest stored or deleted, after the store changed.
-pub trait ManifestListener: Send + Sync {
-    fn manifest_stored(&self, event: &ManifestStored);
-    fn manifest_deleted(&self, repo: &RepoName, digest: &Digest, manifest: Option<&ParsedManifest>);
+/// Derives the domain's rows (artifacts, host associations, signatures)
+/// from a manifest about to be stored; they are written in its
+/// transaction and deleted with it. Runs on a blocking thread: it may read
+/// small blobs (a config) from the store.
+pub trait ManifestDeriver: Send + Sync {
+    fn derive(&self, stored: &ManifestStored) -> Vec<DerivedRow>;
 }
 
-/// A manifest that was just stored.
+/// A manifest that is being (or was just) stored.
 #[derive(Debug, Clone)]
 pub struct ManifestStored {
     pub repo: RepoName,
@@ -78,118 +74,6 @@ fn paginate(mut all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page 
             next_last: None,
         },
     }
-}
-
-fn read_digest_file(b: &dyn Backend, p: &StorePath) -> RegistryResult<Option<Digest>> {
-    let Some(raw) = b.read_small(p, LINK_MAX)? else {
-        return Ok(None);
-    };
-    let text = String::from_utf8_lossy(&raw);
-    // A link that does not parse is damage scrub reports; readers treat it
-    // as absent rather than failing every request.
-    Ok(Digest::parse(text.trim()).ok())
-}
-
-/// Resolves a tag or digest to a manifest digest linked into `repo`.
-fn resolve_blocking(
-    b: &dyn Backend,
-    repo: &RepoName,
-    reference: &Reference,
-) -> RegistryResult<Option<Digest>> {
-    let digest = match reference {
-        Reference::Digest(d) => d.clone(),
-        Reference::Tag(t) => match read_digest_file(b, &paths::tag(repo, t))? {
-            Some(d) => d,
-            None => return Ok(None),
-        },
-    };
-    Ok(b.size(&paths::manifest_link(repo, &digest))?
-        .map(|_| digest))
-}
-
-/// The store side of [`Registry::delete_manifests`]: the linked manifests
-/// among `wanted` (each with its parsed body, when it still reads and
-/// verifies), after their tags, links and records are durably gone.
-fn delete_manifests_blocking(
-    b: &dyn Backend,
-    repo: &RepoName,
-    wanted: &[Digest],
-    max_manifest_bytes: u64,
-) -> RegistryResult<Vec<(Digest, Option<ParsedManifest>)>> {
-    let mut linked: Vec<(Digest, Option<ParsedManifest>)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for d in wanted {
-        if !seen.insert(d) || b.size(&paths::manifest_link(repo, d))?.is_none() {
-            continue;
-        }
-        // A body that is missing or damaged is no reason to keep the link;
-        // only its referrer link cannot be found then (scrub and gc see it).
-        let parsed = match b.read_small(&paths::blob(d), max_manifest_bytes) {
-            Ok(Some(bytes)) if super::scrub::verify_read(d, &bytes).is_ok() => {
-                ParsedManifest::parse(&bytes, None).ok()
-            }
-            _ => None,
-        };
-        linked.push((d.clone(), parsed));
-    }
-    if linked.is_empty() {
-        return Ok(linked);
-    }
-    let gone: std::collections::HashSet<&Digest> = linked.iter().map(|(d, _)| d).collect();
-    // Tags first: a tag must never point at a missing manifest.
-    let mut tags = Vec::new();
-    for e in b.list(&paths::tags_dir(repo))? {
-        let Ok(tag) = Tag::parse(&e.name) else {
-            continue;
-        };
-        let tp = paths::tag(repo, &tag);
-        if read_digest_file(b, &tp)?.is_some_and(|d| gone.contains(&d)) {
-            tags.push(tp);
-        }
-    }
-    b.delete_many(&tags)?;
-    let links: Vec<StorePath> = linked
-        .iter()
-        .map(|(d, _)| paths::manifest_link(repo, d))
-        .collect();
-    b.delete_many(&links)?;
-    let mut records = Vec::with_capacity(linked.len() * 2);
-    for (d, parsed) in &linked {
-        records.push(paths::media_type_record(repo, d));
-        if let Some(subject) = parsed.as_ref().and_then(|m| m.subject.as_ref()) {
-            records.push(paths::referrer_link(repo, &subject.digest, d));
-        }
-    }
-    b.delete_many(&records)?;
-    Ok(linked)
-}
-
-/// Checks that every child of an index is a manifest linked into `repo`
-/// whose stored size is the one its descriptor states.
-fn check_index_children(
-    b: &dyn Backend,
-    repo: &RepoName,
-    children: &[Descriptor],
-) -> RegistryResult<()> {
-    for child in children {
-        let linked = b
-            .size(&paths::manifest_link(repo, &child.digest))?
-            .is_some();
-        let stored = b.size(&paths::blob(&child.digest))?;
-        match stored {
-            Some(actual) if linked => {
-                if actual != child.size {
-                    return Err(crate::oci::ManifestError::Invalid(format!(
-                        "index entry {} says {} bytes but the manifest has {actual}",
-                        child.digest, child.size
-                    ))
-                    .into());
-                }
-            }
-            _ => return Err(RegistryError::ManifestChildUnknown(child.digest.clone())),
-        }
-    }
-    Ok(())
 }
 
 /// Whether an `Accept` list admits a media type (RFC 9110 §12.5.1): the
@@ -257,8 +141,8 @@ impl Registry {
                 });
             }
         }
-        // Held from the reference checks to the last link: garbage
-        // collection cannot take what this manifest references (see `gc`).
+        // Held from the reference checks to the commit: garbage collection
+        // cannot take what this manifest references (see `gc`).
         let guard = self.gc_write_guard().await;
         guard.note(&digest);
         for d in manifest
@@ -281,26 +165,12 @@ impl Registry {
                 Some(_) => {}
             }
         }
-        if manifest.kind == ManifestKind::Index {
-            let (b, repo2, children) = (
-                self.backend.clone(),
-                repo.clone(),
-                manifest.manifests.clone(),
-            );
-            blocking(move || check_index_children(&*b, &repo2, &children)).await?;
-        }
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
         };
-        // A tag write holds the repository's lock to its end, so a delete
-        // by digest there runs wholly before or after it (module doc).
-        let repo_lock = match tag {
-            Some(_) => Some(self.repo_locks.lock(repo).await),
-            None => None,
-        };
-        let referrer_link = match &manifest.subject {
-            Some(subject) => {
+        let descriptor = match &manifest.subject {
+            Some(_) => {
                 let desc = Descriptor {
                     media_type: manifest.media_type.clone(),
                     digest: digest.clone(),
@@ -310,59 +180,83 @@ impl Registry {
                         .then(|| manifest.annotations.clone()),
                     platform: None,
                 };
-                let json = serde_json::to_vec(&desc)
-                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
-                Some((paths::referrer_link(repo, &subject.digest, &digest), json))
+                Some(
+                    serde_json::to_string(&desc)
+                        .map_err(|e| RegistryError::Internal(e.to_string()))?,
+                )
             }
             None => None,
         };
-        let media_type_record = media_types::Record::for_put(repo, &digest, &manifest);
-        let b = self.backend.clone();
-        let (blob, link) = (paths::blob(&digest), paths::manifest_link(repo, &digest));
-        let tag_path = tag.as_ref().map(|t| paths::tag(repo, t));
-        let digest_text = digest.to_string().into_bytes();
-        blocking(move || {
-            if b.size(&blob)? != Some(body.len() as u64) {
-                b.write_atomic(&blob, &body)?;
-            }
-            if let Some((path, json)) = referrer_link {
-                b.write_atomic(&path, &json)?;
-            }
-            if let Some(record) = media_type_record {
-                record.write(&*b)?;
-            }
-            if b.size(&link)?.is_none() {
-                b.write_atomic(&link, &digest_text)?;
-            }
-            if let Some(tp) = tag_path {
-                b.write_atomic(&tp, &digest_text)?;
-            }
-            Ok(())
-        })
-        .await?;
-        drop(repo_lock);
-        drop(guard);
-        tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
         let stored = ManifestStored {
             repo: repo.clone(),
-            digest,
+            digest: digest.clone(),
             size,
             manifest,
             tag,
         };
-        for l in self.listeners() {
-            l.manifest_stored(&stored);
+        // The bytes are durable before the transaction that makes them
+        // visible; the derived rows are computed from them beside it.
+        let b = self.backend.clone();
+        let derivers = self.derivers();
+        let (stored, derived) = blocking(move || {
+            let blob = paths::blob(&stored.digest);
+            if b.size(&blob)? != Some(body.len() as u64) {
+                b.write_atomic(&blob, &body)?;
+            }
+            let derived: Vec<DerivedRow> =
+                derivers.iter().flat_map(|d| d.derive(&stored)).collect();
+            Ok((stored, derived))
+        })
+        .await?;
+        let m = &stored.manifest;
+        let put = ManifestPut {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            media_type: m.media_type.clone(),
+            size,
+            subject: m.subject.as_ref().map(|s| s.digest.clone()),
+            artifact_type: descriptor.as_ref().and(m.effective_artifact_type()),
+            descriptor,
+            blobs: m.blob_references().map(|d| d.digest.clone()).collect(),
+            children: match m.kind {
+                ManifestKind::Index => m
+                    .manifests
+                    .iter()
+                    .map(|c| (c.digest.clone(), c.size))
+                    .collect(),
+                ManifestKind::Image => Vec::new(),
+            },
+            tag: stored.tag.clone(),
+            derived,
+        };
+        match self.meta.put_manifest(&put).await? {
+            Ok(()) => {}
+            Err(PutRejected::BlobUnknown(d)) => return Err(RegistryError::ManifestBlobUnknown(d)),
+            Err(PutRejected::ChildUnknown(d)) => {
+                return Err(RegistryError::ManifestChildUnknown(d))
+            }
+            Err(PutRejected::ChildSize {
+                digest,
+                stated,
+                actual,
+            }) => {
+                return Err(crate::oci::ManifestError::Invalid(format!(
+                    "index entry {digest} says {stated} bytes but the manifest has {actual}"
+                ))
+                .into())
+            }
         }
+        drop(guard);
+        tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
         Ok(stored)
     }
 
-    /// Resolves a reference to the manifest digest it names in `repo`
-    /// (one trip to the blocking pool: tag file, then repository link).
+    /// Resolves a reference to the manifest digest it names in `repo`.
     pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> RegistryResult<Digest> {
-        let b = self.backend.clone();
-        let (repo2, reference2) = (repo.clone(), reference.clone());
-        blocking(move || resolve_blocking(&*b, &repo2, &reference2))
+        self.meta
+            .resolve(repo, reference)
             .await?
+            .map(|row| row.digest)
             .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
     }
 
@@ -373,31 +267,28 @@ impl Registry {
         reference: &Reference,
         accept: &[String],
     ) -> RegistryResult<ManifestRead> {
-        let digest = self.resolve(repo, reference).await?;
-        let (stored_type, bytes) = match self.manifest_cache.get(&digest) {
+        let row = self
+            .meta
+            .resolve(repo, reference)
+            .await?
+            .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
+        if !accepts(accept, &row.media_type) {
+            return Err(RegistryError::NotAcceptable {
+                digest: row.digest,
+                media_type: row.media_type,
+            });
+        }
+        let bytes = match self.manifest_cache.get(&row.digest) {
             Some(hit) => hit,
             None => {
-                let bytes = self.manifest_bytes(&digest).await?;
-                let stored_type = StoredType::of(&bytes);
-                self.manifest_cache.put(&digest, &stored_type, &bytes);
-                (stored_type, bytes)
+                let bytes = self.manifest_bytes(&row.digest).await?;
+                self.manifest_cache.put(&row.digest, &bytes);
+                bytes
             }
         };
-        let media_type = match stored_type {
-            StoredType::Declared(mt) => mt,
-            StoredType::Undeclared { inferred } => {
-                let (b, repo2, d2) = (self.backend.clone(), repo.clone(), digest.clone());
-                blocking(move || media_types::recorded(&*b, &repo2, &d2, inferred))
-                    .await?
-                    .unwrap_or_else(|| inferred.to_string())
-            }
-        };
-        if !accepts(accept, &media_type) {
-            return Err(RegistryError::NotAcceptable { digest, media_type });
-        }
         Ok(ManifestRead {
-            digest,
-            media_type,
+            digest: row.digest,
+            media_type: row.media_type,
             bytes,
         })
     }
@@ -425,9 +316,7 @@ impl Registry {
     ) -> RegistryResult<()> {
         match reference {
             Reference::Tag(t) => {
-                let b = self.backend.clone();
-                let p = paths::tag(repo, t);
-                if !blocking(move || Ok(b.delete(&p)?)).await? {
+                if !self.meta.delete_tag(repo, t).await? {
                     return Err(RegistryError::ManifestUnknown(t.to_string()));
                 }
                 Ok(())
@@ -442,14 +331,10 @@ impl Registry {
         }
     }
 
-    /// Deletes manifests by digest with their tags, media type records and
-    /// referrer links, under one hold of the repository's lock and with one
-    /// scan of its tags; returns the digests that were linked (and are now
-    /// gone), in the order given. A digest not linked into `repo` is
-    /// skipped. Each step (tags, then repository links, then the records
-    /// and referrer links) is durable before the next starts, so a crash
-    /// leaves no tag naming an unlinked manifest; listeners are told per
-    /// digest once the store has changed.
+    /// Deletes manifests by digest with their tags, references and derived
+    /// rows, in one transaction; returns the digests that were linked (and
+    /// are now gone), in the order given. A digest not linked into `repo`
+    /// is skipped.
     pub async fn delete_manifests(
         &self,
         repo: &RepoName,
@@ -458,32 +343,12 @@ impl Registry {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
-        // No tag PUT of this repository runs until the links are gone.
-        let repo_lock = self.repo_locks.lock(repo).await;
-        let b = self.backend.clone();
-        let (repo2, wanted) = (repo.clone(), digests.to_vec());
-        let max = self.limits.max_manifest_bytes;
-        let deleted =
-            blocking(move || delete_manifests_blocking(&*b, &repo2, &wanted, max)).await?;
-        drop(repo_lock);
-        for (digest, parsed) in &deleted {
-            for l in self.listeners() {
-                l.manifest_deleted(repo, digest, parsed.as_ref());
-            }
-        }
-        Ok(deleted.into_iter().map(|(d, _)| d).collect())
+        Ok(self.meta.delete_manifests(repo, digests).await?)
     }
 
-    /// Whether a repository exists (has anything linked or tagged).
+    /// Whether a repository exists (anything was linked into it).
     pub async fn repo_exists(&self, repo: &RepoName) -> RegistryResult<bool> {
-        let b = self.backend.clone();
-        let dir = paths::repo_dir(repo);
-        blocking(move || {
-            Ok(b.list(&dir)?
-                .iter()
-                .any(|e| e.is_dir && e.name.starts_with('_')))
-        })
-        .await
+        Ok(self.meta.repo_exists(repo).await?)
     }
 
     /// Tags of a repository, sorted, one page.
@@ -496,36 +361,16 @@ impl Registry {
         if !self.repo_exists(repo).await? {
             return Err(RegistryError::NameUnknown(repo.clone()));
         }
-        let b = self.backend.clone();
-        let dir = paths::tags_dir(repo);
-        let names: Vec<String> = blocking(move || {
-            Ok(b.list(&dir)?
-                .into_iter()
-                .filter(|e| !e.is_dir && Tag::parse(&e.name).is_ok())
-                .map(|e| e.name)
-                .collect())
+        let page = self.meta.list_tags(repo, n, last).await?;
+        Ok(Page {
+            items: page.items,
+            next_last: page.next_last,
         })
-        .await?;
-        Ok(paginate(names, n, last))
     }
 
     /// Tags of a repository and the digest each points to.
     pub async fn tag_map(&self, repo: &RepoName) -> RegistryResult<BTreeMap<Tag, Digest>> {
-        let b = self.backend.clone();
-        let repo = repo.clone();
-        blocking(move || {
-            let mut out = BTreeMap::new();
-            for e in b.list(&paths::tags_dir(&repo))? {
-                let Ok(tag) = Tag::parse(&e.name) else {
-                    continue;
-                };
-                if let Some(d) = read_digest_file(&*b, &paths::tag(&repo, &tag))? {
-                    out.insert(tag, d);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        Ok(self.meta.tag_map(repo).await?.into_iter().collect())
     }
 
     /// Referrers of `subject` in `repo`, optionally filtered by artifactType.
@@ -535,35 +380,7 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> RegistryResult<Vec<Descriptor>> {
-        let b = self.backend.clone();
-        let (repo, subject) = (repo.clone(), subject.clone());
-        let mut list: Vec<Descriptor> = blocking(move || {
-            let mut out = Vec::new();
-            for e in b.list(&paths::referrers_dir(&repo, &subject))? {
-                let Some(referrer) = Digest::from_hex(&e.name) else {
-                    continue;
-                };
-                // A link whose manifest is gone (crash mid-delete) is skipped.
-                if b.size(&paths::manifest_link(&repo, &referrer))?.is_none() {
-                    continue;
-                }
-                let Some(raw) =
-                    b.read_small(&paths::referrer_link(&repo, &subject, &referrer), LINK_MAX)?
-                else {
-                    continue;
-                };
-                if let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) {
-                    out.push(desc);
-                }
-            }
-            Ok(out)
-        })
-        .await?;
-        if let Some(at) = artifact_type {
-            list.retain(|d| d.artifact_type.as_deref() == Some(at));
-        }
-        list.sort_by(|a, b| a.digest.cmp(&b.digest));
-        Ok(list)
+        Ok(self.meta.referrers(repo, subject, artifact_type).await?)
     }
 
     /// The repository names `visible` admits, sorted, one page
@@ -588,47 +405,20 @@ impl Registry {
         ))
     }
 
-    /// Every repository in the store (walks `repositories/`).
+    /// Every repository, sorted.
     pub async fn all_repositories(&self) -> RegistryResult<Vec<RepoName>> {
-        let b = self.backend.clone();
-        blocking(move || {
-            let mut out = Vec::new();
-            let mut stack: Vec<Vec<String>> = vec![Vec::new()];
-            while let Some(components) = stack.pop() {
-                let entries: Vec<Entry> = b.list(&paths::repositories_child(&components))?;
-                if !components.is_empty()
-                    && entries.iter().any(|e| e.is_dir && e.name.starts_with('_'))
-                {
-                    if let Ok(name) = RepoName::parse(&components.join("/")) {
-                        out.push(name);
-                    }
-                }
-                for e in entries
-                    .into_iter()
-                    .filter(|e| e.is_dir && !e.name.starts_with('_'))
-                {
-                    let mut next = components.clone();
-                    next.push(e.name);
-                    stack.push(next);
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
-        .await
+        Ok(self.meta.repositories().await?)
     }
 
     /// Digests of every manifest linked into `repo`.
     pub async fn manifest_digests(&self, repo: &RepoName) -> RegistryResult<Vec<Digest>> {
-        let b = self.backend.clone();
-        let dir = paths::manifests_dir(repo);
-        blocking(move || {
-            Ok(b.list(&dir)?
-                .into_iter()
-                .filter_map(|e| Digest::from_hex(&e.name))
-                .collect())
-        })
-        .await
+        Ok(self
+            .meta
+            .manifests_of(repo)
+            .await?
+            .into_iter()
+            .map(|m| m.digest)
+            .collect())
     }
 }
 

@@ -5,10 +5,10 @@
 
 mod blobs;
 pub mod gc;
+pub mod import;
 mod io;
+mod manifest_cache;
 mod manifests;
-mod media_types;
-mod repo_locks;
 pub mod scrub;
 mod upload_table;
 mod uploads;
@@ -17,10 +17,11 @@ use std::sync::Arc;
 
 pub use blobs::{BlobRead, ByteRange};
 pub use io::reader_stream;
-pub use manifests::{ManifestListener, ManifestRead, ManifestStored, Page};
+pub use manifests::{ManifestDeriver, ManifestRead, ManifestStored, Page};
 pub use upload_table::{Principal, UploadCap};
 pub use uploads::UploadStatus;
 
+use crate::metadata::{Metadata, MetadataError};
 use crate::oci::{Digest, ManifestError, RepoName};
 use crate::storage::{Backend, StorageError};
 
@@ -30,6 +31,10 @@ pub enum RegistryError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The metadata store failed (unreachable, or a row that does not
+    /// parse): a 500, never a client mistake.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     #[error("blob {0} is not known to this repository")]
     BlobUnknown(Digest),
     #[error("repository {0} is not known to the registry")]
@@ -93,26 +98,25 @@ impl Default for Limits {
 /// The registry: one per process, shared by every request.
 pub struct Registry {
     backend: Arc<dyn Backend>,
+    meta: Metadata,
     limits: Limits,
     uploads: uploads::Sessions,
-    listeners: std::sync::RwLock<Vec<Arc<dyn ManifestListener>>>,
+    derivers: std::sync::RwLock<Vec<Arc<dyn ManifestDeriver>>>,
     /// Orders writes against garbage collection (see `gc`).
     gc: gc::Coordinator,
-    manifest_cache: media_types::ManifestCache,
-    /// Serializes tag writes and deletions per repository.
-    repo_locks: repo_locks::RepoLocks,
+    manifest_cache: manifest_cache::ManifestCache,
 }
 
 impl Registry {
-    pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, meta: Metadata, limits: Limits) -> Self {
         Registry {
             backend,
+            meta,
             limits,
             uploads: uploads::Sessions::default(),
-            listeners: std::sync::RwLock::new(Vec::new()),
+            derivers: std::sync::RwLock::new(Vec::new()),
             gc: gc::Coordinator::default(),
-            manifest_cache: media_types::ManifestCache::default(),
-            repo_locks: repo_locks::RepoLocks::default(),
+            manifest_cache: manifest_cache::ManifestCache::default(),
         }
     }
 
@@ -120,25 +124,38 @@ impl Registry {
         &self.backend
     }
 
+    /// The metadata store (repositories, tags, links, sessions, derived
+    /// rows).
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Registers a listener told about every manifest stored or deleted
-    /// (used to keep derived indexes current).
-    pub fn add_listener(&self, l: Arc<dyn ManifestListener>) {
-        if let Ok(mut v) = self.listeners.write() {
-            v.push(l);
+    /// Registers a deriver of domain rows, asked about every manifest
+    /// stored (REST and OCI alike).
+    pub fn add_deriver(&self, d: Arc<dyn ManifestDeriver>) {
+        if let Ok(mut v) = self.derivers.write() {
+            v.push(d);
         }
     }
 
-    fn listeners(&self) -> Vec<Arc<dyn ManifestListener>> {
-        self.listeners.read().map(|v| v.clone()).unwrap_or_default()
+    fn derivers(&self) -> Vec<Arc<dyn ManifestDeriver>> {
+        self.derivers.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Upload sessions open now (for the metrics; sessions a previous run
+    /// left on disk count from the first upload request on).
+    pub fn upload_sessions(&self) -> usize {
+        self.uploads.open_count()
     }
 
     /// Whether the store accepts writes (for `/healthz`).
     pub async fn probe_writable(&self) -> RegistryResult<()> {
         let b = self.backend.clone();
-        io::blocking(move || b.probe_writable().map_err(Into::into)).await
+        io::blocking(move || b.probe_writable().map_err(Into::into)).await?;
+        Ok(self.meta.ping().await?)
     }
 }

@@ -1,20 +1,18 @@
-//! Scrub: re-hash every blob and check every link of the store.
+//! Scrub: re-hash every blob (bytes against digests) and check every row
+//! of the metadata store against the bytes (rows against bytes).
 //!
-//! Checked: each blob hashes to its name; each tag holds a digest whose
-//! manifest is linked in the repository and stored; each manifest link
-//! names a stored, parseable manifest whose config and layers are stored
-//! with the size its descriptors state (and linked in the repository), and
-//! whose index children are linked manifests of the size stated; each
-//! `_layers` link names a stored blob; each `_referrers` link names a linked manifest whose
-//! `subject` is that folder, and each linked manifest with a subject has
-//! its referrer link.
+//! Checked: each blob hashes to its name; each tag names a manifest row of
+//! its repository; each manifest row names stored, parseable bytes of the
+//! size it records, whose config and layers are stored with the size its
+//! descriptors state (and reachable from the repository), whose index
+//! children are manifests of the repository of the size stated, and whose
+//! subject is the one recorded for the referrers API; each blob link names
+//! stored bytes.
 //!
 //! With `repair`: corrupt blobs move to `_quarantine/sha256/<hex>` (a
-//! later push of the same content stores it again), a missing referrer link
-//! is written again, a referrer link whose manifest is gone (an invisible
-//! leftover of a crash, counted but not a problem) is removed.
-//! Everything else is reported only: deciding which tag or manifest to drop
-//! is an operator's call.
+//! later push of the same content stores it again). Everything else is
+//! reported only: deciding which tag or manifest to drop is an operator's
+//! call.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -23,10 +21,9 @@ use serde::Serialize;
 
 use super::io::{blocking, hash_reader};
 use super::{Registry, RegistryResult};
-use crate::oci::{Descriptor, Digest, ParsedManifest, RepoName, Tag};
-use crate::storage::{paths, Backend, StorageError, StorePath};
-
-const LINK_MAX: u64 = 64 * 1024;
+use crate::metadata::ManifestRow;
+use crate::oci::{Digest, ParsedManifest, RepoName, Tag};
+use crate::storage::{paths, Backend, StorageError};
 
 /// Whole-blob reads up to this size are verified against the digest
 /// before any byte is sent (manifests always are).
@@ -148,14 +145,6 @@ impl Ctx<'_> {
         self.report.problems.push(p);
     }
 
-    fn read_link(&self, p: &StorePath) -> RegistryResult<Option<Result<Digest, String>>> {
-        let Some(raw) = self.b.read_small(p, LINK_MAX)? else {
-            return Ok(None);
-        };
-        let text = String::from_utf8_lossy(&raw).trim().to_string();
-        Ok(Some(Digest::parse(&text).map_err(|_| text)))
-    }
-
     /// Re-hashes every blob; returns the digests of the blobs still
     /// stored (corrupt ones included unless quarantined: they are reported
     /// once, not again for every link and manifest naming them).
@@ -202,57 +191,29 @@ impl Ctx<'_> {
         Ok(stored)
     }
 
-    fn repo(&mut self, repo: &RepoName, blobs: &HashSet<Digest>, max: u64) -> RegistryResult<()> {
-        let b = self.b;
-        let linked: HashSet<Digest> = b
-            .list(&paths::manifests_dir(repo))?
-            .into_iter()
-            .filter_map(|e| Digest::from_hex(&e.name))
+    fn repo(&mut self, rows: &RepoRows, blobs: &HashSet<Digest>, max: u64) -> RegistryResult<()> {
+        let repo = &rows.name;
+        let manifests: std::collections::HashMap<&Digest, &ManifestRow> =
+            rows.manifests.iter().map(|m| (&m.digest, m)).collect();
+        let reachable: HashSet<&Digest> = rows
+            .blob_links
+            .iter()
+            .chain(manifests.keys().copied())
             .collect();
-        let layers: HashSet<Digest> = b
-            .list(&paths::layers_dir(repo))?
-            .into_iter()
-            .filter_map(|e| Digest::from_hex(&e.name))
-            .collect();
-
-        for e in b.list(&paths::tags_dir(repo))? {
-            let Ok(tag) = Tag::parse(&e.name) else {
-                continue;
-            };
+        for (tag, d) in &rows.tags {
             self.report.tags_checked += 1;
-            match self.read_link(&paths::tag(repo, &tag))? {
-                None => {}
-                Some(Err(text)) => self.problem(
-                    "tag_unreadable",
-                    Some(repo),
-                    &tag,
-                    format!("holds {text:?}, not a digest"),
-                    false,
-                ),
-                Some(Ok(d)) if !linked.contains(&d) || !blobs.contains(&d) => self.problem(
+            if !manifests.contains_key(d) {
+                self.problem(
                     "tag_dangling",
                     Some(repo),
-                    &tag,
-                    format!("points to {d}, which is not a stored manifest of the repository"),
+                    tag,
+                    format!("names {d}, which is not a manifest of the repository"),
                     false,
-                ),
-                Some(Ok(_)) => {}
+                );
             }
         }
-
-        for d in &layers {
+        for d in &rows.blob_links {
             self.report.layer_links_checked += 1;
-            match self.read_link(&paths::layer_link(repo, d))? {
-                Some(Ok(inner)) if &inner == d => {}
-                None => continue,
-                _ => self.problem(
-                    "layer_link_invalid",
-                    Some(repo),
-                    d,
-                    "the link does not hold its own digest",
-                    false,
-                ),
-            }
             if !blobs.contains(d) {
                 self.problem(
                     "layer_link_dangling",
@@ -263,42 +224,40 @@ impl Ctx<'_> {
                 );
             }
         }
-
-        let mut with_subject: Vec<(Digest, Descriptor, ParsedManifest)> = Vec::new();
-        for d in &linked {
+        for row in &rows.manifests {
             self.report.manifests_checked += 1;
-            match self.read_link(&paths::manifest_link(repo, d))? {
-                Some(Ok(inner)) if &inner == d => {}
-                None => continue,
-                _ => self.problem(
-                    "manifest_link_invalid",
-                    Some(repo),
-                    d,
-                    "the link does not hold its own digest",
-                    false,
-                ),
-            }
+            let d = &row.digest;
             if !blobs.contains(d) {
                 self.problem(
                     "manifest_missing",
                     Some(repo),
                     d,
-                    "linked manifest is not stored",
+                    "manifest bytes are not stored",
                     false,
                 );
                 continue;
             }
-            let Some(bytes) = b.read_small(&paths::blob(d), max).ok().flatten() else {
+            let Some(bytes) = self.b.read_small(&paths::blob(d), max)? else {
                 self.problem(
-                    "manifest_unreadable",
+                    "manifest_missing",
                     Some(repo),
                     d,
-                    "manifest blob cannot be read (or is over the manifest cap)",
+                    "manifest bytes are not stored",
                     false,
                 );
                 continue;
             };
-            let m = match ParsedManifest::parse(&bytes, None) {
+            if bytes.len() as u64 != row.size {
+                self.problem(
+                    "manifest_unreadable",
+                    Some(repo),
+                    d,
+                    format!("row says {} bytes, the blob has {}", row.size, bytes.len()),
+                    false,
+                );
+                continue;
+            }
+            let m = match ParsedManifest::parse(&bytes, Some(&row.media_type)) {
                 Ok(m) => m,
                 Err(e) => {
                     self.problem("manifest_invalid", Some(repo), d, e.to_string(), false);
@@ -306,8 +265,8 @@ impl Ctx<'_> {
                 }
             };
             for r in m.blob_references() {
-                match b.size(&paths::blob(&r.digest))? {
-                    _ if !blobs.contains(&r.digest) => self.problem(
+                match self.b.size(&paths::blob(&r.digest))? {
+                    None => self.problem(
                         "manifest_blob_missing",
                         Some(repo),
                         d,
@@ -318,125 +277,67 @@ impl Ctx<'_> {
                         "manifest_blob_size",
                         Some(repo),
                         d,
-                        format!("references {} as {} bytes; it has {size}", r.digest, r.size),
+                        format!("says {} is {} bytes, it has {size}", r.digest, r.size),
                         false,
                     ),
-                    _ if !layers.contains(&r.digest) && !linked.contains(&r.digest) => self
-                        .problem(
-                            "manifest_blob_unlinked",
-                            Some(repo),
-                            d,
-                            format!(
-                                "references {}, which is not linked in the repository",
-                                r.digest
-                            ),
-                            false,
-                        ),
-                    _ => {}
-                }
-            }
-            for c in &m.manifests {
-                if !linked.contains(&c.digest) {
-                    self.problem(
-                        "index_child_missing",
+                    Some(_) if !reachable.contains(&r.digest) => self.problem(
+                        "manifest_blob_unlinked",
                         Some(repo),
                         d,
                         format!(
-                            "index child {} is not a manifest of the repository",
-                            c.digest
+                            "references {}, which is not linked into the repository",
+                            r.digest
                         ),
                         false,
-                    );
-                } else if let Some(size) = b.size(&paths::blob(&c.digest))? {
-                    // Pushes check this since this version; an older store
-                    // may hold such an index.
-                    if size != c.size {
-                        self.problem(
-                            "index_child_size",
-                            Some(repo),
-                            d,
-                            format!(
-                                "index child {} stated as {} bytes; it has {size}",
-                                c.digest, c.size
-                            ),
-                            false,
-                        );
-                    }
+                    ),
+                    Some(_) => {}
                 }
             }
-            if let Some(subject) = m.subject.clone() {
-                let desc = Descriptor {
-                    media_type: m.media_type.clone(),
-                    digest: d.clone(),
-                    size: bytes.len() as u64,
-                    artifact_type: m.effective_artifact_type(),
-                    annotations: (!m.annotations.is_empty()).then(|| m.annotations.clone()),
-                    platform: None,
-                };
-                with_subject.push((subject.digest, desc, m));
-            }
-        }
-
-        // Referrer links: every one must name a linked manifest with that
-        // subject; every linked manifest with a subject must have one.
-        let mut seen: HashSet<(Digest, Digest)> = HashSet::new();
-        for e in b.list(&paths::referrers_root(repo))? {
-            let Some(subject) = Digest::from_hex(&e.name) else {
-                continue;
-            };
-            for r in b.list(&paths::referrers_dir(repo, &subject))? {
-                let Some(referrer) = Digest::from_hex(&r.name) else {
-                    continue;
-                };
-                self.report.referrer_links_checked += 1;
-                let path = paths::referrer_link(repo, &subject, &referrer);
-                if !linked.contains(&referrer) {
-                    // Left by a crash mid-push or mid-delete: readers skip
-                    // it and gc removes it; not damage.
-                    self.report.dangling_referrer_links += 1;
-                    if self.repair {
-                        b.delete(&path)?;
-                    }
-                    continue;
-                }
-                seen.insert((subject.clone(), referrer.clone()));
-                let ok = b
-                    .read_small(&path, LINK_MAX)?
-                    .and_then(|raw| serde_json::from_slice::<Descriptor>(&raw).ok())
-                    .is_some_and(|desc| desc.digest == referrer);
-                let subject_ok = with_subject
-                    .iter()
-                    .any(|(s, desc, _)| s == &subject && desc.digest == referrer);
-                if !ok || !subject_ok {
-                    self.problem(
-                        "referrer_link_invalid",
+            for c in &m.manifests {
+                match manifests.get(&c.digest) {
+                    None => self.problem(
+                        "index_child_missing",
                         Some(repo),
-                        &referrer,
-                        format!("link under {subject} does not describe a referrer of it"),
+                        d,
+                        format!("child {} is not a manifest of the repository", c.digest),
                         false,
-                    );
+                    ),
+                    Some(child) if child.size != c.size => self.problem(
+                        "index_child_size",
+                        Some(repo),
+                        d,
+                        format!(
+                            "says child {} is {} bytes, it has {}",
+                            c.digest, c.size, child.size
+                        ),
+                        false,
+                    ),
+                    Some(_) => {}
                 }
             }
-        }
-        for (subject, desc, _) in &with_subject {
-            if seen.contains(&(subject.clone(), desc.digest.clone())) {
-                continue;
+            self.report.referrer_links_checked += u64::from(m.subject.is_some());
+            let subject = m.subject.as_ref().map(|s| &s.digest);
+            if subject != rows.subjects.get(d).and_then(|s| s.as_ref()) {
+                self.problem(
+                    "referrer_link_invalid",
+                    Some(repo),
+                    d,
+                    "the subject recorded for the referrers API is not the manifest's",
+                    false,
+                );
             }
-            let path = paths::referrer_link(repo, subject, &desc.digest);
-            let repaired = self.repair
-                && serde_json::to_vec(desc)
-                    .ok()
-                    .is_some_and(|json| b.write_atomic(&path, &json).is_ok());
-            self.problem(
-                "referrer_link_missing",
-                Some(repo),
-                &desc.digest,
-                format!("manifest has subject {subject} but no referrer link"),
-                repaired,
-            );
         }
         Ok(())
     }
+}
+
+/// What the metadata store says of one repository.
+struct RepoRows {
+    name: RepoName,
+    tags: Vec<(Tag, Digest)>,
+    manifests: Vec<ManifestRow>,
+    blob_links: Vec<Digest>,
+    subjects: std::collections::HashMap<Digest, Option<Digest>>,
 }
 
 impl Registry {
@@ -444,7 +345,27 @@ impl Registry {
     /// With `repair`, run it only while no server uses the store.
     pub async fn scrub(&self, repair: bool) -> RegistryResult<ScrubReport> {
         let started = Instant::now();
-        let repos = self.all_repositories().await?;
+        let repo_names = self.all_repositories().await?;
+        let links = self.meta.blob_links().await?;
+        let mut repos = Vec::with_capacity(repo_names.len());
+        for name in repo_names {
+            let graph = self.meta.repo_graph(&name).await?;
+            repos.push(RepoRows {
+                tags: self.meta.tag_map(&name).await?,
+                manifests: self.meta.manifests_of(&name).await?,
+                blob_links: links
+                    .iter()
+                    .filter(|(r, _)| r == &name)
+                    .map(|(_, d)| d.clone())
+                    .collect(),
+                subjects: graph
+                    .manifests
+                    .into_iter()
+                    .map(|(d, _, s)| (d, s))
+                    .collect(),
+                name,
+            });
+        }
         let b = self.backend.clone();
         let max = self.limits.max_manifest_bytes;
         let mut report = blocking(move || {
@@ -508,7 +429,13 @@ mod tests {
     async fn flipped_byte_is_found_and_quarantined() {
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(FsBackend::open(dir.path()).unwrap());
-        let reg = Registry::new(b, Limits::default());
+        let reg = Registry::new(
+            b,
+            crate::metadata::Metadata::open_in_dir(dir.path())
+                .await
+                .unwrap(),
+            Limits::default(),
+        );
         let repo = RepoName::parse("scrub/me").unwrap();
         store_image(&reg, &repo, b"precious layer bytes").await;
         let clean = reg.scrub(false).await.unwrap();
@@ -556,15 +483,23 @@ mod tests {
     async fn dangling_tag_and_corrupt_manifest_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(FsBackend::open(dir.path()).unwrap());
-        let reg = Registry::new(b.clone(), Limits::default());
+        let reg = Registry::new(
+            b.clone(),
+            crate::metadata::Metadata::open_in_dir(dir.path())
+                .await
+                .unwrap(),
+            Limits::default(),
+        );
         let repo = RepoName::parse("scrub/tags").unwrap();
         let m = store_image(&reg, &repo, b"layer").await;
         let bogus = Digest::of(b"no such manifest");
-        b.write_atomic(
-            &paths::tag(&repo, &Tag::parse("ghost").unwrap()),
-            bogus.to_string().as_bytes(),
-        )
-        .unwrap();
+        // Damage no write makes: a tag row naming no manifest.
+        sqlx::query("INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, 'ghost', $2, 0)")
+            .bind(repo.to_string())
+            .bind(bogus.to_string())
+            .execute(reg.metadata().pool())
+            .await
+            .unwrap();
         let path = dir.path().join(paths::blob(&m).as_str());
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 2;
@@ -586,7 +521,13 @@ mod tests {
     async fn an_index_stating_a_wrong_child_size_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(FsBackend::open(dir.path()).unwrap());
-        let reg = Registry::new(b.clone(), Limits::default());
+        let reg = Registry::new(
+            b.clone(),
+            crate::metadata::Metadata::open_in_dir(dir.path())
+                .await
+                .unwrap(),
+            Limits::default(),
+        );
         let repo = RepoName::parse("scrub/index").unwrap();
         let child = store_image(&reg, &repo, b"layer").await;
         // Written as an older version could: pushes refuse this now.
@@ -597,8 +538,16 @@ mod tests {
         .unwrap();
         let d = Digest::of(&index);
         b.write_atomic(&paths::blob(&d), &index).unwrap();
-        b.write_atomic(&paths::manifest_link(&repo, &d), d.to_string().as_bytes())
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO manifests (repo, digest, media_type, size, linked_at) VALUES ($1, $2, $3, $4, 0)",
+        )
+        .bind(repo.to_string())
+        .bind(d.to_string())
+        .bind(crate::oci::media::OCI_INDEX)
+        .bind(index.len() as i64)
+        .execute(reg.metadata().pool())
+        .await
+        .unwrap();
         let r = reg.scrub(false).await.unwrap();
         let kinds: Vec<&str> = r.problems.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, ["index_child_size"], "{:?}", r.problems);

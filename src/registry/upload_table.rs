@@ -239,7 +239,6 @@ impl Sessions {
     }
 
     /// Sessions counted (registry-wide).
-    #[cfg(test)]
     pub(super) fn open_count(&self) -> usize {
         self.table().owners.len()
     }

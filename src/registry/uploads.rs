@@ -1,8 +1,11 @@
-//! Blob upload sessions: monolithic, POST+PUT and chunked PATCH uploads,
-//! persisted under `_uploads/<id>/` so a chunked upload survives a restart.
-//! The `state` file records the acknowledged offset and the session's
-//! owner; bytes past the offset (a chunk cut short by a crash) are dropped
-//! when the session is next opened. A blob becomes visible only after its
+//! Blob upload sessions: monolithic, POST+PUT and chunked PATCH uploads.
+//! A session's row in the metadata store records its repository, owner and
+//! acknowledged offset, its bytes are in the blob store under
+//! `_uploads/<id>/`, so a chunked upload survives a restart and any replica
+//! can serve any of its requests. Bytes past the offset (a chunk cut short
+//! by a crash) are dropped when the session is next written; the offset
+//! moves only by compare-and-set, so of two replicas racing on one session
+//! one chunk is acknowledged and the other is refused. A blob becomes visible only after its
 //! digest was verified. Every operation on a session holds its slot (see
 //! `upload_table`) from the first look to the last write, so racing
 //! requests on one upload run one after the other, and a session that
@@ -12,37 +15,39 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
 
 use super::io::{blocking, hash_reader, pump};
 use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef};
 use super::{Registry, RegistryError, RegistryResult};
+use crate::metadata::{unix_now, UploadRow};
 use crate::oci::{Digest, RepoName, Sha256Hasher};
-use crate::storage::{paths, Backend, UploadId};
+use crate::storage::{paths, UploadId};
 
 pub use super::upload_table::Sessions;
 
-const STATE_MAX: u64 = 64 * 1024;
-
-#[derive(Serialize, Deserialize)]
-struct UploadState {
-    repository: String,
-    offset: u64,
-    started_at: u64,
-    /// Absent in sessions written before owners were recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner: Option<Principal>,
+/// The row of a session.
+fn row_of(id: &UploadId, session: &Session) -> RegistryResult<UploadRow> {
+    let owner = match &session.owner {
+        Some(o) => Some(
+            serde_json::to_string(o)
+                .map_err(|e| RegistryError::Internal(format!("upload owner: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(UploadRow {
+        id: id.as_str().to_string(),
+        repo: session.repo.clone(),
+        owner,
+        committed: session.offset,
+        started_at: session.started_at as i64,
+        updated_at: unix_now(),
+    })
 }
 
-impl UploadState {
-    fn of(session: &Session, offset: u64) -> UploadState {
-        UploadState {
-            repository: session.repo.to_string(),
-            offset,
-            started_at: session.started_at,
-            owner: session.owner.clone(),
-        }
-    }
+fn owner_of(row: &UploadRow) -> Option<Principal> {
+    row.owner
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok())
 }
 
 /// Where an upload stands.
@@ -62,27 +67,12 @@ fn now_secs() -> u64 {
 /// A body with no size cap beyond what fits in a u64.
 const NO_CAP: u64 = u64::MAX;
 
-/// A session's state read from disk; `None` if it has none (never existed,
-/// ended, or a folder left by a crash) or it does not parse.
-fn read_state(b: &dyn Backend, id: &UploadId) -> RegistryResult<Option<UploadState>> {
-    let Some(raw) = b.read_small(&paths::upload_state(id), STATE_MAX)? else {
-        return Ok(None);
-    };
-    Ok(serde_json::from_slice(&raw).ok())
-}
-
-/// Seconds since a session was last written (its folder's age when it has
-/// no state).
-fn age_of(b: &dyn Backend, id: &UploadId) -> RegistryResult<u64> {
-    let state_age = b.age_secs(&paths::upload_state(id))?;
-    let dir_age = b.age_secs(&paths::upload_dir(id))?.unwrap_or(0);
-    Ok(state_age.unwrap_or(dir_age))
-}
-
-/// An open session: the slot and its held lock (the right to write).
+/// An open session: the slot and its held lock (the right to write in
+/// this process) and the session's lease (across replicas).
 struct Open {
     slot: SlotRef,
     guard: SlotGuard,
+    _lease: Option<crate::metadata::UploadLease>,
 }
 
 impl Open {
@@ -100,20 +90,13 @@ impl Registry {
     async fn sessions_counted(&self) -> RegistryResult<()> {
         self.uploads
             .ensure_counted(|| async {
-                let b = self.backend.clone();
-                let found = blocking(move || {
-                    let mut found = Vec::new();
-                    for e in b.list(&paths::uploads_dir())? {
-                        let Some(id) = UploadId::parse(&e.name) else {
-                            continue;
-                        };
-                        if let Some(state) = read_state(b.as_ref(), &id)? {
-                            found.push((id, state.owner));
-                        }
+                let mut found = Vec::new();
+                for row in self.meta.uploads().await? {
+                    if let Some(id) = UploadId::parse(&row.id) {
+                        let owner = owner_of(&row);
+                        found.push((id, owner));
                     }
-                    Ok(found)
-                })
-                .await?;
+                }
                 self.uploads.count_found(found);
                 Ok(())
             })
@@ -137,22 +120,19 @@ impl Registry {
             started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
         };
-        let state = UploadState::of(&session, 0);
+        let row = row_of(&id, &session)?;
         let (slot, guard) = self.uploads.reserve(&id, session, &self.limits)?;
-        let mut open = Open { slot, guard };
-        if let Err(e) = self.save_state(&id, &state).await {
+        let mut open = Open {
+            slot,
+            guard,
+            _lease: None,
+        };
+        if let Err(e) = self.meta.insert_upload(&row).await {
+            let e = RegistryError::from(e);
             let _ = self.end_session(&id, &mut open).await;
             return Err(e);
         }
         Ok(UploadStatus { id, offset: 0 })
-    }
-
-    async fn save_state(&self, id: &UploadId, state: &UploadState) -> RegistryResult<()> {
-        let bytes = serde_json::to_vec(state)
-            .map_err(|e| RegistryError::Internal(format!("upload state: {e}")))?;
-        let b = self.backend.clone();
-        let path = paths::upload_state(id);
-        blocking(move || b.write_atomic(&path, &bytes).map_err(Into::into)).await
     }
 
     /// Opens a session of `repo` for one operation, loading it from disk
@@ -161,34 +141,43 @@ impl Registry {
         self.sessions_counted().await?;
         let slot = self.uploads.slot(id);
         let mut guard = slot.clone().lock_owned().await;
-        if let Slot::Unloaded = *guard {
-            let b = self.backend.clone();
-            let key = id.clone();
-            // On an I/O error the slot stays unloaded: the next request
-            // tries again.
-            let state = blocking(move || read_state(b.as_ref(), &key)).await?;
-            let loaded = state.and_then(|state| {
-                let repo = RepoName::parse(&state.repository).ok()?;
-                Some(Session {
-                    repo,
-                    owner: state.owner,
-                    offset: state.offset,
-                    started_at: state.started_at,
-                    hasher: None,
-                })
-            });
-            match loaded {
-                Some(session) => {
-                    self.uploads.loaded(id, &session.owner);
-                    *guard = Slot::Live(session);
-                }
-                None => {
-                    *guard = Slot::Ended;
-                    self.uploads.ended(id, &slot);
+        if matches!(*guard, Slot::Ended) {
+            return Err(RegistryError::UploadUnknown);
+        }
+        let lease = self.meta.lease_upload(id.as_str()).await?;
+        // The row decides, on every request: another replica may have
+        // moved the offset or ended the session. On an error the slot is
+        // left as it was and the next request tries again.
+        let row = self.meta.upload(id.as_str()).await?;
+        let loaded = row.map(|row| Session {
+            owner: owner_of(&row),
+            repo: row.repo,
+            offset: row.committed,
+            started_at: u64::try_from(row.started_at).unwrap_or(0),
+            hasher: None,
+        });
+        match (loaded, &mut *guard) {
+            (Some(fresh), Slot::Live(s)) => {
+                if s.offset != fresh.offset {
+                    // Bytes written elsewhere: the running hash is stale.
+                    s.offset = fresh.offset;
+                    s.hasher = None;
                 }
             }
+            (Some(fresh), slot_state) => {
+                self.uploads.loaded(id, &fresh.owner);
+                *slot_state = Slot::Live(fresh);
+            }
+            (None, slot_state) => {
+                *slot_state = Slot::Ended;
+                self.uploads.ended(id, &slot);
+            }
         }
-        let mut open = Open { slot, guard };
+        let mut open = Open {
+            slot,
+            guard,
+            _lease: Some(lease),
+        };
         if &open.session()?.repo != repo {
             return Err(RegistryError::UploadUnknown);
         }
@@ -200,17 +189,11 @@ impl Registry {
     /// marked ended for whoever waits on it and leaves the table. When the
     /// state cannot be removed, the slot stays as a tombstone.
     async fn end_session(&self, id: &UploadId, open: &mut Open) -> RegistryResult<()> {
-        let b = self.backend.clone();
-        let key = id.clone();
-        let removed = blocking(move || {
-            b.delete(&paths::upload_state(&key))?;
-            Ok(())
-        })
-        .await;
+        let removed = self.meta.delete_upload(id.as_str()).await;
         *open.guard = Slot::Ended;
         if let Err(e) = removed {
             self.uploads.ended_in_memory(id);
-            return Err(e);
+            return Err(e.into());
         }
         self.uploads.ended(id, &open.slot);
         let b = self.backend.clone();
@@ -294,8 +277,22 @@ impl Registry {
             }
         }
         let new_offset = offset.saturating_add(pumped.written);
-        self.save_state(id, &UploadState::of(session, new_offset))
-            .await?;
+        if !self
+            .meta
+            .advance_upload(id.as_str(), offset, new_offset)
+            .await?
+        {
+            // Another replica acknowledged a chunk (or ended the session)
+            // first: this chunk is not acknowledged.
+            session.hasher = None;
+            return match self.meta.upload(id.as_str()).await? {
+                Some(row) => Err(RegistryError::RangeInvalid {
+                    offset: row.committed,
+                    got: offset,
+                }),
+                None => Err(RegistryError::UploadUnknown),
+            };
+        }
         session.offset = new_offset;
         session.hasher = had_hasher.then_some(pumped.hasher);
         Ok(())
@@ -369,10 +366,9 @@ impl Registry {
         let b = self.backend.clone();
         let data = paths::upload_data(id);
         let blob = paths::blob(digest);
-        let link = paths::layer_link(repo, digest);
-        let link_body = digest.to_string().into_bytes();
         // Ordered against garbage collection; a blob already stored is
-        // touched so its grace period restarts (see `gc`).
+        // touched so its grace period restarts (see `gc`). The bytes are
+        // durable before the row that makes them visible.
         let guard = self.gc_write_guard().await;
         guard.note(digest);
         blocking(move || {
@@ -384,13 +380,16 @@ impl Registry {
                     b.rename(&data, &blob)?;
                 }
             }
-            if b.size(&link)?.is_none() {
-                b.write_atomic(&link, &link_body)?;
-            }
             Ok(())
         })
         .await?;
+        let linked = self.link_stored(repo, digest).await?;
         drop(guard);
+        if !linked {
+            return Err(RegistryError::Internal(format!(
+                "blob {digest} vanished while it was linked"
+            )));
+        }
         Ok(digest.clone())
     }
 
@@ -441,18 +440,33 @@ impl Registry {
     /// Returns how many were purged.
     pub async fn purge_uploads(&self, ttl_secs: u64) -> RegistryResult<usize> {
         self.sessions_counted().await?;
+        let now = unix_now();
+        let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX);
+        let rows = self.meta.uploads().await?;
+        let stale: Vec<UploadId> = rows
+            .iter()
+            .filter(|r| now.saturating_sub(r.updated_at) >= ttl)
+            .filter_map(|r| UploadId::parse(&r.id))
+            .collect();
+        // Folders without a row (a crash between the row's deletion and
+        // the folder's, or a monolithic upload cut short) go too.
+        let live_ids: std::collections::HashSet<String> =
+            rows.iter().map(|r| r.id.clone()).collect();
         let b = self.backend.clone();
-        let stale: Vec<UploadId> = blocking(move || {
-            let mut stale = Vec::new();
+        blocking(move || {
             for e in b.list(&paths::uploads_dir())? {
                 let Some(id) = UploadId::parse(&e.name) else {
                     continue;
                 };
-                if age_of(b.as_ref(), &id)? >= ttl_secs {
-                    stale.push(id);
+                if live_ids.contains(id.as_str()) {
+                    continue;
+                }
+                let dir = paths::upload_dir(&id);
+                if b.age_secs(&dir)?.unwrap_or(0) >= ttl_secs {
+                    b.delete_dir(&dir)?;
                 }
             }
-            Ok(stale)
+            Ok(())
         })
         .await?;
         let mut purged = 0;
@@ -460,12 +474,16 @@ impl Registry {
             let slot = self.uploads.slot(&id);
             let guard = slot.clone().lock_owned().await;
             // Written to while this waited: not stale any more.
-            let b = self.backend.clone();
-            let key = id.clone();
-            if blocking(move || age_of(b.as_ref(), &key)).await? < ttl_secs {
-                continue;
+            match self.meta.upload(id.as_str()).await? {
+                Some(r) if now.saturating_sub(r.updated_at) >= ttl => {}
+                _ => continue,
             }
-            let mut open = Open { slot, guard };
+            let lease = self.meta.lease_upload(id.as_str()).await?;
+            let mut open = Open {
+                slot,
+                guard,
+                _lease: Some(lease),
+            };
             self.end_session(&id, &mut open).await?;
             purged += 1;
         }
@@ -480,10 +498,11 @@ mod tests {
     use crate::storage::FsBackend;
     use std::sync::Arc;
 
-    fn registry(dir: &std::path::Path, total: usize, per: usize) -> Registry {
-        let b: Arc<dyn Backend> = Arc::new(FsBackend::open(dir).unwrap());
+    async fn registry(dir: &std::path::Path, total: usize, per: usize) -> Registry {
+        let b: Arc<dyn crate::storage::Backend> = Arc::new(FsBackend::open(dir).unwrap());
         Registry::new(
             b,
+            crate::metadata::Metadata::open_in_dir(dir).await.unwrap(),
             Limits {
                 max_upload_sessions: total,
                 max_upload_sessions_per_principal: per,
@@ -506,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn purged_sessions_free_their_owners_slots() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = registry(dir.path(), 10, 2);
+        let reg = registry(dir.path(), 10, 2).await;
         let repo = RepoName::parse("t/purge").unwrap();
         let p = Principal::user("p");
         reg.start_upload(&repo, &p).await.unwrap();
@@ -524,7 +543,7 @@ mod tests {
         let repo = RepoName::parse("t/restart").unwrap();
         let p = Principal::address("10.0.0.1".parse().unwrap());
         let (kept, done) = {
-            let reg = registry(dir.path(), 4, 2);
+            let reg = registry(dir.path(), 4, 2).await;
             let kept = reg.start_upload(&repo, &p).await.unwrap();
             let done = reg.start_upload(&repo, &p).await.unwrap();
             let d = Digest::of(b"x");
@@ -533,14 +552,20 @@ mod tests {
                 .unwrap();
             (kept, done)
         };
-        // A session written by an older version, without an owner.
+        // A session without an owner (imported from an older version).
         let legacy = UploadId::new_random();
-        let state = br#"{"repository":"t/restart","offset":0,"started_at":0}"#;
-        let legacy_dir = dir.path().join("_uploads").join(legacy.as_str());
-        std::fs::create_dir_all(&legacy_dir).unwrap();
-        std::fs::write(legacy_dir.join("state"), state).unwrap();
-
-        let reg = registry(dir.path(), 4, 2);
+        let reg = registry(dir.path(), 4, 2).await;
+        reg.meta
+            .insert_upload(&UploadRow {
+                id: legacy.as_str().to_string(),
+                repo: repo.clone(),
+                owner: None,
+                committed: 0,
+                started_at: 0,
+                updated_at: unix_now(),
+            })
+            .await
+            .unwrap();
         let e = reg.upload_status(&repo, &done.id).await.unwrap_err();
         assert!(matches!(e, RegistryError::UploadUnknown), "{e}");
         assert_eq!(reg.upload_status(&repo, &kept.id).await.unwrap().offset, 0);
@@ -560,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_waiting_behind_the_final_put_finds_the_session_ended() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Arc::new(registry(dir.path(), 10, 10));
+        let reg = Arc::new(registry(dir.path(), 10, 10).await);
         let repo = RepoName::parse("t/race").unwrap();
         let s = reg
             .start_upload(&repo, &Principal::user("p"))

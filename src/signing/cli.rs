@@ -6,13 +6,9 @@
 //! running server (whose in-memory indexes would not see the new
 //! signatures until its next start).
 
-use std::sync::Arc;
-
 use super::{registry_host, SignReport, SignerConfig, SigningService};
 use crate::config::Config;
-use crate::registry::{Limits, Registry};
 use crate::storage::lock::{DataDirLock, LockMode};
-use crate::storage::FsBackend;
 
 pub const SIGN_USAGE: &str = "Usage: bpf-registry sign [--json]
 
@@ -80,19 +76,13 @@ pub fn sign(args: &[String]) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let backend = match FsBackend::open(&config.data_dir) {
-        Ok(b) => b,
+    let registry = match runtime.block_on(crate::open_registry(&config, None)) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot open {}: {e}", config.data_dir.display());
             return EXIT_FAILED;
         }
     };
-    let limits = Limits {
-        max_manifest_bytes: config.max_manifest_bytes,
-        max_upload_sessions: config.max_upload_sessions,
-        ..Limits::default()
-    };
-    let registry = Arc::new(Registry::new(Arc::new(backend), limits));
     let host = config.external_url.as_deref().and_then(registry_host);
     let report: Result<SignReport, String> = runtime.block_on(async {
         let svc = SigningService::start(&config.signing, registry, host).await?;

@@ -1,23 +1,19 @@
-//! The in-memory index of signature manifests: (repository, signed
-//! manifest digest) → the signature manifests in that repository that name
-//! it. A signature counts only in its own repository (its payload names
-//! the repository, and OCI referrers are per repository), so a manifest
-//! signed in one repository and copied into another is unsigned there
-//! until it is signed there. A cache like the artifact index:
-//! kept current by listening to every manifest stored or deleted, rebuilt
-//! at start-up from the `sha256-<hex>.sig` tags (cheap: one directory
-//! listing per repository, one read per signature). It answers the
-//! artifact JSON's `signature` field and "is this already signed?";
-//! `/signatures` and `/verify` read the store itself.
-
-use std::collections::HashMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+//! The signature views: (repository, signed manifest digest) → the
+//! signature manifests in that repository that name it, answered by the
+//! metadata store, whose rows the deriver below computes from every
+//! manifest stored, in the manifest's own transaction. A signature counts
+//! only in its own repository (its payload names the repository, and OCI
+//! referrers are per repository), so a manifest signed in one repository
+//! and copied into another is unsigned there until it is signed there. It
+//! answers the artifact JSON's `signature` field and "is this already
+//! signed?"; `/signatures` and `/verify` read the store itself.
 
 use serde::Serialize;
 
 use super::cosign::{self, annotations};
-use crate::oci::{Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
-use crate::registry::{ManifestListener, ManifestStored, Registry, RegistryResult};
+use crate::metadata::{DerivedRow, Metadata, SignatureRow};
+use crate::oci::{Digest, ManifestKind, ParsedManifest, RepoName, Tag};
+use crate::registry::{ManifestDeriver, ManifestStored, RegistryResult};
 
 /// What the index keeps of one signature manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,20 +39,8 @@ pub struct SignatureSummary {
     pub signed_at: Option<String>,
 }
 
-/// A manifest in a repository.
-type Key = (RepoName, Digest);
-
-#[derive(Default)]
-struct Inner {
-    /// signed manifest → its signature manifests, oldest first
-    by_subject: HashMap<Key, Vec<SigEntry>>,
-    /// signature manifest → the digest it signs (in the same repository)
-    subject_of: HashMap<Key, Digest>,
-}
-
-#[derive(Default)]
 pub struct SignatureIndex {
-    inner: RwLock<Inner>,
+    meta: Metadata,
 }
 
 /// If `m` is a cosign signature manifest: the digest it signs and its entry.
@@ -94,137 +78,103 @@ pub fn classify(
     ))
 }
 
+fn entry_of(row: SignatureRow) -> Option<SigEntry> {
+    Some(SigEntry {
+        manifest: row.digest?,
+        key_id: row.key_id,
+        key_version: row.key_version,
+        algorithm: row.algorithm,
+        created: row.created,
+    })
+}
+
 impl SignatureIndex {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
-    }
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn insert(inner: &mut Inner, repo: &RepoName, subject: Digest, entry: SigEntry) {
-        inner
-            .subject_of
-            .insert((repo.clone(), entry.manifest.clone()), subject.clone());
-        let list = inner.by_subject.entry((repo.clone(), subject)).or_default();
-        list.retain(|e| e.manifest != entry.manifest);
-        list.push(entry);
-    }
-
-    /// Records a manifest stored in `repo` if it is a signature.
-    pub fn record(&self, repo: &RepoName, tag: Option<&Tag>, digest: &Digest, m: &ParsedManifest) {
-        if let Some((subject, entry)) = classify(tag, digest, m) {
-            Self::insert(&mut self.write(), repo, subject, entry);
-        }
+    pub fn new(meta: Metadata) -> Self {
+        SignatureIndex { meta }
     }
 
     /// The signature manifests of `subject` in `repo`, oldest first.
-    pub fn entries(&self, repo: &RepoName, subject: &Digest) -> Vec<SigEntry> {
-        self.read()
-            .by_subject
-            .get(&(repo.clone(), subject.clone()))
-            .cloned()
-            .unwrap_or_default()
+    pub async fn entries(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> RegistryResult<Vec<SigEntry>> {
+        Ok(self
+            .meta
+            .signatures(repo, subject)
+            .await?
+            .into_iter()
+            .filter_map(entry_of)
+            .collect())
     }
 
     /// Whether `subject` has a signature made with `key_id` in `repo`.
-    pub fn signed_by(&self, repo: &RepoName, subject: &Digest, key_id: &str) -> bool {
-        self.read()
-            .by_subject
-            .get(&(repo.clone(), subject.clone()))
-            .is_some_and(|l| l.iter().any(|e| e.key_id.as_deref() == Some(key_id)))
+    pub async fn signed_by(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        key_id: &str,
+    ) -> RegistryResult<bool> {
+        Ok(self
+            .entries(repo, subject)
+            .await?
+            .iter()
+            .any(|e| e.key_id.as_deref() == Some(key_id)))
     }
 
     /// The artifact JSON's `signature`: the newest signature in `repo` with
     /// `key_id` when given and present, else the newest one found.
-    pub fn summary(
+    pub async fn summary(
         &self,
         repo: &RepoName,
         subject: &Digest,
         key_id: Option<&str>,
-    ) -> Option<SignatureSummary> {
-        let inner = self.read();
-        let list = inner.by_subject.get(&(repo.clone(), subject.clone()))?;
-        let e = key_id
-            .and_then(|k| list.iter().rev().find(|e| e.key_id.as_deref() == Some(k)))
-            .or_else(|| list.iter().rev().find(|e| e.key_id.is_some()))
-            .or_else(|| list.last())?;
-        Some(SignatureSummary {
-            key_id: e.key_id.clone(),
-            key_version: e.key_version,
-            algorithm: e.algorithm.clone(),
-            manifest_digest: e.manifest.to_string(),
-            tag: cosign::signature_tag(subject),
-            signed_at: e.created.clone(),
-        })
-    }
-
-    /// Rebuilds from the signature tags of every repository; returns the
-    /// number of signature manifests found.
-    pub async fn rebuild(&self, registry: &Registry) -> RegistryResult<usize> {
-        let mut fresh = Inner::default();
-        let mut found = 0;
-        for repo in registry.all_repositories().await? {
-            let tags = match registry.list_tags(&repo, None, None).await {
-                Ok(page) => page.items,
-                Err(_) => continue,
-            };
-            for t in tags {
-                if cosign::digest_of_signature_tag(&t).is_none() {
-                    continue;
-                }
-                let Ok(tag) = Tag::parse(&t) else { continue };
-                let Some((digest, m)) =
-                    read_manifest(registry, &repo, &Reference::Tag(tag.clone())).await
-                else {
-                    continue;
-                };
-                if let Some((subject, entry)) = classify(Some(&tag), &digest, &m) {
-                    Self::insert(&mut fresh, &repo, subject, entry);
-                    found += 1;
-                }
-            }
-        }
-        *self.write() = fresh;
-        Ok(found)
+    ) -> RegistryResult<Option<SignatureSummary>> {
+        let list = self.entries(repo, subject).await?;
+        Ok(summarize(&list, subject, key_id))
     }
 }
 
-/// Resolves and parses a manifest; `None` when absent or unreadable.
-pub(crate) async fn read_manifest(
-    registry: &Registry,
-    repo: &RepoName,
-    reference: &Reference,
-) -> Option<(Digest, ParsedManifest)> {
-    let digest = registry.resolve(repo, reference).await.ok()?;
-    let bytes = registry.manifest_bytes(&digest).await.ok()?;
-    let m = ParsedManifest::parse(&bytes, None).ok()?;
-    Some((digest, m))
+/// The newest entry by `key_id`, else the newest with a key, else the
+/// newest.
+fn summarize(
+    list: &[SigEntry],
+    subject: &Digest,
+    key_id: Option<&str>,
+) -> Option<SignatureSummary> {
+    let e = key_id
+        .and_then(|k| list.iter().rev().find(|e| e.key_id.as_deref() == Some(k)))
+        .or_else(|| list.iter().rev().find(|e| e.key_id.is_some()))
+        .or_else(|| list.last())?;
+    Some(SignatureSummary {
+        key_id: e.key_id.clone(),
+        key_version: e.key_version,
+        algorithm: e.algorithm.clone(),
+        manifest_digest: e.manifest.to_string(),
+        tag: cosign::signature_tag(subject),
+        signed_at: e.created.clone(),
+    })
 }
 
-impl ManifestListener for SignatureIndex {
-    fn manifest_stored(&self, e: &ManifestStored) {
-        self.record(&e.repo, e.tag.as_ref(), &e.digest, &e.manifest);
+impl ManifestDeriver for SignatureIndex {
+    fn derive(&self, e: &ManifestStored) -> Vec<DerivedRow> {
+        derive_rows(e)
     }
+}
 
-    fn manifest_deleted(&self, repo: &RepoName, digest: &Digest, _m: Option<&ParsedManifest>) {
-        let mut inner = self.write();
-        if let Some(subject) = inner.subject_of.remove(&(repo.clone(), digest.clone())) {
-            let subject = (repo.clone(), subject);
-            let now_empty = match inner.by_subject.get_mut(&subject) {
-                Some(list) => {
-                    list.retain(|e| &e.manifest != digest);
-                    list.is_empty()
-                }
-                None => false,
-            };
-            if now_empty {
-                inner.by_subject.remove(&subject);
-            }
+/// The signature row of a manifest, if it is a signature.
+fn derive_rows(e: &ManifestStored) -> Vec<DerivedRow> {
+    {
+        match classify(e.tag.as_ref(), &e.digest, &e.manifest) {
+            Some((subject, entry)) => vec![DerivedRow::Signature(SignatureRow {
+                digest: None,
+                subject,
+                key_id: entry.key_id,
+                key_version: entry.key_version,
+                algorithm: entry.algorithm,
+                created: entry.created,
+            })],
+            None => Vec::new(),
         }
     }
 }
@@ -257,48 +207,63 @@ mod tests {
         )
     }
 
-    #[test]
-    fn records_summarises_and_forgets() {
-        let idx = SignatureIndex::new();
-        let r = RepoName::parse("r").unwrap();
-        let a = Digest::of(b"artifact");
-        let (d1, m1) = sig_manifest(&a, "vault:transit/k");
-        idx.record(&r, None, &d1, &m1);
-        assert!(idx.signed_by(&r, &a, "vault:transit/k"));
-        assert!(!idx.signed_by(&r, &a, "other"));
-        let s = idx.summary(&r, &a, Some("vault:transit/k")).unwrap();
-        assert_eq!(s.key_version, Some(3));
-        assert_eq!(s.manifest_digest, d1.to_string());
-        assert_eq!(s.tag, cosign::signature_tag(&a));
-        idx.manifest_deleted(&r, &d1, None);
-        assert!(idx.summary(&r, &a, None).is_none());
+    fn entry(d: &Digest, key: Option<&str>) -> SigEntry {
+        SigEntry {
+            manifest: d.clone(),
+            key_id: key.map(str::to_string),
+            key_version: Some(3),
+            algorithm: None,
+            created: None,
+        }
+    }
+
+    fn stored(tag: Option<Tag>, digest: Digest, manifest: ParsedManifest) -> ManifestStored {
+        ManifestStored {
+            repo: RepoName::parse("r").unwrap(),
+            size: 1,
+            digest,
+            manifest,
+            tag,
+        }
     }
 
     #[test]
-    fn a_signature_counts_in_its_own_repository_only() {
-        let idx = SignatureIndex::new();
-        let (r, other) = (RepoName::parse("r").unwrap(), RepoName::parse("o").unwrap());
+    fn a_signature_manifest_derives_its_row() {
         let a = Digest::of(b"artifact");
-        let (d1, m1) = sig_manifest(&a, "k");
-        idx.record(&r, None, &d1, &m1);
-        idx.record(&other, None, &d1, &m1);
-        assert!(idx.signed_by(&other, &a, "k"));
-        // Deleting the copy in `other` leaves `r` signed.
-        idx.manifest_deleted(&other, &d1, None);
-        assert!(!idx.signed_by(&other, &a, "k"));
-        assert!(idx.signed_by(&r, &a, "k"));
-        assert!(idx.summary(&r, &a, None).is_some());
+        let (d1, m1) = sig_manifest(&a, "vault:transit/k");
+        let rows = derive_rows(&stored(None, d1, m1));
+        let [DerivedRow::Signature(row)] = rows.as_slice() else {
+            panic!("one signature row expected: {rows:?}");
+        };
+        assert_eq!(row.subject, a);
+        assert_eq!(row.key_id.as_deref(), Some("vault:transit/k"));
+        assert_eq!(row.key_version, Some(3));
+    }
+
+    #[test]
+    fn the_summary_prefers_the_newest_signature_by_the_key() {
+        let a = Digest::of(b"artifact");
+        let (d1, d2, d3) = (Digest::of(b"1"), Digest::of(b"2"), Digest::of(b"3"));
+        let list = [
+            entry(&d1, Some("k")),
+            entry(&d2, Some("other")),
+            entry(&d3, None),
+        ];
+        let s = summarize(&list, &a, Some("k")).unwrap();
+        assert_eq!(s.manifest_digest, d1.to_string());
+        assert_eq!(s.tag, cosign::signature_tag(&a));
+        // No signature by the key: the newest with a key.
+        let s = summarize(&list, &a, Some("absent")).unwrap();
+        assert_eq!(s.manifest_digest, d2.to_string());
+        assert!(summarize(&[], &a, None).is_none());
     }
 
     #[test]
     fn non_signatures_are_ignored() {
-        let idx = SignatureIndex::new();
         let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
         let m = ParsedManifest::parse(body, None).unwrap();
         let d = Digest::of(body);
         let tag = Tag::parse(&cosign::signature_tag(&d)).unwrap();
-        let r = RepoName::parse("r").unwrap();
-        idx.record(&r, Some(&tag), &d, &m);
-        assert!(idx.entries(&r, &d).is_empty());
+        assert!(derive_rows(&stored(Some(tag), d, m)).is_empty());
     }
 }

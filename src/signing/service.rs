@@ -64,6 +64,8 @@ pub struct SigningService {
     registry_host: Option<String>,
     /// Serializes the `.sig` tag of one (repository, subject), striped.
     tag_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Where each signature's duration and failures are recorded.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 fn now_rfc3339() -> String {
@@ -93,13 +95,8 @@ impl SigningService {
             }
             SignerConfig::Vault(v) => Some(Arc::new(vault::VaultSigner::new(v)?)),
         };
-        let index = Arc::new(SignatureIndex::new());
-        let started = Instant::now();
-        let found = index
-            .rebuild(&registry)
-            .await
-            .map_err(|e| format!("cannot index the signatures in the store: {e}"))?;
-        registry.add_listener(index.clone());
+        // Its rows are derived by the deriver `open_registry` registers.
+        let index = Arc::new(SignatureIndex::new(registry.metadata().clone()));
         let svc = SigningService {
             registry,
             signer,
@@ -108,16 +105,15 @@ impl SigningService {
             tag_locks: (0..TAG_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            metrics: std::sync::OnceLock::new(),
         };
         match &svc.signer {
-            None => tracing::info!(signatures = found, "signing off"),
+            None => tracing::info!("signing off"),
             Some(s) => match s.public_keys(false).await {
                 Ok(k) => tracing::info!(
                     key_id = %k.key_id,
                     algorithm = k.algorithm.as_str(),
                     latest_version = k.latest,
-                    signatures = found,
-                    duration_ms = started.elapsed().as_millis() as u64,
                     "signing on"
                 ),
                 Err(e) => tracing::warn!(
@@ -128,6 +124,12 @@ impl SigningService {
             },
         }
         Ok(Arc::new(svc))
+    }
+
+    /// Records every signature from now on in `metrics`
+    /// (`registry_signing_*`); the first call wins.
+    pub fn record_metrics_in(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     pub fn enabled(&self) -> bool {
@@ -143,8 +145,12 @@ impl SigningService {
     }
 
     /// The artifact JSON's `signature` of a manifest in `repo`.
-    pub fn summary(&self, repo: &RepoName, digest: &Digest) -> Option<SignatureSummary> {
-        self.index.summary(repo, digest, self.key_id())
+    pub async fn summary(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> crate::registry::RegistryResult<Option<SignatureSummary>> {
+        self.index.summary(repo, digest, self.key_id()).await
     }
 
     /// Holds the `.sig` tag of `subject` in `repo` (see the module doc).
@@ -156,10 +162,11 @@ impl SigningService {
         self.tag_locks[i].lock().await
     }
 
-    fn signed_here(&self, repo: &RepoName, subject: &Digest) -> bool {
-        self.signer
-            .as_ref()
-            .is_some_and(|s| self.index.signed_by(repo, subject, s.key_id()))
+    async fn signed_here(&self, repo: &RepoName, subject: &Digest) -> Result<bool, SigningError> {
+        match &self.signer {
+            Some(s) => Ok(self.index.signed_by(repo, subject, s.key_id()).await?),
+            None => Ok(false),
+        }
     }
 
     fn docker_reference(&self, repo: &RepoName) -> String {
@@ -204,7 +211,7 @@ impl SigningService {
         let digest = Digest::of(body);
         let signable = size <= self.registry.limits().max_manifest_bytes
             && !matches!(reference, Reference::Digest(want) if want != &digest)
-            && !self.index.signed_by(repo, &digest, signer.key_id());
+            && !self.index.signed_by(repo, &digest, signer.key_id()).await?;
         let parsed = if signable {
             ParsedManifest::parse(body, content_type)
                 .ok()
@@ -248,7 +255,7 @@ impl SigningService {
         // Signed once: a concurrent push of the same manifest may have
         // signed it while this one was signing.
         let _tag = self.lock_tag(repo, &pending.subject.digest).await;
-        if self.signed_here(repo, &pending.subject.digest) {
+        if self.signed_here(repo, &pending.subject.digest).await? {
             return Ok(self
                 .registry
                 .put_manifest(repo, reference, content_type, body)
@@ -278,7 +285,17 @@ impl SigningService {
         let started = Instant::now();
         let payload =
             cosign::Payload::new(&self.docker_reference(repo), &subject.digest).to_bytes();
-        let sig = match signer.sign(&payload).await {
+        let signed = signer.sign(&payload).await;
+        if let Some(m) = self.metrics.get() {
+            // The kind is the key id's prefix (`vault:...`, `key:...`).
+            let kind = match signer.key_id().split(':').next() {
+                Some("vault") => "vault",
+                Some("key") => "key",
+                _ => "other",
+            };
+            m.signing_attempt(kind, started.elapsed(), signed.is_ok());
+        }
+        let sig = match signed {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(
@@ -425,7 +442,11 @@ impl SigningService {
                     continue;
                 }
                 let _tag = self.lock_tag(&repo, &digest).await;
-                if self.index.signed_by(&repo, &digest, signer.key_id()) {
+                if self
+                    .index
+                    .signed_by(&repo, &digest, signer.key_id())
+                    .await?
+                {
                     report.already_signed += 1;
                     continue;
                 }

@@ -2,12 +2,14 @@
 //! offset, append-only writers with an explicit sync, atomic rename into
 //! place, listing, deletion) and the filesystem backend that implements it.
 //! The trait is synchronous; services call it from blocking threads, which
-//! keeps it implementable by any object store client.
+//! keeps it implementable by any object store client. `instrumented` wraps
+//! any backend to time its calls into the metrics.
 
 /// Only the crate's own tests inject faults.
 #[cfg(test)]
 pub mod faulty;
 pub mod fs;
+pub mod instrumented;
 pub mod lock;
 pub mod paths;
 

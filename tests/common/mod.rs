@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod attacker;
+pub mod engines;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,7 +95,10 @@ impl TestServer {
         Self::start_on(tmp, extra).await
     }
 
-    async fn start_on(tmp: TempDir, extra_env: Vec<(String, String)>) -> TestServer {
+    async fn start_on(tmp: TempDir, mut extra_env: Vec<(String, String)>) -> TestServer {
+        // The configuration under test (BPF_TEST_METADATA, BPF_TEST_BLOB_STORE)
+        // where the test did not choose; kept in extra_env, so a restart keeps it.
+        engines::add_missing_server_env(&mut extra_env);
         let data_dir = tmp.path().join("data");
         let mut vars: HashMap<String, String> = HashMap::new();
         vars.insert(
@@ -158,6 +162,21 @@ impl TestServer {
     }
 
     /// The store root (`BPF_REGISTRY_DATA_DIR`).
+    /// The server's metadata store, opened beside it (SQLite in WAL mode
+    /// and PostgreSQL both take a second client).
+    pub async fn metadata(&self) -> bpf_registry::metadata::Metadata {
+        let url = self
+            .store_env()
+            .into_iter()
+            .find(|(k, _)| k == "BPF_REGISTRY_METADATA")
+            .map(|(_, v)| v);
+        let config = bpf_registry::metadata::MetadataConfig::parse(url.as_deref(), &self.data_dir)
+            .expect("metadata config");
+        bpf_registry::metadata::Metadata::open(&config)
+            .await
+            .expect("open the server's metadata store")
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -32,18 +32,13 @@ impl ArtifactService {
         hosts: &[HostId],
     ) -> Result<usize, ArtifactError> {
         let key = rec.key();
-        let missing: Vec<&HostId> = hosts
-            .iter()
-            .filter(|h| self.index.association(&key, h).is_none())
-            .collect();
+        let existing: std::collections::HashSet<HostId> =
+            self.index.hosts_of(&key).await?.into_iter().collect();
+        let missing: Vec<&HostId> = hosts.iter().filter(|h| !existing.contains(*h)).collect();
         if missing.is_empty() {
             return Ok(0);
         }
-        let total = self
-            .index
-            .hosts_of(&key)
-            .len()
-            .saturating_add(missing.len());
+        let total = existing.len().saturating_add(missing.len());
         if total > MAX_HOSTS {
             return Err(Limit::Hosts.refusal(MAX_HOSTS as u64, Some(total as u64)));
         }
@@ -89,19 +84,19 @@ impl ArtifactService {
         // Under the repository's lock: the host cap holds against
         // concurrent adds.
         let held = self.lock_for(&key.repo).lock().await;
-        let rec = self.record(key)?;
+        let rec = self.record(key).await?;
         let created = self.associate_all(&rec, std::slice::from_ref(host)).await? > 0;
         drop(held);
         Ok(Created {
-            value: self.hosts(key)?,
+            value: self.hosts(key).await?,
             created,
         })
     }
 
     /// `DELETE /artifacts/{id}/hosts/{host_id}`.
     pub async fn remove_host(&self, key: &ArtifactKey, host: &HostId) -> Result<(), ArtifactError> {
-        let rec = self.record(key)?;
-        let assoc = self.index.association(key, host).ok_or_else(|| {
+        let rec = self.record(key).await?;
+        let assoc = self.index.association(key, host).await?.ok_or_else(|| {
             ArtifactError::NotFound(format!("association of {} with host {host}", rec.id))
         })?;
         self.registry
@@ -111,11 +106,12 @@ impl ArtifactService {
     }
 
     /// `GET /artifacts/{id}/hosts`.
-    pub fn hosts(&self, key: &ArtifactKey) -> Result<Vec<String>, ArtifactError> {
-        self.record(key)?;
+    pub async fn hosts(&self, key: &ArtifactKey) -> Result<Vec<String>, ArtifactError> {
+        self.record(key).await?;
         Ok(self
             .index
             .hosts_of(key)
+            .await?
             .into_iter()
             .map(|h| h.to_string())
             .collect())
@@ -123,15 +119,19 @@ impl ArtifactService {
 
     /// `GET /artifacts/for-host/{host_id}`, keeping only artifacts whose
     /// repository passes `visible` (what the caller may pull).
-    pub fn for_host(
+    pub async fn for_host(
         &self,
         host: &HostId,
-        visible: &dyn Fn(&RepoName) -> bool,
-    ) -> Vec<ArtifactJson> {
-        let mut recs = self.index.artifacts_for_host(host);
+        visible: &(dyn Fn(&RepoName) -> bool + Sync),
+    ) -> Result<Vec<ArtifactJson>, ArtifactError> {
+        let mut recs = self.index.artifacts_for_host(host).await?;
         recs.retain(|r| visible(&r.repo));
         recs.sort_by(|a, b| list::sort_key(a).cmp(&list::sort_key(b)));
-        recs.iter().map(|r| self.json(r)).collect()
+        let mut out = Vec::with_capacity(recs.len());
+        for r in &recs {
+            out.push(self.json(r).await?);
+        }
+        Ok(out)
     }
 
     /// Deletes every association of an artifact (before the artifact), in
@@ -141,9 +141,10 @@ impl ArtifactService {
     pub(super) async fn remove_associations(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
         let associations: Vec<Digest> = self
             .index
-            .hosts_of(key)
-            .iter()
-            .filter_map(|host| self.index.association(key, host))
+            .associations(key)
+            .await?
+            .into_iter()
+            .map(|(_, d)| d)
             .collect();
         self.registry
             .delete_manifests(&key.repo, &associations)

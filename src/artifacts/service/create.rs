@@ -92,7 +92,7 @@ impl ArtifactService {
             VersionState::Replay(rec) => {
                 self.associate_all(&rec, &new.hosts).await?;
                 return Ok(Created {
-                    value: self.json(&rec),
+                    value: self.json(&rec).await?,
                     created: false,
                 });
             }
@@ -183,11 +183,12 @@ impl ArtifactService {
         let rec = self
             .index
             .get(&key)
+            .await?
             .ok_or_else(|| internal("artifact stored but not indexed"))?;
         self.associate_all(&rec, &new.hosts).await?;
         tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
         Ok(Created {
-            value: self.json(&rec),
+            value: self.json(&rec).await?,
             created: true,
         })
     }

@@ -91,7 +91,11 @@ impl ArtifactService {
         let mut others = Vec::new();
         let mut dead_children = false;
         for (d, size) in candidates {
-            let Some(rec) = self.index.get(&ArtifactKey::new(repo.clone(), d.clone())) else {
+            let Some(rec) = self
+                .index
+                .get(&ArtifactKey::new(repo.clone(), d.clone()))
+                .await?
+            else {
                 if d != existing && !self.is_linked(repo, &d).await? {
                     dead_children = true;
                     continue;
@@ -136,6 +140,7 @@ impl ArtifactService {
             if self
                 .index
                 .get(&ArtifactKey::new(repo.clone(), d.clone()))
+                .await?
                 .is_some()
             {
                 continue;

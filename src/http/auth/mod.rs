@@ -13,6 +13,8 @@
 //!   `http::error` answer.
 //! - `token_endpoint`: `GET /token` with Basic, and the OAuth2 `POST` form
 //!   with `grant_type=password` or `refresh_token`.
+//! - `metrics_access`: who may read `GET /metrics` (the metrics token, or
+//!   a user the policy grants `metrics`).
 //!
 //! For `/v2/*` the middleware authorizes the endpoint that
 //! [`super::endpoint::layer`] parsed, by the access the endpoint states
@@ -36,6 +38,7 @@
 //! `Retry-After`.
 
 mod credentials;
+mod metrics_access;
 mod middleware;
 mod refusal;
 mod token_endpoint;
@@ -48,9 +51,10 @@ use axum::extract::Request;
 use crate::auth::{Action, Auth, Claims};
 use crate::oci::RepoName;
 
+pub use metrics_access::authorize_metrics;
 pub(crate) use middleware::drain;
 pub use middleware::{middleware, ServedUser};
-pub use refusal::AuthRefusal;
+pub use refusal::{AuthRefusal, FailureReason};
 pub use token_endpoint::{token_get, token_post, TokenAnswer};
 
 #[derive(Clone)]

@@ -3,6 +3,8 @@
 //! the dialect tables (`http::error::{oci,rest}`) make the wire answer
 //! (401 `UNAUTHORIZED`/`unauthorized`, 403 `DENIED`/`denied`, 429 with
 //! `Retry-After`). Also the [`Caller`] methods `http::rest` refuses with.
+//! Every refusal leaves its [`FailureReason`] in the response extensions
+//! (for `registry_auth_failures_total{reason}`).
 
 use axum::http::HeaderValue;
 use axum::response::Response;
@@ -35,6 +37,54 @@ impl AuthRefusal {
 
     pub fn throttled_message(retry_after: u64) -> String {
         format!("too many failed logins; retry in {retry_after} s")
+    }
+}
+
+/// Why the auth layer refused a request, from a fixed list: the `reason`
+/// label of `registry_auth_failures_total`, left in the response
+/// extensions of every refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// No credentials where they are needed (the 401 challenge).
+    NoCredentials,
+    /// A malformed `Authorization` header, an unknown user or a wrong
+    /// password.
+    BadCredentials,
+    /// A bearer token that does not verify, or an invalid refresh token.
+    BadToken,
+    /// A token without the scope needed (401 `insufficient_scope`).
+    InsufficientScope,
+    /// Authenticated, and not allowed (403).
+    Denied,
+    /// Too many failed logins (429).
+    Throttled,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 6] = [
+        FailureReason::NoCredentials,
+        FailureReason::BadCredentials,
+        FailureReason::BadToken,
+        FailureReason::InsufficientScope,
+        FailureReason::Denied,
+        FailureReason::Throttled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NoCredentials => "no_credentials",
+            FailureReason::BadCredentials => "bad_credentials",
+            FailureReason::BadToken => "bad_token",
+            FailureReason::InsufficientScope => "insufficient_scope",
+            FailureReason::Denied => "denied",
+            FailureReason::Throttled => "throttled",
+        }
+    }
+
+    /// Leaves the reason in a refusal's extensions.
+    pub(super) fn on(self, mut r: Response) -> Response {
+        r.extensions_mut().insert(self);
+        r
     }
 }
 
@@ -84,6 +134,11 @@ pub(super) fn refusal_response(
     scope: Option<&str>,
     route: &'static str,
 ) -> Response {
+    let reason = match refusal {
+        Refusal::Challenge(None) => FailureReason::NoCredentials,
+        Refusal::Challenge(Some(_)) => FailureReason::InsufficientScope,
+        Refusal::Denied => FailureReason::Denied,
+    };
     let r = match refusal {
         Refusal::Challenge(error) => {
             let mut challenges = vec![challenge_header(realm, scope, error)];
@@ -100,7 +155,7 @@ pub(super) fn refusal_response(
             scope: scope.map(str::to_string),
         },
     };
-    named(route, dialect.answer(r))
+    reason.on(named(route, dialect.answer(r)))
 }
 
 /// The answer to credentials that were not accepted.
@@ -110,10 +165,19 @@ pub(super) fn failure_response(
     realm: &str,
     route: &'static str,
 ) -> Response {
-    named(route, dialect.answer(f.refusal(realm)))
+    let reason = f.reason();
+    reason.on(named(route, dialect.answer(f.refusal(realm))))
 }
 
 impl Failure {
+    pub(super) fn reason(&self) -> FailureReason {
+        match self {
+            Failure::BadCredentials => FailureReason::BadCredentials,
+            Failure::BadToken => FailureReason::BadToken,
+            Failure::RateLimited(_) => FailureReason::Throttled,
+        }
+    }
+
     pub(super) fn refusal(self, realm: &str) -> AuthRefusal {
         match self {
             Failure::BadCredentials | Failure::BadToken => {

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::credentials::{client_ip, presented, Presented};
-use super::refusal::named;
+use super::refusal::{named, FailureReason};
 use super::AuthRefusal;
 use crate::auth::{parse_scopes, token, Auth, LoginError};
 use crate::http::endpoint::query::Query;
@@ -90,6 +90,10 @@ fn service_ok(service: Option<&str>) -> bool {
 }
 
 fn login_failure(e: LoginError) -> Response {
+    let reason = match e {
+        LoginError::Invalid => FailureReason::BadCredentials,
+        LoginError::RateLimited(_) => FailureReason::Throttled,
+    };
     let refusal = match e {
         // No challenge: this is where clients come to authenticate.
         LoginError::Invalid => AuthRefusal::Unauthenticated {
@@ -101,7 +105,7 @@ fn login_failure(e: LoginError) -> Response {
             retry_after: wait.as_secs().max(1),
         },
     };
-    token_error(refusal.into())
+    reason.on(token_error(refusal.into()))
 }
 
 fn not_found() -> Response {
@@ -212,10 +216,10 @@ pub async fn token_post(State(state): State<AppState>, req: Request) -> Response
             };
             match auth.verify_refresh(r) {
                 Ok(user) => token_answer(&auth, Some(&user), &scope, Some(r.to_string())),
-                Err(_) => token_error(OciError::new(
+                Err(_) => FailureReason::BadToken.on(token_error(OciError::new(
                     OciErrorCode::Unauthorized,
                     "the refresh token is invalid, expired or revoked",
-                )),
+                ))),
             }
         }
         _ => invalid("grant_type must be password or refresh_token"),

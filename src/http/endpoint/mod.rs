@@ -13,7 +13,8 @@
 //! in the request extensions ([`Parsed`]); the auth middleware authorizes
 //! that value (and may replace it: a mount the caller may not make is
 //! dropped) and `v2::dispatch` executes it. Nothing else reads the `/v2`
-//! path or query.
+//! path or query. The layer also leaves the endpoint's route template in
+//! the response (for the request metrics).
 
 use axum::extract::Request;
 use axum::http::Method;
@@ -24,6 +25,7 @@ pub mod query;
 
 use crate::auth::{Action, Actions};
 use crate::http::error::{OciError, OciErrorCode};
+use crate::http::metrics::RouteTemplate;
 use crate::oci::{Digest, NameError, Reference, RepoName};
 use crate::storage::UploadId;
 use query::{percent_decode, Query, QueryError, MAX_PARAMETERS};
@@ -289,7 +291,13 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let uri = req.uri();
     if is_v2_path(uri.path()) {
         let parsed = parse(req.method(), uri.path(), uri.query());
+        let template = parsed.as_ref().ok().map(RouteTemplate::of_v2);
         req.extensions_mut().insert(Parsed(parsed));
+        let resp = next.run(req).await;
+        return match template {
+            Some(t) => t.on(resp),
+            None => resp,
+        };
     }
     next.run(req).await
 }

@@ -338,10 +338,13 @@ impl From<RegistryError> for OciError {
         use RegistryError as R;
         let e = match e {
             R::Storage(s) => return s.into(),
+            R::Metadata(m) if m.is_storage_full() => {
+                return OciError::new(OciErrorCode::StorageFull, m.to_string())
+            }
             other => other,
         };
         let code = match &e {
-            R::Storage(_) | R::Internal(_) => C::Unknown,
+            R::Storage(_) | R::Internal(_) | R::Metadata(_) => C::Unknown,
             R::Body(_) => C::BlobUploadInvalid,
             R::Manifest(_) => C::ManifestInvalid,
             R::BlobUnknown(_) => C::BlobUnknown,
@@ -515,7 +518,7 @@ mod tests {
     fn is_client_mistake(e: &RegistryError) -> bool {
         use RegistryError as R;
         match e {
-            R::Storage(_) | R::Internal(_) => false,
+            R::Storage(_) | R::Internal(_) | R::Metadata(_) => false,
             R::Manifest(_)
             | R::BlobUnknown(_)
             | R::NameUnknown(_)

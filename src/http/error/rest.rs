@@ -266,6 +266,7 @@ impl From<ArtifactError> for RestError {
             A::ServerBusy { .. } => C::ServerBusy,
             A::Internal(_) => C::InternalError,
             A::Registry(RegistryError::Storage(s)) if s.is_storage_full() => C::StorageFull,
+            A::Registry(RegistryError::Metadata(m)) if m.is_storage_full() => C::StorageFull,
             A::Registry(RegistryError::RangeNotSatisfiable { .. }) => C::RangeNotSatisfiable,
             A::Registry(RegistryError::Body(_)) => C::InvalidRequest,
             // Every other registry error under a REST request is the

@@ -40,8 +40,11 @@ pub async fn refuse(req: Request, r: Response) -> Response {
 }
 
 /// `GET /artifacts`
-pub fn list(state: &AppState, access: Access<'_>, query: &ListQuery) -> Response {
-    let (artifacts, next_cursor) = state.artifacts.list(query, &|r| access.visible(r));
+pub async fn list(state: &AppState, access: Access<'_>, query: &ListQuery) -> Response {
+    let (artifacts, next_cursor) = match state.artifacts.list(query, &|r| access.visible(r)).await {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
     json_ok(
         StatusCode::OK,
         &ArtifactList {
@@ -52,8 +55,11 @@ pub fn list(state: &AppState, access: Access<'_>, query: &ListQuery) -> Response
 }
 
 /// `GET /artifacts/for-host/{host_id}`
-pub fn for_host(state: &AppState, access: Access<'_>, host: &HostId) -> Response {
-    let artifacts = state.artifacts.for_host(host, &|r| access.visible(r));
+pub async fn for_host(state: &AppState, access: Access<'_>, host: &HostId) -> Response {
+    let artifacts = match state.artifacts.for_host(host, &|r| access.visible(r)).await {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
     json_ok(
         StatusCode::OK,
         &HostArtifacts {
@@ -123,7 +129,7 @@ pub async fn artifact(
 ) -> Response {
     let svc = &state.artifacts;
     match op {
-        ArtifactOp::Get => respond(StatusCode::OK, svc.get(key)),
+        ArtifactOp::Get => respond(StatusCode::OK, svc.get(key).await),
         ArtifactOp::Delete => match svc.delete(key).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => e.into_response(),
@@ -131,7 +137,7 @@ pub async fn artifact(
         ArtifactOp::Binary => binary(state, key, req.headers()).await,
         ArtifactOp::Hosts => respond(
             StatusCode::OK,
-            svc.hosts(key).map(|hosts| HostList {
+            svc.hosts(key).await.map(|hosts| HostList {
                 id: key.digest.to_string(),
                 repository: key.repo.to_string(),
                 hosts,
@@ -174,7 +180,7 @@ pub async fn artifact(
 /// `GET /artifacts/{id}/binary`, with `If-None-Match` and `Range`.
 async fn binary(state: &AppState, key: &ArtifactKey, headers: &HeaderMap) -> Response {
     let svc = &state.artifacts;
-    let etag = match svc.binary_etag(key) {
+    let etag = match svc.binary_etag(key).await {
         Ok(d) => format!("\"{d}\""),
         Err(e) => return e.into_response(),
     };

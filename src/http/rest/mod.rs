@@ -35,6 +35,7 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     let route = ep.route();
+    let template = super::metrics::RouteTemplate::of_rest(&ep);
     let caller = req.extensions().get::<auth::Caller>().cloned();
     let access = Access::new(caller.as_ref());
     // What the endpoint needs, checked before any body is read; a create
@@ -43,17 +44,21 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Needs::Open => Ok(None),
         Needs::ListPull => access.check_list().map(|()| None),
         Needs::PushOnBody => access.check_create().map(|()| None),
-        Needs::OnCopy(id, action) => access
-            .resolve(state.artifacts.copies(&id.digest), id, action)
-            .map(Some),
+        Needs::OnCopy(id, action) => match state.artifacts.copies(&id.digest).await {
+            Ok(copies) => access.resolve(copies, id, action).map(Some),
+            Err(e) => return named(route, e.into_response()),
+        },
     };
     let copy = match copy {
         Ok(c) => c,
-        Err(refusal) => return named(route, handlers::refuse(req, refusal.into_response()).await),
+        Err(refusal) => {
+            let r = handlers::refuse(req, refusal.into_response()).await;
+            return template.on(named(route, r));
+        }
     };
     let r = match (ep, copy) {
-        (RestEndpoint::List { query }, _) => handlers::list(&state, access, &query),
-        (RestEndpoint::ForHost { host }, _) => handlers::for_host(&state, access, &host),
+        (RestEndpoint::List { query }, _) => handlers::list(&state, access, &query).await,
+        (RestEndpoint::ForHost { host }, _) => handlers::for_host(&state, access, &host).await,
         (RestEndpoint::Create, _) => handlers::create(&state, access, req).await,
         (RestEndpoint::PublicKey { version }, _) => handlers::public_key(&state, version).await,
         (RestEndpoint::Artifact { op, .. }, Some(key)) => {
@@ -64,5 +69,5 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
                 .into_response()
         }
     };
-    named(route, r)
+    template.on(named(route, r))
 }

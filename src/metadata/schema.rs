@@ -1,0 +1,156 @@
+//! The schema, the same statements on SQLite and PostgreSQL (only types
+//! and syntax both accept: TEXT, BIGINT, composite primary keys,
+//! `CREATE ... IF NOT EXISTS`). Applied at every start; idempotent.
+//!
+//! Digests are stored as text (`sha256:<hex>`), repositories as their
+//! validated names, times as Unix seconds.
+
+use super::{Metadata, MetadataResult};
+
+/// The version this code writes; recorded in `meta` so a later version
+/// can migrate.
+pub const VERSION: i64 = 1;
+
+/// `{key}` in a statement: a text column that sorts and compares byte-wise
+/// (the OCI lexical order of tags and the catalog). SQLite's default
+/// collation already does; PostgreSQL's depends on the database locale.
+fn key_type(engine: super::Engine) -> &'static str {
+    match engine {
+        super::Engine::Sqlite => "TEXT",
+        super::Engine::Postgres => "TEXT COLLATE \"C\"",
+    }
+}
+
+const STATEMENTS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS repositories (name {key} PRIMARY KEY, created_at BIGINT NOT NULL)",
+    // A manifest linked into a repository, with the media type it is
+    // served with there, and (for referrers) its subject and descriptor.
+    "CREATE TABLE IF NOT EXISTS manifests (
+        repo {key} NOT NULL,
+        digest {key} NOT NULL,
+        media_type TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        subject {key},
+        artifact_type TEXT,
+        descriptor TEXT,
+        linked_at BIGINT NOT NULL,
+        PRIMARY KEY (repo, digest))",
+    "CREATE INDEX IF NOT EXISTS manifests_by_subject ON manifests (repo, subject)",
+    "CREATE INDEX IF NOT EXISTS manifests_by_digest ON manifests (digest)",
+    // What a manifest references: config, layers, index children. The
+    // collector's mark is a query over this table.
+    "CREATE TABLE IF NOT EXISTS manifest_refs (
+        repo {key} NOT NULL,
+        manifest {key} NOT NULL,
+        target {key} NOT NULL,
+        PRIMARY KEY (repo, manifest, target))",
+    "CREATE INDEX IF NOT EXISTS manifest_refs_by_target ON manifest_refs (target)",
+    "CREATE TABLE IF NOT EXISTS tags (
+        repo {key} NOT NULL,
+        tag {key} NOT NULL,
+        digest {key} NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (repo, tag))",
+    "CREATE INDEX IF NOT EXISTS tags_by_digest ON tags (repo, digest)",
+    // A blob reachable from a repository (uploaded or mounted there).
+    "CREATE TABLE IF NOT EXISTS blob_links (
+        repo {key} NOT NULL,
+        digest {key} NOT NULL,
+        linked_at BIGINT NOT NULL,
+        PRIMARY KEY (repo, digest))",
+    "CREATE INDEX IF NOT EXISTS blob_links_by_digest ON blob_links (digest)",
+    // Upload sessions: any replica may serve any request of a session.
+    "CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY,
+        repo {key} NOT NULL,
+        owner TEXT,
+        committed BIGINT NOT NULL,
+        started_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL)",
+    // Rows the eBPF domain derives from manifests, written in the
+    // manifest's transaction and deleted with it.
+    "CREATE TABLE IF NOT EXISTS artifacts (
+        repo {key} NOT NULL,
+        digest {key} NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        architecture TEXT NOT NULL,
+        linked_at BIGINT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (repo, digest))",
+    "CREATE INDEX IF NOT EXISTS artifacts_by_digest ON artifacts (digest, linked_at)",
+    "CREATE INDEX IF NOT EXISTS artifacts_by_name ON artifacts (name, version)",
+    "CREATE TABLE IF NOT EXISTS host_associations (
+        repo {key} NOT NULL,
+        digest {key} NOT NULL,
+        subject {key} NOT NULL,
+        host {key} NOT NULL,
+        PRIMARY KEY (repo, digest))",
+    "CREATE INDEX IF NOT EXISTS host_associations_by_host ON host_associations (host)",
+    "CREATE INDEX IF NOT EXISTS host_associations_by_subject ON host_associations (repo, subject)",
+    "CREATE TABLE IF NOT EXISTS signatures (
+        repo {key} NOT NULL,
+        digest {key} NOT NULL,
+        subject {key} NOT NULL,
+        key_id TEXT,
+        key_version BIGINT,
+        algorithm TEXT,
+        created TEXT,
+        stored_at BIGINT NOT NULL,
+        PRIMARY KEY (repo, digest))",
+    "CREATE INDEX IF NOT EXISTS signatures_by_subject ON signatures (repo, subject)",
+];
+
+/// Creates what is missing and records the version. Two replicas starting
+/// at once may both run this: every statement is idempotent, and on
+/// PostgreSQL a transaction advisory lock makes them run one at a time.
+pub(super) async fn apply(m: &Metadata) -> MetadataResult<()> {
+    let mut tx = m.begin_write().await?;
+    if m.engine() == super::Engine::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(0x6270_6672_6567_0003_i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let key = key_type(m.engine());
+    for s in STATEMENTS {
+        let statement = s.replace("{key}", key);
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(VERSION.to_string())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A value of the `meta` table.
+pub async fn meta_value(m: &Metadata, key: &str) -> MetadataResult<Option<String>> {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+        .bind(key.to_string())
+        .fetch_optional(m.pool())
+        .await?;
+    Ok(row.map(|r| r.get::<String, _>(0)))
+}
+
+/// Sets a value of the `meta` table.
+pub async fn set_meta_value(m: &Metadata, key: &str, value: &str) -> MetadataResult<()> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key.to_string())
+    .bind(value.to_string())
+    .execute(m.pool())
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! One suite, both metadata engines: every query and transaction of the
+//! metadata store gives the same answers on the embedded SQLite and on
+//! PostgreSQL (`BPF_TEST_POSTGRES`, started by the test command; without
+//! it the PostgreSQL half is skipped with a message, and fails under
+//! `CI=true`).
+
+mod common;
+
+use bpf_registry::metadata::{
+    DerivedRow, ManifestPut, Metadata, MetadataConfig, PutRejected, SignatureRow, UploadRow,
+};
+use bpf_registry::oci::{Digest, Reference, RepoName, Tag};
+
+fn repo(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+fn d(s: &str) -> Digest {
+    Digest::of(s.as_bytes())
+}
+
+fn put(r: &RepoName, digest: &Digest, tag: Option<&str>) -> ManifestPut {
+    ManifestPut {
+        repo: r.clone(),
+        digest: digest.clone(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size: 100,
+        subject: None,
+        artifact_type: None,
+        descriptor: None,
+        blobs: vec![d("layer")],
+        children: Vec::new(),
+        tag: tag.map(|t| Tag::parse(t).unwrap()),
+        derived: Vec::new(),
+    }
+}
+
+async fn engines() -> Vec<(&'static str, Metadata, tempfile::TempDir)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut out = vec![(
+        "sqlite",
+        Metadata::open_in_dir(tmp.path()).await.unwrap(),
+        tmp,
+    )];
+    match common::engines::postgres_base_url() {
+        Some(_) => {
+            let url = common::engines::new_postgres_database();
+            let config = MetadataConfig::parse(Some(&url), std::path::Path::new("/")).unwrap();
+            out.push((
+                "postgres",
+                Metadata::open(&config).await.unwrap(),
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+        None => {
+            let msg =
+                "BPF_TEST_POSTGRES is not set: the PostgreSQL half of the engine suite did not run";
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED: {msg}");
+        }
+    }
+    out
+}
+
+async fn link(m: &Metadata, r: &RepoName, digest: &Digest) {
+    assert!(m
+        .link_blob(r, digest, async || Ok::<
+            _,
+            bpf_registry::metadata::MetadataError,
+        >(true))
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn manifests_tags_and_links_answer_the_same_on_both_engines() {
+    for (engine, m, _tmp) in engines().await {
+        let r = repo("team/app");
+        // A manifest whose blob is not linked changes nothing.
+        let rejected = m
+            .put_manifest(&put(&r, &d("m1"), Some("v1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            rejected,
+            Err(PutRejected::BlobUnknown(d("layer"))),
+            "{engine}"
+        );
+        assert!(!m.repo_exists(&r).await.unwrap(), "{engine}");
+        link(&m, &r, &d("layer")).await;
+        m.put_manifest(&put(&r, &d("m1"), Some("v1")))
+            .await
+            .unwrap()
+            .unwrap();
+        m.put_manifest(&put(&r, &d("m2"), Some("v2")))
+            .await
+            .unwrap()
+            .unwrap();
+        // Moving a tag.
+        m.put_manifest(&put(&r, &d("m2"), Some("v1")))
+            .await
+            .unwrap()
+            .unwrap();
+        let row = m
+            .resolve(&r, &Reference::Tag(Tag::parse("v1").unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.digest, d("m2"), "{engine}");
+        // Lexical, byte-wise order and pagination (upper case first).
+        for t in ["B", "a", "Z_1", "b"] {
+            m.put_manifest(&put(&r, &d("m1"), Some(t)))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let page = m.list_tags(&r, Some(3), None).await.unwrap();
+        assert_eq!(page.items, ["B", "Z_1", "a"], "{engine}");
+        assert_eq!(page.next_last.as_deref(), Some("a"), "{engine}");
+        let page = m.list_tags(&r, Some(3), Some("a")).await.unwrap();
+        assert_eq!(page.items, ["b", "v1", "v2"], "{engine}");
+        assert_eq!(page.next_last, None, "{engine}");
+        // Another repository sees none of it.
+        let other = repo("sandbox/other");
+        assert!(m
+            .resolve(&other, &Reference::Digest(d("m1")))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(m.blob_holders(&d("layer")).await.unwrap(), vec![r.clone()]);
+        // Deleting a manifest takes its tags, leaves the other's.
+        let gone = m
+            .delete_manifests(&r, &[d("m1"), d("m1"), d("nope")])
+            .await
+            .unwrap();
+        assert_eq!(gone, vec![d("m1")], "{engine}");
+        let tags: Vec<String> = m
+            .tag_map(&r)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, _)| t.to_string())
+            .collect();
+        assert_eq!(tags, ["v1", "v2"], "{engine}");
+        assert_eq!(m.repositories().await.unwrap(), vec![r.clone()], "{engine}");
+        assert!(m.unlink_blob(&r, &d("layer")).await.unwrap());
+        assert!(!m.unlink_blob(&r, &d("layer")).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn referrers_children_and_derived_rows_on_both_engines() {
+    for (engine, m, _tmp) in engines().await {
+        let r = repo("team/art");
+        link(&m, &r, &d("layer")).await;
+        let mut art = put(&r, &d("art"), Some("1.0"));
+        art.derived = vec![DerivedRow::Artifact {
+            name: "prog".into(),
+            version: "1.0".into(),
+            kind: "program".into(),
+            architecture: "x86_64".into(),
+            record: "{}".into(),
+        }];
+        m.put_manifest(&art).await.unwrap().unwrap();
+        // An index whose child states the wrong size is refused whole.
+        let mut index = put(&r, &d("index"), Some("idx"));
+        index.blobs.clear();
+        index.children = vec![(d("art"), 99)];
+        assert!(matches!(
+            m.put_manifest(&index).await.unwrap(),
+            Err(PutRejected::ChildSize { .. })
+        ));
+        index.children = vec![(d("art"), 100)];
+        m.put_manifest(&index).await.unwrap().unwrap();
+        // A referrer with a host association and one with a signature.
+        for (name, at, derived) in [
+            (
+                "assoc",
+                "application/vnd.aegisflux.bpf.host-association.v1",
+                DerivedRow::HostAssociation {
+                    subject: d("art"),
+                    host: "edge-1".into(),
+                },
+            ),
+            (
+                "sig",
+                "application/vnd.dev.cosign.artifact.sig.v1+json",
+                DerivedRow::Signature(SignatureRow {
+                    digest: None,
+                    subject: d("art"),
+                    key_id: Some("k".into()),
+                    key_version: Some(2),
+                    algorithm: None,
+                    created: None,
+                }),
+            ),
+        ] {
+            let mut p = put(&r, &d(name), None);
+            p.subject = Some(d("art"));
+            p.artifact_type = Some(at.into());
+            p.descriptor = Some(format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":100,"artifactType":"{at}"}}"#,
+                d(name)
+            ));
+            p.derived = vec![derived];
+            m.put_manifest(&p).await.unwrap().unwrap();
+        }
+        let all = m.referrers(&r, &d("art"), None).await.unwrap();
+        assert_eq!(all.len(), 2, "{engine}");
+        let only = m
+            .referrers(
+                &r,
+                &d("art"),
+                Some("application/vnd.aegisflux.bpf.host-association.v1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(only.len(), 1, "{engine}");
+        assert_eq!(only[0].digest, d("assoc"), "{engine}");
+        assert_eq!(
+            m.hosts_of(&r, &d("art")).await.unwrap(),
+            vec![("edge-1".to_string(), d("assoc"))]
+        );
+        assert_eq!(
+            m.artifacts_for_host("edge-1").await.unwrap().len(),
+            1,
+            "{engine}"
+        );
+        assert_eq!(
+            m.signatures(&r, &d("art")).await.unwrap()[0].key_version,
+            Some(2)
+        );
+        assert_eq!(m.artifact_counts().await.unwrap(), (1, 1), "{engine}");
+        // The referrers are per repository.
+        assert!(m
+            .referrers(&repo("other/repo"), &d("art"), None)
+            .await
+            .unwrap()
+            .is_empty());
+        // Deleting the association removes its derived row.
+        m.delete_manifests(&r, &[d("assoc")]).await.unwrap();
+        assert!(
+            m.artifacts_for_host("edge-1").await.unwrap().is_empty(),
+            "{engine}"
+        );
+        let marked = m.marked_digests().await.unwrap();
+        assert!(
+            marked.contains(&d("layer")) && marked.contains(&d("index")),
+            "{engine}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upload_offsets_move_by_compare_and_set_on_both_engines() {
+    for (engine, m, _tmp) in engines().await {
+        let row = UploadRow {
+            id: "0b7d3c52-6e4f-4f5e-9a3c-2d1e0f9a8b7c".into(),
+            repo: repo("team/up"),
+            owner: Some(r#"{"user":"alice"}"#.into()),
+            committed: 0,
+            started_at: 1,
+            updated_at: 1,
+        };
+        m.insert_upload(&row).await.unwrap();
+        assert!(m.advance_upload(&row.id, 0, 10).await.unwrap(), "{engine}");
+        // The loser of a race (same starting offset) is refused.
+        assert!(!m.advance_upload(&row.id, 0, 7).await.unwrap(), "{engine}");
+        assert_eq!(m.upload(&row.id).await.unwrap().unwrap().committed, 10);
+        assert_eq!(m.uploads().await.unwrap().len(), 1);
+        assert!(m.delete_upload(&row.id).await.unwrap());
+        assert!(
+            !m.advance_upload(&row.id, 10, 20).await.unwrap(),
+            "{engine}"
+        );
+        assert!(m.upload(&row.id).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn one_collector_at_a_time_on_both_engines() {
+    for (engine, m, _tmp) in engines().await {
+        let first = m.collector_lease().await.unwrap();
+        assert!(first.is_some(), "{engine}");
+        if engine == "postgres" {
+            // A second replica's collector is refused while the first runs.
+            assert!(m.collector_lease().await.unwrap().is_none());
+            drop(first);
+            // Released with its connection.
+            let mut again = None;
+            for _ in 0..50 {
+                again = m.collector_lease().await.unwrap();
+                if again.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert!(again.is_some(), "the lease outlived its holder");
+        }
+    }
+}

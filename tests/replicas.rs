@@ -1,0 +1,272 @@
+//! Three replicas on one PostgreSQL database and one shared blob store
+//! (a shared data directory here; the S3 configuration of the test command
+//! runs them on Garage): a write acknowledged by any replica is what every
+//! other replica answers at once (read-your-writes across replicas), and
+//! an upload session's requests may go to any replica, round-robin.
+//! Needs `BPF_TEST_POSTGRES` (the test command starts one); skipped with a
+//! message without it, and failing under `CI=true`.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Three servers sharing one metadata database and one blob store; `None`
+/// (the test skipped) without PostgreSQL.
+async fn replicas() -> Option<(Vec<TestServer>, tempfile::TempDir)> {
+    if common::engines::postgres_base_url().is_none() {
+        let msg = "BPF_TEST_POSTGRES is not set: the replica tests did not run";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    let db = common::engines::new_postgres_database();
+    let shared = tempfile::tempdir().unwrap();
+    let data = shared.path().join("data");
+    let data_s = data.to_string_lossy().into_owned();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("BPF_REGISTRY_METADATA", db.as_str()),
+        ("BPF_REGISTRY_GC_INTERVAL", "0"),
+    ];
+    let blob_store = common::engines::fresh_server_env()
+        .into_iter()
+        .find(|(k, _)| k == "BPF_REGISTRY_BLOB_STORE");
+    let blob_store_value;
+    match &blob_store {
+        Some((_, v)) => {
+            blob_store_value = v.clone();
+            env.push(("BPF_REGISTRY_BLOB_STORE", blob_store_value.as_str()));
+        }
+        // One blob store for all three: a shared data directory.
+        None => env.push(("BPF_REGISTRY_DATA_DIR", data_s.as_str())),
+    }
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(TestServer::start_with_env(&env).await);
+    }
+    Some((servers, shared))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rest_create_on_one_replica_is_visible_on_another_at_once() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    for i in 0..5 {
+        let host = format!("edge-{i}");
+        let created: Value = c
+            .post(r[0].url("/artifacts"))
+            .json(
+                &json!({"name": "fleet/xdp", "version": format!("1.{i}"), "type": "program",
+                          "architecture": "x86_64", "data": "aGVsbG8=", "hosts": [host]}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_str().expect("id").to_string();
+        // No wait, no retry: the acknowledgment is the commit.
+        let v: Value = c
+            .get(r[2].url(&format!("/artifacts/for-host/{host}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["artifacts"][0]["id"], id.as_str(), "{v}");
+        let r1 = c
+            .get(r[1].url(&format!("/artifacts/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r1.status(), StatusCode::OK);
+        // Deleted on the third, gone on the first.
+        let d = c
+            .delete(r[2].url(&format!("/artifacts/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(d.status(), StatusCode::NO_CONTENT);
+        let g = c
+            .get(r[0].url(&format!("/artifacts/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(g.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_push_round_robin_over_the_replicas_stores_the_exact_bytes() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    let data = pseudo_random(5 * 1024 * 1024 + 123, 42);
+    let digest = sha256(&data);
+    let resp = c
+        .post(r[0].url("/v2/fleet/chunked/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let mut loc = location(&resp);
+    let chunk = 1024 * 1024;
+    for (n, part) in data.chunks(chunk).enumerate() {
+        let replica = &r[(n + 1) % 3];
+        let start = n * chunk;
+        let resp = c
+            .patch(replica.abs(&loc))
+            .header(
+                "content-range",
+                format!("{start}-{}", start + part.len() - 1),
+            )
+            .header("content-type", "application/octet-stream")
+            .body(part.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::ACCEPTED,
+            "chunk {n} on replica {}",
+            (n + 1) % 3
+        );
+        assert_eq!(
+            header(&resp, "range"),
+            Some(format!("0-{}", start + part.len() - 1))
+        );
+        loc = location(&resp);
+    }
+    let resp = c
+        .put(r[2].abs(&format!(
+            "{loc}{}digest={digest}",
+            if loc.contains('?') { "&" } else { "?" }
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    for replica in &r {
+        let got = c
+            .get(replica.url(&format!("/v2/fleet/chunked/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(sha256(&got.bytes().await.unwrap()), digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_on_one_session_acknowledge_exactly_one_chunk() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    for trial in 0..10u64 {
+        let resp = c
+            .post(r[0].url("/v2/fleet/race/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        let loc = location(&resp);
+        let (a, b) = (
+            pseudo_random(256 * 1024, trial),
+            pseudo_random(256 * 1024, trial + 100),
+        );
+        let send = |replica: &TestServer, body: Vec<u8>| {
+            let req = client()
+                .patch(replica.abs(&loc))
+                .header("content-range", format!("0-{}", body.len() - 1))
+                .body(body);
+            async move { req.send().await.unwrap().status() }
+        };
+        let (sa, sb) = tokio::join!(send(&r[1], a.clone()), send(&r[2], b.clone()));
+        let won: Vec<bool> = [sa, sb]
+            .iter()
+            .map(|s| *s == StatusCode::ACCEPTED)
+            .collect();
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "trial {trial}: {sa} {sb}"
+        );
+        for s in [sa, sb] {
+            assert!(!s.is_server_error(), "trial {trial}: {s}");
+        }
+        // The acknowledged bytes are exactly the winner's.
+        let winner = if won[0] { a } else { b };
+        let put = c
+            .put(r[0].abs(&format!("{loc}?digest={}", sha256(&winner))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), StatusCode::CREATED, "trial {trial}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifests_tags_and_catalog_agree_across_replicas() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    let repo = "fleet/images";
+    let config = r[0].push_blob(&c, repo, b"{}").await;
+    let layer = r[1].push_blob(&c, repo, b"layer").await;
+    let m = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": 5}]});
+    let body = serde_json::to_vec(&m).unwrap();
+    let put = c
+        .put(r[2].url(&format!("/v2/{repo}/manifests/v1")))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    for replica in &r {
+        let got = c
+            .get(replica.url(&format!("/v2/{repo}/manifests/v1")))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), body.as_slice());
+        let cat: Value = c
+            .get(replica.url("/v2/_catalog"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(cat["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == repo));
+    }
+    let del = c
+        .delete(r[0].url(&format!("/v2/{repo}/manifests/v1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::ACCEPTED);
+    let got = c
+        .get(r[1].url(&format!("/v2/{repo}/manifests/v1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::NOT_FOUND);
+}
