@@ -33,6 +33,10 @@ fn cli(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, St
     c.args(args)
         .env("BPF_REGISTRY_DATA_DIR", data_dir)
         .env("BPF_REGISTRY_LOG_LEVEL", "WARN");
+    // The stores the test server used on this directory.
+    for (k, v) in common::store_env_of(data_dir) {
+        c.env(k, v);
+    }
     for (k, v) in env {
         c.env(k, v);
     }

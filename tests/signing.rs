@@ -941,6 +941,10 @@ fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     cmd.args(args).env_clear().stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
+        if *k == "BPF_REGISTRY_DATA_DIR" {
+            // The stores the test server used on this directory.
+            cmd.envs(common::store_env_of(std::path::Path::new(v)));
+        }
     }
     let mut child = cmd
         .stdout(Stdio::piped())

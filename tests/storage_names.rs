@@ -27,6 +27,7 @@ fn gc(data_dir: &Path) -> Value {
         .env("BPF_REGISTRY_DATA_DIR", data_dir)
         .env("BPF_REGISTRY_GC_GRACE", "0")
         .env("BPF_REGISTRY_LOG_LEVEL", "WARN")
+        .envs(common::store_env_of(data_dir))
         .output()
         .expect("run bpf-registry gc");
     let stdout = String::from_utf8_lossy(&out.stdout);

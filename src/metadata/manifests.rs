@@ -126,13 +126,46 @@ impl Metadata {
     /// its derived rows and moves its tag, in one transaction that also
     /// holds the repository's write lock.
     pub async fn put_manifest(&self, put: &ManifestPut) -> MetadataResult<Result<(), PutRejected>> {
+        self.put_manifests(&put.repo, std::slice::from_ref(put))
+            .await
+    }
+
+    /// Stores several manifests of `repo` in one transaction: all, or
+    /// (the first refusal returned) none.
+    pub async fn put_manifests(
+        &self,
+        repo: &RepoName,
+        puts: &[ManifestPut],
+    ) -> MetadataResult<Result<(), PutRejected>> {
+        let mut tx = self.begin_repo_write(repo.as_str()).await?;
+        for put in puts {
+            if put.repo != *repo {
+                return Err(MetadataError::Corrupt(format!(
+                    "a batch of {repo} holds a manifest of {}",
+                    put.repo
+                )));
+            }
+            if let Err(refused) = put_in(&mut tx, put).await? {
+                return Ok(Err(refused));
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+}
+
+/// One manifest's rows, in the caller's transaction.
+async fn put_in(
+    tx: &mut Transaction<'static, Any>,
+    put: &ManifestPut,
+) -> MetadataResult<Result<(), PutRejected>> {
+    {
         let repo = put.repo.to_string();
-        let mut tx = self.begin_repo_write(&repo).await?;
         for b in &put.blobs {
             let linked = sqlx::query(REACHABLE)
                 .bind(repo.clone())
                 .bind(b.to_string())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
             if linked.is_none() {
                 return Ok(Err(PutRejected::BlobUnknown(b.clone())));
@@ -142,7 +175,7 @@ impl Metadata {
             let row = sqlx::query("SELECT size FROM manifests WHERE repo = $1 AND digest = $2")
                 .bind(repo.clone())
                 .bind(child.to_string())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
             match row {
                 None => return Ok(Err(PutRejected::ChildUnknown(child.clone()))),
@@ -158,7 +191,7 @@ impl Metadata {
                 }
             }
         }
-        ensure_repo(&mut tx, &put.repo).await?;
+        ensure_repo(tx, &put.repo).await?;
         let digest = put.digest.to_string();
         // Stored again: keeps the time it was first linked; a push of the
         // same bytes with another Content-Type changes the served type.
@@ -176,7 +209,7 @@ impl Metadata {
         .bind(put.artifact_type.clone())
         .bind(put.descriptor.clone())
         .bind(unix_now())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let targets = put.blobs.iter().chain(put.children.iter().map(|(d, _)| d));
         for t in targets {
@@ -187,11 +220,11 @@ impl Metadata {
             .bind(repo.clone())
             .bind(digest.clone())
             .bind(t.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         for row in &put.derived {
-            derived::insert(&mut tx, &put.repo, &put.digest, row).await?;
+            derived::insert(tx, &put.repo, &put.digest, row).await?;
         }
         if let Some(tag) = &put.tag {
             sqlx::query(
@@ -203,13 +236,14 @@ impl Metadata {
             .bind(tag.to_string())
             .bind(digest.clone())
             .bind(unix_now())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(Ok(()))
     }
+}
 
+impl Metadata {
     /// Deletes a tag; `false` if it did not exist.
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> MetadataResult<bool> {
         let mut tx = self.begin_repo_write(&repo.to_string()).await?;

@@ -55,6 +55,23 @@ pub struct Page {
     pub next_last: Option<String>,
 }
 
+/// A refused manifest transaction as the registry's error.
+fn rejected(r: Result<(), PutRejected>) -> RegistryResult<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(PutRejected::BlobUnknown(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
+        Err(PutRejected::ChildUnknown(d)) => Err(RegistryError::ManifestChildUnknown(d)),
+        Err(PutRejected::ChildSize {
+            digest,
+            stated,
+            actual,
+        }) => Err(crate::oci::ManifestError::Invalid(format!(
+            "index entry {digest} says {stated} bytes but the manifest has {actual}"
+        ))
+        .into()),
+    }
+}
+
 fn paginate(mut all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
     all.sort();
     all.dedup();
@@ -124,6 +141,61 @@ impl Registry {
         content_type: Option<&str>,
         body: Bytes,
     ) -> RegistryResult<ManifestStored> {
+        // Held from the reference checks to the commit: garbage collection
+        // cannot take what this manifest references (see `gc`).
+        let guard = self.gc_write_guard().await;
+        let (stored, put) = self
+            .prepare_manifest(&guard, repo, reference.clone(), content_type, body)
+            .await?;
+        rejected(self.meta.put_manifest(&put).await?)?;
+        drop(guard);
+        tracing::debug!(repo = %repo, digest = %stored.digest, "manifest stored");
+        Ok(stored)
+    }
+
+    /// Stores several manifests of one repository (host associations of a
+    /// create) with one transaction: all of them or, if one is refused,
+    /// none. Their bytes are written up to 32 at a time first.
+    pub async fn put_manifests(
+        &self,
+        repo: &RepoName,
+        manifests: Vec<(Reference, &'static str, Bytes)>,
+    ) -> RegistryResult<Vec<ManifestStored>> {
+        let guard = self.gc_write_guard().await;
+        let mut prepared = Vec::with_capacity(manifests.len());
+        let mut pending = manifests.into_iter();
+        loop {
+            let mut chunk = Vec::with_capacity(32);
+            for (reference, ct, body) in pending.by_ref().take(32) {
+                chunk.push(self.prepare_manifest(&guard, repo, reference, Some(ct), body));
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            prepared.extend(futures_util::future::join_all(chunk).await);
+        }
+        let mut stored = Vec::with_capacity(prepared.len());
+        let mut puts = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let (s, put) = p?;
+            stored.push(s);
+            puts.push(put);
+        }
+        rejected(self.meta.put_manifests(repo, &puts).await?)?;
+        drop(guard);
+        Ok(stored)
+    }
+
+    /// Everything of a manifest PUT before its transaction: the checks,
+    /// the bytes made durable in the blob store, the derived rows.
+    async fn prepare_manifest(
+        &self,
+        guard: &super::gc::WriteGuard<'_>,
+        repo: &RepoName,
+        reference: Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> RegistryResult<(ManifestStored, ManifestPut)> {
         let size = body.len() as u64;
         if size > self.limits.max_manifest_bytes {
             return Err(RegistryError::ManifestTooLarge {
@@ -133,7 +205,7 @@ impl Registry {
         }
         let manifest = ParsedManifest::parse(&body, content_type)?;
         let digest = Digest::of(&body);
-        if let Reference::Digest(want) = reference {
+        if let Reference::Digest(want) = &reference {
             if want != &digest {
                 return Err(RegistryError::DigestMismatch {
                     expected: want.clone(),
@@ -141,9 +213,6 @@ impl Registry {
                 });
             }
         }
-        // Held from the reference checks to the commit: garbage collection
-        // cannot take what this manifest references (see `gc`).
-        let guard = self.gc_write_guard().await;
         guard.note(&digest);
         for d in manifest
             .blob_references()
@@ -229,26 +298,7 @@ impl Registry {
             tag: stored.tag.clone(),
             derived,
         };
-        match self.meta.put_manifest(&put).await? {
-            Ok(()) => {}
-            Err(PutRejected::BlobUnknown(d)) => return Err(RegistryError::ManifestBlobUnknown(d)),
-            Err(PutRejected::ChildUnknown(d)) => {
-                return Err(RegistryError::ManifestChildUnknown(d))
-            }
-            Err(PutRejected::ChildSize {
-                digest,
-                stated,
-                actual,
-            }) => {
-                return Err(crate::oci::ManifestError::Invalid(format!(
-                    "index entry {digest} says {stated} bytes but the manifest has {actual}"
-                ))
-                .into())
-            }
-        }
-        drop(guard);
-        tracing::debug!(repo = %repo, digest = %digest, "manifest stored");
-        Ok(stored)
+        Ok((stored, put))
     }
 
     /// Resolves a reference to the manifest digest it names in `repo`.

@@ -62,6 +62,33 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The storage variables (metadata, blob store) of every data directory a
+/// test server ran on, so a maintenance command run on that directory
+/// (`gc`, `scrub`, `sign`) opens the same stores.
+static STORE_ENVS: std::sync::Mutex<Vec<(PathBuf, Vec<(String, String)>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_store_env(data_dir: &Path, env: &[(String, String)]) {
+    let store: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k == "BPF_REGISTRY_METADATA" || k == "BPF_REGISTRY_BLOB_STORE")
+        .cloned()
+        .collect();
+    let mut all = STORE_ENVS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(d, _)| d != data_dir);
+    all.push((data_dir.to_path_buf(), store));
+}
+
+/// The storage variables a test server used on `data_dir` (empty for the
+/// defaults, or a directory no test server ran on).
+pub fn store_env_of(data_dir: &Path) -> Vec<(String, String)> {
+    let all = STORE_ENVS.lock().unwrap_or_else(|p| p.into_inner());
+    all.iter()
+        .find(|(d, _)| d == data_dir)
+        .map(|(_, e)| e.clone())
+        .unwrap_or_default()
+}
+
 /// A running registry on `127.0.0.1:<random port>`.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`, no trailing slash.
@@ -98,8 +125,19 @@ impl TestServer {
     async fn start_on(tmp: TempDir, mut extra_env: Vec<(String, String)>) -> TestServer {
         // The configuration under test (BPF_TEST_METADATA, BPF_TEST_BLOB_STORE)
         // where the test did not choose; kept in extra_env, so a restart keeps it.
+        let data_dir = extra_env
+            .iter()
+            .find(|(k, _)| k == "BPF_REGISTRY_DATA_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| tmp.path().join("data"));
+        // A data directory another test server ran on: the same stores.
+        for (k, v) in store_env_of(&data_dir) {
+            if !extra_env.iter().any(|(have, _)| *have == k) {
+                extra_env.push((k, v));
+            }
+        }
         engines::add_missing_server_env(&mut extra_env);
-        let data_dir = tmp.path().join("data");
+        remember_store_env(&data_dir, &extra_env);
         let mut vars: HashMap<String, String> = HashMap::new();
         vars.insert(
             "BPF_REGISTRY_DATA_DIR".into(),

@@ -3,7 +3,6 @@
 //! referrer manifest in the artifact's repository (see `build`).
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 
 use super::{ArtifactService, Created};
 use crate::artifacts::build::{self, EMPTY_JSON};
@@ -12,13 +11,6 @@ use crate::artifacts::list;
 use crate::artifacts::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
 use crate::artifacts::ArtifactError;
 use crate::oci::{media, Digest, Reference, RepoName};
-
-/// Association manifests written at once for one request (deletes are one
-/// batch, see `remove_associations`).
-/// Each is three small files written crash-safely (fsync, rename, fsync
-/// the folder); one after another, 1,000 took seconds, while in flight
-/// together the device's flushes and the filesystem's work overlap.
-const ASSOCIATION_WRITES_IN_FLIGHT: usize = 32;
 
 impl ArtifactService {
     /// Associates the artifact with every host of `hosts` it is not yet
@@ -48,31 +40,18 @@ impl ArtifactService {
         self.registry
             .put_small_blob(repo, Bytes::from_static(EMPTY_JSON))
             .await?;
-        let writes: Vec<_> = missing
-            .iter()
-            .map(|host| self.put_association(rec, host))
-            .collect();
-        all_of(writes).await?;
-        Ok(missing.len())
-    }
-
-    /// Stores one association manifest (the empty blob is already there).
-    async fn put_association(
-        &self,
-        rec: &ArtifactRecord,
-        host: &HostId,
-    ) -> Result<(), ArtifactError> {
-        let bytes = build::association_manifest(&rec.id, rec.manifest_size, host)?;
-        let digest = Digest::of(&bytes);
-        self.registry
-            .put_manifest(
-                &rec.repo,
-                &Reference::Digest(digest),
-                Some(media::OCI_MANIFEST),
+        // One transaction for all of them: every association, or none.
+        let mut batch = Vec::with_capacity(missing.len());
+        for host in &missing {
+            let bytes = build::association_manifest(&rec.id, rec.manifest_size, host)?;
+            batch.push((
+                Reference::Digest(Digest::of(&bytes)),
+                media::OCI_MANIFEST,
                 bytes,
-            )
-            .await?;
-        Ok(())
+            ));
+        }
+        self.registry.put_manifests(repo, batch).await?;
+        Ok(missing.len())
     }
 
     /// `POST /artifacts/{id}/hosts`.
@@ -151,18 +130,4 @@ impl ArtifactService {
             .await?;
         Ok(())
     }
-}
-
-/// Runs association writes [`ASSOCIATION_WRITES_IN_FLIGHT`] at a time.
-/// Every one runs to its end (none is cut off between the store and the
-/// index), then the first failure is reported.
-async fn all_of<F>(writes: Vec<F>) -> Result<(), ArtifactError>
-where
-    F: std::future::Future<Output = Result<(), ArtifactError>>,
-{
-    let results: Vec<Result<(), ArtifactError>> = futures_util::stream::iter(writes)
-        .buffer_unordered(ASSOCIATION_WRITES_IN_FLIGHT)
-        .collect()
-        .await;
-    results.into_iter().collect()
 }
