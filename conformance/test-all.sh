@@ -11,8 +11,11 @@
 #    against it; then the crash harness (its own server, kill -9 under
 #    load, restart, verify: conformance/crash_harness.py) and the auth
 #    interop script (its own servers, HTTP and TLS, with users and a policy:
-#    conformance/auth_interop.sh), and a real Prometheus scraping /metrics
-#    (its own server and Prometheus: conformance/prometheus.sh);
+#    conformance/auth_interop.sh), a real Prometheus scraping /metrics
+#    (its own server and Prometheus: conformance/prometheus.sh), and
+#    schemathesis against the REST API from its own /openapi.json,
+#    validated by openapi-spec-validator (its own servers:
+#    conformance/schemathesis.sh);
 # 5. the fs + PostgreSQL configuration: a throw-away PostgreSQL
 #    (conformance/postgres.sh, loopback only, as an unprivileged user),
 #    cargo test again with BPF_TEST_METADATA=postgres (a database per test
@@ -150,6 +153,9 @@ if [[ -x target/release/bpf-registry ]]; then
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
   run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5
+  # the REST API fuzzed from its own /openapi.json (own servers: auth off,
+  # then auth and signing on; fixed seed, bounded examples, about 2 minutes)
+  run "schemathesis (REST API from /openapi.json)" bash conformance/schemathesis.sh target/release/bpf-registry
 else
   FAILED_STEPS+=("release binary missing")
 fi

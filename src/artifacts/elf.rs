@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub const EM_BPF: u16 = 247;
 
 /// What an eBPF object file contains, as far as its ELF structure tells.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EbpfFacts {
     /// Byte order of the object (`bpfel` objects are little, `bpfeb` big).
     pub endianness: Endianness,
@@ -47,7 +47,7 @@ pub struct EbpfFacts {
 }
 
 /// One executable section holding one or more eBPF programs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgramSection {
     /// The section name, e.g. `kprobe/do_unlinkat`.
     pub section: String,
@@ -59,7 +59,7 @@ pub struct ProgramSection {
 }
 
 /// Byte order of an ELF file; serializes as `"little"` / `"big"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Endianness {
     Little,

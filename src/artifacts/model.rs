@@ -16,24 +16,57 @@ use crate::oci::{Digest, RepoName};
 /// base64 text is not copied before it is decoded; the lists and
 /// `metadata` are read bounded (see `limits`), so an oversized one costs
 /// no more memory than its cap before it is refused.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "A new artifact version. Unknown fields are ignored.",
+    example = json!({
+        "name": "security_monitor",
+        "version": "1.0.0",
+        "description": "Security monitoring eBPF program",
+        "type": "program",
+        "architecture": "x86_64",
+        "kernel_version": "5.4.0",
+        "data": "dGVzdCBkYXRh"
+    })
+)]
 pub struct CreateRequest<'a> {
+    /// The repository: an OCI repository name (lower case, at most 255
+    /// characters).
+    #[schema(value_type = String, required = true, max_length = 255)]
     pub name: Option<String>,
+    /// Becomes the OCI tag of the version.
+    #[schema(value_type = String, required = true, max_length = 128)]
     pub version: Option<String>,
+    /// At most 16 KiB.
     #[serde(default)]
+    #[schema(max_length = 16384)]
     pub description: Option<String>,
     #[serde(rename = "type")]
+    #[schema(value_type = String, required = true)]
     pub kind: Option<String>,
+    /// e.g. `x86_64`, `aarch64`.
+    #[schema(value_type = String, required = true, max_length = 32)]
     pub architecture: Option<String>,
+    /// At most 256 bytes.
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub kernel_version: Option<String>,
+    /// Free-form, at most 64 KiB as compact JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<CappedMetadata>,
+    /// At most 64 tags of 1-128 bytes.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 64)]
     pub tags: Option<CappedList<String, MAX_TAGS>>,
+    /// The payload, base64 (padded or not): an eBPF object, a pre-packed
+    /// tar.zst, or any file.
     #[serde(borrow, default, deserialize_with = "borrowed_str")]
+    #[schema(value_type = String, required = true)]
     pub data: Option<Cow<'a, str>>,
+    /// Host ids to associate at once (at most 1,000).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 1000)]
     pub hosts: Option<CappedList<String, MAX_HOSTS>>,
 }
 
@@ -131,7 +164,8 @@ pub struct ArtifactRecord {
     pub linked_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Where the artifact is in the OCI API.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OciRef {
     pub repository: String,
     pub reference: String,
@@ -141,7 +175,8 @@ pub struct OciRef {
 }
 
 /// The artifact JSON, the same shape in every REST response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Artifact)]
 pub struct ArtifactJson {
     pub id: String,
     /// The repository (an id can live in several; this names the copy).
@@ -152,14 +187,20 @@ pub struct ArtifactJson {
     pub kind: String,
     pub architecture: String,
     pub kernel_version: String,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub tags: Vec<String>,
+    /// Bytes of the layer (the tar.zst).
     pub size: u64,
+    /// The layer digest.
     pub checksum: String,
     pub created_at: String,
     pub hosts: Vec<String>,
+    /// The eBPF facts when the payload is an eBPF object; else `null`.
+    #[schema(required = true)]
     pub ebpf: Option<EbpfFacts>,
     /// The newest signature by the registry's key; `null` when unsigned.
+    #[schema(required = true)]
     pub signature: Option<crate::signing::SignatureSummary>,
     pub oci: OciRef,
 }

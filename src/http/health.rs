@@ -3,26 +3,44 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{json_response, AppState, RouteName};
 
+/// Whether the store accepts writes.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Unavailable,
+}
+
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// The server's version.
+    pub version: &'static str,
+    pub data_dir_writable: bool,
+}
+
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let writable = state.registry.probe_writable().await;
-    let (status, text) = match &writable {
-        Ok(()) => (StatusCode::OK, "ok"),
+    let (code, status) = match &writable {
+        Ok(()) => (StatusCode::OK, HealthStatus::Ok),
         Err(e) => {
             tracing::warn!(error = %e, "health check: store not writable");
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::Unavailable)
         }
     };
     let mut r = json_response(
-        status,
-        &json!({
-            "status": text,
-            "version": env!("CARGO_PKG_VERSION"),
-            "data_dir_writable": writable.is_ok(),
-        }),
+        code,
+        &Health {
+            status,
+            version: env!("CARGO_PKG_VERSION"),
+            data_dir_writable: writable.is_ok(),
+        },
     );
     r.extensions_mut().insert(RouteName("healthz"));
     r

@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 mod rest;
 pub mod tls;
 pub mod v2;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
     }
     let app = routes
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::serve))
         // REST: one table, in `rest::endpoint`.
         .route("/artifacts", any(rest::dispatch))
         .route("/artifacts/{*rest}", any(rest::dispatch))
@@ -98,7 +100,7 @@ async fn fallback(req: Request) -> Response {
     r
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = (status, body).into_response();
     r.headers_mut().insert(

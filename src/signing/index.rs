@@ -27,7 +27,7 @@ pub struct SigEntry {
 
 /// The artifact JSON's `signature`: the newest signature by this
 /// registry's key (or, failing that, any signature found).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SignatureSummary {
     pub key_id: Option<String>,
     pub key_version: Option<u32>,

@@ -12,7 +12,7 @@ use crate::oci::{Digest, ParsedManifest, Reference, RepoName, Tag};
 use crate::registry::RegistryError;
 
 /// One stored signature, as `GET /artifacts/{id}/signatures` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SignatureRecord {
     /// The signature manifest holding it.
     pub manifest_digest: String,
@@ -37,7 +37,7 @@ pub struct SignatureRecord {
 }
 
 /// One signature with its verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckedSignature {
     #[serde(flatten)]
     pub record: SignatureRecord,
@@ -46,7 +46,7 @@ pub struct CheckedSignature {
 }
 
 /// `GET /artifacts/{id}/verify`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Verification {
     /// True when at least one signature verifies with the configured key.
     pub verified: bool,

@@ -169,7 +169,7 @@ impl KeySet {
 }
 
 /// The verdict on one signature layer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub valid: bool,
     /// `ok`, or why the signature is not accepted.

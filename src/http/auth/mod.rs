@@ -55,7 +55,7 @@ pub use metrics_access::authorize_metrics;
 pub(crate) use middleware::drain;
 pub use middleware::{middleware, ServedUser};
 pub use refusal::{AuthRefusal, FailureReason};
-pub use token_endpoint::{token_get, token_post};
+pub use token_endpoint::{token_get, token_post, TokenAnswer};
 
 #[derive(Clone)]
 enum Who {

@@ -7,7 +7,7 @@
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use super::credentials::{client_ip, presented, Presented};
 use super::refusal::{named, FailureReason};
@@ -22,6 +22,24 @@ const MAX_TOKEN_FORM_BYTES: u64 = 64 * 1024;
 
 /// The parameter that may be given more than once (each a scope).
 const REPEATABLE: &[&str] = &["scope"];
+
+/// A `/token` answer (Docker token spec and OAuth2 both).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenAnswer {
+    /// An ES256 JWT for `Authorization: Bearer`.
+    pub token: String,
+    /// The same token, under its OAuth2 name.
+    pub access_token: String,
+    /// Seconds the token is valid.
+    pub expires_in: u64,
+    /// RFC 3339.
+    pub issued_at: String,
+    /// What was granted, space separated (`repository:<name>:<actions>`).
+    pub scope: String,
+    /// With `offline_token=true` (GET) or `access_type=offline` (POST).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
 
 fn token_error(e: OciError) -> Response {
     named("token", e.into_response())
@@ -47,16 +65,14 @@ fn token_answer(auth: &Auth, user: Option<&str>, scope: &str, refresh: Option<St
                 granted = issued.access.len(),
                 "token issued"
             );
-            let mut body = json!({
-                "token": issued.token,
-                "access_token": issued.token,
-                "expires_in": issued.expires_in,
-                "issued_at": issued.issued_at,
-                "scope": granted,
-            });
-            if let Some(r) = refresh {
-                body["refresh_token"] = json!(r);
-            }
+            let body = TokenAnswer {
+                access_token: issued.token.clone(),
+                token: issued.token,
+                expires_in: issued.expires_in,
+                issued_at: issued.issued_at,
+                scope: granted,
+                refresh_token: refresh,
+            };
             let mut resp = json_response(StatusCode::OK, &body);
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

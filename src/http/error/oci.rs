@@ -65,6 +65,39 @@ pub enum OciErrorCode {
 }
 
 impl OciErrorCode {
+    /// Every code, each once (the tests' `documented` rows give the
+    /// order); the OpenAPI document lists `/token`'s codes from it.
+    pub const ALL: [OciErrorCode; 25] = {
+        use OciErrorCode::*;
+        [
+            BlobUnknown,
+            BlobUploadInvalid,
+            BlobUploadUnknown,
+            DigestInvalid,
+            ManifestBlobUnknown,
+            ManifestInvalid,
+            ManifestUnknown,
+            NameInvalid,
+            NameUnknown,
+            SizeInvalid,
+            Unauthorized,
+            Denied,
+            Unsupported,
+            ParameterInvalid,
+            MediaTypeUnsupported,
+            TooManyRequests,
+            PaginationNumberInvalid,
+            RangeInvalid,
+            ManifestTooLarge,
+            BodyTooLarge,
+            UploadTooSlow,
+            BodyTooSlow,
+            StorageFull,
+            Unavailable,
+            Unknown,
+        ]
+    };
+
     pub fn status(self) -> StatusCode {
         use OciErrorCode::*;
         match self {
@@ -411,37 +444,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// Every code, each once, in the order of `documented`.
-    const ALL: [OciErrorCode; 25] = {
-        use OciErrorCode::*;
-        [
-            BlobUnknown,
-            BlobUploadInvalid,
-            BlobUploadUnknown,
-            DigestInvalid,
-            ManifestBlobUnknown,
-            ManifestInvalid,
-            ManifestUnknown,
-            NameInvalid,
-            NameUnknown,
-            SizeInvalid,
-            Unauthorized,
-            Denied,
-            Unsupported,
-            ParameterInvalid,
-            MediaTypeUnsupported,
-            TooManyRequests,
-            PaginationNumberInvalid,
-            RangeInvalid,
-            ManifestTooLarge,
-            BodyTooLarge,
-            UploadTooSlow,
-            BodyTooSlow,
-            StorageFull,
-            Unavailable,
-            Unknown,
-        ]
-    };
+    const ALL: [OciErrorCode; 25] = OciErrorCode::ALL;
 
     /// The README's OCI error table (and the codes its prose names):
     /// (position in `ALL`, wire code, status). An exhaustive match: a new

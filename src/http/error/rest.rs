@@ -17,120 +17,85 @@ use crate::http::limits::LimitRefusal;
 use crate::http::rest::endpoint::RouteError;
 use crate::registry::RegistryError;
 
-/// Every error a REST route can answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestErrorCode {
-    InvalidRequest,
-    InvalidJson,
-    InvalidBase64,
-    InvalidName,
-    InvalidEbpf,
+/// The REST error table: each code's variant, wire code and status, in
+/// one place. It defines [`RestErrorCode`], its `as_str()` and `status()`,
+/// and [`RestErrorCode::ALL`], which the OpenAPI document's `error` enums
+/// are generated from (`http::openapi`): a code added here is documented.
+macro_rules! rest_error_table {
+    ($( $(#[$doc:meta])* $variant:ident => $wire:literal, $status:ident; )*) => {
+        /// Every error a REST route can answer with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RestErrorCode {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl RestErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [RestErrorCode] = &[$(RestErrorCode::$variant),*];
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(RestErrorCode::$variant => StatusCode::$status,)*
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(RestErrorCode::$variant => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+rest_error_table! {
+    InvalidRequest => "invalid_request", BAD_REQUEST;
+    InvalidJson => "invalid_json", BAD_REQUEST;
+    InvalidBase64 => "invalid_base64", BAD_REQUEST;
+    InvalidName => "invalid_name", BAD_REQUEST;
+    InvalidEbpf => "invalid_ebpf", BAD_REQUEST;
     /// A pre-packed archive breaks the archive rules.
-    InvalidArtifact,
-    InvalidId,
-    InvalidHostId,
-    Unauthorized,
-    Denied,
+    InvalidArtifact => "invalid_artifact", BAD_REQUEST;
+    InvalidId => "invalid_id", BAD_REQUEST;
+    InvalidHostId => "invalid_host_id", BAD_REQUEST;
+    Unauthorized => "unauthorized", UNAUTHORIZED;
+    Denied => "denied", FORBIDDEN;
     /// No such artifact, association or route.
-    NotFound,
-    MethodNotAllowed,
+    NotFound => "not_found", NOT_FOUND;
+    MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED;
     /// A body cut for its pace.
-    RequestTimeout,
+    RequestTimeout => "request_timeout", REQUEST_TIMEOUT;
     /// A write by an id that names several copies the caller may read.
-    AmbiguousId,
-    VersionExists,
-    PayloadTooLarge,
+    AmbiguousId => "ambiguous_id", CONFLICT;
+    VersionExists => "version_exists", CONFLICT;
+    PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE;
     /// A list or field of a create over its cap (`artifacts::limits`):
     /// counts are 400, sizes 413; the message names the limit.
-    TooManyHosts,
-    TooManyTags,
-    MetadataTooLarge,
-    DescriptionTooLarge,
-    KernelVersionTooLarge,
-    ConfigTooLarge,
-    ManifestTooLarge,
-    BodyTooLarge,
-    UnsupportedMediaType,
-    RangeNotSatisfiable,
-    TooManyRequests,
+    TooManyHosts => "too_many_hosts", BAD_REQUEST;
+    TooManyTags => "too_many_tags", BAD_REQUEST;
+    MetadataTooLarge => "metadata_too_large", PAYLOAD_TOO_LARGE;
+    DescriptionTooLarge => "description_too_large", PAYLOAD_TOO_LARGE;
+    KernelVersionTooLarge => "kernel_version_too_large", PAYLOAD_TOO_LARGE;
+    ConfigTooLarge => "config_too_large", PAYLOAD_TOO_LARGE;
+    ManifestTooLarge => "manifest_too_large", PAYLOAD_TOO_LARGE;
+    BodyTooLarge => "body_too_large", PAYLOAD_TOO_LARGE;
+    UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
+    RangeNotSatisfiable => "range_not_satisfiable", RANGE_NOT_SATISFIABLE;
+    TooManyRequests => "too_many_requests", TOO_MANY_REQUESTS;
     /// The create memory budget had no room in time: load, not a fault
     /// (nothing was read or stored; retry after `Retry-After`).
-    ServerBusy,
+    ServerBusy => "server_busy", SERVICE_UNAVAILABLE;
+    /// The connection cap is reached (`http::limits::connections`, which
+    /// answers before any request is read): load, not a fault.
+    TooManyConnections => "too_many_connections", SERVICE_UNAVAILABLE;
     /// A configured signer could not sign: nothing was stored.
-    SigningUnavailable,
-    StorageFull,
+    SigningUnavailable => "signing_unavailable", SERVICE_UNAVAILABLE;
+    StorageFull => "storage_full", INSUFFICIENT_STORAGE;
     /// A bug or a store fault.
-    InternalError,
+    InternalError => "internal_error", INTERNAL_SERVER_ERROR;
 }
 
 impl RestErrorCode {
-    pub fn status(self) -> StatusCode {
-        use RestErrorCode::*;
-        match self {
-            InvalidRequest | InvalidJson | InvalidBase64 | InvalidName | InvalidEbpf
-            | InvalidArtifact | InvalidId | InvalidHostId | TooManyHosts | TooManyTags => {
-                StatusCode::BAD_REQUEST
-            }
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Denied => StatusCode::FORBIDDEN,
-            NotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            AmbiguousId | VersionExists => StatusCode::CONFLICT,
-            PayloadTooLarge
-            | MetadataTooLarge
-            | DescriptionTooLarge
-            | KernelVersionTooLarge
-            | ConfigTooLarge
-            | ManifestTooLarge
-            | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
-            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
-            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            SigningUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use RestErrorCode::*;
-        match self {
-            InvalidRequest => "invalid_request",
-            InvalidJson => "invalid_json",
-            InvalidBase64 => "invalid_base64",
-            InvalidName => "invalid_name",
-            InvalidEbpf => "invalid_ebpf",
-            InvalidArtifact => "invalid_artifact",
-            InvalidId => "invalid_id",
-            InvalidHostId => "invalid_host_id",
-            Unauthorized => "unauthorized",
-            Denied => "denied",
-            NotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
-            RequestTimeout => "request_timeout",
-            AmbiguousId => "ambiguous_id",
-            VersionExists => "version_exists",
-            PayloadTooLarge => "payload_too_large",
-            TooManyHosts => "too_many_hosts",
-            TooManyTags => "too_many_tags",
-            MetadataTooLarge => "metadata_too_large",
-            DescriptionTooLarge => "description_too_large",
-            KernelVersionTooLarge => "kernel_version_too_large",
-            ConfigTooLarge => "config_too_large",
-            ManifestTooLarge => "manifest_too_large",
-            BodyTooLarge => "body_too_large",
-            UnsupportedMediaType => "unsupported_media_type",
-            RangeNotSatisfiable => "range_not_satisfiable",
-            TooManyRequests => "too_many_requests",
-            ServerBusy => "server_busy",
-            SigningUnavailable => "signing_unavailable",
-            StorageFull => "storage_full",
-            InternalError => "internal_error",
-        }
-    }
-
     /// An internal failure, not the client's mistake: logged with the
     /// request id, answered with a fixed message.
     pub fn is_internal(self) -> bool {
@@ -387,44 +352,6 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// Every code, each once, in the order of `documented`.
-    const ALL: [RestErrorCode; 31] = {
-        use RestErrorCode::*;
-        [
-            InvalidRequest,
-            InvalidJson,
-            InvalidBase64,
-            InvalidName,
-            InvalidEbpf,
-            InvalidArtifact,
-            InvalidId,
-            InvalidHostId,
-            Unauthorized,
-            Denied,
-            NotFound,
-            MethodNotAllowed,
-            RequestTimeout,
-            AmbiguousId,
-            VersionExists,
-            PayloadTooLarge,
-            TooManyHosts,
-            TooManyTags,
-            MetadataTooLarge,
-            DescriptionTooLarge,
-            KernelVersionTooLarge,
-            ConfigTooLarge,
-            ManifestTooLarge,
-            BodyTooLarge,
-            UnsupportedMediaType,
-            RangeNotSatisfiable,
-            TooManyRequests,
-            ServerBusy,
-            SigningUnavailable,
-            StorageFull,
-            InternalError,
-        ]
-    };
-
     /// The README's REST error table: (position in `ALL`, wire code,
     /// status). An exhaustive match: a new code does not compile until its
     /// documented row is written here.
@@ -459,15 +386,17 @@ mod tests {
             RangeNotSatisfiable => (25, "range_not_satisfiable", 416),
             TooManyRequests => (26, "too_many_requests", 429),
             ServerBusy => (27, "server_busy", 503),
-            SigningUnavailable => (28, "signing_unavailable", 503),
-            StorageFull => (29, "storage_full", 507),
-            InternalError => (30, "internal_error", 500),
+            TooManyConnections => (28, "too_many_connections", 503),
+            SigningUnavailable => (29, "signing_unavailable", 503),
+            StorageFull => (30, "storage_full", 507),
+            InternalError => (31, "internal_error", 500),
         }
     }
 
     #[test]
     fn every_code_answers_its_documented_status_and_wire_code() {
-        for (i, c) in ALL.iter().enumerate() {
+        // `ALL` is generated with the enum, so it holds every variant.
+        for (i, c) in RestErrorCode::ALL.iter().enumerate() {
             let (pos, wire, status) = documented(*c);
             assert_eq!(pos, i, "{c:?} is listed once, in order");
             assert_eq!(c.as_str(), wire, "{c:?}");
@@ -477,10 +406,14 @@ mod tests {
 
     #[test]
     fn internal_codes_are_5xx_and_client_codes_are_4xx() {
-        for c in ALL {
+        for &c in RestErrorCode::ALL {
             let status = c.status();
-            if c.is_internal() || c == RestErrorCode::ServerBusy {
-                // ServerBusy is load (503), neither a fault nor a mistake.
+            let load = matches!(
+                c,
+                RestErrorCode::ServerBusy | RestErrorCode::TooManyConnections
+            );
+            if c.is_internal() || load {
+                // Load (503), neither a fault nor a mistake.
                 assert!(status.is_server_error(), "{c:?} is internal: {status}");
             } else {
                 assert!(status.is_client_error(), "{c:?} is the client's: {status}");

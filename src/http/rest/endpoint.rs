@@ -174,41 +174,53 @@ fn key_version(q: &Query) -> Result<Option<u32>, RouteError> {
     }
 }
 
+/// Every REST path, as an OpenAPI path template, with the methods it has
+/// (`HEAD` wherever `GET` is): the one table [`RestEndpoint::parse`]
+/// answers 404 and 405 from, tried in order (`for-host` before `{id}`).
+/// The OpenAPI document (`http::openapi`) is checked against it: every
+/// path and method here is documented, and nothing else is.
+pub const PATHS: [(&str, &str); 9] = [
+    ("/artifacts", "GET,HEAD,POST"),
+    ("/artifacts/for-host/{host_id}", "GET,HEAD"),
+    ("/artifacts/{id}", "GET,HEAD,DELETE"),
+    ("/artifacts/{id}/binary", "GET,HEAD"),
+    ("/artifacts/{id}/hosts", "GET,HEAD,POST"),
+    ("/artifacts/{id}/hosts/{host_id}", "DELETE"),
+    ("/artifacts/{id}/signatures", "GET,HEAD"),
+    ("/artifacts/{id}/verify", "GET,HEAD"),
+    ("/signing/public-key", "GET,HEAD"),
+];
+
+/// Whether the raw path's segments fit a template: same count, each
+/// literal equal, each `{name}` any (non-empty) segment.
+fn fits(template: &str, segs: &[&str]) -> bool {
+    let parts: Vec<&str> = template.split('/').skip(1).collect();
+    parts.len() == segs.len()
+        && parts
+            .iter()
+            .zip(segs)
+            .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+}
+
+/// The methods of the path (from [`PATHS`]), or `None` for no route.
+fn allowed(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    if segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    PATHS
+        .iter()
+        .find(|(template, _)| fits(template, &segs))
+        .map(|(_, allow)| *allow)
+}
+
 impl RestEndpoint {
     /// Parses a request line. `path` is the raw (percent-encoded) path.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Self, RouteError> {
         let read = method == Method::GET || method == Method::HEAD;
-        if path == "/signing/public-key" {
-            if !read {
-                return Err(RouteError::MethodNotAllowed { allow: "GET,HEAD" });
-            }
-            let q = Query::parse(query)?;
-            return Ok(RestEndpoint::PublicKey {
-                version: key_version(&q)?,
-            });
-        }
-        let segs: Vec<&str> = match path.strip_prefix("/artifacts") {
-            Some("") => Vec::new(),
-            Some(rest) => match rest.strip_prefix('/') {
-                Some(r) => r.split('/').collect(),
-                None => return Err(RouteError::NoRoute),
-            },
-            None => return Err(RouteError::NoRoute),
-        };
-        if segs.iter().any(|s| s.is_empty()) {
-            return Err(RouteError::NoRoute);
-        }
         // Which methods the path has, before any value is parsed (as a
         // router answers 405 before it extracts).
-        let allow = match segs.as_slice() {
-            [] => "GET,HEAD,POST",
-            ["for-host", _] => "GET,HEAD",
-            [_] => "GET,HEAD,DELETE",
-            [_, "binary" | "signatures" | "verify"] => "GET,HEAD",
-            [_, "hosts"] => "GET,HEAD,POST",
-            [_, "hosts", _] => "DELETE",
-            _ => return Err(RouteError::NoRoute),
-        };
+        let allow = allowed(path).ok_or(RouteError::NoRoute)?;
         let is = |m: &Method| method == m || (m == Method::GET && method == Method::HEAD);
         let known = allow
             .split(',')
@@ -216,6 +228,17 @@ impl RestEndpoint {
         if !known {
             return Err(RouteError::MethodNotAllowed { allow });
         }
+        if path == "/signing/public-key" {
+            let q = Query::parse(query)?;
+            return Ok(RestEndpoint::PublicKey {
+                version: key_version(&q)?,
+            });
+        }
+        let segs: Vec<&str> = match path.strip_prefix("/artifacts") {
+            Some("") => Vec::new(),
+            Some(rest) => rest.trim_start_matches('/').split('/').collect(),
+            None => return Err(RouteError::NoRoute),
+        };
         let q = Query::parse(query)?;
         let ep = match segs.as_slice() {
             [] if read => RestEndpoint::List {

@@ -5,31 +5,19 @@
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::access::Access;
 use super::endpoint::ArtifactOp;
-use super::response::{json_ok, respond};
-use crate::artifacts::limits::MAX_HOST_BODY_BYTES;
-use crate::artifacts::{
-    ArtifactError, ArtifactJson, ArtifactKey, CreateArtifact, HostId, Limit, ListQuery,
+use super::response::{
+    json_ok, respond, ArtifactList, HostAdded, HostArtifacts, HostBody, HostList, SignatureList,
+    VerifyAnswer,
 };
+use crate::artifacts::limits::MAX_HOST_BODY_BYTES;
+use crate::artifacts::{ArtifactError, ArtifactKey, CreateArtifact, HostId, Limit, ListQuery};
 use crate::http::error::{RestError, RestErrorCode};
 use crate::http::{blob_response, read_body_capped, AppState, BodyReadError};
 use crate::oci::media;
 use crate::registry::ByteRange;
-
-#[derive(serde::Serialize)]
-struct ArtifactList {
-    artifacts: Vec<ArtifactJson>,
-    next_cursor: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct ForHost<'a> {
-    host_id: &'a str,
-    artifacts: Vec<ArtifactJson>,
-}
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -74,8 +62,8 @@ pub async fn for_host(state: &AppState, access: Access<'_>, host: &HostId) -> Re
     };
     json_ok(
         StatusCode::OK,
-        &ForHost {
-            host_id: host.as_str(),
+        &HostArtifacts {
+            host_id: host.as_str().to_string(),
             artifacts,
         },
     )
@@ -149,8 +137,10 @@ pub async fn artifact(
         ArtifactOp::Binary => binary(state, key, req.headers()).await,
         ArtifactOp::Hosts => respond(
             StatusCode::OK,
-            svc.hosts(key).await.map(|h| {
-                json!({ "id": key.digest.to_string(), "repository": key.repo.as_str(), "hosts": h })
+            svc.hosts(key).await.map(|hosts| HostList {
+                id: key.digest.to_string(),
+                repository: key.repo.to_string(),
+                hosts,
             }),
         ),
         ArtifactOp::AddHost => add_host(state, key, req).await,
@@ -163,12 +153,10 @@ pub async fn artifact(
                 .signing
                 .signatures(&key.repo, &key.digest)
                 .await
-                .map(|s| {
-                    json!({
-                        "id": key.digest.to_string(),
-                        "repository": key.repo.as_str(),
-                        "signatures": s,
-                    })
+                .map(|signatures| SignatureList {
+                    id: key.digest.to_string(),
+                    repository: key.repo.to_string(),
+                    signatures,
                 })
                 .map_err(ArtifactError::from);
             respond(StatusCode::OK, r)
@@ -178,14 +166,10 @@ pub async fn artifact(
                 .signing
                 .verify(&key.repo, &key.digest)
                 .await
-                .map(|v| {
-                    json!({
-                        "id": key.digest.to_string(),
-                        "repository": key.repo.as_str(),
-                        "verified": v.verified,
-                        "key_id": v.key_id,
-                        "signatures": v.signatures,
-                    })
+                .map(|verification| VerifyAnswer {
+                    id: key.digest.to_string(),
+                    repository: key.repo.to_string(),
+                    verification,
                 })
                 .map_err(ArtifactError::from);
             respond(StatusCode::OK, r)
@@ -236,11 +220,6 @@ async fn binary(state: &AppState, key: &ArtifactKey, headers: &HeaderMap) -> Res
     }
 }
 
-#[derive(serde::Deserialize)]
-struct HostBody {
-    host_id: Option<String>,
-}
-
 /// `POST /artifacts/{id}/hosts` with `{"host_id": "..."}`
 async fn add_host(state: &AppState, key: &ArtifactKey, req: Request) -> Response {
     if !is_json(req.headers()) {
@@ -278,12 +257,12 @@ async fn add_host(state: &AppState, key: &ArtifactKey, req: Request) -> Response
             };
             json_ok(
                 status,
-                &json!({
-                    "id": key.digest.to_string(),
-                    "repository": key.repo.as_str(),
-                    "host_id": host.as_str(),
-                    "hosts": c.value,
-                }),
+                &HostAdded {
+                    id: key.digest.to_string(),
+                    repository: key.repo.to_string(),
+                    host_id: host.as_str().to_string(),
+                    hosts: c.value,
+                },
             )
         }
         Err(e) => e.into_response(),

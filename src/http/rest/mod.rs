@@ -13,7 +13,7 @@
 mod access;
 pub mod endpoint;
 mod handlers;
-mod response;
+pub(crate) mod response;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
