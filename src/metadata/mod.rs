@@ -71,7 +71,16 @@ pub type MetadataResult<T> = Result<T, MetadataError>;
 pub struct Metadata {
     pool: AnyPool,
     engine: Engine,
+    /// PostgreSQL: the connections upload-session leases hold for the
+    /// length of a request, apart from the query pool so that many
+    /// uploads in flight never starve the queries.
+    lease_pool: Option<AnyPool>,
 }
+
+/// Upload requests of one process that may hold a session lease at once
+/// (PostgreSQL connections, opened on demand): with the query pool, a
+/// replica uses at most 32 + 64 connections.
+const LEASE_CONNECTIONS: u32 = 64;
 
 /// Whole seconds since the Unix epoch (what every `*_at` column holds).
 pub fn unix_now() -> i64 {
@@ -119,7 +128,23 @@ impl Metadata {
             Engine::Postgres => options,
         };
         let pool = options.connect(&url).await?;
-        let m = Metadata { pool, engine };
+        let lease_pool = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(
+                AnyPoolOptions::new()
+                    .max_connections(LEASE_CONNECTIONS)
+                    .min_connections(0)
+                    // As long as an in-process upload slot may be waited for.
+                    .acquire_timeout(std::time::Duration::from_secs(60))
+                    .connect(&url)
+                    .await?,
+            ),
+        };
+        let m = Metadata {
+            pool,
+            engine,
+            lease_pool,
+        };
         schema::apply(&m).await?;
         Ok(m)
     }
@@ -135,6 +160,10 @@ impl Metadata {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn lease_pool(&self) -> Option<&AnyPool> {
+        self.lease_pool.as_ref()
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock at

@@ -120,12 +120,35 @@ impl Metadata {
 }
 
 /// The right to write one upload session, across replicas: a session
-/// advisory lock on PostgreSQL (on a connection of its own, closed rather
-/// than returned to the pool, so the lock never outlives its holder);
-/// nothing on SQLite, where one process serves a data directory and its
+/// advisory lock on PostgreSQL, on a connection of the lease pool; when
+/// the lease is dropped the lock is released and the connection goes back
+/// to the pool (or, if that fails or no runtime is left, the connection is
+/// closed, which releases the lock too: it never outlives its holder).
+/// Nothing on SQLite, where one process serves a data directory and its
 /// in-memory slot lock suffices.
 pub struct UploadLease {
-    _conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+}
+
+impl Drop for UploadLease {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let unlocked = sqlx::query("SELECT pg_advisory_unlock_all()")
+                        .execute(&mut *conn)
+                        .await;
+                    if unlocked.is_err() {
+                        conn.close_on_drop();
+                    }
+                });
+            }
+            Err(_) => drop(conn.detach()),
+        }
+    }
 }
 
 impl Metadata {
@@ -133,15 +156,18 @@ impl Metadata {
     /// session's bytes at once (the loser of a race then finds the offset
     /// moved and is refused cleanly, never interleaving its bytes).
     pub async fn lease_upload(&self, id: &str) -> MetadataResult<UploadLease> {
-        if self.engine() == super::Engine::Sqlite {
-            return Ok(UploadLease { _conn: None });
-        }
-        let mut conn = self.pool().acquire().await?;
-        conn.close_on_drop();
-        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        let Some(pool) = self.lease_pool() else {
+            return Ok(UploadLease { conn: None });
+        };
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
             .bind(format!("upload:{id}"))
             .execute(&mut *conn)
-            .await?;
-        Ok(UploadLease { _conn: Some(conn) })
+            .await
+        {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(UploadLease { conn: Some(conn) })
     }
 }
