@@ -61,6 +61,15 @@ impl Metadata {
             .collect()
     }
 
+    /// How many (repository, manifest) links there are.
+    pub async fn manifest_count(&self) -> MetadataResult<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM manifests")
+            .fetch_one(self.pool())
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Every (repository, blob) link.
     pub async fn blob_links(&self) -> MetadataResult<Vec<(RepoName, Digest)>> {
         let rows = sqlx::query("SELECT repo, digest FROM blob_links ORDER BY digest")

@@ -342,9 +342,7 @@ impl Registry {
         // candidate against the rows in its exclusive section.
         let live = self.meta.marked_digests().await?;
         report.blobs_marked = live.len() as u64;
-        for repo in &repos {
-            report.manifests_kept += self.meta.manifests_of(repo).await?.len() as u64;
-        }
+        report.manifests_kept = self.meta.manifest_count().await?;
         if opts.dry_run {
             report.manifests_kept = report
                 .manifests_kept
@@ -380,12 +378,17 @@ impl Registry {
         report.blobs_young = young;
 
         let links = self.meta.blob_links().await?;
+        // Links per digest, counted once (not a scan of every link per
+        // candidate).
+        let mut links_of: HashMap<&Digest, u64> = HashMap::new();
+        for (_, d) in &links {
+            *links_of.entry(d).or_default() += 1;
+        }
         for batch in candidates.chunks(BATCH) {
             if opts.dry_run {
                 for d in batch {
                     report.blobs_deleted += 1;
-                    report.layer_links_removed +=
-                        links.iter().filter(|(_, l)| l == d).count() as u64;
+                    report.layer_links_removed += links_of.get(d).copied().unwrap_or(0);
                     let b = self.backend.clone();
                     let p = paths::blob(d);
                     report.bytes_freed += blocking(move || Ok(b.size(&p)?)).await?.unwrap_or(0);
@@ -431,7 +434,7 @@ impl Registry {
             for (d, size) in &deleted {
                 report.blobs_deleted += 1;
                 report.bytes_freed += size;
-                report.layer_links_removed += links.iter().filter(|(_, l)| l == d).count() as u64;
+                report.layer_links_removed += links_of.get(d).copied().unwrap_or(0);
             }
         }
 

@@ -10,7 +10,7 @@
 //! mark is written last. Nothing is deleted: the link tree stays on disk
 //! (ignored from then on) until an operator removes it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
@@ -202,6 +202,12 @@ async fn import_repo(
             Err(e) => return Err(e),
         }
     }
+    // Looked up per manifest: by digest, not by scanning the lists.
+    let in_repo: HashSet<&Digest> = repo.manifests.iter().map(|(d, _, _)| d).collect();
+    let mut tags_of: HashMap<&Digest, Vec<&Tag>> = HashMap::new();
+    for (tag, d) in &repo.tags {
+        tags_of.entry(d).or_default().push(tag);
+    }
     // Children before their index: images first, then indexes until no
     // more can be imported (an index of indexes takes another round).
     let mut pending: Vec<&(Digest, Option<u64>, Option<String>)> = repo.manifests.iter().collect();
@@ -225,20 +231,16 @@ async fn import_repo(
             };
             if parsed.kind == ManifestKind::Index
                 && parsed.manifests.iter().any(|c| !done.contains(&c.digest))
-                && parsed
-                    .manifests
-                    .iter()
-                    .any(|c| repo.manifests.iter().any(|(m, _, _)| m == &c.digest))
+                && parsed.manifests.iter().any(|c| in_repo.contains(&c.digest))
             {
                 retry.push(entry);
                 continue;
             }
-            let tag = repo
-                .tags
-                .iter()
-                .find(|(_, t)| t == d)
-                .map(|(t, _)| t.clone());
-            let reference = tag.map_or(Reference::Digest(d.clone()), Reference::Tag);
+            // Its first tag with this put, the others below.
+            let tags = tags_of.get(d).map(Vec::as_slice).unwrap_or_default();
+            let reference = tags.first().map_or(Reference::Digest(d.clone()), |t| {
+                Reference::Tag((*t).clone())
+            });
             match registry
                 .put_manifest(&repo.name, &reference, media_type.as_deref(), bytes.clone())
                 .await
@@ -253,6 +255,17 @@ async fn import_repo(
                     continue;
                 }
             }
+            for tag in tags.iter().skip(1) {
+                registry
+                    .put_manifest(
+                        &repo.name,
+                        &Reference::Tag((*tag).clone()),
+                        media_type.as_deref(),
+                        bytes.clone(),
+                    )
+                    .await?;
+            }
+            report.tags += tags.len();
             if let Some(age) = age {
                 meta.set_linked_at(&repo.name, d, unix_now().saturating_sub(*age as i64))
                     .await?;
@@ -266,27 +279,6 @@ async fn import_repo(
             break;
         }
         pending = retry;
-    }
-    // Every other tag of a manifest (the put above moved one).
-    for (tag, d) in &repo.tags {
-        if !done.contains(d) {
-            continue;
-        }
-        let bytes = registry.manifest_bytes(d).await?;
-        let media_type = repo
-            .manifests
-            .iter()
-            .find(|(m, _, _)| m == d)
-            .and_then(|(_, _, t)| t.clone());
-        registry
-            .put_manifest(
-                &repo.name,
-                &Reference::Tag(tag.clone()),
-                media_type.as_deref(),
-                bytes,
-            )
-            .await?;
-        report.tags += 1;
     }
     Ok(())
 }

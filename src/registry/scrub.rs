@@ -346,18 +346,18 @@ impl Registry {
     pub async fn scrub(&self, repair: bool) -> RegistryResult<ScrubReport> {
         let started = Instant::now();
         let repo_names = self.all_repositories().await?;
-        let links = self.meta.blob_links().await?;
+        let mut links_of: std::collections::HashMap<RepoName, Vec<Digest>> =
+            std::collections::HashMap::new();
+        for (repo, d) in self.meta.blob_links().await? {
+            links_of.entry(repo).or_default().push(d);
+        }
         let mut repos = Vec::with_capacity(repo_names.len());
         for name in repo_names {
             let graph = self.meta.repo_graph(&name).await?;
             repos.push(RepoRows {
                 tags: self.meta.tag_map(&name).await?,
                 manifests: self.meta.manifests_of(&name).await?,
-                blob_links: links
-                    .iter()
-                    .filter(|(r, _)| r == &name)
-                    .map(|(_, d)| d.clone())
-                    .collect(),
+                blob_links: links_of.remove(&name).unwrap_or_default(),
                 subjects: graph
                     .manifests
                     .into_iter()
