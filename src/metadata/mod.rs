@@ -19,6 +19,7 @@
 //! advisory lock on its repository, and the collector an exclusive one on
 //! which every reference-making write takes a shared hold (see [`locks`]).
 
+mod artifact_list;
 mod derived;
 mod engine;
 pub mod gc;
@@ -26,6 +27,7 @@ mod manifests;
 pub mod schema;
 mod uploads;
 
+pub use artifact_list::{ArtifactFilter, ListingKey, RowKey};
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
