@@ -301,7 +301,10 @@ def dist_s3_server(workdir, data_dir, s3, prefix):
     cfg = os.path.join(workdir, f"distribution-s3-{port}.yml")
     with open(cfg, "w") as f:
         f.write(DIST_S3_CONFIG.format(port=port, prefix=prefix, **s3))
-    return Server(DIST, ["docker-registry", "serve", cfg], dict(os.environ), workdir, port, "/v2/", data_dir)
+    # aws-sdk-go (v1) refuses AWS_CA_BUNDLE with distribution's HTTP
+    # transport ("LoadCustomCABundleError"); the endpoint is plain HTTP.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    return Server(DIST, ["docker-registry", "serve", cfg], env, workdir, port, "/v2/", data_dir)
 
 
 def shared_engines():
