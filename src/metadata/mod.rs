@@ -23,12 +23,14 @@ mod derived;
 mod engine;
 pub mod gc;
 mod manifests;
+mod outbox;
 pub mod schema;
 mod uploads;
 
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
+pub use outbox::{ClaimedEvent, EventType, OutboxSettings, Pruned};
 pub use uploads::{UploadLease, UploadRow};
 
 use sqlx::any::AnyPoolOptions;
@@ -75,6 +77,8 @@ pub struct Metadata {
     /// length of a request, apart from the query pool so that many
     /// uploads in flight never starve the queries.
     lease_pool: Option<AnyPool>,
+    /// Set when events are on: changes write their events (see `outbox`).
+    outbox: Option<std::sync::Arc<OutboxSettings>>,
 }
 
 /// Upload requests of one process that may hold a session lease at once
@@ -144,6 +148,7 @@ impl Metadata {
             pool,
             engine,
             lease_pool,
+            outbox: None,
         };
         schema::apply(&m).await?;
         Ok(m)
