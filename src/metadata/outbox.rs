@@ -541,6 +541,15 @@ impl Metadata {
         Ok(n.max(0) as u64)
     }
 
+    /// Events in the outbox (delivered or not, until pruned).
+    pub async fn events_written(&self) -> MetadataResult<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM event_outbox")
+            .fetch_one(self.pool())
+            .await?
+            .try_get(0)?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Deletes delivery rows delivered before `delivered_before` and those
     /// of events created before `abandon_before` (Unix seconds), then the
     /// events no delivery row refers to.
