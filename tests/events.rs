@@ -31,6 +31,8 @@ enum Mode {
     FailFirst,
     /// Never answers.
     Hang,
+    /// 200 after 300 ms (deliveries overlap other replicas' polls).
+    Slow,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +87,7 @@ async fn receive(
             Mode::FailFirst if !seen => 500,
             Mode::FailFirst => 200,
             Mode::Hang => 0,
+            Mode::Slow => 1200,
         };
         inbox.got.push(Delivery {
             content_type: header("content-type"),
@@ -97,6 +100,10 @@ async fn receive(
     };
     if status == 0 {
         std::future::pending::<()>().await;
+    }
+    if status == 1200 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return AxumStatus::OK;
     }
     AxumStatus::from_u16(status).unwrap_or(AxumStatus::INTERNAL_SERVER_ERROR)
 }
@@ -520,4 +527,66 @@ async fn a_webhook_that_is_not_http_stops_the_start_up() {
     .expect_err("refused");
     assert_eq!(bad.var, "BPF_REGISTRY_EVENTS_WEBHOOK");
     assert!(bad.message.contains("http"), "{}", bad.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_one_postgres_deliver_each_event_once() {
+    if common::engines::postgres_base_url().is_none() {
+        let msg = "BPF_TEST_POSTGRES is not set: the replica event test did not run";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let receiver = Receiver::start(Mode::Slow).await;
+    let db = common::engines::new_postgres_database();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let data = shared.path().join("data");
+    let data = data.to_string_lossy().into_owned();
+    let mut extra: Vec<(&str, &str)> = vec![("BPF_REGISTRY_METADATA", db.as_str())];
+    let blob_store = common::engines::fresh_server_env()
+        .into_iter()
+        .find(|(k, _)| k == "BPF_REGISTRY_BLOB_STORE");
+    match &blob_store {
+        Some((_, v)) => extra.push(("BPF_REGISTRY_BLOB_STORE", v.as_str())),
+        None => extra.push(("BPF_REGISTRY_DATA_DIR", data.as_str())),
+    }
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(TestServer::start_with_env(&env(&receiver, &extra)).await);
+    }
+    let mut digests = Vec::new();
+    for i in 0..30u64 {
+        let s = &replicas[i as usize % 3];
+        digests.push(push_plain(s, "ev/replicas", &format!("t{i}"), 200 + i).await);
+    }
+    // Every change's two events (manifest pushed, tag moved) arrive...
+    receiver
+        .wait_for("the events of 30 pushes on 3 replicas", |got| {
+            of_type(got, "manifest.pushed").len() == 30 && of_type(got, "tag.moved").len() == 30
+        })
+        .await;
+    // ...and once all are marked delivered, no replica sends one again.
+    let meta = replicas[0].metadata().await;
+    let start = Instant::now();
+    while meta.events_pending().await.expect("count") > 0 {
+        assert!(start.elapsed() < WAIT, "deliveries never marked done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = receiver.got();
+    let mut per_id: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in &got {
+        *per_id.entry(d.id()).or_default() += 1;
+    }
+    let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(per_id.len(), 60);
+    let pushed: Vec<&str> = of_type(&got, "manifest.pushed")
+        .iter()
+        .filter_map(|d| d.event["subject"].as_str())
+        .collect();
+    for d in &digests {
+        assert!(pushed.contains(&d.as_str()), "{d}");
+    }
 }
