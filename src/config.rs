@@ -463,7 +463,9 @@ impl Config {
             var: WEBHOOK,
             message,
         })?;
-        let secret = val(SECRET).map(|s| s.trim().to_string()).unwrap_or_default();
+        let secret = val(SECRET)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         if secret.len() < crate::events::MIN_SECRET_LEN {
             return Err(ConfigError {
                 var: SECRET,

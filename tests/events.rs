@@ -214,7 +214,11 @@ fn p256_key_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn check_cloudevent(d: &Delivery) {
-    assert_eq!(d.content_type, "application/cloudevents+json", "{:?}", d.event);
+    assert_eq!(
+        d.content_type, "application/cloudevents+json",
+        "{:?}",
+        d.event
+    );
     assert_eq!(d.signature, expected_signature(&d.body), "{:?}", d.event);
     let e = &d.event;
     assert_eq!(e["specversion"], "1.0", "{e}");
@@ -280,15 +284,20 @@ async fn every_change_type_arrives_once_as_a_signed_cloudevent() {
     let data = base64::engine::general_purpose::STANDARD.encode(pseudo_random(300, 9));
     let r = c
         .post(s.url("/artifacts"))
-        .json(&json!({"name": "ev-rest", "version": "1.0.0", "type": "map",
-                      "architecture": "x86_64", "data": data, "hosts": ["h1"]}))
+        .json(
+            &json!({"name": "ev-rest", "version": "1.0.0", "type": "map",
+                      "architecture": "x86_64", "data": data, "hosts": ["h1"]}),
+        )
         .send()
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
     let a: Value = r.json().await.expect("json");
     let id = a["id"].as_str().expect("id").to_string();
-    let artifact_digest = a["oci"]["manifest_digest"].as_str().expect("digest").to_string();
+    let artifact_digest = a["oci"]["manifest_digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
     assert!(a["signature"].is_object(), "signed: {a}");
     let r = c
         .post(s.url(&format!("/artifacts/{id}/hosts")))
@@ -338,8 +347,15 @@ async fn every_change_type_arrives_once_as_a_signed_cloudevent() {
             .collect()
     };
     let pushed = in_repo("manifest.pushed", repo);
-    let pushed_digests: Vec<&str> = pushed.iter().filter_map(|e| e["subject"].as_str()).collect();
-    assert_eq!(pushed_digests, [first.as_str(), second.as_str()], "{pushed:#?}");
+    let pushed_digests: Vec<&str> = pushed
+        .iter()
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    assert_eq!(
+        pushed_digests,
+        [first.as_str(), second.as_str()],
+        "{pushed:#?}"
+    );
     assert_eq!(pushed[0]["data"]["tag"], "v1");
     assert_eq!(pushed[0]["data"]["mediaType"], OCI_MANIFEST);
     let moved = in_repo("tag.moved", repo);
@@ -364,13 +380,19 @@ async fn every_change_type_arrives_once_as_a_signed_cloudevent() {
     assert_eq!(created[0]["data"]["version"], "1.0.0");
     assert_eq!(created[0]["data"]["architecture"], "x86_64");
     let added = in_repo("association.added", rest);
-    let hosts: Vec<&str> = added.iter().filter_map(|e| e["data"]["host"].as_str()).collect();
+    let hosts: Vec<&str> = added
+        .iter()
+        .filter_map(|e| e["data"]["host"].as_str())
+        .collect();
     assert_eq!(hosts, ["h1", "h2"], "{added:#?}");
     assert!(added
         .iter()
         .all(|e| e["data"]["artifact"] == artifact_digest.as_str()));
     let removed = in_repo("association.removed", rest);
-    let hosts: Vec<&str> = removed.iter().filter_map(|e| e["data"]["host"].as_str()).collect();
+    let hosts: Vec<&str> = removed
+        .iter()
+        .filter_map(|e| e["data"]["host"].as_str())
+        .collect();
     // h1 by its DELETE, h2 with the artifact.
     assert_eq!(hosts, ["h1", "h2"], "{removed:#?}");
     let signed = in_repo("signature.stored", rest);
@@ -395,7 +417,10 @@ async fn every_change_type_arrives_once_as_a_signed_cloudevent() {
     let delivered = metric(&metrics, "registry_events_delivered_total");
     assert!(delivered >= got.len() as f64, "{delivered} < {}", got.len());
     assert!(metrics.contains("registry_events_pending"), "{metrics}");
-    assert!(metrics.contains("registry_events_failed_total"), "{metrics}");
+    assert!(
+        metrics.contains("registry_events_failed_total"),
+        "{metrics}"
+    );
 }
 
 fn metric(exposition: &str, name: &str) -> f64 {
@@ -412,7 +437,8 @@ async fn a_refused_delivery_is_retried_with_the_same_id_and_bytes() {
     let digest = push_plain(&s, "ev/retry", "t", 4).await;
     let got = receiver
         .wait_for("the retried push event", |got| {
-            got.iter().any(|d| d.status == 200 && d.event["subject"] == digest.as_str())
+            got.iter()
+                .any(|d| d.status == 200 && d.event["subject"] == digest.as_str())
         })
         .await;
     let attempts: Vec<&Delivery> = got
@@ -440,11 +466,8 @@ async fn a_refused_delivery_is_retried_with_the_same_id_and_bytes() {
 #[tokio::test]
 async fn a_receiver_that_hangs_slows_no_push_and_holds_a_bounded_batch() {
     let receiver = Receiver::start(Mode::Hang).await;
-    let s = TestServer::start_with_env(&env(
-        &receiver,
-        &[("BPF_REGISTRY_EVENTS_TIMEOUT", "120s")],
-    ))
-    .await;
+    let s = TestServer::start_with_env(&env(&receiver, &[("BPF_REGISTRY_EVENTS_TIMEOUT", "120s")]))
+        .await;
     push_plain(&s, "ev/hang", "first", 10).await;
     // The deliverer is now stuck in a request that never ends.
     receiver

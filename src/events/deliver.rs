@@ -45,9 +45,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// the retries of many events (and replicas) spread out.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    let full = BACKOFF_BASE
-        .saturating_mul(1u32 << exp)
-        .min(BACKOFF_CAP);
+    let full = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP);
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
@@ -210,7 +208,7 @@ impl Webhook {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| describe(&e.without_url()))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -218,6 +216,19 @@ impl Webhook {
             Err(format!("the receiver answered HTTP {}", status.as_u16()))
         }
     }
+}
+
+/// An error with its causes (reqwest's own message is only the outermost
+/// one: "error sending request").
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Prunes delivered and given-up rows and keeps the pending gauge.

@@ -34,8 +34,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// information (the signature authenticates the registry, and a password
 /// in the URL would be logged by receivers' proxies), no fragment.
 pub fn parse_webhook(url: &str) -> Result<String, String> {
-    let parsed =
-        vault_http::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let parsed = vault_http::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "{url:?}: only http:// and https:// webhooks are supported"
@@ -93,8 +92,10 @@ mod tests {
     #[test]
     fn webhook_lists_accept_http_and_https_only() {
         assert_eq!(
-            parse_webhooks(" http://127.0.0.1:9/hook , https://events.example/in?t=1,http://127.0.0.1:9/hook")
-                .unwrap(),
+            parse_webhooks(
+                " http://127.0.0.1:9/hook , https://events.example/in?t=1,http://127.0.0.1:9/hook"
+            )
+            .unwrap(),
             vec!["http://127.0.0.1:9/hook", "https://events.example/in?t=1"]
         );
         for bad in [

@@ -470,12 +470,14 @@ impl Metadata {
         let mut claimed = Vec::with_capacity(rows.len());
         for r in rows {
             let seq: i64 = r.try_get(0)?;
-            sqlx::query("UPDATE event_deliveries SET lease_until = $1 WHERE seq = $2 AND webhook = $3")
-                .bind(now_ms.saturating_add(lease_ms))
-                .bind(seq)
-                .bind(webhook.to_string())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE event_deliveries SET lease_until = $1 WHERE seq = $2 AND webhook = $3",
+            )
+            .bind(now_ms.saturating_add(lease_ms))
+            .bind(seq)
+            .bind(webhook.to_string())
+            .execute(&mut *tx)
+            .await?;
             claimed.push(ClaimedEvent {
                 seq,
                 id: r.try_get(1)?,
@@ -534,10 +536,11 @@ impl Metadata {
 
     /// Deliveries not done yet (every webhook, every replica's).
     pub async fn events_pending(&self) -> MetadataResult<u64> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM event_deliveries WHERE delivered_at IS NULL")
-            .fetch_one(self.pool())
-            .await?
-            .try_get(0)?;
+        let n: i64 =
+            sqlx::query("SELECT COUNT(*) FROM event_deliveries WHERE delivered_at IS NULL")
+                .fetch_one(self.pool())
+                .await?
+                .try_get(0)?;
         Ok(n.max(0) as u64)
     }
 

@@ -335,7 +335,8 @@ impl Metrics {
 
     /// Deliveries pending in the outbox, as last counted.
     pub fn set_events_pending(&self, n: u64) {
-        self.events_pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.events_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Starts each reason's series at 0 (`reasons` is the fixed list of
