@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_lc_rs::hmac;
 
 use super::{loggable, EventsConfig};
-use crate::metadata::{ClaimedEvent, Engine, Metadata};
+use crate::metadata::{ClaimedEvent, DeliveryOutcome, Engine, Metadata};
 use crate::metrics::Metrics;
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
@@ -163,13 +163,14 @@ impl Webhook {
             return;
         }
         let sent = futures_util::future::join_all(batch.iter().map(|e| self.post(e))).await;
+        let mut outcomes = Vec::with_capacity(batch.len());
         for (event, outcome) in batch.iter().zip(sent) {
-            let recorded = match outcome {
+            match outcome {
                 Ok(()) => {
                     if let Some(m) = &self.metrics {
                         m.event_delivered();
                     }
-                    self.meta.event_delivered(event.seq, &self.url).await
+                    outcomes.push((event.seq, DeliveryOutcome::Delivered));
                 }
                 Err(error) => {
                     if let Some(m) = &self.metrics {
@@ -185,16 +186,14 @@ impl Webhook {
                         %error,
                         "event delivery failed"
                     );
-                    let next = now_ms().saturating_add(wait.as_millis() as i64);
-                    self.meta
-                        .event_failed(event.seq, &self.url, next, &error)
-                        .await
+                    let next_at_ms = now_ms().saturating_add(wait.as_millis() as i64);
+                    outcomes.push((event.seq, DeliveryOutcome::Failed { next_at_ms, error }));
                 }
-            };
-            if let Err(e) = recorded {
-                // The lease runs out and the event is sent again: at least once.
-                tracing::warn!(event = %event.id, error = %e, "cannot record a delivery outcome");
             }
+        }
+        if let Err(e) = self.meta.record_deliveries(&self.url, &outcomes).await {
+            // The leases run out and the events are sent again: at least once.
+            tracing::warn!(webhook = %loggable(&self.url), error = %e, "cannot record delivery outcomes");
         }
     }
 

@@ -30,7 +30,7 @@ mod uploads;
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
-pub use outbox::{ClaimedEvent, EventType, OutboxSettings, Pruned};
+pub use outbox::{ClaimedEvent, DeliveryOutcome, EventType, OutboxSettings, Pruned};
 pub use uploads::{UploadLease, UploadRow};
 
 use sqlx::any::AnyPoolOptions;

@@ -16,6 +16,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use sqlx::{Any, Row, Transaction};
 
+mod deliveries;
+
+pub use deliveries::{ClaimedEvent, DeliveryOutcome, Pruned};
+
 use super::derived::DerivedRow;
 use super::manifests::ManifestPut;
 use super::{unix_now, Engine, Metadata, MetadataResult};
@@ -398,27 +402,6 @@ async fn write(
     Ok(())
 }
 
-/// An event claimed for one delivery attempt to one webhook.
-#[derive(Debug, Clone)]
-pub struct ClaimedEvent {
-    pub seq: i64,
-    pub id: String,
-    /// The exact bytes to send (and sign).
-    pub body: String,
-    /// Failed attempts before this one.
-    pub attempts: u32,
-}
-
-/// What pruning removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    /// Delivery rows delivered before the retention cut.
-    pub delivered: u64,
-    /// Delivery rows still undelivered when their event passed the
-    /// maximum age (given up).
-    pub abandoned: u64,
-}
-
 impl Metadata {
     /// The outbox settings, when events are on.
     pub fn outbox(&self) -> Option<&Arc<OutboxSettings>> {
@@ -437,156 +420,5 @@ impl Metadata {
         if let Some(o) = &self.outbox {
             o.wake();
         }
-    }
-
-    /// Claims up to `limit` deliveries due to `webhook`, oldest first, for
-    /// `lease_ms`: until then no other deliverer (of any replica) claims
-    /// them. On PostgreSQL rows another replica is claiming are skipped,
-    /// not waited for.
-    pub async fn claim_events(
-        &self,
-        webhook: &str,
-        limit: u32,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> MetadataResult<Vec<ClaimedEvent>> {
-        let lock = match self.engine {
-            Engine::Sqlite => "",
-            Engine::Postgres => "FOR UPDATE OF d SKIP LOCKED",
-        };
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT d.seq, o.id, o.body, d.attempts FROM event_deliveries d
-             JOIN event_outbox o ON o.seq = d.seq
-             WHERE d.webhook = $1 AND d.delivered_at IS NULL AND d.next_at <= $2
-               AND d.lease_until <= $2
-             ORDER BY d.seq LIMIT $3 {lock}"
-        )))
-        .bind(webhook.to_string())
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for r in rows {
-            let seq: i64 = r.try_get(0)?;
-            sqlx::query(
-                "UPDATE event_deliveries SET lease_until = $1 WHERE seq = $2 AND webhook = $3",
-            )
-            .bind(now_ms.saturating_add(lease_ms))
-            .bind(seq)
-            .bind(webhook.to_string())
-            .execute(&mut *tx)
-            .await?;
-            claimed.push(ClaimedEvent {
-                seq,
-                id: r.try_get(1)?,
-                body: r.try_get(2)?,
-                attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
-            });
-        }
-        tx.commit().await?;
-        Ok(claimed)
-    }
-
-    /// Drops every lease (a single process at start-up: leases of a
-    /// previous run that died mid-delivery end now, not when they expire).
-    pub async fn release_event_leases(&self) -> MetadataResult<()> {
-        sqlx::query("UPDATE event_deliveries SET lease_until = 0 WHERE delivered_at IS NULL")
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Marks a delivery done.
-    pub async fn event_delivered(&self, seq: i64, webhook: &str) -> MetadataResult<()> {
-        sqlx::query(
-            "UPDATE event_deliveries SET delivered_at = $1, lease_until = 0, attempts = attempts + 1
-             WHERE seq = $2 AND webhook = $3",
-        )
-        .bind(unix_now())
-        .bind(seq)
-        .bind(webhook.to_string())
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Records a failed attempt: retried from `next_at_ms` on.
-    pub async fn event_failed(
-        &self,
-        seq: i64,
-        webhook: &str,
-        next_at_ms: i64,
-        error: &str,
-    ) -> MetadataResult<()> {
-        sqlx::query(
-            "UPDATE event_deliveries
-             SET attempts = attempts + 1, next_at = $1, lease_until = 0, last_error = $2
-             WHERE seq = $3 AND webhook = $4",
-        )
-        .bind(next_at_ms)
-        .bind(error.chars().take(500).collect::<String>())
-        .bind(seq)
-        .bind(webhook.to_string())
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Deliveries not done yet (every webhook, every replica's).
-    pub async fn events_pending(&self) -> MetadataResult<u64> {
-        let n: i64 =
-            sqlx::query("SELECT COUNT(*) FROM event_deliveries WHERE delivered_at IS NULL")
-                .fetch_one(self.pool())
-                .await?
-                .try_get(0)?;
-        Ok(n.max(0) as u64)
-    }
-
-    /// Events in the outbox (delivered or not, until pruned).
-    pub async fn events_written(&self) -> MetadataResult<u64> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM event_outbox")
-            .fetch_one(self.pool())
-            .await?
-            .try_get(0)?;
-        Ok(n.max(0) as u64)
-    }
-
-    /// Deletes delivery rows delivered before `delivered_before` and those
-    /// of events created before `abandon_before` (Unix seconds), then the
-    /// events no delivery row refers to.
-    pub async fn prune_events(
-        &self,
-        delivered_before: i64,
-        abandon_before: i64,
-    ) -> MetadataResult<Pruned> {
-        let mut tx = self.begin_write().await?;
-        let delivered = sqlx::query(
-            "DELETE FROM event_deliveries WHERE delivered_at IS NOT NULL AND delivered_at < $1",
-        )
-        .bind(delivered_before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let abandoned = sqlx::query(
-            "DELETE FROM event_deliveries WHERE delivered_at IS NULL
-               AND seq IN (SELECT seq FROM event_outbox WHERE created_at < $1)",
-        )
-        .bind(abandon_before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "DELETE FROM event_outbox WHERE NOT EXISTS
-               (SELECT 1 FROM event_deliveries d WHERE d.seq = event_outbox.seq)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Pruned {
-            delivered,
-            abandoned,
-        })
     }
 }
