@@ -501,7 +501,9 @@ async fn a_receiver_that_hangs_slows_no_push_and_holds_a_bounded_batch() {
 #[tokio::test]
 async fn pending_events_survive_a_restart_and_are_delivered_after_it() {
     let receiver = Receiver::start(Mode::Refuse).await;
-    let s = TestServer::start_with_env(&env(&receiver, &[])).await;
+    // A short timeout: a PostgreSQL lease cut by the stop ends within WAIT.
+    let s =
+        TestServer::start_with_env(&env(&receiver, &[("BPF_REGISTRY_EVENTS_TIMEOUT", "2s")])).await;
     let digest = push_plain(&s, "ev/restart", "t", 20).await;
     let refused = receiver
         .wait_for("a refused attempt", |got| {

@@ -28,6 +28,8 @@ const POLL: Duration = Duration::from_secs(1);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// ...up to this.
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How much longer than the timeout a claim is leased.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// How often delivered rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the pending gauge is read from the store.
@@ -91,8 +93,9 @@ pub fn spawn(
         .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
     let secret: Arc<[u8]> = Arc::from(config.secret.expose().as_bytes());
     // A lease outlives the batch's attempts (all sent at once, each within
-    // the timeout), so a live deliverer's rows are never taken over.
-    let lease_ms = (config.timeout + Duration::from_secs(30)).as_millis() as i64;
+    // the timeout), so a live deliverer's rows are not taken over; a dead
+    // one's come back after it.
+    let lease_ms = (config.timeout + LEASE_MARGIN).as_millis() as i64;
     let mut tasks = Vec::with_capacity(config.webhooks.len() + 1);
     tasks.push(tokio::spawn(housekeeping(
         meta.clone(),

@@ -18,6 +18,10 @@
 //! IMMEDIATE`); on PostgreSQL each write transaction takes a transaction
 //! advisory lock on its repository, and the collector an exclusive one on
 //! which every reference-making write takes a shared hold (see [`locks`]).
+//!
+//! With webhooks configured, every change also writes its CloudEvents into
+//! the outbox in its own transaction (see `outbox`), which the `events`
+//! deliverer sends.
 
 mod derived;
 mod engine;

@@ -422,3 +422,18 @@ impl Metadata {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_are_distinct_and_namespaced() {
+        let names: std::collections::BTreeSet<&str> =
+            EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names.len(), EventType::ALL.len());
+        assert!(names
+            .iter()
+            .all(|n| n.starts_with("dev.aegisflux.registry.")));
+    }
+}
