@@ -76,18 +76,17 @@ async fn receive(
             .to_string()
     };
     let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let status = {
+    let (status, mode) = {
         let mut inbox = inbox.lock().expect("inbox");
         let mode = inbox.mode.unwrap_or(Mode::Accept);
         let id = event["id"].as_str().unwrap_or("").to_string();
         let seen = inbox.got.iter().any(|d| d.id() == id);
         let status = match mode {
-            Mode::Accept => 200,
+            Mode::Accept | Mode::Slow => 200,
             Mode::Refuse => 503,
             Mode::FailFirst if !seen => 500,
             Mode::FailFirst => 200,
             Mode::Hang => 0,
-            Mode::Slow => 1200,
         };
         inbox.got.push(Delivery {
             content_type: header("content-type"),
@@ -96,14 +95,12 @@ async fn receive(
             event,
             status,
         });
-        status
+        (status, mode)
     };
-    if status == 0 {
-        std::future::pending::<()>().await;
-    }
-    if status == 1200 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        return AxumStatus::OK;
+    match mode {
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Slow => tokio::time::sleep(Duration::from_millis(300)).await,
+        _ => {}
     }
     AxumStatus::from_u16(status).unwrap_or(AxumStatus::INTERNAL_SERVER_ERROR)
 }
@@ -614,4 +611,56 @@ async fn replicas_on_one_postgres_deliver_each_event_once() {
     for d in &digests {
         assert!(pushed.contains(&d.as_str()), "{d}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_change_has_no_event() {
+    let receiver = Receiver::start(Mode::Accept).await;
+    let s = TestServer::start_with_env(&env(&receiver, &[])).await;
+    let c = client();
+    let repo = "ev/refused";
+    let config = s.push_empty_config(&c, repo).await;
+    // References a blob the repository does not have: refused, nothing
+    // stored, so nothing to report.
+    let missing = common::sha256(b"never uploaded");
+    let body = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config,
+        "layers": [{"mediaType": "application/octet-stream", "digest": missing, "size": 14}],
+    }))
+    .expect("json");
+    let r = s.put_manifest(&c, repo, "bad", OCI_MANIFEST, &body).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let refused = common::sha256(&body);
+    // Deleting what is not there changes nothing either.
+    let r = c
+        .delete(s.url(&format!("/v2/{repo}/manifests/{refused}")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let sentinel = push_plain(&s, repo, "ok", 40).await;
+    let got = receiver
+        .wait_for("the sentinel push", |got| {
+            got.iter().any(|d| d.event["subject"] == sentinel.as_str())
+        })
+        .await;
+    let about_refused: Vec<&Value> = got
+        .iter()
+        .map(|d| &d.event)
+        .filter(|e| e["subject"] == refused.as_str() || e["subject"] == "bad")
+        .collect();
+    assert!(about_refused.is_empty(), "{about_refused:#?}");
+    let kinds: Vec<&str> = got
+        .iter()
+        .filter_map(|d| d.event["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "dev.aegisflux.registry.manifest.pushed",
+            "dev.aegisflux.registry.tag.moved"
+        ]
+    );
 }
