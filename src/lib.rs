@@ -249,6 +249,8 @@ pub async fn run(
     if let Some(c) = collector {
         c.abort();
     }
-    drop(deliverers);
+    if let Some(d) = deliverers {
+        d.stop().await;
+    }
     served
 }

@@ -664,3 +664,31 @@ async fn a_refused_change_has_no_event() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_delivery_cut_by_a_stop_is_sent_again_after_the_restart() {
+    let receiver = Receiver::start(Mode::Hang).await;
+    // A lease (timeout + 10 s) longer than WAIT: only a lease ended at the
+    // stop (PostgreSQL) or voided at the start (SQLite) lets the restarted
+    // server send the event again in time.
+    let s = TestServer::start_with_env(&env(&receiver, &[("BPF_REGISTRY_EVENTS_TIMEOUT", "120s")]))
+        .await;
+    let digest = push_plain(&s, "ev/cut", "t", 50).await;
+    let hung = receiver
+        .wait_for("the hanging delivery", |got| {
+            got.iter().any(|d| d.event["subject"] == digest.as_str())
+        })
+        .await;
+    let id = hung
+        .iter()
+        .find(|d| d.event["subject"] == digest.as_str())
+        .map(|d| d.id().to_string())
+        .expect("id");
+    let s = s.restart_after(|_| receiver.set_mode(Mode::Accept)).await;
+    receiver
+        .wait_for("the cut delivery, again", |got| {
+            got.iter().any(|d| d.status == 200 && d.id() == id)
+        })
+        .await;
+    drop(s);
+}

@@ -63,9 +63,31 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The deliverer tasks of one server; aborted on drop.
+/// The deliverer tasks of one server; aborted on drop (their leases then
+/// run out), or stopped by [`Deliverers::stop`] (their leases end at once).
 pub struct Deliverers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    meta: Metadata,
+    /// Names this set's leases.
+    owner: String,
+}
+
+impl Deliverers {
+    /// Stops every task, then ends this set's leases: what was in flight is
+    /// due again at once (for another replica, or the next start), and is
+    /// sent again with the same id.
+    pub async fn stop(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.meta.release_event_leases(Some(&self.owner)).await {
+            tracing::warn!(error = %e, "cannot release the event leases at shutdown");
+        }
+    }
 }
 
 impl Drop for Deliverers {
@@ -96,6 +118,7 @@ pub fn spawn(
     // the timeout), so a live deliverer's rows are not taken over; a dead
     // one's come back after it.
     let lease_ms = (config.timeout + LEASE_MARGIN).as_millis() as i64;
+    let owner = uuid::Uuid::new_v4().to_string();
     let mut tasks = Vec::with_capacity(config.webhooks.len() + 1);
     tasks.push(tokio::spawn(housekeeping(
         meta.clone(),
@@ -104,6 +127,7 @@ pub fn spawn(
     )));
     for url in &config.webhooks {
         let d = Webhook {
+            owner: owner.clone(),
             meta: meta.clone(),
             client: client.clone(),
             url: url.clone(),
@@ -113,11 +137,12 @@ pub fn spawn(
         };
         tasks.push(tokio::spawn(d.run()));
     }
-    Ok(Deliverers { tasks })
+    Ok(Deliverers { tasks, meta, owner })
 }
 
 /// The deliverer of one webhook.
 struct Webhook {
+    owner: String,
     meta: Metadata,
     client: vault_http::Client,
     url: String,
@@ -134,7 +159,7 @@ impl Webhook {
         loop {
             let full = match self
                 .meta
-                .claim_events(&self.url, BATCH, now_ms(), self.lease_ms)
+                .claim_events(&self.owner, &self.url, BATCH, now_ms(), self.lease_ms)
                 .await
             {
                 Ok(batch) => {
@@ -238,7 +263,7 @@ async fn housekeeping(meta: Metadata, config: EventsConfig, metrics: Option<Arc<
     if meta.engine() == Engine::Sqlite {
         // One process owns the embedded store: leases of a run that died
         // mid-delivery are void now.
-        if let Err(e) = meta.release_event_leases().await {
+        if let Err(e) = meta.release_event_leases(None).await {
             tracing::warn!(error = %e, "cannot release the event leases of the previous run");
         }
     }

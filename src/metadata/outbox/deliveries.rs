@@ -38,11 +38,12 @@ pub struct Pruned {
 
 impl Metadata {
     /// Claims up to `limit` deliveries due to `webhook`, oldest first, for
-    /// `lease_ms`: until then no other deliverer (of any replica) claims
-    /// them. On PostgreSQL rows another replica is claiming are skipped,
-    /// not waited for.
+    /// `lease_ms` in the name of `owner` (one deliverer set): until then no
+    /// other deliverer (of any replica) claims them. On PostgreSQL rows
+    /// another replica is claiming are skipped, not waited for.
     pub async fn claim_events(
         &self,
+        owner: &str,
         webhook: &str,
         limit: u32,
         now_ms: i64,
@@ -82,11 +83,13 @@ impl Metadata {
         for r in rows {
             let seq: i64 = r.try_get(0)?;
             sqlx::query(
-                "UPDATE event_deliveries SET lease_until = $1 WHERE seq = $2 AND webhook = $3",
+                "UPDATE event_deliveries SET lease_until = $1, lease_owner = $4
+                 WHERE seq = $2 AND webhook = $3",
             )
             .bind(now_ms.saturating_add(lease_ms))
             .bind(seq)
             .bind(webhook.to_string())
+            .bind(owner.to_string())
             .execute(&mut *tx)
             .await?;
             claimed.push(ClaimedEvent {
@@ -100,12 +103,18 @@ impl Metadata {
         Ok(claimed)
     }
 
-    /// Drops every lease (a single process at start-up: leases of a
-    /// previous run that died mid-delivery end now, not when they expire).
-    pub async fn release_event_leases(&self) -> MetadataResult<()> {
-        sqlx::query("UPDATE event_deliveries SET lease_until = 0 WHERE delivered_at IS NULL")
-            .execute(self.pool())
-            .await?;
+    /// Ends the leases of `owner` (a deliverer set that stopped: its rows
+    /// are due again at once, for any replica), or every lease (`None`: the
+    /// one process of the embedded store at start-up, so the leases of a
+    /// run that died mid-delivery end now, not when they expire).
+    pub async fn release_event_leases(&self, owner: Option<&str>) -> MetadataResult<()> {
+        sqlx::query(
+            "UPDATE event_deliveries SET lease_until = 0
+             WHERE delivered_at IS NULL AND ($1 = '' OR lease_owner = $1)",
+        )
+        .bind(owner.unwrap_or("").to_string())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -122,13 +122,15 @@ pub(super) const STATEMENTS: &[&str] = &[
         body TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS event_outbox_by_time ON event_outbox (created_at)",
     // Per webhook: attempts so far, not before `next_at` (Unix ms), not
-    // while another deliverer's lease runs (`lease_until`, Unix ms).
+    // while a deliverer's lease runs (`lease_until`, Unix ms; whose:
+    // `lease_owner`).
     "CREATE TABLE IF NOT EXISTS event_deliveries (
         seq BIGINT NOT NULL,
         webhook TEXT NOT NULL,
         attempts BIGINT NOT NULL,
         next_at BIGINT NOT NULL,
         lease_until BIGINT NOT NULL,
+        lease_owner TEXT,
         delivered_at BIGINT,
         last_error TEXT,
         PRIMARY KEY (seq, webhook))",
