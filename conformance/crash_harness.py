@@ -34,10 +34,25 @@ and every earlier round:
     references a missing blob or index child, no tag pointing to a missing
     manifest.
 
+With --events the server also delivers CloudEvents to a receiver thread
+of the harness (which checks each delivery's HMAC and answers 500 to about
+one in ten, so retries happen), and after each restart, once the outbox is
+drained (bounded wait), for everything acknowledged so far:
+
+  * every acknowledged manifest push, tag, manifest delete, REST create
+    and delete, and signed copy has exactly one event id (delivered any
+    number of times, always with the same bytes);
+  * for every manifest, artifact and host association any event names,
+    the events balance with the store: pushed minus deleted (created minus
+    deleted, added minus removed) is 1 if it exists now and 0 if not, so
+    no acknowledged change lost its event and no change that did not
+    commit (a request cut by the kill) has one;
+  * every acknowledged association has its `association.added` event.
+
 Prints the counts (rounds, operations acknowledged, operations verified,
 violations) and exits 1 if there is any violation. Uses only `requests`.
 
-  crash_harness.py --binary target/release/bpf-registry [--rounds 5] [--seed N]
+  crash_harness.py --binary target/release/bpf-registry [--rounds 5] [--seed N] [--events]
 """
 
 from __future__ import annotations
@@ -45,17 +60,20 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import hmac
 import json
 import os
 import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
@@ -413,6 +431,77 @@ class Worker(threading.Thread):
                 time.sleep(0.01)
 
 
+# -- events (--events) -----------------------------------------------------
+
+EVENT_SECRET = "crash-harness-event-secret-0123456789"
+EV = "dev.aegisflux.registry."
+EVENTS_WAIT = 120  # seconds: a liveness bound for draining the outbox
+
+
+class EventReceiver:
+    """A webhook on 127.0.0.1 for the whole run: records every delivery
+    (id -> body), checks its signature and content type, and answers 500
+    to about one delivery in ten so the server's retries are exercised."""
+
+    def __init__(self, seed: int) -> None:
+        self.lock = threading.Lock()
+        self.rng = random.Random(seed + 7)
+        self.bodies: dict[str, bytes] = {}
+        self.events: dict[str, dict] = {}
+        self.deliveries = 0
+        self.refused = 0
+        self.faults: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                status = receiver.record(self.headers, body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def record(self, headers, body: bytes) -> int:
+        want = "sha256=" + hmac.new(EVENT_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        with self.lock:
+            self.deliveries += 1
+            if not hmac.compare_digest(headers.get("X-Registry-Signature", ""), want):
+                self.faults.append(f"event with a wrong signature: {body[:120]!r}")
+                return 400
+            if headers.get("Content-Type") != "application/cloudevents+json":
+                self.faults.append(f"event with Content-Type {headers.get('Content-Type')!r}")
+            try:
+                e = json.loads(body)
+            except ValueError:
+                self.faults.append(f"event body is not JSON: {body[:120]!r}")
+                return 400
+            eid = e.get("id", "")
+            if e.get("specversion") != "1.0" or not eid or not str(e.get("type", "")).startswith(EV):
+                self.faults.append(f"not a registry CloudEvent: {body[:200]!r}")
+            if eid in self.bodies and self.bodies[eid] != body:
+                self.faults.append(f"event {eid} delivered with two different bodies")
+            self.bodies.setdefault(eid, body)
+            self.events.setdefault(eid, e)
+            if self.rng.random() < 0.1:
+                self.refused += 1
+                return 500
+            return 200
+
+    def snapshot(self) -> tuple[list[dict], list[str]]:
+        with self.lock:
+            faults, self.faults = self.faults, []
+            return list(self.events.values()), faults
+
+
 class Harness:
     def __init__(self, args) -> None:
         self.args = args
@@ -429,6 +518,7 @@ class Harness:
         subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
                         "-out", self.key], check=True, capture_output=True)
         os.chmod(self.key, 0o600)
+        self.events = EventReceiver(args.seed) if args.events else None
 
     def violation(self, msg: str) -> None:
         self.violations.append(msg)
@@ -445,7 +535,8 @@ class Harness:
                    # the default grace keeps everything fresh.
                    BPF_REGISTRY_GC_INTERVAL="1s",
                    BPF_REGISTRY_SIGNER="key",
-                   BPF_REGISTRY_SIGNING_KEY=self.key)
+                   BPF_REGISTRY_SIGNING_KEY=self.key,
+                   **self.events_env())
         log = open(os.path.join(os.path.dirname(self.data), os.path.basename(self.data) + ".log"), "ab")
         self.proc = subprocess.Popen([self.binary], env=env, stdout=log, stderr=log)
         deadline = time.time() + 30
@@ -673,6 +764,121 @@ class Harness:
         self.check_races(s)
         self.check_signatures(s)
 
+    # -- events (--events) -------------------------------------------------
+    def events_env(self) -> dict:
+        if not self.events:
+            return {}
+        return {"BPF_REGISTRY_EVENTS_WEBHOOK": self.events.url,
+                "BPF_REGISTRY_EVENTS_SECRET": EVENT_SECRET,
+                "BPF_REGISTRY_EVENTS_TIMEOUT": "5s"}
+
+    def events_pending(self) -> int:
+        """Deliveries the outbox still holds (the embedded store, read
+        beside the server)."""
+        db = sqlite3.connect(os.path.join(self.data, "metadata.db"), timeout=30)
+        try:
+            return db.execute("SELECT COUNT(*) FROM event_deliveries WHERE delivered_at IS NULL").fetchone()[0]
+        finally:
+            db.close()
+
+    def check_events(self) -> None:
+        if not self.events:
+            return
+        deadline = time.time() + EVENTS_WAIT
+        pending = self.events_pending()
+        while pending and time.time() < deadline:
+            time.sleep(0.2)
+            pending = self.events_pending()
+        if pending:
+            self.violation(f"events: {pending} deliveries still pending {EVENTS_WAIT}s after the restart")
+        events, faults = self.events.snapshot()
+        for f in faults:
+            self.violation(f"events: {f}")
+        ids: dict[tuple, set] = {}  # (type, repository, subject) -> event ids
+
+        def key(kind: str, repo: str, subject: str) -> tuple:
+            return (EV + kind, repo, subject)
+        for e in events:
+            data = e.get("data") or {}
+            ids.setdefault((e.get("type"), data.get("repository"), e.get("subject")), set()).add(e["id"])
+
+        def count(kind: str, repo: str, subject: str) -> int:
+            return len(ids.get(key(kind, repo, subject), ()))
+
+        def exactly_one(what: str, kind: str, repo: str, subject: str) -> None:
+            n = count(kind, repo, subject)
+            if n != 1:
+                self.violation(f"events: {what}: {n} {kind} event ids (expected exactly 1)")
+            self.verified += 1
+        with self.st.lock:
+            manifests = dict(self.st.manifests)
+            deleted = dict(self.st.deleted_manifests)
+            artifacts = set(self.st.artifacts) | set(self.st.deleted_artifacts)
+            deleted_artifacts = set(self.st.deleted_artifacts)
+            assoc = set(self.st.assoc)
+            signed = list(self.st.signed_copies)
+        # Every acknowledged change: one event id.
+        for d, m in manifests.items():
+            exactly_one(f"push {m['repo']}@{d}", "manifest.pushed", m["repo"], d)
+            moved = [i for i in ids.get(key("tag.moved", m["repo"], m["tag"]), ())
+                     if self.events.events[i]["data"].get("digest") == d]
+            if len(moved) != 1:
+                self.violation(f"events: tag {m['repo']}:{m['tag']} -> {d}: {len(moved)} tag.moved ids")
+        for d, repo in deleted.items():
+            exactly_one(f"push {repo}@{d}", "manifest.pushed", repo, d)
+            exactly_one(f"delete {repo}@{d}", "manifest.deleted", repo, d)
+        rest = {}  # artifact id -> its REST repository, from its event
+        for (kind, repo, subject) in ids:
+            if kind == EV + "artifact.created" and str(repo).startswith("crash-rest-"):
+                rest.setdefault(subject, set()).add(repo)
+        for aid in artifacts:
+            repos = rest.get(aid, set())
+            if len(repos) != 1:
+                self.violation(f"events: REST artifact {aid}: created in {sorted(repos)}")
+                continue
+            repo = next(iter(repos))
+            exactly_one(f"REST create {aid}", "artifact.created", repo, aid)
+            if aid in deleted_artifacts:
+                exactly_one(f"REST delete {aid}", "artifact.deleted", repo, aid)
+        for repo, aid in signed:
+            n = sum(1 for i in ids.get(key("signature.stored", repo, aid), ()))
+            if n != 1:
+                self.violation(f"events: signed copy {repo}@{aid}: {n} signature.stored ids")
+            self.verified += 1
+        # The events balance with the store: no lost one, no phantom one.
+        s = requests.Session()
+        present: dict[tuple, bool] = {}
+
+        def exists(repo: str, d: str) -> bool:
+            if (repo, d) not in present:
+                r = s.head(f"{self.url}/v2/{repo}/manifests/{d}", timeout=TIMEOUT)
+                present[(repo, d)] = r.status_code == 200
+            return present[(repo, d)]
+        pairs = [("manifest.pushed", "manifest.deleted", lambda e: e["subject"]),
+                 ("artifact.created", "artifact.deleted", lambda e: e["subject"]),
+                 ("association.added", "association.removed", lambda e: e["data"]["digest"])]
+        for up, down, manifest_of in pairs:
+            balance: dict[tuple, int] = {}
+            for e in events:
+                t = e.get("type")
+                if t in (EV + up, EV + down):
+                    k = (e["data"]["repository"], manifest_of(e))
+                    balance[k] = balance.get(k, 0) + (1 if t == EV + up else -1)
+            for (repo, d), n in balance.items():
+                there = exists(repo, d)
+                if n not in (0, 1) or (n == 1) != there:
+                    self.violation(f"events: {up}/{down} of {repo}@{d} balance {n}, "
+                                   f"but it {'exists' if there else 'does not exist'}")
+                self.verified += 1
+        # Every acknowledged association: added, and still there.
+        added = {(e["data"].get("host"), e["data"].get("artifact")): (e["data"]["repository"], e["data"]["digest"])
+                 for e in events if e.get("type") == EV + "association.added"}
+        for h, aid in assoc:
+            where = added.get((h, aid))
+            if where is None or not exists(*where):
+                self.violation(f"events: acknowledged association {h} -> {aid} has no live association.added")
+            self.verified += 1
+
     def run(self) -> int:
         started = time.time()
         rng = random.Random(self.args.seed)
@@ -692,12 +898,14 @@ class Harness:
                 before = self.st.acknowledged
                 self.start()
                 self.verify()
+                self.check_events()
                 print(f"round {rnd}: killed after {delay:.2f}s; acknowledged so far {before}, "
                       f"verified so far {self.verified}, violations {len(self.violations)}", flush=True)
                 self.kill()
             # A last clean start: everything still there, and scrub agrees.
             self.start()
             self.verify()
+            self.check_events()
             scrub = subprocess.run([self.binary, "scrub"], env=dict(os.environ, BPF_REGISTRY_DATA_DIR=self.data,
                                                                     BPF_REGISTRY_LOG_LEVEL="ERROR"),
                                    capture_output=True, text=True)
@@ -713,6 +921,9 @@ class Harness:
               flush=True)
         print(f"signing races: {self.st.sign_races} run, {len(self.st.signed_copies)} acknowledged signed copies",
               flush=True)
+        if self.events:
+            print(f"events: {self.events.deliveries} deliveries of {len(self.events.bodies)} event ids, "
+                  f"{self.events.refused} answered 500 on purpose", flush=True)
         if self.st.sign_races and not self.st.signed_copies:
             self.violation("signing races ran but none stored a signed copy: nothing was checked")
         print(f"crash harness: rounds {self.args.rounds}, operations acknowledged {self.st.acknowledged}, "
@@ -737,6 +948,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--seed", type=int, default=int(time.time()))
     p.add_argument("--keep", action="store_true", help="keep the data directory")
+    p.add_argument("--events", action="store_true",
+                   help="deliver CloudEvents to a receiver thread and check one event id per acknowledged change")
     args = p.parse_args()
     if not os.access(args.binary, os.X_OK):
         print(f"no executable at {args.binary} (cargo build --release first)")

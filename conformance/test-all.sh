@@ -152,7 +152,7 @@ if [[ -x target/release/bpf-registry ]]; then
   run "prometheus scrape" bash conformance/prometheus.sh target/release/bpf-registry
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
-  run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5
+  run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5 --events
   # the REST API fuzzed from its own /openapi.json (own servers: auth off,
   # then auth and signing on; fixed seed, bounded examples, about 2 minutes)
   run "schemathesis (REST API from /openapi.json)" bash conformance/schemathesis.sh target/release/bpf-registry

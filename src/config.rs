@@ -91,6 +91,9 @@ pub struct Config {
     /// The bearer token that opens `/metrics` when authentication is on
     /// (besides users the policy grants `metrics`).
     pub metrics_token: Option<crate::signing::Secret>,
+    /// Events to webhooks (`BPF_REGISTRY_EVENTS_*`); `None` without
+    /// `BPF_REGISTRY_EVENTS_WEBHOOK`: no event is written or sent.
+    pub events: Option<crate::events::EventsConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -243,6 +246,32 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "BPF_REGISTRY_METRICS_TOKEN",
         "(unset)",
         "with authentication on, `Authorization: Bearer <it>` opens /metrics (16+ printable ASCII characters, no spaces; never logged)",
+    ),
+    // events (src/events, src/metadata/outbox.rs)
+    (
+        "BPF_REGISTRY_EVENTS_WEBHOOK",
+        "(unset)",
+        "comma-separated http(s) URLs that receive every change as a CloudEvent (POST, structured JSON); unset: no events",
+    ),
+    (
+        "BPF_REGISTRY_EVENTS_SECRET",
+        "(unset)",
+        "HMAC-SHA256 key of the X-Registry-Signature header (16+ characters; required with a webhook; never logged)",
+    ),
+    (
+        "BPF_REGISTRY_EVENTS_TIMEOUT",
+        "10s",
+        "longest one delivery attempt may take (connect, send, answer)",
+    ),
+    (
+        "BPF_REGISTRY_EVENTS_RETENTION",
+        "24h",
+        "delivered events are pruned from the outbox after this",
+    ),
+    (
+        "BPF_REGISTRY_EVENTS_MAX_AGE",
+        "7d",
+        "an event a webhook has not accepted after this long is given up (logged)",
     ),
     // artifact signing (src/signing)
     (
@@ -400,9 +429,66 @@ impl Config {
             })?,
             metrics: switch(&val, "BPF_REGISTRY_METRICS", true)?,
             metrics_token: None,
+            events: None,
         }
         .with_auth_and_tls(&val)?
-        .with_metrics_token(&val)
+        .with_metrics_token(&val)?
+        .with_events(&val)
+    }
+
+    /// Reads the `BPF_REGISTRY_EVENTS_*` variables.
+    fn with_events(
+        mut self,
+        val: &impl Fn(&'static str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        const WEBHOOK: &str = "BPF_REGISTRY_EVENTS_WEBHOOK";
+        const SECRET: &str = "BPF_REGISTRY_EVENTS_SECRET";
+        let Some(list) = val(WEBHOOK) else {
+            for var in [
+                SECRET,
+                "BPF_REGISTRY_EVENTS_TIMEOUT",
+                "BPF_REGISTRY_EVENTS_RETENTION",
+                "BPF_REGISTRY_EVENTS_MAX_AGE",
+            ] {
+                if val(var).is_some() {
+                    return Err(ConfigError {
+                        var,
+                        message: format!("only meaningful with {WEBHOOK}"),
+                    });
+                }
+            }
+            return Ok(self);
+        };
+        let webhooks = crate::events::parse_webhooks(&list).map_err(|message| ConfigError {
+            var: WEBHOOK,
+            message,
+        })?;
+        let secret = val(SECRET)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if secret.len() < crate::events::MIN_SECRET_LEN {
+            return Err(ConfigError {
+                var: SECRET,
+                message: format!(
+                    "{WEBHOOK} is set: a secret of at least {} characters is needed to sign the events",
+                    crate::events::MIN_SECRET_LEN
+                ),
+            });
+        }
+        self.events = Some(crate::events::EventsConfig {
+            webhooks,
+            secret: crate::signing::Secret::new(secret),
+            timeout: positive(
+                duration(val, "BPF_REGISTRY_EVENTS_TIMEOUT", 10 * SECOND)?,
+                "BPF_REGISTRY_EVENTS_TIMEOUT",
+            )?,
+            retention: duration(val, "BPF_REGISTRY_EVENTS_RETENTION", 24 * HOUR)?,
+            max_age: positive(
+                duration(val, "BPF_REGISTRY_EVENTS_MAX_AGE", 7 * 24 * HOUR)?,
+                "BPF_REGISTRY_EVENTS_MAX_AGE",
+            )?,
+        });
+        Ok(self)
     }
 
     /// Reads `BPF_REGISTRY_METRICS_TOKEN`: only meaningful with metrics
@@ -744,6 +830,62 @@ mod tests {
                 .var,
             "BPF_REGISTRY_HEADER_READ_TIMEOUT"
         );
+    }
+
+    #[test]
+    fn events_settings() {
+        assert!(cfg(&[]).unwrap().events.is_none());
+        let secret = ("BPF_REGISTRY_EVENTS_SECRET", "0123456789abcdef");
+        let c = cfg(&[
+            (
+                "BPF_REGISTRY_EVENTS_WEBHOOK",
+                "http://127.0.0.1:9000/a, https://hooks.example/b",
+            ),
+            secret,
+            ("BPF_REGISTRY_EVENTS_TIMEOUT", "3s"),
+        ])
+        .unwrap();
+        let e = c.events.unwrap();
+        assert_eq!(
+            e.webhooks,
+            ["http://127.0.0.1:9000/a", "https://hooks.example/b"]
+        );
+        assert_eq!(e.timeout, Duration::from_secs(3));
+        assert_eq!(e.retention, 24 * HOUR);
+        assert_eq!(e.max_age, 7 * 24 * HOUR);
+        assert!(!format!("{e:?}").contains("0123456789abcdef"));
+        for (pairs, var) in [
+            (
+                vec![("BPF_REGISTRY_EVENTS_WEBHOOK", "ftp://x/y"), secret],
+                "BPF_REGISTRY_EVENTS_WEBHOOK",
+            ),
+            (
+                vec![("BPF_REGISTRY_EVENTS_WEBHOOK", "localhost:9000"), secret],
+                "BPF_REGISTRY_EVENTS_WEBHOOK",
+            ),
+            (
+                vec![("BPF_REGISTRY_EVENTS_WEBHOOK", "http://h/x")],
+                "BPF_REGISTRY_EVENTS_SECRET",
+            ),
+            (
+                vec![
+                    ("BPF_REGISTRY_EVENTS_WEBHOOK", "http://h/x"),
+                    ("BPF_REGISTRY_EVENTS_SECRET", "short"),
+                ],
+                "BPF_REGISTRY_EVENTS_SECRET",
+            ),
+            (vec![secret], "BPF_REGISTRY_EVENTS_SECRET"),
+            (
+                vec![
+                    ("BPF_REGISTRY_EVENTS_WEBHOOK", "http://h/x"),
+                    secret,
+                    ("BPF_REGISTRY_EVENTS_TIMEOUT", "0"),
+                ],
+                "BPF_REGISTRY_EVENTS_TIMEOUT",
+            ),
+        ] {
+            assert_eq!(cfg(&pairs).unwrap_err().var, var, "{pairs:?}");
+        }
     }
 
     #[test]

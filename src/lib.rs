@@ -11,6 +11,8 @@
 //! - [`artifacts`]: the eBPF domain: REST model, packing, ELF inspection, host index.
 //! - [`auth`]: HTTP-free authentication and authorization: htpasswd users,
 //!   the TOML policy, ES256 bearer tokens, login cache and failure limits.
+//! - [`events`]: CloudEvents of the registry's changes, from the metadata
+//!   store's outbox to the configured webhooks (signed, retried).
 //! - [`http`]: the axum router and handlers (with the auth middleware,
 //!   the `/token` endpoint, the accept loop and TLS), and the one error
 //!   table per dialect (`http::error`): the only place domain errors
@@ -25,6 +27,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod metadata;
 pub mod metrics;
@@ -64,7 +67,14 @@ pub async fn open_registry(
     let started = std::time::Instant::now();
     let meta = metadata::Metadata::open(&config.metadata)
         .await
-        .map_err(|e| std::io::Error::other(format!("cannot open the metadata store: {e}")))?;
+        .map_err(|e| std::io::Error::other(format!("cannot open the metadata store: {e}")))?
+        // With webhooks, every change writes its events (the CLIs' too).
+        .with_outbox(config.events.as_ref().map(|e| {
+            Arc::new(metadata::OutboxSettings::new(
+                e.webhooks.clone(),
+                config.external_url.as_deref(),
+            ))
+        }));
     let registry = Arc::new(Registry::new(backend.clone(), meta.clone(), limits));
     let artifact_index = Arc::new(artifacts::ArtifactIndex::new(backend, meta.clone()));
     registry.add_deriver(artifact_index.clone());
@@ -224,6 +234,17 @@ pub async fn run(
             }
         })
     });
+    let deliverers = match &state.config.events {
+        Some(events) => Some(
+            events::spawn(
+                state.registry.metadata().clone(),
+                events,
+                state.metrics.clone(),
+            )
+            .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     let service = app(state);
     if tls.is_some() {
         tracing::info!("serving HTTPS");
@@ -231,6 +252,9 @@ pub async fn run(
     let served = http::limits::serve(listener, tls, service, connection_policy, shutdown).await;
     if let Some(c) = collector {
         c.abort();
+    }
+    if let Some(d) = deliverers {
+        d.stop().await;
     }
     served
 }

@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::derived::{self, DerivedRow};
+use super::outbox;
 use super::{digest_col, repo_col, unix_now, Metadata, MetadataError, MetadataResult};
 use crate::oci::{Descriptor, Digest, Reference, RepoName, Tag};
 
@@ -145,11 +146,12 @@ impl Metadata {
                     put.repo
                 )));
             }
-            if let Err(refused) = put_in(&mut tx, put).await? {
+            if let Err(refused) = put_in(&mut tx, put, self.outbox.as_deref()).await? {
                 return Ok(Err(refused));
             }
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(Ok(()))
     }
 }
@@ -158,6 +160,7 @@ impl Metadata {
 async fn put_in(
     tx: &mut Transaction<'static, Any>,
     put: &ManifestPut,
+    outbox: Option<&outbox::OutboxSettings>,
 ) -> MetadataResult<Result<(), PutRejected>> {
     {
         let repo = put.repo.to_string();
@@ -190,6 +193,9 @@ async fn put_in(
                     }
                 }
             }
+        }
+        if let Some(o) = outbox {
+            outbox::record_put(tx, o, put).await?;
         }
         ensure_repo(tx, &put.repo).await?;
         let digest = put.digest.to_string();
@@ -247,12 +253,16 @@ impl Metadata {
     /// Deletes a tag; `false` if it did not exist.
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> MetadataResult<bool> {
         let mut tx = self.begin_repo_write(&repo.to_string()).await?;
+        if let Some(o) = &self.outbox {
+            outbox::record_tag_delete(&mut tx, o, repo, tag).await?;
+        }
         let done = sqlx::query("DELETE FROM tags WHERE repo = $1 AND tag = $2")
             .bind(repo.to_string())
             .bind(tag.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.events_committed();
         Ok(done.rows_affected() > 0)
     }
 
@@ -280,6 +290,9 @@ impl Metadata {
             if gone.rows_affected() == 0 {
                 continue;
             }
+            if let Some(o) = &self.outbox {
+                outbox::record_delete(&mut tx, o, repo, d).await?;
+            }
             for statement in [
                 "DELETE FROM tags WHERE repo = $1 AND digest = $2",
                 "DELETE FROM manifest_refs WHERE repo = $1 AND manifest = $2",
@@ -294,6 +307,7 @@ impl Metadata {
             deleted.push(d.clone());
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(deleted)
     }
 

@@ -18,12 +18,17 @@
 //! IMMEDIATE`); on PostgreSQL each write transaction takes a transaction
 //! advisory lock on its repository, and the collector an exclusive one on
 //! which every reference-making write takes a shared hold (see [`locks`]).
+//!
+//! With webhooks configured, every change also writes its CloudEvents into
+//! the outbox in its own transaction (see `outbox`), which the `events`
+//! deliverer sends.
 
 mod artifact_list;
 mod derived;
 mod engine;
 pub mod gc;
 mod manifests;
+mod outbox;
 pub mod schema;
 mod uploads;
 
@@ -31,6 +36,7 @@ pub use artifact_list::{ArtifactFilter, ListingKey, RowKey};
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
+pub use outbox::{ClaimedEvent, DeliveryOutcome, EventType, OutboxSettings, Pruned};
 pub use uploads::{SessionCaps, UploadCapHit, UploadLease, UploadRow};
 
 use sqlx::any::AnyPoolOptions;
@@ -77,6 +83,8 @@ pub struct Metadata {
     /// length of a request, apart from the query pool so that many
     /// uploads in flight never starve the queries.
     lease_pool: Option<AnyPool>,
+    /// Set when events are on: changes write their events (see `outbox`).
+    outbox: Option<std::sync::Arc<OutboxSettings>>,
 }
 
 /// Upload requests of one process that may hold a session lease at once
@@ -149,6 +157,7 @@ impl Metadata {
             pool,
             engine,
             lease_pool,
+            outbox: None,
         };
         schema::apply(&m).await?;
         Ok(m)

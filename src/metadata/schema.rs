@@ -137,8 +137,11 @@ pub(super) async fn apply(m: &Metadata) -> MetadataResult<()> {
             .await?;
     }
     let key = key_type(m.engine());
-    for s in STATEMENTS {
-        let statement = s.replace("{key}", key).replace("{c}", bytewise(m.engine()));
+    for s in STATEMENTS.iter().chain(super::outbox::STATEMENTS) {
+        let statement = s
+            .replace("{key}", key)
+            .replace("{c}", bytewise(m.engine()))
+            .replace("{seq}", super::outbox::seq_type(m.engine()));
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(&mut *tx)
             .await?;

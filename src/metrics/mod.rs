@@ -158,6 +158,9 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     artifacts: Gauge,
     host_associations: Gauge,
+    events_pending: Gauge,
+    events_delivered: Counter,
+    events_failed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -278,6 +281,24 @@ impl Metrics {
             "Host associations of artifacts",
             host_associations.clone(),
         );
+        let events_pending = Gauge::default();
+        registry.register(
+            "registry_events_pending",
+            "Event deliveries not done yet (every webhook; read from the shared outbox every 5 s)",
+            events_pending.clone(),
+        );
+        let events_delivered = Counter::default();
+        registry.register(
+            "registry_events_delivered",
+            "Event deliveries a webhook accepted (2xx) from this process",
+            events_delivered.clone(),
+        );
+        let events_failed = Counter::default();
+        registry.register(
+            "registry_events_failed",
+            "Event delivery attempts that failed (error, timeout or non-2xx) from this process; each is retried",
+            events_failed.clone(),
+        );
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         Metrics {
             registry,
@@ -296,7 +317,26 @@ impl Metrics {
             auth_failures,
             artifacts,
             host_associations,
+            events_pending,
+            events_delivered,
+            events_failed,
         }
+    }
+
+    /// A webhook accepted an event.
+    pub fn event_delivered(&self) {
+        self.events_delivered.inc();
+    }
+
+    /// An event delivery attempt failed (it is retried).
+    pub fn event_failed(&self) {
+        self.events_failed.inc();
+    }
+
+    /// Deliveries pending in the outbox, as last counted.
+    pub fn set_events_pending(&self, n: u64) {
+        self.events_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Starts each reason's series at 0 (`reasons` is the fixed list of

@@ -43,6 +43,9 @@ fn every_metric_of_the_exposition_is_declared_with_its_type() {
         ("registry_auth_failures_total", "counter"),
         ("registry_artifacts", "gauge"),
         ("registry_host_associations", "gauge"),
+        ("registry_events_pending", "gauge"),
+        ("registry_events_delivered_total", "counter"),
+        ("registry_events_failed_total", "counter"),
         ("process_cpu_seconds_total", "counter"),
         ("process_resident_memory_bytes", "gauge"),
         ("process_virtual_memory_bytes", "gauge"),
@@ -183,4 +186,17 @@ fn unknown_methods_share_one_label() {
     for m in ["PROPFIND", "get", "BREW", ""] {
         assert_eq!(method_label(m), "_OTHER", "{m}");
     }
+}
+
+#[test]
+fn event_deliveries_are_counted_and_the_pending_gauge_set() {
+    let m = Metrics::new();
+    m.event_delivered();
+    m.event_delivered();
+    m.event_failed();
+    m.set_events_pending(5);
+    let text = m.encode(StateCounts::default()).unwrap();
+    assert_eq!(sample(&text, "registry_events_delivered_total"), Some(2.0));
+    assert_eq!(sample(&text, "registry_events_failed_total"), Some(1.0));
+    assert_eq!(sample(&text, "registry_events_pending"), Some(5.0));
 }
