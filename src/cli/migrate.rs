@@ -327,7 +327,7 @@ pub fn migrate(args: &[String]) -> i32 {
                 0
             }
             Err(MigrateError::Refused(m)) => {
-                eprintln!("error: refused, nothing was changed: {m}");
+                eprintln!("error: refused, the target was not changed: {m}");
                 EXIT_USAGE
             }
             Err(MigrateError::CorruptBlobs(blobs)) => {

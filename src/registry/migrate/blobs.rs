@@ -144,7 +144,7 @@ pub(super) async fn copy_blobs(
             }
         }
         done += 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             tracing::info!(done, total, "blobs");
         }
     }

@@ -77,7 +77,7 @@ pub struct MigrateReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    /// The target holds something else: nothing was changed.
+    /// The target holds something else: it was not changed.
     #[error("{0}")]
     Refused(String),
     /// Source blobs whose bytes do not match their digest: no row was
