@@ -26,6 +26,7 @@ Run it with the server stopped; run it again after any failure or kill: it
 resumes. Exit status 0 done, 1 failed, 2 not run.
   --metadata    the target metadata store: a postgres:// URL (an empty
                 database, or a copy of this store to resume), or sqlite:PATH
+                (a server reads <data dir>/metadata.db: sqlite:DIR/metadata.db)
   --blob-store  the target blob store: s3://<bucket>[/<prefix>]?endpoint=..&region=..
                 (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
                 or fs:DIR (a data dir); without it the target shares this
