@@ -604,6 +604,27 @@ async fn a_second_run_is_a_no_op_and_other_stores_are_refused() {
     }
     assert_serves_the_same(&target, &seen).await;
 
+    // A second copy into a PostgreSQL target while one runs: refused.
+    if flag.starts_with("postgres") {
+        use sqlx::Connection;
+        let mut running = sqlx::postgres::PgConnection::connect(&flag)
+            .await
+            .expect("connect");
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(bpf_registry::registry::migrate::TARGET_LOCK)
+            .execute(&mut running)
+            .await
+            .expect("lock");
+        let (code, _, err) = run(&src, &["migrate", "--metadata", &flag]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("another `bpf-registry migrate` is copying"),
+            "{err}"
+        );
+        running.close().await.expect("close");
+        migrate_ok(&src, &args);
+    }
+
     // Another store onto this target: refused, exit 2, nothing changed.
     let other_dir = tempfile::tempdir().expect("tempdir");
     let (other, _) = source(other_dir.path(), 0, 0).await;

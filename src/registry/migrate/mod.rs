@@ -36,6 +36,10 @@ pub const STORE_ID: &str = "store_id";
 pub const MIGRATED_FROM: &str = "migrated_from";
 /// The `meta` key recording when a copy into this store completed.
 pub const MIGRATED_AT: &str = "migrated_at";
+/// PostgreSQL: the session advisory lock a copy holds on its target, so
+/// two copies never write one database at once (SQLite targets are kept
+/// apart by their data dir's lock).
+pub const TARGET_LOCK: i64 = 0x6270_6672_6567_0004;
 /// `meta` rows that describe one store, never copied to another.
 const PER_STORE_META: &[&str] = &[STORE_ID, MIGRATED_FROM, MIGRATED_AT];
 
@@ -104,6 +108,34 @@ async fn source_id(source: &Metadata) -> Result<String, MigrateError> {
     Ok(id)
 }
 
+/// On PostgreSQL, a connection of its own holding [`TARGET_LOCK`] until
+/// it is dropped (closing it ends the session and the lock with it).
+async fn lock_target(target: &Metadata) -> Result<Option<sqlx::AnyConnection>, MigrateError> {
+    use sqlx::Row;
+    if target.engine() != crate::metadata::Engine::Postgres {
+        return Ok(None);
+    }
+    let mut conn = target
+        .pool()
+        .acquire()
+        .await
+        .map_err(MetadataError::from)?
+        .detach();
+    let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+        .bind(TARGET_LOCK)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(MetadataError::from)?
+        .try_get(0)
+        .map_err(MetadataError::from)?;
+    if !got {
+        return Err(MigrateError::Refused(
+            "another `bpf-registry migrate` is copying into this database now".into(),
+        ));
+    }
+    Ok(Some(conn))
+}
+
 /// Whether the target is empty, a (partial) copy of `id`, or something
 /// else (refused). Returns whether the copy resumes.
 async fn check_target(target: &Metadata, id: &str) -> Result<bool, MigrateError> {
@@ -143,6 +175,7 @@ pub async fn migrate(
     let started = std::time::Instant::now();
     let batch_rows = options.batch_rows.clamp(1, 4000);
     let src = source.metadata();
+    let _held = lock_target(&target.metadata).await?;
     let id = source_id(src).await?;
     let resumed = check_target(&target.metadata, &id).await?;
     schema::set_meta_value(&target.metadata, MIGRATED_FROM, &id).await?;
