@@ -185,6 +185,9 @@ fn open_blob_target(config: &Config, args: &Args) -> Result<Option<Arc<dyn Backe
 fn describe_blob_store(c: &BlobStoreConfig) -> String {
     match c {
         BlobStoreConfig::Fs => "fs".into(),
+        BlobStoreConfig::S3(l) if l.prefix.is_empty() => {
+            format!("s3://{} at {}", l.bucket, l.endpoint)
+        }
         BlobStoreConfig::S3(l) => format!("s3://{}/{} at {}", l.bucket, l.prefix, l.endpoint),
     }
 }
