@@ -212,8 +212,8 @@ async fn create(s: &TestServer, body: &Value) -> String {
 /// OCI pushes (two images, an index of both, a referrer of the first),
 /// `images` more images with `layers` layers each (distinct blobs), REST
 /// artifacts with hosts (signed as created), one more host through
-/// `POST /hosts`, and an upload left in progress.
-async fn fill(s: &TestServer, images: usize, layers: usize) {
+/// `POST /hosts`, and an upload left in progress (its URL returned).
+async fn fill(s: &TestServer, images: usize, layers: usize) -> String {
     let c = client();
     let repo = "oci/app";
     let (v1, b1) = s
@@ -303,11 +303,18 @@ async fn fill(s: &TestServer, images: usize, layers: usize) {
         .await
         .expect("send");
     assert_eq!(r.status(), 201);
-    s.start_upload(&c, repo).await;
+    s.start_upload(&c, repo).await
 }
 
-/// A source store written by a running server, stopped.
-async fn source(dir: &Path, images: usize, layers: usize) -> (Store, BTreeMap<String, Answer>) {
+/// A source store written by a running server, stopped; what it served.
+struct Source {
+    store: Store,
+    seen: BTreeMap<String, Answer>,
+    /// The URL path of the upload session left in progress.
+    upload: String,
+}
+
+async fn source(dir: &Path, images: usize, layers: usize) -> Source {
     let store = Store {
         data_dir: dir.join("source"),
         metadata: "sqlite".into(),
@@ -315,10 +322,19 @@ async fn source(dir: &Path, images: usize, layers: usize) -> (Store, BTreeMap<St
         key: signing_key(dir),
     };
     let mut s = store.start().await;
-    fill(&s, images, layers).await;
+    let upload = fill(&s, images, layers).await;
+    let upload = upload
+        .strip_prefix(&s.base_url)
+        .unwrap_or(&upload)
+        .to_string();
+    assert_eq!(get(&s, &upload, None).await.status, 204, "{upload}");
     let seen = snapshot(&s).await;
     s.stop().await;
-    (store, seen)
+    Source {
+        store,
+        seen,
+        upload,
+    }
 }
 
 // ---- what a server answers ----------------------------------------------------
@@ -436,10 +452,22 @@ async fn snapshot(s: &TestServer) -> BTreeMap<String, Answer> {
     out
 }
 
-/// The target answers every read exactly as the source did.
-async fn assert_serves_the_same(target: &Store, source_seen: &BTreeMap<String, Answer>) {
+/// The target answers every read exactly as the source did, and does not
+/// know the paths of `gone` (404).
+async fn assert_serves_the_same(
+    target: &Store,
+    source_seen: &BTreeMap<String, Answer>,
+    gone: &[&str],
+) {
     let mut s = target.start().await;
     let seen = snapshot(&s).await;
+    for path in gone {
+        assert_eq!(
+            get(&s, path, None).await.status,
+            404,
+            "{path} on {target:?}"
+        );
+    }
     s.stop().await;
     let paths: Vec<&String> = source_seen.keys().collect();
     assert_eq!(paths, seen.keys().collect::<Vec<_>>(), "the same reads");
@@ -454,7 +482,11 @@ async fn assert_serves_the_same(target: &Store, source_seen: &BTreeMap<String, A
 #[tokio::test]
 async fn every_target_serves_what_the_source_served_and_scrubs_clean() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (src, seen) = source(dir.path(), 3, 3).await;
+    let Source {
+        store: src,
+        seen,
+        upload,
+    } = source(dir.path(), 3, 3).await;
     // Not vacuous: images, index, referrer, blobs, artifacts, hosts.
     assert!(seen.len() > 60, "{} reads", seen.len());
     assert!(seen.contains_key("/artifacts/for-host/node-c"));
@@ -537,7 +569,8 @@ async fn every_target_serves_what_the_source_served_and_scrubs_clean() {
                 assert_eq!((written, in_target), (read, read), "{table}: {report}");
             }
         }
-        assert_serves_the_same(target, &seen).await;
+        // The upload in progress was not copied.
+        assert_serves_the_same(target, &seen, &[&upload]).await;
         scrub_ok(target);
     }
     // The human summary names what was copied and what was not.
@@ -564,7 +597,9 @@ async fn every_target_serves_what_the_source_served_and_scrubs_clean() {
 #[tokio::test]
 async fn a_second_run_is_a_no_op_and_other_stores_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (src, seen) = source(dir.path(), 1, 2).await;
+    let Source {
+        store: src, seen, ..
+    } = source(dir.path(), 1, 2).await;
     let target_dir = dir.path().join("target");
     let (flag, var) = fresh_metadata(&target_dir);
     let blob_flag = format!("fs:{}", target_dir.display());
@@ -602,7 +637,7 @@ async fn a_second_run_is_a_no_op_and_other_stores_are_refused() {
             "{table}"
         );
     }
-    assert_serves_the_same(&target, &seen).await;
+    assert_serves_the_same(&target, &seen, &[]).await;
 
     // A second copy into a PostgreSQL target while one runs: refused.
     if flag.starts_with("postgres") {
@@ -627,14 +662,14 @@ async fn a_second_run_is_a_no_op_and_other_stores_are_refused() {
 
     // Another store onto this target: refused, exit 2, nothing changed.
     let other_dir = tempfile::tempdir().expect("tempdir");
-    let (other, _) = source(other_dir.path(), 0, 0).await;
+    let other = source(other_dir.path(), 0, 0).await.store;
     let (code, out, err) = run(
         &other,
         &["migrate", "--metadata", &flag, "--blob-store", &blob_flag],
     );
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(err.contains("holds a copy of another store"), "{err}");
-    assert_serves_the_same(&target, &seen).await;
+    assert_serves_the_same(&target, &seen, &[]).await;
 
     // A database a server wrote itself (no copy): refused too.
     let used_dir = dir.path().join("used");
@@ -741,7 +776,9 @@ fn migrate_killed_when(
 async fn a_kill_at_any_moment_is_resumed_by_the_next_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 40 images of 8 layers: 320 distinct 4 KiB blobs, each copy fsynced.
-    let (src, seen) = source(dir.path(), 40, 8).await;
+    let Source {
+        store: src, seen, ..
+    } = source(dir.path(), 40, 8).await;
     let target_dir = dir.path().join("target");
     let (flag, var) = fresh_metadata(&target_dir);
     let blob_flag = format!("fs:{}", target_dir.display());
@@ -813,14 +850,14 @@ async fn a_kill_at_any_moment_is_resumed_by_the_next_run() {
     assert_eq!(in_target(&last), in_target(&fresh), "rows per table");
     let files = std::fs::read_dir(&blobs_dir).expect("blobs").count() as u64;
     assert_eq!(files, total, "no stray or missing blob files");
-    assert_serves_the_same(&target, &seen).await;
+    assert_serves_the_same(&target, &seen, &[]).await;
     scrub_ok(&target);
 }
 
 #[tokio::test]
 async fn a_blob_that_does_not_match_its_digest_is_not_copied_and_no_row_is() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (src, _) = source(dir.path(), 1, 1).await;
+    let src = source(dir.path(), 1, 1).await.store;
     let layer = common::sha256(b"layer three");
     let file = src
         .data_dir
