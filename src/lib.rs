@@ -66,10 +66,8 @@ pub async fn open_registry(
         .await
         .map_err(|e| std::io::Error::other(format!("cannot open the metadata store: {e}")))?;
     let registry = Arc::new(Registry::new(backend.clone(), meta.clone(), limits));
-    registry.add_deriver(Arc::new(artifacts::ArtifactIndex::new(
-        backend,
-        meta.clone(),
-    )));
+    let artifact_index = Arc::new(artifacts::ArtifactIndex::new(backend, meta.clone()));
+    registry.add_deriver(artifact_index.clone());
     registry.add_deriver(Arc::new(signing::SignatureIndex::new(meta.clone())));
     // A data directory written by the previous version: its link tree
     // becomes rows once, through the derivers above (resumable,
@@ -77,9 +75,15 @@ pub async fn open_registry(
     let imported = registry::import::import_link_tree(&registry)
         .await
         .map_err(|e| std::io::Error::other(format!("cannot import the link tree: {e}")))?;
+    // Rows of a version-1 schema get the facets `GET /artifacts` filters on.
+    let facets_filled = artifact_index
+        .fill_facets()
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot fill artifact facets: {e}")))?;
     tracing::info!(
         engine = meta.engine().as_str(),
         imported_manifests = imported.manifests,
+        facets_filled,
         duration_ms = started.elapsed().as_millis() as u64,
         "metadata store open"
     );

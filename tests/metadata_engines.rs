@@ -7,7 +7,8 @@
 mod common;
 
 use bpf_registry::metadata::{
-    DerivedRow, ManifestPut, Metadata, MetadataConfig, PutRejected, SignatureRow, UploadRow,
+    ArtifactFilter, DerivedRow, ListingKey, ManifestPut, Metadata, MetadataConfig, PutRejected,
+    SignatureRow, UploadRow,
 };
 use bpf_registry::oci::{Digest, Reference, RepoName, Tag};
 
@@ -160,9 +161,36 @@ async fn referrers_children_and_derived_rows_on_both_engines() {
             version: "1.0".into(),
             kind: "program".into(),
             architecture: "x86_64".into(),
+            facets: vec![
+                ("tag".into(), "t1".into()),
+                ("kernel_version".into(), "5.15".into()),
+            ],
             record: "{}".into(),
         }];
         m.put_manifest(&art).await.unwrap().unwrap();
+        let by_facet = |facet: &str, value: &str| ArtifactFilter {
+            facets: vec![(facet.into(), value.into())],
+            ..Default::default()
+        };
+        let listed = m
+            .list_artifacts(&by_facet("tag", "t1"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{engine}");
+        assert_eq!(listed[0].0.version, "1.0", "{engine}");
+        for (facet, value) in [("tag", "t2"), ("kernel_version", "t1")] {
+            let listed = m
+                .list_artifacts(&by_facet(facet, value), None, 10)
+                .await
+                .unwrap();
+            assert!(listed.is_empty(), "{engine} {facet}={value}");
+        }
+        let after = listed_key(&m).await;
+        assert!(m
+            .list_artifacts(&ArtifactFilter::default(), Some(&after), 10)
+            .await
+            .unwrap()
+            .is_empty());
         // An index whose child states the wrong size is refused whole.
         let mut index = put(&r, &d("index"), Some("idx"));
         index.blobs.clear();
@@ -299,4 +327,14 @@ async fn one_collector_at_a_time_on_both_engines() {
             assert!(again.is_some(), "the lease outlived its holder");
         }
     }
+}
+
+/// The listing position of the only artifact.
+async fn listed_key(m: &bpf_registry::metadata::Metadata) -> ListingKey {
+    let all = m
+        .list_artifacts(&ArtifactFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    all[0].0.clone()
 }

@@ -15,6 +15,11 @@ use serde_json::{json, Value};
 /// Three servers sharing one metadata database and one blob store; `None`
 /// (the test skipped) without PostgreSQL.
 async fn replicas() -> Option<(Vec<TestServer>, tempfile::TempDir)> {
+    replicas_with(&[]).await
+}
+
+/// [`replicas`] with more variables for each server.
+async fn replicas_with(extra: &[(&str, &str)]) -> Option<(Vec<TestServer>, tempfile::TempDir)> {
     if common::engines::postgres_base_url().is_none() {
         let msg = "BPF_TEST_POSTGRES is not set: the replica tests did not run";
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -43,6 +48,7 @@ async fn replicas() -> Option<(Vec<TestServer>, tempfile::TempDir)> {
         // One blob store for all three: a shared data directory.
         None => env.push(("BPF_REGISTRY_DATA_DIR", data_s.as_str())),
     }
+    env.extend_from_slice(extra);
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(TestServer::start_with_env(&env).await);
@@ -269,4 +275,74 @@ async fn manifests_tags_and_catalog_agree_across_replicas() {
         .await
         .unwrap();
     assert_eq!(got.status(), StatusCode::NOT_FOUND);
+}
+
+/// Starts one upload session on `replica`: the response.
+async fn start_session(c: &reqwest::Client, replica: &TestServer) -> reqwest::Response {
+    c.post(replica.url("/v2/fleet/caps/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The upload-session caps count every replica's sessions: sessions
+/// started on two replicas fill the cap for the third (the count and the
+/// insert are one serialized transaction, not a per-process table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_session_caps_hold_across_replicas() {
+    for (caps, what) in [
+        (
+            [
+                ("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "3"),
+                ("BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER", "100"),
+            ],
+            "registry-wide",
+        ),
+        (
+            [
+                ("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "100"),
+                ("BPF_REGISTRY_MAX_UPLOAD_SESSIONS_PER_USER", "3"),
+            ],
+            "per address",
+        ),
+    ] {
+        let Some((r, _shared)) = replicas_with(&caps).await else {
+            return;
+        };
+        let c = client();
+        let mut sessions = Vec::new();
+        for replica in [&r[0], &r[0], &r[1]] {
+            let started = start_session(&c, replica).await;
+            assert_eq!(started.status(), StatusCode::ACCEPTED, "{what}");
+            sessions.push(replica.abs(&location(&started)));
+        }
+        for replica in &r {
+            let refused = start_session(&c, replica).await;
+            assert_oci_error(refused, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
+        }
+        // One session cancelled on another replica than its own frees one
+        // place: of three concurrent starts, one on each replica, exactly
+        // one wins.
+        let cancel = r[2].abs(&sessions[0].replacen(&r[0].base_url, "", 1));
+        let d = c.delete(&cancel).send().await.unwrap();
+        assert_eq!(
+            d.status(),
+            StatusCode::NO_CONTENT,
+            "{what}: cancel {cancel}"
+        );
+        let statuses: Vec<StatusCode> = futures_util::future::join_all(
+            r.iter()
+                .map(|replica| async { start_session(&c, replica).await.status() }),
+        )
+        .await;
+        let won = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::ACCEPTED)
+            .count();
+        let refused = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!((won, refused), (1, 2), "{what}: {statuses:?}");
+    }
 }

@@ -1984,3 +1984,41 @@ async fn concurrent_posts_of_two_architectures_both_land_in_the_index() {
         .collect();
     assert_eq!(in_index, created, "the index holds both manifests");
 }
+
+/// A store written with schema version 1 has no facet rows (the `tag` and
+/// `kernel_version` filters are queries over them): the first start of
+/// this version fills them before serving, once.
+#[tokio::test]
+async fn a_version_1_metadata_store_gets_its_listing_facets_at_start() {
+    let mut s = TestServer::start().await;
+    let c = client();
+    let f = listing_fixture(&s, &c).await;
+    s.stop().await;
+    let url = store_env_of(s.data_dir())
+        .into_iter()
+        .find(|(k, _)| k == "BPF_REGISTRY_METADATA")
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| format!("sqlite://{}/metadata.db", s.data_dir().display()));
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    for q in [
+        "DELETE FROM artifact_facets",
+        "DELETE FROM meta WHERE key = 'artifact_facets_filled'",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    ] {
+        sqlx::query(q).execute(&pool).await.expect(q);
+    }
+    pool.close().await;
+    let s = s.restart().await;
+    let set = |v: &[&String]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let v = list(&c, &s, &[("tag", "security")]).await;
+    assert_eq!(
+        id_set(&v["artifacts"]),
+        set(&[&f.alpha1_amd, &f.alpha1_arm, &f.beta])
+    );
+    let v = list(&c, &s, &[("kernel_version", "6.1.0")]).await;
+    assert_eq!(id_set(&v["artifacts"]), set(&[&f.gamma]));
+    let v = list(&c, &s, &[("tag", "monitoring"), ("limit", "1")]).await;
+    assert_eq!(ids(&v["artifacts"]).len(), 1, "{v}");
+    assert!(v["next_cursor"].is_string(), "{v}");
+}

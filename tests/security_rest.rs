@@ -24,6 +24,7 @@ use common::attacker::{
     password, write_htpasswd, ATTACKER_POLICY as POLICY, ATTACKER_USERS as USERS,
 };
 use common::*;
+use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -859,6 +860,69 @@ async fn list_cursors_and_for_host_reveal_only_pullable_artifacts() {
     // What anonymous callers may pull, authenticated users may too.
     let fh = get_ok(&basic("mallory"), &f.url("/artifacts/for-host/host-1")).await;
     assert_eq!(names(&fh), ["public/a", "public/c", "public/e"]);
+}
+
+/// Listings skip what the caller may not see in batches: many hidden
+/// artifacts before, between and after the visible ones cost batches, and
+/// never a short page with a cursor or a page that ends early.
+#[tokio::test]
+async fn a_listing_finds_the_visible_artifacts_behind_many_hidden_ones() {
+    let f = Fixture::start().await;
+    let admin = basic("admin");
+    let hidden = 300;
+    let mut bodies = Vec::new();
+    for i in 0..hidden {
+        let repo = if i < hidden / 2 {
+            "pre/hidden"
+        } else {
+            "secret/z"
+        };
+        bodies.push(artifact_body(
+            repo,
+            &format!("{i:04}"),
+            "x86_64",
+            format!("h{i}").as_bytes(),
+        ));
+    }
+    for name in ["public/a", "public/b", "public/c"] {
+        bodies.push(artifact_body(name, "1", "x86_64", name.as_bytes()));
+    }
+    let mut tasks = futures_util::stream::iter(bodies.iter().map(|b| create(&f, &admin, b)))
+        .buffer_unordered(8);
+    while tasks.next().await.is_some() {}
+    drop(tasks);
+    let anon = client();
+    let page = get_ok(&anon, &f.url("/artifacts?limit=2")).await;
+    assert_eq!(names(&page), ["public/a", "public/b"]);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a cursor: one more is visible");
+    let page = get_ok(
+        &anon,
+        &f.url(&format!("/artifacts?limit=2&cursor={cursor}")),
+    )
+    .await;
+    assert_eq!(names(&page), ["public/c"]);
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    let page = get_ok(&anon, &f.url("/artifacts?limit=3")).await;
+    assert_eq!(names(&page), ["public/a", "public/b", "public/c"]);
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    // The admin sees all of them, in order, over pages of 100.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = f.url("/artifacts?limit=100");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page = get_ok(&admin, &url).await;
+        seen += names(&page).len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, hidden + 3);
 }
 
 // ---- the `.sig` tag: concurrent signature writes ---------------------------------

@@ -219,7 +219,7 @@ class Server:
         RUNNING.discard(self)
 
 
-def bpf_server(binary, workdir, data_dir, level="WARN"):
+def bpf_server(binary, workdir, data_dir, level="WARN", extra_env=None):
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -227,6 +227,7 @@ def bpf_server(binary, workdir, data_dir, level="WARN"):
         BPF_REGISTRY_DATA_DIR=data_dir,
         BPF_REGISTRY_LOG_LEVEL=level,
     )
+    env.update(extra_env or {})
     return Server(BPF, [binary], env, workdir, port, "/healthz", data_dir)
 
 
@@ -263,6 +264,110 @@ def dist_server(workdir, data_dir):
     with open(cfg, "w") as f:
         f.write(DIST_CONFIG.format(data=data_dir, port=port))
     return Server(DIST, ["docker-registry", "serve", cfg], dict(os.environ), workdir, port, "/v2/", data_dir)
+
+
+# distribution's S3 driver on the same Garage as bpf-registry's S3 store.
+# Redirects off: blob GETs go through the registry, as bpf-registry's do
+# (with redirects on, a client would fetch from the object store itself).
+DIST_S3_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  cache:
+    blobdescriptor: inmemory
+  s3:
+    accesskey: {key}
+    secretkey: {secret}
+    region: {region}
+    regionendpoint: {endpoint}
+    bucket: {bucket}
+    rootdirectory: /{prefix}
+    secure: false
+    v4auth: true
+  redirect:
+    disable: true
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def dist_s3_server(workdir, data_dir, s3, prefix):
+    port = free_port()
+    cfg = os.path.join(workdir, f"distribution-s3-{port}.yml")
+    with open(cfg, "w") as f:
+        f.write(DIST_S3_CONFIG.format(port=port, prefix=prefix, **s3))
+    # aws-sdk-go (v1) refuses AWS_CA_BUNDLE with distribution's HTTP
+    # transport ("LoadCustomCABundleError"); the endpoint is plain HTTP.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    return Server(DIST, ["docker-registry", "serve", cfg], env, workdir, port, "/v2/", data_dir)
+
+
+def shared_engines():
+    """PostgreSQL cluster URL, psql and the Garage S3 endpoint that bench.sh started, or None."""
+    pg, psql, url = (os.environ.get(k) for k in ("BPF_BENCH_POSTGRES", "BPF_BENCH_PSQL", "BPF_BENCH_S3_URL"))
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not all((pg, psql, url, key, secret)):
+        return None
+    u = urllib.parse.urlparse(url)
+    q = urllib.parse.parse_qs(u.query)
+    s3 = {"bucket": u.netloc, "endpoint": q["endpoint"][0], "region": q.get("region", ["garage"])[0],
+          "key": key, "secret": secret}
+    return pg, psql, s3
+
+
+def run_shared(args, sizes, workdir, res):
+    """Push, pull, chunked push and manifest GET with bpf-registry on PostgreSQL + Garage and
+    distribution's S3 driver on the same Garage (fresh database, fresh bucket prefixes)."""
+    engines = shared_engines()
+    if engines is None:
+        error("shared engines: BPF_BENCH_POSTGRES, BPF_BENCH_PSQL, BPF_BENCH_S3_URL and the AWS_* key "
+              "are not set (bench.sh starts PostgreSQL and Garage and sets them)")
+        return
+    pg, psql, s3 = engines
+    stamp = f"{int(time.time())}_{os.getpid()}"
+    db = f"bench_{stamp}"
+    subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg, "-c", f"CREATE DATABASE {db}"],
+                   check=True)
+    env = {
+        "BPF_REGISTRY_METADATA": pg.rsplit("/", 1)[0] + "/" + db,
+        "BPF_REGISTRY_BLOB_STORE": f"s3://{s3['bucket']}/bench-bpf-{stamp}?endpoint={s3['endpoint']}"
+                                   f"&region={s3['region']}",
+    }
+    bpf = Registry(bpf_server(args.binary, workdir, fresh_dir(workdir, "bpf-shared"), extra_env=env).start())
+    dist = Registry(dist_s3_server(workdir, fresh_dir(workdir, "dist-shared"), s3, f"bench-dist-{stamp}").start())
+    try:
+        bpf.server.wait_ready()
+        dist.server.wait_ready()
+        log(f"shared engines: bpf-registry on {bpf.base} (PostgreSQL {db}, Garage), distribution S3 on {dist.base}")
+        for reg in (bpf, dist):
+            reg.prepare(sizes)
+        blob = BigBlob(sizes.blob)
+        for rep in range(args.reps):
+            order = [bpf, dist] if rep % 2 == 0 else [dist, bpf]
+            log(f"shared rep {rep + 1}/{args.reps}: order {order[0].kind}, {order[1].kind}")
+            steps = [
+                ("push", lambda r: w_push_mono(r, blob, res, "s3_push")),
+                ("pull", lambda r: w_pull(r, blob, res, "s3_pull")),
+                ("chunked", lambda r: w_push_chunked(r, blob, res, "s3_chunked", sizes.chunk)),
+                ("manifest GET", lambda r: w_manifest_get(r, res, ("s3_mget", "s3_mget_p99"), sizes)),
+            ]
+            for label, fn in steps:
+                for reg in order:
+                    try:
+                        log(f"  S3 {label:13s} {reg.kind:13s} {fn(reg)}")
+                    except Exception as e:  # noqa: BLE001 - record it, go on with the next workload
+                        error(f"shared rep {rep + 1} {label} {reg.kind}: {e!r}")
+                    check(reg.server.alive(), f"{reg.kind} (shared engines) died; log {reg.server.log_path}: "
+                          + reg.server.log_tail())
+    finally:
+        for reg in (bpf, dist):
+            reg.server.stop()
+            shutil.rmtree(reg.server.data_dir, ignore_errors=True)
 
 
 def fresh_dir(workdir, name):
@@ -945,6 +1050,11 @@ W = {
     "rebuild": "  of which \"artifact index rebuilt\" duration_ms",
     "startup_first": "  the first start-up of the run alone (page cache colder)",
     "rss": "peak RSS (VmHWM), {rssblob} blob pushed then pulled, small store",
+    "s3_push": "PostgreSQL + Garage: monolithic blob push, {blob}",
+    "s3_pull": "PostgreSQL + Garage: blob pull, {blob} (curl)",
+    "s3_chunked": "PostgreSQL + Garage: chunked blob push, {blob} in {chunk} chunks",
+    "s3_mget": "PostgreSQL + Garage: manifest GET by tag, {conns} conns, {wrk}s",
+    "s3_mget_p99": "PostgreSQL + Garage: manifest GET by tag, p99",
 }
 
 UNITS = {
@@ -952,6 +1062,7 @@ UNITS = {
     "referrers": "ms ↓", "mput": "manifests/s", "post_p50": "ms ↓", "post_p99": "ms ↓", "post_rps": "req/s",
     "forhost_p99": "ms ↓", "forhost_p50": "ms ↓", "forhost_rps": "req/s", "startup": "s ↓", "rebuild": "ms ↓", "startup_first": "s ↓",
     "rss": "MiB ↓",
+    "s3_push": "MB/s", "s3_pull": "MB/s", "s3_chunked": "MB/s", "s3_mget": "req/s", "s3_mget_p99": "ms ↓",
 }
 
 
@@ -992,6 +1103,9 @@ def targets(res):
     out["startup"] = ("≤ 2 s", None if v is None else v <= 2)
     v = med("forhost_p99", BPF)
     out["forhost_p99"] = ("≤ 5 ms", None if v is None else v <= 5)
+    for w in ("s3_push", "s3_pull", "s3_chunked", "s3_mget"):
+        r = ratio(w)
+        out[w] = ("≥ 2×", None if r is None else r >= 2)
     return out
 
 
@@ -1018,6 +1132,10 @@ def render(res, sizes, info, args, elapsed, meta, ceilings):
     L.append(f"- bpf-registry: release build of {info['commit']}, `BPF_REGISTRY_LOG_LEVEL=WARN`")
     L.append(f"- distribution: {info['distribution']} (`docker-registry serve`, filesystem storage, "
              "inmemory blob descriptor cache, delete enabled, log level warn, access log off)")
+    L.append("- PostgreSQL + Garage rows: bpf-registry with `BPF_REGISTRY_METADATA=postgres://` (a fresh "
+             "database) and `BPF_REGISTRY_BLOB_STORE=s3://` on a one-node Garage 2.5.0 on loopback; distribution "
+             "with its S3 driver on the same Garage and bucket (another prefix), redirects off, inmemory "
+             "blob descriptor cache")
     L.append(f"- clients: {info['wrk']}, ApacheBench {info['ab']}, {info['curl']}, Python {info['python']} (http.client / requests)")
     total = ""
     started = os.environ.get("BPF_BENCH_STARTED")
@@ -1035,7 +1153,8 @@ def render(res, sizes, info, args, elapsed, meta, ceilings):
     L.append("| --- | --- | ---: | ---: | ---: | --- | --- |")
     order = ["push", "pull", "chunked", "mget", "mget_p99", "head", "referrers", "mput",
              "post_p50", "post_p99", "post_rps", "forhost_p99", "forhost_p50", "forhost_rps",
-             "startup", "rebuild", "startup_first", "rss"]
+             "startup", "rebuild", "startup_first", "rss",
+             "s3_push", "s3_pull", "s3_chunked", "s3_mget", "s3_mget_p99"]
     for w in order:
         unit = UNITS[w]
         a, b = res.median(w, BPF), res.median(w, DIST)
@@ -1131,7 +1250,7 @@ def main():
     ap.add_argument("--cache", default=os.environ.get("BPF_BENCH_CACHE",
                                                       os.path.expanduser("~/.cache/bpf-registry-bench")))
     ap.add_argument("--keep", action="store_true", help="keep the temporary data dirs and logs")
-    ap.add_argument("--skip", default="", help="comma-separated: oci,post,store,rss (for debugging)")
+    ap.add_argument("--skip", default="", help="comma-separated: oci,shared,post,store,rss (for debugging)")
     args = ap.parse_args()
     if args.reps is None:
         args.reps = 2 if args.quick else 3
@@ -1201,6 +1320,8 @@ def main():
                                   + reg.server.log_tail())
             finally:
                 sink.stop()
+        if "shared" not in skip:
+            run_shared(args, sizes, workdir, res)
         if "post" not in skip:
             for rep in range(args.reps):
                 try:

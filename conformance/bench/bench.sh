@@ -7,7 +7,12 @@
 #    apache2-utils for ab, curl;
 #    the Python venv with requests via conformance/install-deps.sh);
 # 2. cargo build --release;
-# 3. runs bench.py: both registries on 127.0.0.1 with fresh data dirs, every
+# 3. unless `--skip shared`: a throw-away PostgreSQL (conformance/postgres.sh)
+#    and a one-node Garage (conformance/garage.sh; built once into its cache,
+#    about 20 min the first time) on loopback, for the PostgreSQL + Garage
+#    rows (bpf-registry on both, distribution's S3 driver on the same Garage);
+#    stopped at the end;
+# 4. runs bench.py: both registries on 127.0.0.1 with fresh data dirs, every
 #    workload against both, alternating, N repetitions; prints the table and
 #    writes conformance/bench/results/latest.md (latest-quick.md with --quick).
 # Exit status 0 unless something errored; no timing threshold fails the run.
@@ -51,5 +56,25 @@ fi
 say "cargo build --release"
 cargo build --release
 
+# --- shared engines --------------------------------------------------------------
+ENGINES_DIR=""
+stop_engines() {
+  if [[ -n "$ENGINES_DIR" ]]; then
+    bash conformance/garage.sh stop "$ENGINES_DIR/garage" >/dev/null 2>&1 || true
+    bash conformance/postgres.sh stop "$ENGINES_DIR/pg" >/dev/null 2>&1 || true
+    rm -rf "$ENGINES_DIR"
+  fi
+}
+if [[ " $* " != *shared* ]]; then
+  ENGINES_DIR=$(mktemp -d /tmp/bpf-bench-engines.XXXXXX)
+  trap stop_engines EXIT
+  mkdir -p "$ENGINES_DIR/pg" "$ENGINES_DIR/garage"
+  say "starting PostgreSQL and Garage for the shared-engine rows"
+  eval "$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")"
+  bash conformance/garage.sh install
+  eval "$(bash conformance/garage.sh start1 "$ENGINES_DIR/garage")"
+  export BPF_BENCH_POSTGRES="$BPF_TEST_POSTGRES" BPF_BENCH_PSQL="$BPF_TEST_PSQL" BPF_BENCH_S3_URL="$BPF_TEST_S3_URL"
+fi
+
 # --- run -----------------------------------------------------------------------
-exec "$PY" conformance/bench/bench.py "$@"
+"$PY" conformance/bench/bench.py "$@"

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::MAX_CONFIG_BYTES;
 use super::model::{ArtifactKey, ArtifactRecord, BpfConfig, HostId};
-use crate::metadata::{DerivedRow, Metadata, MetadataError};
+use crate::metadata::{ArtifactFilter, DerivedRow, ListingKey, Metadata, MetadataError};
 use crate::oci::{media, Digest, ManifestKind, ParsedManifest, RepoName};
 use crate::registry::{ManifestDeriver, ManifestStored, RegistryResult};
 use crate::storage::{paths, Backend};
@@ -76,6 +76,27 @@ fn record_of(row: crate::metadata::ArtifactRow) -> RegistryResult<Arc<ArtifactRe
         linked_at: u64::try_from(row.linked_at).unwrap_or(0),
     }))
 }
+
+/// The multi-valued filters of `GET /artifacts` an artifact answers to.
+fn facets_of(c: &BpfConfig) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = c
+        .tags
+        .iter()
+        .map(|t| (FACET_TAG.to_string(), t.clone()))
+        .collect();
+    f.push((FACET_KERNEL_VERSION.to_string(), c.kernel_version.clone()));
+    f
+}
+
+pub const FACET_TAG: &str = "tag";
+pub const FACET_KERNEL_VERSION: &str = "kernel_version";
+
+/// The `meta` key set once every artifact row has its facets (rows of a
+/// version-1 schema have none).
+const FACETS_FILLED: &str = "artifact_facets_filled";
+
+/// Rows per batch when filling the facets of older rows.
+const FILL_BATCH: u32 = 500;
 
 fn records(rows: Vec<crate::metadata::ArtifactRow>) -> RegistryResult<Vec<Arc<ArtifactRecord>>> {
     rows.into_iter().map(record_of).collect()
@@ -226,9 +247,62 @@ impl ArtifactIndex {
         records(self.meta.artifacts_for_host(&host.to_string()).await?)
     }
 
-    /// Every artifact.
-    pub async fn all(&self) -> RegistryResult<Vec<Arc<ArtifactRecord>>> {
-        records(self.meta.all_artifacts().await?)
+    /// Up to `limit` artifacts matching `f` after `after`, in the
+    /// listing order, each with its position.
+    pub async fn page(
+        &self,
+        f: &ArtifactFilter,
+        after: Option<&ListingKey>,
+        limit: u32,
+    ) -> RegistryResult<Vec<(ListingKey, Arc<ArtifactRecord>)>> {
+        self.meta
+            .list_artifacts(f, after, limit)
+            .await?
+            .into_iter()
+            .map(|(k, row)| Ok((k, record_of(row)?)))
+            .collect()
+    }
+
+    /// The hosts of each of `keys`, sorted (a key without hosts is absent).
+    pub async fn hosts_of_many(
+        &self,
+        keys: &[(RepoName, Digest)],
+    ) -> RegistryResult<std::collections::HashMap<(String, String), Vec<String>>> {
+        Ok(self.meta.hosts_of_many(keys).await?)
+    }
+
+    /// Gives the rows of a version-1 schema their facets, once, in
+    /// batches (idempotent: several replicas starting at once may all run
+    /// it; a crash midway resumes from the start).
+    pub async fn fill_facets(&self) -> RegistryResult<u64> {
+        if crate::metadata::schema::meta_value(&self.meta, FACETS_FILLED)
+            .await?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let (mut after, mut filled) = (None, 0u64);
+        loop {
+            let rows = self
+                .meta
+                .artifacts_after(after.as_ref(), FILL_BATCH)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some((last.repo.to_string(), last.digest.to_string()));
+            let n = rows.len();
+            let mut batch = Vec::with_capacity(n);
+            for row in rows {
+                let key = (row.repo.to_string(), row.digest.to_string());
+                batch.push((key, facets_of(&record_of(row)?.config)));
+            }
+            self.meta.set_artifact_facets(&batch).await?;
+            filled += n as u64;
+            if n < FILL_BATCH as usize {
+                break;
+            }
+        }
+        crate::metadata::schema::set_meta_value(&self.meta, FACETS_FILLED, "1").await?;
+        Ok(filled)
     }
 
     /// How many artifacts and host associations there are.
@@ -254,6 +328,7 @@ impl ManifestDeriver for ArtifactIndex {
                         version: r.config.version.clone(),
                         kind: r.config.kind.clone(),
                         architecture: r.config.architecture.clone(),
+                        facets: facets_of(&r.config),
                         record,
                     }],
                     Err(e) => {

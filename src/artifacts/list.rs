@@ -1,16 +1,15 @@
 //! `GET /artifacts`: the typed query (filters, limit, cursor), the listing
-//! order, and paging over the artifacts the caller may pull. Visibility
-//! is applied before paging, so neither a page nor a cursor says anything
-//! about artifacts the caller may not pull.
-
-use std::collections::HashSet;
-use std::sync::Arc;
+//! order and its cursor. The query runs in the metadata store
+//! (`metadata::artifact_list`); the service applies visibility before
+//! paging, so neither a page nor a cursor says anything about artifacts
+//! the caller may not pull.
 
 use base64::Engine as _;
 
-use super::model::{ArtifactKey, ArtifactRecord, HostId};
+use super::index::{FACET_KERNEL_VERSION, FACET_TAG};
+use super::model::{ArtifactRecord, HostId};
 use super::ArtifactError;
-use crate::oci::RepoName;
+use crate::metadata::{ArtifactFilter, ListingKey};
 
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;
@@ -80,7 +79,29 @@ impl ListQuery {
         })
     }
 
-    fn matches(&self, r: &ArtifactRecord, host_set: Option<&HashSet<ArtifactKey>>) -> bool {
+    /// The filters as the metadata store's query.
+    pub fn filter(&self) -> ArtifactFilter {
+        let mut facets = Vec::new();
+        if let Some(t) = &self.tag {
+            facets.push((FACET_TAG.to_string(), t.clone()));
+        }
+        if let Some(k) = &self.kernel_version {
+            facets.push((FACET_KERNEL_VERSION.to_string(), k.clone()));
+        }
+        ArtifactFilter {
+            repo: self.name.clone(),
+            version: self.version.clone(),
+            kind: self.kind.clone(),
+            architecture: self.architecture.clone(),
+            facets,
+            host: self.host.as_ref().map(|h| h.to_string()),
+        }
+    }
+
+    /// The same filters over a record (the query's answer is checked
+    /// again, so a row whose columns disagree with its record is never
+    /// listed for a filter it does not match).
+    pub fn matches(&self, r: &ArtifactRecord) -> bool {
         let c = &r.config;
         self.name.as_ref().is_none_or(|v| r.repo.as_str() == v)
             && self.version.as_ref().is_none_or(|v| &c.version == v)
@@ -94,7 +115,6 @@ impl ListQuery {
                 .as_ref()
                 .is_none_or(|v| &c.kernel_version == v)
             && self.tag.as_ref().is_none_or(|v| c.tags.contains(v))
-            && host_set.is_none_or(|s| s.contains(&r.key()))
     }
 }
 
@@ -120,7 +140,7 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    fn of(r: &ArtifactRecord) -> Cursor {
+    pub fn of(r: &ArtifactRecord) -> Cursor {
         Cursor {
             name: r.repo.to_string(),
             version: r.config.version.clone(),
@@ -129,13 +149,14 @@ impl Cursor {
         }
     }
 
-    fn as_key(&self) -> SortKey<'_> {
-        (
-            self.name.as_str(),
-            self.version.as_str(),
-            self.architecture.as_str(),
-            self.id.clone(),
-        )
+    /// The position in the metadata store's listing order.
+    pub fn key(&self) -> ListingKey {
+        ListingKey {
+            repo: self.name.clone(),
+            version: self.version.clone(),
+            architecture: self.architecture.clone(),
+            digest: self.id.clone(),
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -170,34 +191,6 @@ impl Cursor {
             id: id.into(),
         })
     }
-}
-
-/// One page of `records` matching `q` among those whose repository passes
-/// `visible`, and the cursor of the next page. `host_set` is the set of
-/// artifacts associated with `q.host`, when it is given.
-pub fn page(
-    records: Vec<Arc<ArtifactRecord>>,
-    q: &ListQuery,
-    host_set: Option<&HashSet<ArtifactKey>>,
-    visible: &dyn Fn(&RepoName) -> bool,
-) -> (Vec<Arc<ArtifactRecord>>, Option<String>) {
-    let mut recs: Vec<Arc<ArtifactRecord>> = records
-        .into_iter()
-        .filter(|r| visible(&r.repo) && q.matches(r, host_set))
-        .collect();
-    recs.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
-    let start = match &q.cursor {
-        Some(c) => recs.partition_point(|r| sort_key(r) <= c.as_key()),
-        None => 0,
-    };
-    let more = start.saturating_add(q.limit) < recs.len();
-    let page: Vec<Arc<ArtifactRecord>> = recs.into_iter().skip(start).take(q.limit).collect();
-    let next = if more {
-        page.last().map(|r| Cursor::of(r).encode())
-    } else {
-        None
-    };
-    (page, next)
 }
 
 #[cfg(test)]

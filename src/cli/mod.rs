@@ -38,11 +38,12 @@ BPF_REGISTRY_UPLOAD_TTL and temporary files of interrupted writes.
 
 pub const SCRUB_USAGE: &str = "Usage: bpf-registry scrub [--repair] [--json]
 
-Re-hashes every blob and checks every tag, link, manifest reference and
-referrer link. Exit status 0 when the store is sound, 1 when anything is
-wrong (even if repaired), 2 on a usage error.
-  --repair  move corrupt blobs to _quarantine/sha256/<hex>, rewrite missing
-            referrer links, drop referrer links of deleted manifests
+Re-hashes every blob and checks the metadata rows against the blobs: every
+tag, blob link, manifest reference, index child and referrer row. Exit
+status 0 when the store is sound, 1 when anything is wrong (even if
+repaired), 2 on a usage error.
+  --repair  move corrupt blobs to _quarantine/sha256/<hex> (the rows naming
+            them are reported, not changed)
   --json    print the report as JSON
 ";
 
@@ -183,19 +184,13 @@ fn print_gc(r: &GcReport) {
     );
     if r.dry_run {
         println!(
-            "gc: links that would be removed: {} in _layers, {} in _referrers (upload sessions and temporary files not examined)",
-            r.layer_links_removed, r.referrer_links_removed
+            "gc: blob links that would be removed: {} (upload sessions and temporary files not examined)",
+            r.blob_links_removed
         );
     } else {
         println!(
-            "gc: links removed: {} in _layers, {} in _referrers; upload sessions purged: {}; temporary files removed: {}",
-            r.layer_links_removed, r.referrer_links_removed, r.uploads_purged, r.temp_files_removed
-        );
-    }
-    if r.unreadable_manifests > 0 {
-        println!(
-            "gc: WARNING: {} kept manifests cannot be read; blobs were not swept (run `bpf-registry scrub`)",
-            r.unreadable_manifests
+            "gc: blob links removed: {}; upload sessions purged: {}; temporary files removed: {}",
+            r.blob_links_removed, r.uploads_purged, r.temp_files_removed
         );
     }
     println!("gc: done in {} ms", r.duration_ms);
@@ -216,27 +211,16 @@ fn print_scrub(r: &ScrubReport) {
         );
     }
     println!(
-        "scrub: {} blobs re-hashed ({}), {} repositories, {} tags, {} manifests, {} layer links, {} referrer links checked in {} ms",
+        "scrub: {} blobs re-hashed ({}), {} repositories, {} tags, {} manifests, {} blob links, {} referrers checked in {} ms",
         r.blobs_checked,
         human_bytes(r.bytes_hashed),
         r.repositories,
         r.tags_checked,
         r.manifests_checked,
-        r.layer_links_checked,
-        r.referrer_links_checked,
+        r.blob_links_checked,
+        r.referrers_checked,
         r.duration_ms
     );
-    if r.dangling_referrer_links > 0 {
-        println!(
-            "scrub: {} referrer links of deleted manifests (harmless; gc {})",
-            r.dangling_referrer_links,
-            if r.repair {
-                "and --repair remove them: removed"
-            } else {
-                "and --repair remove them"
-            }
-        );
-    }
     if r.is_clean() {
         println!("scrub: OK, no problems found");
     } else {

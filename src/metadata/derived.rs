@@ -20,6 +20,8 @@ pub enum DerivedRow {
         version: String,
         kind: String,
         architecture: String,
+        /// The multi-valued filters (`("tag", t)`, `("kernel_version", k)`).
+        facets: Vec<(String, String)>,
         record: String,
     },
     /// A host-association referrer of `subject`.
@@ -62,6 +64,7 @@ pub(super) async fn insert(
             version,
             kind,
             architecture,
+            facets,
             record,
         } => {
             // Stored again: keeps the time it was first linked.
@@ -71,8 +74,8 @@ pub(super) async fn insert(
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (repo, digest) DO UPDATE SET record = excluded.record",
             )
-            .bind(repo)
-            .bind(digest)
+            .bind(repo.clone())
+            .bind(digest.clone())
             .bind(name.clone())
             .bind(version.clone())
             .bind(kind.clone())
@@ -81,6 +84,7 @@ pub(super) async fn insert(
             .bind(record.clone())
             .execute(&mut **tx)
             .await?;
+            replace_facets(tx, &repo, &digest, facets).await?;
         }
         DerivedRow::HostAssociation { subject, host } => {
             sqlx::query(
@@ -116,6 +120,33 @@ pub(super) async fn insert(
     Ok(())
 }
 
+/// Sets the facet rows of one artifact.
+pub(super) async fn replace_facets(
+    tx: &mut Transaction<'static, Any>,
+    repo: &str,
+    digest: &str,
+    facets: &[(String, String)],
+) -> MetadataResult<()> {
+    sqlx::query("DELETE FROM artifact_facets WHERE repo = $1 AND digest = $2")
+        .bind(repo.to_string())
+        .bind(digest.to_string())
+        .execute(&mut **tx)
+        .await?;
+    for (facet, value) in facets {
+        sqlx::query(
+            "INSERT INTO artifact_facets (repo, digest, facet, value) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo.to_string())
+        .bind(digest.to_string())
+        .bind(facet.clone())
+        .bind(value.clone())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn delete(
     tx: &mut Transaction<'static, Any>,
     repo: &str,
@@ -123,6 +154,7 @@ pub(super) async fn delete(
 ) -> MetadataResult<()> {
     for statement in [
         "DELETE FROM artifacts WHERE repo = $1 AND digest = $2",
+        "DELETE FROM artifact_facets WHERE repo = $1 AND digest = $2",
         "DELETE FROM host_associations WHERE repo = $1 AND digest = $2",
         "DELETE FROM signatures WHERE repo = $1 AND digest = $2",
     ] {
@@ -135,7 +167,7 @@ pub(super) async fn delete(
     Ok(())
 }
 
-fn artifact_row(r: &sqlx::any::AnyRow) -> MetadataResult<ArtifactRow> {
+pub(super) fn artifact_row(r: &sqlx::any::AnyRow) -> MetadataResult<ArtifactRow> {
     Ok(ArtifactRow {
         repo: repo_col(&r.try_get::<String, _>(0)?)?,
         digest: digest_col(&r.try_get::<String, _>(1)?)?,
@@ -144,7 +176,7 @@ fn artifact_row(r: &sqlx::any::AnyRow) -> MetadataResult<ArtifactRow> {
     })
 }
 
-const ARTIFACT_COLUMNS: &str = "a.repo, a.digest, a.record, a.linked_at";
+pub(super) const ARTIFACT_COLUMNS: &str = "a.repo, a.digest, a.record, a.linked_at";
 
 impl Metadata {
     /// One artifact.
@@ -171,16 +203,6 @@ impl Metadata {
              ORDER BY a.linked_at, a.repo"
         )))
         .bind(digest.to_string())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(artifact_row).collect()
-    }
-
-    /// Every artifact, by name then version then repository.
-    pub async fn all_artifacts(&self) -> MetadataResult<Vec<ArtifactRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ARTIFACT_COLUMNS} FROM artifacts a ORDER BY a.name, a.version, a.repo, a.digest"
-        )))
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(artifact_row).collect()

@@ -19,6 +19,7 @@
 //! advisory lock on its repository, and the collector an exclusive one on
 //! which every reference-making write takes a shared hold (see [`locks`]).
 
+mod artifact_list;
 mod derived;
 mod engine;
 pub mod gc;
@@ -26,10 +27,11 @@ mod manifests;
 pub mod schema;
 mod uploads;
 
+pub use artifact_list::{ArtifactFilter, ListingKey, RowKey};
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
-pub use uploads::{UploadLease, UploadRow};
+pub use uploads::{SessionCaps, UploadCapHit, UploadLease, UploadRow};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
@@ -98,6 +100,9 @@ pub mod locks {
     pub const GC: i64 = 0x6270_6672_6567_0001;
     /// Held (session-level) by the one collector that runs at a time.
     pub const COLLECTOR: i64 = 0x6270_6672_6567_0002;
+    /// Held by a new upload session's count-and-insert, so the caps hold
+    /// across replicas.
+    pub const UPLOAD_CAPS: i64 = 0x6270_6672_6567_0004;
 }
 
 impl Metadata {

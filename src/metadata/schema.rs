@@ -9,7 +9,7 @@ use super::{Metadata, MetadataResult};
 
 /// The version this code writes; recorded in `meta` so a later version
 /// can migrate.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// `{key}` in a statement: a text column that sorts and compares byte-wise
 /// (the OCI lexical order of tags and the catalog). SQLite's default
@@ -18,6 +18,15 @@ fn key_type(engine: super::Engine) -> &'static str {
     match engine {
         super::Engine::Sqlite => "TEXT",
         super::Engine::Postgres => "TEXT COLLATE \"C\"",
+    }
+}
+
+/// `{c}` after an expression: byte-wise comparison of a plain text column
+/// (in an index or an `ORDER BY`), so both engines sort the same.
+pub(super) fn bytewise(engine: super::Engine) -> &'static str {
+    match engine {
+        super::Engine::Sqlite => "",
+        super::Engine::Postgres => " COLLATE \"C\"",
     }
 }
 
@@ -82,6 +91,19 @@ const STATEMENTS: &[&str] = &[
         PRIMARY KEY (repo, digest))",
     "CREATE INDEX IF NOT EXISTS artifacts_by_digest ON artifacts (digest, linked_at)",
     "CREATE INDEX IF NOT EXISTS artifacts_by_name ON artifacts (name, version)",
+    // The order of `GET /artifacts` and its cursor (version 2).
+    "CREATE INDEX IF NOT EXISTS artifacts_listing
+        ON artifacts (repo, version{c}, architecture{c}, digest)",
+    // The multi-valued filters of `GET /artifacts`: `tag` (one row per
+    // tag) and `kernel_version` (version 2; filled for older rows by
+    // the artifacts module at start-up).
+    "CREATE TABLE IF NOT EXISTS artifact_facets (
+        repo {key} NOT NULL,
+        digest {key} NOT NULL,
+        facet TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (repo, digest, facet, value))",
+    "CREATE INDEX IF NOT EXISTS artifact_facets_by_value ON artifact_facets (facet, value)",
     "CREATE TABLE IF NOT EXISTS host_associations (
         repo {key} NOT NULL,
         digest {key} NOT NULL,
@@ -249,7 +271,7 @@ pub(super) async fn apply(m: &Metadata) -> MetadataResult<()> {
     }
     let key = key_type(m.engine());
     for s in STATEMENTS {
-        let statement = s.replace("{key}", key);
+        let statement = s.replace("{key}", key).replace("{c}", bytewise(m.engine()));
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(&mut *tx)
             .await?;

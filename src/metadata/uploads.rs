@@ -36,6 +36,20 @@ fn upload_row(r: &sqlx::any::AnyRow) -> MetadataResult<UploadRow> {
 
 const COLUMNS: &str = "id, repo, owner, committed, started_at, updated_at";
 
+/// The caps a new session is counted against, over every replica's rows.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionCaps {
+    pub total: u64,
+    pub per_owner: u64,
+}
+
+/// Which cap a new session would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadCapHit {
+    Total,
+    Owner,
+}
+
 impl Metadata {
     /// Records a new session.
     pub async fn insert_upload(&self, row: &UploadRow) -> MetadataResult<()> {
@@ -51,6 +65,55 @@ impl Metadata {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Records a new session unless the sessions already recorded (by
+    /// every replica) reach a cap: counted and inserted in one
+    /// transaction, serialized across replicas (PostgreSQL: an advisory
+    /// lock; SQLite: `BEGIN IMMEDIATE`), so concurrent starts never exceed
+    /// it together.
+    pub async fn insert_upload_capped(
+        &self,
+        row: &UploadRow,
+        caps: SessionCaps,
+    ) -> MetadataResult<Result<(), UploadCapHit>> {
+        let mut tx = self.begin_write().await?;
+        if self.engine() == super::Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(super::locks::UPLOAD_CAPS)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM uploads")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if u64::try_from(total).unwrap_or(0) >= caps.total {
+            return Ok(Err(UploadCapHit::Total));
+        }
+        if let Some(owner) = &row.owner {
+            let mine: i64 = sqlx::query("SELECT COUNT(*) FROM uploads WHERE owner = $1")
+                .bind(owner.clone())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if u64::try_from(mine).unwrap_or(0) >= caps.per_owner {
+                return Ok(Err(UploadCapHit::Owner));
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO uploads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        )))
+        .bind(row.id.clone())
+        .bind(row.repo.to_string())
+        .bind(row.owner.clone())
+        .bind(row.committed as i64)
+        .bind(row.started_at)
+        .bind(row.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 
     /// One session; `None` if it never existed or has ended.

@@ -1,53 +1,40 @@
-//! Garbage collection: mark everything reachable, sweep the rest.
+//! Garbage collection: mark everything the metadata rows reference, sweep
+//! the blobs nothing references.
 //!
-//! **Mark.** Per repository: every manifest linked in `_manifests` is kept
-//! (with `delete_untagged`, only those reachable from a tag through index
-//! children and referrers, plus any linked less than the grace period ago;
-//! the other manifests are unlinked first). A kept manifest keeps its own
-//! blob, its config and layers, and its index children.
+//! **Mark.** Every manifest row is kept (with `delete_untagged`, only
+//! those reachable from a tag through index children and referrers, plus
+//! any linked less than the grace period ago; the other manifests are
+//! deleted first, with their rows). The mark is one query: every digest a
+//! manifest row names or references (`manifest_refs`: config, layers,
+//! index children).
 //!
-//! **Sweep.** Blobs not marked and older than the grace period (by
-//! modification time) are deleted, after the `_layers` links naming them.
-//! `_layers` links whose blob is gone and `_referrers` links whose
-//! manifest is no longer linked are removed. Upload sessions untouched for
-//! the upload TTL, and temporary files of interrupted writes, are purged:
-//! this version's (internal names, `.tmp-...`) and the previous version's
-//! only where no client name can take their form (`storage::paths`); so a
-//! repository or tag that merely looks like a temp file is never touched.
+//! **Sweep.** Blobs of the blob store not marked and older than the grace
+//! period (file modification time; S3 `LastModified`) are deleted in
+//! batches. Each batch is one metadata transaction holding the collector's
+//! exclusive lock (PostgreSQL: an advisory lock every write transaction
+//! takes shared; SQLite: `BEGIN IMMEDIATE`): it re-checks every candidate
+//! against the rows, deletes its blob links, deletes the bytes, then
+//! commits. So a manifest PUT (whose transaction re-checks that its blobs
+//! are linked) either committed before the batch, and the re-check keeps
+//! the blob, or commits after it and is refused with `MANIFEST_BLOB_UNKNOWN`;
+//! never a committed manifest naming deleted bytes. Blob links whose bytes
+//! are gone, upload sessions untouched for the upload TTL and temporary
+//! files of interrupted writes are purged too.
 //!
-//! **Safety while pushes run.** The mark reads a snapshot that is stale by
-//! the time the sweep runs: a push may, meanwhile, make an unmarked blob
-//! referenced (a manifest naming a blob that was uploaded long ago, or a
-//! re-upload of content already stored, which is not rewritten). Two
-//! mechanisms close that window:
+//! **Writes in flight.** Bytes stored but not yet named by a committed row
+//! (a blob uploaded a moment ago for a manifest not pushed yet, a REST
+//! create between its blobs and its manifest) are protected by the grace
+//! period on every replica. Within one process, also by
+//! `Coordinator`: while the collector runs, writers record the digests
+//! they touch in a protected set, and the REST facade pins its blobs
+//! (`pin_for_gc`), so even a zero grace cannot take them; across replicas
+//! only the grace period does (keep it well above the slowest push).
 //!
-//! 1. A registry-wide read/write lock (`Coordinator::lock`). Every write
-//!    that makes a blob or manifest reachable (blob commit, mount, small
-//!    blob, manifest PUT, from its existence checks to its last link) holds
-//!    it shared; the collector takes it exclusive once to switch itself
-//!    "active", and again for each batch of deletions. While the collector
-//!    is active, writers record every digest they touch or reference in a
-//!    protected set; each deletion re-checks, under the exclusive lock,
-//!    that its digest is not protected and (for blobs) still old enough.
-//!    So a write either finished before the collector became active (and
-//!    the mark saw it) or its digests are protected.
-//! 2. A re-upload of an existing blob (or a mount) "touches" it, so the
-//!    grace period counts from the last upload, not the first: a client
-//!    that uploaded a blob has the whole grace period to push the manifest
-//!    that references it, even between collections.
-//!
-//! A lock rather than "re-check the links before deleting": links alone do
-//! not show a blob that a client has just uploaded and is about to
-//! reference, and re-reading every manifest before each deletion would
-//! cost a second mark. The exclusive sections are short (a batch of
-//! deletions), so pushes pause for milliseconds, not for the whole mark.
-//!
-//! Across processes, the `gc` command takes the data folder's lock file
-//! exclusively, as a running server does, so it never runs beside a
-//! server; the server runs the same collector online instead.
-//!
-//! If any kept manifest cannot be read or parsed, the blob sweep is skipped
-//! (its references are unknown) and the report says so: run `scrub`.
+//! **One collector.** The server runs it every `BPF_REGISTRY_GC_INTERVAL`;
+//! with several replicas the first to take the collector lease
+//! (PostgreSQL session advisory lock) runs and the others skip that round.
+//! The `gc` command takes the data folder's lock exclusively, so on SQLite
+//! it never runs beside a server.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,13 +86,10 @@ pub struct GcReport {
     pub blobs_young: u64,
     /// Candidates kept because a push referenced them during the run.
     pub protected: u64,
-    pub layer_links_removed: u64,
-    pub referrer_links_removed: u64,
+    /// Repository → blob rows removed (their blob is deleted or gone).
+    pub blob_links_removed: u64,
     pub uploads_purged: u64,
     pub temp_files_removed: u64,
-    /// Kept manifests that could not be read or parsed; when non-zero the
-    /// blob sweep was skipped.
-    pub unreadable_manifests: u64,
     pub duration_ms: u64,
 }
 
@@ -123,20 +107,12 @@ impl GcReport {
             bytes_freed = self.bytes_freed,
             blobs_young = self.blobs_young,
             protected = self.protected,
-            layer_links_removed = self.layer_links_removed,
-            referrer_links_removed = self.referrer_links_removed,
+            blob_links_removed = self.blob_links_removed,
             uploads_purged = self.uploads_purged,
             temp_files_removed = self.temp_files_removed,
-            unreadable_manifests = self.unreadable_manifests,
             duration_ms = self.duration_ms,
             "garbage collection finished"
         );
-        if self.unreadable_manifests > 0 {
-            tracing::warn!(
-                unreadable_manifests = self.unreadable_manifests,
-                "blob sweep skipped: some kept manifests cannot be read; run scrub"
-            );
-        }
     }
 }
 
@@ -388,7 +364,7 @@ impl Registry {
             if opts.dry_run {
                 for d in batch {
                     report.blobs_deleted += 1;
-                    report.layer_links_removed += links_of.get(d).copied().unwrap_or(0);
+                    report.blob_links_removed += links_of.get(d).copied().unwrap_or(0);
                     let b = self.backend.clone();
                     let p = paths::blob(d);
                     report.bytes_freed += blocking(move || Ok(b.size(&p)?)).await?.unwrap_or(0);
@@ -434,7 +410,7 @@ impl Registry {
             for (d, size) in &deleted {
                 report.blobs_deleted += 1;
                 report.bytes_freed += size;
-                report.layer_links_removed += links_of.get(d).copied().unwrap_or(0);
+                report.blob_links_removed += links_of.get(d).copied().unwrap_or(0);
             }
         }
 
@@ -458,7 +434,7 @@ impl Registry {
         .await?;
         if !dangling.is_empty() {
             if opts.dry_run {
-                report.layer_links_removed += dangling.len() as u64;
+                report.blob_links_removed += dangling.len() as u64;
             } else {
                 let _x = self.gc.lock.write().await;
                 let protected = self.gc.protected();
@@ -466,7 +442,7 @@ impl Registry {
                     .into_iter()
                     .filter(|(_, d)| !protected.contains(d))
                     .collect();
-                report.layer_links_removed += self.meta.remove_blob_links(&doomed).await?;
+                report.blob_links_removed += self.meta.remove_blob_links(&doomed).await?;
             }
         }
 
@@ -613,7 +589,7 @@ mod tests {
         assert!(exists(&reg, &kept) && exists(&reg, &Digest::of(b"kept layer")));
         assert!(exists(&reg, &Digest::of(b"{}")));
         // Their layer links went with them.
-        assert_eq!(r.layer_links_removed, 2);
+        assert_eq!(r.blob_links_removed, 2);
         let m = reg
             .get_manifest(&repo, &Reference::parse("v1").unwrap(), &[])
             .await

@@ -74,11 +74,10 @@ pub struct ScrubReport {
     pub repositories: u64,
     pub tags_checked: u64,
     pub manifests_checked: u64,
-    pub layer_links_checked: u64,
-    pub referrer_links_checked: u64,
-    /// Referrer links whose manifest is gone (harmless leftovers of an
-    /// interrupted push or delete; removed by gc or `--repair`).
-    pub dangling_referrer_links: u64,
+    /// Repository → blob rows checked against the blobs stored.
+    pub blob_links_checked: u64,
+    /// Manifests with a subject, checked against their referrer row.
+    pub referrers_checked: u64,
     pub problems: Vec<Problem>,
     pub duration_ms: u64,
 }
@@ -102,8 +101,8 @@ impl ScrubReport {
             repositories = self.repositories,
             tags_checked = self.tags_checked,
             manifests_checked = self.manifests_checked,
-            layer_links_checked = self.layer_links_checked,
-            referrer_links_checked = self.referrer_links_checked,
+            blob_links_checked = self.blob_links_checked,
+            referrers_checked = self.referrers_checked,
             problems = self.problems.len(),
             repaired = self.repaired(),
             duration_ms = self.duration_ms,
@@ -213,10 +212,10 @@ impl Ctx<'_> {
             }
         }
         for d in &rows.blob_links {
-            self.report.layer_links_checked += 1;
+            self.report.blob_links_checked += 1;
             if !blobs.contains(d) {
                 self.problem(
-                    "layer_link_dangling",
+                    "blob_link_dangling",
                     Some(repo),
                     d,
                     "linked blob is not stored",
@@ -315,7 +314,7 @@ impl Ctx<'_> {
                     Some(_) => {}
                 }
             }
-            self.report.referrer_links_checked += u64::from(m.subject.is_some());
+            self.report.referrers_checked += u64::from(m.subject.is_some());
             let subject = m.subject.as_ref().map(|s| &s.digest);
             if subject != rows.subjects.get(d).and_then(|s| s.as_ref()) {
                 self.problem(

@@ -17,9 +17,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::io::{blocking, hash_reader, pump};
-use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef};
+use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef, UploadCap};
 use super::{Registry, RegistryError, RegistryResult};
-use crate::metadata::{unix_now, UploadRow};
+use crate::metadata::{unix_now, SessionCaps, UploadCapHit, UploadRow};
 use crate::oci::{Digest, RepoName, Sha256Hasher};
 use crate::storage::{paths, UploadId};
 
@@ -127,8 +127,28 @@ impl Registry {
             guard,
             _lease: None,
         };
-        if let Err(e) = self.meta.insert_upload(&row).await {
-            let e = RegistryError::from(e);
+        // The in-memory table caps this process; the rows cap every
+        // replica together.
+        let caps = SessionCaps {
+            total: self.limits.max_upload_sessions as u64,
+            per_owner: self.limits.max_upload_sessions_per_principal as u64,
+        };
+        let refused = match self.meta.insert_upload_capped(&row, caps).await {
+            Ok(Ok(())) => None,
+            Ok(Err(hit)) => Some(RegistryError::TooManyUploads {
+                cap: match (hit, owner) {
+                    (UploadCapHit::Total, _) => UploadCap::RegistryWide,
+                    (UploadCapHit::Owner, Principal::User(_)) => UploadCap::PerUser,
+                    (UploadCapHit::Owner, Principal::Address(_)) => UploadCap::PerAddress,
+                },
+                limit: match hit {
+                    UploadCapHit::Total => self.limits.max_upload_sessions,
+                    UploadCapHit::Owner => self.limits.max_upload_sessions_per_principal,
+                },
+            }),
+            Err(e) => Some(RegistryError::from(e)),
+        };
+        if let Some(e) = refused {
             let _ = self.end_session(&id, &mut open).await;
             return Err(e);
         }

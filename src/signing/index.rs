@@ -8,6 +8,8 @@
 //! answers the artifact JSON's `signature` field and "is this already
 //! signed?"; `/signatures` and `/verify` read the store itself.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::cosign::{self, annotations};
@@ -132,6 +134,27 @@ impl SignatureIndex {
     ) -> RegistryResult<Option<SignatureSummary>> {
         let list = self.entries(repo, subject).await?;
         Ok(summarize(&list, subject, key_id))
+    }
+
+    /// [`summary`](Self::summary) of each of `keys`, in one query per
+    /// 200 keys; a key without signatures is absent.
+    pub async fn summaries(
+        &self,
+        keys: &[(RepoName, Digest)],
+        key_id: Option<&str>,
+    ) -> RegistryResult<HashMap<(RepoName, Digest), SignatureSummary>> {
+        let rows = self.meta.signatures_of_many(keys).await?;
+        let mut out = HashMap::new();
+        for (repo, subject) in keys {
+            let Some(list) = rows.get(&(repo.to_string(), subject.to_string())) else {
+                continue;
+            };
+            let list: Vec<SigEntry> = list.iter().cloned().filter_map(entry_of).collect();
+            if let Some(s) = summarize(&list, subject, key_id) {
+                out.insert((repo.clone(), subject.clone()), s);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -153,6 +153,16 @@ impl SigningService {
         self.index.summary(repo, digest, self.key_id()).await
     }
 
+    /// [`summary`](Self::summary) of many manifests at once.
+    pub async fn summaries(
+        &self,
+        keys: &[(RepoName, Digest)],
+    ) -> crate::registry::RegistryResult<
+        std::collections::HashMap<(RepoName, Digest), SignatureSummary>,
+    > {
+        self.index.summaries(keys, self.key_id()).await
+    }
+
     /// Holds the `.sig` tag of `subject` in `repo` (see the module doc).
     async fn lock_tag(&self, repo: &RepoName, subject: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};

@@ -106,11 +106,7 @@ impl ArtifactService {
         let mut recs = self.index.artifacts_for_host(host).await?;
         recs.retain(|r| visible(&r.repo));
         recs.sort_by(|a, b| list::sort_key(a).cmp(&list::sort_key(b)));
-        let mut out = Vec::with_capacity(recs.len());
-        for r in &recs {
-            out.push(self.json(r).await?);
-        }
-        Ok(out)
+        self.json_many(&recs).await
     }
 
     /// Deletes every association of an artifact (before the artifact), in
