@@ -192,6 +192,7 @@ fn artifact(name: &str, version: &str, arch: &str, seed: u64, hosts: &[&str]) ->
         "description": format!("{name} {version}"),
         "data": b64(&pseudo_random(400, seed)),
         "hosts": hosts,
+        "tags": ["stable", format!("v{version}")],
     })
 }
 
@@ -429,6 +430,14 @@ async fn snapshot(s: &TestServer) -> BTreeMap<String, Answer> {
         .map(|a| a["id"].as_str().expect("id").to_string())
         .collect();
     out.insert("/artifacts".to_string(), list);
+    // The filters answered from their own rows (facets, hosts).
+    for filter in ["tag=stable", "kernel_version=5.15.0", "host=node-a"] {
+        let path = format!("/artifacts?{filter}&limit=1000");
+        let a = get(s, &path, None).await;
+        let n = json_of(&a)["artifacts"].as_array().map_or(0, Vec::len);
+        assert!(n > 0, "{path}: nothing listed");
+        out.insert(path, a);
+    }
     let mut hosts = BTreeSet::new();
     for id in ids {
         for sub in ["", "/hosts", "/signatures", "/verify"] {

@@ -201,6 +201,17 @@ pub const TABLES: &[Table] = &[
         copied: true,
     },
     Table {
+        name: "artifact_facets",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("facet", Text),
+            ("value", Text),
+        ],
+        key: &["repo", "digest", "facet", "value"],
+        copied: true,
+    },
+    Table {
         name: "host_associations",
         columns: &[
             ("repo", Text),
