@@ -1,5 +1,5 @@
 //! The `bpf-registry` binary: reads the configuration, sets up logging,
-//! binds, serves until SIGTERM/SIGINT. `gc` and `scrub` run the
+//! binds, serves until SIGTERM/SIGINT. `gc`, `scrub` and `migrate` run the
 //! maintenance commands of `bpf_registry::cli` instead, `sign` the one of
 //! `bpf_registry::signing::cli`.
 
@@ -7,7 +7,7 @@ use bpf_registry::config::{Config, VARIABLES};
 
 fn usage() -> String {
     let mut s = String::from(
-        "bpf-registry: an OCI 1.1 registry for eBPF artifacts\n\nUsage: bpf-registry [--help] [--version]\n       bpf-registry gc [--dry-run] [--delete-untagged] [--json]   (collect garbage; server stopped)\n       bpf-registry scrub [--repair] [--json]                     (verify the store)\n       bpf-registry sign [--json]                                 (sign unsigned artifacts; server stopped)\n\nConfiguration (environment variables):\n",
+        "bpf-registry: an OCI 1.1 registry for eBPF artifacts\n\nUsage: bpf-registry [--help] [--version]\n       bpf-registry gc [--dry-run] [--delete-untagged] [--json]   (collect garbage; server stopped)\n       bpf-registry scrub [--repair] [--json]                     (verify the store)\n       bpf-registry sign [--json]                                 (sign unsigned artifacts; server stopped)\n       bpf-registry migrate --metadata <postgres://..|sqlite:PATH> [--blob-store <s3://..|fs:DIR>] [--json]\n                                                                  (copy the store to other engines; server stopped)\n\nConfiguration (environment variables):\n",
     );
     for (var, default, meaning) in VARIABLES {
         s.push_str(&format!("  {var:<36} default {default:<18} {meaning}\n"));
@@ -30,6 +30,9 @@ fn main() {
         Some("scrub") => {
             std::process::exit(bpf_registry::cli::scrub(args.get(1..).unwrap_or_default()))
         }
+        Some("migrate") => std::process::exit(bpf_registry::cli::migrate(
+            args.get(1..).unwrap_or_default(),
+        )),
         Some("sign") => std::process::exit(bpf_registry::signing::cli::sign(
             args.get(1..).unwrap_or_default(),
         )),

@@ -125,6 +125,150 @@ const STATEMENTS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS signatures_by_subject ON signatures (repo, subject)",
 ];
 
+/// How a column is read and written when rows are copied between stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Text,
+    Int,
+}
+
+/// A table of [`STATEMENTS`] as `bpf-registry migrate` copies it: its
+/// columns (nullable or not, each is copied as an optional value), its
+/// primary key, and whether its rows belong in a copy of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [(&'static str, ColumnKind)],
+    pub key: &'static [&'static str],
+    /// `false` for upload sessions: their bytes stay in the source's
+    /// upload folders, so a copied row would name bytes the target lacks.
+    pub copied: bool,
+}
+
+use ColumnKind::{Int, Text};
+
+/// Every table of the schema, in the order a copy writes them (rows that
+/// name others after them, tags next to last, `meta` last). A unit test
+/// compares this list with the tables SQLite creates from [`STATEMENTS`]:
+/// a new table or column cannot be forgotten by the copy.
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "repositories",
+        columns: &[("name", Text), ("created_at", Int)],
+        key: &["name"],
+        copied: true,
+    },
+    Table {
+        name: "blob_links",
+        columns: &[("repo", Text), ("digest", Text), ("linked_at", Int)],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "manifests",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("media_type", Text),
+            ("size", Int),
+            ("subject", Text),
+            ("artifact_type", Text),
+            ("descriptor", Text),
+            ("linked_at", Int),
+        ],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "manifest_refs",
+        columns: &[("repo", Text), ("manifest", Text), ("target", Text)],
+        key: &["repo", "manifest", "target"],
+        copied: true,
+    },
+    Table {
+        name: "artifacts",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("name", Text),
+            ("version", Text),
+            ("kind", Text),
+            ("architecture", Text),
+            ("linked_at", Int),
+            ("record", Text),
+        ],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "artifact_facets",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("facet", Text),
+            ("value", Text),
+        ],
+        key: &["repo", "digest", "facet", "value"],
+        copied: true,
+    },
+    Table {
+        name: "host_associations",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("subject", Text),
+            ("host", Text),
+        ],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "signatures",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("subject", Text),
+            ("key_id", Text),
+            ("key_version", Int),
+            ("algorithm", Text),
+            ("created", Text),
+            ("stored_at", Int),
+        ],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "tags",
+        columns: &[
+            ("repo", Text),
+            ("tag", Text),
+            ("digest", Text),
+            ("updated_at", Int),
+        ],
+        key: &["repo", "tag"],
+        copied: true,
+    },
+    Table {
+        name: "uploads",
+        columns: &[
+            ("id", Text),
+            ("repo", Text),
+            ("owner", Text),
+            ("committed", Int),
+            ("started_at", Int),
+            ("updated_at", Int),
+        ],
+        key: &["id"],
+        copied: false,
+    },
+    Table {
+        name: "meta",
+        columns: &[("key", Text), ("value", Text)],
+        key: &["key"],
+        copied: true,
+    },
+];
+
 /// Creates what is missing and records the version. Two replicas starting
 /// at once may both run this: every statement is idempotent, and on
 /// PostgreSQL a transaction advisory lock makes them run one at a time.
@@ -178,4 +322,60 @@ pub async fn set_meta_value(m: &Metadata, key: &str, value: &str) -> MetadataRes
     .execute(m.pool())
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row;
+
+    /// The list the copy uses is the schema: every table, column, type
+    /// and primary key SQLite made from the statements, and nothing else.
+    #[tokio::test]
+    async fn the_table_list_is_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metadata::open_in_dir(dir.path()).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .fetch_all(m.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        let mut listed: Vec<String> = TABLES.iter().map(|t| t.name.to_string()).collect();
+        listed.sort();
+        assert_eq!(tables, listed, "schema tables vs schema::TABLES");
+        for t in TABLES {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT name, type, pk FROM pragma_table_info('{}') ORDER BY cid",
+                t.name
+            )))
+            .fetch_all(m.pool())
+            .await
+            .unwrap();
+            let columns: Vec<(String, ColumnKind)> = rows
+                .iter()
+                .map(|r| {
+                    let kind = match r.get::<String, _>(1).as_str() {
+                        "TEXT" => Text,
+                        "BIGINT" => Int,
+                        other => panic!("{}: column type {other} has no ColumnKind", t.name),
+                    };
+                    (r.get::<String, _>(0), kind)
+                })
+                .collect();
+            let listed: Vec<(String, ColumnKind)> =
+                t.columns.iter().map(|(c, k)| (c.to_string(), *k)).collect();
+            assert_eq!(columns, listed, "columns of {}", t.name);
+            let mut key: Vec<(i64, String)> = rows
+                .iter()
+                .filter(|r| r.get::<i64, _>(2) > 0)
+                .map(|r| (r.get::<i64, _>(2), r.get::<String, _>(0)))
+                .collect();
+            key.sort();
+            let key: Vec<String> = key.into_iter().map(|(_, c)| c).collect();
+            assert_eq!(key, t.key, "primary key of {}", t.name);
+        }
+    }
 }

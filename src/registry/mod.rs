@@ -9,6 +9,7 @@ pub mod import;
 mod io;
 mod manifest_cache;
 mod manifests;
+pub mod migrate;
 pub mod scrub;
 mod upload_table;
 mod uploads;

@@ -1,4 +1,5 @@
-//! The maintenance subcommands of the binary: `gc` and `scrub`. Both read
+//! The maintenance subcommands of the binary: `gc`, `scrub` and (in
+//! [`migrate`]) `migrate`. Each reads
 //! the same `BPF_REGISTRY_*` configuration as the server, print a summary
 //! on stdout (or the JSON report with `--json`), log a structured line on
 //! stderr, and return the process exit status.
@@ -11,8 +12,12 @@
 //! server, noting on stderr that findings may then include writes in
 //! flight.
 
+mod migrate;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use migrate::{migrate, MIGRATE_USAGE};
 
 use crate::config::Config;
 use crate::registry::gc::{GcOptions, GcReport};
