@@ -18,7 +18,7 @@
 //!   table per dialect (`http::error`): the only place domain errors
 //!   become wire errors.
 //! - [`config`]: typed configuration from `BPF_REGISTRY_*` variables.
-//! - [`cli`]: the maintenance subcommands `gc` and `scrub`.
+//! - [`cli`]: the maintenance subcommands `gc`, `scrub` and `migrate`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

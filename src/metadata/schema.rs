@@ -261,6 +261,35 @@ pub const TABLES: &[Table] = &[
         key: &["id"],
         copied: false,
     },
+    // The events outbox: undelivered events of the source stay with the
+    // source (their sequence numbers are the source's; drain it first).
+    Table {
+        name: "event_outbox",
+        columns: &[
+            ("seq", Int),
+            ("id", Text),
+            ("kind", Text),
+            ("created_at", Int),
+            ("body", Text),
+        ],
+        key: &["seq"],
+        copied: false,
+    },
+    Table {
+        name: "event_deliveries",
+        columns: &[
+            ("seq", Int),
+            ("webhook", Text),
+            ("attempts", Int),
+            ("next_at", Int),
+            ("lease_until", Int),
+            ("lease_owner", Text),
+            ("delivered_at", Int),
+            ("last_error", Text),
+        ],
+        key: &["seq", "webhook"],
+        copied: false,
+    },
     Table {
         name: "meta",
         columns: &[("key", Text), ("value", Text)],
@@ -335,14 +364,16 @@ mod tests {
     async fn the_table_list_is_the_schema() {
         let dir = tempfile::tempdir().unwrap();
         let m = Metadata::open_in_dir(dir.path()).await.unwrap();
-        let tables: Vec<String> =
-            sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-                .fetch_all(m.pool())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(0))
-                .collect();
+        let tables: Vec<String> = sqlx::query(
+            "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .fetch_all(m.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
         let mut listed: Vec<String> = TABLES.iter().map(|t| t.name.to_string()).collect();
         listed.sort();
         assert_eq!(tables, listed, "schema tables vs schema::TABLES");
@@ -359,7 +390,8 @@ mod tests {
                 .map(|r| {
                     let kind = match r.get::<String, _>(1).as_str() {
                         "TEXT" => Text,
-                        "BIGINT" => Int,
+                        // INTEGER: the outbox's autoincrement key.
+                        "BIGINT" | "INTEGER" => Int,
                         other => panic!("{}: column type {other} has no ColumnKind", t.name),
                     };
                     (r.get::<String, _>(0), kind)
