@@ -8,6 +8,7 @@
 
 mod common;
 
+use base64::Engine as _;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -344,5 +345,185 @@ async fn upload_session_caps_hold_across_replicas() {
             .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
             .count();
         assert_eq!((won, refused), (1, 2), "{what}: {statuses:?}");
+    }
+}
+
+fn create_body(name: &str, version: &str, arch: &str, data: &str) -> Value {
+    json!({"name": name, "version": version, "type": "program", "architecture": arch,
+           "data": base64::engine::general_purpose::STANDARD.encode(data)})
+}
+
+/// A version's check-then-write holds across replicas: two different
+/// contents for one (name, version, architecture) posted to two replicas
+/// at once give one 201 and one 409, never two versions under one name;
+/// two architectures posted at once both land in the version's index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_raced_on_two_replicas_is_created_once() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    let post = |replica: &TestServer, body: Value| {
+        let (c, url) = (c.clone(), replica.url("/artifacts"));
+        async move { c.post(url).json(&body).send().await.unwrap().status() }
+    };
+    for round in 0..8 {
+        let version = format!("1.0.{round}");
+        let (a, b) = tokio::join!(
+            post(
+                &r[0],
+                create_body("race/one", &version, "x86_64", "content a")
+            ),
+            post(
+                &r[1],
+                create_body("race/one", &version, "x86_64", "content b")
+            ),
+        );
+        let mut got = [a, b];
+        got.sort();
+        assert_eq!(
+            got,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "round {round}"
+        );
+        let listed: Value = c
+            .get(r[2].url(&format!("/artifacts?name=race/one&version={version}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed["artifacts"].as_array().map(Vec::len),
+            Some(1),
+            "{listed}"
+        );
+
+        let (a, b) = tokio::join!(
+            post(
+                &r[0],
+                create_body("race/two", &version, "x86_64", "amd64 build")
+            ),
+            post(
+                &r[1],
+                create_body("race/two", &version, "aarch64", "arm64 build")
+            ),
+        );
+        assert_eq!(
+            (a, b),
+            (StatusCode::CREATED, StatusCode::CREATED),
+            "round {round}"
+        );
+        let index: Value = c
+            .get(r[2].url(&format!("/v2/race/two/manifests/{version}")))
+            .header("accept", "application/vnd.oci.image.index.v1+json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            index["manifests"].as_array().map(Vec::len),
+            Some(2),
+            "round {round}: the version tag names both platforms: {index}"
+        );
+    }
+}
+
+/// "Signed once" holds across replicas: one manifest pushed to three
+/// replicas at once (each signing with the same local key) is signed
+/// exactly once, and its `.sig` tag holds that signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_pushed_to_three_replicas_at_once_is_signed_once() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        use std::os::unix::fs::PermissionsExt;
+        let bytes: [u8; 32] = pseudo_random(32, 78).try_into().unwrap();
+        let pem = ed25519_dalek::SigningKey::from_bytes(&bytes)
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap()
+            .to_string();
+        let p = keys.path().join("signing.pem");
+        std::fs::write(&p, pem).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let Some((r, _shared)) = replicas_with(&[
+        ("BPF_REGISTRY_SIGNER", "key"),
+        ("BPF_REGISTRY_SIGNING_KEY", key.as_str()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = client();
+    for round in 0..5 {
+        let repo = format!("race/signed{round}");
+        let cfg = r[0].push_blob(&c, &repo, b"{}").await;
+        let layer = r[0]
+            .push_blob(&c, &repo, format!("prog {round}").as_bytes())
+            .await;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.aegisflux.bpf.artifact.v1",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": cfg, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                        "digest": layer, "size": format!("prog {round}").len()}],
+        }))
+        .unwrap();
+        let id = sha256(&manifest);
+        let statuses = futures_util::future::join_all(r.iter().enumerate().map(|(i, replica)| {
+            let (c, url, body) = (
+                c.clone(),
+                replica.url(&format!("/v2/{repo}/manifests/t{i}")),
+                manifest.clone(),
+            );
+            async move {
+                c.put(url)
+                    .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        }))
+        .await;
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::CREATED),
+            "{statuses:?}"
+        );
+        let referrers: Value = c
+            .get(r[1].url(&format!("/v2/{repo}/referrers/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let signatures = referrers["manifests"].as_array().map(Vec::len);
+        assert_eq!(
+            signatures,
+            Some(1),
+            "round {round}: signed once: {referrers}"
+        );
+        let sig_tag: Value = c
+            .get(r[2].url(&format!("/v2/{repo}/manifests/sha256-{}.sig", hex_of(&id))))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            sig_tag["layers"].as_array().map(Vec::len),
+            Some(1),
+            "{sig_tag}"
+        );
     }
 }

@@ -24,6 +24,13 @@ use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
 use crate::signing::SigningService;
 
+/// See [`ArtifactService::hold`]; released in field order (the lease
+/// first).
+pub(super) struct RepoHold<'a> {
+    _lease: crate::metadata::Lease,
+    _local: tokio::sync::MutexGuard<'a, ()>,
+}
+
 /// Rows read per query while a listing skips what the caller may not see.
 const LIST_BATCH: usize = 256;
 
@@ -120,12 +127,26 @@ impl ArtifactService {
         Ok(self.index.copies(digest).await?)
     }
 
-    fn lock_for(&self, repo: &RepoName) -> &tokio::sync::Mutex<()> {
+    /// Held while a write checks and then changes a repository's
+    /// artifacts (a version's platforms, the host cap): the in-process
+    /// stripe, then the repository's lease across replicas (PostgreSQL),
+    /// so two replicas never both pass a check the other's write breaks.
+    pub(super) async fn hold(&self, repo: &RepoName) -> Result<RepoHold<'_>, ArtifactError> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         repo.hash(&mut h);
         let i = (h.finish() as usize) % LOCK_STRIPES;
-        &self.locks[i]
+        let local = self.locks[i].lock().await;
+        let lease = self
+            .registry
+            .metadata()
+            .lease(&format!("artifacts:{repo}"))
+            .await
+            .map_err(RegistryError::from)?;
+        Ok(RepoHold {
+            _lease: lease,
+            _local: local,
+        })
     }
 
     async fn json(&self, r: &ArtifactRecord) -> Result<ArtifactJson, ArtifactError> {
@@ -269,7 +290,7 @@ impl ArtifactService {
     /// other artifacts and stay. Blobs stay until garbage collection.
     pub async fn delete(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
         let repo = &key.repo;
-        let _held = self.lock_for(repo).lock().await;
+        let _held = self.hold(repo).await?;
         let rec = self.record(key).await?;
         self.remove_associations(key).await?;
         if let Ok(tag) = Tag::parse(&rec.config.version) {

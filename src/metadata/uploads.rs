@@ -6,6 +6,7 @@
 
 use sqlx::Row;
 
+use super::lease::Lease;
 use super::{repo_col, unix_now, Metadata, MetadataResult};
 use crate::oci::RepoName;
 
@@ -182,55 +183,11 @@ impl Metadata {
     }
 }
 
-/// The right to write one upload session, across replicas: a session
-/// advisory lock on PostgreSQL, on a connection of the lease pool; when
-/// the lease is dropped the lock is released and the connection goes back
-/// to the pool (or, if that fails or no runtime is left, the connection is
-/// closed, which releases the lock too: it never outlives its holder).
-/// Nothing on SQLite, where one process serves a data directory and its
-/// in-memory slot lock suffices.
-pub struct UploadLease {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
-}
-
-impl Drop for UploadLease {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    let unlocked = sqlx::query("SELECT pg_advisory_unlock_all()")
-                        .execute(&mut *conn)
-                        .await;
-                    if unlocked.is_err() {
-                        conn.close_on_drop();
-                    }
-                });
-            }
-            Err(_) => drop(conn.detach()),
-        }
-    }
-}
-
 impl Metadata {
     /// Waits for the session's lease: two replicas never write one
     /// session's bytes at once (the loser of a race then finds the offset
     /// moved and is refused cleanly, never interleaving its bytes).
-    pub async fn lease_upload(&self, id: &str) -> MetadataResult<UploadLease> {
-        let Some(pool) = self.lease_pool() else {
-            return Ok(UploadLease { conn: None });
-        };
-        let mut conn = pool.acquire().await?;
-        if let Err(e) = sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-            .bind(format!("upload:{id}"))
-            .execute(&mut *conn)
-            .await
-        {
-            conn.close_on_drop();
-            return Err(e.into());
-        }
-        Ok(UploadLease { conn: Some(conn) })
+    pub async fn lease_upload(&self, id: &str) -> MetadataResult<Lease> {
+        self.lease(&format!("upload:{id}")).await
     }
 }

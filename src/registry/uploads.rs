@@ -72,7 +72,7 @@ const NO_CAP: u64 = u64::MAX;
 struct Open {
     slot: SlotRef,
     guard: SlotGuard,
-    _lease: Option<crate::metadata::UploadLease>,
+    _lease: Option<crate::metadata::Lease>,
 }
 
 impl Open {

@@ -30,6 +30,13 @@ use crate::registry::{ManifestStored, Registry, RegistryError};
 
 const TAG_LOCK_STRIPES: usize = 64;
 
+/// See `SigningService::lock_tag`; released in field order (the lease
+/// first).
+struct TagHold<'a> {
+    _lease: crate::metadata::Lease,
+    _local: tokio::sync::MutexGuard<'a, ()>,
+}
+
 /// What `bpf-registry sign` did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SignReport {
@@ -164,12 +171,29 @@ impl SigningService {
     }
 
     /// Holds the `.sig` tag of `subject` in `repo` (see the module doc).
-    async fn lock_tag(&self, repo: &RepoName, subject: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
+    /// Across replicas too: the in-process stripe, then a lease on the
+    /// (repository, subject) pair (PostgreSQL), so "signed once" and the
+    /// `.sig` read-modify-write hold however many replicas serve pushes.
+    async fn lock_tag(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<TagHold<'_>, SigningError> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (repo, subject).hash(&mut h);
         let i = (h.finish() as usize) % TAG_LOCK_STRIPES;
-        self.tag_locks[i].lock().await
+        let local = self.tag_locks[i].lock().await;
+        let lease = self
+            .registry
+            .metadata()
+            .lease(&format!("sig:{repo}@{subject}"))
+            .await
+            .map_err(RegistryError::from)?;
+        Ok(TagHold {
+            _lease: lease,
+            _local: local,
+        })
     }
 
     async fn signed_here(&self, repo: &RepoName, subject: &Digest) -> Result<bool, SigningError> {
@@ -264,7 +288,7 @@ impl SigningService {
         }
         // Signed once: a concurrent push of the same manifest may have
         // signed it while this one was signing.
-        let _tag = self.lock_tag(repo, &pending.subject.digest).await;
+        let _tag = self.lock_tag(repo, &pending.subject.digest).await?;
         if self.signed_here(repo, &pending.subject.digest).await? {
             return Ok(self
                 .registry
@@ -451,7 +475,7 @@ impl SigningService {
                 {
                     continue;
                 }
-                let _tag = self.lock_tag(&repo, &digest).await;
+                let _tag = self.lock_tag(&repo, &digest).await?;
                 if self
                     .index
                     .signed_by(&repo, &digest, signer.key_id())
@@ -511,7 +535,7 @@ impl SigningService {
         repo: &RepoName,
         subject: &Digest,
     ) -> Result<(), SigningError> {
-        let _tag = self.lock_tag(repo, subject).await;
+        let _tag = self.lock_tag(repo, subject).await?;
         let (manifests, _) = self.signature_manifests(repo, subject).await?;
         for d in manifests {
             match self

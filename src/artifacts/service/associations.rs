@@ -62,7 +62,7 @@ impl ArtifactService {
     ) -> Result<Created<Vec<String>>, ArtifactError> {
         // Under the repository's lock: the host cap holds against
         // concurrent adds.
-        let held = self.lock_for(&key.repo).lock().await;
+        let held = self.hold(&key.repo).await?;
         let rec = self.record(key).await?;
         let created = self.associate_all(&rec, std::slice::from_ref(host)).await? > 0;
         drop(held);

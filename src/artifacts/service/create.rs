@@ -77,7 +77,7 @@ impl ArtifactService {
         let new = new?;
         let _memory = memory;
 
-        let _held = self.lock_for(&new.repo).lock().await;
+        let _held = self.hold(&new.repo).await?;
         let repo = &new.repo;
         let layer_digest = new.layer.digest().clone();
         let layer_size = new.layer.size();
