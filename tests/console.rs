@@ -639,3 +639,50 @@ async fn a_user_sees_nothing_of_a_repository_they_may_not_pull() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_signed_artifact_shows_its_verified_signature_and_key() {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sk = p256::SecretKey::from_slice(&common::pseudo_random(32, 7)).expect("scalar");
+    let key = dir.path().join("signing.pem");
+    std::fs::write(
+        &key,
+        sk.to_pkcs8_pem(LineEnding::LF).expect("pem").as_bytes(),
+    )
+    .expect("write key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let key = key.to_string_lossy().into_owned();
+    let s = TestServer::start_with_env(&[
+        ("BPF_REGISTRY_SIGNER", "key"),
+        ("BPF_REGISTRY_SIGNING_KEY", &key),
+    ])
+    .await;
+    let c = reqwest::Client::new();
+    let a = create(
+        &c,
+        &s,
+        json!({"name": "signed/prog", "version": "1.0.0", "type": "program",
+               "architecture": "x86_64", "data": b64(b"signed payload")}),
+    )
+    .await;
+    let key_id = a["signature"]["key_id"]
+        .as_str()
+        .expect("signed")
+        .to_string();
+    let id = a["id"].as_str().expect("id");
+    let art = ok_page(&c, &s, &format!("/ui/artifacts/{id}")).await;
+    assert_has(
+        &art,
+        &[
+            "signed, verified",
+            &key_id,
+            "ecdsa-p256-sha256",
+            "/signing/public-key",
+        ],
+        "signed artifact",
+    );
+    let index = ok_page(&c, &s, "/ui/").await;
+    assert_has(&index, &["<span class=\"ok\">signed</span>"], "index");
+}

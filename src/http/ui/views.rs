@@ -76,6 +76,15 @@ pub fn layout(page: &Page<'_>, title: &str, body: Markup) -> Markup {
     }
 }
 
+/// `1 map`, `2 maps`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The artifacts table (index, host and repository pages).
 pub fn artifact_table(artifacts: &[ArtifactJson]) -> Markup {
     html! {
@@ -97,7 +106,7 @@ pub fn artifact_table(artifacts: &[ArtifactJson]) -> Markup {
                             td.tags { @for t in &a.tags { span.tag { (t) } " " } }
                             td {
                                 @match &a.ebpf {
-                                    Some(e) => { (e.programs.len()) " programs, " (e.maps.len()) " maps" }
+                                    Some(e) => { (count(e.programs.len(), "program")) ", " (count(e.maps.len(), "map")) }
                                     None => { span.muted { "not an eBPF object" } }
                                 }
                             }
