@@ -345,6 +345,20 @@ async fn tenant_written_text_is_escaped_on_every_page() {
         ),
         format!("/ui/?architecture={}", urlenc(XSS)),
     ];
+    // Reflected in error pages: a bad id, an unknown path.
+    for (p, decoded) in [
+        (format!("/ui/artifacts/{}", urlenc(XSS)), true),
+        (format!("/ui/hosts/{}", urlenc(XSS)), true),
+        // (an unknown path is named as it was sent, percent-encoded)
+        (format!("/ui/{}", urlenc(XSS)), false),
+    ] {
+        let e = page(&c, &s, &p).await;
+        assert!(e.status.is_client_error(), "{p}: {}", e.status);
+        assert_lacks(&e.body, &[XSS], &p);
+        if decoded {
+            assert_has(&e.body, &[XSS_ESCAPED], &p);
+        }
+    }
     for p in &pages {
         let body = ok_page(&c, &s, p).await;
         // Escaped text may read `onerror=`; no element or attribute of it
