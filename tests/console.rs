@@ -601,6 +601,8 @@ async fn a_user_sees_nothing_of_a_repository_they_may_not_pull() {
         &["bpf/visible", "sandbox/mallory/own"],
         "mallory's own",
     );
+    let own = ok_page(&mallory, &s, &format!("/ui/artifacts/{}", ids[0])).await;
+    assert_has(&own, &["curl -fLOJ -u 'mallory' "], "curl names the user");
 
     // By URL: exactly what an unknown id or repository gets (404
     // not_found, the same page but for the name asked for).

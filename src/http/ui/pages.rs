@@ -193,7 +193,7 @@ async fn artifact(
             copies: &other_copies,
             verification: verification.as_ref(),
             origin,
-            auth_on: state.auth.is_some(),
+            curl_user: state.auth.as_ref().map(|_| page.user.unwrap_or("")),
         },
     ))
 }

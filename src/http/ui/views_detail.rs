@@ -25,13 +25,25 @@ pub struct ArtifactView<'a> {
     /// `None` when verification could not run.
     pub verification: Option<&'a Verification>,
     pub origin: &'a Origin,
-    pub auth_on: bool,
+    /// With authentication on, whom `curl -u` names: the signed-in user
+    /// (`Some("")` for a caller without a user name).
+    pub curl_user: Option<&'a str>,
 }
 
-/// The commands that fetch an artifact. Every part is of a validated
-/// alphabet (host characters, repository names, tags, digests), so the
-/// lines are safe to paste into a shell as they are.
-pub fn pull_commands(a: &ArtifactJson, origin: &Origin, auth_on: bool) -> (String, String) {
+/// `s` as one shell word, in single quotes.
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The commands that fetch an artifact. The URL parts are of validated
+/// alphabets (host characters, repository names, tags, digests); the user
+/// name is quoted as one shell word; so the lines are safe to paste into
+/// a shell as they are.
+pub fn pull_commands(
+    a: &ArtifactJson,
+    origin: &Origin,
+    curl_user: Option<&str>,
+) -> (String, String) {
     let plain = if origin.scheme == "http" {
         "--plain-http "
     } else {
@@ -41,7 +53,11 @@ pub fn pull_commands(a: &ArtifactJson, origin: &Origin, auth_on: bool) -> (Strin
         "oras pull {plain}{}/{}:{}",
         origin.authority, a.name, a.version
     );
-    let user = if auth_on { "-u \"$USER\" " } else { "" };
+    let user = match curl_user {
+        None => String::new(),
+        Some("") => "-u \"$USER\" ".to_string(),
+        Some(u) => format!("-u {} ", shell_word(u)),
+    };
     let curl = format!(
         "curl -fLOJ {user}'{}/artifacts/{}/binary{}'",
         origin.base_url(),
@@ -120,7 +136,7 @@ fn ebpf_facts(a: &ArtifactJson) -> Markup {
 /// `GET /ui/artifacts/{id}`
 pub fn artifact_page(page: &Page<'_>, v: &ArtifactView<'_>) -> Markup {
     let a = v.artifact;
-    let (oras, curl) = pull_commands(a, v.origin, v.auth_on);
+    let (oras, curl) = pull_commands(a, v.origin, v.curl_user);
     let metadata = serde_json::to_string_pretty(&a.metadata).unwrap_or_default();
     let body = html! {
         p.crumbs { a href="/ui/" { "Artifacts" } " / " a href=(repository_href(&a.name)) { (a.name) } }
@@ -259,4 +275,15 @@ pub fn repository_page(page: &Page<'_>, v: &RepositoryView<'_>) -> Markup {
         }
     };
     layout(page, v.repo.as_str(), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn a_user_name_is_one_shell_word() {
+        assert_eq!(shell_word("alice"), "'alice'");
+        assert_eq!(shell_word("o'neil $(x)"), "'o'\\''neil $(x)'");
+    }
 }
