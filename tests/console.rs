@@ -415,6 +415,10 @@ async fn every_console_answer_carries_the_strict_security_headers() {
     );
     let r = c.get(s.url("/ui")).send().await.expect("send");
     assert_eq!(r.url().path(), "/ui/", "/ui redirects to /ui/");
+    let r = c.head(s.url("/ui/")).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK, "HEAD /ui/");
+    assert_eq!(header(&r, "content-security-policy").as_deref(), Some(CSP));
+    assert_eq!(header(&r, "cache-control").as_deref(), Some("no-store"));
 }
 
 #[tokio::test]
@@ -701,4 +705,50 @@ async fn a_signed_artifact_shows_its_verified_signature_and_key() {
     );
     let index = ok_page(&c, &s, "/ui/").await;
     assert_has(&index, &["<span class=\"ok\">signed</span>"], "index");
+}
+
+#[tokio::test]
+async fn a_bearer_token_sees_only_what_its_user_may_pull() {
+    let (s, _dir) = with_auth().await;
+    let admin = basic("admin", &password("admin"));
+    let mut ids = Vec::new();
+    for name in ["bpf/visible", "secret/hidden"] {
+        let a = create(
+            &admin,
+            &s,
+            json!({"name": name, "version": "1.0.0", "type": "map", "architecture": "x86_64",
+                   "data": b64(name.as_bytes())}),
+        )
+        .await;
+        ids.push(a["id"].as_str().expect("id").to_string());
+    }
+    let r = reqwest::Client::new()
+        .get(s.url("/token"))
+        .basic_auth("mallory", Some(password("mallory")))
+        .query(&[
+            ("service", "bpf-registry"),
+            ("scope", "repository:bpf/visible:pull"),
+        ])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let token: Value = r.json().await.expect("json");
+    let token = token["token"].as_str().expect("token");
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let c = reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client");
+    let index = ok_page(&c, &s, "/ui/").await;
+    assert_has(&index, &["bpf/visible", "Signed in as"], "token index");
+    assert_lacks(&index, &["secret/", &ids[1][7..19], token], "token index");
+    let own = ok_page(&c, &s, &format!("/ui/artifacts/{}", ids[0])).await;
+    assert_lacks(&own, &[token], "no token rendered");
+    let p = page(&c, &s, &format!("/ui/artifacts/{}", ids[1])).await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND, "{}", p.body);
 }
