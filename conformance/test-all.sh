@@ -12,7 +12,9 @@
 #    load, restart, verify: conformance/crash_harness.py) and the auth
 #    interop script (its own servers, HTTP and TLS, with users and a policy:
 #    conformance/auth_interop.sh), a real Prometheus scraping /metrics
-#    (its own server and Prometheus: conformance/prometheus.sh), and
+#    (its own server and Prometheus: conformance/prometheus.sh), the web
+#    console in headless Chromium (its own servers: conformance/console.sh),
+#    and
 #    schemathesis against the REST API from its own /openapi.json,
 #    validated by openapi-spec-validator (its own servers:
 #    conformance/schemathesis.sh);
@@ -150,6 +152,9 @@ if [[ -x target/release/bpf-registry ]]; then
   run "auth interop" bash conformance/auth_interop.sh target/release/bpf-registry
   # a real Prometheus scrapes /metrics (own server, own Prometheus, loopback)
   run "prometheus scrape" bash conformance/prometheus.sh target/release/bpf-registry
+  # the web console in headless Chromium (own servers; screenshots into
+  # target/console-screenshots/ and docs/console/)
+  run "web console (Chromium)" bash conformance/console.sh target/release/bpf-registry
   # kill -9 under load, restart, verify everything acknowledged (own server
   # and data dir; 5 rounds, well under 3 minutes).
   run "crash harness" "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5 --events

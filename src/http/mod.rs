@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 mod rest;
 pub mod tls;
+mod ui;
 pub mod v2;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))
         .route("/token", get(auth::token_get).post(auth::token_post))
+        // The web console: authenticates its own pages (`ui`).
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", any(ui::dispatch))
+        .route("/ui/{*rest}", any(ui::dispatch))
         .fallback(fallback)
         // Authentication and authorization, in one place (a no-op when off).
         .layer(middleware::from_fn_with_state(

@@ -153,3 +153,27 @@ impl Caller {
 pub fn visible(caller: Option<&Caller>, repo: &RepoName) -> bool {
     caller.is_none_or(|c| c.may_list(repo))
 }
+
+/// Who calls a web console page (`http::ui`), from the same credentials
+/// the API takes: `Ok(None)` when authentication is off. A refusal comes
+/// with its reason (for the metrics) and answers in the console's own
+/// error page; whether an anonymous caller may go on is the console's
+/// decision.
+pub async fn identify_console(
+    state: &crate::http::AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<Option<Caller>, (FailureReason, AuthRefusal)> {
+    let Some(auth) = state.auth.clone() else {
+        return Ok(None);
+    };
+    let realm: Arc<str> = credentials::realm(state, &parts.headers, &parts.uri).into();
+    let ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    match credentials::identify(&auth, &parts.headers, ip).await {
+        Ok(who) => Ok(Some(Caller { auth, who, realm })),
+        Err(f) => Err((f.reason(), f.refusal(&realm))),
+    }
+}

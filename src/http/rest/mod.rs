@@ -10,7 +10,7 @@
 //! credentials) and leaves the [`Caller`](super::auth::Caller) in the
 //! request extensions; every authorization decision is made here.
 
-mod access;
+pub(crate) mod access;
 pub mod endpoint;
 mod handlers;
 pub(crate) mod response;
