@@ -527,3 +527,36 @@ async fn a_manifest_pushed_to_three_replicas_at_once_is_signed_once() {
         );
     }
 }
+
+/// A session another replica served and then ended frees its place on
+/// every replica: the caps count the rows, not what each process has seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_ended_on_another_replica_frees_its_place_everywhere() {
+    let Some((r, _shared)) = replicas_with(&[("BPF_REGISTRY_MAX_UPLOAD_SESSIONS", "2")]).await
+    else {
+        return;
+    };
+    let c = client();
+    let started = start_session(&c, &r[1]).await;
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let path = location(&started);
+    // Served once by replica 0 (which now knows the session)...
+    let p = c
+        .patch(r[0].abs(&path))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", "0-3")
+        .body("abcd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(p.status(), StatusCode::ACCEPTED);
+    // ...then cancelled on replica 1.
+    let d = c.delete(r[1].abs(&path)).send().await.unwrap();
+    assert_eq!(d.status(), StatusCode::NO_CONTENT);
+    for n in 0..2 {
+        let s = start_session(&c, &r[0]).await;
+        assert_eq!(s.status(), StatusCode::ACCEPTED, "session {n} on replica 0");
+    }
+    let refused = start_session(&c, &r[2]).await;
+    assert_oci_error(refused, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
+}

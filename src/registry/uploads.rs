@@ -18,7 +18,7 @@ use futures_util::Stream;
 
 use super::io::{blocking, hash_reader, pump};
 use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef, UploadCap};
-use super::{Registry, RegistryError, RegistryResult};
+use super::{Limits, Registry, RegistryError, RegistryResult};
 use crate::metadata::{unix_now, SessionCaps, UploadCapHit, UploadRow};
 use crate::oci::{Digest, RepoName, Sha256Hasher};
 use crate::storage::{paths, UploadId};
@@ -121,7 +121,18 @@ impl Registry {
             hasher: Some(Sha256Hasher::new()),
         };
         let row = row_of(&id, &session)?;
-        let (slot, guard) = self.uploads.reserve(&id, session, &self.limits)?;
+        // With a shared metadata store the rows are the only count: this
+        // process's table cannot see sessions other replicas end.
+        let local_caps = if self.meta.engine() == crate::metadata::Engine::Postgres {
+            Limits {
+                max_upload_sessions: usize::MAX,
+                max_upload_sessions_per_principal: usize::MAX,
+                ..self.limits.clone()
+            }
+        } else {
+            self.limits.clone()
+        };
+        let (slot, guard) = self.uploads.reserve(&id, session, &local_caps)?;
         let mut open = Open {
             slot,
             guard,
