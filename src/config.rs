@@ -116,6 +116,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "store root (created if missing)",
     ),
     (
+        "BPF_REGISTRY_METADATA",
+        "sqlite",
+        "metadata store: `sqlite` (<data dir>/metadata.db) or a postgres:// URL shared by replicas",
+    ),
+    (
+        "BPF_REGISTRY_BLOB_STORE",
+        "fs",
+        "blob store: `fs` (under the data dir) or s3://BUCKET[/PREFIX]?endpoint=URL&region=R",
+    ),
+    (
         "BPF_REGISTRY_LOG_LEVEL",
         "INFO",
         "DEBUG, INFO, WARN or ERROR",

@@ -79,6 +79,12 @@ fn artifact_body(name: &str, data: &[u8]) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
+    // The label of the blob store the tests run on (fs or s3).
+    let backend = if common::engines::blob_store_is_fs() {
+        "fs"
+    } else {
+        "s3"
+    };
     let s = TestServer::start().await;
     let c = client();
     // /v2: a pushed image, read back every way.
@@ -204,11 +210,11 @@ async fn the_exposition_has_route_templates_and_never_a_name_digest_or_id() {
             layer.len() as f64,
         ),
         (
-            "registry_storage_operation_duration_seconds_count{backend=\"fs\",operation=\"write_atomic\"}".to_string(),
+            format!("registry_storage_operation_duration_seconds_count{{backend=\"{backend}\",operation=\"write_atomic\"}}"),
             1.0,
         ),
         (
-            "registry_storage_operation_duration_seconds_count{backend=\"fs\",operation=\"append_sync\"}".to_string(),
+            format!("registry_storage_operation_duration_seconds_count{{backend=\"{backend}\",operation=\"append_sync\"}}"),
             1.0,
         ),
         // The image pushed with the eBPF config type is an artifact too.

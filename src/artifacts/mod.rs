@@ -1,7 +1,7 @@
 //! The eBPF domain on top of the registry: the REST model of an artifact,
 //! decoding create requests, packing payloads into a tar+zstd layer, ELF
-//! inspection, the OCI objects a REST write becomes, the in-memory index
-//! keyed by (repository, digest), listing, and the service behind the
+//! inspection, the OCI objects a REST write becomes, the views over the
+//! metadata store's rows keyed by (repository, digest), listing, and the service behind the
 //! REST facade. Every REST write becomes OCI objects; every REST read is
 //! answered from them.
 

@@ -259,8 +259,14 @@ pub fn gc(args: &[String]) -> i32 {
         delete_untagged: flags.has("--delete-untagged"),
         grace: config.gc_grace,
         upload_ttl: config.upload_ttl,
-        // No server writes beside an exclusive lock: every temp is dead.
-        temp_min_age: Duration::ZERO,
+        // On SQLite no server writes beside the exclusive lock: every temp
+        // is dead. With a shared metadata store replicas may be writing
+        // (their own data dirs, the same blob store): only temps as old as
+        // a server's collector would take.
+        temp_min_age: match config.metadata.engine() {
+            crate::metadata::Engine::Sqlite => Duration::ZERO,
+            crate::metadata::Engine::Postgres => config.upload_ttl,
+        },
     };
     match runtime.block_on(registry.gc(&opts)) {
         Ok(report) => {

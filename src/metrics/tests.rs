@@ -1,3 +1,5 @@
+//! Unit tests of the metric families: names, labels, the text exposition.
+
 use super::*;
 
 /// The value of the sample line starting with `series ` (`None`: absent).

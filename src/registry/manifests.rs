@@ -357,8 +357,9 @@ impl Registry {
         Ok(bytes)
     }
 
-    /// Deletes a tag (reference is a tag) or a manifest with its tags and
-    /// its referrer link (reference is a digest).
+    /// Deletes a tag (reference is a tag) or a manifest with its tags, its
+    /// rows and what derives from it, in one transaction (reference is a
+    /// digest).
     pub async fn delete_manifest(
         &self,
         repo: &RepoName,

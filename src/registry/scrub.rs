@@ -340,7 +340,8 @@ struct RepoRows {
 }
 
 impl Registry {
-    /// Re-hashes every blob and checks every link (see the module doc).
+    /// Re-hashes every blob and checks every row against the bytes (see the
+    /// module doc).
     /// With `repair`, run it only while no server uses the store.
     pub async fn scrub(&self, repair: bool) -> RegistryResult<ScrubReport> {
         let started = Instant::now();

@@ -2,9 +2,8 @@
 //! signature from the configured key, e.g. after signing was turned on for
 //! a registry that already holds artifacts. It reads the same
 //! `BPF_REGISTRY_*` configuration as the server and changes the store, so
-//! it takes the data folder's lock exclusively: it refuses to run beside a
-//! running server (whose in-memory indexes would not see the new
-//! signatures until its next start).
+//! it takes the data folder's lock exclusively: on the embedded SQLite store
+//! it refuses to run beside a running server, which owns that file.
 
 use super::{registry_host, SignReport, SignerConfig, SigningService};
 use crate::config::Config;

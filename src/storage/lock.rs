@@ -1,10 +1,11 @@
 //! The data folder's lock file (`<data dir>/.lock`, an advisory `flock`).
-//! Everything that writes the store holds it exclusive for its lifetime: a
-//! server (each server keeps its own in-memory state: upload sessions,
-//! garbage-collection protection, derived indexes, so two on one folder
-//! would be blind to each other's writes), `gc`, `scrub --repair` and
-//! `sign`. So at most one of them runs on a data folder, and a second one
-//! is refused at start with [`LockError::Busy`]. Read-only commands (`gc
+//! With the embedded SQLite store everything that writes the store holds it
+//! exclusive for its lifetime: a server (its SQLite file, upload slots and
+//! garbage-collection protection are one process's), `gc`, `scrub --repair`
+//! and `sign`. So at most one of them runs on a data folder, and a second
+//! one is refused at start with [`LockError::Busy`]. With PostgreSQL the
+//! metadata is shared and servers take it shared (replicas may share a
+//! folder). Read-only commands (`gc
 //! --dry-run`, `scrub` without `--repair`) take no lock: they run beside a
 //! server, and what they report may include writes in flight
 //! ([`DataDirLock::is_held`] lets them say so). The kernel drops the lock

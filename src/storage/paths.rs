@@ -4,15 +4,13 @@
 //! ```text
 //! <data dir>/
 //!   blobs/sha256/<hex>                         every blob and manifest, stored once
-//!   repositories/<name>/                       <name> may have several components
-//!     _tags/<tag>                              file holding a digest
-//!     _manifests/sha256/<hex>                  link: the manifest belongs to this repo
-//!     _media_types/sha256/<hex>                Content-Type of a manifest without `mediaType`
-//!     _layers/sha256/<hex>                     link: the blob is reachable from this repo
-//!     _referrers/sha256/<subject>/<referrer>   link per referrer (holds its descriptor)
-//!   _uploads/<uuid>/data                       bytes received so far
+//!   metadata.db                                the embedded SQLite metadata store (rows)
+//!   _uploads/<uuid>/data                       bytes received so far (the session is a row)
 //!   _uploads/<uuid>/.parts.data/<start>        the same on an object store, in parts
-//!   _uploads/<uuid>/state                      JSON: repository, acknowledged offset
+//!   repositories/<name>/                       the previous version's link tree, read once
+//!     _tags/<tag>, _manifests/, _media_types/,   by the import (`registry::import`), never
+//!     _layers/, _referrers/                      written by this version
+//!   _uploads/<uuid>/state                      the previous version's session state (imported)
 //!   _quarantine/sha256/<hex>                   blobs scrub found corrupt
 //!   _auth/token-key.pem                        generated token signing key (0600)
 //!   .lock                                      held exclusive by a server, `gc`, `scrub --repair`

@@ -83,10 +83,24 @@ fn remember_store_env(data_dir: &Path, env: &[(String, String)]) {
 /// defaults, or a directory no test server ran on).
 pub fn store_env_of(data_dir: &Path) -> Vec<(String, String)> {
     let all = STORE_ENVS.lock().unwrap_or_else(|p| p.into_inner());
-    all.iter()
+    let mut env: Vec<(String, String)> = all
+        .iter()
         .find(|(d, _)| d == data_dir)
         .map(|(_, e)| e.clone())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // An S3 store needs its credentials too (a command run with a cleared
+    // environment would not find them).
+    if env
+        .iter()
+        .any(|(k, v)| k == "BPF_REGISTRY_BLOB_STORE" && v.starts_with("s3://"))
+    {
+        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            if let Ok(v) = std::env::var(k) {
+                env.push((k.to_string(), v));
+            }
+        }
+    }
+    env
 }
 
 /// A running registry on `127.0.0.1:<random port>`.

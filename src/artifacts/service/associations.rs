@@ -110,9 +110,8 @@ impl ArtifactService {
     }
 
     /// Deletes every association of an artifact (before the artifact), in
-    /// one batch of the registry: one hold of the repository's lock, one
-    /// scan of its tags, each folder synced once. One already gone is no
-    /// error.
+    /// one batch of the registry: one metadata transaction for all of them.
+    /// One already gone is no error.
     pub(super) async fn remove_associations(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
         let associations: Vec<Digest> = self
             .index
