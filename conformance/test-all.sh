@@ -26,9 +26,11 @@
 #    client interop scripts against it;
 # 6. the S3 + PostgreSQL configuration: Garage (conformance/garage.sh,
 #    built once into ~/.cache/bpf-registry-garage, one node on loopback),
-#    the suites that use the store through the API with
-#    BPF_TEST_BLOB_STORE=s3 (tests/replicas.rs: three replicas on one
-#    database and one bucket), then the release binary on a fresh database
+#    every test file except properties (parsers, no store),
+#    payload_limits (refusals before anything is stored, checked on the
+#    data dir's files) and migration (the previous version's fs layout) with BPF_TEST_BLOB_STORE=s3 (fs-only
+#    tests inside them say so and skip; tests/replicas.rs: three replicas
+#    on one database and one bucket), then the release binary on a fresh database
 #    and bucket prefix with the OCI conformance harness and REST interop;
 # 7. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip. The PostgreSQL
@@ -184,15 +186,18 @@ elif [[ "${CI:-}" == true || "${BPF_TEST_SKIP_POSTGRES:-}" != 1 ]]; then
 fi
 
 # ---- S3 (Garage) + PostgreSQL --------------------------------------------------
-# The suites that exercise the store through the API (the others read the
-# data dir's files, fill a tmpfs or run the fs-only maintenance commands),
+# Every test file but properties, payload_limits and migration (see the
+# header; tests that read blob files or fill a tmpfs skip themselves there),
 # the replicas on one database and one bucket, then the release binary on
 # a fresh database and a fresh bucket prefix with the conformance harness
 # and the REST interop.
 if [[ -n "${BPF_TEST_POSTGRES:-}" && -n "${BPF_TEST_S3_URL:-}" ]]; then
   run "cargo test (S3 + PostgreSQL)" env BPF_TEST_METADATA=postgres BPF_TEST_BLOB_STORE=s3 \
     cargo test --test blob_backends --test oci_api --test oci_client --test rest_api \
-      --test replicas --test security_v2 --test security_rest --test metadata_engines
+      --test replicas --test security_v2 --test security_rest --test metadata_engines \
+      --test auth --test connections --test manifest_checks --test metrics --test openapi \
+      --test robustness_rest --test signing --test events --test console --test migrate \
+      --test storage_names --test internal_failures --test reliability
   S3_DB="t_s3_$(date +%s)_$$"
   S3_PREFIX="ci-$(date +%s)-$$"
   S3_URL="${BPF_TEST_S3_URL/\?//$S3_PREFIX?}"
