@@ -2453,3 +2453,35 @@ async fn an_invalid_or_foreign_range_is_ignored_and_the_whole_blob_served() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap(), whole);
 }
+
+/// On a store that keeps each chunk as an object (S3) the registry
+/// advertises `OCI-Chunk-Min-Length`, and still accepts smaller chunks from
+/// clients that ignore it; the filesystem store needs no minimum.
+#[tokio::test]
+async fn the_chunk_minimum_is_advertised_where_the_store_needs_one_and_smaller_chunks_work() {
+    let s = TestServer::start().await;
+    let c = client();
+    let r = c
+        .post(s.url("/v2/min/chunk/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let advertised = header(&r, "oci-chunk-min-length");
+    if common::engines::blob_store_is_fs() {
+        assert_eq!(advertised, None);
+    } else {
+        assert_eq!(advertised.as_deref(), Some("5242880"));
+    }
+    let data = pseudo_random(100_000, 5);
+    let digest = s.push_blob_chunked(&c, "min/chunk", &data, 7_000).await;
+    let got = c
+        .get(s.url(&format!("/v2/min/chunk/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), data.as_slice());
+}

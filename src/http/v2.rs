@@ -68,10 +68,18 @@ fn upload_location(name: &RepoName, id: &UploadId) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
 }
 
-fn upload_accepted(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
+fn upload_accepted(
+    reg: &crate::registry::Registry,
+    name: &RepoName,
+    status: &UploadStatus,
+    code: StatusCode,
+) -> Response {
     let range = format!("0-{}", status.offset.saturating_sub(1));
     let mut r = (code, Body::empty()).into_response();
     let h = r.headers_mut();
+    if let Some(min) = reg.backend().chunk_min_length() {
+        h.insert("oci-chunk-min-length", hv(&min.to_string()));
+    }
     h.insert(header::LOCATION, hv(&upload_location(name, &status.id)));
     h.insert(header::RANGE, hv(&range));
     h.insert("docker-upload-uuid", hv(status.id.as_str()));
@@ -318,11 +326,16 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
             }
             let owner = super::auth::Caller::principal_of(&req);
             let status = reg.start_upload(&name, &owner).await?;
-            Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED))
+            Ok(upload_accepted(&reg, &name, &status, StatusCode::ACCEPTED))
         }
         Endpoint::GetUpload { name, id } => {
             let status = reg.upload_status(&name, &id).await?;
-            Ok(upload_accepted(&name, &status, StatusCode::NO_CONTENT))
+            Ok(upload_accepted(
+                &reg,
+                &name,
+                &status,
+                StatusCode::NO_CONTENT,
+            ))
         }
         Endpoint::PatchUpload { name, id } => {
             let range = parse_content_range(req.headers())?;
@@ -336,7 +349,7 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 .append_chunk(&name, &id, start, expected, stream)
                 .await
                 .map_err(|e| OciError::of_upload(e, upload_location(&name, &id)))?;
-            Ok(upload_accepted(&name, &status, StatusCode::ACCEPTED))
+            Ok(upload_accepted(&reg, &name, &status, StatusCode::ACCEPTED))
         }
         Endpoint::PutUpload { name, id, digest } => {
             let range = parse_content_range(req.headers())?;

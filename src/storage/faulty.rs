@@ -170,6 +170,9 @@ impl Backend for FaultyBackend {
     fn remove_stale_temps(&self, min_age_secs: u64) -> StorageResult<(u64, u64)> {
         self.inner.remove_stale_temps(min_age_secs)
     }
+    fn chunk_min_length(&self) -> Option<u64> {
+        self.inner.chunk_min_length()
+    }
 }
 
 #[cfg(test)]

@@ -196,6 +196,10 @@ impl Backend for InstrumentedBackend {
         self.timers.time(Op::Touch, || self.inner.touch(path))
     }
 
+    fn chunk_min_length(&self) -> Option<u64> {
+        self.inner.chunk_min_length()
+    }
+
     fn remove_stale_temps(&self, min_age_secs: u64) -> StorageResult<(u64, u64)> {
         self.timers.time(Op::RemoveStaleTemps, || {
             self.inner.remove_stale_temps(min_age_secs)

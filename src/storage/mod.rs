@@ -121,6 +121,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Internal names (`paths::is_internal`: temp files, the lock) are
     /// never listed.
     fn list(&self, path: &StorePath) -> StorageResult<Vec<Entry>>;
+    /// The smallest upload chunk this store handles efficiently, advertised
+    /// to clients as `OCI-Chunk-Min-Length` (smaller chunks still work).
+    /// `None`: any size.
+    fn chunk_min_length(&self) -> Option<u64> {
+        None
+    }
     /// Seconds since the object was last modified (for GC grace periods).
     fn age_secs(&self, path: &StorePath) -> StorageResult<Option<u64>>;
     /// Checks that the store accepts writes.

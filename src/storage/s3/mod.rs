@@ -188,7 +188,15 @@ fn not_found(p: &StorePath) -> StorageError {
     StorageError::io(p, io::Error::new(io::ErrorKind::NotFound, "no such object"))
 }
 
+/// Each PATCH of an upload is one object (a part) until the PUT joins them:
+/// S3's multipart minimum keeps the number of parts, and requests, sane.
+pub const CHUNK_MIN_LENGTH: u64 = 5 * 1024 * 1024;
+
 impl Backend for S3Backend {
+    fn chunk_min_length(&self) -> Option<u64> {
+        Some(CHUNK_MIN_LENGTH)
+    }
+
     fn read_small(&self, path: &StorePath, max: u64) -> StorageResult<Option<Vec<u8>>> {
         let key = self.key(path);
         self.remote.wait(async {
