@@ -338,3 +338,41 @@ async fn listed_key(m: &bpf_registry::metadata::Metadata) -> ListingKey {
     assert_eq!(all.len(), 1);
     all[0].0.clone()
 }
+
+/// A sweep batch commits the rows before it deletes the bytes: when the
+/// deletion fails (a crash, a store error) the links are already gone, so
+/// no replica can pass a manifest's link check for bytes that may be gone;
+/// the bytes left are swept by the next run.
+#[tokio::test]
+async fn a_failed_byte_deletion_leaves_no_link_to_the_swept_blob() {
+    for (engine, m, _tmp) in engines().await {
+        let r = repo("team/sweep");
+        let (gone, kept) = (d("swept"), d("kept"));
+        link(&m, &r, &gone).await;
+        link(&m, &r, &kept).await;
+        let failed: Result<(Vec<(Digest, u64)>, u64), bpf_registry::metadata::MetadataError> = m
+            .sweep_blobs(
+                std::slice::from_ref(&gone),
+                |_| true,
+                async |_doomed: Vec<Digest>| {
+                    Err(bpf_registry::metadata::MetadataError::Corrupt(
+                        "the store refused the deletion".into(),
+                    ))
+                },
+            )
+            .await;
+        assert!(failed.is_err(), "{engine}");
+        let links: Vec<Digest> = m
+            .blob_links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(
+            links,
+            vec![kept.clone()],
+            "{engine}: only the kept blob is linked"
+        );
+    }
+}

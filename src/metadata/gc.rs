@@ -121,13 +121,18 @@ impl Metadata {
         Ok(g)
     }
 
-    /// One deletion batch of unreferenced blobs. In one exclusive section
-    /// (no reference-making write of any replica runs between its checks
-    /// and its commit), each digest is re-checked: still unreferenced,
-    /// and `still_deletable` (its age, writes in flight in this process).
-    /// Then its links go and `delete_bytes` removes the bytes, before the
-    /// commit: a link is never committed to bytes that are gone. Returns
-    /// the digests deleted and how many were skipped.
+    /// One deletion batch of unreferenced blobs, in one exclusive section
+    /// (no reference-making write of any replica runs inside it): each
+    /// digest is re-checked (still unreferenced, and `still_deletable`: its
+    /// age, writes in flight in this process), its links are deleted and
+    /// that is committed, then `delete_bytes` removes the bytes. Rows
+    /// first: a crash or a failed deletion in between leaves bytes no row
+    /// names (swept next time), never a link to bytes that are gone. On
+    /// PostgreSQL the section is the collector's lock held exclusive at
+    /// session level on a connection of its own (closed, never pooled, so
+    /// the lock dies with it), across both steps; on SQLite the caller's
+    /// in-process exclusive lock spans them (one process per store).
+    /// Returns the digests deleted and how many were skipped.
     pub async fn sweep_blobs<C, D, E>(
         &self,
         candidates: &[Digest],
@@ -140,29 +145,32 @@ impl Metadata {
         E: From<MetadataError>,
     {
         let sql = |e: sqlx::Error| E::from(MetadataError::Sql(e));
-        let mut tx = self.begin_gc_batch().await?;
-        let mut doomed = Vec::new();
-        let mut skipped = 0u64;
-        for d in candidates {
-            let referenced = sqlx::query(REFERENCED)
-                .bind(d.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql)?
-                .is_some();
-            if referenced || !still_deletable(d) {
-                skipped += 1;
-                continue;
+        let (doomed, skipped, _section) = match self.engine() {
+            Engine::Postgres => {
+                let mut conn = self.pool().acquire().await.map_err(sql)?;
+                conn.close_on_drop();
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(locks::GC)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql)?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(sql)?;
+                let (doomed, skipped) = unlink_unreferenced(&mut tx, candidates, &still_deletable)
+                    .await
+                    .map_err(sql)?;
+                tx.commit().await.map_err(sql)?;
+                (doomed, skipped, Some(conn))
             }
-            sqlx::query("DELETE FROM blob_links WHERE digest = $1")
-                .bind(d.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(sql)?;
-            doomed.push(d.clone());
-        }
+            Engine::Sqlite => {
+                let mut tx = self.begin_gc_batch().await?;
+                let (doomed, skipped) = unlink_unreferenced(&mut tx, candidates, &still_deletable)
+                    .await
+                    .map_err(sql)?;
+                tx.commit().await.map_err(sql)?;
+                (doomed, skipped, None)
+            }
+        };
         let deleted = delete_bytes(doomed).await?;
-        tx.commit().await.map_err(sql)?;
         Ok((deleted, skipped))
     }
 
@@ -182,4 +190,32 @@ impl Metadata {
         tx.commit().await?;
         Ok(n)
     }
+}
+
+/// The candidates still unreferenced and deletable, their links deleted
+/// in `conn`'s transaction; and how many were skipped.
+async fn unlink_unreferenced<C: Fn(&Digest) -> bool>(
+    conn: &mut sqlx::AnyConnection,
+    candidates: &[Digest],
+    still_deletable: &C,
+) -> Result<(Vec<Digest>, u64), sqlx::Error> {
+    let mut doomed = Vec::new();
+    let mut skipped = 0u64;
+    for d in candidates {
+        let referenced = sqlx::query(REFERENCED)
+            .bind(d.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if referenced || !still_deletable(d) {
+            skipped += 1;
+            continue;
+        }
+        sqlx::query("DELETE FROM blob_links WHERE digest = $1")
+            .bind(d.to_string())
+            .execute(&mut *conn)
+            .await?;
+        doomed.push(d.clone());
+    }
+    Ok((doomed, skipped))
 }

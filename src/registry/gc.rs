@@ -10,11 +10,13 @@
 //!
 //! **Sweep.** Blobs of the blob store not marked and older than the grace
 //! period (file modification time; S3 `LastModified`) are deleted in
-//! batches. Each batch is one metadata transaction holding the collector's
-//! exclusive lock (PostgreSQL: an advisory lock every write transaction
-//! takes shared; SQLite: `BEGIN IMMEDIATE`): it re-checks every candidate
-//! against the rows, deletes its blob links, deletes the bytes, then
-//! commits. So a manifest PUT (whose transaction re-checks that its blobs
+//! batches. Each batch is one exclusive section (PostgreSQL: the
+//! collector's advisory lock, which every write transaction takes shared;
+//! SQLite: `BEGIN IMMEDIATE` inside this process's exclusive lock): it
+//! re-checks every candidate against the rows, deletes its blob links and
+//! commits, then deletes the bytes (rows first: a crash in between leaves
+//! bytes no row names, swept next time, never a link to missing bytes).
+//! So a manifest PUT (whose transaction re-checks that its blobs
 //! are linked) either committed before the batch, and the re-check keeps
 //! the blob, or commits after it and is refused with `MANIFEST_BLOB_UNKNOWN`;
 //! never a committed manifest naming deleted bytes. Blob links whose bytes
