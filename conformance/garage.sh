@@ -8,8 +8,8 @@
 #   conformance/garage.sh start3 DIR        three nodes, replication factor 3
 #   conformance/garage.sh kill DIR N        kill -9 node N of DIR (a crash, for the fault test)
 #   conformance/garage.sh restart DIR N     start node N of DIR again (after a kill -9)
-#   conformance/garage.sh wait-healthy DIR  wait until every node sees every node healthy (after a
-#                                           restart: about 10 s until their status is exchanged)
+#   conformance/garage.sh wait-healthy DIR  wait until every node has seen every node healthy for
+#                                           3 s (after a restart: a few seconds)
 #   conformance/garage.sh stop DIR          stop the nodes this script started in DIR
 #
 # start1/start3 print `export` lines (also kept in DIR/env) for
@@ -131,15 +131,23 @@ cluster_healthy() { # every node of the layout is up (replication needs them all
   ((up >= n))
 }
 
-cluster_recovered() { # every node sees every node healthy, status known, none failed
+cluster_connected() { # every node sees every node healthy, none failed
   local n="$1" i out up
   for ((i = 1; i <= n; i++)); do
     out="$(g "$i" status 2>/dev/null)" || return 1
     ! grep -q "FAILED NODES" <<<"$out" || return 1
-    # A node just (re)connected is listed with hostname "?" until its
-    # status reached node i.
-    up="$(sed -n '/HEALTHY NODES/,/^$/p' <<<"$out" | awk '$3 ~ /^127\.0\.0\.1:/ && $2 != "?"' | wc -l)"
+    up="$(sed -n '/HEALTHY NODES/,/^$/p' <<<"$out" | grep -c '127\.0\.0\.1:' || true)"
     ((up >= n)) || return 1
+  done
+}
+
+cluster_recovered() { # connected for 3 s in a row: a restarted node's peers
+  # flap (FAILED, healthy, FAILED) for a few seconds while their old
+  # connections to it time out.
+  local n="$1" k
+  for k in 1 2 3; do
+    cluster_connected "$n" || return 1
+    ((k == 3)) || sleep 1
   done
 }
 
