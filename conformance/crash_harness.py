@@ -38,6 +38,28 @@ Prints the counts (rounds, operations acknowledged, operations verified,
 violations) and exits 1 if there is any violation. Uses only `requests`.
 
   crash_harness.py --binary target/release/bpf-registry [--rounds 5] [--seed N]
+
+Replicas mode (`--replicas N`, issue 12's fault test; its parts are in
+replica_cluster.py): N release binaries on one PostgreSQL database
+(`--metadata`, created by the caller) and one S3 bucket prefix
+(`--blob-store`, plus a prefix of this run's own), each with its own data
+dir and port, all signing with one key. The same workers drive the load,
+but every request goes to a random replica and one refused by a dead
+replica is retried on another (so a chunked upload's POST, PATCHes and PUT
+land on different replicas). Each round kills -9 one replica while it
+serves an upload request (mid-push) and, with `--garage-dir DIR` (a cluster
+of `garage.sh start3 DIR`, which the replicas reach through a TCP balancer
+over the nodes' S3 ports), one Garage node of the three, at random moments;
+each is restarted later in the round or left down through the checks. The
+checks after each round run through a surviving replica: the ones above
+(no 5xx anywhere, not only in races), with `bpf-registry scrub` on the same
+stores instead of the on-disk check (rows against bytes, every blob
+re-hashed: 0 torn objects), then every replica must answer the catalog, tag
+lists, `/for-host`, manifests and artifacts alike. Prints the counts plus
+replica kills, Garage node kills and requests retried on another replica.
+
+  crash_harness.py --replicas 3 --metadata postgres://.../db \
+      --blob-store 's3://bucket?endpoint=...&region=garage' [--garage-dir DIR] [--rounds 5] [--seed N]
 """
 
 from __future__ import annotations
@@ -901,7 +923,7 @@ class ReplicaHarness(Harness):
         with self.replicas.lock:
             errors, self.replicas.server_errors = self.replicas.server_errors, []
         for e in errors:
-            self.violation(f"5xx: {e}")
+            self.violation(f"5xx: {e}{self.logged_cause(e)}")
 
     def check_blobs(self, s: requests.Session) -> None:
         """The acknowledged blobs that check_manifests did not just read
@@ -914,6 +936,21 @@ class ReplicaHarness(Harness):
             if r.status_code != 200 or r.content != data:
                 self.violation(f"acknowledged blob {repo}@{d}: {r.status_code}")
             self.verified += 1
+
+    def logged_cause(self, answer: str) -> str:
+        """The replica's log line for the request id an answer names."""
+        m = re.search(r"request id ([0-9a-f-]+)", answer)
+        if not m:
+            return ""
+        for d in self.replicas.dirs:
+            try:
+                with open(d + ".log", errors="replace") as f:
+                    for line in f:
+                        if m.group(1) in line and "ERROR" in line:
+                            return f"; logged: {line.strip()[:600]}"
+            except OSError:
+                continue
+        return ""
 
     def join(self, workers: list) -> None:
         deadline = time.time() + 120

@@ -109,7 +109,7 @@ crash_harness_replicas() (
   trap 'bash conformance/garage.sh stop "$dir"; rm -rf "$dir"' EXIT
   garage_env=$(bash conformance/garage.sh start3 "$dir") || { echo "could not start 3 Garage nodes"; exit 1; }
   eval "$garage_env"
-  timeout 600 "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 8 \
+  timeout 600 "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5 \
     --replicas 3 --metadata "$1" --blob-store "$BPF_TEST_S3_URL" --garage-dir "$dir"
 )
 
