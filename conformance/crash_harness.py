@@ -779,6 +779,7 @@ class ReplicaHarness(Harness):
             # The replicas' one S3 endpoint: a balancer over every node's S3
             # port, so it survives the loss of a node (as the README asks).
             self.balancer = rc.TcpBalancer(self.garage.s3_ports())
+            self.garage.balancer = self.balancer
             blob_store = re.sub(r"endpoint=[^&]*", f"endpoint=http://127.0.0.1:{self.balancer.port}", blob_store)
         # A prefix of this run's own under the given one: runs never share keys.
         run_prefix = f"crash-{os.urandom(4).hex()}"

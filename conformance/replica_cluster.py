@@ -189,6 +189,11 @@ class TcpBalancer:
 
     def __init__(self, backends: list[int]) -> None:
         self.backends = backends
+        # Backends a health check would keep out: a restarted Garage node
+        # answers on its S3 port before it has reconnected to its peers,
+        # and until then every request it serves misses the quorum (503).
+        self.lock = threading.Lock()
+        self.held_out: set[int] = set()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -213,8 +218,17 @@ class TcpBalancer:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
+    def hold_out(self, port: int) -> None:
+        with self.lock:
+            self.held_out.add(port)
+
+    def admit(self, port: int) -> None:
+        with self.lock:
+            self.held_out.discard(port)
+
     def _connect(self) -> socket.socket | None:
-        order = list(self.backends)
+        with self.lock:
+            order = [p for p in self.backends if p not in self.held_out] or list(self.backends)
         self.rng.shuffle(order)
         for port in order:
             try:
@@ -262,6 +276,8 @@ class GarageNodes:
     def __init__(self, garage_dir: str, script: str) -> None:
         self.dir = garage_dir
         self.script = script
+        self.balancer: TcpBalancer | None = None  # set by the caller
+        self.readmit: threading.Thread | None = None
         self.count = len([d for d in os.listdir(garage_dir) if d.startswith("node")
                           and os.path.isdir(os.path.join(garage_dir, d))])
         if self.count < 3:
@@ -277,7 +293,11 @@ class GarageNodes:
         return ports
 
     def wait_healthy(self) -> None:
-        """Every node back in the cluster (one node down at a time, never two)."""
+        """Every node back in the cluster (one node down at a time, never
+        two) and in the balancer."""
+        if self.readmit:
+            self.readmit.join()
+            self.readmit = None
         r = subprocess.run(["bash", self.script, "wait-healthy", self.dir], capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"the Garage cluster did not recover: {r.stderr.strip()}")
@@ -287,10 +307,24 @@ class GarageNodes:
         self.down = n
 
     def restart(self) -> None:
+        """Starts the node again; the balancer sends it connections only
+        once every node sees every other (a health check's job), checked in
+        the background while the load goes on."""
         if self.down is None:
             return
+        port = self.s3_ports()[self.down - 1]
+        if self.balancer:
+            self.balancer.hold_out(port)
         r = subprocess.run(["bash", self.script, "restart", self.dir, str(self.down)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"garage node {self.down} did not restart: {r.stderr.strip()}")
         self.down = None
+        if self.balancer:
+            balancer = self.balancer
+
+            def readmit() -> None:
+                subprocess.run(["bash", self.script, "wait-healthy", self.dir], capture_output=True)
+                balancer.admit(port)
+            self.readmit = threading.Thread(target=readmit, daemon=True)
+            self.readmit.start()
