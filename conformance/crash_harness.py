@@ -53,6 +53,28 @@ Prints the counts (rounds, operations acknowledged, operations verified,
 violations) and exits 1 if there is any violation. Uses only `requests`.
 
   crash_harness.py --binary target/release/bpf-registry [--rounds 5] [--seed N] [--events]
+
+Replicas mode (`--replicas N`, issue 12's fault test; its parts are in
+replica_cluster.py): N release binaries on one PostgreSQL database
+(`--metadata`, created by the caller) and one S3 bucket prefix
+(`--blob-store`, plus a prefix of this run's own), each with its own data
+dir and port, all signing with one key. The same workers drive the load,
+but every request goes to a random replica and one refused by a dead
+replica is retried on another (so a chunked upload's POST, PATCHes and PUT
+land on different replicas). Each round kills -9 one replica while it
+serves an upload request (mid-push) and, with `--garage-dir DIR` (a cluster
+of `garage.sh start3 DIR`, which the replicas reach through a TCP balancer
+over the nodes' S3 ports), one Garage node of the three, at random moments;
+each is restarted later in the round or left down through the checks. The
+checks after each round run through a surviving replica: the ones above
+(no 5xx anywhere, not only in races), with `bpf-registry scrub` on the same
+stores instead of the on-disk check (rows against bytes, every blob
+re-hashed: 0 torn objects), then every replica must answer the catalog, tag
+lists, `/for-host`, manifests and artifacts alike. Prints the counts plus
+replica kills, Garage node kills and requests retried on another replica.
+
+  crash_harness.py --replicas 3 --metadata postgres://.../db \
+      --blob-store 's3://bucket?endpoint=...&region=garage' [--garage-dir DIR] [--rounds 5] [--seed N]
 """
 
 from __future__ import annotations
@@ -64,6 +86,7 @@ import hmac
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -123,12 +146,16 @@ class State:
 
 
 class Worker(threading.Thread):
-    def __init__(self, wid: int, url: str, state: State, stop: threading.Event, rnd: int, seed: int):
+    def __init__(self, wid: int, url: str, state: State, stop: threading.Event, rnd: int, seed: int,
+                 session_factory=requests.Session):
         super().__init__(daemon=True)
         self.wid, self.url, self.st, self.stop = wid, url, state, stop
         self.rnd = rnd
         self.rng = random.Random(seed * 1000 + rnd * 100 + wid)
-        self.s = requests.Session()
+        # One server: plain sessions. Replicas mode: sessions that send each
+        # request to a random live replica (replica_cluster.BalancedSession).
+        self.session_factory = session_factory
+        self.s = session_factory()
         self.n = 0
 
     # -- operations; each records only what got a success answer ---------
@@ -320,7 +347,7 @@ class Worker(threading.Thread):
 
         def complete() -> None:
             try:
-                rr = requests.put(f"{self.url}{loc}{'&' if '?' in loc else '?'}digest={d}", data=final,
+                rr = self.session_factory().put(f"{self.url}{loc}{'&' if '?' in loc else '?'}digest={d}", data=final,
                                   timeout=TIMEOUT, headers={
                                       "Content-Range": f"{len(first)}-{len(data) - 1}",
                                       "Content-Type": "application/octet-stream"})
@@ -390,7 +417,7 @@ class Worker(threading.Thread):
 
         def put() -> None:
             try:
-                rr = requests.put(f"{self.url}/v2/{dst}/manifests/{version}", data=body, timeout=TIMEOUT,
+                rr = self.session_factory().put(f"{self.url}/v2/{dst}/manifests/{version}", data=body, timeout=TIMEOUT,
                                   headers={"Content-Type": OCI_MANIFEST})
                 results.append((rr.status_code, rr.text[:200]))
             except requests.RequestException:
@@ -941,6 +968,313 @@ class Harness:
         return 1 if self.violations else 0
 
 
+# ---- replicas mode ------------------------------------------------------------
+# N replicas on one PostgreSQL database and one S3 bucket prefix; every
+# client request to a random live replica; a replica killed mid-push and a
+# Garage node of three killed at random moments, both restarted later; the
+# same checks through a surviving replica after each round, plus scrub as
+# the on-store check and every replica answering the same.
+
+
+class ReplicaHarness(Harness):
+    def __init__(self, args) -> None:
+        super().__init__(args)
+        import replica_cluster as rc  # beside this file
+        self.rc = rc
+        self.garage = None
+        self.balancer = None
+        blob_store = args.blob_store
+        if args.garage_dir:
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "garage.sh")
+            self.garage = rc.GarageNodes(os.path.abspath(args.garage_dir), script)
+            # The replicas' one S3 endpoint: a balancer over every node's S3
+            # port, so it survives the loss of a node (as the README asks).
+            self.balancer = rc.TcpBalancer(self.garage.s3_ports())
+            self.garage.balancer = self.balancer
+            blob_store = re.sub(r"endpoint=[^&]*", f"endpoint=http://127.0.0.1:{self.balancer.port}", blob_store)
+        # A prefix of this run's own under the given one: runs never share keys.
+        run_prefix = f"crash-{os.urandom(4).hex()}"
+        head, _, query = blob_store.partition("?")
+        blob_store = f"{head.rstrip('/')}/{run_prefix}?{query}"
+        self.store_env = {"BPF_REGISTRY_METADATA": args.metadata, "BPF_REGISTRY_BLOB_STORE": blob_store}
+        env = dict(os.environ, **self.store_env,
+                   BPF_REGISTRY_LOG_LEVEL="WARN",
+                   # The collector runs on every replica (one at a time, by
+                   # the advisory lock) and is killed with them.
+                   BPF_REGISTRY_GC_INTERVAL="1s",
+                   BPF_REGISTRY_SIGNER="key",
+                   BPF_REGISTRY_SIGNING_KEY=self.key)
+        self.replicas = rc.Replicas(self.binary, args.replicas, env, self.data)
+        self.replica_kills = 0
+        self.replica_kills_mid_push = 0
+        self.garage_kills = 0
+        self.verified_through: list[int] = []
+
+    def violation(self, msg: str) -> None:
+        # The checks run after every round over everything acknowledged so
+        # far: a fault found once is reported (and counted) once.
+        if msg not in self.violations:
+            super().violation(msg)
+
+    def balanced_session_factory(self, seed: int):
+        rng = random.Random(seed)
+        return lambda: self.rc.BalancedSession(self.replicas, random.Random(rng.random()))
+
+    # -- faults ------------------------------------------------------------
+    def kill_replica(self, rng: random.Random) -> int:
+        i, mid_push = self.replicas.pick_mid_push(rng, wait=1.0)
+        self.replicas.kill(i)
+        self.replica_kills += 1
+        self.replica_kills_mid_push += mid_push
+        print(f"  kill -9 replica {i + 1}{' mid-push' if mid_push else ''}", flush=True)
+        return i
+
+    def kill_garage_node(self, rng: random.Random) -> None:
+        n = rng.randrange(1, self.garage.count + 1)
+        self.garage.kill(n)
+        self.garage_kills += 1
+        print(f"  kill -9 garage node {n}", flush=True)
+
+    def restart_garage_node(self) -> None:
+        if self.garage and self.garage.down is not None:
+            n = self.garage.down
+            self.garage.restart()
+            print(f"  garage node {n} back", flush=True)
+
+    def restart_replicas(self) -> None:
+        for i in range(self.replicas.count()):
+            if i not in self.replicas.alive():
+                self.replicas.start(i)
+                print(f"  replica {i + 1} back", flush=True)
+
+    # -- checks ------------------------------------------------------------
+    def start_scrub(self) -> tuple:
+        """The on-store check, started: rows against bytes and bytes against
+        digests (`bpf-registry scrub` on the same metadata and blob store).
+        It only reads, so it runs beside the HTTP checks."""
+        scrub_dir = os.path.join(self.data, "scrub")
+        os.makedirs(scrub_dir, exist_ok=True)
+        env = dict(os.environ, **self.store_env, BPF_REGISTRY_DATA_DIR=scrub_dir, BPF_REGISTRY_LOG_LEVEL="ERROR")
+        proc = subprocess.Popen([self.binary, "scrub", "--json"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        return proc, time.time()
+
+    def finish_scrub(self, started: tuple) -> None:
+        proc, t0 = started
+        out, err = proc.communicate(timeout=600)
+        self.scrub_seconds = time.time() - t0
+        try:
+            report = json.loads(out)
+        except ValueError:
+            self.violation(f"scrub did not run (exit {proc.returncode}): {err.strip()[:300]}")
+            return
+        for p in report.get("problems", []):
+            self.violation(f"scrub: {p.get('kind')} {p.get('repository') or ''} {p.get('object')} {p.get('detail')}")
+        self.scrub_blobs = report.get("blobs_checked", 0)
+        self.verified += 1
+
+    def fingerprint(self, url: str) -> dict:
+        """What one replica answers to the derived views."""
+        s = requests.Session()
+        fp: dict = {}
+
+        def pages(path: str, key: str) -> list:
+            items, nxt = [], f"{url}{path}"
+            while nxt:
+                r = s.get(nxt, timeout=TIMEOUT)
+                if r.status_code != 200:
+                    return [f"status {r.status_code}"]
+                items += r.json().get(key) or []
+                link = r.headers.get("Link", "")
+                nxt = f"{url}{link.split('<', 1)[1].split('>', 1)[0]}" if 'rel="next"' in link else ""
+            return items
+
+        fp["catalog"] = pages("/v2/_catalog?n=1000", "repositories")
+        for repo in sorted(x for x in fp["catalog"] if x.startswith("crash")):
+            fp[f"tags {repo}"] = sorted(pages(f"/v2/{repo}/tags/list?n=1000", "tags"))
+        for h in (f"host-{i}" for i in range(4)):
+            r = s.get(f"{url}/artifacts/for-host/{h}", timeout=TIMEOUT)
+            fp[f"for-host {h}"] = sorted(a["id"] for a in r.json()["artifacts"]) if r.ok else r.status_code
+        for d, m in sorted(self.st.manifests.items()):
+            r = s.head(f"{url}/v2/{m['repo']}/manifests/{m['tag']}", headers={"Accept": OCI_MANIFEST},
+                       timeout=TIMEOUT)
+            fp[f"manifest {m['repo']}:{m['tag']}"] = (r.status_code, r.headers.get("Docker-Content-Digest"))
+        for aid in sorted(self.st.artifacts):
+            fp[f"artifact {aid}"] = s.get(f"{url}/artifacts/{aid}", timeout=TIMEOUT).status_code
+        return fp
+
+    def check_same(self) -> None:
+        """Every replica answers the derived views alike."""
+        live = self.replicas.alive()
+        fps = {i: self.fingerprint(self.replicas.url(i)) for i in live}
+        base = fps[live[0]]
+        for i in live[1:]:
+            diff = [k for k in set(base) | set(fps[i]) if base.get(k) != fps[i].get(k)]
+            for k in sorted(diff)[:10]:
+                self.violation(f"replicas {live[0] + 1} and {i + 1} differ on {k}: "
+                               f"{str(base.get(k))[:150]} vs {str(fps[i].get(k))[:150]}")
+            if len(diff) > 10:
+                self.violation(f"replicas {live[0] + 1} and {i + 1} differ on {len(diff) - 10} more keys")
+        self.verified += 1
+
+    def verify_through(self, i: int) -> None:
+        """The single mode's checks through replica `i` (the on-disk check
+        replaced by scrub), then the 5xx answers clients got."""
+        self.url = self.replicas.url(i)
+        self.verified_through.append(i)
+        s = requests.Session()
+        scrub = self.start_scrub()
+        self.check_manifests(s)
+        self.check_blobs(s)
+        self.check_artifacts(s)
+        self.check_hosts(s)
+        self.check_sessions(s)
+        self.check_races(s)
+        self.check_signatures(s)
+        self.finish_scrub(scrub)
+        with self.replicas.lock:
+            errors, self.replicas.server_errors = self.replicas.server_errors, []
+        for e in errors:
+            self.violation(f"5xx: {e}{self.logged_cause(e)}")
+
+    def check_blobs(self, s: requests.Session) -> None:
+        """The acknowledged blobs that check_manifests did not just read
+        (each read costs S3 GETs; the checks run after every round)."""
+        read = {(m["repo"], d) for m in self.st.manifests.values() for d, _ in m["blobs"]}
+        for (repo, d), data in list(self.st.blobs.items()):
+            if (repo, d) in read:
+                continue
+            r = s.get(f"{self.url}/v2/{repo}/blobs/{d}", timeout=TIMEOUT)
+            if r.status_code != 200 or r.content != data:
+                self.violation(f"acknowledged blob {repo}@{d}: {r.status_code}")
+            self.verified += 1
+
+    def logged_cause(self, answer: str) -> str:
+        """The replica's log line for the request id an answer names."""
+        m = re.search(r"request id ([0-9a-f-]+)", answer)
+        if not m:
+            return ""
+        for d in self.replicas.dirs:
+            try:
+                with open(d + ".log", errors="replace") as f:
+                    for line in f:
+                        if m.group(1) in line and "ERROR" in line:
+                            return f"; logged: {line.strip()[:600]}"
+            except OSError:
+                continue
+        return ""
+
+    def join(self, workers: list) -> None:
+        deadline = time.time() + 120
+        for w in workers:
+            w.join(timeout=max(0.1, deadline - time.time()))
+        stuck = [w.wid for w in workers if w.is_alive()]
+        if stuck:
+            # Their requests never ended: checking now would race them.
+            raise SystemExit(f"workers {stuck} still running 120 s after the round ended")
+
+    def run_round(self, rnd: int, rng: random.Random) -> None:
+        if self.garage:
+            # One node down at a time, never two: the node restarted last
+            # round rejoins before this round may kill another.
+            waited = time.time()
+            self.garage.wait_healthy()
+            waited = time.time() - waited
+            if waited > 1:
+                print(f"  waited {waited:.1f}s for every garage node to see the others", flush=True)
+        round_started = time.time()
+        stop = threading.Event()
+        factory = self.balanced_session_factory(self.args.seed * 7919 + rnd)
+        workers = [Worker(w, self.rc.BALANCED, self.st, stop, rnd, self.args.seed, session_factory=factory)
+                   for w in range(self.args.workers)]
+        for w in workers:
+            w.start()
+        duration = rng.uniform(3.0, 6.0)
+        # The faults of this round on a timeline: a replica killed mid-push
+        # and a Garage node killed at random moments; each restarted later in
+        # the round, or left down through the verification (then the checks
+        # run on the survivors) and restarted after it.
+        events = [(rng.uniform(0.3, duration * 0.6), "kill replica")]
+        if rng.random() < 0.7:
+            events.append((min(events[0][0] + rng.uniform(0.5, 2.0), duration), "restart replica"))
+        if self.garage:
+            g = rng.uniform(0.2, duration * 0.7)
+            events.append((g, "kill garage"))
+            if rng.random() < 0.6:
+                events.append((min(g + rng.uniform(0.5, 2.5), duration), "restart garage"))
+        started = time.time()
+        for at, what in sorted(events):
+            time.sleep(max(0.0, started + at - time.time()))
+            if what == "kill replica":
+                self.kill_replica(rng)
+            elif what == "restart replica":
+                self.restart_replicas()
+            elif what == "kill garage":
+                self.kill_garage_node(rng)
+            else:
+                self.restart_garage_node()
+        time.sleep(max(0.0, started + duration - time.time()))
+        stop.set()
+        self.join(workers)
+        load_seconds = time.time() - round_started
+        before = self.st.acknowledged
+        down = [i for i in range(self.replicas.count()) if i not in self.replicas.alive()]
+        garage_down = self.garage.down if self.garage else None
+        t0 = time.time()
+        self.verify_through(rng.choice(self.replicas.alive()))
+        t1 = time.time()
+        self.restart_garage_node()
+        self.restart_replicas()
+        t2 = time.time()
+        self.check_same()
+        t3 = time.time()
+        print(f"  load {load_seconds:.1f}s, checks {t1 - t0:.1f}s (scrub {self.scrub_seconds:.1f}s), restarts {t2 - t1:.1f}s, "
+              f"replicas compared {t3 - t2:.1f}s", flush=True)
+        print(f"round {rnd}: {duration:.1f}s of load; verified through replica {self.verified_through[-1] + 1}"
+              f"{f' with replica {down[0] + 1} down' if down else ''}"
+              f"{f' with garage node {garage_down} down' if garage_down else ''}; "
+              f"acknowledged so far {before}, verified so far {self.verified}, "
+              f"violations {len(self.violations)}", flush=True)
+
+    def run(self) -> int:
+        started = time.time()
+        rng = random.Random(self.args.seed)
+        try:
+            for i in range(self.replicas.count()):
+                self.replicas.start(i)
+            for rnd in range(1, self.args.rounds + 1):
+                self.run_round(rnd, rng)
+        finally:
+            self.replicas.kill_all()
+            if self.balancer:
+                self.balancer.close()
+        races = self.st.races
+        print(f"upload races: {races['run']} run, PUT won {races['put_won']}, PATCH won {races['patch_won']}",
+              flush=True)
+        print(f"signing races: {self.st.sign_races} run, {len(self.st.signed_copies)} acknowledged signed copies",
+              flush=True)
+        if self.st.sign_races and not self.st.signed_copies:
+            self.violation("signing races ran but none stored a signed copy: nothing was checked")
+        if self.replica_kills_mid_push == 0:
+            self.violation("no replica was killed mid-push: the fault was not exercised")
+        print(f"crash harness (replicas): rounds {self.args.rounds}, replicas {self.replicas.count()}, "
+              f"operations acknowledged {self.st.acknowledged}, operations verified {self.verified}, "
+              f"violations {len(self.violations)}, replica kills {self.replica_kills} "
+              f"({self.replica_kills_mid_push} mid-push), garage-node kills {self.garage_kills}, "
+              f"requests retried on another replica {self.replicas.retried}, "
+              f"blobs re-hashed by the last scrub {getattr(self, 'scrub_blobs', 0)} "
+              f"({time.time() - started:.1f}s)", flush=True)
+        if not self.args.keep:
+            shutil.rmtree(self.data, ignore_errors=True)
+            try:
+                os.remove(self.key)
+            except OSError:
+                pass
+        else:
+            print(f"data dirs kept: {self.data}")
+        return 1 if self.violations else 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--binary", default="target/release/bpf-registry")
@@ -950,10 +1284,25 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--events", action="store_true",
                    help="deliver CloudEvents to a receiver thread and check one event id per acknowledged change")
+    p.add_argument("--replicas", type=int, default=0,
+                   help="replicas mode: N servers on --metadata and --blob-store (default: one server, fs + SQLite)")
+    p.add_argument("--metadata", help="replicas mode: postgres://... URL of an existing database")
+    p.add_argument("--blob-store", help="replicas mode: s3://... URL (this run adds a prefix of its own)")
+    p.add_argument("--garage-dir", help="replicas mode: the DIR of `garage.sh start3 DIR`; its nodes are "
+                                        "killed and restarted, and the replicas reach them through a balancer")
     args = p.parse_args()
     if not os.access(args.binary, os.X_OK):
         print(f"no executable at {args.binary} (cargo build --release first)")
         return 1
+    if args.replicas:
+        if args.replicas < 2 or not (args.metadata or "").startswith("postgres://") \
+                or not (args.blob_store or "").startswith("s3://"):
+            p.error("--replicas N (N >= 2) needs --metadata postgres://... and --blob-store s3://...")
+        if args.events:
+            p.error("--events checks the outbox of the embedded store: not with --replicas")
+        print(f"crash harness: seed {args.seed}, {args.rounds} rounds, {args.workers} workers, "
+              f"{args.replicas} replicas{', garage ' + args.garage_dir if args.garage_dir else ''}", flush=True)
+        return ReplicaHarness(args).run()
     print(f"crash harness: seed {args.seed}, {args.rounds} rounds, {args.workers} workers", flush=True)
     return Harness(args).run()
 

@@ -6,7 +6,10 @@
 #   conformance/garage.sh install           build Garage 2.5.0 once into the cache
 #   conformance/garage.sh start1 DIR        one node, replication factor 1
 #   conformance/garage.sh start3 DIR        three nodes, replication factor 3
+#   conformance/garage.sh kill DIR N        kill -9 node N of DIR (a crash, for the fault test)
 #   conformance/garage.sh restart DIR N     start node N of DIR again (after a kill -9)
+#   conformance/garage.sh wait-healthy DIR  wait until every node has seen every node healthy for
+#                                           3 s (after a restart: a few seconds)
 #   conformance/garage.sh stop DIR          stop the nodes this script started in DIR
 #
 # start1/start3 print `export` lines (also kept in DIR/env) for
@@ -128,6 +131,26 @@ cluster_healthy() { # every node of the layout is up (replication needs them all
   ((up >= n))
 }
 
+cluster_connected() { # every node sees every node healthy, none failed
+  local n="$1" i out up
+  for ((i = 1; i <= n; i++)); do
+    out="$(g "$i" status 2>/dev/null)" || return 1
+    ! grep -q "FAILED NODES" <<<"$out" || return 1
+    up="$(sed -n '/HEALTHY NODES/,/^$/p' <<<"$out" | grep -c '127\.0\.0\.1:' || true)"
+    ((up >= n)) || return 1
+  done
+}
+
+cluster_recovered() { # connected for 3 s in a row: a restarted node's peers
+  # flap (FAILED, healthy, FAILED) for a few seconds while their old
+  # connections to it time out.
+  local n="$1" k
+  for k in 1 2 3; do
+    cluster_connected "$n" || return 1
+    ((k == 3)) || sleep 1
+  done
+}
+
 bucket_ready() {
   g 1 bucket info "$BUCKET"
 }
@@ -192,6 +215,20 @@ is_ours() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$GARAGE -c $DIR/"
 }
 
+node_count() { # the nodes DIR was started with
+  local dirs=("$DIR"/node*/garage.toml)
+  echo "${#dirs[@]}"
+}
+
+cmd_kill() { # NODE: SIGKILL, no shutdown (what the fault test needs)
+  local n="$1" pid
+  [[ -f "$DIR/node$n/garage.toml" ]] || die "no node $n in $DIR"
+  pid="$(cat "$DIR/node$n/pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && is_ours "$pid" || die "node $n is not running"
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+}
+
 cmd_restart() { # NODE
   local n="$1"
   [[ -f "$DIR/node$n/garage.toml" ]] || die "no node $n in $DIR"
@@ -204,6 +241,12 @@ cmd_restart() { # NODE
   wait_until 60 "node $n" s3_answers "$(cat "$DIR/node$n/s3_port")"
   sed -i "s/^export GARAGE_NODE${n}_PID=.*/export GARAGE_NODE${n}_PID=$(cat "$DIR/node$n/pid")/" "$DIR/env"
   echo "export GARAGE_NODE${n}_PID=$(cat "$DIR/node$n/pid")"
+}
+
+cmd_wait_healthy() {
+  # Every node back in the cluster, not just listening: a second node
+  # killed before the first rejoined would leave one of three, below quorum.
+  wait_until 60 "every node of $DIR to be healthy" cluster_recovered "$(node_count)"
 }
 
 cmd_stop() {
@@ -228,13 +271,18 @@ case "${1:-}" in
   install) cmd_install ;;
   start1) DIR="${2:?usage: $0 start1 DIR}"; cmd_start 1 1 ;;
   start3) DIR="${2:?usage: $0 start3 DIR}"; cmd_start 3 3 ;;
+  kill)
+    DIR="$(cd "${2:?usage: $0 kill DIR N}" && pwd)"
+    cmd_kill "${3:?usage: $0 kill DIR N}"
+    ;;
+  wait-healthy) DIR="$(cd "${2:?usage: $0 wait-healthy DIR}" && pwd)"; cmd_wait_healthy ;;
   restart)
     DIR="$(cd "${2:?usage: $0 restart DIR N}" && pwd)"
     cmd_restart "${3:?usage: $0 restart DIR N}"
     ;;
   stop) DIR="$(cd "${2:?usage: $0 stop DIR}" && pwd)"; cmd_stop ;;
   *)
-    sed -n '2,22p' "$0" >&2
+    sed -n '2,25p' "$0" >&2
     exit 2
     ;;
 esac

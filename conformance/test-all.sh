@@ -28,10 +28,13 @@
 #    built once into ~/.cache/bpf-registry-garage, one node on loopback),
 #    every test file except properties (parsers, no store),
 #    payload_limits (refusals before anything is stored, checked on the
-#    data dir's files) and migration (the previous version's fs layout) with BPF_TEST_BLOB_STORE=s3 (fs-only
-#    tests inside them say so and skip; tests/replicas.rs: three replicas
-#    on one database and one bucket), then the release binary on a fresh database
-#    and bucket prefix with the OCI conformance harness and REST interop;
+#    data dir's files) and migration (the previous version's fs layout)
+#    with BPF_TEST_BLOB_STORE=s3 (fs-only tests inside them say so and
+#    skip; tests/replicas.rs: three replicas on one database and one
+#    bucket), then the release binary on a fresh database and bucket prefix
+#    with the OCI conformance harness and REST interop, and the crash
+#    harness over three replicas on a fresh database and a 3-node Garage of
+#    its own (conformance/crash_harness.py --replicas 3);
 # 7. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip. The PostgreSQL
 # configuration is skipped only with BPF_TEST_SKIP_POSTGRES=1, and never
@@ -101,6 +104,19 @@ stop_server() {
   if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
   SERVER_PID=""
 }
+
+# crash_harness_replicas DB_URL: the crash harness's replicas mode on its
+# own 3-node Garage (temp dir, free ports; its AWS_* stay in the subshell),
+# stopped and removed on the way out whatever happens.
+crash_harness_replicas() (
+  local dir garage_env
+  dir=$(mktemp -d /tmp/bpf-registry-garage3.XXXXXX)
+  trap 'bash conformance/garage.sh stop "$dir"; rm -rf "$dir"' EXIT
+  garage_env=$(bash conformance/garage.sh start3 "$dir") || { echo "could not start 3 Garage nodes"; exit 1; }
+  eval "$garage_env"
+  timeout 600 "$PY" conformance/crash_harness.py --binary target/release/bpf-registry --rounds 5 \
+    --replicas 3 --metadata "$1" --blob-store "$BPF_TEST_S3_URL" --garage-dir "$dir"
+)
 
 # PostgreSQL for the fs + PostgreSQL configuration (exports BPF_TEST_POSTGRES,
 # BPF_TEST_PSQL).
@@ -209,6 +225,17 @@ if [[ -n "${BPF_TEST_POSTGRES:-}" && -n "${BPF_TEST_S3_URL:-}" ]]; then
     run "REST interop (oras-py) (S3 + PostgreSQL)" "$PY" conformance/rest_interop.py --url "$URL"
   fi
   stop_server
+  # The fault test: three replicas on one database and one bucket prefix,
+  # each client request to a random replica, kill -9 of a replica mid-push
+  # and of one node of its own 3-node Garage (replication factor 3) at
+  # random moments; 0 acknowledged writes lost, 0 torn objects, the
+  # survivors keep serving (about 3 minutes).
+  CRASH_DB="t_crash_$(date +%s)_$$"
+  if [[ -x target/release/bpf-registry ]] && run "create database $CRASH_DB" \
+      "$BPF_TEST_PSQL" -X -q -v ON_ERROR_STOP=1 -d "$BPF_TEST_POSTGRES" -c "CREATE DATABASE $CRASH_DB"; then
+    run "crash harness (3 replicas, S3 on 3 Garage nodes + PostgreSQL)" \
+      crash_harness_replicas "${BPF_TEST_POSTGRES%/*}/$CRASH_DB"
+  fi
 else
   FAILED_STEPS+=("S3 + PostgreSQL: no PostgreSQL or no Garage")
 fi

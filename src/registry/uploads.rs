@@ -6,7 +6,9 @@
 //! by a crash) are dropped when the session is next written; the offset
 //! moves only by compare-and-set, so of two replicas racing on one session
 //! one chunk is acknowledged and the other is refused. A blob becomes visible only after its
-//! digest was verified. Every operation on a session holds its slot (see
+//! digest was verified. A PUT ends the session's row before it moves the
+//! bytes into the blob, so no crash leaves a session whose offset names
+//! bytes that are gone. Every operation on a session holds its slot (see
 //! `upload_table`) from the first look to the last write, so racing
 //! requests on one upload run one after the other, and a session that
 //! ended is refused to whoever was waiting for it.
@@ -220,6 +222,14 @@ impl Registry {
     /// marked ended for whoever waits on it and leaves the table. When the
     /// state cannot be removed, the slot stays as a tombstone.
     async fn end_session(&self, id: &UploadId, open: &mut Open) -> RegistryResult<()> {
+        self.end_session_row(id, open).await?;
+        self.remove_upload_dir(id).await;
+        Ok(())
+    }
+
+    /// The first half of `end_session`: the row goes (no replica can find
+    /// the session any more), the bytes stay.
+    async fn end_session_row(&self, id: &UploadId, open: &mut Open) -> RegistryResult<()> {
         let removed = self.meta.delete_upload(id.as_str()).await;
         *open.guard = Slot::Ended;
         if let Err(e) = removed {
@@ -227,13 +237,18 @@ impl Registry {
             return Err(e.into());
         }
         self.uploads.ended(id, &open.slot);
+        Ok(())
+    }
+
+    /// The second half of `end_session`: the folder of a session whose row
+    /// is gone.
+    async fn remove_upload_dir(&self, id: &UploadId) {
         let b = self.backend.clone();
         let dir = paths::upload_dir(id);
         // What is left is garbage without a state: purged later if this fails.
         if let Err(e) = blocking(move || b.delete_dir(&dir).map_err(Into::into)).await {
             tracing::warn!(error = %e, upload = %id, "upload folder left for garbage collection");
         }
-        Ok(())
     }
 
     /// Upload progress (`GET /v2/<name>/blobs/uploads/<id>`).
@@ -356,15 +371,33 @@ impl Registry {
         }
         let expected_len = range.and_then(|(a, b)| b.checked_sub(a).and_then(|d| d.checked_add(1)));
         self.append_locked(id, session, expected_len, body).await?;
-        let result = self.commit_session(repo, id, session, digest).await;
-        if let Err(e) = self.end_session(id, &mut open).await {
-            // The outcome stands (a stored blob is stored); the session is
-            // ended in memory and its leftovers are purged later.
-            tracing::error!(error = %e, upload = %id, "cannot remove a finished upload session");
+        let actual = self.uploaded_digest(id, session).await;
+        // The session ends (its row goes) before its bytes move into the
+        // blob: a crash in between must not leave a session whose
+        // acknowledged offset names bytes that are gone (its next chunk
+        // would fail on S3, or land after zeros on the filesystem). A crash
+        // after this point leaves no session: the PUT was not acknowledged,
+        // the client starts over; the folder is garbage without a row.
+        if let Err(e) = self.end_session_row(id, &mut open).await {
+            // The row stays, and with it the bytes it names: another
+            // replica may still finish the session.
+            tracing::error!(error = %e, upload = %id, "cannot end a finished upload session");
+            return Err(e);
         }
+        let result = match actual {
+            Err(e) => Err(e),
+            Ok(actual) if &actual != digest => Err(RegistryError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            }),
+            Ok(_) => self.store_uploaded(repo, id, digest).await,
+        };
+        self.remove_upload_dir(id).await;
         result
     }
 
+    /// Checks an upload's bytes against `digest` and stores them as its
+    /// blob (a monolithic upload, whose session has no row).
     async fn commit_session(
         &self,
         repo: &RepoName,
@@ -372,7 +405,24 @@ impl Registry {
         session: &mut Session,
         digest: &Digest,
     ) -> RegistryResult<Digest> {
-        let actual = match session.hasher.take() {
+        let actual = self.uploaded_digest(id, session).await?;
+        if &actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.store_uploaded(repo, id, digest).await
+    }
+
+    /// The digest of an upload's bytes: the running hash, or (when other
+    /// replicas or an earlier process wrote some of them) the bytes re-read.
+    async fn uploaded_digest(
+        &self,
+        id: &UploadId,
+        session: &mut Session,
+    ) -> RegistryResult<Digest> {
+        Ok(match session.hasher.take() {
             Some(h) => h.finish(),
             None => {
                 let b = self.backend.clone();
@@ -387,13 +437,17 @@ impl Registry {
                 })
                 .await?
             }
-        };
-        if &actual != digest {
-            return Err(RegistryError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
+        })
+    }
+
+    /// Moves an upload's verified bytes to their blob (or touches the blob
+    /// already stored) and links it into `repo`.
+    async fn store_uploaded(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+    ) -> RegistryResult<Digest> {
         let b = self.backend.clone();
         let data = paths::upload_data(id);
         let blob = paths::blob(digest);
@@ -526,7 +580,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::registry::{Limits, UploadCap};
-    use crate::storage::FsBackend;
+    use crate::storage::{AppendWriter, Entry, FsBackend, ObjectReader, StorageResult, StorePath};
     use std::sync::Arc;
 
     async fn registry(dir: &std::path::Path, total: usize, per: usize) -> Registry {
@@ -651,5 +705,107 @@ mod tests {
         assert!(matches!(e, RegistryError::UploadUnknown), "{e}");
         assert!(!dir.path().join("_uploads").join(s.id.as_str()).exists());
         assert_eq!(reg.uploads.open_count(), 0);
+    }
+
+    /// A filesystem backend whose `rename` moves the bytes and then stops
+    /// (the process "dies" there): the test aborts the request meanwhile.
+    struct StopAfterRename {
+        inner: FsBackend,
+        moved: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+        resume: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl crate::storage::Backend for StopAfterRename {
+        fn read_small(&self, p: &StorePath, max: u64) -> StorageResult<Option<Vec<u8>>> {
+            self.inner.read_small(p, max)
+        }
+        fn write_atomic(&self, p: &StorePath, data: &[u8]) -> StorageResult<()> {
+            self.inner.write_atomic(p, data)
+        }
+        fn size(&self, p: &StorePath) -> StorageResult<Option<u64>> {
+            self.inner.size(p)
+        }
+        fn open_read(&self, p: &StorePath, offset: u64) -> StorageResult<Option<ObjectReader>> {
+            self.inner.open_read(p, offset)
+        }
+        fn open_append(&self, p: &StorePath, to: u64) -> StorageResult<Box<dyn AppendWriter>> {
+            self.inner.open_append(p, to)
+        }
+        fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()> {
+            self.inner.rename(from, to)?;
+            if let Some(tx) = self.moved.lock().unwrap().take() {
+                let _ = tx.send(());
+                // Until the test is done: nothing after the move runs.
+                let _ = self.resume.lock().unwrap().recv();
+            }
+            Ok(())
+        }
+        fn delete(&self, p: &StorePath) -> StorageResult<bool> {
+            self.inner.delete(p)
+        }
+        fn delete_dir(&self, p: &StorePath) -> StorageResult<()> {
+            self.inner.delete_dir(p)
+        }
+        fn list(&self, p: &StorePath) -> StorageResult<Vec<Entry>> {
+            self.inner.list(p)
+        }
+        fn age_secs(&self, p: &StorePath) -> StorageResult<Option<u64>> {
+            self.inner.age_secs(p)
+        }
+        fn probe_writable(&self) -> StorageResult<()> {
+            self.inner.probe_writable()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_cut_off_once_its_bytes_moved_leaves_no_session_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (moved_tx, moved_rx) = tokio::sync::oneshot::channel();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel();
+        let b: Arc<dyn crate::storage::Backend> = Arc::new(StopAfterRename {
+            inner: FsBackend::open(dir.path()).unwrap(),
+            moved: std::sync::Mutex::new(Some(moved_tx)),
+            resume: std::sync::Mutex::new(resume_rx),
+        });
+        let meta = crate::metadata::Metadata::open_in_dir(dir.path())
+            .await
+            .unwrap();
+        let reg = Arc::new(Registry::new(b, meta, Limits::default()));
+        let repo = RepoName::parse("t/cut").unwrap();
+        let s = reg
+            .start_upload(&repo, &Principal::user("p"))
+            .await
+            .unwrap();
+        reg.append_chunk(&repo, &s.id, Some(0), None, body(b"first"))
+            .await
+            .unwrap();
+        let d = Digest::of(b"first");
+        let put = {
+            let (reg, repo, id, d) = (reg.clone(), repo.clone(), s.id.clone(), d.clone());
+            tokio::spawn(async move { reg.finish_upload(&repo, &id, &d, None, body(b"")).await })
+        };
+        // The bytes moved to the blob; the replica serving the PUT dies.
+        moved_rx.await.unwrap();
+        put.abort();
+        let _ = put.await;
+        // Whoever serves the session next (another replica, or this one
+        // restarted) must not find it at the acknowledged offset 5 with
+        // its bytes gone: the filesystem would write the next chunk after
+        // five zero bytes, S3 would answer 500.
+        let next = reg
+            .append_chunk(&repo, &s.id, Some(5), None, body(b"more"))
+            .await;
+        let status = reg.upload_status(&repo, &s.id).await;
+        resume_tx.send(()).unwrap();
+        assert!(
+            matches!(next, Err(RegistryError::UploadUnknown)),
+            "a chunk after the cut-off PUT: {:?}",
+            next.map(|s| s.offset)
+        );
+        assert!(
+            matches!(status, Err(RegistryError::UploadUnknown)),
+            "status: {:?}",
+            status.map(|s| s.offset)
+        );
     }
 }
