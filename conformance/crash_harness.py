@@ -30,9 +30,10 @@ and every earlier round:
     signed there exactly once, its `.sig` tag holds that signature, and
     `GET /artifacts/{id}/verify?repository=` says verified after the
     restart;
-  * on disk: no blob whose bytes do not hash to its name, no manifest that
-    references a missing blob or index child, no tag pointing to a missing
-    manifest.
+  * the store itself: no blob file whose bytes do not hash to its name, and
+    `bpf-registry scrub --json` after every round reports no problem (rows
+    against bytes: no manifest naming a missing blob or index child, no tag
+    pointing to a missing manifest, no blob link to missing bytes).
 
 With --events the server also delivers CloudEvents to a receiver thread
 of the harness (which checks each delivery's HMAC and answers 500 to about
@@ -736,9 +737,12 @@ class Harness:
             self.verified += 1
 
     def check_disk(self) -> None:
-        """The store itself: sound blobs, complete manifests, live tags."""
+        """The store itself: every blob file hashes to its name, and
+        `bpf-registry scrub` (the rows against the bytes: manifests and the
+        blobs they reference, index children, tags, blob links, referrers)
+        finds nothing wrong. Nothing writes while it runs (the workers have
+        stopped), so any problem it reports is a violation."""
         blobs_dir = os.path.join(self.data, "blobs", "sha256")
-        present = set()
         for name in os.listdir(blobs_dir) if os.path.isdir(blobs_dir) else []:
             if name.startswith("."):  # internal: temp files
                 continue
@@ -746,38 +750,19 @@ class Harness:
                 h = hashlib.sha256(f.read()).hexdigest()
             if h != name:
                 self.violation(f"blob file {name} hashes to {h}")
-            present.add(name)
-        repos_root = os.path.join(self.data, "repositories")
-        for dirpath, dirnames, _ in os.walk(repos_root):
-            if os.path.basename(dirpath) != "_manifests":
-                continue
-            repo_dir = os.path.dirname(dirpath)
-            linked = set(os.listdir(os.path.join(dirpath, "sha256"))) if os.path.isdir(os.path.join(dirpath, "sha256")) else set()
-            linked = {x for x in linked if not x.startswith(".")}
-            for hexd in linked:
-                if hexd not in present:
-                    self.violation(f"manifest {hexd} linked in {repo_dir} is missing")
-                    continue
-                try:
-                    with open(os.path.join(blobs_dir, hexd), "rb") as f:
-                        m = json.loads(f.read())
-                except (OSError, ValueError) as e:
-                    self.violation(f"manifest {hexd} unreadable: {e}")
-                    continue
-                for desc in ([m["config"]] if "config" in m else []) + m.get("layers", []):
-                    if desc["digest"].split(":")[1] not in present:
-                        self.violation(f"manifest {hexd} references missing blob {desc['digest']}")
-                for desc in m.get("manifests", []):
-                    if desc["digest"].split(":")[1] not in linked:
-                        self.violation(f"index {hexd} references missing child {desc['digest']}")
-            tags_dir = os.path.join(repo_dir, "_tags")
-            for t in os.listdir(tags_dir) if os.path.isdir(tags_dir) else []:
-                if t.startswith("."):
-                    continue
-                with open(os.path.join(tags_dir, t)) as f:
-                    target = f.read().strip().split(":")[-1]
-                if target not in linked or target not in present:
-                    self.violation(f"tag {t} of {repo_dir} points to missing manifest {target}")
+        scrub = subprocess.run([self.binary, "scrub", "--json"],
+                               env=dict(os.environ, BPF_REGISTRY_DATA_DIR=self.data, BPF_REGISTRY_LOG_LEVEL="ERROR"),
+                               capture_output=True, text=True, timeout=300)
+        try:
+            report = json.loads(scrub.stdout)
+        except ValueError:
+            self.violation(f"scrub --json gave no report (exit {scrub.returncode}): {scrub.stderr[-300:]}")
+            return
+        for problem in report.get("problems", []):
+            self.violation(f"scrub: {problem.get('kind')} {problem.get('repository') or ''} "
+                           f"{problem.get('object')}: {problem.get('detail')}")
+        if report.get("manifests_checked", 0) == 0 and self.st.acknowledged:
+            self.violation("scrub checked no manifest although pushes were acknowledged")
         self.verified += 1
 
     def verify(self) -> None:
