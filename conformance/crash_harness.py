@@ -1231,6 +1231,8 @@ class ReplicaHarness(Harness):
                 self.run_round(rnd, rng)
         finally:
             self.replicas.kill_all()
+            if self.garage:
+                self.garage.close()
             if self.balancer:
                 self.balancer.close()
         races = self.st.races

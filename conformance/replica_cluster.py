@@ -278,6 +278,7 @@ class GarageNodes:
         self.script = script
         self.balancer: TcpBalancer | None = None  # set by the caller
         self.readmit: threading.Thread | None = None
+        self.waiter: subprocess.Popen | None = None
         self.count = len([d for d in os.listdir(garage_dir) if d.startswith("node")
                           and os.path.isdir(os.path.join(garage_dir, d))])
         if self.count < 3:
@@ -323,8 +324,18 @@ class GarageNodes:
         if self.balancer:
             balancer = self.balancer
 
+            waiter = subprocess.Popen(["bash", self.script, "wait-healthy", self.dir],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.waiter = waiter
+
             def readmit() -> None:
-                subprocess.run(["bash", self.script, "wait-healthy", self.dir], capture_output=True)
+                waiter.wait()
                 balancer.admit(port)
             self.readmit = threading.Thread(target=readmit, daemon=True)
             self.readmit.start()
+
+    def close(self) -> None:
+        """Stops a readmission check still waiting (it must not outlive us)."""
+        if self.waiter and self.waiter.poll() is None:
+            self.waiter.terminate()
+            self.waiter.wait()
