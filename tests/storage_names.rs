@@ -175,7 +175,15 @@ async fn gc_removes_leftover_temp_files_of_old_and_new_writers_and_nothing_else(
     let write = |rel: &str, bytes: &[u8]| {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, bytes).expect("write leftover");
+        std::fs::write(&p, bytes).expect("write leftover");
+        // Old leftovers: with a shared metadata store the command keeps
+        // temps younger than the upload TTL (replicas may be writing them).
+        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(month_ago))
+            .expect("age the leftover");
     };
     let upload = "5f0c6c2e-8a51-4a8e-9a57-2d1b3c4d5e6f";
     // What a crash of the previous version leaves: `<final>.tmp-<32 hex>`.
@@ -290,4 +298,25 @@ async fn the_token_key_is_generated_despite_crash_leftovers() {
     }
     let pem = std::fs::read_to_string(&key).expect("key");
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+}
+
+/// With a shared metadata store other replicas may be writing while the
+/// `gc` command runs: it keeps temp files younger than the upload TTL (on
+/// the embedded store it owns the data dir and removes every temp).
+#[tokio::test]
+async fn the_gc_command_keeps_fresh_temps_when_replicas_may_be_writing() {
+    if !common::engines::fs_blob_store_or_skip("the_gc_command_keeps_fresh_temps") {
+        return;
+    }
+    let shared = common::engines::postgres_base_url().is_some()
+        && std::env::var("BPF_TEST_METADATA").as_deref() == Ok("postgres");
+    let mut s = TestServer::start_with_env(&[("BPF_REGISTRY_GC_INTERVAL", "0")]).await;
+    s.stop().await;
+    let fresh = s
+        .data_dir()
+        .join(format!("blobs/sha256/.tmp-{OLD_SUFFIX}.{}", "a".repeat(64)));
+    std::fs::create_dir_all(fresh.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&fresh, b"a replica's write in flight").expect("write");
+    let report = gc(s.data_dir());
+    assert_eq!(fresh.exists(), shared, "{report}");
 }
