@@ -32,8 +32,10 @@
 #    with BPF_TEST_BLOB_STORE=s3 (fs-only tests inside them say so and
 #    skip; tests/replicas.rs: three replicas on one database and one
 #    bucket), then the release binary on a fresh database and bucket prefix
-#    with the OCI conformance harness and REST interop, and the crash
-#    harness over three replicas on a fresh database and a 3-node Garage of
+#    with the OCI conformance harness and REST interop, three replicas with
+#    the harness, oras-py and skopeo going round-robin over them
+#    (conformance/replicas_interop.sh), and the crash harness over three
+#    replicas on a fresh database and a 3-node Garage of
 #    its own (conformance/crash_harness.py --replicas 3);
 # 7. prints a summary; exits non-zero if anything failed.
 # Under CI=true a missing tool is a failure, never a skip. The PostgreSQL
@@ -225,6 +227,12 @@ if [[ -n "${BPF_TEST_POSTGRES:-}" && -n "${BPF_TEST_S3_URL:-}" ]]; then
     run "REST interop (oras-py) (S3 + PostgreSQL)" "$PY" conformance/rest_interop.py --url "$URL"
   fi
   stop_server
+  # Three replicas on one database and one bucket prefix with real clients:
+  # the harness on replica 1 while replica 2 serves the same repositories,
+  # then the harness, oras-py and skopeo through a per-request round-robin
+  # proxy (own replicas, database and prefix; about a minute).
+  run "replicas: harness, oras-py, skopeo round-robin (S3 + PostgreSQL)" \
+    bash conformance/replicas_interop.sh target/release/bpf-registry
   # The fault test: three replicas on one database and one bucket prefix,
   # each client request to a random replica, kill -9 of a replica mid-push
   # and of one node of its own 3-node Garage (replication factor 3) at

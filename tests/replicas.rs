@@ -560,3 +560,140 @@ async fn a_session_ended_on_another_replica_frees_its_place_everywhere() {
     let refused = start_session(&c, &r[2]).await;
     assert_oci_error(refused, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
 }
+
+/// `conformance/replica_proxy.py` (stdlib only) in front of the replicas:
+/// each request to the next replica. Returns the proxy process (the caller
+/// stops and waits for it) and its port.
+#[allow(clippy::zombie_processes)]
+fn round_robin_proxy(r: &[TestServer], dir: &std::path::Path) -> (std::process::Child, u16) {
+    let port_file = dir.join("proxy.port");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conformance/replica_proxy.py"
+    ))
+    .arg("--listen-port-file")
+    .arg(&port_file);
+    for replica in r {
+        cmd.arg(&replica.base_url);
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("start python3 conformance/replica_proxy.py");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            return (child, port);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the proxy did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// oci-client's chunked pushes (what bpfman uses) through a per-request
+/// round-robin proxy: the POST, every PATCH and the PUT of one upload each
+/// go to another replica; every replica then serves the exact bytes and
+/// the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oci_client_chunked_pushes_round_robin_over_the_replicas() {
+    let Some((r, shared)) = replicas().await else {
+        return;
+    };
+    let (mut proxy, port) = round_robin_proxy(&r, shared.path());
+    let oci = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        use_monolithic_push: false,
+        ..Default::default()
+    });
+    let reference: oci_client::Reference =
+        format!("127.0.0.1:{port}/fleet/oci:v1").parse().unwrap();
+    let parts: Vec<Vec<u8>> = (0..5)
+        .map(|i| pseudo_random(200_000 + i, 900 + i as u64))
+        .collect();
+    let whole = parts.concat();
+    let digest = sha256(&whole);
+    let items: Vec<oci_client::errors::Result<bytes::Bytes>> = parts
+        .iter()
+        .map(|p| Ok(bytes::Bytes::from(p.clone())))
+        .collect();
+    oci.push_blob_stream(&reference, futures_util::stream::iter(items), &digest, None)
+        .await
+        .expect("push_blob_stream through the round-robin proxy");
+    // A whole image through the proxy: config and layer (chunked), manifest.
+    let layer = oci_client::client::ImageLayer::new(
+        pseudo_random(300_000, 77),
+        "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        None,
+    );
+    let config = oci_client::client::Config::new(
+        br#"{"architecture":"amd64","os":"linux"}"#.to_vec(),
+        "application/vnd.oci.image.config.v1+json".into(),
+        None,
+    );
+    let pushed = oci
+        .push(
+            &reference,
+            std::slice::from_ref(&layer),
+            config,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .expect("push an image through the round-robin proxy");
+    let manifest_digest = pushed.manifest_url.rsplit('/').next().unwrap().to_string();
+    let c = client();
+    for replica in &r {
+        let got = c
+            .get(replica.url(&format!("/v2/fleet/oci/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            got.as_ref() == whole.as_slice(),
+            "blob on {}",
+            replica.base_url
+        );
+        let m = c
+            .head(replica.url("/v2/fleet/oci/manifests/v1"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(m.status(), StatusCode::OK);
+        assert_eq!(
+            header(&m, "docker-content-digest").as_deref(),
+            Some(manifest_digest.as_str())
+        );
+    }
+    // SIGTERM: the proxy writes how many requests each replica served.
+    // SAFETY: kill(2) on the PID of a child this test started and has not
+    // reaped yet.
+    unsafe {
+        libc::kill(proxy.id() as i32, libc::SIGTERM);
+    }
+    let _ = proxy.wait();
+    let stats: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.path().join("proxy.port.stats")).expect("proxy stats"),
+    )
+    .unwrap();
+    let served: Vec<u64> = stats["served"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        served.iter().all(|n| *n >= 3),
+        "every replica served part of the pushes: {served:?}"
+    );
+}
