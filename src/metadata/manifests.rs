@@ -406,6 +406,23 @@ impl Metadata {
             .collect()
     }
 
+    /// Up to `limit` repositories after `after`, in name order.
+    pub async fn repositories_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> MetadataResult<Vec<RepoName>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT {limit}"
+        )))
+        .bind(after.unwrap_or_default().to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| repo_col(&r.try_get::<String, _>(0)?))
+            .collect()
+    }
+
     /// Every manifest linked into `repo`.
     pub async fn manifests_of(&self, repo: &RepoName) -> MetadataResult<Vec<ManifestRow>> {
         let rows = sqlx::query(

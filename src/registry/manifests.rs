@@ -72,26 +72,8 @@ fn rejected(r: Result<(), PutRejected>) -> RegistryResult<()> {
     }
 }
 
-fn paginate(mut all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
-    all.sort();
-    all.dedup();
-    let start = match last {
-        Some(l) => all.partition_point(|x| x.as_str() <= l),
-        None => 0,
-    };
-    let rest = all.get(start..).unwrap_or_default();
-    match n {
-        Some(n) if rest.len() > n => {
-            let items: Vec<String> = rest.iter().take(n).cloned().collect();
-            let next_last = items.last().cloned();
-            Page { items, next_last }
-        }
-        _ => Page {
-            items: rest.to_vec(),
-            next_last: None,
-        },
-    }
-}
+/// Repository names read per catalog query.
+const CATALOG_BATCH: u32 = 500;
 
 /// Whether an `Accept` list admits a media type (RFC 9110 §12.5.1): the
 /// most specific matching range decides (`type/subtype`, then `type/*`,
@@ -442,18 +424,40 @@ impl Registry {
         last: Option<&str>,
         visible: impl Fn(&RepoName) -> bool,
     ) -> RegistryResult<Page> {
-        let names = self.all_repositories().await?;
         // Filtered before paginating: pages, `last` and the next page's
-        // marker only ever range over names the caller may see.
-        Ok(paginate(
-            names
-                .into_iter()
-                .filter(|r| visible(r))
-                .map(|r| r.to_string())
-                .collect(),
-            n,
-            last,
-        ))
+        // marker only ever range over names the caller may see. Read in
+        // keyset batches, so a page costs what it shows (plus the hidden
+        // names skipped), not the whole catalog.
+        let want = n.map(|n| n.saturating_add(1));
+        let mut items: Vec<String> = Vec::new();
+        let mut after = last.map(str::to_string);
+        'batches: loop {
+            let batch = self
+                .meta
+                .repositories_after(after.as_deref(), CATALOG_BATCH)
+                .await?;
+            let len = batch.len();
+            for r in batch {
+                after = Some(r.to_string());
+                if visible(&r) {
+                    items.push(r.to_string());
+                    if want.is_some_and(|w| items.len() >= w) {
+                        break 'batches;
+                    }
+                }
+            }
+            if len < CATALOG_BATCH as usize {
+                break;
+            }
+        }
+        let next_last = match n {
+            Some(n) if items.len() > n => {
+                items.truncate(n);
+                items.last().cloned()
+            }
+            _ => None,
+        };
+        Ok(Page { items, next_last })
     }
 
     /// Every repository, sorted.
@@ -477,19 +481,6 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::oci::media;
-
-    #[test]
-    fn pagination() {
-        let all: Vec<String> = ["c", "a", "b", "d"].iter().map(|s| s.to_string()).collect();
-        let p = paginate(all.clone(), Some(2), None);
-        assert_eq!(p.items, ["a", "b"]);
-        assert_eq!(p.next_last.as_deref(), Some("b"));
-        let p = paginate(all.clone(), Some(2), Some("b"));
-        assert_eq!(p.items, ["c", "d"]);
-        assert_eq!(p.next_last, None);
-        assert!(paginate(all.clone(), Some(0), None).items.is_empty());
-        assert_eq!(paginate(all, None, Some("bb")).items, ["c", "d"]);
-    }
 
     #[test]
     fn accept_negotiation() {
