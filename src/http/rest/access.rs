@@ -91,6 +91,19 @@ impl<'a> Access<'a> {
         }
     }
 
+    /// The caller's user name, when one is behind the call.
+    pub fn user(&self) -> Option<&str> {
+        self.caller.and_then(Caller::user)
+    }
+
+    /// `action` on a repository a path names (channels).
+    pub fn check_repo(&self, repo: &RepoName, action: Action) -> Result<(), Refused> {
+        match self.caller {
+            Some(c) if !c.may(repo, action) => Err(c.refuse_rest(repo, action).into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Push on the repository a decoded create body writes.
     pub fn check_push(&self, repo: &RepoName) -> Result<(), Refused> {
         match self.caller {
@@ -100,7 +113,6 @@ impl<'a> Access<'a> {
     }
 
     /// `action` on the fleet host `host` (see the module doc).
-    #[allow(dead_code, reason = "called by the /hosts endpoints, wired next")]
     pub fn check_host(&self, host: &HostId, action: HostAction) -> Result<(), Refused> {
         match self.caller {
             Some(c) if !c.may_host(host.as_str(), action) => Err(c.refuse_rest_host().into()),
@@ -109,7 +121,6 @@ impl<'a> Access<'a> {
     }
 
     /// Whether `GET /hosts` may show `host`: the caller may read it.
-    #[allow(dead_code, reason = "called by the /hosts endpoints, wired next")]
     pub fn host_visible(&self, host: &HostId) -> bool {
         self.caller
             .is_none_or(|c| c.may_host(host.as_str(), HostAction::Read))
@@ -117,7 +128,6 @@ impl<'a> Access<'a> {
 
     /// Before `GET /hosts` is built: a caller without a user who may read
     /// no host is asked to authenticate.
-    #[allow(dead_code, reason = "called by the /hosts endpoints, wired next")]
     pub fn check_host_list(&self) -> Result<(), Refused> {
         match self.caller.and_then(Caller::refuse_rest_host_list) {
             Some(r) => Err(r.into()),
