@@ -31,6 +31,8 @@ pub mod annotations {
     pub const ARCHITECTURE: &str = "io.aegisflux.bpf.architecture";
     pub const KERNEL_VERSION: &str = "io.aegisflux.bpf.kernel-version";
     pub const HOST_ID: &str = "io.aegisflux.bpf.host-id";
+    /// The artifact's requirements of a host, as compact JSON.
+    pub const REQUIREMENTS: &str = "io.aegisflux.bpf.requirements";
 }
 
 pub struct ArtifactIndex {
@@ -175,6 +177,10 @@ impl ArtifactIndex {
             tags: Vec::new(),
             created_at: a(annotations::CREATED),
             ebpf: None,
+            requirements: m
+                .annotations
+                .get(annotations::REQUIREMENTS)
+                .and_then(|r| serde_json::from_str(r).ok()),
         });
         Classified::Artifact(Box::new(ArtifactRecord {
             id: digest.clone(),
