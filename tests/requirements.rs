@@ -299,3 +299,30 @@ async fn an_object_with_core_relocations_requires_btf() {
     assert!(plain.get("requirements").is_none(), "{plain}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_requirements() {
+    let mut s = TestServer::start().await;
+    let c = reqwest::Client::new();
+    let doc = get_json(&c, &s.url("/openapi.json")).await;
+    let schemas = &doc["components"]["schemas"];
+    let r = &schemas["Requirements"]["properties"];
+    for field in ["min_kernel", "max_kernel", "btf"] {
+        assert!(
+            r[field].is_object(),
+            "{field} in {}",
+            schemas["Requirements"]
+        );
+    }
+    let text = doc.to_string();
+    assert!(
+        text.contains("#/components/schemas/Requirements"),
+        "referenced"
+    );
+    assert!(
+        schemas["BtfRequirement"].is_object(),
+        "{}",
+        schemas["BtfRequirement"]
+    );
+    s.stop().await;
+}
