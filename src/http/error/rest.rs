@@ -66,6 +66,8 @@ rest_error_table! {
     InvalidHost => "invalid_host", BAD_REQUEST;
     /// A `wait` that is not a duration or is over 60 s.
     InvalidWait => "invalid_wait", BAD_REQUEST;
+    /// `requirements` of a create that do not parse or cannot hold.
+    InvalidRequirements => "invalid_requirements", BAD_REQUEST;
     Unauthorized => "unauthorized", UNAUTHORIZED;
     Denied => "denied", FORBIDDEN;
     /// No such artifact, association or route.
@@ -266,6 +268,7 @@ impl From<ArtifactError> for RestError {
             A::InvalidArtifact(_) => C::InvalidArtifact,
             A::InvalidId(_) => C::InvalidId,
             A::InvalidHostId(_) => C::InvalidHostId,
+            A::InvalidRequirements(_) => C::InvalidRequirements,
             A::NotFound(_) => C::NotFound,
             A::AmbiguousId { .. } => C::AmbiguousId,
             A::VersionExists { .. } => C::VersionExists,
@@ -397,30 +400,31 @@ mod tests {
             InvalidArtifact => (5, "invalid_artifact", 400),
             InvalidId => (6, "invalid_id", 400),
             InvalidHostId => (7, "invalid_host_id", 400),
-            Unauthorized => (8, "unauthorized", 401),
-            Denied => (9, "denied", 403),
-            NotFound => (10, "not_found", 404),
-            MethodNotAllowed => (11, "method_not_allowed", 405),
-            RequestTimeout => (12, "request_timeout", 408),
-            AmbiguousId => (13, "ambiguous_id", 409),
-            VersionExists => (14, "version_exists", 409),
-            PayloadTooLarge => (15, "payload_too_large", 413),
-            TooManyHosts => (16, "too_many_hosts", 400),
-            TooManyTags => (17, "too_many_tags", 400),
-            MetadataTooLarge => (18, "metadata_too_large", 413),
-            DescriptionTooLarge => (19, "description_too_large", 413),
-            KernelVersionTooLarge => (20, "kernel_version_too_large", 413),
-            ConfigTooLarge => (21, "config_too_large", 413),
-            ManifestTooLarge => (22, "manifest_too_large", 413),
-            BodyTooLarge => (23, "body_too_large", 413),
-            UnsupportedMediaType => (24, "unsupported_media_type", 415),
-            RangeNotSatisfiable => (25, "range_not_satisfiable", 416),
-            TooManyRequests => (26, "too_many_requests", 429),
-            ServerBusy => (27, "server_busy", 503),
-            TooManyConnections => (28, "too_many_connections", 503),
-            SigningUnavailable => (29, "signing_unavailable", 503),
-            StorageFull => (30, "storage_full", 507),
-            InternalError => (31, "internal_error", 500),
+            InvalidRequirements => (8, "invalid_requirements", 400),
+            Unauthorized => (9, "unauthorized", 401),
+            Denied => (10, "denied", 403),
+            NotFound => (11, "not_found", 404),
+            MethodNotAllowed => (12, "method_not_allowed", 405),
+            RequestTimeout => (13, "request_timeout", 408),
+            AmbiguousId => (14, "ambiguous_id", 409),
+            VersionExists => (15, "version_exists", 409),
+            PayloadTooLarge => (16, "payload_too_large", 413),
+            TooManyHosts => (17, "too_many_hosts", 400),
+            TooManyTags => (18, "too_many_tags", 400),
+            MetadataTooLarge => (19, "metadata_too_large", 413),
+            DescriptionTooLarge => (20, "description_too_large", 413),
+            KernelVersionTooLarge => (21, "kernel_version_too_large", 413),
+            ConfigTooLarge => (22, "config_too_large", 413),
+            ManifestTooLarge => (23, "manifest_too_large", 413),
+            BodyTooLarge => (24, "body_too_large", 413),
+            UnsupportedMediaType => (25, "unsupported_media_type", 415),
+            RangeNotSatisfiable => (26, "range_not_satisfiable", 416),
+            TooManyRequests => (27, "too_many_requests", 429),
+            ServerBusy => (28, "server_busy", 503),
+            TooManyConnections => (29, "too_many_connections", 503),
+            SigningUnavailable => (30, "signing_unavailable", 503),
+            StorageFull => (31, "storage_full", 507),
+            InternalError => (32, "internal_error", 500),
         }
     }
 
@@ -482,6 +486,7 @@ mod tests {
             | A::InvalidArtifact(_)
             | A::InvalidId(_)
             | A::InvalidHostId(_)
+            | A::InvalidRequirements(_)
             | A::NotFound(_)
             | A::AmbiguousId { .. }
             | A::VersionExists { .. }
@@ -508,6 +513,7 @@ mod tests {
             A::InvalidArtifact("x".into()),
             A::InvalidId("x".into()),
             A::InvalidHostId("x".into()),
+            A::InvalidRequirements("x".into()),
             A::NotFound("x".into()),
             A::AmbiguousId {
                 id: digest(),
