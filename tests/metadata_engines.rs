@@ -209,6 +209,7 @@ async fn referrers_children_and_derived_rows_on_both_engines() {
                 DerivedRow::HostAssociation {
                     subject: d("art"),
                     host: "edge-1".into(),
+                    channel: None,
                 },
             ),
             (

@@ -161,7 +161,9 @@ where
         let mut rx = feed.subscribe();
         rx.borrow_and_update();
         let epoch = feed.epoch();
-        let answer = compute(fresh).await?;
+        // Boxed: a held waiter keeps only the answer, not the space of
+        // the computation's future.
+        let answer = Box::pin(compute(fresh)).await?;
         let matches = if_none_match.is_some_and(|h| none_match(h, &answer.etag));
         if !matches {
             return Ok(Outcome::Changed(answer));
