@@ -23,7 +23,13 @@ fn doc() -> Value {
 
 /// A template with a valid value in each of its parameters.
 fn instantiate(template: &str) -> String {
-    template.replace("{id}", ID).replace("{host_id}", "node-1")
+    template
+        .replace("{id}", ID)
+        .replace("{artifact_id}", ID)
+        .replace("{selector_id}", ID)
+        .replace("{host_id}", "node-1")
+        .replace("{name}", "team/tools")
+        .replace("{channel}", "stable")
 }
 
 fn documented_methods(doc: &Value, path: &str) -> BTreeSet<String> {
