@@ -243,18 +243,45 @@ macro_rules! host_path {
     };
 }
 
-host_path!(get, "/hosts/{host_id}", "rest.host.get", "A registered host", "No `read` grant on the host", host_get,
+host_path!(
+    get,
+    "/hosts/{host_id}",
+    "rest.host.get",
+    "A registered host",
+    "No `read` grant on the host",
+    host_get,
     [],
     (status = 200, description = "The host", body = HostJson),
-    (status = 400, description = "Not a host id, or a parameter given twice"),
-    (status = 429, description = "Over the concurrent request cap, or too many failed logins"),
+    (
+        status = 400,
+        description = "Not a host id, or a parameter given twice"
+    ),
+    (
+        status = 429,
+        description = "Over the concurrent request cap, or too many failed logins"
+    ),
 );
 
-host_path!(delete, "/hosts/{host_id}", "rest.host.delete", "Unregister a host", "No `delete` grant on the host", host_delete,
+host_path!(
+    delete,
+    "/hosts/{host_id}",
+    "rest.host.delete",
+    "Unregister a host",
+    "No `delete` grant on the host",
+    host_delete,
     [],
-    (status = 204, description = "Deleted: its facts, labels and deployment reports (not its associations)"),
-    (status = 400, description = "Not a host id, or a parameter given twice"),
-    (status = 429, description = "Over the concurrent request cap, or too many failed logins"),
+    (
+        status = 204,
+        description = "Deleted: its facts, labels and deployment reports (not its associations)"
+    ),
+    (
+        status = 400,
+        description = "Not a host id, or a parameter given twice"
+    ),
+    (
+        status = 429,
+        description = "Over the concurrent request cap, or too many failed logins"
+    ),
     (status = 507, description = "The store is full"),
 );
 
@@ -344,14 +371,36 @@ macro_rules! channel_path {
     };
 }
 
-channel_path!(get, "/channels/{name}/{channel}", "rest.channel.get", "A channel: the version it points at and its history", "No pull on the repository", channel_get,
+channel_path!(
+    get,
+    "/channels/{name}/{channel}",
+    "rest.channel.get",
+    "A channel: the version it points at and its history",
+    "No pull on the repository",
+    channel_get,
     [],
-    (status = 200, description = "The channel", body = ChannelJson,
+    (
+        status = 200,
+        description = "The channel",
+        body = ChannelJson,
         links(
-            ("rollback" = (operation_id = "rest.channel.rollback", parameters(("name" = "$response.body#/name"), ("channel" = "$response.body#/channel")))),
-        )),
-    (status = 400, description = "Not a repository name or not a channel (an OCI tag)"),
-    (status = 404, description = "The repository has no such channel"),
+            ("rollback" = (
+                operation_id = "rest.channel.rollback",
+                parameters(
+                    ("name" = "$response.body#/name"),
+                    ("channel" = "$response.body#/channel")
+                )
+            )),
+        )
+    ),
+    (
+        status = 400,
+        description = "Not a repository name or not a channel (an OCI tag)"
+    ),
+    (
+        status = 404,
+        description = "The repository has no such channel"
+    ),
 );
 
 channel_path!(put, "/channels/{name}/{channel}", "rest.channel.set", "Point a channel at a version", "No push on the repository", channel_set,
@@ -369,11 +418,30 @@ channel_path!(put, "/channels/{name}/{channel}", "rest.channel.set", "Point a ch
     (status = 507, description = "The store is full"),
 );
 
-channel_path!(post, "/channels/{name}/{channel}/rollback", "rest.channel.rollback", "Move a channel back to its previous version", "No push on the repository", channel_rollback,
+channel_path!(
+    post,
+    "/channels/{name}/{channel}/rollback",
+    "rest.channel.rollback",
+    "Move a channel back to its previous version",
+    "No push on the repository",
+    channel_rollback,
     [],
-    (status = 200, description = "Moved back (rollbacks pop the moves like a stack)", body = ChannelJson),
-    (status = 400, description = "Not a repository name or not a channel"),
-    (status = 404, description = "The repository has no such channel"),
-    (status = 409, description = "No previous version to go back to"),
+    (
+        status = 200,
+        description = "Moved back (rollbacks pop the moves like a stack)",
+        body = ChannelJson
+    ),
+    (
+        status = 400,
+        description = "Not a repository name or not a channel"
+    ),
+    (
+        status = 404,
+        description = "The repository has no such channel"
+    ),
+    (
+        status = 409,
+        description = "No previous version to go back to"
+    ),
     (status = 507, description = "The store is full"),
 );

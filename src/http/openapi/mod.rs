@@ -78,6 +78,7 @@ use super::RouteName;
         schemas::Channel,
         schemas::SelectorText,
         schemas::Wait,
+        schemas::DeploymentState,
     )),
     modifiers(&Grammar, &ErrorBodies, &Security),
     tags(
@@ -131,7 +132,7 @@ impl Modify for Grammar {
         let Some(components) = doc.components.as_mut() else {
             return;
         };
-        let fields: [(&str, &str, &str); 12] = [
+        let fields: [(&str, &str, &str); 13] = [
             ("CreateRequest", "name", "RepositoryName"),
             ("CreateRequest", "version", "Version"),
             ("CreateRequest", "type", "ArtifactKind"),
@@ -144,6 +145,7 @@ impl Modify for Grammar {
             ("SelectorBody", "selector", "Selector"),
             ("SelectorBody", "channel", "Channel"),
             ("ChannelBody", "version", "Version"),
+            ("DeploymentBody", "state", "DeploymentState"),
         ];
         for (schema, field, grammar) in fields {
             let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(schema) else {

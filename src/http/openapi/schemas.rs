@@ -137,6 +137,16 @@ string_schema!(
     )
 );
 string_schema!(
+    /// A deployment report's state.
+    DeploymentState,
+    "DeploymentState",
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(crate::fleet::service::STATES))
+        .description(Some("What the agent did with the artifact."))
+        .into()
+);
+string_schema!(
     /// A create's payload.
     Payload,
     "Payload",
