@@ -6,14 +6,18 @@
 # Two passes, each its own server (BINARY on a free 127.0.0.1 port, a fresh
 # data dir, stopped by its PID, everything removed at exit):
 #   open     the default configuration (authentication and signing off);
-#   secured  authentication on (a user granted everything, sent as Basic on
-#            every request, so /token issues tokens) and a local signing key
+#   secured  authentication on (a user granted everything on every repository
+#            and every host, sent as Basic on every request, so /token
+#            issues tokens) and a local signing key
 #            (signatures, verification and the public key answer with data).
 # Each pass seeds two artifacts with a host (an eBPF object when clang can
-# build one, so the `ebpf` facts are checked too), checks GET /openapi.json
+# build one, so the `ebpf` facts are checked too) and registers that host,
+# checks GET /openapi.json
 # with openapi-spec-validator (OpenAPI 3.1), then runs schemathesis on it:
 # every phase (examples, coverage, fuzzing, stateful), a fixed seed, a
-# bounded number of examples per operation, and the checks listed in CHECKS
+# bounded number of examples per operation, the parameter overrides of
+# conformance/schemathesis.toml (a short `wait` for the long-polls), and the
+# checks listed in CHECKS
 # below (no 5xx; status codes, content types, headers and bodies as
 # documented; 405 with `Allow` for other methods; a deleted artifact is gone
 # and a created one is there). Any finding,
@@ -30,6 +34,8 @@ ST="$VENV/bin/st"
 VALIDATOR="$VENV/bin/openapi-spec-validator"
 SEED="${SCHEMATHESIS_SEED:-20261130}"
 EXAMPLES="${SCHEMATHESIS_EXAMPLES:-60}"
+# Parameter overrides (the long-polls' `wait`): see the file.
+CONFIG="$PWD/conformance/schemathesis.toml"
 # Every check but the two that judge the request against the schema's
 # constraints: negative_data_rejection wants a schema-violating request
 # refused with one of its own list of codes, which leaves out the 413 the
@@ -134,7 +140,14 @@ run_pass() {
     || ! id2=$(seed seed/maps/events 2.0.0 map "$(printf 'map data' | base64 -w0)"); then
     log "FAIL [$name]: seeding"; FAILED+=("$name"); stop_server; return
   fi
-  log "[$name] seeded $id1 and $id2"
+  # node-1 registered too, so its desired set, deployments and the
+  # rollouts answer with data.
+  if ! curl -fsS "${curl_auth[@]}" -o /dev/null -X PUT "$url/hosts/node-1" \
+    -H 'Content-Type: application/json' \
+    -d '{"architecture":"x86_64","kernel_release":"6.1.0-13-amd64","btf":true,"labels":{"env":"prod"}}'; then
+    log "FAIL [$name]: registering node-1"; FAILED+=("$name"); stop_server; return
+  fi
+  log "[$name] seeded $id1 and $id2, registered node-1"
 
   # The document, as served, is valid OpenAPI 3.1.
   if ! curl -fsS "$url/openapi.json" -o "$dir/openapi.json" || ! "$VALIDATOR" "$dir/openapi.json"; then
@@ -143,7 +156,7 @@ run_pass() {
   fi
 
   log "[$name] st $("$ST" --version | awk '{print $NF}'): seed $SEED, $EXAMPLES examples per operation, checks $CHECKS"
-  (cd "$dir" && "$ST" --no-color run "$url/openapi.json" "${st_auth[@]}" \
+  (cd "$dir" && "$ST" --no-color --config-file "$CONFIG" run "$url/openapi.json" "${st_auth[@]}" \
     --phases examples,coverage,fuzzing,stateful \
     --checks "$CHECKS" \
     --max-examples "$EXAMPLES" \
@@ -173,7 +186,8 @@ if command -v htpasswd >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; th
   FILES="$WORK/secured-files"
   mkdir -p "$FILES"
   htpasswd -nbB -C 5 fuzz 'fuzz-Pa55word' >"$FILES/htpasswd"
-  printf '%s\n' '[[grant]]' 'users = ["fuzz"]' 'repositories = ["**"]' 'actions = ["*"]' >"$FILES/policy.toml"
+  printf '%s\n' '[[grant]]' 'users = ["fuzz"]' 'repositories = ["**"]' 'actions = ["*"]' \
+    '[[grant]]' 'users = ["fuzz"]' 'hosts = ["*"]' 'actions = ["*"]' >"$FILES/policy.toml"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$FILES/signing-key.pem" 2>/dev/null
   chmod 600 "$FILES/signing-key.pem"
   run_pass secured "fuzz:fuzz-Pa55word" \

@@ -21,7 +21,7 @@ const MAX_FACT_BYTES: usize = 256;
     "btf": true,
     "labels": {"env": "prod", "role": "edge"},
     "agent_version": "1.4.2"
-}))]
+}), as = HostFacts)]
 pub struct HostBody {
     /// `x86_64`/`amd64` or `aarch64`/`arm64` (stored as the former).
     #[schema(value_type = String, required = true)]
@@ -56,6 +56,7 @@ pub struct HostJson {
 
 /// `GET /hosts`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = HostPage)]
 pub struct HostList {
     pub hosts: Vec<HostJson>,
     /// Pass as `cursor` for the next page; `null` on the last one.

@@ -55,7 +55,7 @@ pub struct Assignment {
 }
 
 /// One artifact the host should run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DesiredArtifact {
     pub name: String,
     pub version: String,
@@ -66,7 +66,7 @@ pub struct DesiredArtifact {
 }
 
 /// A version passed over, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Excluded {
     pub name: String,
     pub version: Option<String>,

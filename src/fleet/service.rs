@@ -43,9 +43,10 @@ fn host_not_found(host: &str) -> ArtifactError {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DesiredJson {
     pub host_id: String,
-    #[schema(value_type = Vec<Object>)]
+    /// Sorted by name.
     pub artifacts: Vec<DesiredArtifact>,
-    #[schema(value_type = Vec<Object>)]
+    /// Per name, the versions newer than the chosen one that were passed
+    /// over (at most 10 per name).
     pub excluded: Vec<Excluded>,
 }
 

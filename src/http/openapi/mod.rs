@@ -11,6 +11,7 @@
 //! code (which the README describes too) and holds no data of the
 //! registry, no user, no repository and no secret.
 
+mod fleet_paths;
 mod paths;
 pub mod schemas;
 
@@ -45,6 +46,20 @@ use super::RouteName;
         paths::hosts_remove,
         paths::signatures_list,
         paths::signatures_verify,
+        fleet_paths::selectors_list,
+        fleet_paths::selectors_add,
+        fleet_paths::selectors_remove,
+        fleet_paths::rollout,
+        fleet_paths::hosts_registry,
+        fleet_paths::host_register,
+        fleet_paths::host_get,
+        fleet_paths::host_delete,
+        fleet_paths::host_desired,
+        fleet_paths::host_deployments,
+        fleet_paths::host_report,
+        fleet_paths::channel_get,
+        fleet_paths::channel_set,
+        fleet_paths::channel_rollback,
         paths::public_key,
         paths::healthz,
         paths::openapi,
@@ -60,11 +75,17 @@ use super::RouteName;
         schemas::Architecture,
         schemas::Payload,
         schemas::ArtifactTag,
+        schemas::Channel,
+        schemas::SelectorText,
+        schemas::Wait,
+        schemas::DeploymentState,
     )),
     modifiers(&Grammar, &ErrorBodies, &Security),
     tags(
         (name = "artifacts", description = "eBPF artifacts: create, read, list, delete"),
         (name = "hosts", description = "Host associations"),
+        (name = "fleet", description = "Registered hosts, host selectors, desired sets, deployment reports and rollouts"),
+        (name = "channels", description = "Channels: movable tags a host association or selector can follow"),
         (name = "signing", description = "Signatures and the signing key"),
         (name = "auth", description = "Bearer tokens"),
         (name = "operations", description = "Health and this document"),
@@ -101,9 +122,9 @@ fn reference(name: &str) -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(name))
 }
 
-/// The create body's fields and the host body's `host_id` reference the
-/// grammar schemas the parsers check (`schemas`), keeping their own
-/// descriptions.
+/// The create body's fields and the other bodies' ids, names and channels
+/// reference the grammar schemas the parsers check (`schemas`), keeping
+/// their own descriptions.
 struct Grammar;
 
 impl Modify for Grammar {
@@ -111,7 +132,7 @@ impl Modify for Grammar {
         let Some(components) = doc.components.as_mut() else {
             return;
         };
-        let fields: [(&str, &str, &str); 8] = [
+        let fields: [(&str, &str, &str); 13] = [
             ("CreateRequest", "name", "RepositoryName"),
             ("CreateRequest", "version", "Version"),
             ("CreateRequest", "type", "ArtifactKind"),
@@ -120,6 +141,11 @@ impl Modify for Grammar {
             ("CreateRequest", "tags", "ArtifactTag"),
             ("CreateRequest", "hosts", "HostId"),
             ("HostBody", "host_id", "HostId"),
+            ("HostBody", "channel", "Channel"),
+            ("SelectorBody", "selector", "Selector"),
+            ("SelectorBody", "channel", "Channel"),
+            ("ChannelBody", "version", "Version"),
+            ("DeploymentBody", "state", "DeploymentState"),
         ];
         for (schema, field, grammar) in fields {
             let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(schema) else {

@@ -1,6 +1,6 @@
 //! The documented operations, one per REST route (its `operationId` is the
 //! route's name, `RestEndpoint::route`), plus `/healthz`, `/token` and
-//! `/openapi.json`. The functions only carry their `#[utoipa::path]`; the
+//! `/openapi.json` (the fleet's are in `fleet_paths`). The functions only carry their `#[utoipa::path]`; the
 //! handlers are the REST dispatch (`http::rest`). Error responses name
 //! their statuses here; their bodies are filled in from the REST error
 //! table (`schemas::rest_error`). The tests check this list against the
@@ -9,6 +9,7 @@
 
 use utoipa::IntoParams;
 
+use super::fleet_paths::{IfNoneMatch, WaitParams};
 use super::schemas::{ArtifactId, HostIdSchema, RepositoryName};
 use crate::artifacts::model::CreateRequest;
 use crate::artifacts::ArtifactJson;
@@ -173,15 +174,25 @@ fn artifacts_create() {}
     operation_id = "rest.for_host",
     tag = "hosts",
     summary = "Artifacts associated with a host",
-    params(("host_id" = HostIdSchema, Path, description = "The host")),
+    description = "The host's direct associations and, for a registered host, the artifacts of the selectors matching its labels (only repositories the caller may pull). A long-poll with `If-None-Match` and `wait`.",
+    params(("host_id" = HostIdSchema, Path, description = "The host"), WaitParams, IfNoneMatch),
     responses(
         (status = 200, description = "The host's artifacts (empty for an unknown host)", body = HostArtifacts,
+            headers(
+                ("ETag" = String, description = "Strong: the first 32 hex of the body's sha256, quoted"),
+                ("Cache-Control" = String, description = "`no-cache`"),
+            ),
             links(
                 ("remove" = (operation_id = "rest.hosts.remove", parameters(("id" = "$response.body#/artifacts/0/id"), ("host_id" = "$response.body#/host_id"), ("repository" = "$response.body#/artifacts/0/name")))),
             )),
-        (status = 400, description = "Not a host id, or a parameter given twice"),
+        (status = 304, description = "`If-None-Match` names the answer (with `wait`: it did not change in time)",
+            headers(
+                ("ETag" = String, description = "The answer's ETag"),
+                ("Cache-Control" = String, description = "`no-cache`"),
+            )),
+        (status = 400, description = "Not a host id, a bad `wait`, or a parameter given twice"),
         (status = 401, description = "Bad credentials, or an anonymous caller who may pull nothing"),
-        (status = 429, description = "Over the concurrent request cap, or too many failed logins"),
+        (status = 429, description = "Over the concurrent request cap, too many failed logins, or too many long-polls held"),
         (status = 500, description = "Internal failure"),
         (status = 503, description = "The connection cap is reached"),
     ),

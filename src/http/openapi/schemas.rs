@@ -1,5 +1,5 @@
 //! The schemas the document adds to what the types derive: the grammars
-//! the parsers check (ids, names, versions, host ids) as named string
+//! the parsers check (ids, names, versions, host ids, channels, waits) as named string
 //! schemas, the REST error bodies (one per status, its `error` enum
 //! generated from the REST error table) and the `/token` OCI envelope (its
 //! `code` enum from the OCI table).
@@ -30,6 +30,11 @@ pub const HOST_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,253}$";
 /// whose unused bits are zero (the decoder refuses others).
 pub const BASE64_PATTERN: &str =
     "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw](==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?$";
+/// `fleet::watch::parse_wait`: seconds (`30`, `30s`), milliseconds
+/// (`500ms`) or minutes (`1m`), at most 60 s (the parser also takes
+/// leading zeros).
+pub const WAIT_PATTERN: &str =
+    "^(([0-9]|[1-5][0-9]|60)s?|([0-9]{1,4}|[1-5][0-9]{4}|60000)ms|[01]m)$";
 /// The create's tag check: 1-128 bytes.
 pub const MAX_TAG_BYTES: usize = 128;
 
@@ -98,6 +103,48 @@ string_schema!(
     HostIdSchema,
     "HostId",
     pattern(HOST_ID_PATTERN, None, "A host id: 1-253 characters of `[A-Za-z0-9._:-]`.")
+);
+string_schema!(
+    /// A channel: an OCI tag of the repository.
+    Channel,
+    "Channel",
+    pattern(
+        VERSION_PATTERN,
+        None,
+        "A channel: an OCI tag of the repository that names no version of it."
+    )
+);
+string_schema!(
+    /// A label selector.
+    SelectorText,
+    "Selector",
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(crate::fleet::selector::MAX_SELECTOR_BYTES))
+        .description(Some(
+            "A Kubernetes label selector: comma-separated requirements `k=v`, `k==v`, `k!=v`, `k in (v1,v2)`, `k notin (v1,v2)`, `k`, `!k` (at most 64; the empty selector matches every registered host)."
+        ))
+        .into()
+);
+string_schema!(
+    /// A long-poll's `?wait=`.
+    Wait,
+    "Wait",
+    pattern(
+        WAIT_PATTERN,
+        None,
+        "How long to hold the request while `If-None-Match` names the current answer: `30`, `30s`, `500ms`, `1m`; at most 60 s."
+    )
+);
+string_schema!(
+    /// A deployment report's state.
+    DeploymentState,
+    "DeploymentState",
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(crate::fleet::service::STATES))
+        .description(Some("What the agent did with the artifact."))
+        .into()
 );
 string_schema!(
     /// A create's payload.

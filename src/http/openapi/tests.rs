@@ -23,7 +23,13 @@ fn doc() -> Value {
 
 /// A template with a valid value in each of its parameters.
 fn instantiate(template: &str) -> String {
-    template.replace("{id}", ID).replace("{host_id}", "node-1")
+    template
+        .replace("{id}", ID)
+        .replace("{artifact_id}", ID)
+        .replace("{selector_id}", ID)
+        .replace("{host_id}", "node-1")
+        .replace("{name}", "team/tools")
+        .replace("{channel}", "stable")
 }
 
 fn documented_methods(doc: &Value, path: &str) -> BTreeSet<String> {
@@ -275,6 +281,46 @@ fn values_the_parsers_check_reference_their_grammar() {
         "#/components/schemas/ArtifactTag"
     );
     assert_eq!(create["data"]["$ref"], "#/components/schemas/Payload");
+    // The fleet bodies and the long-polls' `wait`.
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field, grammar) in [
+        ("HostBody", "channel", "Channel"),
+        ("SelectorBody", "selector", "Selector"),
+        ("SelectorBody", "channel", "Channel"),
+        ("ChannelBody", "version", "Version"),
+        ("DeploymentBody", "state", "DeploymentState"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["$ref"],
+            format!("#/components/schemas/{grammar}"),
+            "{schema}.{field}"
+        );
+    }
+    assert_eq!(
+        schemas["DeploymentState"]["enum"],
+        serde_json::json!(crate::fleet::service::STATES)
+    );
+    for path in ["/hosts/{host_id}/desired", "/artifacts/for-host/{host_id}"] {
+        let op = &doc["paths"][path]["get"];
+        let wait = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "wait")
+            .unwrap();
+        assert_eq!(
+            wait["schema"]["$ref"], "#/components/schemas/Wait",
+            "{path}"
+        );
+        assert!(
+            op["responses"]["304"]["headers"]["ETag"].is_object(),
+            "{path}"
+        );
+        assert!(
+            op["responses"]["200"]["headers"]["ETag"].is_object(),
+            "{path}"
+        );
+    }
     let kinds = &doc["components"]["schemas"]["ArtifactKind"]["enum"];
     assert_eq!(kinds, &serde_json::json!(crate::artifacts::model::KINDS));
 }
@@ -294,7 +340,11 @@ proptest::proptest! {
         version in strategy(schemas::VERSION_PATTERN),
         host in strategy(schemas::HOST_ID_PATTERN),
         payload in strategy(schemas::BASE64_PATTERN),
+        wait in strategy(schemas::WAIT_PATTERN),
+        channel in strategy(schemas::VERSION_PATTERN),
     ) {
+        proptest::prop_assert!(crate::fleet::watch::parse_wait(&wait).is_ok(), "{}", wait);
+        proptest::prop_assert!(Tag::parse(&channel).is_ok(), "{}", channel);
         proptest::prop_assert!(Digest::parse(&digest).is_ok(), "{}", digest);
         if repo.len() <= crate::oci::name::MAX_NAME_LEN {
             proptest::prop_assert!(RepoName::parse(&repo).is_ok(), "{}", repo);

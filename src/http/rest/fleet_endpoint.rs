@@ -154,17 +154,24 @@ fn parse_hosts(method: &Method, segs: &[&str], q: &Query) -> Result<FleetEndpoin
 }
 
 /// Parses a `/channels...` path: the repository is every segment but the
-/// channel (and `rollback`), so nested names need no escaping.
+/// channel (and `rollback`), so nested names need no escaping. Three or
+/// more segments ending in `rollback` are the rollback route, for every
+/// method (its only one is POST): a nested repository's channel named
+/// `rollback` is read and moved with the name's `/` escaped (`%2F`), as
+/// the route table (`endpoint::PATHS`, one segment per template
+/// parameter) says.
 fn parse_channels(method: &Method, segs: &[&str]) -> Result<FleetEndpoint, RouteError> {
-    let rollback = method == Method::POST && segs.len() >= 3 && segs.last() == Some(&"rollback");
+    let rollback = segs.len() >= 3 && segs.last() == Some(&"rollback");
     let (name, channel, op) = if rollback {
+        if method != Method::POST {
+            return Err(methods_not("POST"));
+        }
         let n = segs.len();
         (&segs[..n - 2], segs[n - 2], ChannelOp::Rollback)
     } else {
         let op = match *method {
             Method::GET | Method::HEAD => ChannelOp::Get,
             Method::PUT => ChannelOp::Set,
-            _ if segs.last() == Some(&"rollback") => return Err(methods_not("GET,HEAD,PUT,POST")),
             _ => return Err(methods_not("GET,HEAD,PUT")),
         };
         match segs.split_last() {
@@ -318,7 +325,8 @@ mod tests {
                 op: ChannelOp::Rollback
             }
         );
-        // A channel named `rollback` is still a channel for GET and PUT.
+        // A channel named `rollback` is still a channel for GET and PUT;
+        // a nested repository's, with its `/` escaped.
         let get = parse(Method::GET, "/channels/team/rollback", None).unwrap();
         assert!(matches!(
             get,
@@ -327,6 +335,21 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(
+            parse(Method::PUT, "/channels/team%2Ftools/rollback", None).unwrap(),
+            FleetEndpoint::Channel {
+                repo: RepoName::parse("team/tools").unwrap(),
+                channel: Tag::parse("rollback").unwrap(),
+                op: ChannelOp::Set
+            }
+        );
+        // The rollback route has POST only (405 before any value parses).
+        for m in [Method::GET, Method::PUT, Method::DELETE] {
+            assert!(matches!(
+                parse(m, "/channels/team/tools/stable/rollback", None),
+                Err(RouteError::MethodNotAllowed { allow: "POST" })
+            ));
+        }
         assert!(FleetEndpoint::parse(&Method::GET, "/hostsx", None).is_none());
         assert!(FleetEndpoint::parse(&Method::GET, "/artifacts", None).is_none());
     }

@@ -13,7 +13,7 @@
 pub(crate) mod access;
 pub mod endpoint;
 pub mod fleet_endpoint;
-mod fleet_handlers;
+pub(crate) mod fleet_handlers;
 mod handlers;
 pub(crate) mod response;
 
