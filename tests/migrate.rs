@@ -304,7 +304,73 @@ async fn fill(s: &TestServer, images: usize, layers: usize) -> String {
         .await
         .expect("send");
     assert_eq!(r.status(), 201);
+    fill_fleet(s, &a).await;
     s.start_upload(&c, repo).await
+}
+
+/// Fleet rows of every kind: registered hosts, a selector, a channel
+/// (moved twice, rolled back once), a host following it, and reports.
+async fn fill_fleet(s: &TestServer, a: &str) {
+    let c = client();
+    let ok = |r: reqwest::Response, want: u16| {
+        assert_eq!(r.status().as_u16(), want, "{}", r.url());
+    };
+    for (h, env) in [("node-a", "prod"), ("node-b", "prod"), ("node-c", "lab")] {
+        let body = json!({"architecture": "x86_64", "kernel_release": "6.1.0-13-amd64",
+                          "btf": true, "labels": {"env": env}});
+        ok(
+            c.put(s.url(&format!("/hosts/{h}")))
+                .json(&body)
+                .send()
+                .await
+                .expect("send"),
+            201,
+        );
+    }
+    let sel = json!({"selector": "env=prod"});
+    ok(
+        c.post(s.url(&format!("/artifacts/{a}/selectors")))
+            .json(&sel)
+            .send()
+            .await
+            .expect("send"),
+        201,
+    );
+    let tc = create(s, &artifact("fleet/xdp", "1.1.0", "x86_64", 4, &[])).await;
+    for v in ["1.0.0", "1.1.0"] {
+        let r = c
+            .put(s.url("/channels/fleet/xdp/live"))
+            .json(&json!({"version": v}))
+            .send();
+        ok(r.await.expect("send"), 200);
+    }
+    ok(
+        c.post(s.url("/channels/fleet/xdp/live/rollback"))
+            .send()
+            .await
+            .expect("send"),
+        200,
+    );
+    let follow = json!({"host_id": "node-d", "channel": "live"});
+    ok(
+        c.post(s.url(&format!("/artifacts/{tc}/hosts")))
+            .json(&follow)
+            .send()
+            .await
+            .expect("send"),
+        201,
+    );
+    for (h, state) in [
+        ("node-a", "loaded"),
+        ("node-b", "failed"),
+        ("node-a", "loaded"),
+    ] {
+        let r = c
+            .put(s.url(&format!("/hosts/{h}/deployments/{a}?repository=fleet/xdp")))
+            .json(&json!({"state": state, "attach_point": "eth0/xdp"}))
+            .send();
+        ok(r.await.expect("send"), 200);
+    }
 }
 
 /// A source store written by a running server, stopped; what it served.
@@ -457,6 +523,16 @@ async fn snapshot(s: &TestServer) -> BTreeMap<String, Answer> {
     for h in hosts {
         let path = format!("/artifacts/for-host/{h}");
         out.insert(path.clone(), get(s, &path, None).await);
+    }
+    // The fleet's views (rows of their own and derived ones).
+    for h in ["node-a", "node-b", "node-c"] {
+        for sub in ["", "/desired", "/deployments"] {
+            let path = format!("/hosts/{h}{sub}");
+            out.insert(path.clone(), get(s, &path, None).await);
+        }
+    }
+    for path in ["/hosts", "/channels/fleet/xdp/live"] {
+        out.insert(path.to_string(), get(s, path, None).await);
     }
     out
 }
