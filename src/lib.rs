@@ -11,6 +11,8 @@
 //! - [`artifacts`]: the eBPF domain: REST model, packing, ELF inspection, host index.
 //! - [`auth`]: HTTP-free authentication and authorization: htpasswd users,
 //!   the TOML policy, ES256 bearer tokens, login cache and failure limits.
+//! - [`fleet`]: HTTP-free fleet logic: label selectors, version order,
+//!   artifact requirements, desired-set resolution.
 //! - [`events`]: CloudEvents of the registry's changes, from the metadata
 //!   store's outbox to the configured webhooks (signed, retried).
 //! - [`http`]: the axum router and handlers (with the auth middleware,
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod http;
 pub mod metadata;
 pub mod metrics;

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use htpasswd::Users;
-pub use policy::{Action, Actions, Policy};
+pub use policy::{Action, Actions, HostAction, HostActions, Policy};
 pub use token::{Claims, ResourceActions, TokenError, TokenKey};
 
 use crate::oci::RepoName;
@@ -223,7 +223,7 @@ impl Auth {
             "authentication on"
         );
         if policy.anonymous_may_write() {
-            tracing::warn!("the policy lets anonymous callers push or delete");
+            tracing::warn!("the policy lets anonymous callers push, delete or report hosts");
         }
         let stamps = (
             stamp(&settings.htpasswd),
@@ -439,6 +439,16 @@ impl Auth {
     /// Whether `user` may do `action` somewhere.
     pub fn may_somewhere(&self, user: Option<&str>, action: Action) -> bool {
         self.policy().may_somewhere(user, action)
+    }
+
+    /// What `user` (`None`: anonymous) may do on the fleet host `host`.
+    pub fn host_actions_for(&self, user: Option<&str>, host: &str) -> HostActions {
+        self.policy().host_actions_for(user, host)
+    }
+
+    /// Whether `user` may do the host action `action` on some host.
+    pub fn may_host_somewhere(&self, user: Option<&str>, action: HostAction) -> bool {
+        self.policy().may_host_somewhere(user, action)
     }
 
     /// Whether `user` may read `GET /metrics` by the policy.
@@ -747,6 +757,30 @@ mod tests {
         }
         assert_eq!(auth.check_password("alice", "pw", ip).await, Ok(()));
         assert_eq!(auth.check_password("user7", "pw", other).await, Ok(()));
+    }
+
+    #[test]
+    fn host_actions_follow_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load(settings(dir.path(), None)).unwrap();
+        assert_eq!(auth.host_actions_for(Some("bob"), "n1"), HostActions::ALL);
+        assert_eq!(auth.host_actions_for(None, "n1"), HostActions::NONE);
+        assert!(auth.may_host_somewhere(Some("bob"), HostAction::Delete));
+        assert!(!auth.may_host_somewhere(None, HostAction::Read));
+        let policy = "[[grant]]\nusers=[\"*\"]\nhosts=[\"{user}\"]\nactions=[\"report\"]\n";
+        let auth = Auth::load(settings(dir.path(), Some(policy))).unwrap();
+        let mine = auth.host_actions_for(Some("bob"), "bob");
+        assert!(mine.contains(HostAction::Report) && mine.contains(HostAction::Read));
+        assert!(!mine.contains(HostAction::Delete));
+        assert_eq!(
+            auth.host_actions_for(Some("bob"), "alice"),
+            HostActions::NONE
+        );
+        assert!(!auth.may_host_somewhere(Some("bob"), HostAction::Delete));
+        assert_eq!(
+            auth.actions_for(Some("bob"), &RepoName::parse("x").unwrap()),
+            Actions::NONE
+        );
     }
 
     #[tokio::test]

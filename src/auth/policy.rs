@@ -1,11 +1,13 @@
 //! The authorization policy: which users and groups may `pull`, `push` or
-//! `delete` on which repositories, given as name globs, plus what an
-//! anonymous caller may do. Read from a TOML file
-//! (`BPF_REGISTRY_AUTH_POLICY`); every error names its line.
+//! `delete` on which repositories, and `report`, `read` or `delete` on
+//! which fleet hosts, given as name globs, plus what an anonymous caller
+//! may do. Read from a TOML file (`BPF_REGISTRY_AUTH_POLICY`); every error
+//! names its line.
 //!
 //! ```toml
 //! [groups]
 //! ci = ["ci-bot", "alice"]
+//! ops = ["olga"]
 //!
 //! [[grant]]
 //! groups = ["ci"]
@@ -17,6 +19,16 @@
 //! repositories = ["**"]
 //! actions = ["pull"]
 //!
+//! [[grant]]
+//! users = ["agent-*"]           # one agent user per host...
+//! hosts = ["{user}"]            # ...reports its own host only
+//! actions = ["report"]          # report implies read
+//!
+//! [[grant]]
+//! groups = ["ops"]
+//! hosts = ["edge-*"]
+//! actions = ["read", "delete"]
+//!
 //! [anonymous]
 //! repositories = ["public/*"]
 //! actions = ["pull"]
@@ -26,194 +38,37 @@
 //! metrics = true                # may read GET /metrics
 //! ```
 //!
-//! `metrics = true` lets a grant's users and groups read `GET /metrics`
-//! (besides the `BPF_REGISTRY_METRICS_TOKEN` bearer token); such a grant
-//! may name no repositories and actions. Anonymous callers are never
-//! granted metrics.
+//! A grant (and `[anonymous]`) names either `repositories` or `hosts`,
+//! never both; its actions must be of that kind: `pull`, `push`, `delete`
+//! on repositories, `report` (which implies `read`), `read`, `delete` on
+//! hosts, `*` for all of them. `metrics = true` lets a grant's users and
+//! groups read `GET /metrics` (besides the `BPF_REGISTRY_METRICS_TOKEN`
+//! bearer token); such a grant may name no repositories, hosts and
+//! actions. Anonymous callers are never granted metrics.
 //!
 //! Globs: `*` matches within one path component (no `/`), `**` matches
 //! across components (`bpf/**` is everything below `bpf/`, `**` is every
-//! repository). Whatever `[anonymous]` allows, every user may do too.
-//! Without a policy file every authenticated user may do everything
-//! (metrics included) and an anonymous caller nothing.
+//! repository). Host globs follow the same rules (a host id has no `/`, so
+//! both match any run of characters) and may hold `{user}`, replaced by
+//! the caller's user name taken literally (a user named `*` matches only
+//! the host named `*`); `[anonymous]` cannot use `{user}`. Whatever
+//! `[anonymous]` allows, every user may do too. Without a policy file
+//! every authenticated user may do everything (metrics and every host
+//! action included) and an anonymous caller nothing.
+
+mod actions;
+mod glob;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-/// One of the three things a caller can do to a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    Pull,
-    Push,
-    Delete,
-}
-
-impl Action {
-    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pull => "pull",
-            Action::Push => "push",
-            Action::Delete => "delete",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Action> {
-        match s {
-            "pull" => Some(Action::Pull),
-            "push" => Some(Action::Push),
-            "delete" => Some(Action::Delete),
-            _ => None,
-        }
-    }
-
-    fn bit(self) -> u8 {
-        match self {
-            Action::Pull => 1,
-            Action::Push => 2,
-            Action::Delete => 4,
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A set of actions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Actions(u8);
-
-impl Actions {
-    pub const NONE: Actions = Actions(0);
-    pub const ALL: Actions = Actions(7);
-
-    pub fn contains(self, a: Action) -> bool {
-        self.0 & a.bit() != 0
-    }
-
-    pub fn with(self, a: Action) -> Actions {
-        Actions(self.0 | a.bit())
-    }
-
-    pub fn union(self, o: Actions) -> Actions {
-        Actions(self.0 | o.0)
-    }
-
-    pub fn intersect(self, o: Actions) -> Actions {
-        Actions(self.0 & o.0)
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// In the fixed order pull, push, delete.
-    pub fn iter(self) -> impl Iterator<Item = Action> {
-        Action::ALL.into_iter().filter(move |a| self.contains(*a))
-    }
-
-    /// `pull,push` (the scope syntax).
-    pub fn to_scope_string(self) -> String {
-        self.iter()
-            .map(Action::as_str)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-impl FromIterator<Action> for Actions {
-    fn from_iter<I: IntoIterator<Item = Action>>(iter: I) -> Self {
-        iter.into_iter().fold(Actions::NONE, Actions::with)
-    }
-}
-
-/// A repository name glob (`bpf/*`, `team/**`, `**`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob(Vec<u8>);
-
-impl Glob {
-    pub fn parse(s: &str) -> Result<Glob, String> {
-        if s.is_empty() || s.len() > 512 {
-            return Err(format!("repository glob {s:?} must be 1-512 characters"));
-        }
-        if let Some(c) = s.chars().find(|c| {
-            !(c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || matches!(c, '.' | '_' | '-' | '/' | '*'))
-        }) {
-            return Err(format!(
-                "repository glob {s:?} has the character {c:?}: only a-z 0-9 . _ - / and * are allowed"
-            ));
-        }
-        if s.contains("***") {
-            return Err(format!("repository glob {s:?}: use * or **, not ***"));
-        }
-        Ok(Glob(s.as_bytes().to_vec()))
-    }
-
-    /// Whether `name` matches: `*` within a component, `**` across them.
-    /// A set-of-positions walk over the pattern: linear in pattern × name,
-    /// no backtracking, no indexing that could panic.
-    pub fn matches(&self, name: &str) -> bool {
-        let n = name.as_bytes();
-        // reach[j]: the pattern consumed so far can end just before n[j].
-        let mut reach = vec![false; n.len() + 1];
-        if let Some(first) = reach.first_mut() {
-            *first = true;
-        }
-        let mut pattern = self.0.as_slice();
-        while let Some((&c, rest)) = pattern.split_first() {
-            let mut next = vec![false; n.len() + 1];
-            if c == b'*' {
-                let double = rest.first() == Some(&b'*');
-                pattern = if double {
-                    rest.get(1..).unwrap_or_default()
-                } else {
-                    rest
-                };
-                let mut run = false;
-                for (j, slot) in next.iter_mut().enumerate() {
-                    run |= reach.get(j).copied().unwrap_or(false);
-                    *slot = run;
-                    // a single `*` cannot cross a `/`
-                    if !double && n.get(j) == Some(&b'/') {
-                        run = false;
-                    }
-                }
-            } else {
-                pattern = rest;
-                for (j, &b) in n.iter().enumerate() {
-                    if b == c && reach.get(j).copied().unwrap_or(false) {
-                        if let Some(slot) = next.get_mut(j + 1) {
-                            *slot = true;
-                        }
-                    }
-                }
-            }
-            reach = next;
-            if !reach.contains(&true) {
-                return false;
-            }
-        }
-        reach.last().copied().unwrap_or(false)
-    }
-}
-
-impl fmt::Display for Glob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.0))
-    }
-}
+pub use actions::{Action, Actions, HostAction, HostActions};
+pub use glob::{Glob, HostGlob, USER_PLACEHOLDER};
 
 /// Repositories and the actions allowed on them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Rule {
     globs: Vec<Glob>,
     actions: Actions,
@@ -229,12 +84,37 @@ impl Rule {
     }
 }
 
+/// Hosts and the host actions allowed on them.
+#[derive(Debug, Clone, Default)]
+struct HostRule {
+    globs: Vec<HostGlob>,
+    actions: HostActions,
+}
+
+impl HostRule {
+    fn actions_on(&self, user: Option<&str>, host: &str) -> HostActions {
+        if self.globs.iter().any(|g| g.matches(user, host)) {
+            self.actions
+        } else {
+            HostActions::NONE
+        }
+    }
+}
+
+/// What a grant or `[anonymous]` allows: a repository rule or a host
+/// rule (the other one empty; both only in the built-in default).
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    repos: Rule,
+    hosts: HostRule,
+}
+
 #[derive(Debug, Clone)]
 struct Grant {
     /// `*` = every authenticated user.
     users: HashSet<String>,
     groups: Vec<String>,
-    rule: Rule,
+    rules: Rules,
     /// May read `GET /metrics`.
     metrics: bool,
 }
@@ -244,7 +124,7 @@ struct Grant {
 pub struct Policy {
     groups: HashMap<String, HashSet<String>>,
     grants: Vec<Grant>,
-    anonymous: Option<Rule>,
+    anonymous: Option<Rules>,
     /// True for the built-in default (no policy file).
     default_all: bool,
 }
@@ -277,6 +157,8 @@ struct GrantFile {
     #[serde(default)]
     repositories: Vec<Spanned<String>>,
     #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    #[serde(default)]
     actions: Vec<Spanned<String>>,
     #[serde(default)]
     metrics: bool,
@@ -285,7 +167,10 @@ struct GrantFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
+    #[serde(default)]
     repositories: Vec<Spanned<String>>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
     actions: Vec<Spanned<String>>,
 }
 
@@ -298,6 +183,111 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// Builds the rule of a grant or `[anonymous]` (`anonymous`: no
+/// `{user}`), each error at its line.
+fn rules(
+    text: &str,
+    repos: &[Spanned<String>],
+    hosts: &[Spanned<String>],
+    actions: &[Spanned<String>],
+    span: std::ops::Range<usize>,
+    anonymous: bool,
+) -> Result<Rules, PolicyError> {
+    let err = |span: std::ops::Range<usize>, message: String| PolicyError {
+        line: line_of(text, span.start),
+        message,
+    };
+    if let (Some(_), Some(h)) = (repos.first(), hosts.first()) {
+        return Err(err(
+            h.span(),
+            "name either repositories or hosts, not both (make it two grants)".into(),
+        ));
+    }
+    if repos.is_empty() && hosts.is_empty() {
+        return Err(err(
+            span,
+            "repositories (or hosts) must not be empty".into(),
+        ));
+    }
+    if actions.is_empty() {
+        return Err(err(span, "actions must not be empty".into()));
+    }
+    if hosts.is_empty() {
+        let globs = repos
+            .iter()
+            .map(|g| Glob::parse(g.get_ref()).map_err(|m| err(g.span(), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut set = Actions::NONE;
+        for a in actions {
+            let s = a.get_ref().as_str();
+            set = match (s, Action::parse(s)) {
+                ("*", _) => Actions::ALL,
+                (_, Some(one)) => set.with(one),
+                (_, None) if HostAction::parse(s).is_some() => {
+                    return Err(err(
+                        a.span(),
+                        format!("{s:?} is a host action: a grant on repositories takes pull, push, delete or *"),
+                    ))
+                }
+                _ => {
+                    return Err(err(
+                        a.span(),
+                        format!("unknown action {s:?}: expected pull, push, delete or *"),
+                    ))
+                }
+            };
+        }
+        return Ok(Rules {
+            repos: Rule {
+                globs,
+                actions: set,
+            },
+            hosts: HostRule::default(),
+        });
+    }
+    let mut globs = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        let g = HostGlob::parse(h.get_ref()).map_err(|m| err(h.span(), m))?;
+        if anonymous && g.has_user() {
+            return Err(err(
+                h.span(),
+                format!(
+                    "host glob {:?}: [anonymous] has no user name to put in {USER_PLACEHOLDER}",
+                    h.get_ref()
+                ),
+            ));
+        }
+        globs.push(g);
+    }
+    let mut set = HostActions::NONE;
+    for a in actions {
+        let s = a.get_ref().as_str();
+        set = match (s, HostAction::parse(s)) {
+            ("*", _) => HostActions::ALL,
+            (_, Some(one)) => set.with(one),
+            (_, None) if Action::parse(s).is_some() => {
+                return Err(err(
+                    a.span(),
+                    format!("{s:?} is a repository action: a grant on hosts takes report, read, delete or *"),
+                ))
+            }
+            _ => {
+                return Err(err(
+                    a.span(),
+                    format!("unknown action {s:?}: expected report, read, delete or *"),
+                ))
+            }
+        };
+    }
+    Ok(Rules {
+        repos: Rule::default(),
+        hosts: HostRule {
+            globs,
+            actions: set,
+        },
+    })
+}
+
 impl Policy {
     /// The policy without a file: every authenticated user may do
     /// everything; anonymous callers nothing.
@@ -307,9 +297,15 @@ impl Policy {
             grants: vec![Grant {
                 users: HashSet::from(["*".to_string()]),
                 groups: Vec::new(),
-                rule: Rule {
-                    globs: vec![Glob(b"**".to_vec())],
-                    actions: Actions::ALL,
+                rules: Rules {
+                    repos: Rule {
+                        globs: vec![Glob::everything()],
+                        actions: Actions::ALL,
+                    },
+                    hosts: HostRule {
+                        globs: vec![HostGlob::everything()],
+                        actions: HostActions::ALL,
+                    },
                 },
                 metrics: true,
             }],
@@ -332,39 +328,6 @@ impl Policy {
         let err = |span: std::ops::Range<usize>, message: String| PolicyError {
             line: line_of(text, span.start),
             message,
-        };
-        let rule = |repos: &[Spanned<String>],
-                    actions: &[Spanned<String>],
-                    span: std::ops::Range<usize>|
-         -> Result<Rule, PolicyError> {
-            if repos.is_empty() {
-                return Err(err(span.clone(), "repositories must not be empty".into()));
-            }
-            if actions.is_empty() {
-                return Err(err(span, "actions must not be empty".into()));
-            }
-            let globs = repos
-                .iter()
-                .map(|g| Glob::parse(g.get_ref()).map_err(|m| err(g.span(), m)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut set = Actions::NONE;
-            for a in actions {
-                let s = a.get_ref().as_str();
-                if s == "*" {
-                    set = Actions::ALL;
-                    continue;
-                }
-                set = set.with(Action::parse(s).ok_or_else(|| {
-                    err(
-                        a.span(),
-                        format!("unknown action {s:?}: expected pull, push, delete or *"),
-                    )
-                })?);
-            }
-            Ok(Rule {
-                globs,
-                actions: set,
-            })
         };
         let mut groups = HashMap::new();
         for (name, members) in &file.groups {
@@ -409,19 +372,20 @@ impl Policy {
                     ));
                 }
             }
-            // A metrics-only grant names no repositories and no actions.
-            let rule = if g.metrics && g.repositories.is_empty() && g.actions.is_empty() {
-                Rule {
-                    globs: Vec::new(),
-                    actions: Actions::NONE,
-                }
+            // A metrics-only grant names no repositories, hosts or actions.
+            let metrics_only = g.metrics
+                && g.repositories.is_empty()
+                && g.hosts.is_empty()
+                && g.actions.is_empty();
+            let rules = if metrics_only {
+                Rules::default()
             } else {
-                rule(&g.repositories, &g.actions, span)?
+                rules(text, &g.repositories, &g.hosts, &g.actions, span, false)?
             };
             grants.push(Grant {
                 users: g.users.iter().map(|u| u.get_ref().clone()).collect(),
                 groups: g.groups.iter().map(|u| u.get_ref().clone()).collect(),
-                rule,
+                rules,
                 metrics: g.metrics,
             });
         }
@@ -430,7 +394,14 @@ impl Policy {
             Some(a) => {
                 let span = a.span();
                 let a = a.get_ref();
-                Some(rule(&a.repositories, &a.actions, span)?)
+                Some(rules(
+                    text,
+                    &a.repositories,
+                    &a.hosts,
+                    &a.actions,
+                    span,
+                    true,
+                )?)
             }
         };
         Ok(Policy {
@@ -456,7 +427,7 @@ impl Policy {
         let anon = self
             .anonymous
             .as_ref()
-            .map(|r| r.actions_on(repo))
+            .map(|r| r.repos.actions_on(repo))
             .unwrap_or_default();
         let Some(user) = user else {
             return anon;
@@ -464,7 +435,7 @@ impl Policy {
         self.grants
             .iter()
             .filter(|g| self.in_grant(g, user))
-            .fold(anon, |acc, g| acc.union(g.rule.actions_on(repo)))
+            .fold(anon, |acc, g| acc.union(g.rules.repos.actions_on(repo)))
     }
 
     /// Whether `user` (`None`: anonymous) may do `action` on at least one
@@ -473,7 +444,7 @@ impl Policy {
         if self
             .anonymous
             .as_ref()
-            .is_some_and(|r| r.actions.contains(action))
+            .is_some_and(|r| r.repos.actions.contains(action))
         {
             return true;
         }
@@ -482,7 +453,44 @@ impl Policy {
         };
         self.grants
             .iter()
-            .any(|g| g.rule.actions.contains(action) && self.in_grant(g, user))
+            .any(|g| g.rules.repos.actions.contains(action) && self.in_grant(g, user))
+    }
+
+    /// What `user` (`None`: anonymous) may do on the host `host`, `{user}`
+    /// in a host glob standing for `user`.
+    pub fn host_actions_for(&self, user: Option<&str>, host: &str) -> HostActions {
+        let anon = self
+            .anonymous
+            .as_ref()
+            .map(|r| r.hosts.actions_on(None, host))
+            .unwrap_or_default();
+        let Some(user) = user else {
+            return anon;
+        };
+        self.grants
+            .iter()
+            .filter(|g| self.in_grant(g, user))
+            .fold(anon, |acc, g| {
+                acc.union(g.rules.hosts.actions_on(Some(user), host))
+            })
+    }
+
+    /// Whether `user` (`None`: anonymous) may do `action` on at least one
+    /// host id.
+    pub fn may_host_somewhere(&self, user: Option<&str>, action: HostAction) -> bool {
+        if self
+            .anonymous
+            .as_ref()
+            .is_some_and(|r| r.hosts.actions.contains(action))
+        {
+            return true;
+        }
+        let Some(user) = user else {
+            return false;
+        };
+        self.grants
+            .iter()
+            .any(|g| g.rules.hosts.actions.contains(action) && self.in_grant(g, user))
     }
 
     /// Whether `user` may read `GET /metrics` (a grant with
@@ -493,12 +501,15 @@ impl Policy {
             .any(|g| g.metrics && self.in_grant(g, user))
     }
 
-    /// Whether anonymous callers may push or delete anywhere (worth a
-    /// warning at start-up).
+    /// Whether anonymous callers may push, delete or report anywhere
+    /// (worth a warning at start-up).
     pub fn anonymous_may_write(&self) -> bool {
-        self.anonymous
-            .as_ref()
-            .is_some_and(|r| r.actions.contains(Action::Push) || r.actions.contains(Action::Delete))
+        self.anonymous.as_ref().is_some_and(|r| {
+            r.repos.actions.contains(Action::Push)
+                || r.repos.actions.contains(Action::Delete)
+                || r.hosts.actions.contains(HostAction::Report)
+                || r.hosts.actions.contains(HostAction::Delete)
+        })
     }
 
     /// Counts for the start-up log: (groups, grants, anonymous rule).
@@ -514,33 +525,6 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn g(s: &str) -> Glob {
-        Glob::parse(s).unwrap()
-    }
-
-    #[test]
-    fn globs() {
-        assert!(g("bpf/*").matches("bpf/x"));
-        assert!(!g("bpf/*").matches("bpf/x/y"));
-        assert!(!g("bpf/*").matches("bpf"));
-        assert!(g("bpf/**").matches("bpf/x/y"));
-        assert!(g("bpf/**").matches("bpf/x"));
-        assert!(!g("bpf/**").matches("bpfx/y"));
-        assert!(g("**").matches("a/b/c"));
-        assert!(g("*").matches("abc"));
-        assert!(!g("*").matches("a/b"));
-        assert!(g("a/*/c").matches("a/b/c"));
-        assert!(!g("a/*/c").matches("a/b/x/c"));
-        assert!(g("a/**/c").matches("a/b/x/c"));
-        assert!(g("team-*/prog").matches("team-net/prog"));
-        assert!(g("exact").matches("exact"));
-        assert!(!g("exact").matches("exactly"));
-        assert!(g("*-probe").matches("tcp-probe"));
-        assert!(Glob::parse("Bad").is_err());
-        assert!(Glob::parse("a***").is_err());
-        assert!(Glob::parse("").is_err());
-    }
 
     const SAMPLE: &str = r#"
 [groups]
@@ -672,5 +656,185 @@ actions = ["*"]
         let e = Policy::parse("\n[[grant]]\nrepositories = [\"x\"]\nactions = [\"pull\"]\n")
             .unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    const HOSTS: &str = r#"
+[groups]
+ops = ["olga"]
+
+[[grant]]
+users = ["agent-*", "agent-1", "*"]
+hosts = ["{user}"]
+actions = ["report"]
+
+[[grant]]
+groups = ["ops"]
+hosts = ["edge-*", "core-**"]
+actions = ["read", "delete"]
+
+[[grant]]
+users = ["alice"]
+repositories = ["**"]
+actions = ["delete"]
+
+[anonymous]
+hosts = ["lab-*"]
+actions = ["read"]
+"#;
+
+    fn host_set(a: &[HostAction]) -> HostActions {
+        a.iter().copied().collect()
+    }
+
+    #[test]
+    fn host_grants() {
+        use HostAction::*;
+        let p = Policy::parse(HOSTS).unwrap();
+        let h = |u: Option<&str>, host: &str| p.host_actions_for(u, host);
+        // {user}: each user reports its own host, and reading comes with it.
+        assert_eq!(h(Some("agent-1"), "agent-1"), host_set(&[Report, Read]));
+        assert_eq!(h(Some("agent-1"), "agent-2"), HostActions::NONE);
+        assert_eq!(h(Some("bob"), "bob"), host_set(&[Report, Read]));
+        // A user named `*` gets the host named `*` only.
+        assert_eq!(h(Some("*"), "*"), host_set(&[Report, Read]));
+        assert_eq!(h(Some("*"), "edge-1"), HostActions::NONE);
+        assert_eq!(h(Some("olga"), "edge-1"), host_set(&[Read, Delete]));
+        assert_eq!(h(Some("olga"), "core-a.b"), host_set(&[Read, Delete]));
+        assert_eq!(h(Some("olga"), "olga"), host_set(&[Report, Read]));
+        assert_eq!(h(Some("olga"), "other"), HostActions::NONE);
+        // A repository grant gives nothing on hosts, and the other way round.
+        assert_eq!(h(Some("alice"), "edge-1"), HostActions::NONE);
+        assert_eq!(p.actions_for(Some("olga"), "edge-1"), Actions::NONE);
+        assert!(!p.may_somewhere(Some("olga"), Action::Delete));
+        assert!(p.may_somewhere(Some("alice"), Action::Delete));
+        assert!(!p.may_host_somewhere(Some("alice"), Delete));
+        // [anonymous]: anonymous callers, and every user too.
+        assert_eq!(h(None, "lab-1"), host_set(&[Read]));
+        assert_eq!(h(None, "edge-1"), HostActions::NONE);
+        assert_eq!(h(Some("alice"), "lab-1"), host_set(&[Read]));
+        assert_eq!(h(Some("olga"), "lab-1"), host_set(&[Read]));
+        assert!(p.may_host_somewhere(None, Read));
+        assert!(!p.may_host_somewhere(None, Report));
+        assert!(p.may_host_somewhere(Some("alice"), Read));
+        assert!(p.may_host_somewhere(Some("bob"), Report));
+        assert!(p.may_host_somewhere(Some("olga"), Delete));
+        assert!(!p.may_host_somewhere(Some("bob"), Delete));
+        assert!(!p.anonymous_may_write());
+    }
+
+    #[test]
+    fn report_implies_read() {
+        use HostAction::*;
+        assert_eq!(HostActions::NONE.with(Report), host_set(&[Report, Read]));
+        assert!(HostActions::NONE.with(Report).contains(Read));
+        assert!(!HostActions::NONE.with(Read).contains(Report));
+        assert_eq!(HostActions::ALL.iter().collect::<Vec<_>>(), HostAction::ALL);
+        for a in HostAction::ALL {
+            assert_eq!(HostAction::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(HostAction::parse("pull"), None);
+        let p = Policy::parse("[[grant]]\nusers = [\"a\"]\nhosts = [\"**\"]\nactions = [\"*\"]\n")
+            .unwrap();
+        assert_eq!(p.host_actions_for(Some("a"), "x"), HostActions::ALL);
+    }
+
+    #[test]
+    fn anonymous_hosts() {
+        let p = Policy::parse("[anonymous]\nhosts = [\"**\"]\nactions = [\"report\"]\n").unwrap();
+        assert!(p.anonymous_may_write());
+        assert_eq!(
+            p.host_actions_for(None, "x"),
+            HostActions::NONE.with(HostAction::Report)
+        );
+        assert_eq!(p.actions_for(None, "x"), Actions::NONE);
+        // {user} means nothing without a user.
+        let e =
+            Policy::parse("[anonymous]\nactions = [\"read\"]\nhosts = [\"{user}\"]\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("{user}"), "{e}");
+        // The same kinds rules as a grant.
+        let e = Policy::parse(
+            "[anonymous]\nrepositories = [\"x\"]\nhosts = [\"y\"]\nactions = [\"pull\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        let e = Policy::parse("[anonymous]\nhosts = [\"y\"]\nactions = [\"pull\"]\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn default_policy_hosts() {
+        let p = Policy::allow_authenticated();
+        assert_eq!(
+            p.host_actions_for(Some("anyone"), "a-host"),
+            HostActions::ALL
+        );
+        assert_eq!(p.host_actions_for(None, "a-host"), HostActions::NONE);
+        for a in HostAction::ALL {
+            assert!(p.may_host_somewhere(Some("anyone"), a));
+            assert!(!p.may_host_somewhere(None, a));
+        }
+        // A policy file grants hosts only where it says so.
+        let p = Policy::parse(SAMPLE).unwrap();
+        assert_eq!(p.host_actions_for(Some("admin"), "h"), HostActions::NONE);
+        assert!(!p.may_host_somewhere(Some("admin"), HostAction::Read));
+    }
+
+    #[test]
+    fn mixed_grants_are_refused_naming_the_line() {
+        // Both repositories and hosts.
+        let e = Policy::parse(
+            "[[grant]]\nusers = [\"a\"]\nrepositories = [\"x\"]\nhosts = [\"h\"]\nactions = [\"pull\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("not both"), "{e}");
+        // Host actions on repositories.
+        let e = Policy::parse(
+            "[[grant]]\nusers = [\"a\"]\nrepositories = [\"x\"]\nactions = [\"pull\", \"report\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("host action"), "{e}");
+        // Repository actions on hosts.
+        let e = Policy::parse(
+            "\n[[grant]]\nusers = [\"a\"]\nhosts = [\"h\"]\nactions = [\n  \"read\",\n  \"push\",\n]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("repository action"), "{e}");
+        // Unknown actions, bad host globs.
+        let e = Policy::parse("[[grant]]\nusers = [\"a\"]\nhosts = [\"h\"]\nactions = [\"fly\"]\n")
+            .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("report, read, delete"), "{e}");
+        let e = Policy::parse(
+            "[[grant]]\nusers = [\"a\"]\nactions = [\"read\"]\nhosts = [\"ok\", \"a/b\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        // `delete` is both kinds: it goes with what the grant names.
+        let p = Policy::parse(
+            "[[grant]]\nusers = [\"a\"]\nhosts = [\"h\"]\nactions = [\"delete\"]\n[[grant]]\nusers = [\"a\"]\nrepositories = [\"r\"]\nactions = [\"delete\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.host_actions_for(Some("a"), "h"),
+            HostActions::NONE.with(HostAction::Delete)
+        );
+        assert_eq!(p.actions_for(Some("a"), "h"), Actions::NONE);
+        assert_eq!(
+            p.actions_for(Some("a"), "r"),
+            Actions::NONE.with(Action::Delete)
+        );
+        // metrics beside hosts and actions is fine, half a rule is not.
+        let p = Policy::parse(
+            "[[grant]]\nusers = [\"m\"]\nmetrics = true\nhosts = [\"h\"]\nactions = [\"read\"]\n",
+        )
+        .unwrap();
+        assert!(p.may_read_metrics("m"));
+        let e = Policy::parse("[[grant]]\nusers = [\"m\"]\nmetrics = true\nhosts = [\"h\"]\n")
+            .unwrap_err();
+        assert!(e.message.contains("actions"), "{e}");
     }
 }
