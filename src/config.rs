@@ -53,6 +53,9 @@ pub struct Config {
     pub upload_ttl: Duration,
     /// Requests served at once; more get 429 `TOOMANYREQUESTS`.
     pub max_concurrent_requests: usize,
+    /// Fleet long-polls (`?wait=`) held at once; more get 429
+    /// `too_many_watchers`.
+    pub max_watchers: usize,
     /// Longest a client may take to send a request's headers.
     pub header_read_timeout: Duration,
     /// Longest a request body may stall between two chunks (and a
@@ -403,6 +406,7 @@ impl Config {
                 duration(&val, "BPF_REGISTRY_UPLOAD_TTL", 24 * HOUR)?,
                 "BPF_REGISTRY_UPLOAD_TTL",
             )?,
+            max_watchers: number(&val, "BPF_REGISTRY_MAX_WATCHERS", 20_000)? as usize,
             max_concurrent_requests: number(&val, "BPF_REGISTRY_MAX_CONCURRENT_REQUESTS", 1024)?
                 as usize,
             header_read_timeout: positive(

@@ -165,8 +165,13 @@ pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
             Some(a)
         }
     };
+    let fleet = Arc::new(fleet::FleetService::new(
+        artifacts.clone(),
+        config.max_watchers,
+    ));
     Ok(http::AppState {
         registry,
+        fleet,
         artifacts,
         config: Arc::new(config),
         auth,

@@ -136,25 +136,53 @@ pub fn version_index(children: &[Platform]) -> Result<Bytes, ArtifactError> {
 }
 
 /// The host-association referrer of `subject` (deterministic, so a replay
-/// has the same digest): empty config and layer, the host as annotation.
+/// has the same digest): empty config and layer, the host as annotation
+/// (and the channel it follows, when one is given).
 pub fn association_manifest(
     subject: &Digest,
     subject_size: u64,
     host: &HostId,
+    channel: Option<&str>,
+) -> Result<Bytes, ArtifactError> {
+    let mut notes = HashMap::from([(annotations::HOST_ID.to_string(), host.to_string())]);
+    if let Some(c) = channel {
+        notes.insert(annotations::CHANNEL.to_string(), c.to_string());
+    }
+    referrer_manifest(subject, subject_size, media::BPF_HOST_ASSOCIATION, notes)
+}
+
+/// The host-selector referrer of `subject`: like an association, with the
+/// selector (and an optional channel) as annotations.
+pub fn selector_manifest(
+    subject: &Digest,
+    subject_size: u64,
+    selector: &str,
+    channel: Option<&str>,
+) -> Result<Bytes, ArtifactError> {
+    let mut notes = HashMap::from([(annotations::SELECTOR.to_string(), selector.to_string())]);
+    if let Some(c) = channel {
+        notes.insert(annotations::CHANNEL.to_string(), c.to_string());
+    }
+    referrer_manifest(subject, subject_size, media::BPF_HOST_SELECTOR, notes)
+}
+
+/// An empty referrer manifest of `subject` carrying `notes`.
+fn referrer_manifest(
+    subject: &Digest,
+    subject_size: u64,
+    artifact_type: &str,
+    notes: HashMap<String, String>,
 ) -> Result<Bytes, ArtifactError> {
     let empty = Digest::of(EMPTY_JSON);
     let empty_desc = spec_descriptor(media::OCI_EMPTY, &empty, EMPTY_JSON.len() as u64)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .artifact_type(MediaType::from(media::BPF_HOST_ASSOCIATION))
+        .artifact_type(MediaType::from(artifact_type))
         .config(empty_desc.clone())
         .layers(vec![empty_desc])
         .subject(spec_descriptor(media::OCI_MANIFEST, subject, subject_size)?)
-        .annotations(HashMap::from([(
-            annotations::HOST_ID.to_string(),
-            host.to_string(),
-        )]))
+        .annotations(notes)
         .build()
         .map_err(internal)?;
     to_bytes(&manifest)

@@ -31,6 +31,10 @@ pub mod annotations {
     pub const ARCHITECTURE: &str = "io.aegisflux.bpf.architecture";
     pub const KERNEL_VERSION: &str = "io.aegisflux.bpf.kernel-version";
     pub const HOST_ID: &str = "io.aegisflux.bpf.host-id";
+    /// On a host association or selector: the channel the host follows.
+    pub const CHANNEL: &str = "io.aegisflux.bpf.channel";
+    /// On a host-selector referrer: the selector (label-selector syntax).
+    pub const SELECTOR: &str = "io.aegisflux.bpf.selector";
 }
 
 pub struct ArtifactIndex {
@@ -41,7 +45,16 @@ pub struct ArtifactIndex {
 /// What a manifest means to the eBPF domain.
 enum Classified {
     Artifact(Box<ArtifactRecord>),
-    Association { host: HostId, subject: Digest },
+    Association {
+        host: HostId,
+        subject: Digest,
+        channel: Option<String>,
+    },
+    Selector {
+        subject: Digest,
+        selector: String,
+        channel: Option<String>,
+    },
     Other,
 }
 
@@ -53,6 +66,12 @@ struct StoredRecord {
     layer_digest: Digest,
     layer_size: u64,
     layer_media_type: String,
+}
+
+/// The channel annotation of a referrer, when it is a valid tag.
+fn channel_of(m: &ParsedManifest) -> Option<String> {
+    let c = m.annotations.get(annotations::CHANNEL)?;
+    crate::oci::Tag::parse(c).ok().map(|t| t.to_string())
 }
 
 /// Whether a manifest is one of our artifacts.
@@ -146,6 +165,19 @@ impl ArtifactIndex {
             return Classified::Association {
                 host,
                 subject: subject.digest.clone(),
+                channel: channel_of(m),
+            };
+        }
+        if m.artifact_type.as_deref() == Some(media::BPF_HOST_SELECTOR) {
+            let (Some(subject), Some(selector)) =
+                (&m.subject, m.annotations.get(annotations::SELECTOR))
+            else {
+                return Classified::Other;
+            };
+            return Classified::Selector {
+                subject: subject.digest.clone(),
+                selector: selector.clone(),
+                channel: channel_of(m),
             };
         }
         if !is_artifact_manifest(m) {
@@ -226,6 +258,11 @@ impl ArtifactIndex {
     }
 
     /// The association manifest linking `host` to an artifact, if any.
+    /// The metadata store the views read (the fleet service shares it).
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
     pub async fn association(
         &self,
         key: &ArtifactKey,
@@ -337,9 +374,23 @@ impl ManifestDeriver for ArtifactIndex {
                     }
                 }
             }
-            Classified::Association { host, subject } => vec![DerivedRow::HostAssociation {
+            Classified::Association {
+                host,
+                subject,
+                channel,
+            } => vec![DerivedRow::HostAssociation {
                 subject,
                 host: host.to_string(),
+                channel,
+            }],
+            Classified::Selector {
+                subject,
+                selector,
+                channel,
+            } => vec![DerivedRow::Selector {
+                subject,
+                selector,
+                channel,
             }],
             Classified::Other => Vec::new(),
         }

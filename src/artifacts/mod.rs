@@ -84,9 +84,39 @@ pub enum ArtifactError {
     /// A signer is configured and could not sign: nothing was stored.
     #[error("the artifact could not be signed: {0}")]
     SigningUnavailable(String),
+    /// A fleet request refused (hosts, selectors, channels, watching):
+    /// `kind` picks the code.
+    #[error("{message}")]
+    Fleet { kind: FleetRefusal, message: String },
     /// A bug or an unexpected state; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// Why a fleet request is refused (each its own REST code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetRefusal {
+    InvalidSelector,
+    InvalidLabels,
+    InvalidHost,
+    InvalidWait,
+    HostNotFound,
+    SelectorNotFound,
+    ChannelNotFound,
+    VersionNotFound,
+    NoPreviousVersion,
+    ChannelIsVersion,
+    TooManyWatchers,
+}
+
+impl ArtifactError {
+    /// A fleet refusal with its message.
+    pub fn fleet(kind: FleetRefusal, message: impl Into<String>) -> Self {
+        ArtifactError::Fleet {
+            kind,
+            message: message.into(),
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub use create::CreateSettings;
 
 mod associations;
 mod create;
+mod selectors;
 mod versions;
 
 const LOCK_STRIPES: usize = 64;

@@ -46,10 +46,16 @@
 //! bearer token); such a grant may name no repositories, hosts and
 //! actions. Anonymous callers are never granted metrics.
 //!
+//! `users` takes names and name globs: `*` alone is every authenticated
+//! user, `agent-*` every user whose name starts with `agent-` (in a user
+//! name `*` matches any run of characters); group members are plain
+//! names.
+//!
 //! Globs: `*` matches within one path component (no `/`), `**` matches
 //! across components (`bpf/**` is everything below `bpf/`, `**` is every
 //! repository). Host globs follow the same rules (a host id has no `/`, so
-//! both match any run of characters) and may hold `{user}`, replaced by
+//! both match any run of characters; A-Z a-z 0-9 `.` `_` `:` `-`, case
+//! kept as host ids keep it) and may hold `{user}`, replaced by
 //! the caller's user name taken literally (a user named `*` matches only
 //! the host named `*`); `[anonymous]` cannot use `{user}`. Whatever
 //! `[anonymous]` allows, every user may do too. Without a policy file
@@ -65,7 +71,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use actions::{Action, Actions, HostAction, HostActions};
-pub use glob::{Glob, HostGlob, USER_PLACEHOLDER};
+pub use glob::{Glob, HostGlob, UserGlob, USER_PLACEHOLDER};
 
 /// Repositories and the actions allowed on them.
 #[derive(Debug, Clone, Default)]
@@ -111,8 +117,10 @@ struct Rules {
 
 #[derive(Debug, Clone)]
 struct Grant {
-    /// `*` = every authenticated user.
+    /// Plain names; `*` = every authenticated user.
     users: HashSet<String>,
+    /// The `users` entries with a `*` in them (besides `*` itself).
+    user_globs: Vec<UserGlob>,
     groups: Vec<String>,
     rules: Rules,
     /// May read `GET /metrics`.
@@ -296,6 +304,7 @@ impl Policy {
             groups: HashMap::new(),
             grants: vec![Grant {
                 users: HashSet::from(["*".to_string()]),
+                user_globs: Vec::new(),
                 groups: Vec::new(),
                 rules: Rules {
                     repos: Rule {
@@ -384,6 +393,12 @@ impl Policy {
             };
             grants.push(Grant {
                 users: g.users.iter().map(|u| u.get_ref().clone()).collect(),
+                user_globs: g
+                    .users
+                    .iter()
+                    .filter(|u| u.get_ref() != "*")
+                    .filter_map(|u| UserGlob::parse(u.get_ref()))
+                    .collect(),
                 groups: g.groups.iter().map(|u| u.get_ref().clone()).collect(),
                 rules,
                 metrics: g.metrics,
@@ -415,6 +430,7 @@ impl Policy {
     fn in_grant(&self, g: &Grant, user: &str) -> bool {
         g.users.contains("*")
             || g.users.contains(user)
+            || g.user_globs.iter().any(|u| u.matches(user))
             || g.groups.iter().any(|grp| {
                 self.groups
                     .get(grp)
@@ -663,7 +679,7 @@ actions = ["*"]
 ops = ["olga"]
 
 [[grant]]
-users = ["agent-*", "agent-1", "*"]
+users = ["agent-*", "bob"]
 hosts = ["{user}"]
 actions = ["report"]
 
@@ -695,12 +711,33 @@ actions = ["read"]
         assert_eq!(h(Some("agent-1"), "agent-1"), host_set(&[Report, Read]));
         assert_eq!(h(Some("agent-1"), "agent-2"), HostActions::NONE);
         assert_eq!(h(Some("bob"), "bob"), host_set(&[Report, Read]));
+        assert_eq!(h(Some("agent-7"), "agent-7"), host_set(&[Report, Read]));
+        assert_eq!(h(Some("agent"), "agent"), HostActions::NONE, "not agent-*");
+        assert_eq!(h(Some("carol"), "carol"), HostActions::NONE);
         // A user named `*` gets the host named `*` only.
-        assert_eq!(h(Some("*"), "*"), host_set(&[Report, Read]));
-        assert_eq!(h(Some("*"), "edge-1"), HostActions::NONE);
+        let every = Policy::parse(
+            "[[grant]]\nusers = [\"*\"]\nhosts = [\"{user}\"]\nactions = [\"report\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            every.host_actions_for(Some("*"), "*"),
+            host_set(&[Report, Read])
+        );
+        assert_eq!(
+            every.host_actions_for(Some("*"), "edge-1"),
+            HostActions::NONE
+        );
+        assert_eq!(
+            every.host_actions_for(Some("**"), "edge-1"),
+            HostActions::NONE
+        );
+        assert_eq!(
+            every.host_actions_for(Some("carol"), "carol"),
+            host_set(&[Report, Read])
+        );
         assert_eq!(h(Some("olga"), "edge-1"), host_set(&[Read, Delete]));
         assert_eq!(h(Some("olga"), "core-a.b"), host_set(&[Read, Delete]));
-        assert_eq!(h(Some("olga"), "olga"), host_set(&[Report, Read]));
+        assert_eq!(h(Some("olga"), "olga"), HostActions::NONE);
         assert_eq!(h(Some("olga"), "other"), HostActions::NONE);
         // A repository grant gives nothing on hosts, and the other way round.
         assert_eq!(h(Some("alice"), "edge-1"), HostActions::NONE);
@@ -720,6 +757,21 @@ actions = ["read"]
         assert!(p.may_host_somewhere(Some("olga"), Delete));
         assert!(!p.may_host_somewhere(Some("bob"), Delete));
         assert!(!p.anonymous_may_write());
+    }
+
+    #[test]
+    fn user_globs_in_grants() {
+        let p = Policy::parse(
+            "[[grant]]\nusers = [\"ci-*\", \"alice\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+        )
+        .unwrap();
+        let pull = Actions::NONE.with(Action::Pull);
+        assert_eq!(p.actions_for(Some("ci-1"), "x"), pull);
+        assert_eq!(p.actions_for(Some("alice"), "x"), pull);
+        assert_eq!(p.actions_for(Some("ci"), "x"), Actions::NONE);
+        assert_eq!(p.actions_for(Some("bob"), "x"), Actions::NONE);
+        assert!(p.may_somewhere(Some("ci-2"), Action::Pull));
+        assert!(!p.may_somewhere(Some("bob"), Action::Pull));
     }
 
     #[test]

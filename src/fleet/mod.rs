@@ -1,11 +1,17 @@
-//! Fleet logic without HTTP or a database: host label selectors, version
-//! ordering, artifact kernel/BTF requirements, and the resolution of a
-//! host's desired artifact set from its assignments.
+//! The fleet: registered hosts, selectors, requirements, what each host
+//! should run, watching it, rollout reports and channels. The pure parts
+//! (selectors, version order, requirements, resolution) need neither HTTP
+//! nor a database; `view` reads assignments through validated caches,
+//! `watch` holds long-polls, `service` is what the REST layer calls.
 
+pub mod hosts;
 pub mod requirements;
 pub mod resolve;
 pub mod selector;
+pub mod service;
 pub mod version;
+pub mod view;
+pub mod watch;
 
 pub use requirements::{BtfRequirement, Requirements};
 pub use resolve::{
@@ -13,4 +19,5 @@ pub use resolve::{
     NameCandidates,
 };
 pub use selector::{validate_labels, Selector, SelectorError};
+pub use service::FleetService;
 pub use version::{compare_versions, sort_newest_first, KernelVersion};

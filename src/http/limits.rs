@@ -6,7 +6,9 @@
 //! - [`enforce`] (middleware): at most `BPF_REGISTRY_MAX_CONCURRENT_REQUESTS`
 //!   requests at once (a request counts until its response body is sent);
 //!   one more is answered at once with 429 `TOOMANYREQUESTS` and
-//!   `Retry-After`, never queued. `/healthz` is exempt.
+//!   `Retry-After`, never queued. `/healthz` is exempt, and so are
+//!   long-polls (`GET .../desired?wait=`, `GET /artifacts/for-host/...?wait=`):
+//!   `BPF_REGISTRY_MAX_WATCHERS` bounds those from their start.
 //! - Request body pace ([`BodyPace`]): a body fails when it stalls for
 //!   `BPF_REGISTRY_BODY_IDLE_TIMEOUT` between two chunks, or when it
 //!   delivers less than `BPF_REGISTRY_MIN_BODY_RATE` bytes/s over a
@@ -136,9 +138,22 @@ fn request_timeout(path: &str, route: Option<&str>, version: Version, cut: &Body
 }
 
 /// The middleware: concurrency cap and body pace.
+/// A fleet long-poll: counted by the watcher cap instead.
+fn is_long_poll(req: &Request) -> bool {
+    let path = req.uri().path();
+    let watchable = (path.starts_with("/hosts/") && path.ends_with("/desired"))
+        || path.starts_with("/artifacts/for-host/");
+    watchable
+        && (req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD)
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("wait=")))
+}
+
 pub async fn enforce(State(limits): State<RequestLimits>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let permit = if path == "/healthz" {
+    let permit = if path == "/healthz" || is_long_poll(&req) {
         None
     } else {
         match limits.permits.clone().try_acquire_owned() {

@@ -96,6 +96,7 @@ impl RouteTemplate {
         match ep {
             RestEndpoint::List { .. } | RestEndpoint::Create => Self::plain("/artifacts"),
             RestEndpoint::ForHost { .. } => Self::plain("/artifacts/for-host/{host_id}"),
+            RestEndpoint::Fleet(f) => Self::plain(f.template()),
             RestEndpoint::PublicKey { .. } => Self::plain("/signing/public-key"),
             RestEndpoint::Artifact { op, .. } => match op {
                 ArtifactOp::Get | ArtifactOp::Delete => Self::plain("/artifacts/{id}"),
@@ -107,6 +108,13 @@ impl RouteTemplate {
                 ArtifactOp::RemoveHost { .. } => Self::plain("/artifacts/{id}/hosts/{host_id}"),
                 ArtifactOp::Signatures => Self::plain("/artifacts/{id}/signatures"),
                 ArtifactOp::Verify => Self::plain("/artifacts/{id}/verify"),
+                ArtifactOp::Selectors | ArtifactOp::AddSelector => {
+                    Self::plain("/artifacts/{id}/selectors")
+                }
+                ArtifactOp::RemoveSelector { .. } => {
+                    Self::plain("/artifacts/{id}/selectors/{selector_id}")
+                }
+                ArtifactOp::Rollout { .. } => Self::plain("/artifacts/{id}/rollout"),
             },
         }
     }

@@ -38,6 +38,8 @@ use crate::registry::{BlobRead, Registry};
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub artifacts: Arc<ArtifactService>,
+    /// Hosts, selectors resolution, watching, rollout and channels.
+    pub fleet: Arc<crate::fleet::FleetService>,
     pub config: Arc<Config>,
     /// Users, policy and token key; `None` when authentication is off.
     pub auth: Option<Arc<crate::auth::Auth>>,
@@ -67,6 +69,9 @@ pub fn router(state: AppState) -> Router {
         // REST: one table, in `rest::endpoint`.
         .route("/artifacts", any(rest::dispatch))
         .route("/artifacts/{*rest}", any(rest::dispatch))
+        .route("/hosts", any(rest::dispatch))
+        .route("/hosts/{*rest}", any(rest::dispatch))
+        .route("/channels/{*rest}", any(rest::dispatch))
         .route("/signing/public-key", any(rest::dispatch))
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))

@@ -7,6 +7,7 @@
 
 use sqlx::{Any, Row, Transaction};
 
+use super::changes::{host_scope, Scopes, SELECTORS};
 use super::{digest_col, repo_col, unix_now, Metadata, MetadataResult};
 use crate::oci::{Digest, RepoName};
 
@@ -24,8 +25,19 @@ pub enum DerivedRow {
         facets: Vec<(String, String)>,
         record: String,
     },
-    /// A host-association referrer of `subject`.
-    HostAssociation { subject: Digest, host: String },
+    /// A host-association referrer of `subject`; with a channel, the host
+    /// follows that channel of the repository.
+    HostAssociation {
+        subject: Digest,
+        host: String,
+        channel: Option<String>,
+    },
+    /// A host-selector referrer of `subject`.
+    Selector {
+        subject: Digest,
+        selector: String,
+        channel: Option<String>,
+    },
     /// A cosign signature manifest of `subject`.
     Signature(SignatureRow),
 }
@@ -56,6 +68,7 @@ pub(super) async fn insert(
     repo: &RepoName,
     digest: &Digest,
     row: &DerivedRow,
+    scopes: &mut Scopes,
 ) -> MetadataResult<()> {
     let (repo, digest) = (repo.to_string(), digest.to_string());
     match row {
@@ -86,17 +99,52 @@ pub(super) async fn insert(
             .await?;
             replace_facets(tx, &repo, &digest, facets).await?;
         }
-        DerivedRow::HostAssociation { subject, host } => {
+        DerivedRow::HostAssociation {
+            subject,
+            host,
+            channel,
+        } => {
             sqlx::query(
                 "INSERT INTO host_associations (repo, digest, subject, host) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (repo, digest) DO NOTHING",
+            )
+            .bind(repo.clone())
+            .bind(digest.clone())
+            .bind(subject.to_string())
+            .bind(host.clone())
+            .execute(&mut **tx)
+            .await?;
+            if let Some(channel) = channel {
+                sqlx::query(
+                    "INSERT INTO association_channels (repo, digest, channel) VALUES ($1, $2, $3)
+                     ON CONFLICT (repo, digest) DO NOTHING",
+                )
+                .bind(repo)
+                .bind(digest)
+                .bind(channel.clone())
+                .execute(&mut **tx)
+                .await?;
+            }
+            scopes.add(host_scope(host));
+        }
+        DerivedRow::Selector {
+            subject,
+            selector,
+            channel,
+        } => {
+            sqlx::query(
+                "INSERT INTO host_selectors (repo, digest, subject, selector, channel)
+                 VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (repo, digest) DO NOTHING",
             )
             .bind(repo)
             .bind(digest)
             .bind(subject.to_string())
-            .bind(host.clone())
+            .bind(selector.clone())
+            .bind(channel.clone())
             .execute(&mut **tx)
             .await?;
+            scopes.add(SELECTORS.to_string());
         }
         DerivedRow::Signature(s) => {
             sqlx::query(
@@ -151,11 +199,30 @@ pub(super) async fn delete(
     tx: &mut Transaction<'static, Any>,
     repo: &str,
     digest: &str,
+    scopes: &mut Scopes,
 ) -> MetadataResult<()> {
+    let hosts =
+        sqlx::query("DELETE FROM host_associations WHERE repo = $1 AND digest = $2 RETURNING host")
+            .bind(repo.to_string())
+            .bind(digest.to_string())
+            .fetch_all(&mut **tx)
+            .await?;
+    for h in hosts {
+        scopes.add(host_scope(&h.try_get::<String, _>(0)?));
+    }
+    let selectors =
+        sqlx::query("DELETE FROM host_selectors WHERE repo = $1 AND digest = $2 RETURNING digest")
+            .bind(repo.to_string())
+            .bind(digest.to_string())
+            .fetch_all(&mut **tx)
+            .await?;
+    if !selectors.is_empty() {
+        scopes.add(SELECTORS.to_string());
+    }
     for statement in [
         "DELETE FROM artifacts WHERE repo = $1 AND digest = $2",
         "DELETE FROM artifact_facets WHERE repo = $1 AND digest = $2",
-        "DELETE FROM host_associations WHERE repo = $1 AND digest = $2",
+        "DELETE FROM association_channels WHERE repo = $1 AND digest = $2",
         "DELETE FROM signatures WHERE repo = $1 AND digest = $2",
     ] {
         sqlx::query(statement)

@@ -4,6 +4,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use super::changes::{repo_scope, Scopes};
 use super::derived::{self, DerivedRow};
 use super::outbox;
 use super::{digest_col, repo_col, unix_now, Metadata, MetadataError, MetadataResult};
@@ -139,6 +140,8 @@ impl Metadata {
         puts: &[ManifestPut],
     ) -> MetadataResult<Result<(), PutRejected>> {
         let mut tx = self.begin_repo_write(repo.as_str()).await?;
+        let mut scopes = Scopes::default();
+        scopes.add(repo_scope(repo.as_str()));
         for put in puts {
             if put.repo != *repo {
                 return Err(MetadataError::Corrupt(format!(
@@ -146,11 +149,11 @@ impl Metadata {
                     put.repo
                 )));
             }
-            if let Err(refused) = put_in(&mut tx, put, self.outbox.as_deref()).await? {
+            if let Err(refused) = put_in(&mut tx, put, self.outbox.as_deref(), &mut scopes).await? {
                 return Ok(Err(refused));
             }
         }
-        tx.commit().await?;
+        self.commit_with_changes(tx, &scopes).await?;
         self.events_committed();
         Ok(Ok(()))
     }
@@ -161,6 +164,7 @@ async fn put_in(
     tx: &mut Transaction<'static, Any>,
     put: &ManifestPut,
     outbox: Option<&outbox::OutboxSettings>,
+    scopes: &mut Scopes,
 ) -> MetadataResult<Result<(), PutRejected>> {
     {
         let repo = put.repo.to_string();
@@ -230,7 +234,7 @@ async fn put_in(
             .await?;
         }
         for row in &put.derived {
-            derived::insert(tx, &put.repo, &put.digest, row).await?;
+            derived::insert(tx, &put.repo, &put.digest, row, scopes).await?;
         }
         if let Some(tag) = &put.tag {
             sqlx::query(
@@ -261,7 +265,9 @@ impl Metadata {
             .bind(tag.to_string())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        let mut scopes = Scopes::default();
+        scopes.add(repo_scope(repo.as_str()));
+        self.commit_with_changes(tx, &scopes).await?;
         self.events_committed();
         Ok(done.rows_affected() > 0)
     }
@@ -276,6 +282,8 @@ impl Metadata {
     ) -> MetadataResult<Vec<Digest>> {
         let r = repo.to_string();
         let mut tx = self.begin_repo_write(&r).await?;
+        let mut scopes = Scopes::default();
+        scopes.add(repo_scope(&r));
         let mut deleted = Vec::new();
         for d in digests {
             if deleted.contains(d) {
@@ -303,10 +311,10 @@ impl Metadata {
                     .execute(&mut *tx)
                     .await?;
             }
-            derived::delete(&mut tx, &r, &text).await?;
+            derived::delete(&mut tx, &r, &text, &mut scopes).await?;
             deleted.push(d.clone());
         }
-        tx.commit().await?;
+        self.commit_with_changes(tx, &scopes).await?;
         self.events_committed();
         Ok(deleted)
     }

@@ -24,8 +24,10 @@
 //! deliverer sends.
 
 mod artifact_list;
+pub mod changes;
 mod derived;
 mod engine;
+mod fleet;
 pub mod gc;
 mod lease;
 mod manifests;
@@ -34,8 +36,10 @@ pub mod schema;
 mod uploads;
 
 pub use artifact_list::{ArtifactFilter, ListingKey, RowKey};
+pub use changes::{ChangeFeed, Scopes};
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
+pub use fleet::*;
 pub use lease::Lease;
 pub use manifests::{ManifestPut, ManifestRow, PutRejected, TagPage};
 pub use outbox::{ClaimedEvent, DeliveryOutcome, EventType, OutboxSettings, Pruned};
@@ -87,6 +91,11 @@ pub struct Metadata {
     lease_pool: Option<AnyPool>,
     /// Set when events are on: changes write their events (see `outbox`).
     outbox: Option<std::sync::Arc<OutboxSettings>>,
+    /// What this process knows of the fleet change counters (see
+    /// `changes`).
+    changes: std::sync::Arc<ChangeFeed>,
+    /// PostgreSQL: the URL the change listener connects with.
+    url: Option<String>,
 }
 
 /// Upload requests of one process that may hold a session lease at once
@@ -160,6 +169,8 @@ impl Metadata {
             engine,
             lease_pool,
             outbox: None,
+            changes: std::sync::Arc::new(ChangeFeed::default()),
+            url: (engine == Engine::Postgres).then(|| url.clone()),
         };
         schema::apply(&m).await?;
         Ok(m)

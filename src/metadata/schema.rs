@@ -9,7 +9,7 @@ use super::{Metadata, MetadataResult};
 
 /// The version this code writes; recorded in `meta` so a later version
 /// can migrate.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// `{key}` in a statement: a text column that sorts and compares byte-wise
 /// (the OCI lexical order of tags and the catalog). SQLite's default
@@ -237,6 +237,93 @@ pub const TABLES: &[Table] = &[
         key: &["repo", "digest"],
         copied: true,
     },
+    // The fleet (see `fleet`): hosts and reports are state the registry
+    // keeps; the derived selector and channel rows follow their manifests.
+    Table {
+        name: "hosts",
+        columns: &[
+            ("host_id", Text),
+            ("architecture", Text),
+            ("kernel_release", Text),
+            ("btf", Int),
+            ("agent_version", Text),
+            ("labels", Text),
+            ("registered_at", Int),
+            ("last_seen", Int),
+        ],
+        key: &["host_id"],
+        copied: true,
+    },
+    Table {
+        name: "deployments",
+        columns: &[
+            ("host_id", Text),
+            ("repo", Text),
+            ("digest", Text),
+            ("state", Text),
+            ("message", Text),
+            ("attach_point", Text),
+            ("reported_at", Int),
+        ],
+        key: &["host_id", "repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "deployment_history",
+        columns: &[
+            ("host_id", Text),
+            ("seq", Int),
+            ("repo", Text),
+            ("digest", Text),
+            ("state", Text),
+            ("message", Text),
+            ("attach_point", Text),
+            ("reported_at", Int),
+        ],
+        key: &["host_id", "seq"],
+        copied: true,
+    },
+    Table {
+        name: "channel_moves",
+        columns: &[
+            ("repo", Text),
+            ("channel", Text),
+            ("seq", Int),
+            ("version", Text),
+            ("digest", Text),
+            ("action", Text),
+            ("undone", Int),
+            ("moved_at", Int),
+            ("moved_by", Text),
+        ],
+        key: &["repo", "channel", "seq"],
+        copied: true,
+    },
+    Table {
+        name: "host_selectors",
+        columns: &[
+            ("repo", Text),
+            ("digest", Text),
+            ("subject", Text),
+            ("selector", Text),
+            ("channel", Text),
+        ],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    Table {
+        name: "association_channels",
+        columns: &[("repo", Text), ("digest", Text), ("channel", Text)],
+        key: &["repo", "digest"],
+        copied: true,
+    },
+    // Counters of this store's changes: a copy starts its own.
+    Table {
+        name: "fleet_changes",
+        columns: &[("scope", Text), ("seq", Int)],
+        key: &["scope"],
+        copied: false,
+    },
     Table {
         name: "tags",
         columns: &[
@@ -310,7 +397,11 @@ pub(super) async fn apply(m: &Metadata) -> MetadataResult<()> {
             .await?;
     }
     let key = key_type(m.engine());
-    for s in STATEMENTS.iter().chain(super::outbox::STATEMENTS) {
+    for s in STATEMENTS
+        .iter()
+        .chain(super::outbox::STATEMENTS)
+        .chain(super::fleet::STATEMENTS)
+    {
         let statement = s
             .replace("{key}", key)
             .replace("{c}", bytewise(m.engine()))

@@ -12,6 +12,7 @@ pub const OCI_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zst
 pub const BPF_ARTIFACT_TYPE: &str = "application/vnd.aegisflux.bpf.artifact.v1";
 pub const BPF_CONFIG: &str = "application/vnd.aegisflux.bpf.config.v1+json";
 pub const BPF_HOST_ASSOCIATION: &str = "application/vnd.aegisflux.bpf.host-association.v1";
+pub const BPF_HOST_SELECTOR: &str = "application/vnd.aegisflux.bpf.host-selector.v1";
 
 /// Every manifest media type this registry accepts on PUT.
 pub const MANIFEST_TYPES: [&str; 4] = [

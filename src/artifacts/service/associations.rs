@@ -22,6 +22,7 @@ impl ArtifactService {
         &self,
         rec: &ArtifactRecord,
         hosts: &[HostId],
+        channel: Option<&str>,
     ) -> Result<usize, ArtifactError> {
         let key = rec.key();
         let existing: std::collections::HashSet<HostId> =
@@ -43,7 +44,7 @@ impl ArtifactService {
         // One transaction for all of them: every association, or none.
         let mut batch = Vec::with_capacity(missing.len());
         for host in &missing {
-            let bytes = build::association_manifest(&rec.id, rec.manifest_size, host)?;
+            let bytes = build::association_manifest(&rec.id, rec.manifest_size, host, channel)?;
             batch.push((
                 Reference::Digest(Digest::of(&bytes)),
                 media::OCI_MANIFEST,
@@ -54,17 +55,61 @@ impl ArtifactService {
         Ok(missing.len())
     }
 
-    /// `POST /artifacts/{id}/hosts`.
+    /// `POST /artifacts/{id}/hosts`, optionally following a channel of the
+    /// repository. An association of the host with another channel (or
+    /// none) is replaced: the new one is stored before the old one goes,
+    /// so the host is never unassigned in between.
     pub async fn add_host(
         &self,
         key: &ArtifactKey,
         host: &HostId,
+        channel: Option<&crate::oci::Tag>,
     ) -> Result<Created<Vec<String>>, ArtifactError> {
         // Under the repository's lock: the host cap holds against
         // concurrent adds.
         let held = self.hold(&key.repo).await?;
         let rec = self.record(key).await?;
-        let created = self.associate_all(&rec, std::slice::from_ref(host)).await? > 0;
+        let channel = channel.map(|c| c.to_string());
+        let mut created = false;
+        match self.index.association(key, host).await? {
+            None => {
+                created = self
+                    .associate_all(&rec, std::slice::from_ref(host), channel.as_deref())
+                    .await?
+                    > 0;
+            }
+            Some(old) => {
+                let old_channel = self
+                    .index
+                    .metadata()
+                    .association_channel(key.repo.as_str(), &old.to_string())
+                    .await
+                    .map_err(crate::registry::RegistryError::from)?;
+                if old_channel != channel {
+                    let bytes = build::association_manifest(
+                        &rec.id,
+                        rec.manifest_size,
+                        host,
+                        channel.as_deref(),
+                    )?;
+                    let _pin = self.registry.pin_for_gc(vec![Digest::of(EMPTY_JSON)]);
+                    self.registry
+                        .put_small_blob(&key.repo, Bytes::from_static(EMPTY_JSON))
+                        .await?;
+                    let new = Digest::of(&bytes);
+                    self.registry
+                        .put_manifests(
+                            &key.repo,
+                            vec![(Reference::Digest(new), media::OCI_MANIFEST, bytes)],
+                        )
+                        .await?;
+                    self.registry
+                        .delete_manifest(&key.repo, &Reference::Digest(old))
+                        .await?;
+                    created = true;
+                }
+            }
+        }
         drop(held);
         Ok(Created {
             value: self.hosts(key).await?,

@@ -79,6 +79,23 @@ impl ArtifactService {
 
         let _held = self.hold(&new.repo).await?;
         let repo = &new.repo;
+        // A channel's tag is moved by the channel API: a version of the
+        // same name would be moved with it (see `fleet::service`).
+        if self
+            .index
+            .metadata()
+            .is_channel(repo.as_str(), &new.config.version)
+            .await
+            .map_err(RegistryError::from)?
+        {
+            return Err(ArtifactError::fleet(
+                crate::artifacts::FleetRefusal::ChannelIsVersion,
+                format!(
+                    "{} is a channel of {repo}; a version cannot have its name",
+                    new.config.version
+                ),
+            ));
+        }
         let layer_digest = new.layer.digest().clone();
         let layer_size = new.layer.size();
         let platform_arch = oci_architecture(&new.config.architecture).to_string();
@@ -90,7 +107,7 @@ impl ArtifactService {
             .await?
         {
             VersionState::Replay(rec) => {
-                self.associate_all(&rec, &new.hosts).await?;
+                self.associate_all(&rec, &new.hosts, None).await?;
                 return Ok(Created {
                     value: self.json(&rec).await?,
                     created: false,
@@ -185,7 +202,7 @@ impl ArtifactService {
             .get(&key)
             .await?
             .ok_or_else(|| internal("artifact stored but not indexed"))?;
-        self.associate_all(&rec, &new.hosts).await?;
+        self.associate_all(&rec, &new.hosts, None).await?;
         tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
         Ok(Created {
             value: self.json(&rec).await?,

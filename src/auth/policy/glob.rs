@@ -122,6 +122,32 @@ impl fmt::Display for Glob {
     }
 }
 
+/// A user name glob in a grant's `users` (`agent-*`): `*` (or `**`)
+/// matches any run of characters, `/` included (a user name has no path
+/// components).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGlob(Vec<Tok>);
+
+impl UserGlob {
+    /// `None` when `s` has no `*`: a plain name, compared as it is.
+    pub fn parse(s: &str) -> Option<UserGlob> {
+        s.contains('*').then(|| {
+            let toks = tokens(s)
+                .into_iter()
+                .map(|t| match t {
+                    Tok::Byte(b) => Tok::Byte(b),
+                    Tok::Star | Tok::DoubleStar => Tok::DoubleStar,
+                })
+                .collect();
+            UserGlob(toks)
+        })
+    }
+
+    pub fn matches(&self, user: &str) -> bool {
+        matches_tokens(&self.0, user)
+    }
+}
+
 /// The placeholder a host glob replaces by the caller's user name.
 pub const USER_PLACEHOLDER: &str = "{user}";
 
@@ -231,6 +257,19 @@ mod tests {
         assert!(Glob::parse("Bad").is_err());
         assert!(Glob::parse("a***").is_err());
         assert!(Glob::parse("").is_err());
+    }
+
+    #[test]
+    fn user_globs() {
+        let u = |s: &str| UserGlob::parse(s).unwrap();
+        assert!(UserGlob::parse("alice").is_none());
+        assert!(u("agent-*").matches("agent-1"));
+        assert!(u("agent-*").matches("agent-a/b"));
+        assert!(u("agent-*").matches("agent-"));
+        assert!(!u("agent-*").matches("agent"));
+        assert!(!u("agent-*").matches("xagent-1"));
+        assert!(u("*@example.org").matches("bob@example.org"));
+        assert!(u("*").matches("Any One"));
     }
 
     fn h(s: &str) -> HostGlob {

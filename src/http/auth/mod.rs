@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 
-use crate::auth::{Action, Auth, Claims};
+use crate::auth::{Action, Auth, Claims, HostAction};
 use crate::oci::RepoName;
 
 pub use metrics_access::authorize_metrics;
@@ -107,6 +107,15 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may do `action` on the fleet host `host`. A
+    /// token carries no host scopes: it is judged by its user's grants
+    /// (an anonymous token by `[anonymous]`).
+    pub fn may_host(&self, host: &str, action: HostAction) -> bool {
+        self.auth
+            .host_actions_for(self.user(), host)
+            .contains(action)
+    }
+
     /// Whether the caller may do `action` on at least one repository.
     fn may_somewhere(&self, action: Action) -> bool {
         match &self.who {
@@ -145,6 +154,21 @@ impl Caller {
             Some(c) => c.principal(ip),
             None => crate::registry::Principal::address(ip),
         }
+    }
+}
+
+/// A caller for unit tests elsewhere in the crate: `user` by Basic, or
+/// anonymous.
+#[cfg(test)]
+pub(crate) fn test_caller(auth: Arc<Auth>, user: Option<&str>) -> Caller {
+    let who = match user {
+        Some(u) => Who::User(u.into()),
+        None => Who::Anonymous,
+    };
+    Caller {
+        auth,
+        who,
+        realm: "http://127.0.0.1/token".into(),
     }
 }
 

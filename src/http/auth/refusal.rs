@@ -11,7 +11,7 @@ use axum::response::Response;
 
 use super::credentials::Failure;
 use super::{Caller, Who};
-use crate::auth::{token, Action, Actions};
+use crate::auth::{token, Action, Actions, HostAction};
 use crate::http::error::Dialect;
 use crate::http::RouteName;
 use crate::oci::RepoName;
@@ -273,6 +273,25 @@ impl Caller {
     /// to authenticate.
     pub fn refuse_rest_list(&self) -> Option<Response> {
         (self.is_anonymous() && !self.may_somewhere(Action::Pull)).then(|| self.rest_challenge())
+    }
+
+    /// The REST answer refusing a host action: 401 with a challenge when
+    /// no user is behind the call (there is no host scope a token could
+    /// add), else 403 `denied`.
+    pub fn refuse_rest_host(&self) -> Response {
+        let refusal = if self.is_anonymous_rest() {
+            Refusal::Challenge(None)
+        } else {
+            Refusal::Denied
+        };
+        refusal_response(refusal, Dialect::Rest, &self.realm, None, "rest")
+    }
+
+    /// For `GET /hosts`: a caller with no user behind it who may read no
+    /// host is asked to authenticate.
+    pub fn refuse_rest_host_list(&self) -> Option<Response> {
+        (self.is_anonymous_rest() && !self.auth.may_host_somewhere(None, HostAction::Read))
+            .then(|| self.rest_challenge())
     }
 
     /// For `POST /artifacts` before its body is read: a caller who may

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{log_internal, public_message, ErrorHeaders};
 use crate::artifacts::limits::Limit;
-use crate::artifacts::ArtifactError;
+use crate::artifacts::{ArtifactError, FleetRefusal};
 use crate::http::auth::AuthRefusal;
 use crate::http::limits::LimitRefusal;
 use crate::http::rest::endpoint::RouteError;
@@ -58,16 +58,32 @@ rest_error_table! {
     InvalidArtifact => "invalid_artifact", BAD_REQUEST;
     InvalidId => "invalid_id", BAD_REQUEST;
     InvalidHostId => "invalid_host_id", BAD_REQUEST;
+    /// A host selector that does not parse (label-selector syntax).
+    InvalidSelector => "invalid_selector", BAD_REQUEST;
+    /// Host labels that break the label rules.
+    InvalidLabels => "invalid_labels", BAD_REQUEST;
+    /// A host registration body without its facts or with bad ones.
+    InvalidHost => "invalid_host", BAD_REQUEST;
+    /// A `wait` that is not a duration or is over 60 s.
+    InvalidWait => "invalid_wait", BAD_REQUEST;
     Unauthorized => "unauthorized", UNAUTHORIZED;
     Denied => "denied", FORBIDDEN;
     /// No such artifact, association or route.
     NotFound => "not_found", NOT_FOUND;
+    HostNotFound => "host_not_found", NOT_FOUND;
+    SelectorNotFound => "selector_not_found", NOT_FOUND;
+    ChannelNotFound => "channel_not_found", NOT_FOUND;
+    VersionNotFound => "version_not_found", NOT_FOUND;
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED;
     /// A body cut for its pace.
     RequestTimeout => "request_timeout", REQUEST_TIMEOUT;
     /// A write by an id that names several copies the caller may read.
     AmbiguousId => "ambiguous_id", CONFLICT;
     VersionExists => "version_exists", CONFLICT;
+    /// A rollback of a channel with no earlier version.
+    NoPreviousVersion => "no_previous_version", CONFLICT;
+    /// A channel named like a version of the repository (or the reverse).
+    ChannelIsVersion => "channel_is_version", CONFLICT;
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE;
     /// A list or field of a create over its cap (`artifacts::limits`):
     /// counts are 400, sizes 413; the message names the limit.
@@ -82,6 +98,8 @@ rest_error_table! {
     UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
     RangeNotSatisfiable => "range_not_satisfiable", RANGE_NOT_SATISFIABLE;
     TooManyRequests => "too_many_requests", TOO_MANY_REQUESTS;
+    /// Every long-poll place is taken (`BPF_REGISTRY_MAX_WATCHERS`).
+    TooManyWatchers => "too_many_watchers", TOO_MANY_REQUESTS;
     /// The create memory budget had no room in time: load, not a fault
     /// (nothing was read or stored; retry after `Retry-After`).
     ServerBusy => "server_busy", SERVICE_UNAVAILABLE;
@@ -264,6 +282,19 @@ impl From<ArtifactError> for RestError {
             },
             A::SigningUnavailable(_) => C::SigningUnavailable,
             A::ServerBusy { .. } => C::ServerBusy,
+            A::Fleet { kind, .. } => match kind {
+                FleetRefusal::InvalidSelector => C::InvalidSelector,
+                FleetRefusal::InvalidLabels => C::InvalidLabels,
+                FleetRefusal::InvalidHost => C::InvalidHost,
+                FleetRefusal::InvalidWait => C::InvalidWait,
+                FleetRefusal::HostNotFound => C::HostNotFound,
+                FleetRefusal::SelectorNotFound => C::SelectorNotFound,
+                FleetRefusal::ChannelNotFound => C::ChannelNotFound,
+                FleetRefusal::VersionNotFound => C::VersionNotFound,
+                FleetRefusal::NoPreviousVersion => C::NoPreviousVersion,
+                FleetRefusal::ChannelIsVersion => C::ChannelIsVersion,
+                FleetRefusal::TooManyWatchers => C::TooManyWatchers,
+            },
             A::Internal(_) => C::InternalError,
             A::Registry(RegistryError::Storage(s)) if s.is_storage_full() => C::StorageFull,
             A::Registry(RegistryError::Metadata(m)) if m.is_storage_full() => C::StorageFull,

@@ -16,6 +16,8 @@ use crate::artifacts::{ArtifactError, HostId, ListQuery};
 use crate::auth::Action;
 use crate::oci::{Digest, RepoName};
 
+pub use super::fleet_endpoint::{ChannelOp, FleetEndpoint, FleetNeeds, HostOp};
+
 /// An artifact id as a request names it: the manifest digest, and the
 /// repository when the caller chose one (`?repository=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +33,13 @@ pub enum RestEndpoint {
     List { query: ListQuery },
     /// `POST /artifacts` (the body is decoded by the handler)
     Create,
-    /// `GET /artifacts/for-host/{host_id}`
-    ForHost { host: HostId },
+    /// `GET /artifacts/for-host/{host_id}[?wait=]`
+    ForHost {
+        host: HostId,
+        wait: Option<std::time::Duration>,
+    },
+    /// `/hosts...` and `/channels...` (see `fleet_endpoint`).
+    Fleet(FleetEndpoint),
     /// `GET /signing/public-key[?version=N]`
     PublicKey { version: Option<u32> },
     /// `/artifacts/{id}[/...]`: one operation on the artifact an id names.
@@ -58,6 +65,17 @@ pub enum ArtifactOp {
     Signatures,
     /// `GET /artifacts/{id}/verify`
     Verify,
+    /// `GET /artifacts/{id}/selectors`
+    Selectors,
+    /// `POST /artifacts/{id}/selectors` with `{"selector": ...}`
+    AddSelector,
+    /// `DELETE /artifacts/{id}/selectors/{selector_id}`
+    RemoveSelector { selector_id: Digest },
+    /// `GET /artifacts/{id}/rollout[?limit=&cursor=]`
+    Rollout {
+        limit: usize,
+        cursor: Option<String>,
+    },
 }
 
 impl ArtifactOp {
@@ -68,8 +86,13 @@ impl ArtifactOp {
             | ArtifactOp::Binary
             | ArtifactOp::Hosts
             | ArtifactOp::Signatures
-            | ArtifactOp::Verify => Action::Pull,
-            ArtifactOp::AddHost | ArtifactOp::RemoveHost { .. } => Action::Push,
+            | ArtifactOp::Verify
+            | ArtifactOp::Selectors
+            | ArtifactOp::Rollout { .. } => Action::Pull,
+            ArtifactOp::AddHost
+            | ArtifactOp::RemoveHost { .. }
+            | ArtifactOp::AddSelector
+            | ArtifactOp::RemoveSelector { .. } => Action::Push,
             ArtifactOp::Delete => Action::Delete,
         }
     }
@@ -88,6 +111,8 @@ pub enum Needs<'a> {
     /// `action` on the copy the id resolves to, among those the caller may
     /// pull.
     OnCopy(&'a IdRef, Action),
+    /// What a fleet endpoint needs.
+    Fleet(FleetNeeds<'a>),
 }
 
 /// Why a request is not a REST endpoint.
@@ -110,15 +135,17 @@ impl From<ArtifactError> for RouteError {
 /// Whether `path` is one of the routes whose callers the auth middleware
 /// authenticates: `/artifacts` and below (the signing public key is open).
 pub fn authenticates(path: &str) -> bool {
-    path == "/artifacts" || path.starts_with("/artifacts/")
+    ["/artifacts", "/hosts", "/channels"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
 }
 
 /// The query's parameters, each given at most once: the strict decoder
 /// every dialect shares.
-struct Query(StrictQuery);
+pub(super) struct Query(StrictQuery);
 
 impl Query {
-    fn parse(q: Option<&str>) -> Result<Query, RouteError> {
+    pub(super) fn parse(q: Option<&str>) -> Result<Query, RouteError> {
         StrictQuery::parse(q, &[]).map(Query).map_err(|e| {
             let message = match e {
                 QueryError::Repeated { key } => format!(
@@ -134,19 +161,19 @@ impl Query {
         })
     }
 
-    fn get(&self, k: &str) -> Option<String> {
+    pub(super) fn get(&self, k: &str) -> Option<String> {
         self.0.get(k).map(str::to_string)
     }
 }
 
-fn segment(s: &str) -> Result<String, RouteError> {
+pub(super) fn segment(s: &str) -> Result<String, RouteError> {
     percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
         .map_err(|_| ArtifactError::InvalidRequest("the path is not UTF-8".into()).into())
 }
 
-fn id_ref(id: &str, q: &Query) -> Result<IdRef, RouteError> {
+pub(super) fn id_ref(id: &str, q: &Query) -> Result<IdRef, RouteError> {
     let digest =
         Digest::parse(id).map_err(|_| ArtifactError::InvalidId(id.chars().take(100).collect()))?;
     let repository = match q.get("repository") {
@@ -179,7 +206,7 @@ fn key_version(q: &Query) -> Result<Option<u32>, RouteError> {
 /// answers 404 and 405 from, tried in order (`for-host` before `{id}`).
 /// The OpenAPI document (`http::openapi`) is checked against it: every
 /// path and method here is documented, and nothing else is.
-pub const PATHS: [(&str, &str); 9] = [
+pub const PATHS: [(&str, &str); 19] = [
     ("/artifacts", "GET,HEAD,POST"),
     ("/artifacts/for-host/{host_id}", "GET,HEAD"),
     ("/artifacts/{id}", "GET,HEAD,DELETE"),
@@ -188,7 +215,18 @@ pub const PATHS: [(&str, &str); 9] = [
     ("/artifacts/{id}/hosts/{host_id}", "DELETE"),
     ("/artifacts/{id}/signatures", "GET,HEAD"),
     ("/artifacts/{id}/verify", "GET,HEAD"),
+    ("/artifacts/{id}/selectors", "GET,HEAD,POST"),
+    ("/artifacts/{id}/selectors/{selector_id}", "DELETE"),
+    ("/artifacts/{id}/rollout", "GET,HEAD"),
     ("/signing/public-key", "GET,HEAD"),
+    // Parsed by `fleet_endpoint` (a channel's name may span segments).
+    ("/hosts", "GET,HEAD"),
+    ("/hosts/{host_id}", "GET,HEAD,PUT,DELETE"),
+    ("/hosts/{host_id}/desired", "GET,HEAD"),
+    ("/hosts/{host_id}/deployments", "GET,HEAD"),
+    ("/hosts/{host_id}/deployments/{artifact_id}", "PUT"),
+    ("/channels/{name}/{channel}", "GET,HEAD,PUT"),
+    ("/channels/{name}/{channel}/rollback", "POST"),
 ];
 
 /// Whether the raw path's segments fit a template: same count, each
@@ -217,6 +255,9 @@ fn allowed(path: &str) -> Option<&'static str> {
 impl RestEndpoint {
     /// Parses a request line. `path` is the raw (percent-encoded) path.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Self, RouteError> {
+        if let Some(fleet) = FleetEndpoint::parse(method, path, query) {
+            return fleet.map(RestEndpoint::Fleet);
+        }
         let read = method == Method::GET || method == Method::HEAD;
         // Which methods the path has, before any value is parsed (as a
         // router answers 405 before it extracts).
@@ -247,6 +288,7 @@ impl RestEndpoint {
             [] => RestEndpoint::Create,
             ["for-host", host] => RestEndpoint::ForHost {
                 host: HostId::parse(&segment(host)?)?,
+                wait: super::fleet_endpoint::wait(&q)?,
             },
             [id, tail @ ..] => {
                 let id = id_ref(&segment(id)?, &q)?;
@@ -260,6 +302,31 @@ impl RestEndpoint {
                     (["hosts"], false) => ArtifactOp::AddHost,
                     (["hosts", host], _) => ArtifactOp::RemoveHost {
                         host: HostId::parse(&segment(host)?)?,
+                    },
+                    (["selectors"], true) => ArtifactOp::Selectors,
+                    (["selectors"], false) => ArtifactOp::AddSelector,
+                    (["selectors", sid], _) => ArtifactOp::RemoveSelector {
+                        selector_id: Digest::parse(&segment(sid)?).map_err(|_| {
+                            ArtifactError::fleet(
+                                crate::artifacts::FleetRefusal::SelectorNotFound,
+                                "a selector id is sha256:<64 hex>",
+                            )
+                        })?,
+                    },
+                    (["rollout"], _) => ArtifactOp::Rollout {
+                        limit: match q.get("limit") {
+                            None => 100,
+                            Some(v) => match v.parse::<usize>() {
+                                Ok(n) if (1..=1000).contains(&n) => n,
+                                _ => {
+                                    return Err(ArtifactError::InvalidRequest(
+                                        "invalid limit: 1 to 1000".into(),
+                                    )
+                                    .into())
+                                }
+                            },
+                        },
+                        cursor: q.get("cursor"),
                     },
                     _ => return Err(RouteError::NoRoute),
                 };
@@ -275,6 +342,7 @@ impl RestEndpoint {
             RestEndpoint::List { .. } => "rest.artifacts.list",
             RestEndpoint::Create => "rest.artifacts.create",
             RestEndpoint::ForHost { .. } => "rest.for_host",
+            RestEndpoint::Fleet(f) => f.route(),
             RestEndpoint::PublicKey { .. } => "rest.signing.public_key",
             RestEndpoint::Artifact { op, .. } => match op {
                 ArtifactOp::Get => "rest.artifacts.get",
@@ -285,6 +353,10 @@ impl RestEndpoint {
                 ArtifactOp::RemoveHost { .. } => "rest.hosts.remove",
                 ArtifactOp::Signatures => "rest.signatures.list",
                 ArtifactOp::Verify => "rest.signatures.verify",
+                ArtifactOp::Selectors => "rest.selectors.list",
+                ArtifactOp::AddSelector => "rest.selectors.add",
+                ArtifactOp::RemoveSelector { .. } => "rest.selectors.remove",
+                ArtifactOp::Rollout { .. } => "rest.rollout",
             },
         }
     }
@@ -296,6 +368,7 @@ impl RestEndpoint {
             RestEndpoint::List { .. } | RestEndpoint::ForHost { .. } => Needs::ListPull,
             RestEndpoint::Create => Needs::PushOnBody,
             RestEndpoint::Artifact { id, op } => Needs::OnCopy(id, op.action()),
+            RestEndpoint::Fleet(f) => Needs::Fleet(f.needs()),
         }
     }
 }
@@ -335,7 +408,7 @@ mod tests {
             (Method::GET, format!("/artifacts/{D}/hosts"), None, art(None, ArtifactOp::Hosts)),
             (Method::POST, format!("/artifacts/{D}/hosts"), Some("repository=a"), art(Some("a"), ArtifactOp::AddHost)),
             (Method::DELETE, format!("/artifacts/{D}/hosts/node-1"), None, art(None, ArtifactOp::RemoveHost { host: host.clone() })),
-            (Method::GET, "/artifacts/for-host/node-1".into(), None, RestEndpoint::ForHost { host }),
+            (Method::GET, "/artifacts/for-host/node-1".into(), None, RestEndpoint::ForHost { host, wait: None }),
             (Method::GET, format!("/artifacts/{D}/signatures"), None, art(None, ArtifactOp::Signatures)),
             (Method::GET, format!("/artifacts/{D}/verify"), Some("other=1"), art(None, ArtifactOp::Verify)),
             (Method::GET, "/signing/public-key".into(), Some("version=3"), RestEndpoint::PublicKey { version: Some(3) }),

@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::access::Access;
 use super::endpoint::ArtifactOp;
 use super::response::{
-    json_ok, respond, ArtifactList, HostAdded, HostArtifacts, HostBody, HostList, SignatureList,
-    VerifyAnswer,
+    json_ok, respond, ArtifactList, HostAdded, HostBody, HostList, SignatureList, VerifyAnswer,
 };
 use crate::artifacts::limits::MAX_HOST_BODY_BYTES;
 use crate::artifacts::{ArtifactError, ArtifactKey, CreateArtifact, HostId, Limit, ListQuery};
@@ -19,7 +18,7 @@ use crate::http::{blob_response, read_body_capped, AppState, BodyReadError};
 use crate::oci::media;
 use crate::registry::ByteRange;
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -50,21 +49,6 @@ pub async fn list(state: &AppState, access: Access<'_>, query: &ListQuery) -> Re
         &ArtifactList {
             artifacts,
             next_cursor,
-        },
-    )
-}
-
-/// `GET /artifacts/for-host/{host_id}`
-pub async fn for_host(state: &AppState, access: Access<'_>, host: &HostId) -> Response {
-    let artifacts = match state.artifacts.for_host(host, &|r| access.visible(r)).await {
-        Ok(found) => found,
-        Err(e) => return e.into_response(),
-    };
-    json_ok(
-        StatusCode::OK,
-        &HostArtifacts {
-            host_id: host.as_str().to_string(),
-            artifacts,
         },
     )
 }
@@ -144,6 +128,12 @@ pub async fn artifact(
             }),
         ),
         ArtifactOp::AddHost => add_host(state, key, req).await,
+        op @ (ArtifactOp::Selectors
+        | ArtifactOp::AddSelector
+        | ArtifactOp::RemoveSelector { .. }
+        | ArtifactOp::Rollout { .. }) => {
+            super::fleet_handlers::selectors(state, key, op, req).await
+        }
         ArtifactOp::RemoveHost { host } => match svc.remove_host(key, &host).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => e.into_response(),
@@ -237,8 +227,11 @@ async fn add_host(state: &AppState, key: &ArtifactKey, req: Request) -> Response
                 .into_response()
         }
     };
-    let host = match serde_json::from_slice::<HostBody>(&body) {
-        Ok(HostBody { host_id: Some(h) }) => h,
+    let (host, channel) = match serde_json::from_slice::<HostBody>(&body) {
+        Ok(HostBody {
+            host_id: Some(h),
+            channel,
+        }) => (h, channel),
         Ok(_) => {
             return ArtifactError::InvalidRequest("host_id is required".into()).into_response()
         }
@@ -248,7 +241,20 @@ async fn add_host(state: &AppState, key: &ArtifactKey, req: Request) -> Response
         Ok(h) => h,
         Err(e) => return e.into_response(),
     };
-    match state.artifacts.add_host(key, &host).await {
+    let channel = match channel
+        .map(|c| crate::oci::Tag::parse(&c).map_err(|e| (c, e)))
+        .transpose()
+    {
+        Ok(c) => c,
+        Err((c, e)) => {
+            return ArtifactError::InvalidRequest(format!(
+                "invalid channel {:?}: {e}",
+                c.chars().take(130).collect::<String>()
+            ))
+            .into_response()
+        }
+    };
+    match state.artifacts.add_host(key, &host, channel.as_ref()).await {
         Ok(c) => {
             let status = if c.created {
                 StatusCode::CREATED

@@ -12,6 +12,8 @@
 
 pub(crate) mod access;
 pub mod endpoint;
+pub mod fleet_endpoint;
+mod fleet_handlers;
 mod handlers;
 pub(crate) mod response;
 
@@ -21,8 +23,9 @@ use axum::response::{IntoResponse, Response};
 use super::error::RestError;
 use super::{auth, AppState};
 use crate::artifacts::ArtifactError;
+use crate::auth::Action;
 use access::Access;
-use endpoint::{Needs, RestEndpoint};
+use endpoint::{FleetNeeds, Needs, RestEndpoint};
 use response::named;
 
 /// Every REST route: parse, authorize, handle.
@@ -48,6 +51,21 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             Ok(copies) => access.resolve(copies, id, action).map(Some),
             Err(e) => return named(route, e.into_response()),
         },
+        Needs::Fleet(FleetNeeds::HostList) => access.check_host_list().map(|()| None),
+        Needs::Fleet(FleetNeeds::Repo(repo, action)) => {
+            access.check_repo(repo, action).map(|()| None)
+        }
+        // The host first, on its id alone; then the artifact's copy.
+        Needs::Fleet(FleetNeeds::Host(host, action, id)) => match access.check_host(host, action) {
+            Err(refused) => Err(refused),
+            Ok(()) => match id {
+                None => Ok(None),
+                Some(id) => match state.artifacts.copies(&id.digest).await {
+                    Ok(copies) => access.resolve(copies, id, Action::Pull).map(Some),
+                    Err(e) => return named(route, e.into_response()),
+                },
+            },
+        },
     };
     let copy = match copy {
         Ok(c) => c,
@@ -58,7 +76,10 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     };
     let r = match (ep, copy) {
         (RestEndpoint::List { query }, _) => handlers::list(&state, access, &query).await,
-        (RestEndpoint::ForHost { host }, _) => handlers::for_host(&state, access, &host).await,
+        (RestEndpoint::ForHost { host, wait }, _) => {
+            fleet_handlers::for_host(&state, access, &host, wait, req).await
+        }
+        (RestEndpoint::Fleet(ep), key) => fleet_handlers::fleet(&state, access, ep, key, req).await,
         (RestEndpoint::Create, _) => handlers::create(&state, access, req).await,
         (RestEndpoint::PublicKey { version }, _) => handlers::public_key(&state, version).await,
         (RestEndpoint::Artifact { op, .. }, Some(key)) => {

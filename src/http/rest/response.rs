@@ -55,6 +55,11 @@ pub struct HostBody {
     /// A host id: 1-253 characters of `[A-Za-z0-9._:-]`.
     #[schema(value_type = String, required = true)]
     pub host_id: Option<String>,
+    /// A channel (an OCI tag) of the artifact's repository the host
+    /// follows: resolution then answers the version the channel points
+    /// at.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// `GET /artifacts/{id}/signatures`.

@@ -219,7 +219,7 @@ pub(super) async fn record_put(
                     }),
                 })
             }
-            DerivedRow::HostAssociation { subject, host } => {
+            DerivedRow::HostAssociation { subject, host, .. } => {
                 let sql = "SELECT 1 FROM host_associations WHERE repo = $1 AND digest = $2";
                 (!exists(tx, sql, &repo, &digest).await?).then(|| NewEvent {
                     kind: EventType::AssociationAdded,
@@ -230,6 +230,7 @@ pub(super) async fn record_put(
                     }),
                 })
             }
+            DerivedRow::Selector { .. } => None,
             DerivedRow::Signature(s) => {
                 let sql = "SELECT 1 FROM signatures WHERE repo = $1 AND digest = $2";
                 (!exists(tx, sql, &repo, &digest).await?).then(|| NewEvent {

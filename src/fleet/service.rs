@@ -1,0 +1,775 @@
+//! The fleet service: registered hosts, what each should run (`desired`,
+//! and the seed's `for-host` with selector matches), watching both, the
+//! deployment reports agents send and the rollout of an artifact, and
+//! channels with their history and rollback. HTTP-free: the REST layer
+//! parses, authorizes and maps errors.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::hosts::{facts_of, HostBody, HostJson, HostList};
+use super::resolve::{resolve, DesiredArtifact, Excluded};
+use super::selector::Selector;
+use super::view::{FleetView, Freshness, LiveSelector, Snapshot};
+use super::watch::{watch, Answer, Outcome, Watchers};
+use crate::artifacts::{ArtifactError, ArtifactKey, ArtifactService, FleetRefusal, HostId};
+use crate::metadata::{unix_now, ChannelMove, DeploymentRow, Metadata, MoveRefused, SelectorRow};
+use crate::oci::{RepoName, Tag};
+use crate::registry::RegistryError;
+
+pub use super::hosts::rfc3339;
+
+/// Hosts per `GET /hosts` page at most (and by default 100).
+pub const MAX_HOST_PAGE: usize = 1000;
+
+/// Whether a repository may be read by the caller.
+pub type Visible<'a> = &'a (dyn Fn(&RepoName) -> bool + Sync);
+
+fn meta_err(e: crate::metadata::MetadataError) -> ArtifactError {
+    ArtifactError::Registry(RegistryError::from(e))
+}
+
+fn host_not_found(host: &str) -> ArtifactError {
+    ArtifactError::fleet(
+        FleetRefusal::HostNotFound,
+        format!("host {host} is not registered (PUT /hosts/{host} first)"),
+    )
+}
+
+/// `GET /hosts/{host_id}/desired`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DesiredJson {
+    pub host_id: String,
+    #[schema(value_type = Vec<Object>)]
+    pub artifacts: Vec<DesiredArtifact>,
+    #[schema(value_type = Vec<Object>)]
+    pub excluded: Vec<Excluded>,
+}
+
+/// A selector of an artifact.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SelectorJson {
+    /// The digest of the selector's referrer manifest.
+    pub selector_id: String,
+    pub selector: String,
+    pub channel: Option<String>,
+    pub artifact_id: String,
+    pub repository: String,
+}
+
+impl From<&SelectorRow> for SelectorJson {
+    fn from(r: &SelectorRow) -> Self {
+        SelectorJson {
+            selector_id: r.digest.clone(),
+            selector: r.selector.clone(),
+            channel: r.channel.clone(),
+            artifact_id: r.subject.clone(),
+            repository: r.repo.clone(),
+        }
+    }
+}
+
+/// `PUT /hosts/{host_id}/deployments/{artifact_id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DeploymentBody {
+    /// `loaded`, `failed` or `unloaded`.
+    #[schema(value_type = String, required = true)]
+    pub state: Option<String>,
+    /// At most 1 KiB.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// e.g. `eth0/xdp`; at most 256 bytes.
+    #[serde(default)]
+    pub attach_point: Option<String>,
+}
+
+/// The states a report may give.
+pub const STATES: [&str; 3] = ["loaded", "failed", "unloaded"];
+
+/// One report.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeploymentJson {
+    pub host_id: String,
+    pub artifact_id: String,
+    pub repository: String,
+    pub state: String,
+    pub message: Option<String>,
+    pub attach_point: Option<String>,
+    pub reported_at: String,
+}
+
+impl From<&DeploymentRow> for DeploymentJson {
+    fn from(d: &DeploymentRow) -> Self {
+        DeploymentJson {
+            host_id: d.host_id.clone(),
+            artifact_id: d.digest.clone(),
+            repository: d.repo.clone(),
+            state: d.state.clone(),
+            message: d.message.clone(),
+            attach_point: d.attach_point.clone(),
+            reported_at: rfc3339(d.reported_at),
+        }
+    }
+}
+
+/// `GET /hosts/{host_id}/deployments`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeploymentsJson {
+    pub host_id: String,
+    /// The last report per artifact.
+    pub deployments: Vec<DeploymentJson>,
+    /// The last 100 reports, newest first.
+    pub history: Vec<DeploymentJson>,
+}
+
+/// A host in a rollout.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutHost {
+    pub host_id: String,
+    /// Whether resolution assigns this artifact to the host.
+    pub desired: bool,
+    /// `loaded`, `failed`, `unloaded`, or `pending` (desired, no report).
+    pub state: String,
+    pub reported_at: Option<String>,
+}
+
+/// `GET /artifacts/{id}/rollout`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutJson {
+    pub artifact_id: String,
+    pub repository: String,
+    pub desired: u64,
+    pub loaded: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub unloaded: u64,
+    pub hosts: Vec<RolloutHost>,
+    pub next_cursor: Option<String>,
+}
+
+/// `PUT /channels/{name}/{channel}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ChannelBody {
+    #[schema(value_type = String, required = true)]
+    pub version: Option<String>,
+}
+
+/// A move in a channel's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChannelMoveJson {
+    pub version: String,
+    pub id: String,
+    /// `move` or `rollback`.
+    pub action: String,
+    pub at: String,
+    pub by: Option<String>,
+}
+
+/// A channel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChannelJson {
+    pub name: String,
+    pub channel: String,
+    /// The version the channel's tag points at (`null` when the tag was
+    /// moved by an OCI client to something that is no version).
+    pub version: Option<String>,
+    /// The digest the tag points at.
+    pub id: String,
+    /// Newest first, at most 100.
+    pub history: Vec<ChannelMoveJson>,
+}
+
+pub struct FleetService {
+    meta: Metadata,
+    artifacts: Arc<ArtifactService>,
+    view: FleetView,
+    watchers: Watchers,
+}
+
+impl FleetService {
+    pub fn new(artifacts: Arc<ArtifactService>, max_watchers: usize) -> Self {
+        let meta = artifacts.index().metadata().clone();
+        FleetService {
+            view: FleetView::new(meta.clone()),
+            meta,
+            artifacts,
+            watchers: Watchers::new(max_watchers),
+        }
+    }
+
+    /// Long-poll waiters held now.
+    pub fn watchers_held(&self) -> usize {
+        self.watchers.held()
+    }
+
+    /// `PUT /hosts/{host_id}`: 201 when new.
+    pub async fn put_host(
+        &self,
+        host: &HostId,
+        body: HostBody,
+    ) -> Result<(HostJson, bool), ArtifactError> {
+        let now = unix_now();
+        let mut row = body.into_row(host, now)?;
+        if let Some(old) = self.meta.host(host.as_str()).await.map_err(meta_err)? {
+            row.registered_at = old.registered_at;
+        }
+        let created = self.meta.upsert_host(&row).await.map_err(meta_err)?;
+        Ok((HostJson::from(&row), created))
+    }
+
+    /// `GET /hosts/{host_id}`.
+    pub async fn host(&self, host: &HostId) -> Result<HostJson, ArtifactError> {
+        match self.meta.host(host.as_str()).await.map_err(meta_err)? {
+            Some(row) => Ok(HostJson::from(&row)),
+            None => Err(host_not_found(host.as_str())),
+        }
+    }
+
+    /// `GET /hosts`: the hosts matching `selector` that `may_read`
+    /// admits, by id after `cursor` (read in batches, filtered before
+    /// paging).
+    pub async fn hosts(
+        &self,
+        selector: Option<&Selector>,
+        limit: usize,
+        cursor: Option<&str>,
+        may_read: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<HostList, ArtifactError> {
+        let limit = limit.clamp(1, MAX_HOST_PAGE);
+        let mut hosts = Vec::new();
+        let mut after = cursor.map(str::to_string);
+        let mut more = false;
+        'batches: loop {
+            let rows = self
+                .meta
+                .hosts_after(after.as_deref(), 500)
+                .await
+                .map_err(meta_err)?;
+            let n = rows.len();
+            for row in rows {
+                after = Some(row.host_id.clone());
+                if !may_read(&row.host_id) {
+                    continue;
+                }
+                if let Some(s) = selector {
+                    if !s.matches(&super::hosts::labels_of(&row)) {
+                        continue;
+                    }
+                }
+                if hosts.len() == limit {
+                    more = true;
+                    break 'batches;
+                }
+                hosts.push(HostJson::from(&row));
+            }
+            if n < 500 {
+                break;
+            }
+        }
+        let next_cursor = if more {
+            hosts.last().map(|h: &HostJson| h.host_id.clone())
+        } else {
+            None
+        };
+        Ok(HostList { hosts, next_cursor })
+    }
+
+    /// `DELETE /hosts/{host_id}`.
+    pub async fn delete_host(&self, host: &HostId) -> Result<(), ArtifactError> {
+        if self
+            .meta
+            .delete_host(host.as_str())
+            .await
+            .map_err(meta_err)?
+        {
+            Ok(())
+        } else {
+            Err(host_not_found(host.as_str()))
+        }
+    }
+
+    fn desired_of(&self, host: &str, snap: &Snapshot) -> DesiredJson {
+        let assignments: Vec<_> = snap.assignments.iter().map(|(a, _, _)| a.clone()).collect();
+        let facts = snap.host.row.as_ref().map(facts_of);
+        let desired = match facts {
+            Some(f) => resolve(&f, &assignments, &|name| snap.candidates.get(name).cloned()),
+            None => Default::default(),
+        };
+        DesiredJson {
+            host_id: host.to_string(),
+            artifacts: desired.artifacts,
+            excluded: desired.excluded,
+        }
+    }
+
+    async fn desired_answer(
+        &self,
+        host: &HostId,
+        visible: Visible<'_>,
+        fresh: Freshness,
+    ) -> Result<Answer, ArtifactError> {
+        let snap = self
+            .view
+            .snapshot(host.as_str(), visible, fresh)
+            .await
+            .map_err(meta_err)?;
+        if snap.host.row.is_none() {
+            return Err(host_not_found(host.as_str()));
+        }
+        let body = serde_json::to_vec(&self.desired_of(host.as_str(), &snap))
+            .map_err(|e| ArtifactError::Internal(e.to_string()))?;
+        Ok(Answer::new(body, snap.watched))
+    }
+
+    async fn for_host_answer(
+        &self,
+        host: &HostId,
+        visible: Visible<'_>,
+        fresh: Freshness,
+    ) -> Result<Answer, ArtifactError> {
+        let snap = self
+            .view
+            .snapshot(host.as_str(), visible, fresh)
+            .await
+            .map_err(meta_err)?;
+        let extra: Vec<ArtifactKey> = snap
+            .assignments
+            .iter()
+            .filter(|(a, _, _)| a.via.starts_with("selector:"))
+            .map(|(_, repo, digest)| ArtifactKey {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            })
+            .collect();
+        let list = self.artifacts.for_host_with(host, &extra, visible).await?;
+        // The repositories listed are watched too (a delete or signature
+        // changes an entry).
+        let mut watched = snap.watched;
+        let listed: HashSet<String> = list.iter().map(|a| a.name.clone()).collect();
+        let scopes: Vec<String> = listed
+            .iter()
+            .map(|n| crate::metadata::changes::repo_scope(n))
+            .filter(|s| !watched.iter().any(|(w, _)| w == s))
+            .collect();
+        if !scopes.is_empty() {
+            let seqs = self.meta.change_seqs(&scopes).await.map_err(meta_err)?;
+            watched.extend(seqs);
+        }
+        // The seed's JSON, unchanged.
+        #[derive(Serialize)]
+        struct ForHost<'a> {
+            host_id: &'a str,
+            artifacts: &'a [crate::artifacts::ArtifactJson],
+        }
+        let body = serde_json::to_vec(&ForHost {
+            host_id: host.as_str(),
+            artifacts: &list,
+        })
+        .map_err(|e| ArtifactError::Internal(e.to_string()))?;
+        Ok(Answer::new(body, watched))
+    }
+
+    /// `GET /hosts/{host_id}/desired` with `If-None-Match` and `?wait=`.
+    pub async fn watch_desired(
+        &self,
+        host: &HostId,
+        visible: Visible<'_>,
+        if_none_match: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Outcome, ArtifactError> {
+        watch(
+            self.meta.changes(),
+            &self.watchers,
+            if_none_match,
+            wait,
+            |fresh| self.desired_answer(host, visible, fresh),
+        )
+        .await
+    }
+
+    /// `GET /artifacts/for-host/{host_id}` with `If-None-Match` and
+    /// `?wait=`.
+    pub async fn watch_for_host(
+        &self,
+        host: &HostId,
+        visible: Visible<'_>,
+        if_none_match: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Outcome, ArtifactError> {
+        watch(
+            self.meta.changes(),
+            &self.watchers,
+            if_none_match,
+            wait,
+            |fresh| self.for_host_answer(host, visible, fresh),
+        )
+        .await
+    }
+
+    /// `PUT /hosts/{host_id}/deployments/{artifact_id}`: the host must be
+    /// registered and the artifact exist (the caller resolved `key`).
+    pub async fn report(
+        &self,
+        host: &HostId,
+        key: &ArtifactKey,
+        body: DeploymentBody,
+    ) -> Result<DeploymentJson, ArtifactError> {
+        let invalid = |m: String| ArtifactError::InvalidRequest(m);
+        let state = body
+            .state
+            .ok_or_else(|| invalid("state is required".into()))?;
+        if !STATES.contains(&state.as_str()) {
+            return Err(invalid(format!(
+                "invalid state {:?}: one of loaded, failed, unloaded",
+                state.chars().take(40).collect::<String>()
+            )));
+        }
+        let bounded = |name: &str, v: Option<String>, max: usize| match v {
+            Some(s) if s.len() > max => Err(invalid(format!("{name} is over {max} bytes"))),
+            v => Ok(v),
+        };
+        let message = bounded("message", body.message, 1024)?;
+        let attach_point = bounded("attach_point", body.attach_point, 256)?;
+        if self
+            .meta
+            .host(host.as_str())
+            .await
+            .map_err(meta_err)?
+            .is_none()
+        {
+            return Err(host_not_found(host.as_str()));
+        }
+        let row = DeploymentRow {
+            host_id: host.to_string(),
+            repo: key.repo.to_string(),
+            digest: key.digest.to_string(),
+            state,
+            message,
+            attach_point,
+            reported_at: unix_now(),
+        };
+        self.meta.put_deployment(&row).await.map_err(meta_err)?;
+        Ok(DeploymentJson::from(&row))
+    }
+
+    /// `GET /hosts/{host_id}/deployments`.
+    pub async fn deployments(
+        &self,
+        host: &HostId,
+        visible: Visible<'_>,
+    ) -> Result<DeploymentsJson, ArtifactError> {
+        if self
+            .meta
+            .host(host.as_str())
+            .await
+            .map_err(meta_err)?
+            .is_none()
+        {
+            return Err(host_not_found(host.as_str()));
+        }
+        let shown = |d: &&DeploymentRow| RepoName::parse(&d.repo).is_ok_and(|r| visible(&r));
+        let current = self
+            .meta
+            .deployments_of_host(host.as_str())
+            .await
+            .map_err(meta_err)?;
+        let history = self
+            .meta
+            .deployment_history(host.as_str())
+            .await
+            .map_err(meta_err)?;
+        Ok(DeploymentsJson {
+            host_id: host.to_string(),
+            deployments: current
+                .iter()
+                .filter(shown)
+                .map(DeploymentJson::from)
+                .collect(),
+            history: history
+                .iter()
+                .filter(shown)
+                .map(DeploymentJson::from)
+                .collect(),
+        })
+    }
+
+    /// `GET /artifacts/{id}/rollout`: resolution over every registered
+    /// host (read through the caches at the counters delivered here) and
+    /// the reports for the artifact; the hosts listed by id after
+    /// `cursor`, at most `limit`.
+    pub async fn rollout(
+        &self,
+        key: &ArtifactKey,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<RolloutJson, ArtifactError> {
+        let id = key.digest.to_string();
+        let all = |_: &RepoName| true;
+        let mut desired_hosts = std::collections::BTreeSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self
+                .meta
+                .hosts_after(after.as_deref(), 500)
+                .await
+                .map_err(meta_err)?;
+            let n = rows.len();
+            for row in rows {
+                after = Some(row.host_id.clone());
+                let snap = self
+                    .view
+                    .snapshot(&row.host_id, &all, Freshness::Delivered)
+                    .await
+                    .map_err(meta_err)?;
+                if !snap
+                    .assignments
+                    .iter()
+                    .any(|(a, _, _)| a.name == key.repo.as_str())
+                {
+                    continue;
+                }
+                let d = self.desired_of(&row.host_id, &snap);
+                if d.artifacts
+                    .iter()
+                    .any(|a| a.id == id && a.name == key.repo.as_str())
+                {
+                    desired_hosts.insert(row.host_id.clone());
+                }
+            }
+            if n < 500 {
+                break;
+            }
+        }
+        let reports: BTreeMap<String, DeploymentRow> = self
+            .meta
+            .deployments_of_artifact(key.repo.as_str(), &id)
+            .await
+            .map_err(meta_err)?
+            .into_iter()
+            .map(|d| (d.host_id.clone(), d))
+            .collect();
+        let mut counts = [0u64; 4]; // loaded, failed, pending, unloaded
+        let mut hosts = Vec::new();
+        let names: std::collections::BTreeSet<&String> =
+            desired_hosts.iter().chain(reports.keys()).collect();
+        for h in &names {
+            let desired = desired_hosts.contains(*h);
+            let report = reports.get(*h);
+            let state = match report.map(|r| r.state.as_str()) {
+                Some("loaded") => "loaded",
+                Some("failed") => "failed",
+                Some("unloaded") if !desired => "unloaded",
+                _ if desired => "pending",
+                _ => "unloaded",
+            };
+            if desired || state != "pending" {
+                let i = match state {
+                    "loaded" => 0,
+                    "failed" => 1,
+                    "pending" => 2,
+                    _ => 3,
+                };
+                counts[i] += 1;
+            }
+            hosts.push(RolloutHost {
+                host_id: (*h).clone(),
+                desired,
+                state: state.to_string(),
+                reported_at: report.map(|r| rfc3339(r.reported_at)),
+            });
+        }
+        let limit = limit.clamp(1, MAX_HOST_PAGE);
+        let start: Vec<RolloutHost> = hosts
+            .into_iter()
+            .filter(|h| cursor.is_none_or(|c| h.host_id.as_str() > c))
+            .collect();
+        let more = start.len() > limit;
+        let page: Vec<RolloutHost> = start.into_iter().take(limit).collect();
+        let next_cursor = if more {
+            page.last().map(|h| h.host_id.clone())
+        } else {
+            None
+        };
+        Ok(RolloutJson {
+            artifact_id: id,
+            repository: key.repo.to_string(),
+            desired: desired_hosts.len() as u64,
+            loaded: counts[0],
+            failed: counts[1],
+            pending: counts[2],
+            unloaded: counts[3],
+            hosts: page,
+            next_cursor,
+        })
+    }
+
+    /// The selectors of the store that parse (for tests and tools).
+    pub async fn selectors(&self) -> Result<Arc<Vec<LiveSelector>>, ArtifactError> {
+        self.view.selectors_now().await.map_err(meta_err)
+    }
+
+    async fn channel_json(
+        &self,
+        repo: &RepoName,
+        channel: &Tag,
+    ) -> Result<ChannelJson, ArtifactError> {
+        let tags = self.meta.tag_map(repo).await.map_err(meta_err)?;
+        let Some(digest) = tags
+            .iter()
+            .find(|(t, _)| t == channel)
+            .map(|(_, d)| d.clone())
+        else {
+            return Err(ArtifactError::fleet(
+                FleetRefusal::ChannelNotFound,
+                format!("{repo} has no channel {channel}"),
+            ));
+        };
+        let versions: HashSet<String> = self
+            .meta
+            .versions_of(repo.as_str())
+            .await
+            .map_err(meta_err)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        let version = tags
+            .iter()
+            .find(|(t, d)| *d == digest && versions.contains(t.as_str()))
+            .map(|(t, _)| t.to_string());
+        let history = self
+            .meta
+            .channel_moves(repo.as_str(), channel.as_str())
+            .await
+            .map_err(meta_err)?
+            .iter()
+            .map(move_json)
+            .collect();
+        Ok(ChannelJson {
+            name: repo.to_string(),
+            channel: channel.to_string(),
+            version,
+            id: digest.to_string(),
+            history,
+        })
+    }
+
+    /// `GET /channels/{name}/{channel}`.
+    pub async fn channel(
+        &self,
+        repo: &RepoName,
+        channel: &Tag,
+    ) -> Result<ChannelJson, ArtifactError> {
+        self.channel_json(repo, channel).await
+    }
+
+    /// `PUT /channels/{name}/{channel}`: the channel's tag to what the
+    /// version's tag points at.
+    pub async fn set_channel(
+        &self,
+        repo: &RepoName,
+        channel: &Tag,
+        version: &str,
+        by: Option<&str>,
+    ) -> Result<ChannelJson, ArtifactError> {
+        let versions: HashSet<String> = self
+            .meta
+            .versions_of(repo.as_str())
+            .await
+            .map_err(meta_err)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        if versions.contains(channel.as_str()) {
+            return Err(ArtifactError::fleet(
+                FleetRefusal::ChannelIsVersion,
+                format!("{channel} is a version of {repo}; a channel cannot replace it"),
+            ));
+        }
+        let tags = self.meta.tag_map(repo).await.map_err(meta_err)?;
+        let target = tags
+            .iter()
+            .find(|(t, _)| t.as_str() == version && versions.contains(version))
+            .map(|(_, d)| d.clone());
+        let Some(digest) = target else {
+            return Err(ArtifactError::fleet(
+                FleetRefusal::VersionNotFound,
+                format!(
+                    "{repo} has no version {:?}",
+                    version.chars().take(130).collect::<String>()
+                ),
+            ));
+        };
+        let digest = digest.to_string();
+        match self
+            .meta
+            .move_channel(
+                repo.as_str(),
+                channel.as_str(),
+                Some((version, &digest)),
+                by,
+            )
+            .await
+            .map_err(meta_err)?
+        {
+            Ok(_) => self.channel_json(repo, channel).await,
+            Err(_) => Err(ArtifactError::fleet(
+                FleetRefusal::VersionNotFound,
+                format!("{repo} has no version {version}"),
+            )),
+        }
+    }
+
+    /// `POST /channels/{name}/{channel}/rollback`.
+    pub async fn rollback(
+        &self,
+        repo: &RepoName,
+        channel: &Tag,
+        by: Option<&str>,
+    ) -> Result<ChannelJson, ArtifactError> {
+        let moved = self
+            .meta
+            .move_channel(repo.as_str(), channel.as_str(), None, by)
+            .await
+            .map_err(meta_err)?;
+        match moved {
+            Ok(_) => self.channel_json(repo, channel).await,
+            Err(MoveRefused::NoPrevious) => {
+                if self
+                    .meta
+                    .is_channel(repo.as_str(), channel.as_str())
+                    .await
+                    .map_err(meta_err)?
+                {
+                    Err(ArtifactError::fleet(
+                        FleetRefusal::NoPreviousVersion,
+                        format!(
+                            "channel {channel} of {repo} has no earlier version to roll back to"
+                        ),
+                    ))
+                } else {
+                    Err(ArtifactError::fleet(
+                        FleetRefusal::ChannelNotFound,
+                        format!("{repo} has no channel {channel}"),
+                    ))
+                }
+            }
+            Err(MoveRefused::UnknownManifest) => Err(ArtifactError::fleet(
+                FleetRefusal::VersionNotFound,
+                format!("the previous version of channel {channel} of {repo} is gone"),
+            )),
+        }
+    }
+}
+
+fn move_json(m: &ChannelMove) -> ChannelMoveJson {
+    ChannelMoveJson {
+        version: m.version.clone(),
+        id: m.digest.clone(),
+        action: m.action.clone(),
+        at: rfc3339(m.moved_at),
+        by: m.moved_by.clone(),
+    }
+}

@@ -1,0 +1,328 @@
+//! What one host is assigned, read through caches that the change
+//! counters (`metadata::changes`) validate: a host's facts and direct
+//! associations, every selector, and each repository's versions and
+//! channels. A request validates against the committed counters (one
+//! query), so it sees every acknowledged write on any replica; a woken
+//! long-poll waiter trusts the counters its feed delivered, so a write
+//! that wakes ten thousand waiters costs one load per changed repository,
+//! not one per waiter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use super::hosts::labels_of;
+use super::requirements::Requirements;
+use super::resolve::{normalize_arch, Assignment, Candidate, NameCandidates};
+use super::selector::Selector;
+use crate::metadata::changes::{host_scope, repo_scope, SELECTORS};
+use crate::metadata::{DirectRow, HostRow, Metadata, MetadataResult, SelectorRow};
+use crate::oci::{Digest, RepoName};
+
+/// Entries kept per cache before it is emptied (a bound, not a target).
+const MAX_ENTRIES: usize = 200_000;
+
+/// Which counters a read validates its caches against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The committed counters, read from SQL: what a request sees.
+    Committed,
+    /// The counters this process's feed delivered, where it has them: what
+    /// a woken waiter sees (its wake-up came from those counters).
+    Delivered,
+}
+
+/// A host as resolution sees it.
+#[derive(Debug)]
+pub struct HostEntry {
+    /// `None`: not registered (the seed's `for-host` still works).
+    pub row: Option<HostRow>,
+    pub labels: BTreeMap<String, String>,
+    pub direct: Vec<DirectRow>,
+}
+
+/// A stored selector that parses.
+#[derive(Debug)]
+pub struct LiveSelector {
+    pub row: SelectorRow,
+    pub selector: Selector,
+}
+
+/// One repository's versions, loaded once per change of the repository.
+type RepoCell = Arc<OnceCell<Arc<NameCandidates>>>;
+
+/// Everything one host's answers are made of, with the counters read.
+pub struct Snapshot {
+    pub host: Arc<HostEntry>,
+    /// Each assignment with the artifact that made it (repository, digest).
+    pub assignments: Vec<(Assignment, RepoName, Digest)>,
+    pub candidates: HashMap<String, Arc<NameCandidates>>,
+    /// The scopes this answer depends on, at the counters it was read at.
+    pub watched: Vec<(String, i64)>,
+}
+
+pub struct FleetView {
+    meta: Metadata,
+    hosts: Mutex<HashMap<String, (i64, Arc<HostEntry>)>>,
+    selectors: Mutex<Option<(i64, Arc<Vec<LiveSelector>>)>>,
+    repos: Mutex<HashMap<String, (i64, RepoCell)>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FleetView {
+    pub fn new(meta: Metadata) -> Self {
+        FleetView {
+            meta,
+            hosts: Mutex::new(HashMap::new()),
+            selectors: Mutex::new(None),
+            repos: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The counters of `scopes` as `fresh` says.
+    async fn counters(
+        &self,
+        scopes: &[String],
+        fresh: Freshness,
+    ) -> MetadataResult<HashMap<String, i64>> {
+        let feed = self.meta.changes();
+        let mut out = HashMap::with_capacity(scopes.len());
+        let mut missing = Vec::new();
+        for s in scopes {
+            match (fresh, feed.known(s)) {
+                (Freshness::Delivered, Some(seq)) => {
+                    out.insert(s.clone(), seq);
+                }
+                _ => missing.push(s.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            out.extend(self.meta.change_seqs(&missing).await?);
+        }
+        Ok(out)
+    }
+
+    async fn host_entry(&self, host: &str, seq: i64) -> MetadataResult<Arc<HostEntry>> {
+        if let Some((s, e)) = locked(&self.hosts).get(host) {
+            if *s == seq {
+                return Ok(e.clone());
+            }
+        }
+        let row = self.meta.host(host).await?;
+        let direct = self.meta.host_direct(host).await?;
+        let labels = row.as_ref().map(labels_of).unwrap_or_default();
+        let entry = Arc::new(HostEntry {
+            row,
+            labels,
+            direct,
+        });
+        let mut cache = locked(&self.hosts);
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        // A newer entry another request stored stays.
+        let keep = cache.get(host).is_some_and(|(s, _)| *s > seq);
+        if !keep {
+            cache.insert(host.to_string(), (seq, entry.clone()));
+        }
+        Ok(entry)
+    }
+
+    async fn all_selectors(&self, seq: i64) -> MetadataResult<Arc<Vec<LiveSelector>>> {
+        if let Some((s, v)) = locked(&self.selectors).as_ref() {
+            if *s == seq {
+                return Ok(v.clone());
+            }
+        }
+        let rows = self.meta.all_selectors().await?;
+        let live: Vec<LiveSelector> = rows
+            .into_iter()
+            .filter_map(|row| match Selector::parse(&row.selector) {
+                Ok(selector) => Some(LiveSelector { row, selector }),
+                // Pushed by an OCI client with a bad annotation: ignored.
+                Err(_) => None,
+            })
+            .collect();
+        let live = Arc::new(live);
+        let mut cache = locked(&self.selectors);
+        if cache.as_ref().is_none_or(|(s, _)| *s <= seq) {
+            *cache = Some((seq, live.clone()));
+        }
+        Ok(live)
+    }
+
+    /// Every stored selector (for the rollout of an artifact).
+    pub async fn selectors_now(&self) -> MetadataResult<Arc<Vec<LiveSelector>>> {
+        let c = self
+            .counters(&[SELECTORS.to_string()], Freshness::Committed)
+            .await?;
+        self.all_selectors(c.get(SELECTORS).copied().unwrap_or(0))
+            .await
+    }
+
+    async fn candidates(&self, repo: &str, seq: i64) -> MetadataResult<Arc<NameCandidates>> {
+        let cell = {
+            let mut cache = locked(&self.repos);
+            match cache.get(repo) {
+                Some((s, cell)) if *s == seq => cell.clone(),
+                // An older request must not evict a newer entry.
+                Some((s, _)) if *s > seq => Arc::new(OnceCell::new()),
+                _ => {
+                    if cache.len() >= MAX_ENTRIES {
+                        cache.clear();
+                    }
+                    let cell: RepoCell = Arc::new(OnceCell::new());
+                    cache.insert(repo.to_string(), (seq, cell.clone()));
+                    cell
+                }
+            }
+        };
+        let got = cell
+            .get_or_try_init(|| async { self.load_candidates(repo).await.map(Arc::new) })
+            .await?;
+        Ok(got.clone())
+    }
+
+    /// A repository's versions (with requirements) and channels: a
+    /// channel is any tag that is not a version, mapped to the version
+    /// whose tag (or whose platform manifest) it points at.
+    async fn load_candidates(&self, repo: &str) -> MetadataResult<NameCandidates> {
+        let rows = self.meta.versions_of(repo).await?;
+        let mut versions = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Ok(id) = Digest::parse(&r.digest) else {
+                continue;
+            };
+            versions.push(Candidate {
+                version: r.version,
+                id,
+                architecture: normalize_arch(&r.architecture),
+                requirements: requirements_of(&r.record),
+            });
+        }
+        let mut channels = BTreeMap::new();
+        if let Ok(name) = RepoName::parse(repo) {
+            let tags = self.meta.tag_map(&name).await?;
+            let by_tag: HashMap<String, String> = tags
+                .iter()
+                .map(|(t, d)| (t.to_string(), d.to_string()))
+                .collect();
+            let is_version = |t: &str| versions.iter().any(|c| c.version == t);
+            for (tag, digest) in &by_tag {
+                if is_version(tag) {
+                    continue;
+                }
+                let version = by_tag
+                    .iter()
+                    .find(|(t, d)| *d == digest && is_version(t))
+                    .map(|(t, _)| t.clone())
+                    .or_else(|| {
+                        versions
+                            .iter()
+                            .find(|c| c.id.to_string() == *digest)
+                            .map(|c| c.version.clone())
+                    });
+                if let Some(v) = version {
+                    channels.insert(tag.clone(), v);
+                }
+            }
+        }
+        Ok(NameCandidates { versions, channels })
+    }
+
+    /// What `host` is assigned, restricted to repositories `visible` lets
+    /// the caller read.
+    pub async fn snapshot(
+        &self,
+        host: &str,
+        visible: &(dyn Fn(&RepoName) -> bool + Sync),
+        fresh: Freshness,
+    ) -> MetadataResult<Snapshot> {
+        let first = [host_scope(host), SELECTORS.to_string()];
+        let c = self.counters(&first, fresh).await?;
+        let host_seq = c.get(&first[0]).copied().unwrap_or(0);
+        let sel_seq = c.get(SELECTORS).copied().unwrap_or(0);
+        let entry = self.host_entry(host, host_seq).await?;
+        let mut assignments = Vec::new();
+        for d in &entry.direct {
+            let (Ok(repo), Ok(subject)) = (RepoName::parse(&d.repo), Digest::parse(&d.subject))
+            else {
+                continue;
+            };
+            if !visible(&repo) {
+                continue;
+            }
+            let via = match &d.channel {
+                Some(c) => format!("channel:{c}"),
+                None => "direct".to_string(),
+            };
+            assignments.push((
+                Assignment {
+                    name: d.repo.clone(),
+                    via,
+                    channel: d.channel.clone(),
+                },
+                repo,
+                subject,
+            ));
+        }
+        // Only a registered host has labels to match.
+        if entry.row.is_some() {
+            let selectors = self.all_selectors(sel_seq).await?;
+            for s in selectors.iter() {
+                if !s.selector.matches(&entry.labels) {
+                    continue;
+                }
+                let (Ok(repo), Ok(subject)) =
+                    (RepoName::parse(&s.row.repo), Digest::parse(&s.row.subject))
+                else {
+                    continue;
+                };
+                if !visible(&repo) {
+                    continue;
+                }
+                assignments.push((
+                    Assignment {
+                        name: s.row.repo.clone(),
+                        via: format!("selector:{}", s.row.digest),
+                        channel: s.row.channel.clone(),
+                    },
+                    repo,
+                    subject,
+                ));
+            }
+        }
+        let mut names: Vec<String> = assignments.iter().map(|(a, _, _)| a.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        let scopes: Vec<String> = names.iter().map(|n| repo_scope(n)).collect();
+        let c2 = self.counters(&scopes, fresh).await?;
+        let mut candidates = HashMap::with_capacity(names.len());
+        for (name, scope) in names.iter().zip(&scopes) {
+            let seq = c2.get(scope).copied().unwrap_or(0);
+            candidates.insert(name.clone(), self.candidates(name, seq).await?);
+        }
+        let mut watched: Vec<(String, i64)> = c.into_iter().collect();
+        watched.extend(c2);
+        Ok(Snapshot {
+            host: entry,
+            assignments,
+            candidates,
+            watched,
+        })
+    }
+}
+
+/// The requirements in an artifact row's record (`config.requirements`).
+fn requirements_of(record: &str) -> Option<Requirements> {
+    let v: serde_json::Value = serde_json::from_str(record).ok()?;
+    let r = v.get("config")?.get("requirements")?;
+    if r.is_null() {
+        return None;
+    }
+    serde_json::from_value(r.clone()).ok()
+}

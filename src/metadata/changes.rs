@@ -1,0 +1,271 @@
+//! The change feed of the fleet views: every write that can change what a
+//! host is assigned (a manifest or tag of a repository, a host's facts or
+//! associations, any selector) bumps a per-scope counter in
+//! `fleet_changes` inside its own transaction, and the commit is published
+//! to the watchers of this process (and, on PostgreSQL, through
+//! `NOTIFY` to every replica). The views validate their caches against
+//! these counters and long-poll waiters wake on them.
+//!
+//! Scopes: `host:<id>`, `repo:<name>`, `selectors`. A transaction bumps its
+//! scopes last, in byte order, so two writers never lock two counter rows
+//! in opposite orders.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::watch;
+
+use super::{Engine, Metadata, MetadataResult};
+
+/// The PostgreSQL notification channel of the feed.
+pub const CHANNEL: &str = "bpf_registry_fleet";
+
+/// A scope's counter after a commit.
+pub type Change = (String, i64);
+
+/// The scope of a repository's manifests and tags.
+pub fn repo_scope(repo: &str) -> String {
+    format!("repo:{repo}")
+}
+
+/// The scope of a host's facts, labels and direct associations.
+pub fn host_scope(host: &str) -> String {
+    format!("host:{host}")
+}
+
+/// The scope of every selector of every repository.
+pub const SELECTORS: &str = "selectors";
+
+/// What this process knows of the counters: the last value each scope was
+/// published with, and a tick every waiter watches.
+pub struct ChangeFeed {
+    known: Mutex<HashMap<String, i64>>,
+    /// Bumped on every publish; the value is the epoch (below) in the
+    /// high bits so a receiver can tell a reset from a change.
+    tick: watch::Sender<u64>,
+    /// Incremented when changes may have been missed (a listener
+    /// reconnect): waiters then re-read from SQL.
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        ChangeFeed {
+            known: Mutex::new(HashMap::new()),
+            tick: watch::channel(0).0,
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl ChangeFeed {
+    /// A receiver that sees every publish after this call.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+
+    /// The counter of `scope` as last published here, if any.
+    pub fn known(&self, scope: &str) -> Option<i64> {
+        self.known.lock().ok()?.get(scope).copied()
+    }
+
+    /// The current epoch (see the field).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records committed changes and wakes the waiters.
+    pub fn publish(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Ok(mut known) = self.known.lock() {
+            for (scope, seq) in changes {
+                let e = known.entry(scope.clone()).or_insert(*seq);
+                *e = (*e).max(*seq);
+            }
+            // Bounded: a scope forgotten is only re-read from SQL.
+            if known.len() > 1_000_000 {
+                known.clear();
+                self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+
+    /// Forgets what was known: changes may have been missed.
+    pub fn reset(&self) {
+        if let Ok(mut known) = self.known.lock() {
+            known.clear();
+        }
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+
+    /// How many receivers wait on the feed (for the metrics and tests).
+    pub fn receivers(&self) -> usize {
+        self.tick.receiver_count()
+    }
+}
+
+/// The scopes a transaction changes, bumped at its end.
+#[derive(Debug, Default, Clone)]
+pub struct Scopes(BTreeSet<String>);
+
+impl Scopes {
+    pub fn add(&mut self, scope: String) {
+        self.0.insert(scope);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Bumps every scope of `scopes` in the caller's transaction (in byte
+/// order) and, on PostgreSQL, queues the notification sent at commit.
+pub(super) async fn bump(
+    tx: &mut Transaction<'static, Any>,
+    engine: Engine,
+    scopes: &Scopes,
+) -> MetadataResult<Vec<Change>> {
+    let mut out = Vec::with_capacity(scopes.0.len());
+    for scope in &scopes.0 {
+        let row = sqlx::query(
+            "INSERT INTO fleet_changes (scope, seq) VALUES ($1, 1)
+             ON CONFLICT (scope) DO UPDATE SET seq = fleet_changes.seq + 1
+             RETURNING seq",
+        )
+        .bind(scope.clone())
+        .fetch_one(&mut **tx)
+        .await?;
+        let seq: i64 = row.try_get(0)?;
+        if engine == Engine::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(format!("{seq} {scope}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        out.push((scope.clone(), seq));
+    }
+    Ok(out)
+}
+
+/// A notification's payload back into a change.
+fn parse_payload(p: &str) -> Option<Change> {
+    let (seq, scope) = p.split_once(' ')?;
+    Some((scope.to_string(), seq.parse().ok()?))
+}
+
+impl Metadata {
+    /// The feed of this process.
+    pub fn changes(&self) -> &Arc<ChangeFeed> {
+        &self.changes
+    }
+
+    /// The committed counters of `scopes` (0 for a scope never bumped).
+    pub async fn change_seqs(&self, scopes: &[String]) -> MetadataResult<HashMap<String, i64>> {
+        let mut out: HashMap<String, i64> = scopes.iter().map(|s| (s.clone(), 0)).collect();
+        for chunk in scopes.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT scope, seq FROM fleet_changes WHERE scope IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for s in chunk {
+                q = q.bind(s.clone());
+            }
+            for r in q.fetch_all(self.pool()).await? {
+                out.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bumps `scopes` in a transaction of their own (writes that touch
+    /// only fleet rows commit with [`Metadata::commit_changes`] instead).
+    pub(super) async fn commit_with_changes(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        scopes: &Scopes,
+    ) -> MetadataResult<()> {
+        let changes = bump(&mut tx, self.engine, scopes).await?;
+        tx.commit().await?;
+        self.changes.publish(&changes);
+        Ok(())
+    }
+
+    /// On PostgreSQL, listens for the other replicas' changes until the
+    /// process ends; a lost connection is re-established and the feed
+    /// reset (changes may have been missed meanwhile). SQLite has one
+    /// process per store: nothing to listen to.
+    pub fn spawn_change_listener(&self) {
+        let Some(url) = self.url.clone() else {
+            return;
+        };
+        let feed = self.changes.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if let Err(e) = listener.listen(CHANNEL).await {
+                            tracing::warn!(error = %e, "change listener: LISTEN failed");
+                        } else {
+                            // What happened while not listening is unknown.
+                            feed.reset();
+                            loop {
+                                match listener.try_recv().await {
+                                    Ok(Some(n)) => {
+                                        if let Some(c) = parse_payload(n.payload()) {
+                                            feed.publish(&[c]);
+                                        }
+                                    }
+                                    // Reconnected: changes may be lost.
+                                    Ok(None) => feed.reset(),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "change listener lost");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "change listener: connect failed"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip() {
+        assert_eq!(
+            parse_payload("12 repo:team/x"),
+            Some(("repo:team/x".to_string(), 12))
+        );
+        assert_eq!(parse_payload("x repo:a"), None);
+        assert_eq!(parse_payload("nospace"), None);
+    }
+
+    #[tokio::test]
+    async fn a_publish_wakes_a_subscriber_and_keeps_the_highest_counter() {
+        let feed = ChangeFeed::default();
+        let mut rx = feed.subscribe();
+        feed.publish(&[("repo:a".into(), 3)]);
+        feed.publish(&[("repo:a".into(), 2)]);
+        rx.changed().await.unwrap();
+        assert_eq!(feed.known("repo:a"), Some(3));
+        let e = feed.epoch();
+        feed.reset();
+        assert_eq!(feed.known("repo:a"), None);
+        assert_eq!(feed.epoch(), e + 1);
+    }
+}
