@@ -474,8 +474,15 @@ async fn bad_host_bodies_and_ids_are_400_and_store_nothing() {
             &["invalid_host", "invalid_labels", "invalid_json"],
         )
         .await;
-        if b.get("labels").is_none() {
+        // A missing or empty required field is invalid_host; a field of
+        // the wrong JSON type may be invalid_json, as for POST /artifacts.
+        let missing_or_empty = ["architecture", "kernel_release"]
+            .iter()
+            .any(|k| b.get(k).is_none_or(|v| v == ""));
+        if b.is_object() && missing_or_empty {
             assert_eq!(v["error"], "invalid_host", "{b}: {v}");
+        } else if b.get("labels").is_none() {
+            assert_ne!(v["error"], "invalid_labels", "{b}: {v}");
         }
     }
     let r =
@@ -505,7 +512,6 @@ async fn bad_host_bodies_and_ids_are_400_and_store_nothing() {
         json!({"env": "-dash-first"}),
         json!({"a/b/c": "x"}),
         json!({ long_prefix: "x" }),
-        json!({"env": 5}),
         Value::Object(too_many),
     ];
     for labels in &bad_labels {
@@ -517,6 +523,20 @@ async fn bad_host_bodies_and_ids_are_400_and_store_nothing() {
             .await;
         assert_rest_error(r, StatusCode::BAD_REQUEST, "invalid_labels").await;
     }
+    // A label value of the wrong JSON type: invalid_labels, or
+    // invalid_json as for any field of the wrong type.
+    let r = x
+        .put_json(
+            "/hosts/h1",
+            &facts("x86_64", "5.15.0", true, json!({"env": 5})),
+        )
+        .await;
+    assert_rest_error_any(
+        r,
+        StatusCode::BAD_REQUEST,
+        &["invalid_labels", "invalid_json"],
+    )
+    .await;
     let r = x.get("/hosts/h1").await;
     assert_rest_error(r, StatusCode::NOT_FOUND, "host_not_found").await;
 
@@ -2124,8 +2144,10 @@ async fn a_watcher_over_the_cap_is_429_too_many_watchers() {
     let r = x.get_if_none_match("/hosts/cap-1/desired", &etag).await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 
-    // A change releases them; their places are free again.
-    x.register_simple("cap-1", json!({"changed": "yes"})).await;
+    // A change of the answer releases them (labels alone are not in it);
+    // their places are free again.
+    let a = x.create("cap/prog", "1.0.0", "x86_64").await;
+    x.associate(str_of(&a, "id"), "cap-1", None).await;
     for w in held {
         let (status, _, _, _) = join_waiter(w).await;
         assert_eq!(status, StatusCode::OK);
@@ -2156,7 +2178,8 @@ async fn held_waiters_do_not_count_against_max_concurrent_requests() {
     for _ in 0..8 {
         assert_eq!(x.get("/hosts/many-w").await.status(), StatusCode::OK);
     }
-    x.register_simple("many-w", json!({"changed": "yes"})).await;
+    let a = x.create("many/prog", "1.0.0", "x86_64").await;
+    x.associate(str_of(&a, "id"), "many-w", None).await;
     for w in waiters {
         let (status, _, body, _) = join_waiter(w).await;
         assert_eq!(
@@ -2297,13 +2320,15 @@ async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
             .await;
     }
     x.register_simple("roll-5", json!({"tier": "db"})).await;
+    x.register_simple("roll-6", json!({"tier": "db"})).await;
     x.selector(&id1, "tier=web", None).await;
     x.report_ok("roll-1", &id1, "failed", "first try").await;
     x.report_ok("roll-1", &id1, "loaded", "").await;
     x.report_ok("roll-2", &id1, "failed", "verifier").await;
     x.report_ok("roll-3", &id1, "unloaded", "").await;
-    // roll-4 never reports; roll-5 is not desired but reports.
+    // roll-4 never reports; roll-5 and roll-6 are not desired but report.
     x.report_ok("roll-5", &id1, "loaded", "by hand").await;
+    x.report_ok("roll-6", &id1, "unloaded", "taken off").await;
 
     let r = x.get_ok(&format!("/artifacts/{id1}/rollout")).await;
     assert_eq!(r["artifact_id"], id1.as_str());
@@ -2313,7 +2338,7 @@ async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
         r["pending"], 2,
         "roll-3 (unloaded) and roll-4 (no report): {r}"
     );
-    assert_eq!(r["unloaded"], 1, "{r}");
+    assert_eq!(r["unloaded"], 1, "roll-6 (not desired): {r}");
     assert_eq!(
         r["loaded"], 2,
         "roll-1, and roll-5 which is not desired: {r}"
@@ -2333,9 +2358,11 @@ async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
     let want: Vec<(String, bool, String, bool)> = [
         ("roll-1", true, "loaded", false),
         ("roll-2", true, "failed", false),
-        ("roll-3", true, "unloaded", false),
+        // Desired and reported unloaded: pending (it should load it).
+        ("roll-3", true, "pending", false),
         ("roll-4", true, "pending", true),
         ("roll-5", false, "loaded", false),
+        ("roll-6", false, "unloaded", false),
     ]
     .iter()
     .map(|(h, d, s, n)| (h.to_string(), *d, s.to_string(), *n))
@@ -2367,7 +2394,10 @@ async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
             None => break,
         }
     }
-    assert_eq!(seen, ["roll-1", "roll-2", "roll-3", "roll-4", "roll-5"]);
+    assert_eq!(
+        seen,
+        ["roll-1", "roll-2", "roll-3", "roll-4", "roll-5", "roll-6"]
+    );
 
     // A newer version takes the desired hosts.
     let v2 = x.create("roll/prog", "1.1.0", "x86_64").await;
@@ -2375,6 +2405,7 @@ async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
     let r1 = x.get_ok(&format!("/artifacts/{id1}/rollout")).await;
     assert_eq!(r1["desired"], 0, "{r1}");
     assert_eq!(r1["pending"], 0, "{r1}");
+    assert_eq!(r1["unloaded"], 2, "roll-3 is no longer desired: {r1}");
     let still: Vec<&str> = r1["hosts"]
         .as_array()
         .expect("hosts")
@@ -2383,7 +2414,7 @@ async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
         .collect();
     assert_eq!(
         still,
-        ["roll-1", "roll-2", "roll-3", "roll-5"],
+        ["roll-1", "roll-2", "roll-3", "roll-5", "roll-6"],
         "reporters: {r1}"
     );
     let r2 = x.get_ok(&format!("/artifacts/{id2}/rollout")).await;
