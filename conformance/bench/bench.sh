@@ -66,7 +66,7 @@ if [[ "${1:-}" == "--fleet" ]]; then
     BPF_REGISTRY_LOG_LEVEL="${BPF_REGISTRY_LOG_LEVEL:-WARN}" \
     BPF_REGISTRY_MAX_CONNECTIONS="${BPF_REGISTRY_MAX_CONNECTIONS:-12000}" \
     BPF_REGISTRY_MAX_WATCHERS="${BPF_REGISTRY_MAX_WATCHERS:-12000}" \
-    target/release/bpf-registry >"$FLEET_WORK/server.log" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/release/bpf-registry" >"$FLEET_WORK/server.log" 2>&1 &
   FLEET_PID=$!
   for _ in $(seq 1 600); do
     if curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then break; fi
