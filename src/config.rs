@@ -184,6 +184,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "requests served at once; more get 429 with Retry-After",
     ),
     (
+        "BPF_REGISTRY_MAX_WATCHERS",
+        "20000",
+        "fleet long-polls (?wait=) held at once; more get 429 too_many_watchers",
+    ),
+    (
         "BPF_REGISTRY_HEADER_READ_TIMEOUT",
         "30s",
         "longest a client may take to send request headers",

@@ -78,6 +78,8 @@ pub async fn open_registry(
                 config.external_url.as_deref(),
             ))
         }));
+    // PostgreSQL: other replicas' fleet changes wake this one's waiters.
+    meta.spawn_change_listener();
     let registry = Arc::new(Registry::new(backend.clone(), meta.clone(), limits));
     let artifact_index = Arc::new(artifacts::ArtifactIndex::new(backend, meta.clone()));
     registry.add_deriver(artifact_index.clone());

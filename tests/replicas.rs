@@ -697,3 +697,84 @@ async fn oci_client_chunked_pushes_round_robin_over_the_replicas() {
         "every replica served part of the pushes: {served:?}"
     );
 }
+
+/// A long-poll held on one replica is woken by a write acknowledged by
+/// another (PostgreSQL NOTIFY), and answers what every replica now says:
+/// a host registered on replica 0, a selector assigning an artifact to
+/// it, a waiter on replica 2 with the current ETag, then a new version
+/// created on replica 1. Also: a read on any replica right after a write
+/// sees it (the caches validate against the committed counters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiter_on_one_replica_is_woken_by_a_write_on_another() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    let created: Value = c
+        .post(r[0].url("/artifacts"))
+        .json(&create_body("fleet/watched", "1.0.0", "x86_64", "v1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("id").to_string();
+    let host = c
+        .put(r[0].url("/hosts/edge-w"))
+        .json(&json!({"architecture": "x86_64", "kernel_release": "6.1.0", "labels": {"env": "prod"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(host.status(), StatusCode::CREATED);
+    let sel = c
+        .post(r[1].url(&format!("/artifacts/{id}/selectors")))
+        .json(&json!({"selector": "env=prod"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sel.status(), StatusCode::CREATED);
+    // The selector, written on replica 1, is what replica 2 answers now.
+    let now = c.get(r[2].url("/hosts/edge-w/desired")).send().await.unwrap();
+    assert_eq!(now.status(), StatusCode::OK);
+    let etag = now.headers()["etag"].to_str().unwrap().to_string();
+    let v: Value = now.json().await.unwrap();
+    assert_eq!(v["artifacts"][0]["version"], "1.0.0", "{v}");
+    let waiter = {
+        let c = c.clone();
+        let url = r[2].url("/hosts/edge-w/desired?wait=50s");
+        let etag = etag.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = c
+                .get(url)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), started.elapsed(), resp.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the waiter holds while nothing changes");
+    let wrote = std::time::Instant::now();
+    let v2 = c
+        .post(r[1].url("/artifacts"))
+        .json(&create_body("fleet/watched", "1.1.0", "x86_64", "v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v2.status(), StatusCode::CREATED);
+    let acknowledged = wrote.elapsed();
+    let (status, _, body) = waiter.await.unwrap();
+    let woken_after = wrote.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["artifacts"][0]["version"], "1.1.0", "{v}");
+    // A liveness bound, far under the 50 s wait: the NOTIFY woke it.
+    assert!(
+        woken_after < std::time::Duration::from_secs(10),
+        "woken {woken_after:?} after the write (acknowledged after {acknowledged:?})"
+    );
+    eprintln!("waiter on replica 2 woken {woken_after:?} after the write on replica 1 (acknowledged after {acknowledged:?})");
+}

@@ -72,6 +72,12 @@ fn manifest_annotations(c: &BpfConfig) -> HashMap<String, String> {
         (annotations::TYPE, Some(c.kind.clone())),
         (annotations::ARCHITECTURE, Some(c.architecture.clone())),
         (annotations::KERNEL_VERSION, Some(c.kernel_version.clone())),
+        (
+            annotations::REQUIREMENTS,
+            c.requirements
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok()),
+        ),
     ];
     pairs
         .into_iter()

@@ -18,7 +18,62 @@ use super::limits::{
 use super::model::{architecture_is_big_endian, BpfConfig, CreateRequest, HostId, KINDS};
 use super::payload::{self, Layer, PayloadLimits};
 use super::ArtifactError;
+use crate::fleet::{BtfRequirement, Requirements};
 use crate::oci::{RepoName, Tag};
+
+/// Longest `requirements` object read, in bytes of JSON.
+const MAX_REQUIREMENTS_BYTES: usize = 1024;
+
+/// The declared `requirements`: an object of the known keys whose bounds
+/// parse and can hold; `null` or absent is none.
+fn declared_requirements(
+    raw: Option<&serde_json::value::RawValue>,
+) -> Result<Option<Requirements>, ArtifactError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text.len() > MAX_REQUIREMENTS_BYTES {
+        return Err(ArtifactError::InvalidRequirements(format!(
+            "{} bytes of JSON, over the {MAX_REQUIREMENTS_BYTES}-byte limit",
+            text.len()
+        )));
+    }
+    if !matches!(
+        text.trim_start().as_bytes().first(),
+        Some(b'{') | Some(b'n')
+    ) {
+        return Err(ArtifactError::InvalidRequirements(
+            "expected an object such as {\"min_kernel\":\"5.8\",\"btf\":\"required\"}".into(),
+        ));
+    }
+    let parsed: Option<Requirements> = serde_json::from_str(text)
+        .map_err(|e| ArtifactError::InvalidRequirements(e.to_string()))?;
+    if let Some(r) = &parsed {
+        r.validate().map_err(ArtifactError::InvalidRequirements)?;
+    }
+    Ok(parsed)
+}
+
+/// The requirements stored: the declared ones, with `btf: required` for
+/// an object with CO-RE relocations (which cannot load without kernel
+/// BTF) unless declared; `None` when nothing is required.
+fn effective_requirements(
+    declared: Option<Requirements>,
+    ebpf: Option<&EbpfFacts>,
+) -> Result<Option<Requirements>, ArtifactError> {
+    let mut r = declared.unwrap_or_default();
+    if ebpf.is_some_and(|e| e.core_relocations) {
+        match r.btf {
+            Some(BtfRequirement::Optional) => {
+                return Err(ArtifactError::InvalidRequirements(
+                    "btf is optional but the eBPF object has CO-RE relocations (.BTF.ext core_relo), which need kernel BTF".into(),
+                ))
+            }
+            Some(BtfRequirement::Required) => {}
+            None => r.btf = Some(BtfRequirement::Required),
+        }
+    }
+    Ok((!r.is_empty()).then_some(r))
+}
 
 /// A parsed, validated create request whose payload is still base64.
 #[derive(Debug)]
@@ -33,6 +88,9 @@ pub struct CreateArtifact {
     metadata: serde_json::Map<String, serde_json::Value>,
     tags: Vec<String>,
     hosts: Vec<HostId>,
+    /// As declared (validated); an object with CO-RE relocations may add
+    /// `btf: required` in `into_artifact`.
+    requirements: Option<Requirements>,
     /// The base64 text of `data` (a slice of the request buffer).
     data: Bytes,
 }
@@ -166,6 +224,7 @@ impl CreateArtifact {
             tags,
             data,
             hosts,
+            requirements,
         } = req;
         let name = required(name, "name")?;
         let repo = RepoName::parse(&name).map_err(|e| ArtifactError::InvalidName(e.to_string()))?;
@@ -209,6 +268,7 @@ impl CreateArtifact {
             .collect::<Result<Vec<_>, _>>()?;
         hosts.sort();
         hosts.dedup();
+        let requirements = declared_requirements(requirements)?;
         let data = match data {
             Some(d) if !d.trim().is_empty() => trim_ascii(&data_bytes(buf, d)),
             _ => {
@@ -232,6 +292,7 @@ impl CreateArtifact {
             metadata,
             tags,
             hosts,
+            requirements,
             data,
         })
     }
@@ -268,6 +329,7 @@ impl CreateArtifact {
             Some(object) => inspect_declared(object, &self.kind, &self.architecture)?,
             None => None,
         };
+        let requirements = effective_requirements(self.requirements, ebpf.as_ref())?;
         let layer = prepared.layer;
         let config = BpfConfig {
             name: self.repo.to_string(),
@@ -280,6 +342,7 @@ impl CreateArtifact {
             tags: self.tags,
             created_at: now_rfc3339(),
             ebpf,
+            requirements,
         };
         Ok(NewArtifact {
             repo: self.repo,
@@ -511,5 +574,94 @@ mod tests {
             c.hosts,
             vec![HostId::parse("a").unwrap(), HostId::parse("b").unwrap()]
         );
+    }
+
+    fn with_requirements(requirements: &str) -> String {
+        format!(
+            r#"{{"name":"a","version":"1","type":"map","architecture":"x86_64","data":"ZXZpbA==","requirements":{requirements}}}"#
+        )
+    }
+
+    #[test]
+    fn requirements_are_validated_and_stored() {
+        let c = parse(&with_requirements(
+            r#"{"min_kernel":"5.8","max_kernel":"6.99","btf":"required"}"#,
+        ))
+        .unwrap();
+        let new = into_artifact(c).unwrap();
+        let r = new.config.requirements.clone().unwrap();
+        assert_eq!(r.min_kernel.as_deref(), Some("5.8"));
+        assert_eq!(r.max_kernel.as_deref(), Some("6.99"));
+        assert_eq!(r.btf, Some(BtfRequirement::Required));
+        for none in ["null", "{}"] {
+            let new = into_artifact(parse(&with_requirements(none)).unwrap()).unwrap();
+            assert_eq!(new.config.requirements, None, "{none}");
+        }
+        for bad in [
+            r#"{"min_kernel":"5.8","gpu":true}"#,
+            r#"{"min_kernel":"5.8-rc1"}"#,
+            r#"{"max_kernel":"1.2.3.4"}"#,
+            r#"{"min_kernel":"6.1","max_kernel":"5.15"}"#,
+            r#"{"btf":"sometimes"}"#,
+            r#""5.8""#,
+            r#"[]"#,
+        ] {
+            match parse(&with_requirements(bad)) {
+                Err(ArtifactError::InvalidRequirements(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let huge = format!(r#"{{"min_kernel":"5.8","x":"{}"}}"#, "a".repeat(2000));
+        assert!(matches!(
+            parse(&with_requirements(&huge)),
+            Err(ArtifactError::InvalidRequirements(_))
+        ));
+    }
+
+    #[test]
+    fn core_relocations_require_btf() {
+        let facts = |core: bool| EbpfFacts {
+            endianness: Endianness::Little,
+            programs: Vec::new(),
+            maps: Vec::new(),
+            license: None,
+            btf: true,
+            btf_ext: true,
+            core_relocations: core,
+        };
+        let req = |btf| Requirements {
+            min_kernel: Some("5.8".into()),
+            btf,
+            ..Default::default()
+        };
+        let core = facts(true);
+        let plain = facts(false);
+        let required = Some(BtfRequirement::Required);
+        let optional = Some(BtfRequirement::Optional);
+        assert_eq!(
+            effective_requirements(None, Some(&core)).unwrap(),
+            Some(Requirements {
+                btf: required,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            effective_requirements(Some(req(None)), Some(&core)).unwrap(),
+            Some(req(required))
+        );
+        assert_eq!(
+            effective_requirements(Some(req(required)), Some(&core)).unwrap(),
+            Some(req(required))
+        );
+        assert!(matches!(
+            effective_requirements(Some(req(optional)), Some(&core)),
+            Err(ArtifactError::InvalidRequirements(_))
+        ));
+        assert_eq!(
+            effective_requirements(Some(req(optional)), Some(&plain)).unwrap(),
+            Some(req(optional))
+        );
+        assert_eq!(effective_requirements(None, Some(&plain)).unwrap(), None);
+        assert_eq!(effective_requirements(None, None).unwrap(), None);
     }
 }

@@ -26,6 +26,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+mod btf_ext;
+
 /// `e_machine` value of eBPF objects.
 pub const EM_BPF: u16 = 247;
 
@@ -44,6 +46,10 @@ pub struct EbpfFacts {
     pub btf: bool,
     /// A `.BTF.ext` section is present.
     pub btf_ext: bool,
+    /// The `.BTF.ext` section holds CO-RE relocations (its header's
+    /// `core_relo_len` is not 0): the object needs the kernel's BTF to load.
+    #[serde(default)]
+    pub core_relocations: bool,
 }
 
 /// One executable section holding one or more eBPF programs.
@@ -647,6 +653,7 @@ fn parse(file: View<'_>) -> Result<EbpfFacts, ElfError> {
         license: None,
         btf: false,
         btf_ext: false,
+        core_relocations: false,
     };
     if sections.is_empty() {
         return Ok(facts);
@@ -680,7 +687,10 @@ fn parse(file: View<'_>) -> Result<EbpfFacts, ElfError> {
         let mut role = Role::Other;
         match name {
             b".BTF" => facts.btf = true,
-            b".BTF.ext" => facts.btf_ext = true,
+            b".BTF.ext" => {
+                facts.btf_ext = true;
+                facts.core_relocations |= btf_ext::has_core_relocations(data, file.endian);
+            }
             b"license" if facts.license.is_none() => {
                 let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
                 facts.license = Some(lossy(data.get(..end).unwrap_or(data)));
@@ -1747,6 +1757,7 @@ char _license[] SEC("license") = "Dual BSD/GPL";
             license: Some("MIT".into()),
             btf: false,
             btf_ext: false,
+            core_relocations: false,
         }
     }
 
@@ -1786,6 +1797,39 @@ char _license[] SEC("license") = "Dual BSD/GPL";
                 }
             }
         }
+    }
+
+    #[test]
+    fn btf_ext_with_core_relocations_is_a_fact() {
+        let opts = Syn {
+            class64: true,
+            big: false,
+            machine: EM_BPF,
+            extended: false,
+        };
+        let object = |btf_ext: Vec<u8>| {
+            let mut ext = btf_ext;
+            ext.extend_from_slice(&[0; 64]);
+            build(
+                &opts,
+                &[
+                    sect("xdp", SHT_PROGBITS, AX, &[0; 8]),
+                    sect(".BTF", SHT_PROGBITS, 0, &[0; 24]),
+                    sect(".BTF.ext", SHT_PROGBITS, 0, &ext),
+                ],
+                &[sym("prog", STT_FUNC, 0, 0)],
+            )
+        };
+        let with = inspect(&object(btf_ext::header(false, 32, 28))).unwrap();
+        assert!(with.btf && with.btf_ext && with.core_relocations);
+        let without = inspect(&object(btf_ext::header(false, 32, 0))).unwrap();
+        assert!(without.btf && without.btf_ext && !without.core_relocations);
+        let old_header = inspect(&object(btf_ext::header(false, 24, 28))).unwrap();
+        assert!(!old_header.core_relocations);
+        // Facts stored before the field existed read as no relocations.
+        let mut json = serde_json::to_value(&without).unwrap();
+        json.as_object_mut().unwrap().remove("core_relocations");
+        assert_eq!(serde_json::from_value::<EbpfFacts>(json).unwrap(), without);
     }
 
     #[test]

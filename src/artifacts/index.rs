@@ -35,6 +35,8 @@ pub mod annotations {
     pub const CHANNEL: &str = "io.aegisflux.bpf.channel";
     /// On a host-selector referrer: the selector (label-selector syntax).
     pub const SELECTOR: &str = "io.aegisflux.bpf.selector";
+    /// The artifact's requirements of a host, as compact JSON.
+    pub const REQUIREMENTS: &str = "io.aegisflux.bpf.requirements";
 }
 
 pub struct ArtifactIndex {
@@ -207,6 +209,10 @@ impl ArtifactIndex {
             tags: Vec::new(),
             created_at: a(annotations::CREATED),
             ebpf: None,
+            requirements: m
+                .annotations
+                .get(annotations::REQUIREMENTS)
+                .and_then(|r| serde_json::from_str(r).ok()),
         });
         Classified::Artifact(Box::new(ArtifactRecord {
             id: digest.clone(),

@@ -49,6 +49,11 @@ pub enum ArtifactError {
     InvalidId(String),
     #[error("{0}")]
     InvalidHostId(String),
+    /// `requirements` of a create: an unknown key, a bad kernel bound,
+    /// min above max, or `btf: optional` on an object with CO-RE
+    /// relocations.
+    #[error("invalid requirements: {0}")]
+    InvalidRequirements(String),
     #[error("artifact {0} not found")]
     NotFound(String),
     /// A write by id when the caller may read several copies.

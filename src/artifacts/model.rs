@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::elf::EbpfFacts;
 use super::limits::{CappedList, CappedMetadata, MAX_HOSTS, MAX_TAGS};
 use super::ArtifactError;
+use crate::fleet::Requirements;
 use crate::oci::{Digest, RepoName};
 
 /// `POST /artifacts` body. `data` borrows from the request buffer so the
@@ -68,6 +69,13 @@ pub struct CreateRequest<'a> {
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>, max_items = 1000)]
     pub hosts: Option<CappedList<String, MAX_HOSTS>>,
+    /// What a host needs to run the artifact. Read apart from the body
+    /// (as raw JSON), so a bad object is `invalid_requirements`, not
+    /// `invalid_json`; an eBPF object with CO-RE relocations gets
+    /// `btf: required` when none is declared.
+    #[serde(borrow, default)]
+    #[schema(value_type = Option<Requirements>)]
+    pub requirements: Option<&'a serde_json::value::RawValue>,
 }
 
 /// An optional string borrowed from the input when it has no escapes
@@ -125,6 +133,23 @@ pub struct BpfConfig {
     pub created_at: String,
     #[serde(default)]
     pub ebpf: Option<EbpfFacts>,
+    /// Absent when none (so configs without requirements hash as
+    /// before); a value that does not read as requirements (an OCI push
+    /// can write anything) is taken as none rather than hiding the
+    /// artifact.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_requirements"
+    )]
+    pub requirements: Option<Requirements>,
+}
+
+fn lenient_requirements<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Requirements>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 /// Where an artifact lives: one manifest in one repository. Every derived
@@ -203,6 +228,9 @@ pub struct ArtifactJson {
     #[schema(required = true)]
     pub signature: Option<crate::signing::SignatureSummary>,
     pub oci: OciRef,
+    /// What a host needs to run it; absent when nothing is required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requirements: Option<Requirements>,
 }
 
 impl ArtifactRecord {
@@ -237,6 +265,7 @@ impl ArtifactRecord {
                 layer_digest: self.layer_digest.to_string(),
                 media_type: self.layer_media_type.clone(),
             },
+            requirements: c.requirements.clone(),
         }
     }
 }
@@ -317,5 +346,33 @@ mod tests {
         assert_eq!(architecture_is_big_endian("s390x"), Some(true));
         assert_eq!(architecture_is_big_endian("x86_64"), Some(false));
         assert_eq!(architecture_is_big_endian("weird"), None);
+    }
+
+    #[test]
+    fn config_requirements_are_optional_and_lenient() {
+        let base = serde_json::json!({
+            "name": "a", "version": "1", "type": "map", "architecture": "x86_64",
+        });
+        let c: BpfConfig = serde_json::from_value(base.clone()).unwrap();
+        assert_eq!(c.requirements, None);
+        // Without requirements the config serializes as before.
+        assert!(serde_json::to_value(&c)
+            .unwrap()
+            .get("requirements")
+            .is_none());
+        let mut with = base.clone();
+        with["requirements"] = serde_json::json!({"btf": "required"});
+        let c: BpfConfig = serde_json::from_value(with).unwrap();
+        assert_eq!(
+            c.requirements.as_ref().and_then(|r| r.btf),
+            Some(crate::fleet::BtfRequirement::Required)
+        );
+        let mut odd = base;
+        odd["requirements"] = serde_json::json!({"gpu": 1});
+        let c: BpfConfig = serde_json::from_value(odd).unwrap();
+        assert_eq!(
+            c.requirements, None,
+            "an OCI-pushed oddity is none, not an error"
+        );
     }
 }

@@ -66,6 +66,8 @@ rest_error_table! {
     InvalidHost => "invalid_host", BAD_REQUEST;
     /// A `wait` that is not a duration or is over 60 s.
     InvalidWait => "invalid_wait", BAD_REQUEST;
+    /// `requirements` of a create that do not parse or cannot hold.
+    InvalidRequirements => "invalid_requirements", BAD_REQUEST;
     Unauthorized => "unauthorized", UNAUTHORIZED;
     Denied => "denied", FORBIDDEN;
     /// No such artifact, association or route.
@@ -266,6 +268,7 @@ impl From<ArtifactError> for RestError {
             A::InvalidArtifact(_) => C::InvalidArtifact,
             A::InvalidId(_) => C::InvalidId,
             A::InvalidHostId(_) => C::InvalidHostId,
+            A::InvalidRequirements(_) => C::InvalidRequirements,
             A::NotFound(_) => C::NotFound,
             A::AmbiguousId { .. } => C::AmbiguousId,
             A::VersionExists { .. } => C::VersionExists,
@@ -397,30 +400,42 @@ mod tests {
             InvalidArtifact => (5, "invalid_artifact", 400),
             InvalidId => (6, "invalid_id", 400),
             InvalidHostId => (7, "invalid_host_id", 400),
-            Unauthorized => (8, "unauthorized", 401),
-            Denied => (9, "denied", 403),
-            NotFound => (10, "not_found", 404),
-            MethodNotAllowed => (11, "method_not_allowed", 405),
-            RequestTimeout => (12, "request_timeout", 408),
-            AmbiguousId => (13, "ambiguous_id", 409),
-            VersionExists => (14, "version_exists", 409),
-            PayloadTooLarge => (15, "payload_too_large", 413),
-            TooManyHosts => (16, "too_many_hosts", 400),
-            TooManyTags => (17, "too_many_tags", 400),
-            MetadataTooLarge => (18, "metadata_too_large", 413),
-            DescriptionTooLarge => (19, "description_too_large", 413),
-            KernelVersionTooLarge => (20, "kernel_version_too_large", 413),
-            ConfigTooLarge => (21, "config_too_large", 413),
-            ManifestTooLarge => (22, "manifest_too_large", 413),
-            BodyTooLarge => (23, "body_too_large", 413),
-            UnsupportedMediaType => (24, "unsupported_media_type", 415),
-            RangeNotSatisfiable => (25, "range_not_satisfiable", 416),
-            TooManyRequests => (26, "too_many_requests", 429),
-            ServerBusy => (27, "server_busy", 503),
-            TooManyConnections => (28, "too_many_connections", 503),
-            SigningUnavailable => (29, "signing_unavailable", 503),
-            StorageFull => (30, "storage_full", 507),
-            InternalError => (31, "internal_error", 500),
+            InvalidSelector => (8, "invalid_selector", 400),
+            InvalidLabels => (9, "invalid_labels", 400),
+            InvalidHost => (10, "invalid_host", 400),
+            InvalidWait => (11, "invalid_wait", 400),
+            InvalidRequirements => (12, "invalid_requirements", 400),
+            Unauthorized => (13, "unauthorized", 401),
+            Denied => (14, "denied", 403),
+            NotFound => (15, "not_found", 404),
+            HostNotFound => (16, "host_not_found", 404),
+            SelectorNotFound => (17, "selector_not_found", 404),
+            ChannelNotFound => (18, "channel_not_found", 404),
+            VersionNotFound => (19, "version_not_found", 404),
+            MethodNotAllowed => (20, "method_not_allowed", 405),
+            RequestTimeout => (21, "request_timeout", 408),
+            AmbiguousId => (22, "ambiguous_id", 409),
+            VersionExists => (23, "version_exists", 409),
+            NoPreviousVersion => (24, "no_previous_version", 409),
+            ChannelIsVersion => (25, "channel_is_version", 409),
+            PayloadTooLarge => (26, "payload_too_large", 413),
+            TooManyHosts => (27, "too_many_hosts", 400),
+            TooManyTags => (28, "too_many_tags", 400),
+            MetadataTooLarge => (29, "metadata_too_large", 413),
+            DescriptionTooLarge => (30, "description_too_large", 413),
+            KernelVersionTooLarge => (31, "kernel_version_too_large", 413),
+            ConfigTooLarge => (32, "config_too_large", 413),
+            ManifestTooLarge => (33, "manifest_too_large", 413),
+            BodyTooLarge => (34, "body_too_large", 413),
+            UnsupportedMediaType => (35, "unsupported_media_type", 415),
+            RangeNotSatisfiable => (36, "range_not_satisfiable", 416),
+            TooManyRequests => (37, "too_many_requests", 429),
+            TooManyWatchers => (38, "too_many_watchers", 429),
+            ServerBusy => (39, "server_busy", 503),
+            TooManyConnections => (40, "too_many_connections", 503),
+            SigningUnavailable => (41, "signing_unavailable", 503),
+            StorageFull => (42, "storage_full", 507),
+            InternalError => (43, "internal_error", 500),
         }
     }
 
@@ -482,12 +497,15 @@ mod tests {
             | A::InvalidArtifact(_)
             | A::InvalidId(_)
             | A::InvalidHostId(_)
+            | A::InvalidRequirements(_)
             | A::NotFound(_)
             | A::AmbiguousId { .. }
             | A::VersionExists { .. }
             | A::TooLarge { .. }
             | A::ArchiveTooLarge { .. }
             | A::OverLimit { .. } => true,
+            // Too many watchers is load like too many requests: a 429.
+            A::Fleet { .. } => true,
             // Load, not a fault: a 503 with its own message (checked below).
             A::ServerBusy { .. } => false,
             A::SigningUnavailable(_) | A::Internal(_) => false,
@@ -508,6 +526,9 @@ mod tests {
             A::InvalidArtifact("x".into()),
             A::InvalidId("x".into()),
             A::InvalidHostId("x".into()),
+            A::InvalidRequirements("x".into()),
+            A::fleet(crate::artifacts::FleetRefusal::InvalidSelector, "x"),
+            A::fleet(crate::artifacts::FleetRefusal::TooManyWatchers, "x"),
             A::NotFound("x".into()),
             A::AmbiguousId {
                 id: digest(),
