@@ -1792,9 +1792,11 @@ async fn desired_resolution_table() {
         if !matches {
             problems.push(format!("excluded {got_ex:?}, expected {want_ex:?}"));
         }
-        // Excluded single-platform versions name their manifest.
+        // Excluded single-platform versions passed over for a requirement
+        // name their manifest (the no-platform case has its own test).
         for e in d["excluded"].as_array().into_iter().flatten() {
-            if e["name"] != name.as_str() {
+            let reason = e["reason"].as_str().unwrap_or_default();
+            if e["name"] != name.as_str() || reason.ends_with(" platform") {
                 continue;
             }
             let v = e["version"].as_str().unwrap_or_default();
@@ -1827,6 +1829,30 @@ async fn desired_resolution_table() {
         ROWS.len(),
         failures.join("\n")
     );
+}
+
+/// The contract's example: an excluded version without the host's
+/// platform still names the manifest it has (`"id":"sha256:..",
+/// "architecture":"aarch64","reason":"no x86_64 platform"`).
+#[tokio::test]
+async fn an_excluded_version_without_the_hosts_platform_names_its_manifest() {
+    let x = Ctx::start().await;
+    let v1 = x.create("noplat/prog", "1.0.0", "x86_64").await;
+    let v2 = x.create("noplat/prog", "1.3.0", "aarch64").await;
+    x.register_simple("noplat-1", json!({})).await;
+    x.associate(str_of(&v1, "id"), "noplat-1", None).await;
+    let d = x.desired("noplat-1").await;
+    let ex: Vec<&Value> = d["excluded"]
+        .as_array()
+        .expect("excluded")
+        .iter()
+        .filter(|e| e["name"] == "noplat/prog")
+        .collect();
+    assert_eq!(ex.len(), 1, "{d}");
+    assert_eq!(ex[0]["version"], "1.3.0");
+    assert_eq!(ex[0]["reason"], "no x86_64 platform");
+    assert_eq!(ex[0]["id"], v2["id"], "{d}");
+    assert_eq!(ex[0]["architecture"], "aarch64", "{d}");
 }
 
 #[tokio::test]
@@ -2204,8 +2230,6 @@ async fn deployments_last_report_wins_and_history_is_bounded_newest_first() {
     let d = x.report_ok("dep-1", &ida, "loaded", "attached").await;
     assert_eq!(d["host_id"], "dep-1");
     assert_eq!(d["artifact_id"], ida.as_str());
-    assert_eq!(d["name"], "dep/prog");
-    assert_eq!(d["version"], "1.2.0");
     assert_eq!(d["state"], "loaded");
     assert_eq!(d["message"], "attached");
     assert_eq!(d["attach_point"], "eth0/xdp");
@@ -2258,7 +2282,10 @@ async fn deployments_last_report_wins_and_history_is_bounded_newest_first() {
             .send()
             .await
             .expect("send");
-    assert_eq!(json_of(r, StatusCode::OK).await["name"], "dep/prog");
+    assert_eq!(
+        json_of(r, StatusCode::OK).await["artifact_id"],
+        ida.as_str()
+    );
     let r =
         x.c.put(x.url(&format!("/hosts/dep-1/deployments/{ida}")))
             .query(&[("repository", "dep/other")])
@@ -2267,6 +2294,26 @@ async fn deployments_last_report_wins_and_history_is_bounded_newest_first() {
             .await
             .expect("send");
     assert_rest_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+/// The contract's deployment JSON names the artifact's repository and
+/// version: `{"host_id","artifact_id","name","version","state",...}`.
+#[tokio::test]
+async fn the_deployment_json_names_the_artifact_and_its_version() {
+    let x = Ctx::start().await;
+    let a = x.create("depname/prog", "1.2.0", "x86_64").await;
+    let id = str_of(&a, "id").to_string();
+    x.register_simple("depname-1", json!({})).await;
+    let d = x.report_ok("depname-1", &id, "loaded", "").await;
+    let listed = x.get_ok("/hosts/depname-1/deployments").await;
+    for (what, v) in [
+        ("PUT answer", &d),
+        ("current", &listed["deployments"][0]),
+        ("history", &listed["history"][0]),
+    ] {
+        assert_eq!(v["name"], "depname/prog", "{what}: {v}");
+        assert_eq!(v["version"], "1.2.0", "{what}: {v}");
+    }
 }
 
 #[tokio::test]

@@ -735,7 +735,11 @@ async fn a_waiter_on_one_replica_is_woken_by_a_write_on_another() {
         .unwrap();
     assert_eq!(sel.status(), StatusCode::CREATED);
     // The selector, written on replica 1, is what replica 2 answers now.
-    let now = c.get(r[2].url("/hosts/edge-w/desired")).send().await.unwrap();
+    let now = c
+        .get(r[2].url("/hosts/edge-w/desired"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(now.status(), StatusCode::OK);
     let etag = now.headers()["etag"].to_str().unwrap().to_string();
     let v: Value = now.json().await.unwrap();
@@ -756,7 +760,10 @@ async fn a_waiter_on_one_replica_is_woken_by_a_write_on_another() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(!waiter.is_finished(), "the waiter holds while nothing changes");
+    assert!(
+        !waiter.is_finished(),
+        "the waiter holds while nothing changes"
+    );
     let wrote = std::time::Instant::now();
     let v2 = c
         .post(r[1].url("/artifacts"))
