@@ -35,6 +35,24 @@ and every earlier round:
     against bytes: no manifest naming a missing blob or index child, no tag
     pointing to a missing manifest, no blob link to missing bytes).
 
+Fleet operations (issue 13) are in the same random mix: PUT /hosts/{id}
+(each worker owns a few hosts, so its writes to one are sequential), POST
+/artifacts of a versioned name per worker, POST selectors on those
+artifacts, PUT deployments of them on the worker's hosts and PUT of the
+`stable` channel of the worker's name. After each restart, for everything
+acknowledged:
+
+  * GET /hosts/{id} holds the last acknowledged facts (or those of a PUT in
+    flight at the kill), and GET /hosts lists every acknowledged host;
+  * every acknowledged selector is listed by GET /artifacts/{id}/selectors
+    with its selector text, and a host carrying the label it selects has
+    the selector's name in its desired answer (chosen or excluded);
+  * each (host, artifact) deployment's current state is the last
+    acknowledged report or the one in flight at the kill;
+  * GET /channels/{name}/stable points at the last acknowledged version (or
+    the one in flight), and the OCI tag `stable` names the same manifest;
+  * no fleet request got a 5xx.
+
 With --events the server also delivers CloudEvents to a receiver thread
 of the harness (which checks each delivery's HMAC and answers 500 to about
 one in ten, so retries happen), and after each restart, once the outbox is
@@ -140,6 +158,18 @@ class State:
         self.sign_faults: list[str] = []  # 5xx in a signing race
         self.sign_races = 0
         self.acknowledged = 0
+        # Fleet (issue 13). Hosts, names and channels are per worker, so the
+        # writes to one are sequential: at most one is in flight at a kill.
+        self.hosts: dict[str, dict] = {}  # host -> last acknowledged facts
+        self.hosts_maybe: dict[str, list] = {}  # host -> facts of PUTs in flight at a kill
+        self.fleet_versions: dict[str, list] = {}  # name -> [(version, id)] acknowledged
+        self.selectors: dict[tuple[str, str], dict] = {}  # (artifact id, selector_id) -> {selector, name}
+        self.deployments: dict[tuple[str, str], dict] = {}  # (host, id) -> last acknowledged report
+        self.deployments_maybe: dict[tuple[str, str], list] = {}  # reports in flight at a kill
+        self.channels: dict[str, str] = {}  # name -> version of the last acknowledged move
+        self.channels_maybe: dict[str, list] = {}  # name -> versions of moves in flight at a kill
+        self.fleet_faults: list[str] = []  # 5xx answers to fleet requests
+        self.fleet_acked = {"host": 0, "artifact": 0, "selector": 0, "deployment": 0, "channel": 0}
 
     def ack(self, n: int = 1) -> None:
         with self.lock:
@@ -443,10 +473,127 @@ class Worker(threading.Thread):
         if any(status == 201 for status, _ in results):
             self.st.ack()
 
+    # -- fleet (issue 13) ---------------------------------------------------
+    def fleet_fault(self, what: str, r) -> None:
+        if r.status_code >= 500:
+            with self.st.lock:
+                self.st.fleet_faults.append(f"{what}: {r.status_code} {r.text[:200]}")
+
+    def fleet_name(self) -> str:
+        return f"crash-fleet-{self.wid}"
+
+    def op_put_host(self) -> None:
+        host = f"fleet-w{self.wid}-{self.rng.randrange(4)}"
+        facts = {
+            "architecture": self.rng.choice(["x86_64", "aarch64"]),
+            "kernel_release": self.rng.choice(["5.4.0-150-generic", "5.15.0-91-generic", "6.8.0-45-generic"]),
+            "btf": self.rng.random() < 0.8,
+            "labels": {"crash": f"w{self.wid}", "env": self.rng.choice(["prod", "staging"]),
+                       "round": str(self.rnd), "n": str(self.n)},
+            "agent_version": f"{self.rnd}.{self.n}",
+        }
+        with self.st.lock:
+            self.st.hosts_maybe.setdefault(host, []).append(facts)
+        r = self.s.put(f"{self.url}/hosts/{host}", json=facts, timeout=TIMEOUT)
+        self.fleet_fault(f"PUT /hosts/{host}", r)
+        with self.st.lock:
+            if r.status_code in (200, 201):
+                self.st.hosts[host] = facts
+                self.st.hosts_maybe.pop(host, None)
+                self.st.fleet_acked["host"] += 1
+            elif r.status_code < 500:
+                self.st.hosts_maybe[host].remove(facts)  # refused: not applied
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"put host {r.status_code} {r.text[:200]}")
+        self.st.ack()
+
+    def op_fleet_artifact(self) -> None:
+        name = self.fleet_name()
+        version = f"{self.rnd}.{self.n}.0"
+        data = self.rng.randbytes(200)
+        r = self.s.post(f"{self.url}/artifacts", timeout=TIMEOUT, json={
+            "name": name, "version": version, "type": "map", "architecture": "x86_64",
+            "data": base64.b64encode(data).decode()})
+        self.fleet_fault(f"POST /artifacts {name} {version}", r)
+        if r.status_code != 201:
+            raise RuntimeError(f"post fleet artifact {r.status_code} {r.text[:200]}")
+        with self.st.lock:
+            self.st.fleet_versions.setdefault(name, []).append((version, r.json()["id"]))
+            self.st.fleet_acked["artifact"] += 1
+        self.st.ack()
+
+    def op_post_selector(self) -> None:
+        name = self.fleet_name()
+        with self.st.lock:
+            ids = [i for _, i in self.st.fleet_versions.get(name, [])]
+        if not ids:
+            return
+        aid = self.rng.choice(ids)
+        sel = self.rng.choice([f"crash=w{self.wid}", "env=prod", "env in (prod,staging),!canary",
+                               f"crash=w{self.wid},round!={self.rnd}", ""])
+        r = self.s.post(f"{self.url}/artifacts/{aid}/selectors", json={"selector": sel}, timeout=TIMEOUT)
+        self.fleet_fault(f"POST selector on {aid}", r)
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"post selector {r.status_code} {r.text[:200]}")
+        sid = r.json()["selector_id"]
+        with self.st.lock:
+            self.st.selectors[(aid, sid)] = {"selector": sel, "name": name}
+            self.st.fleet_acked["selector"] += 1
+        self.st.ack()
+
+    def op_put_deployment(self) -> None:
+        with self.st.lock:
+            hosts = [h for h in self.st.hosts if h.startswith(f"fleet-w{self.wid}-")]
+            ids = [i for _, i in self.st.fleet_versions.get(self.fleet_name(), [])]
+        if not hosts or not ids:
+            return
+        host, aid = self.rng.choice(hosts), self.rng.choice(ids)
+        report = {"state": self.rng.choice(["loaded", "failed", "unloaded"]),
+                  "message": f"w{self.wid} r{self.rnd} n{self.n}", "attach_point": "eth0/xdp"}
+        key = (host, aid)
+        with self.st.lock:
+            self.st.deployments_maybe.setdefault(key, []).append(report)
+        r = self.s.put(f"{self.url}/hosts/{host}/deployments/{aid}", json=report, timeout=TIMEOUT)
+        self.fleet_fault(f"PUT deployment {host} {aid}", r)
+        with self.st.lock:
+            if r.status_code == 200:
+                self.st.deployments[key] = report
+                self.st.deployments_maybe.pop(key, None)
+                self.st.fleet_acked["deployment"] += 1
+            elif r.status_code < 500:
+                self.st.deployments_maybe[key].remove(report)
+        if r.status_code != 200:
+            raise RuntimeError(f"put deployment {r.status_code} {r.text[:200]}")
+        self.st.ack()
+
+    def op_put_channel(self) -> None:
+        name = self.fleet_name()
+        with self.st.lock:
+            versions = [v for v, _ in self.st.fleet_versions.get(name, [])]
+        if not versions:
+            return
+        version = self.rng.choice(versions)
+        with self.st.lock:
+            self.st.channels_maybe.setdefault(name, []).append(version)
+        r = self.s.put(f"{self.url}/channels/{name}/stable", json={"version": version}, timeout=TIMEOUT)
+        self.fleet_fault(f"PUT /channels/{name}/stable", r)
+        with self.st.lock:
+            if r.status_code == 200:
+                self.st.channels[name] = version
+                self.st.channels_maybe.pop(name, None)
+                self.st.fleet_acked["channel"] += 1
+            elif r.status_code < 500:
+                self.st.channels_maybe[name].remove(version)
+        if r.status_code != 200:
+            raise RuntimeError(f"put channel {r.status_code} {r.text[:200]}")
+        self.st.ack()
+
     def run(self) -> None:
         ops = [(self.op_push_image, 40), (self.op_post_artifact, 20), (self.op_associate, 20),
                (self.op_delete_manifest, 6), (self.op_delete_artifact, 4), (self.op_open_session, 10),
-               (self.op_race_upload, 6), (self.op_race_sign, 6)]
+               (self.op_race_upload, 6), (self.op_race_sign, 6),
+               (self.op_put_host, 8), (self.op_fleet_artifact, 5), (self.op_post_selector, 4),
+               (self.op_put_deployment, 10), (self.op_put_channel, 5)]
         fns, weights = zip(*ops)
         while not self.stop.is_set():
             self.n += 1
@@ -736,6 +883,149 @@ class Harness:
                                f"{len(sigs)} signatures under its .sig tag (expected exactly 1)")
             self.verified += 1
 
+    def check_fleet(self, s: requests.Session) -> None:
+        """Every acknowledged fleet write is readable (issue 13); the writes
+        in flight at the kill either took or did not, and are settled to
+        what the server says now."""
+        with self.st.lock:
+            faults, self.st.fleet_faults = self.st.fleet_faults, []
+        for f in faults:
+            self.violation(f"fleet 5xx: {f}")
+
+        def same_facts(got: dict, want: dict) -> bool:
+            return all(got.get(k) == want[k] for k in ("architecture", "kernel_release", "btf", "labels",
+                                                        "agent_version"))
+        # Hosts: the last acknowledged facts, or a PUT in flight at the kill.
+        for host in sorted(set(self.st.hosts) | set(self.st.hosts_maybe)):
+            want = self.st.hosts.get(host)
+            maybe = self.st.hosts_maybe.get(host, [])
+            r = s.get(f"{self.url}/hosts/{host}", timeout=TIMEOUT)
+            if r.status_code == 404 and want is None:
+                self.st.hosts_maybe.pop(host, None)
+                continue
+            if r.status_code != 200:
+                self.violation(f"host {host}: {r.status_code} {r.text[:200]}")
+                continue
+            got = r.json()
+            match = next((f for f in ([want] if want else []) + maybe if same_facts(got, f)), None)
+            if match is None:
+                self.violation(f"host {host}: facts {got} are neither the acknowledged {want} nor in flight")
+                continue
+            self.st.hosts[host] = match
+            self.st.hosts_maybe.pop(host, None)
+            self.verified += 1
+        listed, cursor = set(), None
+        for _ in range(1000):
+            params = {"limit": "1000", "label": "crash"}
+            if cursor:
+                params["cursor"] = cursor
+            r = s.get(f"{self.url}/hosts", params=params, timeout=TIMEOUT)
+            if r.status_code != 200:
+                self.violation(f"GET /hosts: {r.status_code} {r.text[:200]}")
+                break
+            page = r.json()
+            listed |= {h["host_id"] for h in page["hosts"]}
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        for host in set(self.st.hosts) - listed:
+            self.violation(f"GET /hosts?label=crash does not list acknowledged host {host}")
+        self.verified += 1
+
+        # Fleet artifacts: readable.
+        for name, versions in sorted(self.st.fleet_versions.items()):
+            for version, aid in versions:
+                r = s.get(f"{self.url}/artifacts/{aid}", timeout=TIMEOUT)
+                if r.status_code != 200:
+                    self.violation(f"fleet artifact {name} {version} ({aid}): {r.status_code}")
+                self.verified += 1
+
+        # Selectors: listed with their text; a host with the label it
+        # selects has the name in its desired answer.
+        by_artifact: dict[str, dict] = {}
+        for (aid, sid), sel in self.st.selectors.items():
+            by_artifact.setdefault(aid, {})[sid] = sel
+        for aid, sels in sorted(by_artifact.items()):
+            r = s.get(f"{self.url}/artifacts/{aid}/selectors", timeout=TIMEOUT)
+            if r.status_code != 200:
+                self.violation(f"selectors of {aid}: {r.status_code} {r.text[:200]}")
+                continue
+            listed_sels = {x["selector_id"]: x.get("selector") for x in r.json().get("selectors", [])}
+            for sid, sel in sels.items():
+                if sid not in listed_sels:
+                    self.violation(f"acknowledged selector {sid} ({sel['selector']!r}) of {aid} is not listed")
+                elif listed_sels[sid] != sel["selector"]:
+                    self.violation(f"selector {sid} of {aid}: {listed_sels[sid]!r}, acknowledged {sel['selector']!r}")
+                self.verified += 1
+        for (aid, sid), sel in sorted(self.st.selectors.items()):
+            wid = sel["name"].rsplit("-", 1)[1]
+            if sel["selector"] != f"crash=w{wid}":
+                continue
+            for host in sorted(h for h in self.st.hosts if h.startswith(f"fleet-w{wid}-")):
+                r = s.get(f"{self.url}/hosts/{host}/desired", timeout=TIMEOUT)
+                if r.status_code != 200:
+                    self.violation(f"desired of {host}: {r.status_code} {r.text[:200]}")
+                    continue
+                d = r.json()
+                names = {a["name"] for a in d.get("artifacts", [])} | {e["name"] for e in d.get("excluded", [])}
+                if sel["name"] not in names:
+                    self.violation(f"desired of {host} (label crash=w{wid}) lacks {sel['name']}, "
+                                   f"assigned by acknowledged selector {sid}")
+                self.verified += 1
+
+        # Deployments: the last acknowledged report, or one in flight.
+        for host in sorted({h for h, _ in self.st.deployments} | {h for h, _ in self.st.deployments_maybe}):
+            r = s.get(f"{self.url}/hosts/{host}/deployments", timeout=TIMEOUT)
+            if r.status_code != 200:
+                self.violation(f"deployments of {host}: {r.status_code} {r.text[:200]}")
+                continue
+            current = {d["artifact_id"]: d for d in r.json().get("deployments", [])}
+            keys = {k for k in self.st.deployments if k[0] == host} | \
+                   {k for k in self.st.deployments_maybe if k[0] == host}
+            for key in sorted(keys):
+                want = self.st.deployments.get(key)
+                maybe = self.st.deployments_maybe.pop(key, [])
+                got = current.get(key[1])
+                if got is None:
+                    if want is not None:
+                        self.violation(f"deployment {key}: gone, acknowledged {want}")
+                    continue
+                match = next((x for x in ([want] if want else []) + maybe
+                              if got.get("message") == x["message"] and got.get("state") == x["state"]), None)
+                if match is None:
+                    self.violation(f"deployment {key}: {got.get('state')} {got.get('message')!r} is neither the "
+                                   f"acknowledged {want} nor a report in flight")
+                    continue
+                self.st.deployments[key] = match
+                self.verified += 1
+
+        # Channels: the last acknowledged move (or one in flight), and the
+        # OCI tag says the same.
+        for name in sorted(set(self.st.channels) | set(self.st.channels_maybe)):
+            want = self.st.channels.get(name)
+            maybe = self.st.channels_maybe.pop(name, [])
+            r = s.get(f"{self.url}/channels/{name}/stable", timeout=TIMEOUT)
+            if r.status_code == 404 and want is None:
+                continue
+            if r.status_code != 200:
+                self.violation(f"channel {name}/stable: {r.status_code} {r.text[:200]}")
+                continue
+            c = r.json()
+            if c.get("version") != want and c.get("version") not in maybe:
+                self.violation(f"channel {name}/stable at {c.get('version')}, acknowledged {want}")
+                continue
+            self.st.channels[name] = c["version"]
+            tag = s.head(f"{self.url}/v2/{name}/manifests/stable", timeout=TIMEOUT,
+                         headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"})
+            ver = s.head(f"{self.url}/v2/{name}/manifests/{c['version']}", timeout=TIMEOUT,
+                         headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"})
+            digests = {tag.headers.get("Docker-Content-Digest"), ver.headers.get("Docker-Content-Digest"), c.get("id")}
+            if tag.status_code != 200 or ver.status_code != 200 or len(digests) != 1:
+                self.violation(f"channel {name}/stable: tag {tag.status_code} {tag.headers.get('Docker-Content-Digest')}, "
+                               f"version {c['version']} {ver.status_code} {ver.headers.get('Docker-Content-Digest')}, "
+                               f"channel id {c.get('id')}")
+            self.verified += 1
+
     def check_disk(self) -> None:
         """The store itself: every blob file hashes to its name, and
         `bpf-registry scrub` (the rows against the bytes: manifests and the
@@ -775,6 +1065,7 @@ class Harness:
         self.check_sessions(s)
         self.check_races(s)
         self.check_signatures(s)
+        self.check_fleet(s)
 
     # -- events (--events) -------------------------------------------------
     def events_env(self) -> dict:
@@ -932,6 +1223,8 @@ class Harness:
         print(f"upload races: {races['run']} run, PUT won {races['put_won']}, PATCH won {races['patch_won']}",
               flush=True)
         print(f"signing races: {self.st.sign_races} run, {len(self.st.signed_copies)} acknowledged signed copies",
+              flush=True)
+        print("fleet operations acknowledged: " + ", ".join(f"{k} {v}" for k, v in self.st.fleet_acked.items()),
               flush=True)
         if self.events:
             print(f"events: {self.events.deliveries} deliveries of {len(self.events.bodies)} event ids, "
@@ -1116,6 +1409,7 @@ class ReplicaHarness(Harness):
         self.check_sessions(s)
         self.check_races(s)
         self.check_signatures(s)
+        self.check_fleet(s)
         self.finish_scrub(scrub)
         with self.replicas.lock:
             errors, self.replicas.server_errors = self.replicas.server_errors, []
@@ -1242,6 +1536,8 @@ class ReplicaHarness(Harness):
               flush=True)
         if self.st.sign_races and not self.st.signed_copies:
             self.violation("signing races ran but none stored a signed copy: nothing was checked")
+        print("fleet operations acknowledged: " + ", ".join(f"{k} {v}" for k, v in self.st.fleet_acked.items()),
+              flush=True)
         if self.replica_kills_mid_push == 0:
             self.violation("no replica was killed mid-push: the fault was not exercised")
         print(f"crash harness (replicas): rounds {self.args.rounds}, replicas {self.replicas.count()}, "

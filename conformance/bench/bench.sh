@@ -2,7 +2,17 @@
 # bench.sh - the one benchmark command: bpf-registry vs CNCF distribution 2.8.2.
 #
 #   bash conformance/bench/bench.sh [--quick] [--reps N] [other bench.py options]
+#   bash conformance/bench/bench.sh --fleet [--quick] [other fleet_bench.py options]
 #
+# --fleet (first argument) runs the fleet API benchmark instead (only that):
+# installs wrk when missing, cargo build --release, starts the release binary
+# on a fresh data dir with the open-file limit raised to the hard limit,
+# BPF_REGISTRY_MAX_CONNECTIONS / BPF_REGISTRY_MAX_WATCHERS at 12000 (values
+# already in the environment win, and every other BPF_REGISTRY_* of the
+# environment reaches the server), runs fleet_bench.py against it and writes
+# conformance/bench/results/fleet-latest.md (fleet-latest-quick.md with --quick).
+#
+# Without --fleet:
 # 1. installs what it needs when missing (Debian docker-registry, wrk,
 #    apache2-utils for ab, curl;
 #    the Python venv with requests via conformance/install-deps.sh);
@@ -24,6 +34,51 @@ export CARGO_TERM_COLOR=never
 export BPF_BENCH_STARTED="${BPF_BENCH_STARTED:-$(date +%s.%N)}"
 
 say() { echo "bench.sh: $*"; }
+
+# --- --fleet: the fleet API benchmark, on its own -------------------------------
+if [[ "${1:-}" == "--fleet" ]]; then
+  shift
+  if ! command -v wrk >/dev/null 2>&1; then
+    say "installing wrk (apt)"
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update
+    $SUDO apt-get install -y wrk || say "no wrk: fleet_bench.py falls back to its Python client"
+  fi
+  say "cargo build --release"
+  cargo build --release
+  FLEET_WORK=$(mktemp -d /tmp/bpf-fleet-bench.XXXXXX)
+  FLEET_PID=""
+  stop_fleet() {
+    if [[ -n "$FLEET_PID" ]] && kill -0 "$FLEET_PID" 2>/dev/null; then
+      kill "$FLEET_PID"
+      wait "$FLEET_PID" 2>/dev/null || true
+    fi
+    rm -rf "$FLEET_WORK"
+  }
+  trap stop_fleet EXIT
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  out="conformance/bench/results/fleet-latest.md"
+  if [[ " $* " == *" --quick "* ]]; then out="conformance/bench/results/fleet-latest-quick.md"; fi
+  BPF_REGISTRY_HTTP_ADDR="127.0.0.1:$port" BPF_REGISTRY_DATA_DIR="$FLEET_WORK/data" \
+    BPF_REGISTRY_LOG_LEVEL="${BPF_REGISTRY_LOG_LEVEL:-WARN}" \
+    BPF_REGISTRY_MAX_CONNECTIONS="${BPF_REGISTRY_MAX_CONNECTIONS:-12000}" \
+    BPF_REGISTRY_MAX_WATCHERS="${BPF_REGISTRY_MAX_WATCHERS:-12000}" \
+    "${CARGO_TARGET_DIR:-target}/release/bpf-registry" >"$FLEET_WORK/server.log" 2>&1 &
+  FLEET_PID=$!
+  for _ in $(seq 1 600); do
+    if curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$FLEET_PID" 2>/dev/null; then say "ERROR: the server exited: $(tail -5 "$FLEET_WORK/server.log")"; exit 1; fi
+    sleep 0.1
+  done
+  say "bpf-registry on 127.0.0.1:$port (pid $FLEET_PID, open files $(ulimit -n))"
+  status=0
+  python3 conformance/bench/fleet_bench.py --url "http://127.0.0.1:$port" --pid "$FLEET_PID" --out "$out" "$@" || status=$?
+  if [[ $status -ne 0 ]]; then say "server log tail:"; tail -20 "$FLEET_WORK/server.log" || true; fi
+  exit $status
+fi
 
 # --- tools -------------------------------------------------------------------
 missing=()
