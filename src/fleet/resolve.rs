@@ -142,6 +142,10 @@ struct NameContext<'a> {
     via: Vec<String>,
 }
 
+/// A version's platforms for the host's architecture (by id), and the
+/// first (by id) of its other platforms.
+type Platforms<'c> = (Vec<&'c Candidate>, Option<&'c Candidate>);
+
 /// The outcome for one version on this host.
 enum Pick<'a> {
     Chosen(&'a Candidate),
@@ -172,7 +176,8 @@ impl NameContext<'_> {
 
     /// This version's platform for the host: the first (by id) whose
     /// requirements are met, else why the first is not.
-    fn pick<'c>(&self, version: &str, platforms: &[&'c Candidate]) -> Pick<'c> {
+    fn pick<'c>(&self, version: &str, platforms: &Platforms<'c>) -> Pick<'c> {
+        let (platforms, other) = (&platforms.0, platforms.1);
         let mut first_unmet = None;
         for c in platforms {
             match c.requirements.as_ref().and_then(|r| r.unmet(self.host)) {
@@ -184,22 +189,26 @@ impl NameContext<'_> {
         }
         Pick::Rejected(match first_unmet {
             Some((c, reason)) => self.excluded(Some(c), Some(version), reason),
-            None => self.excluded(None, Some(version), format!("no {} platform", self.arch)),
+            // Named by a platform it has (the first by id), so the answer
+            // says which manifest was passed over.
+            None => self.excluded(other, Some(version), format!("no {} platform", self.arch)),
         })
     }
 
     /// Every version of the name, with its platforms for the host's
     /// architecture (possibly none), sorted by id.
-    fn by_version<'c>(&self, found: &'c NameCandidates) -> BTreeMap<&'c str, Vec<&'c Candidate>> {
-        let mut map: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
+    fn by_version<'c>(&self, found: &'c NameCandidates) -> BTreeMap<&'c str, Platforms<'c>> {
+        let mut map: BTreeMap<&str, Platforms<'c>> = BTreeMap::new();
         for c in &found.versions {
             let platforms = map.entry(c.version.as_str()).or_default();
             if normalize_arch(&c.architecture) == self.arch {
-                platforms.push(c);
+                platforms.0.push(c);
+            } else if platforms.1.is_none_or(|o| c.id.hex() < o.id.hex()) {
+                platforms.1 = Some(c);
             }
         }
         for platforms in map.values_mut() {
-            platforms.sort_by(|a, b| a.id.hex().cmp(b.id.hex()));
+            platforms.0.sort_by(|a, b| a.id.hex().cmp(b.id.hex()));
         }
         map
     }

@@ -95,6 +95,10 @@ pub const STATES: [&str; 3] = ["loaded", "failed", "unloaded"];
 pub struct DeploymentJson {
     pub host_id: String,
     pub artifact_id: String,
+    /// The artifact's name (its repository).
+    pub name: String,
+    /// The artifact's version (`null` once the artifact is deleted).
+    pub version: Option<String>,
     pub repository: String,
     pub state: String,
     pub message: Option<String>,
@@ -107,6 +111,8 @@ impl From<&DeploymentRow> for DeploymentJson {
         DeploymentJson {
             host_id: d.host_id.clone(),
             artifact_id: d.digest.clone(),
+            name: d.repo.clone(),
+            version: None,
             repository: d.repo.clone(),
             state: d.state.clone(),
             message: d.message.clone(),
@@ -453,7 +459,45 @@ impl FleetService {
             reported_at: unix_now(),
         };
         self.meta.put_deployment(&row).await.map_err(meta_err)?;
-        Ok(DeploymentJson::from(&row))
+        let mut json = DeploymentJson::from(&row);
+        json.version = self
+            .artifacts
+            .record_of(key)
+            .await?
+            .map(|r| r.config.version.clone());
+        Ok(json)
+    }
+
+    /// Reports as JSON, each with its artifact's version (one lookup per
+    /// distinct artifact).
+    async fn with_versions(
+        &self,
+        rows: &[&DeploymentRow],
+    ) -> Result<Vec<DeploymentJson>, ArtifactError> {
+        let mut versions: std::collections::HashMap<(String, String), Option<String>> =
+            std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for d in rows {
+            let k = (d.repo.clone(), d.digest.clone());
+            if !versions.contains_key(&k) {
+                let v = match (
+                    RepoName::parse(&d.repo),
+                    crate::oci::Digest::parse(&d.digest),
+                ) {
+                    (Ok(repo), Ok(digest)) => self
+                        .artifacts
+                        .record_of(&ArtifactKey { repo, digest })
+                        .await?
+                        .map(|r| r.config.version.clone()),
+                    _ => None,
+                };
+                versions.insert(k.clone(), v);
+            }
+            let mut json = DeploymentJson::from(*d);
+            json.version = versions.get(&k).cloned().flatten();
+            out.push(json);
+        }
+        Ok(out)
     }
 
     /// `GET /hosts/{host_id}/deployments`.
@@ -482,18 +526,12 @@ impl FleetService {
             .deployment_history(host.as_str())
             .await
             .map_err(meta_err)?;
+        let current: Vec<&DeploymentRow> = current.iter().filter(shown).collect();
+        let history: Vec<&DeploymentRow> = history.iter().filter(shown).collect();
         Ok(DeploymentsJson {
             host_id: host.to_string(),
-            deployments: current
-                .iter()
-                .filter(shown)
-                .map(DeploymentJson::from)
-                .collect(),
-            history: history
-                .iter()
-                .filter(shown)
-                .map(DeploymentJson::from)
-                .collect(),
+            deployments: self.with_versions(&current).await?,
+            history: self.with_versions(&history).await?,
         })
     }
 
