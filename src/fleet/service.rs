@@ -194,6 +194,7 @@ pub struct FleetService {
     artifacts: Arc<ArtifactService>,
     view: FleetView,
     watchers: Watchers,
+    reports: super::reports::ReportWriter,
 }
 
 impl FleetService {
@@ -201,6 +202,7 @@ impl FleetService {
         let meta = artifacts.index().metadata().clone();
         FleetService {
             view: FleetView::new(meta.clone()),
+            reports: super::reports::ReportWriter::start(meta.clone()),
             meta,
             artifacts,
             watchers: Watchers::new(max_watchers),
@@ -458,7 +460,16 @@ impl FleetService {
             attach_point,
             reported_at: unix_now(),
         };
-        self.meta.put_deployment(&row).await.map_err(meta_err)?;
+        self.reports.write(row.clone()).await.map_err(|f| {
+            if f.storage_full {
+                // ENOSPC: answered 507 like any full store.
+                meta_err(crate::metadata::MetadataError::Sql(sqlx::Error::Io(
+                    std::io::Error::from_raw_os_error(28),
+                )))
+            } else {
+                ArtifactError::Internal(f.message)
+            }
+        })?;
         let mut json = DeploymentJson::from(&row);
         json.version = self
             .artifacts

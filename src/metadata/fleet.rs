@@ -351,56 +351,27 @@ impl Metadata {
             .collect()
     }
 
-    /// Records a deployment report: the current state of (host, artifact)
-    /// and an entry of the host's history (the oldest beyond
-    /// [`HISTORY_PER_HOST`] dropped), in one transaction.
-    pub async fn put_deployment(&self, d: &DeploymentRow) -> MetadataResult<()> {
-        // Serializes the reports of one host (the history's sequence).
-        let mut tx = self.begin_repo_write(&host_scope(&d.host_id)).await?;
-        sqlx::query(
-            "INSERT INTO deployments
-               (host_id, repo, digest, state, message, attach_point, reported_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (host_id, repo, digest) DO UPDATE SET
-               state = excluded.state, message = excluded.message,
-               attach_point = excluded.attach_point, reported_at = excluded.reported_at",
-        )
-        .bind(d.host_id.clone())
-        .bind(d.repo.clone())
-        .bind(d.digest.clone())
-        .bind(d.state.clone())
-        .bind(d.message.clone())
-        .bind(d.attach_point.clone())
-        .bind(d.reported_at)
-        .execute(&mut *tx)
-        .await?;
-        let next: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_history WHERE host_id = $1",
-        )
-        .bind(d.host_id.clone())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        sqlx::query(
-            "INSERT INTO deployment_history
-               (host_id, seq, repo, digest, state, message, attach_point, reported_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(d.host_id.clone())
-        .bind(next)
-        .bind(d.repo.clone())
-        .bind(d.digest.clone())
-        .bind(d.state.clone())
-        .bind(d.message.clone())
-        .bind(d.attach_point.clone())
-        .bind(d.reported_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM deployment_history WHERE host_id = $1 AND seq <= $2")
-            .bind(d.host_id.clone())
-            .bind(next - HISTORY_PER_HOST)
-            .execute(&mut *tx)
-            .await?;
+    /// Records deployment reports: for each, the current state of (host,
+    /// artifact) and an entry of the host's history (the oldest beyond
+    /// [`HISTORY_PER_HOST`] dropped), all in one transaction (reports of
+    /// concurrent requests share a commit, see `fleet::reports`).
+    pub async fn put_deployments(&self, rows: &[DeploymentRow]) -> MetadataResult<()> {
+        let mut tx = self.begin_write().await?;
+        if self.engine == super::Engine::Postgres {
+            // Serializes the reports of one host across replicas (the
+            // history's sequence), in a fixed order: no deadlock.
+            let hosts: std::collections::BTreeSet<&str> =
+                rows.iter().map(|d| d.host_id.as_str()).collect();
+            for h in hosts {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(host_scope(h))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for d in rows {
+            put_deployment_in(&mut tx, d).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -634,4 +605,55 @@ impl Metadata {
             None => None,
         })
     }
+}
+
+/// One report's rows, in the caller's transaction.
+async fn put_deployment_in(
+    tx: &mut Transaction<'static, sqlx::Any>,
+    d: &DeploymentRow,
+) -> MetadataResult<()> {
+    sqlx::query(
+        "INSERT INTO deployments
+           (host_id, repo, digest, state, message, attach_point, reported_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (host_id, repo, digest) DO UPDATE SET
+           state = excluded.state, message = excluded.message,
+           attach_point = excluded.attach_point, reported_at = excluded.reported_at",
+    )
+    .bind(d.host_id.clone())
+    .bind(d.repo.clone())
+    .bind(d.digest.clone())
+    .bind(d.state.clone())
+    .bind(d.message.clone())
+    .bind(d.attach_point.clone())
+    .bind(d.reported_at)
+    .execute(&mut **tx)
+    .await?;
+    let next: i64 =
+        sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_history WHERE host_id = $1")
+            .bind(d.host_id.clone())
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+    sqlx::query(
+        "INSERT INTO deployment_history
+           (host_id, seq, repo, digest, state, message, attach_point, reported_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(d.host_id.clone())
+    .bind(next)
+    .bind(d.repo.clone())
+    .bind(d.digest.clone())
+    .bind(d.state.clone())
+    .bind(d.message.clone())
+    .bind(d.attach_point.clone())
+    .bind(d.reported_at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM deployment_history WHERE host_id = $1 AND seq <= $2")
+        .bind(d.host_id.clone())
+        .bind(next - HISTORY_PER_HOST)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -74,16 +74,23 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             return template.on(named(route, r));
         }
     };
+    // Each handler's future on the heap: a request (a held long-poll
+    // especially) keeps only the future of its own handler, not space for
+    // the largest of them.
     let r = match (ep, copy) {
-        (RestEndpoint::List { query }, _) => handlers::list(&state, access, &query).await,
+        (RestEndpoint::List { query }, _) => Box::pin(handlers::list(&state, access, &query)).await,
         (RestEndpoint::ForHost { host, wait }, _) => {
-            fleet_handlers::for_host(&state, access, &host, wait, req).await
+            Box::pin(fleet_handlers::for_host(&state, access, &host, wait, req)).await
         }
-        (RestEndpoint::Fleet(ep), key) => fleet_handlers::fleet(&state, access, ep, key, req).await,
-        (RestEndpoint::Create, _) => handlers::create(&state, access, req).await,
-        (RestEndpoint::PublicKey { version }, _) => handlers::public_key(&state, version).await,
+        (RestEndpoint::Fleet(ep), key) => {
+            Box::pin(fleet_handlers::fleet(&state, access, ep, key, req)).await
+        }
+        (RestEndpoint::Create, _) => Box::pin(handlers::create(&state, access, req)).await,
+        (RestEndpoint::PublicKey { version }, _) => {
+            Box::pin(handlers::public_key(&state, version)).await
+        }
         (RestEndpoint::Artifact { op, .. }, Some(key)) => {
-            handlers::artifact(&state, &key, op, req).await
+            Box::pin(handlers::artifact(&state, &key, op, req)).await
         }
         (RestEndpoint::Artifact { .. }, None) => {
             ArtifactError::Internal("an id endpoint without its resolved copy".into())
