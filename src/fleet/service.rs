@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::hosts::{facts_of, HostBody, HostJson, HostList};
-use super::resolve::{resolve, DesiredArtifact, Excluded};
+use super::resolve::{DesiredArtifact, Excluded};
 use super::selector::Selector;
 use super::view::{FleetView, Freshness, LiveSelector, Snapshot};
 use super::watch::{watch, Answer, Outcome, Watchers};
@@ -301,10 +301,9 @@ impl FleetService {
     }
 
     fn desired_of(&self, host: &str, snap: &Snapshot) -> DesiredJson {
-        let assignments: Vec<_> = snap.assignments.iter().map(|(a, _, _)| a.clone()).collect();
         let facts = snap.host.row.as_ref().map(facts_of);
         let desired = match facts {
-            Some(f) => resolve(&f, &assignments, &|name| snap.candidates.get(name).cloned()),
+            Some(f) => self.view.resolve(&f, snap),
             None => Default::default(),
         };
         DesiredJson {

@@ -14,7 +14,9 @@ use tokio::sync::OnceCell;
 
 use super::hosts::labels_of;
 use super::requirements::Requirements;
-use super::resolve::{normalize_arch, Assignment, Candidate, NameCandidates};
+use super::resolve::{
+    normalize_arch, resolve, Assignment, Candidate, Desired, HostFacts, NameCandidates,
+};
 use super::selector::Selector;
 use crate::metadata::changes::{host_scope, repo_scope, SELECTORS};
 use crate::metadata::{DirectRow, HostRow, Metadata, MetadataResult, SelectorRow};
@@ -57,13 +59,29 @@ pub struct Snapshot {
     pub host: Arc<HostEntry>,
     /// Each assignment with the artifact that made it (repository, digest).
     pub assignments: Vec<(Assignment, RepoName, Digest)>,
-    pub candidates: HashMap<String, Arc<NameCandidates>>,
+    /// Each assigned name's versions, with the counter they were read at.
+    pub candidates: HashMap<String, (i64, Arc<NameCandidates>)>,
     /// The scopes this answer depends on, at the counters it was read at.
     pub watched: Vec<(String, i64)>,
 }
 
+/// What one name resolves to for one kind of host: the repository's
+/// counter, the host's facts and the channel it follows.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct NameKey {
+    name: String,
+    seq: i64,
+    architecture: String,
+    kernel_release: String,
+    btf: Option<bool>,
+    channel: Option<String>,
+}
+
 pub struct FleetView {
     meta: Metadata,
+    /// Resolutions by [`NameKey`]: hosts alike share them, so a write that
+    /// wakes every waiter resolves each name once per kind of host.
+    resolved: Mutex<HashMap<NameKey, Arc<Desired>>>,
     hosts: Mutex<HashMap<String, (i64, Arc<HostEntry>)>>,
     selectors: Mutex<Option<(i64, Arc<Vec<LiveSelector>>)>>,
     repos: Mutex<HashMap<String, (i64, RepoCell)>>,
@@ -77,6 +95,7 @@ impl FleetView {
     pub fn new(meta: Metadata) -> Self {
         FleetView {
             meta,
+            resolved: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
             selectors: Mutex::new(None),
             repos: Mutex::new(HashMap::new()),
@@ -304,7 +323,7 @@ impl FleetView {
         let mut candidates = HashMap::with_capacity(names.len());
         for (name, scope) in names.iter().zip(&scopes) {
             let seq = c2.get(scope).copied().unwrap_or(0);
-            candidates.insert(name.clone(), self.candidates(name, seq).await?);
+            candidates.insert(name.clone(), (seq, self.candidates(name, seq).await?));
         }
         let mut watched: Vec<(String, i64)> = c.into_iter().collect();
         watched.extend(c2);
@@ -314,6 +333,66 @@ impl FleetView {
             candidates,
             watched,
         })
+    }
+}
+
+impl FleetView {
+    /// The desired set of a host with `facts` from a snapshot: each name
+    /// resolved once per (repository counter, facts, channel) and kept,
+    /// its `via` filled in for this host.
+    pub fn resolve(&self, facts: &HostFacts, snap: &Snapshot) -> Desired {
+        let mut by_name: BTreeMap<&str, Vec<Assignment>> = BTreeMap::new();
+        for (a, _, _) in &snap.assignments {
+            by_name.entry(a.name.as_str()).or_default().push(a.clone());
+        }
+        let mut out = Desired::default();
+        for (name, assigned) in by_name {
+            let Some((seq, candidates)) = snap.candidates.get(name) else {
+                continue;
+            };
+            let mut channels: Vec<&String> =
+                assigned.iter().filter_map(|a| a.channel.as_ref()).collect();
+            channels.sort();
+            let key = NameKey {
+                name: name.to_string(),
+                seq: *seq,
+                architecture: facts.architecture.clone(),
+                kernel_release: facts.kernel_release.clone(),
+                btf: facts.btf,
+                channel: channels.first().map(|c| (*c).clone()),
+            };
+            let cached = locked(&self.resolved).get(&key).cloned();
+            let one = match cached {
+                Some(d) => d,
+                None => {
+                    // Resolved with one assignment: `via` is this host's.
+                    let probe = [Assignment {
+                        name: name.to_string(),
+                        via: String::new(),
+                        channel: key.channel.clone(),
+                    }];
+                    let d = Arc::new(resolve(facts, &probe, &|n| {
+                        (n == name).then(|| candidates.clone())
+                    }));
+                    let mut memo = locked(&self.resolved);
+                    if memo.len() >= MAX_ENTRIES {
+                        memo.clear();
+                    }
+                    memo.insert(key, d.clone());
+                    d
+                }
+            };
+            let mut via: Vec<String> = assigned.iter().map(|a| a.via.clone()).collect();
+            via.sort();
+            via.dedup();
+            for a in &one.artifacts {
+                let mut a = a.clone();
+                a.via = via.clone();
+                out.artifacts.push(a);
+            }
+            out.excluded.extend(one.excluded.iter().cloned());
+        }
+        out
     }
 }
 
