@@ -369,9 +369,7 @@ impl Metadata {
                     .await?;
             }
         }
-        for d in rows {
-            put_deployment_in(&mut tx, d).await?;
-        }
+        put_deployments_in(&mut tx, rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -607,53 +605,139 @@ impl Metadata {
     }
 }
 
-/// One report's rows, in the caller's transaction.
-async fn put_deployment_in(
+/// Reports per multi-row statement (8 binds each: under every engine's
+/// bind limit).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// A batch of reports' rows, in the caller's transaction: one query for
+/// the hosts' history positions, then multi-row statements (a batch costs
+/// a few statements, not four per report); each host's history is trimmed
+/// when its sequence passes a multiple of 16, so it holds at most
+/// [`HISTORY_PER_HOST`] + 16 rows (reads return the newest 100).
+async fn put_deployments_in(
     tx: &mut Transaction<'static, sqlx::Any>,
-    d: &DeploymentRow,
+    rows: &[DeploymentRow],
 ) -> MetadataResult<()> {
-    sqlx::query(
-        "INSERT INTO deployments
-           (host_id, repo, digest, state, message, attach_point, reported_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (host_id, repo, digest) DO UPDATE SET
-           state = excluded.state, message = excluded.message,
-           attach_point = excluded.attach_point, reported_at = excluded.reported_at",
-    )
-    .bind(d.host_id.clone())
-    .bind(d.repo.clone())
-    .bind(d.digest.clone())
-    .bind(d.state.clone())
-    .bind(d.message.clone())
-    .bind(d.attach_point.clone())
-    .bind(d.reported_at)
-    .execute(&mut **tx)
-    .await?;
-    let next: i64 =
-        sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_history WHERE host_id = $1")
-            .bind(d.host_id.clone())
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get(0)?;
-    sqlx::query(
-        "INSERT INTO deployment_history
-           (host_id, seq, repo, digest, state, message, attach_point, reported_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(d.host_id.clone())
-    .bind(next)
-    .bind(d.repo.clone())
-    .bind(d.digest.clone())
-    .bind(d.state.clone())
-    .bind(d.message.clone())
-    .bind(d.attach_point.clone())
-    .bind(d.reported_at)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("DELETE FROM deployment_history WHERE host_id = $1 AND seq <= $2")
-        .bind(d.host_id.clone())
-        .bind(next - HISTORY_PER_HOST)
-        .execute(&mut **tx)
-        .await?;
+    // The last report per (host, artifact) in the batch is its state.
+    let mut current: std::collections::BTreeMap<(&str, &str, &str), &DeploymentRow> =
+        std::collections::BTreeMap::new();
+    for d in rows {
+        current.insert((&d.host_id, &d.repo, &d.digest), d);
+    }
+    let current: Vec<&DeploymentRow> = current.into_values().collect();
+    for chunk in current.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 7;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO deployments
+               (host_id, repo, digest, state, message, attach_point, reported_at)
+             VALUES {}
+             ON CONFLICT (host_id, repo, digest) DO UPDATE SET
+               state = excluded.state, message = excluded.message,
+               attach_point = excluded.attach_point, reported_at = excluded.reported_at",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in chunk {
+            q = q
+                .bind(d.host_id.clone())
+                .bind(d.repo.clone())
+                .bind(d.digest.clone())
+                .bind(d.state.clone())
+                .bind(d.message.clone())
+                .bind(d.attach_point.clone())
+                .bind(d.reported_at);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    // Each host's next history positions.
+    let hosts: Vec<&str> = {
+        let set: std::collections::BTreeSet<&str> =
+            rows.iter().map(|d| d.host_id.as_str()).collect();
+        set.into_iter().collect()
+    };
+    let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for chunk in hosts.chunks(200) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT host_id, MAX(seq) FROM deployment_history WHERE host_id IN ({})
+             GROUP BY host_id",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for h in chunk {
+            q = q.bind(h.to_string());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            next.insert(r.try_get(0)?, r.try_get::<i64, _>(1)?);
+        }
+    }
+    let mut trim: Vec<(String, i64)> = Vec::new();
+    let mut entries = Vec::with_capacity(rows.len());
+    for d in rows {
+        let seq = next.entry(d.host_id.clone()).or_insert(0);
+        *seq += 1;
+        if *seq % 16 == 0 {
+            trim.push((d.host_id.clone(), *seq - HISTORY_PER_HOST));
+        }
+        entries.push((*seq, d));
+    }
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO deployment_history
+               (host_id, seq, repo, digest, state, message, attach_point, reported_at)
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (seq, d) in chunk {
+            q = q
+                .bind(d.host_id.clone())
+                .bind(*seq)
+                .bind(d.repo.clone())
+                .bind(d.digest.clone())
+                .bind(d.state.clone())
+                .bind(d.message.clone())
+                .bind(d.attach_point.clone())
+                .bind(d.reported_at);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for (host, below) in trim {
+        sqlx::query("DELETE FROM deployment_history WHERE host_id = $1 AND seq <= $2")
+            .bind(host)
+            .bind(below)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
