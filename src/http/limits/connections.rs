@@ -462,12 +462,25 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         let accepted = Instant::now();
         let io = WriteStall::new(tcp, self.policy.write_stall_timeout);
-        let Some(acceptor) = tls else {
-            return self.drive(io, accepted).await;
-        };
+        // Each variant's future on the heap, sized for itself: a held
+        // plain connection does not carry room for a TLS one.
+        match tls {
+            None => Box::pin(self.drive(io, accepted)).await,
+            Some(acceptor) => Box::pin(self.run_tls(io, acceptor, accepted)).await,
+        }
+    }
+
+    /// The TLS handshake (bounded by its timeout, the header timeout and
+    /// eviction), then HTTP over it.
+    async fn run_tls(
+        mut self,
+        io: WriteStall<TcpStream>,
+        acceptor: TlsAcceptor,
+        accepted: Instant,
+    ) {
         let activity = self.slot.activity.clone();
         let mut idle = activity.state.subscribe();
         let handshake =
@@ -495,7 +508,7 @@ impl Connection {
             }
             _ = self.signal.changed() => return,
         };
-        self.drive(tls, accepted).await
+        Box::pin(self.drive(tls, accepted)).await
     }
 
     /// Serves HTTP on an established connection until it ends, goes idle,
