@@ -15,11 +15,6 @@ fn usage() -> String {
     s
 }
 
-/// mimalloc: thousands of connections held at once (fleet long-polls)
-/// cost a fraction of the resident memory glibc's arenas keep for them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
