@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::hosts::{facts_of, HostBody, HostJson, HostList};
 use super::resolve::{DesiredArtifact, Excluded};
 use super::selector::Selector;
-use super::view::{FleetView, Freshness, LiveSelector, Snapshot};
+use super::view::{FleetView, Freshness, LiveSelector, Resolved, Snapshot};
 use super::watch::{watch, Answer, Outcome, Watchers};
 use crate::artifacts::{ArtifactError, ArtifactKey, ArtifactService, FleetRefusal, HostId};
 use crate::metadata::{unix_now, ChannelMove, DeploymentRow, Metadata, MoveRefused, SelectorRow};
@@ -48,6 +48,46 @@ pub struct DesiredJson {
     /// Per name, the versions newer than the chosen one that were passed
     /// over (at most 10 per name).
     pub excluded: Vec<Excluded>,
+}
+
+/// The wire form of [`DesiredJson`], written from the shared per-name
+/// resolutions (each artifact with this host's `via`) without copying.
+struct DesiredBody<'a> {
+    host_id: &'a str,
+    resolved: &'a Resolved,
+}
+
+impl Serialize for DesiredBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        #[derive(Serialize)]
+        struct Artifact<'a> {
+            name: &'a str,
+            version: &'a str,
+            id: &'a str,
+            architecture: &'a str,
+            channel: Option<&'a str>,
+            via: &'a [String],
+        }
+        let artifacts: Vec<Artifact<'_>> = self
+            .resolved
+            .artifacts()
+            .map(|(a, via)| Artifact {
+                name: &a.name,
+                version: &a.version,
+                id: &a.id,
+                architecture: &a.architecture,
+                channel: a.channel.as_deref(),
+                via,
+            })
+            .collect();
+        let excluded: Vec<&Excluded> = self.resolved.excluded().collect();
+        let mut st = s.serialize_struct("DesiredJson", 3)?;
+        st.serialize_field("host_id", self.host_id)?;
+        st.serialize_field("artifacts", &artifacts)?;
+        st.serialize_field("excluded", &excluded)?;
+        st.end()
+    }
 }
 
 /// A selector of an artifact.
@@ -300,16 +340,10 @@ impl FleetService {
         }
     }
 
-    fn desired_of(&self, host: &str, snap: &Snapshot) -> DesiredJson {
-        let facts = snap.host.row.as_ref().map(facts_of);
-        let desired = match facts {
+    fn desired_of(&self, snap: &Snapshot) -> Resolved {
+        match snap.host.row.as_ref().map(facts_of) {
             Some(f) => self.view.resolve(&f, snap),
-            None => Default::default(),
-        };
-        DesiredJson {
-            host_id: host.to_string(),
-            artifacts: desired.artifacts,
-            excluded: desired.excluded,
+            None => Resolved::default(),
         }
     }
 
@@ -327,8 +361,12 @@ impl FleetService {
         if snap.host.row.is_none() {
             return Err(host_not_found(host.as_str()));
         }
-        let body = serde_json::to_vec(&self.desired_of(host.as_str(), &snap))
-            .map_err(|e| ArtifactError::Internal(e.to_string()))?;
+        let resolved = self.desired_of(&snap);
+        let body = serde_json::to_vec(&DesiredBody {
+            host_id: host.as_str(),
+            resolved: &resolved,
+        })
+        .map_err(|e| ArtifactError::Internal(e.to_string()))?;
         Ok(Answer::new(body, snap.watched))
     }
 
@@ -346,10 +384,10 @@ impl FleetService {
         let extra: Vec<ArtifactKey> = snap
             .assignments
             .iter()
-            .filter(|(a, _, _)| a.via.starts_with("selector:"))
-            .map(|(_, repo, digest)| ArtifactKey {
-                repo: repo.clone(),
-                digest: digest.clone(),
+            .filter(|a| a.assignment.via.starts_with("selector:"))
+            .map(|a| ArtifactKey {
+                repo: a.repo.clone(),
+                digest: a.subject.clone(),
             })
             .collect();
         let list = self.artifacts.for_host_with(host, &extra, visible).await?;
@@ -576,14 +614,13 @@ impl FleetService {
                 if !snap
                     .assignments
                     .iter()
-                    .any(|(a, _, _)| a.name == key.repo.as_str())
+                    .any(|a| a.assignment.name == key.repo.as_str())
                 {
                     continue;
                 }
-                let d = self.desired_of(&row.host_id, &snap);
-                if d.artifacts
-                    .iter()
-                    .any(|a| a.id == id && a.name == key.repo.as_str())
+                let d = self.desired_of(&snap);
+                if d.artifacts()
+                    .any(|(a, _)| a.id == id && a.name == key.repo.as_str())
                 {
                     desired_hosts.insert(row.host_id.clone());
                 }

@@ -15,7 +15,8 @@ use tokio::sync::OnceCell;
 use super::hosts::labels_of;
 use super::requirements::Requirements;
 use super::resolve::{
-    normalize_arch, resolve, Assignment, Candidate, Desired, HostFacts, NameCandidates,
+    normalize_arch, resolve, Assignment, Candidate, Desired, DesiredArtifact, Excluded, HostFacts,
+    NameCandidates,
 };
 use super::selector::Selector;
 use crate::metadata::changes::{host_scope, repo_scope, SELECTORS};
@@ -41,7 +42,33 @@ pub struct HostEntry {
     /// `None`: not registered (the seed's `for-host` still works).
     pub row: Option<HostRow>,
     pub labels: BTreeMap<String, String>,
-    pub direct: Vec<DirectRow>,
+    /// The direct associations, built once per change of the host.
+    pub direct: Vec<Arc<Assigned>>,
+    /// What a name's resolution depends on of this host (see `NameKey`).
+    facts_key: String,
+}
+
+/// One assignment with the artifact that made it.
+#[derive(Debug)]
+pub struct Assigned {
+    pub assignment: Assignment,
+    pub repo: RepoName,
+    pub subject: Digest,
+}
+
+impl Assigned {
+    /// `None` for a row whose repository or digest no longer parses.
+    fn of(repo: &str, subject: &str, via: String, channel: Option<String>) -> Option<Arc<Self>> {
+        Some(Arc::new(Assigned {
+            repo: RepoName::parse(repo).ok()?,
+            subject: Digest::parse(subject).ok()?,
+            assignment: Assignment {
+                name: repo.to_string(),
+                via,
+                channel,
+            },
+        }))
+    }
 }
 
 /// A stored selector that parses.
@@ -49,6 +76,8 @@ pub struct HostEntry {
 pub struct LiveSelector {
     pub row: SelectorRow,
     pub selector: Selector,
+    /// What it assigns to the hosts it matches.
+    pub assigned: Arc<Assigned>,
 }
 
 /// One repository's versions, loaded once per change of the repository.
@@ -57,24 +86,23 @@ type RepoCell = Arc<OnceCell<Arc<NameCandidates>>>;
 /// Everything one host's answers are made of, with the counters read.
 pub struct Snapshot {
     pub host: Arc<HostEntry>,
-    /// Each assignment with the artifact that made it (repository, digest).
-    pub assignments: Vec<(Assignment, RepoName, Digest)>,
+    /// Each assignment with the artifact that made it (shared with the
+    /// caches: a snapshot allocates none).
+    pub assignments: Vec<Arc<Assigned>>,
     /// Each assigned name's versions, with the counter they were read at.
     pub candidates: HashMap<String, (i64, Arc<NameCandidates>)>,
     /// The scopes this answer depends on, at the counters it was read at.
     pub watched: Vec<(String, i64)>,
 }
 
-/// What one name resolves to for one kind of host: the repository's
-/// counter, the host's facts and the channel it follows.
+/// What one name resolves to for one kind of host: the name, the
+/// repository's counter, and (in one string) the host's facts and the
+/// channel it follows.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct NameKey {
     name: String,
     seq: i64,
-    architecture: String,
-    kernel_release: String,
-    btf: Option<bool>,
-    channel: Option<String>,
+    facts: String,
 }
 
 pub struct FleetView {
@@ -102,25 +130,23 @@ impl FleetView {
         }
     }
 
-    /// The counters of `scopes` as `fresh` says.
-    async fn counters(
-        &self,
-        scopes: &[String],
-        fresh: Freshness,
-    ) -> MetadataResult<HashMap<String, i64>> {
+    /// The counters of `scopes` as `fresh` says, in their order.
+    async fn counters(&self, scopes: &[String], fresh: Freshness) -> MetadataResult<Vec<i64>> {
         let feed = self.meta.changes();
-        let mut out = HashMap::with_capacity(scopes.len());
+        let mut out = vec![0; scopes.len()];
         let mut missing = Vec::new();
-        for s in scopes {
+        for (i, s) in scopes.iter().enumerate() {
             match (fresh, feed.known(s)) {
-                (Freshness::Delivered, Some(seq)) => {
-                    out.insert(s.clone(), seq);
-                }
-                _ => missing.push(s.clone()),
+                (Freshness::Delivered, Some(seq)) => out[i] = seq,
+                _ => missing.push(i),
             }
         }
         if !missing.is_empty() {
-            out.extend(self.meta.change_seqs(&missing).await?);
+            let wanted: Vec<String> = missing.iter().map(|i| scopes[*i].clone()).collect();
+            let read = self.meta.change_seqs(&wanted).await?;
+            for i in missing {
+                out[i] = read.get(&scopes[i]).copied().unwrap_or(0);
+            }
         }
         Ok(out)
     }
@@ -132,12 +158,29 @@ impl FleetView {
             }
         }
         let row = self.meta.host(host).await?;
-        let direct = self.meta.host_direct(host).await?;
+        let direct = self
+            .meta
+            .host_direct(host)
+            .await?
+            .into_iter()
+            .filter_map(|d: DirectRow| {
+                let via = match &d.channel {
+                    Some(c) => format!("channel:{c}"),
+                    None => "direct".to_string(),
+                };
+                Assigned::of(&d.repo, &d.subject, via, d.channel)
+            })
+            .collect();
         let labels = row.as_ref().map(labels_of).unwrap_or_default();
+        let facts_key = match &row {
+            Some(r) => format!("{}\n{}\n{:?}", r.architecture, r.kernel_release, r.btf),
+            None => String::new(),
+        };
         let entry = Arc::new(HostEntry {
             row,
             labels,
             direct,
+            facts_key,
         });
         let mut cache = locked(&self.hosts);
         if cache.len() >= MAX_ENTRIES {
@@ -160,10 +203,16 @@ impl FleetView {
         let rows = self.meta.all_selectors().await?;
         let live: Vec<LiveSelector> = rows
             .into_iter()
-            .filter_map(|row| match Selector::parse(&row.selector) {
-                Ok(selector) => Some(LiveSelector { row, selector }),
-                // Pushed by an OCI client with a bad annotation: ignored.
-                Err(_) => None,
+            .filter_map(|row| {
+                // One pushed by an OCI client with a bad annotation: ignored.
+                let selector = Selector::parse(&row.selector).ok()?;
+                let via = format!("selector:{}", row.digest);
+                let assigned = Assigned::of(&row.repo, &row.subject, via, row.channel.clone())?;
+                Some(LiveSelector {
+                    row,
+                    selector,
+                    assigned,
+                })
             })
             .collect();
         let live = Arc::new(live);
@@ -179,8 +228,7 @@ impl FleetView {
         let c = self
             .counters(&[SELECTORS.to_string()], Freshness::Committed)
             .await?;
-        self.all_selectors(c.get(SELECTORS).copied().unwrap_or(0))
-            .await
+        self.all_selectors(c.first().copied().unwrap_or(0)).await
     }
 
     async fn candidates(&self, repo: &str, seq: i64) -> MetadataResult<Arc<NameCandidates>> {
@@ -263,70 +311,40 @@ impl FleetView {
     ) -> MetadataResult<Snapshot> {
         let first = [host_scope(host), SELECTORS.to_string()];
         let c = self.counters(&first, fresh).await?;
-        let host_seq = c.get(&first[0]).copied().unwrap_or(0);
-        let sel_seq = c.get(SELECTORS).copied().unwrap_or(0);
+        let (host_seq, sel_seq) = (c[0], c[1]);
         let entry = self.host_entry(host, host_seq).await?;
-        let mut assignments = Vec::new();
-        for d in &entry.direct {
-            let (Ok(repo), Ok(subject)) = (RepoName::parse(&d.repo), Digest::parse(&d.subject))
-            else {
-                continue;
-            };
-            if !visible(&repo) {
-                continue;
-            }
-            let via = match &d.channel {
-                Some(c) => format!("channel:{c}"),
-                None => "direct".to_string(),
-            };
-            assignments.push((
-                Assignment {
-                    name: d.repo.clone(),
-                    via,
-                    channel: d.channel.clone(),
-                },
-                repo,
-                subject,
-            ));
-        }
+        let mut assignments: Vec<Arc<Assigned>> = entry
+            .direct
+            .iter()
+            .filter(|a| visible(&a.repo))
+            .cloned()
+            .collect();
         // Only a registered host has labels to match.
         if entry.row.is_some() {
             let selectors = self.all_selectors(sel_seq).await?;
             for s in selectors.iter() {
-                if !s.selector.matches(&entry.labels) {
-                    continue;
+                if s.selector.matches(&entry.labels) && visible(&s.assigned.repo) {
+                    assignments.push(s.assigned.clone());
                 }
-                let (Ok(repo), Ok(subject)) =
-                    (RepoName::parse(&s.row.repo), Digest::parse(&s.row.subject))
-                else {
-                    continue;
-                };
-                if !visible(&repo) {
-                    continue;
-                }
-                assignments.push((
-                    Assignment {
-                        name: s.row.repo.clone(),
-                        via: format!("selector:{}", s.row.digest),
-                        channel: s.row.channel.clone(),
-                    },
-                    repo,
-                    subject,
-                ));
             }
         }
-        let mut names: Vec<String> = assignments.iter().map(|(a, _, _)| a.name.clone()).collect();
-        names.sort();
+        let mut names: Vec<&str> = assignments
+            .iter()
+            .map(|a| a.assignment.name.as_str())
+            .collect();
+        names.sort_unstable();
         names.dedup();
         let scopes: Vec<String> = names.iter().map(|n| repo_scope(n)).collect();
         let c2 = self.counters(&scopes, fresh).await?;
         let mut candidates = HashMap::with_capacity(names.len());
-        for (name, scope) in names.iter().zip(&scopes) {
-            let seq = c2.get(scope).copied().unwrap_or(0);
-            candidates.insert(name.clone(), (seq, self.candidates(name, seq).await?));
+        for (name, seq) in names.iter().zip(&c2) {
+            candidates.insert(name.to_string(), (*seq, self.candidates(name, *seq).await?));
         }
-        let mut watched: Vec<(String, i64)> = c.into_iter().collect();
-        watched.extend(c2);
+        let [host_scope_name, selectors_scope] = first;
+        let mut watched = Vec::with_capacity(2 + scopes.len());
+        watched.push((host_scope_name, host_seq));
+        watched.push((selectors_scope, sel_seq));
+        watched.extend(scopes.into_iter().zip(c2));
         Ok(Snapshot {
             host: entry,
             assignments,
@@ -340,26 +358,27 @@ impl FleetView {
     /// The desired set of a host with `facts` from a snapshot: each name
     /// resolved once per (repository counter, facts, channel) and kept,
     /// its `via` filled in for this host.
-    pub fn resolve(&self, facts: &HostFacts, snap: &Snapshot) -> Desired {
-        let mut by_name: BTreeMap<&str, Vec<Assignment>> = BTreeMap::new();
-        for (a, _, _) in &snap.assignments {
-            by_name.entry(a.name.as_str()).or_default().push(a.clone());
+    pub fn resolve(&self, facts: &HostFacts, snap: &Snapshot) -> Resolved {
+        let mut by_name: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+        for a in &snap.assignments {
+            by_name
+                .entry(a.assignment.name.as_str())
+                .or_default()
+                .push(&a.assignment);
         }
-        let mut out = Desired::default();
+        let mut out = Vec::with_capacity(by_name.len());
         for (name, assigned) in by_name {
             let Some((seq, candidates)) = snap.candidates.get(name) else {
                 continue;
             };
-            let mut channels: Vec<&String> =
-                assigned.iter().filter_map(|a| a.channel.as_ref()).collect();
-            channels.sort();
+            let channel = assigned.iter().filter_map(|a| a.channel.as_deref()).min();
             let key = NameKey {
                 name: name.to_string(),
                 seq: *seq,
-                architecture: facts.architecture.clone(),
-                kernel_release: facts.kernel_release.clone(),
-                btf: facts.btf,
-                channel: channels.first().map(|c| (*c).clone()),
+                facts: match channel {
+                    Some(c) => format!("{}\n{c}", snap.host.facts_key),
+                    None => snap.host.facts_key.clone(),
+                },
             };
             let cached = locked(&self.resolved).get(&key).cloned();
             let one = match cached {
@@ -369,7 +388,7 @@ impl FleetView {
                     let probe = [Assignment {
                         name: name.to_string(),
                         via: String::new(),
-                        channel: key.channel.clone(),
+                        channel: channel.map(str::to_string),
                     }];
                     let d = Arc::new(resolve(facts, &probe, &|n| {
                         (n == name).then(|| candidates.clone())
@@ -382,17 +401,32 @@ impl FleetView {
                     d
                 }
             };
-            let mut via: Vec<String> = assigned.iter().map(|a| a.via.clone()).collect();
-            via.sort();
+            let mut via: Vec<&str> = assigned.iter().map(|a| a.via.as_str()).collect();
+            via.sort_unstable();
             via.dedup();
-            for a in &one.artifacts {
-                let mut a = a.clone();
-                a.via = via.clone();
-                out.artifacts.push(a);
-            }
-            out.excluded.extend(one.excluded.iter().cloned());
+            let via = via.into_iter().map(str::to_string).collect();
+            out.push((one, via));
         }
-        out
+        Resolved(out)
+    }
+}
+
+/// A host's desired set as shared per-name resolutions, each with this
+/// host's `via`: serialized without copying them.
+#[derive(Default)]
+pub struct Resolved(Vec<(Arc<Desired>, Vec<String>)>);
+
+impl Resolved {
+    /// The chosen artifacts (each with this host's `via`).
+    pub fn artifacts(&self) -> impl Iterator<Item = (&DesiredArtifact, &[String])> {
+        self.0
+            .iter()
+            .flat_map(|(d, via)| d.artifacts.iter().map(move |a| (a, via.as_slice())))
+    }
+
+    /// The excluded entries.
+    pub fn excluded(&self) -> impl Iterator<Item = &Excluded> {
+        self.0.iter().flat_map(|(d, _)| d.excluded.iter())
     }
 }
 
