@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::hosts::{facts_of, HostBody, HostJson, HostList};
 use super::resolve::{DesiredArtifact, Excluded};
 use super::selector::Selector;
-use super::view::{FleetView, Freshness, LiveSelector, Resolved, Snapshot};
+use super::view::{FleetView, Freshness, Resolved, Snapshot};
 use super::watch::{watch, Answer, Outcome, Watchers};
 use crate::artifacts::{ArtifactError, ArtifactKey, ArtifactService, FleetRefusal, HostId};
 use crate::metadata::{unix_now, ChannelMove, DeploymentRow, Metadata, MoveRefused, SelectorRow};
@@ -247,11 +247,6 @@ impl FleetService {
             artifacts,
             watchers: Watchers::new(max_watchers),
         }
-    }
-
-    /// Long-poll waiters held now.
-    pub fn watchers_held(&self) -> usize {
-        self.watchers.held()
     }
 
     /// `PUT /hosts/{host_id}`: 201 when new.
@@ -690,11 +685,6 @@ impl FleetService {
             hosts: page,
             next_cursor,
         })
-    }
-
-    /// The selectors of the store that parse (for tests and tools).
-    pub async fn selectors(&self) -> Result<Arc<Vec<LiveSelector>>, ArtifactError> {
-        self.view.selectors_now().await.map_err(meta_err)
     }
 
     async fn channel_json(

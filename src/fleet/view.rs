@@ -223,14 +223,6 @@ impl FleetView {
         Ok(live)
     }
 
-    /// Every stored selector (for the rollout of an artifact).
-    pub async fn selectors_now(&self) -> MetadataResult<Arc<Vec<LiveSelector>>> {
-        let c = self
-            .counters(&[SELECTORS.to_string()], Freshness::Committed)
-            .await?;
-        self.all_selectors(c.first().copied().unwrap_or(0)).await
-    }
-
     async fn candidates(&self, repo: &str, seq: i64) -> MetadataResult<Arc<NameCandidates>> {
         let cell = {
             let mut cache = locked(&self.repos);

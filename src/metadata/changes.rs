@@ -102,11 +102,6 @@ impl ChangeFeed {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
     }
-
-    /// How many receivers wait on the feed (for the metrics and tests).
-    pub fn receivers(&self) -> usize {
-        self.tick.receiver_count()
-    }
 }
 
 /// The scopes a transaction changes, bumped at its end.
@@ -116,10 +111,6 @@ pub struct Scopes(BTreeSet<String>);
 impl Scopes {
     pub fn add(&mut self, scope: String) {
         self.0.insert(scope);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

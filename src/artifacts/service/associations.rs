@@ -7,10 +7,9 @@ use bytes::Bytes;
 use super::{ArtifactService, Created};
 use crate::artifacts::build::{self, EMPTY_JSON};
 use crate::artifacts::limits::{Limit, MAX_HOSTS};
-use crate::artifacts::list;
-use crate::artifacts::model::{ArtifactJson, ArtifactKey, ArtifactRecord, HostId};
+use crate::artifacts::model::{ArtifactKey, ArtifactRecord, HostId};
 use crate::artifacts::ArtifactError;
-use crate::oci::{media, Digest, Reference, RepoName};
+use crate::oci::{media, Digest, Reference};
 
 impl ArtifactService {
     /// Associates the artifact with every host of `hosts` it is not yet
@@ -139,19 +138,6 @@ impl ArtifactService {
             .into_iter()
             .map(|h| h.to_string())
             .collect())
-    }
-
-    /// `GET /artifacts/for-host/{host_id}`, keeping only artifacts whose
-    /// repository passes `visible` (what the caller may pull).
-    pub async fn for_host(
-        &self,
-        host: &HostId,
-        visible: &(dyn Fn(&RepoName) -> bool + Sync),
-    ) -> Result<Vec<ArtifactJson>, ArtifactError> {
-        let mut recs = self.index.artifacts_for_host(host).await?;
-        recs.retain(|r| visible(&r.repo));
-        recs.sort_by(|a, b| list::sort_key(a).cmp(&list::sort_key(b)));
-        self.json_many(&recs).await
     }
 
     /// Deletes every association of an artifact (before the artifact), in
