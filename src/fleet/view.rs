@@ -266,27 +266,25 @@ impl FleetView {
         let mut channels = BTreeMap::new();
         if let Ok(name) = RepoName::parse(repo) {
             let tags = self.meta.tag_map(&name).await?;
-            let by_tag: HashMap<String, String> = tags
+            let versions_named: std::collections::HashSet<&str> =
+                versions.iter().map(|c| c.version.as_str()).collect();
+            // What each digest is, by the version tag naming it (else by
+            // the platform manifest it is): one pass over the tags.
+            let mut version_of: HashMap<String, String> = versions
                 .iter()
-                .map(|(t, d)| (t.to_string(), d.to_string()))
+                .map(|c| (c.id.to_string(), c.version.clone()))
                 .collect();
-            let is_version = |t: &str| versions.iter().any(|c| c.version == t);
-            for (tag, digest) in &by_tag {
-                if is_version(tag) {
+            for (t, d) in &tags {
+                if versions_named.contains(t.as_str()) {
+                    version_of.insert(d.to_string(), t.to_string());
+                }
+            }
+            for (tag, digest) in &tags {
+                if versions_named.contains(tag.as_str()) {
                     continue;
                 }
-                let version = by_tag
-                    .iter()
-                    .find(|(t, d)| *d == digest && is_version(t))
-                    .map(|(t, _)| t.clone())
-                    .or_else(|| {
-                        versions
-                            .iter()
-                            .find(|c| c.id.to_string() == *digest)
-                            .map(|c| c.version.clone())
-                    });
-                if let Some(v) = version {
-                    channels.insert(tag.clone(), v);
+                if let Some(v) = version_of.get(&digest.to_string()) {
+                    channels.insert(tag.to_string(), v.clone());
                 }
             }
         }
