@@ -26,7 +26,7 @@ use crate::signing::SigningService;
 
 /// See [`ArtifactService::hold`]; released in field order (the lease
 /// first).
-pub(super) struct RepoHold<'a> {
+pub struct RepoHold<'a> {
     _lease: crate::metadata::Lease,
     _local: tokio::sync::MutexGuard<'a, ()>,
 }
@@ -132,7 +132,7 @@ impl ArtifactService {
     /// artifacts (a version's platforms, the host cap): the in-process
     /// stripe, then the repository's lease across replicas (PostgreSQL),
     /// so two replicas never both pass a check the other's write breaks.
-    pub(super) async fn hold(&self, repo: &RepoName) -> Result<RepoHold<'_>, ArtifactError> {
+    pub async fn hold(&self, repo: &RepoName) -> Result<RepoHold<'_>, ArtifactError> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         repo.hash(&mut h);

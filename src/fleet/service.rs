@@ -703,14 +703,11 @@ impl FleetService {
                 format!("{repo} has no channel {channel}"),
             ));
         };
-        let versions: HashSet<String> = self
+        let versions = self
             .meta
-            .versions_of(repo.as_str())
+            .version_names(repo.as_str())
             .await
-            .map_err(meta_err)?
-            .into_iter()
-            .map(|v| v.version)
-            .collect();
+            .map_err(meta_err)?;
         let version = tags
             .iter()
             .find(|(t, d)| *d == digest && versions.contains(t.as_str()))
@@ -750,14 +747,15 @@ impl FleetService {
         version: &str,
         by: Option<&str>,
     ) -> Result<ChannelJson, ArtifactError> {
-        let versions: HashSet<String> = self
+        // The artifacts' hold: a create checks under it that its version
+        // is no channel, so a version and a channel of one name never
+        // both pass their checks.
+        let _held = self.artifacts.hold(repo).await?;
+        let versions = self
             .meta
-            .versions_of(repo.as_str())
+            .version_names(repo.as_str())
             .await
-            .map_err(meta_err)?
-            .into_iter()
-            .map(|v| v.version)
-            .collect();
+            .map_err(meta_err)?;
         if versions.contains(channel.as_str()) {
             return Err(ArtifactError::fleet(
                 FleetRefusal::ChannelIsVersion,
@@ -805,6 +803,7 @@ impl FleetService {
         channel: &Tag,
         by: Option<&str>,
     ) -> Result<ChannelJson, ArtifactError> {
+        let _held = self.artifacts.hold(repo).await?;
         let moved = self
             .meta
             .move_channel(repo.as_str(), channel.as_str(), None, by)

@@ -351,6 +351,18 @@ impl Metadata {
             .collect()
     }
 
+    /// The versions a repository's artifacts have.
+    pub async fn version_names(
+        &self,
+        repo: &str,
+    ) -> MetadataResult<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT DISTINCT version FROM artifacts WHERE repo = $1")
+            .bind(repo.to_string())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Records deployment reports: for each, the current state of (host,
     /// artifact) and an entry of the host's history (the oldest beyond
     /// [`HISTORY_PER_HOST`] dropped), all in one transaction (reports of
