@@ -2935,3 +2935,49 @@ async fn without_a_policy_every_authenticated_user_may_do_every_host_action() {
     );
     unauthorized(client().get(s.url("/hosts")), "anonymous GET /hosts").await;
 }
+
+/// A rollout lists only the hosts the caller may read (its counts are over
+/// every host and name none): agent-a, which may pull the artifact and
+/// read only its own host, sees itself; the admin sees both.
+#[tokio::test]
+async fn a_rollout_lists_only_the_hosts_the_caller_may_read() {
+    let (s, _dir) = auth_server(Some(FLEET_POLICY)).await;
+    let (a, admin) = (basic("agent-a"), basic("admin"));
+    let r = admin
+        .post(s.url("/artifacts"))
+        .json(&artifact_body("fleet/rolled", "1.0.0", "x86_64"))
+        .send()
+        .await
+        .expect("send");
+    let id = str_of(&json_of(r, StatusCode::CREATED).await, "id").to_string();
+    for h in ["agent-a", "agent-b"] {
+        let r = admin
+            .put(s.url(&format!("/hosts/{h}")))
+            .json(&facts("x86_64", "6.1.0", true, json!({"env": "prod"})))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let r = admin
+        .post(s.url(&format!("/artifacts/{id}/selectors")))
+        .json(&json!({"selector": "env=prod"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let hosts_of = |v: &Value| -> Vec<String> {
+        v["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|h| h["host_id"].as_str().expect("host_id").to_string())
+            .collect()
+    };
+    let url = s.url(&format!("/artifacts/{id}/rollout"));
+    let mine = json_of(a.get(&url).send().await.expect("send"), StatusCode::OK).await;
+    assert_eq!(mine["desired"], 2, "{mine}");
+    assert_eq!(hosts_of(&mine), vec!["agent-a"], "{mine}");
+    let all = json_of(admin.get(&url).send().await.expect("send"), StatusCode::OK).await;
+    assert_eq!(hosts_of(&all), vec!["agent-a", "agent-b"], "{all}");
+}

@@ -582,11 +582,14 @@ impl FleetService {
     /// host (read through the caches at the counters delivered here) and
     /// the reports for the artifact; the hosts listed by id after
     /// `cursor`, at most `limit`.
+    /// `may_read_host` picks the hosts listed (the counts are over every
+    /// host: they name none).
     pub async fn rollout(
         &self,
         key: &ArtifactKey,
         limit: usize,
         cursor: Option<&str>,
+        may_read_host: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<RolloutJson, ArtifactError> {
         let id = key.digest.to_string();
         let all = |_: &RepoName| true;
@@ -654,6 +657,9 @@ impl FleetService {
                     _ => 3,
                 };
                 counts[i] += 1;
+            }
+            if !may_read_host(h) {
+                continue;
             }
             hosts.push(RolloutHost {
                 host_id: (*h).clone(),

@@ -295,7 +295,15 @@ pub async fn selectors(
             }
         }
         ArtifactOp::Rollout { limit, cursor } => {
-            match state.fleet.rollout(key, limit, cursor.as_deref()).await {
+            // Hosts are listed only where the caller may read them.
+            let caller = req.extensions().get::<crate::http::auth::Caller>();
+            let access = Access::new(caller);
+            let may_read = |h: &str| HostId::parse(h).is_ok_and(|h| access.host_visible(&h));
+            match state
+                .fleet
+                .rollout(key, limit, cursor.as_deref(), &may_read)
+                .await
+            {
                 Ok(r) => json_ok(StatusCode::OK, &r),
                 Err(e) => e.into_response(),
             }
