@@ -621,6 +621,17 @@ impl Metadata {
 /// bind limit).
 const ROWS_PER_STATEMENT: usize = 64;
 
+/// `($1, ..., $cols), ($cols+1, ...)`: the placeholders of `rows` rows.
+fn placeholder_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let marks: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A batch of reports' rows, in the caller's transaction: one query for
 /// the hosts' history positions, then multi-row statements (a batch costs
 /// a few statements, not four per report); each host's history is trimmed
@@ -638,29 +649,14 @@ async fn put_deployments_in(
     }
     let current: Vec<&DeploymentRow> = current.into_values().collect();
     for chunk in current.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 7;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                )
-            })
-            .collect();
+        let values = placeholder_rows(chunk.len(), 7);
         let sql = format!(
             "INSERT INTO deployments
                (host_id, repo, digest, state, message, attach_point, reported_at)
-             VALUES {}
+             VALUES {values}
              ON CONFLICT (host_id, repo, digest) DO UPDATE SET
                state = excluded.state, message = excluded.message,
-               attach_point = excluded.attach_point, reported_at = excluded.reported_at",
-            values.join(", ")
+               attach_point = excluded.attach_point, reported_at = excluded.reported_at"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for d in chunk {
@@ -708,27 +704,11 @@ async fn put_deployments_in(
         entries.push((*seq, d));
     }
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 8;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                )
-            })
-            .collect();
+        let values = placeholder_rows(chunk.len(), 8);
         let sql = format!(
             "INSERT INTO deployment_history
                (host_id, seq, repo, digest, state, message, attach_point, reported_at)
-             VALUES {}",
-            values.join(", ")
+             VALUES {values}"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (seq, d) in chunk {
