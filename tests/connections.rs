@@ -926,3 +926,123 @@ async fn a_client_that_stops_reading_its_response_loses_its_permit() {
     eprintln!("a stalled reader lost its permit after {freed:?}");
     drop(s);
 }
+
+// ---- a blob cut short on disk while pulled over TLS ------------------------------
+
+/// curl against the TLS server, trusting the test CA.
+fn tls_curl(tls: &Tls) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("curl");
+    c.args(["-sS", "--max-time", "120", "--cacert"])
+        .arg(tls.dir.path().join("ca.pem"));
+    c
+}
+
+/// Over TLS the server's own code reads every byte it sends (to encrypt
+/// it), so a mapped window past the end of a blob file cut short on disk
+/// would stop the whole process with SIGBUS; the server checks the file's
+/// length before it maps each window. The pull is slowed (`--limit-rate`)
+/// and the cut made far ahead of it (the server is at most the socket
+/// buffers and a few windows ahead): the pull breaks, the server lives.
+#[tokio::test]
+async fn a_blob_cut_short_on_disk_while_pulled_over_tls_breaks_the_pull_not_the_server() {
+    let Some(tls) = Tls::make() else { return };
+    let mut server = Proc::spawn(None, &tls.env());
+    server.wait_ready(Some(&tls)).await;
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let mib = 1024 * 1024;
+    let blob = server._data.path().join("blob.bin");
+    let data: Vec<u8> = (0..48 * mib).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&blob, &data).unwrap();
+    let digest = sha256(&data);
+    let post = tls_curl(&tls)
+        .args(["-f", "-D", "-", "-o", "/dev/null", "-X", "POST"])
+        .arg(format!("{base}/v2/bpf/cut/blobs/uploads/"))
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        post.status.success(),
+        "{}",
+        String::from_utf8_lossy(&post.stderr)
+    );
+    let head = String::from_utf8_lossy(&post.stdout).to_string();
+    let loc = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .expect("a Location");
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let url = if loc.starts_with("http") {
+        loc.clone()
+    } else {
+        format!("{base}{loc}")
+    };
+    let put = tls_curl(&tls)
+        .args(["-f", "-o", "/dev/null", "-X", "PUT", "-T"])
+        .arg(&blob)
+        .arg(format!("{url}{sep}digest={digest}"))
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let stored = server
+        ._data
+        .path()
+        .join("store/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    assert!(stored.is_file(), "no blob file at {}", stored.display());
+    let out = server._data.path().join("pulled.bin");
+    let mut pull = tls_curl(&tls)
+        .args(["--limit-rate", "4M", "-o"])
+        .arg(&out)
+        .arg(format!("{base}/v2/bpf/cut/blobs/{digest}"))
+        .spawn()
+        .expect("curl");
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < until, "the pull never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut = 32 * mib as u64 + 100;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let status = pull.wait().await.expect("curl ran");
+    assert!(!status.success(), "the pull must break, not complete");
+    let got = std::fs::read(&out).unwrap();
+    assert!(
+        (got.len() as u64) < cut,
+        "{} bytes served from a {cut}-byte file",
+        got.len()
+    );
+    assert!(
+        got[..] == data[..got.len()],
+        "the bytes served are the blob's"
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server died: {}",
+        server.log()
+    );
+    let health = tls_curl(&tls)
+        .args(["-f", "-o", "/dev/null"])
+        .arg(format!("{base}/healthz"))
+        .status()
+        .await
+        .expect("curl");
+    assert!(
+        health.success(),
+        "healthz after the broken pull: {}",
+        server.log()
+    );
+}

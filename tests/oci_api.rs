@@ -444,6 +444,115 @@ async fn cross_repo_mount_201_and_fallback_202() {
     assert_eq!(got.bytes().await.unwrap().as_ref(), other.as_slice());
 }
 
+/// Blobs over the verify-on-read size are served from mapped windows of
+/// 1 MiB: whole, and by ranges that start and end off page and window
+/// boundaries, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn a_large_blob_is_served_whole_and_by_ranges_across_mapping_windows() {
+    let s = TestServer::start().await;
+    let c = client();
+    let len = 3 * 1024 * 1024 + 123;
+    let data = pseudo_random(len, 17);
+    let digest = s.push_blob(&c, "bpf/large", &data).await;
+    let url = s.url(&format!("/v2/bpf/large/blobs/{digest}"));
+    let whole = c.get(&url).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(header(&whole, "content-length"), Some(len.to_string()));
+    assert!(whole.bytes().await.unwrap().as_ref() == data.as_slice());
+    let h2 = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "20"])
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        h2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&h2.stderr)
+    );
+    assert!(h2.stdout == data, "the HTTP/2 body differs");
+    let mib = 1024 * 1024;
+    for (start, end) in [
+        (0, 0),
+        (1, 4097),
+        (4095, 4096),
+        (mib - 1, mib),
+        (mib - 7, 2 * mib + 9),
+        (2 * mib + 4093, len - 1),
+        (len - 1, len - 1),
+    ] {
+        let r = c
+            .get(&url)
+            .header("range", format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{start}-{end}");
+        assert_eq!(
+            header(&r, "content-range"),
+            Some(format!("bytes {start}-{end}/{len}"))
+        );
+        let got = r.bytes().await.unwrap();
+        assert!(got.as_ref() == &data[start..=end], "{start}-{end}");
+    }
+}
+
+/// A large blob's file cut short behind the server's back (disk damage)
+/// while it is being pulled over plain HTTP: the pull ends early with an
+/// error, never with bytes from past the end, and the server goes on
+/// serving. (The TLS case, where a mapped page past the end would stop the
+/// process, is in `tests/connections.rs`.) The cut is far ahead of the
+/// client: the server is at most the socket buffers and a few windows ahead.
+#[tokio::test]
+async fn a_large_blob_cut_short_while_pulled_breaks_its_pull_not_the_server() {
+    let s = TestServer::start().await;
+    let c = client();
+    let mib = 1024 * 1024;
+    let data = pseudo_random(48 * mib, 18);
+    let digest = s.push_blob(&c, "bpf/cut", &data).await;
+    let file = s
+        .files_under("blobs")
+        .into_iter()
+        .find(|f| f.ends_with(hex_of(&digest)))
+        .expect("the blob's file");
+    let path = s.data_dir().join("blobs").join(&file);
+    let url = s.url(&format!("/v2/bpf/cut/blobs/{digest}"));
+    let mut r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let first = r.chunk().await.unwrap().expect("a first chunk");
+    let cut = 32 * mib + 100;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    let mut got = first.to_vec();
+    let broke = loop {
+        match r.chunk().await {
+            Ok(Some(b)) => got.extend_from_slice(&b),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        broke,
+        "the body must break, not complete ({} bytes)",
+        got.len()
+    );
+    assert!(
+        got.len() < cut,
+        "{} bytes served from a {cut}-byte file",
+        got.len()
+    );
+    assert!(
+        got[..] == data[..got.len()],
+        "the bytes served are the blob's"
+    );
+    let health = c.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn range_get_is_206() {
     let s = TestServer::start().await;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use std::pin::Pin;
 
-use super::io::{blocking, reader_stream};
+use super::io::{blocking, mapped_stream, reader_stream};
 use super::{Registry, RegistryError, RegistryResult};
 use crate::oci::{Digest, RepoName};
 use crate::storage::paths;
@@ -165,6 +165,20 @@ impl Registry {
                 len: slice.len() as u64,
                 partial,
                 body: Box::pin(futures_util::stream::once(async move { Ok(slice) })),
+            });
+        }
+        let file = blocking({
+            let (b, path) = (b.clone(), path.clone());
+            move || Ok(b.open_file(&path)?)
+        })
+        .await?;
+        if let Some(file) = file {
+            return Ok(BlobRead {
+                total,
+                start,
+                len,
+                partial,
+                body: Box::pin(mapped_stream(file, start, len)),
             });
         }
         let reader = blocking(move || Ok(b.open_read(&path, start)?))

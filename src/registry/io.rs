@@ -2,7 +2,7 @@
 //! pump (hash while writing, in large blocks, on a blocking thread) and the
 //! blob reader stream.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use std::io::Read;
 
@@ -127,46 +127,106 @@ where
     Ok(Pumped { hasher, written })
 }
 
+/// A stream of byte blocks made on a blocking thread by `produce`, which
+/// sends them into the channel it is given, at most a few ahead of the
+/// socket; it stops when the receiver goes away (the client left).
+fn blocking_stream<F>(produce: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || produce(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+fn shorter_than_recorded() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "blob shorter than its recorded length",
+    )
+}
+
 /// Streams `len` bytes from a blocking reader in `BLOCK`-sized chunks.
 pub fn reader_stream(
     mut reader: Box<dyn Read + Send>,
     len: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
+    blocking_stream(move |tx| {
         let mut left = len;
         while left > 0 {
             let want = left.min(BLOCK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            let mut filled = 0;
-            while filled < want {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
+            let mut buf = Vec::with_capacity(want);
+            // `take` + `read_to_end` fills the spare capacity without
+            // zeroing it first.
+            let filled = match (&mut reader).take(want as u64).read_to_end(&mut buf) {
+                Ok(0) => Err(shorter_than_recorded()),
+                Ok(n) => Ok(n),
+                Err(e) => Err(e),
+            };
+            let filled = match filled {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
                 }
-            }
-            if filled == 0 {
-                let _ = tx.blocking_send(Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob shorter than its recorded length",
-                )));
-                return;
-            }
-            buf.truncate(filled);
+            };
             left -= filled as u64;
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return; // the client went away
             }
         }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
     })
+}
+
+/// Bytes per mapping of [`mapped_stream`]: the same bound on what one pull
+/// holds as [`reader_stream`]'s blocks.
+const MAP_WINDOW: u64 = BLOCK as u64;
+
+/// Streams bytes `start..start + len` of an immutable blob file as
+/// read-only mappings of `MAP_WINDOW` bytes each, populated on the blocking
+/// thread: the socket write copies straight from the page cache, with no
+/// `read` into a user buffer first (hyper writes each block with `writev`).
+pub fn mapped_stream(
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    blocking_stream(move |tx| {
+        let end = start.saturating_add(len);
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(MAP_WINDOW);
+            let window = map_window(&file, at, n);
+            let failed = window.is_err();
+            if tx.blocking_send(window).is_err() || failed {
+                return;
+            }
+            at += n;
+        }
+    })
+}
+
+fn map_window(file: &std::fs::File, at: u64, n: u64) -> std::io::Result<Bytes> {
+    // A mapping's pages past the file's end fault (SIGBUS) when touched, so
+    // a file shorter than the window (a corrupt blob) is refused first.
+    if file.metadata()?.len() < at.saturating_add(n) {
+        return Err(shorter_than_recorded());
+    }
+    let n = usize::try_from(n).map_err(|_| shorter_than_recorded())?;
+    // SAFETY: the mapping is read-only. A blob file is written under a temp
+    // name, synced and renamed into place, and never written or truncated
+    // after that; it is removed only by unlink, which keeps mapped pages
+    // valid until the mapping is dropped (when the socket has sent them).
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(at)
+            .len(n)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map))
 }
 
 /// Hashes an object from a blocking reader (upload resumed after restart,

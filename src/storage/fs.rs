@@ -235,6 +235,10 @@ impl Backend for FsBackend {
         }))
     }
 
+    fn open_file(&self, path: &StorePath) -> StorageResult<Option<File>> {
+        not_found(File::open(self.full(path))).map_err(io_err(path))
+    }
+
     fn open_append(
         &self,
         path: &StorePath,

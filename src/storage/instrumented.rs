@@ -147,6 +147,11 @@ impl Backend for InstrumentedBackend {
             .time(Op::OpenRead, || self.inner.open_read(path, offset))
     }
 
+    fn open_file(&self, path: &StorePath) -> StorageResult<Option<std::fs::File>> {
+        self.timers
+            .time(Op::OpenRead, || self.inner.open_file(path))
+    }
+
     fn open_append(
         &self,
         path: &StorePath,

@@ -95,6 +95,13 @@ pub trait Backend: Send + Sync + 'static {
     fn size(&self, path: &StorePath) -> StorageResult<Option<u64>>;
     /// Opens an object for reading at `offset`.
     fn open_read(&self, path: &StorePath, offset: u64) -> StorageResult<Option<ObjectReader>>;
+    /// The object as a local, immutable file, when this backend keeps it in
+    /// one (the filesystem backend): blob pulls then map it and hand its
+    /// pages to the socket with no copy through a read buffer. `None`
+    /// (the default) means "stream it with `open_read`".
+    fn open_file(&self, _path: &StorePath) -> StorageResult<Option<std::fs::File>> {
+        Ok(None)
+    }
     /// Opens (creating) an object for appending, first cutting it to
     /// `truncate_to` bytes so unacknowledged bytes from a crash are dropped.
     fn open_append(
