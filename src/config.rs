@@ -33,6 +33,11 @@ pub struct Config {
     pub metadata: crate::metadata::MetadataConfig,
     /// Where blobs and manifests live (`BPF_REGISTRY_BLOB_STORE`).
     pub blob_store: crate::storage::blob_store::BlobStoreConfig,
+    /// The server's local cache of a remote store's large blobs
+    /// (`BPF_REGISTRY_BLOB_CACHE_DIR`, `BPF_REGISTRY_BLOB_CACHE_BYTES`; 0
+    /// turns it off); unused with the filesystem store.
+    pub blob_cache_dir: PathBuf,
+    pub blob_cache_bytes: u64,
     pub log_level: LogLevel,
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
@@ -381,8 +386,18 @@ impl Config {
                 var: "BPF_REGISTRY_BLOB_STORE",
                 message: e.to_string(),
             })?;
+        let blob_cache_dir = val("BPF_REGISTRY_BLOB_CACHE_DIR")
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| PathBuf::from(v.trim()))
+            .unwrap_or_else(|| data_dir.join(crate::storage::paths::BLOB_CACHE_DIR));
         Config {
             http_addr,
+            blob_cache_bytes: number_or_zero(
+                &val,
+                "BPF_REGISTRY_BLOB_CACHE_BYTES",
+                1024 * 1024 * 1024,
+            )?,
+            blob_cache_dir,
             data_dir,
             metadata,
             blob_store,

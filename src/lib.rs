@@ -53,10 +53,30 @@ pub async fn open_registry(
     config: &Config,
     metrics: Option<&Arc<metrics::Metrics>>,
 ) -> std::io::Result<Arc<Registry>> {
-    let backend = config
+    open_registry_with(config, metrics, false).await
+}
+
+/// `open_registry`, with the server's local blob cache in front of a
+/// remote blob store when `blob_cache` (only a server caches: a
+/// maintenance command beside it must not take or empty its folder).
+async fn open_registry_with(
+    config: &Config,
+    metrics: Option<&Arc<metrics::Metrics>>,
+    blob_cache: bool,
+) -> std::io::Result<Arc<Registry>> {
+    let mut backend = config
         .blob_store
         .open(&config.data_dir)
         .map_err(|e| std::io::Error::other(format!("cannot open the blob store: {e}")))?;
+    let remote = !matches!(config.blob_store, storage::blob_store::BlobStoreConfig::Fs);
+    if blob_cache && remote && config.blob_cache_bytes > 0 {
+        let dir = &config.blob_cache_dir;
+        let cached = storage::blob_cache::CachingBackend::open(backend, dir, config.blob_cache_bytes)
+            .map_err(|e| {
+                std::io::Error::other(format!("cannot open the blob cache {}: {e}", dir.display()))
+            })?;
+        backend = Arc::new(cached);
+    }
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
         max_upload_sessions: config.max_upload_sessions,
@@ -108,7 +128,7 @@ pub async fn open_registry(
 /// Builds the application state for a config.
 pub async fn build_state(config: Config) -> std::io::Result<http::AppState> {
     let metrics = config.metrics.then(|| Arc::new(metrics::Metrics::new()));
-    let registry = open_registry(&config, metrics.as_ref()).await?;
+    let registry = open_registry_with(&config, metrics.as_ref(), true).await?;
     let index = Arc::new(artifacts::ArtifactIndex::new(
         registry.backend().clone(),
         registry.metadata().clone(),

@@ -4,9 +4,11 @@
 //! The trait is synchronous; services call it from blocking threads, which
 //! keeps it implementable by any object store client. Two backends: the
 //! filesystem ([`fs`]) and S3 ([`s3`]); [`blob_store`] picks one from the
-//! configuration. `instrumented` wraps any backend to time its calls into
+//! configuration; [`blob_cache`] keeps a remote store's large blobs on
+//! local disk for a server. `instrumented` wraps any backend to time its calls into
 //! the metrics.
 
+pub mod blob_cache;
 pub mod blob_store;
 /// Only the crate's own tests inject faults.
 #[cfg(test)]

@@ -92,6 +92,15 @@ pub fn blobs_dir() -> StorePath {
 pub fn blob(d: &Digest) -> StorePath {
     blobs_dir().join(d.hex())
 }
+/// The digest a blob path names (`blobs/sha256/<hex>`), if it is one.
+pub fn blob_digest(p: &StorePath) -> Option<Digest> {
+    let hex = p.0.strip_prefix("blobs/sha256/")?;
+    Digest::from_hex(hex)
+}
+/// The local folder of the cache of a remote store's blobs, inside the
+/// data directory (`BPF_REGISTRY_BLOB_CACHE_DIR` overrides it). Internal by
+/// its leading `.`; emptied at start-up.
+pub const BLOB_CACHE_DIR: &str = ".blob-cache";
 pub fn quarantine(d: &Digest) -> StorePath {
     quarantine_dir().join(d.hex())
 }
