@@ -1158,7 +1158,7 @@ def fmt(v, unit):
     if unit.startswith("MB/s") or unit.startswith("req/s") or unit.startswith("manifests/s"):
         return f"{v:,.0f}"
     if unit.startswith("s"):
-        return f"{v:.2f}"
+        return f"{v:.3f}" if v < 10 else f"{v:.2f}"
     if unit.startswith("MiB"):
         return f"{v:.1f}"
     if v >= 100:
