@@ -42,6 +42,7 @@ Usage: gen_store.py --out DIR --binary BPF_REGISTRY [--repos 1000] [--versions 1
 """
 
 import argparse
+import base64
 import glob
 import hashlib
 import io
@@ -353,7 +354,6 @@ def via_api(binary, store, repos, versions, hosts):
                 break
             except OSError:
                 time.sleep(0.02)
-        import base64
         for r in range(repos):
             for v in range(versions):
                 a = call("POST", "/artifacts", {
