@@ -124,20 +124,29 @@ stop_engines() {
 }
 if [[ " $* " != *shared* ]]; then
   ENGINES_DIR=$(mktemp -d /tmp/bpf-bench-engines.XXXXXX)
+  # As root PostgreSQL runs as an unprivileged user: it must reach pg/
+  # (search only; the folder stays unlistable).
+  chmod 0711 "$ENGINES_DIR"
   trap stop_engines EXIT
-  mkdir -p "$ENGINES_DIR/pg" "$ENGINES_DIR/garage"
+  mkdir -p "$ENGINES_DIR/pg"
+  mkdir -m 0700 "$ENGINES_DIR/garage"
   say "starting PostgreSQL and Garage for the shared-engine rows (and the PostgreSQL start-up rows)"
-  eval "$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")"
+  pg_env=$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")
+  eval "$pg_env"
   bash conformance/garage.sh install
   eval "$(bash conformance/garage.sh start1 "$ENGINES_DIR/garage")"
   export BPF_BENCH_POSTGRES="$BPF_TEST_POSTGRES" BPF_BENCH_PSQL="$BPF_TEST_PSQL" BPF_BENCH_S3_URL="$BPF_TEST_S3_URL"
 elif [[ " $* " != *store* && " $* " != *pg-startup* ]]; then
   # `--skip shared` alone: PostgreSQL still serves the start-up rows.
   ENGINES_DIR=$(mktemp -d /tmp/bpf-bench-engines.XXXXXX)
+  # As root PostgreSQL runs as an unprivileged user: it must reach pg/
+  # (search only; the folder stays unlistable).
+  chmod 0711 "$ENGINES_DIR"
   trap stop_engines EXIT
   mkdir -p "$ENGINES_DIR/pg"
   say "starting PostgreSQL for the PostgreSQL start-up rows"
-  eval "$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")"
+  pg_env=$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")
+  eval "$pg_env"
   export BPF_BENCH_POSTGRES="$BPF_TEST_POSTGRES" BPF_BENCH_PSQL="$BPF_TEST_PSQL"
 fi
 
