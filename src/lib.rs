@@ -288,3 +288,74 @@ pub async fn run(
     }
     served
 }
+
+#[cfg(test)]
+mod tests {
+    //! Start-up does not grow with the store: its one-time steps (the
+    //! link-tree import, the facet fill) run once, recorded in `meta`, and
+    //! a later start neither walks the blob store nor reads artifact rows.
+
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let data_dir = dir.display().to_string();
+        Config::from_lookup(|k| (k == "BPF_REGISTRY_DATA_DIR").then(|| data_dir.clone())).unwrap()
+    }
+
+    /// What each one-time step trips over if it runs: the walk over a
+    /// `repositories` that is a file (ENOTDIR), the fill over a row whose
+    /// record is not JSON.
+    async fn plant_traps(dir: &std::path::Path, registry: &Registry) {
+        let tree = dir.join("repositories");
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::write(&tree, b"not a folder").unwrap();
+        sqlx::query(
+            "INSERT INTO artifacts (repo, digest, name, version, kind, architecture, linked_at, record)
+             VALUES ('trap/a', $1, 'trap/a', '1.0.0', 'map', 'x86_64', 0, 'not json')",
+        )
+        .bind(format!("sha256:{}", "0".repeat(64)))
+        .execute(registry.metadata().pool())
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_later_start_neither_walks_the_link_tree_nor_reads_artifact_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        // A new store: both steps run (over nothing) and are recorded.
+        let first = open_registry(&config, None).await.unwrap();
+        plant_traps(dir.path(), &first).await;
+        drop(first);
+        let again = open_registry(&config, None)
+            .await
+            .expect("a start on an imported, filled store must not walk or scan");
+        // The trapped row is still there, untouched (no facets written).
+        let facets: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM artifact_facets WHERE repo = 'trap/a'")
+                .fetch_one(again.metadata().pool())
+                .await
+                .unwrap();
+        assert_eq!(facets, 0);
+        // The control: without its `meta` row each step runs and trips,
+        // so the start above really skipped them.
+        sqlx::query("DELETE FROM meta WHERE key = 'artifact_facets_filled'")
+            .execute(again.metadata().pool())
+            .await
+            .unwrap();
+        let e = open_registry(&config, None)
+            .await
+            .err()
+            .expect("the fill ran");
+        assert!(e.to_string().contains("cannot fill artifact facets"), "{e}");
+        sqlx::query("DELETE FROM meta WHERE key = 'link_tree_imported'")
+            .execute(again.metadata().pool())
+            .await
+            .unwrap();
+        let e = open_registry(&config, None)
+            .await
+            .err()
+            .expect("the walk ran");
+        assert!(e.to_string().contains("cannot import the link tree"), "{e}");
+    }
+}

@@ -20,8 +20,10 @@
 # 3. unless `--skip shared`: a throw-away PostgreSQL (conformance/postgres.sh)
 #    and a one-node Garage (conformance/garage.sh; built once into its cache,
 #    about 20 min the first time) on loopback, for the PostgreSQL + Garage
-#    rows (bpf-registry on both, distribution's S3 driver on the same Garage);
-#    stopped at the end;
+#    rows (bpf-registry on both, distribution's S3 driver on the same Garage)
+#    and the PostgreSQL start-up rows; with `--skip shared` PostgreSQL alone
+#    for those (unless `store` or `pg-startup` is skipped too); stopped at
+#    the end;
 # 4. runs bench.py: both registries on 127.0.0.1 with fresh data dirs, every
 #    workload against both, alternating, N repetitions; prints the table and
 #    writes conformance/bench/results/latest.md (latest-quick.md with --quick).
@@ -122,13 +124,30 @@ stop_engines() {
 }
 if [[ " $* " != *shared* ]]; then
   ENGINES_DIR=$(mktemp -d /tmp/bpf-bench-engines.XXXXXX)
+  # As root PostgreSQL runs as an unprivileged user: it must reach pg/
+  # (search only; the folder stays unlistable).
+  chmod 0711 "$ENGINES_DIR"
   trap stop_engines EXIT
-  mkdir -p "$ENGINES_DIR/pg" "$ENGINES_DIR/garage"
-  say "starting PostgreSQL and Garage for the shared-engine rows"
-  eval "$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")"
+  mkdir -p "$ENGINES_DIR/pg"
+  mkdir -m 0700 "$ENGINES_DIR/garage"
+  say "starting PostgreSQL and Garage for the shared-engine rows (and the PostgreSQL start-up rows)"
+  pg_env=$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")
+  eval "$pg_env"
   bash conformance/garage.sh install
   eval "$(bash conformance/garage.sh start1 "$ENGINES_DIR/garage")"
   export BPF_BENCH_POSTGRES="$BPF_TEST_POSTGRES" BPF_BENCH_PSQL="$BPF_TEST_PSQL" BPF_BENCH_S3_URL="$BPF_TEST_S3_URL"
+elif [[ " $* " != *store* && " $* " != *pg-startup* ]]; then
+  # `--skip shared` alone: PostgreSQL still serves the start-up rows.
+  ENGINES_DIR=$(mktemp -d /tmp/bpf-bench-engines.XXXXXX)
+  # As root PostgreSQL runs as an unprivileged user: it must reach pg/
+  # (search only; the folder stays unlistable).
+  chmod 0711 "$ENGINES_DIR"
+  trap stop_engines EXIT
+  mkdir -p "$ENGINES_DIR/pg"
+  say "starting PostgreSQL for the PostgreSQL start-up rows"
+  pg_env=$(bash conformance/postgres.sh start "$ENGINES_DIR/pg")
+  eval "$pg_env"
+  export BPF_BENCH_POSTGRES="$BPF_TEST_POSTGRES" BPF_BENCH_PSQL="$BPF_TEST_PSQL"
 fi
 
 # --- run -----------------------------------------------------------------------
