@@ -497,6 +497,43 @@ async fn a_large_blob_is_served_whole_and_by_ranges_across_mapping_windows() {
     }
 }
 
+/// On a remote blob store (S3) a large blob pulled once is kept in the
+/// server's local cache (`.blob-cache` in the data dir) and served from it;
+/// a cached copy is never served to a repository the blob was unlinked
+/// from (reachability is decided before the cache is asked).
+#[tokio::test]
+async fn on_a_remote_store_a_pulled_blob_is_cached_locally_and_unlinking_still_hides_it() {
+    if common::engines::blob_store_is_fs() {
+        eprintln!("skipped: the blob cache is for remote stores (BPF_TEST_BLOB_STORE=s3)");
+        return;
+    }
+    let s = TestServer::start().await;
+    let c = client();
+    let data = pseudo_random(2 * 1024 * 1024 + 5, 19);
+    let digest = s.push_blob(&c, "bpf/cached", &data).await;
+    let cached = s.data_dir().join(".blob-cache").join(hex_of(&digest));
+    assert!(!cached.exists(), "a push does not fill the cache");
+    let url = s.url(&format!("/v2/bpf/cached/blobs/{digest}"));
+    for _ in 0..2 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap().as_ref() == data.as_slice());
+        assert!(cached.is_file(), "the pulled blob is in the cache");
+    }
+    let r = c
+        .get(&url)
+        .header("range", "bytes=1048570-1048580")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(r.bytes().await.unwrap().as_ref() == &data[1048570..=1048580]);
+    let del = c.delete(&url).send().await.unwrap();
+    assert_eq!(del.status(), StatusCode::ACCEPTED);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
 /// A large blob's file cut short behind the server's back (disk damage)
 /// while it is being pulled over plain HTTP: the pull ends early with an
 /// error, never with bytes from past the end, and the server goes on
@@ -505,6 +542,9 @@ async fn a_large_blob_is_served_whole_and_by_ranges_across_mapping_windows() {
 /// client: the server is at most the socket buffers and a few windows ahead.
 #[tokio::test]
 async fn a_large_blob_cut_short_while_pulled_breaks_its_pull_not_the_server() {
+    if !common::engines::fs_blob_store_or_skip("a_large_blob_cut_short_while_pulled") {
+        return;
+    }
     let s = TestServer::start().await;
     let c = client();
     let mib = 1024 * 1024;
