@@ -55,6 +55,12 @@ struct CacheEntry {
     last_used: u64,
 }
 
+/// Why a fill failed: the store's read (or its bytes), or the local disk.
+enum Fill {
+    Remote(io::Error),
+    Local(io::Error),
+}
+
 impl CachingBackend {
     /// Takes `dir` (creating it, emptying what a previous run left) for a
     /// cache of at most `cap` bytes in front of `inner`.
@@ -109,10 +115,16 @@ impl CachingBackend {
             if reader.len > self.cache.cap {
                 return Ok(None);
             }
-            self.cache
-                .fill(digest, reader)
-                .map_err(|e| StorageError::io(path, e))
-                .map(Some)
+            match self.cache.fill(digest, reader) {
+                Ok(f) => Ok(Some(f)),
+                // The local disk failed (full, say): the blob is still in
+                // the store, so it is streamed from there, uncached.
+                Err(Fill::Local(e)) => {
+                    tracing::warn!(blob = %digest, error = %e, "blob cache fill failed; streaming from the store");
+                    Ok(None)
+                }
+                Err(Fill::Remote(e)) => Err(StorageError::io(path, e)),
+            }
         })();
         self.cache.fill_done(hex);
         result
@@ -165,11 +177,11 @@ impl BlobCache {
 
     /// Copies the whole object into a temp file, hashing it; renames it
     /// into place only if its SHA-256 is `digest`, then evicts down to the
-    /// cap. A mismatch is an error: the remote copy is corrupt.
-    fn fill(&self, digest: &Digest, mut reader: ObjectReader) -> io::Result<File> {
+    /// cap. A mismatch is a remote error: the store's copy is corrupt.
+    fn fill(&self, digest: &Digest, mut reader: ObjectReader) -> Result<File, Fill> {
         let hex = digest.hex();
         let temp = self.dir.join(paths::temp_name(hex));
-        let mut out = File::create(&temp)?;
+        let mut out = File::create(&temp).map_err(Fill::Local)?;
         let copied = (|| {
             let mut hasher = Sha256Hasher::new();
             let mut buf = vec![0u8; 1024 * 1024];
@@ -179,30 +191,33 @@ impl BlobCache {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(Fill::Remote(e)),
                 };
                 hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
+                out.write_all(&buf[..n]).map_err(Fill::Local)?;
                 len += n as u64;
             }
             if hasher.finish() != *digest || len != reader.len {
-                return Err(io::Error::new(
+                return Err(Fill::Remote(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("the stored blob does not match its digest {digest}"),
-                ));
+                )));
             }
             Ok(len)
         })();
-        let len = match copied {
-            Ok(len) => len,
+        let placed = copied.and_then(|len| {
+            let target = self.dir.join(hex);
+            fs::rename(&temp, &target).map_err(Fill::Local)?;
+            let file = File::open(&target).map_err(Fill::Local)?;
+            Ok((len, file))
+        });
+        let (len, file) = match placed {
+            Ok(placed) => placed,
             Err(e) => {
                 let _ = fs::remove_file(&temp);
                 return Err(e);
             }
         };
-        let target = self.dir.join(hex);
-        fs::rename(&temp, &target)?;
-        let file = File::open(&target)?;
         let evicted = {
             let mut st = lock(&self.state);
             st.clock += 1;
@@ -382,6 +397,19 @@ mod tests {
         inner.write_atomic(&p, b"other bytes!!!").unwrap();
         assert!(c.open_file(&p).is_err());
         assert!(cached_names(cache_dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_local_disk_failure_streams_the_blob_from_the_store_instead() {
+        let store = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
+        let c = CachingBackend::open(inner.clone(), cache_dir.path(), 1 << 20).unwrap();
+        let (p, _) = blob(inner.as_ref(), b"some bytes");
+        // The cache's folder is gone (as if its disk failed): no file, and
+        // no error either; the caller streams from the store.
+        fs::remove_dir_all(cache_dir.path()).unwrap();
+        assert!(c.open_file(&p).unwrap().is_none());
     }
 
     #[test]
