@@ -70,16 +70,22 @@ async fn open_registry_with(
         .map_err(|e| std::io::Error::other(format!("cannot open the blob store: {e}")))?;
     let remote = !matches!(config.blob_store, storage::blob_store::BlobStoreConfig::Fs);
     if blob_cache && remote && config.blob_cache_bytes > 0 {
+        // The cache only saves bucket reads: one that cannot be had (its
+        // folder held by another server, unwritable) costs speed, never
+        // the start.
         let dir = &config.blob_cache_dir;
-        let cached =
-            storage::blob_cache::CachingBackend::open(backend, dir, config.blob_cache_bytes)
-                .map_err(|e| {
-                    std::io::Error::other(format!(
-                        "cannot open the blob cache {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-        backend = Arc::new(cached);
+        match storage::blob_cache::CachingBackend::open(
+            backend.clone(),
+            dir,
+            config.blob_cache_bytes,
+        ) {
+            Ok(cached) => backend = Arc::new(cached),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "no local blob cache: every pull reads the blob store"
+            ),
+        }
     }
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
