@@ -13,12 +13,12 @@
 //! requests on one upload run one after the other, and a session that
 //! ended is refused to whoever was waiting for it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::io::{blocking, hash_reader, pump};
+use super::io::{blocking, hash_reader, ms, pump};
 use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef, UploadCap};
 use super::{Limits, Registry, RegistryError, RegistryResult};
 use crate::metadata::{unix_now, SessionCaps, UploadCapHit, UploadRow};
@@ -279,6 +279,7 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        let began = Instant::now();
         let mut open = self.open_session(repo, id).await?;
         let session = open.session()?;
         if let Some(start) = start {
@@ -289,27 +290,33 @@ impl Registry {
                 });
             }
         }
-        self.append_locked(id, session, expected_len, body).await?;
+        self.append_locked(id, session, expected_len, body, began)
+            .await?;
         Ok(UploadStatus {
             id: id.clone(),
             offset: session.offset,
         })
     }
 
+    /// Appends a chunk to a session opened at `began` and acknowledges
+    /// it: its bytes durable first, then the offset moved past them.
     async fn append_locked<S>(
         &self,
         id: &UploadId,
         session: &mut Session,
         expected_len: Option<u64>,
         body: S,
+        began: Instant,
     ) -> RegistryResult<()>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        let opened = began.elapsed();
         let b = self.backend.clone();
         let data = paths::upload_data(id);
         let offset = session.offset;
         let writer = blocking(move || b.open_append(&data, offset).map_err(Into::into)).await?;
+        let pump_start = began.elapsed();
         // Without a running hash the bytes are re-hashed from disk at the end.
         let had_hasher = session.hasher.is_some();
         let hasher = session.hasher.take().unwrap_or_default();
@@ -323,11 +330,26 @@ impl Registry {
             }
         }
         let new_offset = offset.saturating_add(pumped.written);
-        if !self
+        let advanced = self
             .meta
             .advance_upload(id.as_str(), offset, new_offset)
-            .await?
-        {
+            .await?;
+        let t = pumped.times;
+        tracing::debug!(
+            upload = %id,
+            bytes = pumped.written,
+            open_session_ms = ms(opened),
+            open_file_ms = ms(pump_start - opened),
+            first_byte_ms = ms(t.first_byte),
+            body_ms = ms(t.body),
+            written_ms = ms(t.written),
+            synced_ms = ms(t.synced),
+            hashed_ms = ms(t.hashed),
+            offset_ms = ms(began.elapsed().saturating_sub(pump_start + t.synced.max(t.hashed))),
+            total_ms = ms(began.elapsed()),
+            "chunk appended (pump times from its start)"
+        );
+        if !advanced {
             // Another replica acknowledged a chunk (or ended the session)
             // first: this chunk is not acknowledged.
             session.hasher = None;
@@ -359,6 +381,7 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        let began = Instant::now();
         let mut open = self.open_session(repo, id).await?;
         let session = open.session()?;
         if let Some((start, _)) = range {
@@ -370,8 +393,11 @@ impl Registry {
             }
         }
         let expected_len = range.and_then(|(a, b)| b.checked_sub(a).and_then(|d| d.checked_add(1)));
-        self.append_locked(id, session, expected_len, body).await?;
+        self.append_locked(id, session, expected_len, body, began)
+            .await?;
+        let appended = began.elapsed();
         let actual = self.uploaded_digest(id, session).await;
+        let hashed = began.elapsed();
         // The session ends (its row goes) before its bytes move into the
         // blob: a crash in between must not leave a session whose
         // acknowledged offset names bytes that are gone (its next chunk
@@ -392,7 +418,16 @@ impl Registry {
             }),
             Ok(_) => self.store_uploaded(repo, id, digest).await,
         };
+        let stored = began.elapsed();
         self.remove_upload_dir(id).await;
+        tracing::debug!(
+            upload = %id,
+            appended_ms = ms(appended),
+            digest_ms = ms(hashed - appended),
+            stored_ms = ms(stored - hashed),
+            total_ms = ms(began.elapsed()),
+            "upload finished"
+        );
         result
     }
 
