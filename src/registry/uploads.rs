@@ -121,6 +121,7 @@ impl Registry {
             offset: 0,
             started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
+            row_current: true,
         };
         let row = row_of(&id, &session)?;
         // With a shared metadata store the rows are the only count: this
@@ -177,6 +178,13 @@ impl Registry {
         if matches!(*guard, Slot::Ended) {
             return Err(RegistryError::UploadUnknown);
         }
+        let shared = self.meta.engine() == crate::metadata::Engine::Postgres;
+        if !shared && matches!(&*guard, Slot::Live(s) if s.row_current) {
+            // SQLite: this process alone serves the data directory (its
+            // lock) and changes the row only under this slot's lock, so
+            // the live session is the row; no read needed.
+            return self.opened(repo, slot, guard, None);
+        }
         let lease = self.meta.lease_upload(id.as_str()).await?;
         // The row decides, on every request: another replica may have
         // moved the offset or ended the session. On an error the slot is
@@ -188,9 +196,11 @@ impl Registry {
             offset: row.committed,
             started_at: u64::try_from(row.started_at).unwrap_or(0),
             hasher: None,
+            row_current: true,
         });
         match (loaded, &mut *guard) {
             (Some(fresh), Slot::Live(s)) => {
+                s.row_current = true;
                 if s.offset != fresh.offset {
                     // Bytes written elsewhere: the running hash is stale.
                     s.offset = fresh.offset;
@@ -206,10 +216,21 @@ impl Registry {
                 self.uploads.ended(id, &slot);
             }
         }
+        self.opened(repo, slot, guard, Some(lease))
+    }
+
+    /// The open session, if it is one of `repo`.
+    fn opened(
+        &self,
+        repo: &RepoName,
+        slot: SlotRef,
+        guard: SlotGuard,
+        lease: Option<crate::metadata::Lease>,
+    ) -> RegistryResult<Open> {
         let mut open = Open {
             slot,
             guard,
-            _lease: Some(lease),
+            _lease: lease,
         };
         if &open.session()?.repo != repo {
             return Err(RegistryError::UploadUnknown);
@@ -315,6 +336,8 @@ impl Registry {
         let b = self.backend.clone();
         let data = paths::upload_data(id);
         let offset = session.offset;
+        // Until the offset is recorded, whether the row moved is unknown.
+        session.row_current = false;
         let writer = blocking(move || b.open_append(&data, offset).map_err(Into::into)).await?;
         let pump_start = began.elapsed();
         // Without a running hash the bytes are re-hashed from disk at the end.
@@ -362,6 +385,7 @@ impl Registry {
             };
         }
         session.offset = new_offset;
+        session.row_current = true;
         session.hasher = had_hasher.then_some(pumped.hasher);
         Ok(())
     }
@@ -531,6 +555,7 @@ impl Registry {
             offset: 0,
             started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
+            row_current: true,
         };
         let b = self.backend.clone();
         let data = paths::upload_data(&id);
