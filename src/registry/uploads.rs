@@ -767,6 +767,32 @@ mod tests {
         assert_eq!(reg.uploads.open_count(), 0);
     }
 
+    #[tokio::test]
+    async fn a_chunk_refused_for_its_length_moves_nothing_and_the_upload_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path(), 10, 10).await;
+        let repo = RepoName::parse("t/len").unwrap();
+        let s = reg
+            .start_upload(&repo, &Principal::user("p"))
+            .await
+            .unwrap();
+        reg.append_chunk(&repo, &s.id, Some(0), None, body(b"abc"))
+            .await
+            .unwrap();
+        let e = reg
+            .append_chunk(&repo, &s.id, Some(3), Some(10), body(b"XYZW"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::SizeInvalid(_)), "{e}");
+        assert_eq!(reg.upload_status(&repo, &s.id).await.unwrap().offset, 3);
+        reg.append_chunk(&repo, &s.id, Some(3), None, body(b"def"))
+            .await
+            .unwrap();
+        let d = Digest::of(b"abcdef");
+        let got = reg.finish_upload(&repo, &s.id, &d, None, body(b"")).await;
+        assert_eq!(got.unwrap(), d);
+    }
+
     /// A filesystem backend whose `rename` moves the bytes and then stops
     /// (the process "dies" there): the test aborts the request meanwhile.
     struct StopAfterRename {
