@@ -59,6 +59,36 @@ pub struct PumpTimes {
     pub hashed: Duration,
 }
 
+impl PumpTimes {
+    /// The debug event of one chunk of `upload`: its request `began`, the
+    /// session was open after `opened` and the pump started after
+    /// `pump_start`; the offset was recorded just now.
+    pub fn log_chunk(
+        &self,
+        upload: &str,
+        bytes: u64,
+        began: Instant,
+        opened: Duration,
+        pump_start: Duration,
+    ) {
+        let pumped = pump_start + self.synced.max(self.hashed);
+        tracing::debug!(
+            upload,
+            bytes,
+            open_session_ms = ms(opened),
+            open_file_ms = ms(pump_start.saturating_sub(opened)),
+            first_byte_ms = ms(self.first_byte),
+            body_ms = ms(self.body),
+            written_ms = ms(self.written),
+            synced_ms = ms(self.synced),
+            hashed_ms = ms(self.hashed),
+            offset_ms = ms(began.elapsed().saturating_sub(pumped)),
+            total_ms = ms(began.elapsed()),
+            "chunk appended (pump times from its start)"
+        );
+    }
+}
+
 /// Milliseconds, for debug events.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

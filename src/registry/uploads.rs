@@ -357,21 +357,9 @@ impl Registry {
             .meta
             .advance_upload(id.as_str(), offset, new_offset)
             .await?;
-        let t = pumped.times;
-        tracing::debug!(
-            upload = %id,
-            bytes = pumped.written,
-            open_session_ms = ms(opened),
-            open_file_ms = ms(pump_start - opened),
-            first_byte_ms = ms(t.first_byte),
-            body_ms = ms(t.body),
-            written_ms = ms(t.written),
-            synced_ms = ms(t.synced),
-            hashed_ms = ms(t.hashed),
-            offset_ms = ms(began.elapsed().saturating_sub(pump_start + t.synced.max(t.hashed))),
-            total_ms = ms(began.elapsed()),
-            "chunk appended (pump times from its start)"
-        );
+        pumped
+            .times
+            .log_chunk(id.as_str(), pumped.written, began, opened, pump_start);
         if !advanced {
             // Another replica acknowledged a chunk (or ended the session)
             // first: this chunk is not acknowledged.

@@ -179,6 +179,7 @@ struct FsAppend {
 /// Starts writeback of byte ranges of one file on a thread of its own:
 /// submitting the writes blocks while the disk is busy, and the thread
 /// that copies the body into the file should not wait for that.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Kicker {
     ranges: std::sync::mpsc::Sender<(i64, i64)>,
     done: std::thread::JoinHandle<io::Result<()>>,
