@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use super::{RegistryError, RegistryResult};
 use crate::oci::Sha256Hasher;
@@ -14,8 +15,10 @@ use crate::storage::AppendWriter;
 /// per-block overhead (channel hop, syscall) is noise next to the hashing.
 pub const BLOCK: usize = 1024 * 1024;
 
-/// How many written bytes between writeback kicks.
-const WRITEBACK_EVERY: usize = 8 * 1024 * 1024;
+/// How many written bytes between writeback kicks: one block, so that
+/// while a chunk arrives its bytes already go to disk and the sync that
+/// acknowledges it waits only for the last block (and the file's size).
+const WRITEBACK_EVERY: usize = BLOCK;
 
 /// A blocking worker that panicked or was cancelled: an internal fault,
 /// never the client's.
@@ -37,6 +40,58 @@ where
 pub struct Pumped {
     pub hasher: Sha256Hasher,
     pub written: u64,
+    pub times: PumpTimes,
+}
+
+/// Where a pump's time went, each from its start (for the upload's debug
+/// event: what a chunk's milliseconds are spent on).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PumpTimes {
+    /// The body's first bytes arrived.
+    pub first_byte: Duration,
+    /// The body ended.
+    pub body: Duration,
+    /// The last block was written (not yet synced).
+    pub written: Duration,
+    /// The sync returned: the bytes are durable.
+    pub synced: Duration,
+    /// The hash caught up with the last block.
+    pub hashed: Duration,
+}
+
+impl PumpTimes {
+    /// The debug event of one chunk of `upload`: its request `began`, the
+    /// session was open after `opened` and the pump started after
+    /// `pump_start`; the offset was recorded just now.
+    pub fn log_chunk(
+        &self,
+        upload: &str,
+        bytes: u64,
+        began: Instant,
+        opened: Duration,
+        pump_start: Duration,
+    ) {
+        let pumped = pump_start + self.synced.max(self.hashed);
+        tracing::debug!(
+            upload,
+            bytes,
+            open_session_ms = ms(opened),
+            open_file_ms = ms(pump_start.saturating_sub(opened)),
+            first_byte_ms = ms(self.first_byte),
+            body_ms = ms(self.body),
+            written_ms = ms(self.written),
+            synced_ms = ms(self.synced),
+            hashed_ms = ms(self.hashed),
+            offset_ms = ms(began.elapsed().saturating_sub(pumped)),
+            total_ms = ms(began.elapsed()),
+            "chunk appended (pump times from its start)"
+        );
+    }
+}
+
+/// Milliseconds, for debug events.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Copies a body stream into `writer`, feeding `hasher` with the same
@@ -50,6 +105,7 @@ pub async fn pump<S>(
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
 {
+    let t0 = Instant::now();
     // Hashing and writing run on two blocking threads fed the same blocks
     // (a `Bytes` clone is a reference count), so a push costs the slower of
     // the two, not their sum.
@@ -66,24 +122,29 @@ where
                 hasher.update(chunk);
             }
         }
-        hasher
+        (hasher, t0.elapsed())
     });
-    let write_worker = tokio::task::spawn_blocking(move || -> RegistryResult<()> {
-        let mut writer = writer;
-        let mut unsynced = 0usize;
-        while let Some(batch) = write_rx.blocking_recv() {
-            for chunk in batch.iter() {
-                writer.write_all(chunk)?;
-                unsynced += chunk.len();
+    let write_worker =
+        tokio::task::spawn_blocking(move || -> RegistryResult<(Duration, Duration)> {
+            let mut writer = writer;
+            let mut unsynced = 0usize;
+            while let Some(batch) = write_rx.blocking_recv() {
+                for chunk in batch.iter() {
+                    writer.write_all(chunk)?;
+                    unsynced += chunk.len();
+                }
+                // Writeback of what is written starts now, while the rest
+                // arrives, so the final sync has little left to wait for.
+                if unsynced >= WRITEBACK_EVERY {
+                    writer.start_writeback()?;
+                    unsynced = 0;
+                }
             }
-            // Start writeback early so the final fsync has little left to do.
-            if unsynced >= WRITEBACK_EVERY {
-                writer.start_writeback()?;
-                unsynced = 0;
-            }
-        }
-        Ok(writer.sync()?)
-    });
+            let written = t0.elapsed();
+            writer.sync()?;
+            Ok((written, t0.elapsed()))
+        });
+    let mut times = PumpTimes::default();
     let mut written: u64 = 0;
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batch_len = 0usize;
@@ -96,6 +157,9 @@ where
                 break;
             }
         };
+        if written == 0 {
+            times.first_byte = t0.elapsed();
+        }
         written = written.saturating_add(chunk.len() as u64);
         if written > max {
             failure = Some(RegistryError::BodyTooLarge { max });
@@ -112,6 +176,7 @@ where
             break; // a worker failed; its error is reported below
         }
     }
+    times.body = t0.elapsed();
     if failure.is_none() && !batch.is_empty() {
         let last: Batch = std::sync::Arc::new(batch);
         let _ = hash_tx.send(last.clone()).await;
@@ -120,12 +185,17 @@ where
     drop(hash_tx);
     drop(write_tx);
     let write_result = write_worker.await.map_err(worker_failed)?;
-    let hasher = hash_worker.await.map_err(worker_failed)?;
+    let (hasher, hashed) = hash_worker.await.map_err(worker_failed)?;
     if let Some(f) = failure {
         return Err(f);
     }
-    write_result?;
-    Ok(Pumped { hasher, written })
+    (times.written, times.synced) = write_result?;
+    times.hashed = hashed;
+    Ok(Pumped {
+        hasher,
+        written,
+        times,
+    })
 }
 
 /// A stream of byte blocks made on a blocking thread by `produce`, which

@@ -89,6 +89,10 @@ pub(super) struct Session {
     /// The hash of bytes `0..offset`; `None` after a restart or a failed
     /// chunk, in which case the data is re-hashed from disk at the end.
     pub hasher: Option<Sha256Hasher>,
+    /// Whether `offset` is known to be the row's: false from the moment a
+    /// chunk starts until its offset is recorded, so a request after a
+    /// failure reads the row again.
+    pub row_current: bool,
 }
 
 pub(super) enum Slot {

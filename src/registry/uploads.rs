@@ -13,12 +13,12 @@
 //! requests on one upload run one after the other, and a session that
 //! ended is refused to whoever was waiting for it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::io::{blocking, hash_reader, pump};
+use super::io::{blocking, hash_reader, ms, pump};
 use super::upload_table::{Principal, Session, Slot, SlotGuard, SlotRef, UploadCap};
 use super::{Limits, Registry, RegistryError, RegistryResult};
 use crate::metadata::{unix_now, SessionCaps, UploadCapHit, UploadRow};
@@ -121,6 +121,7 @@ impl Registry {
             offset: 0,
             started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
+            row_current: true,
         };
         let row = row_of(&id, &session)?;
         // With a shared metadata store the rows are the only count: this
@@ -177,6 +178,13 @@ impl Registry {
         if matches!(*guard, Slot::Ended) {
             return Err(RegistryError::UploadUnknown);
         }
+        let shared = self.meta.engine() == crate::metadata::Engine::Postgres;
+        if !shared && matches!(&*guard, Slot::Live(s) if s.row_current) {
+            // SQLite: this process alone serves the data directory (its
+            // lock) and changes the row only under this slot's lock, so
+            // the live session is the row; no read needed.
+            return self.opened(repo, slot, guard, None);
+        }
         let lease = self.meta.lease_upload(id.as_str()).await?;
         // The row decides, on every request: another replica may have
         // moved the offset or ended the session. On an error the slot is
@@ -188,9 +196,11 @@ impl Registry {
             offset: row.committed,
             started_at: u64::try_from(row.started_at).unwrap_or(0),
             hasher: None,
+            row_current: true,
         });
         match (loaded, &mut *guard) {
             (Some(fresh), Slot::Live(s)) => {
+                s.row_current = true;
                 if s.offset != fresh.offset {
                     // Bytes written elsewhere: the running hash is stale.
                     s.offset = fresh.offset;
@@ -206,10 +216,21 @@ impl Registry {
                 self.uploads.ended(id, &slot);
             }
         }
+        self.opened(repo, slot, guard, Some(lease))
+    }
+
+    /// The open session, if it is one of `repo`.
+    fn opened(
+        &self,
+        repo: &RepoName,
+        slot: SlotRef,
+        guard: SlotGuard,
+        lease: Option<crate::metadata::Lease>,
+    ) -> RegistryResult<Open> {
         let mut open = Open {
             slot,
             guard,
-            _lease: Some(lease),
+            _lease: lease,
         };
         if &open.session()?.repo != repo {
             return Err(RegistryError::UploadUnknown);
@@ -279,6 +300,7 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        let began = Instant::now();
         let mut open = self.open_session(repo, id).await?;
         let session = open.session()?;
         if let Some(start) = start {
@@ -289,27 +311,35 @@ impl Registry {
                 });
             }
         }
-        self.append_locked(id, session, expected_len, body).await?;
+        self.append_locked(id, session, expected_len, body, began)
+            .await?;
         Ok(UploadStatus {
             id: id.clone(),
             offset: session.offset,
         })
     }
 
+    /// Appends a chunk to a session opened at `began` and acknowledges
+    /// it: its bytes durable first, then the offset moved past them.
     async fn append_locked<S>(
         &self,
         id: &UploadId,
         session: &mut Session,
         expected_len: Option<u64>,
         body: S,
+        began: Instant,
     ) -> RegistryResult<()>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        let opened = began.elapsed();
         let b = self.backend.clone();
         let data = paths::upload_data(id);
         let offset = session.offset;
+        // Until the offset is recorded, whether the row moved is unknown.
+        session.row_current = false;
         let writer = blocking(move || b.open_append(&data, offset).map_err(Into::into)).await?;
+        let pump_start = began.elapsed();
         // Without a running hash the bytes are re-hashed from disk at the end.
         let had_hasher = session.hasher.is_some();
         let hasher = session.hasher.take().unwrap_or_default();
@@ -323,11 +353,14 @@ impl Registry {
             }
         }
         let new_offset = offset.saturating_add(pumped.written);
-        if !self
+        let advanced = self
             .meta
             .advance_upload(id.as_str(), offset, new_offset)
-            .await?
-        {
+            .await?;
+        pumped
+            .times
+            .log_chunk(id.as_str(), pumped.written, began, opened, pump_start);
+        if !advanced {
             // Another replica acknowledged a chunk (or ended the session)
             // first: this chunk is not acknowledged.
             session.hasher = None;
@@ -340,6 +373,7 @@ impl Registry {
             };
         }
         session.offset = new_offset;
+        session.row_current = true;
         session.hasher = had_hasher.then_some(pumped.hasher);
         Ok(())
     }
@@ -359,6 +393,7 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        let began = Instant::now();
         let mut open = self.open_session(repo, id).await?;
         let session = open.session()?;
         if let Some((start, _)) = range {
@@ -370,8 +405,11 @@ impl Registry {
             }
         }
         let expected_len = range.and_then(|(a, b)| b.checked_sub(a).and_then(|d| d.checked_add(1)));
-        self.append_locked(id, session, expected_len, body).await?;
+        self.append_locked(id, session, expected_len, body, began)
+            .await?;
+        let appended = began.elapsed();
         let actual = self.uploaded_digest(id, session).await;
+        let hashed = began.elapsed();
         // The session ends (its row goes) before its bytes move into the
         // blob: a crash in between must not leave a session whose
         // acknowledged offset names bytes that are gone (its next chunk
@@ -392,7 +430,16 @@ impl Registry {
             }),
             Ok(_) => self.store_uploaded(repo, id, digest).await,
         };
+        let stored = began.elapsed();
         self.remove_upload_dir(id).await;
+        tracing::debug!(
+            upload = %id,
+            appended_ms = ms(appended),
+            digest_ms = ms(hashed - appended),
+            stored_ms = ms(stored - hashed),
+            total_ms = ms(began.elapsed()),
+            "upload finished"
+        );
         result
     }
 
@@ -496,6 +543,7 @@ impl Registry {
             offset: 0,
             started_at: now_secs(),
             hasher: Some(Sha256Hasher::new()),
+            row_current: true,
         };
         let b = self.backend.clone();
         let data = paths::upload_data(&id);
@@ -705,6 +753,32 @@ mod tests {
         assert!(matches!(e, RegistryError::UploadUnknown), "{e}");
         assert!(!dir.path().join("_uploads").join(s.id.as_str()).exists());
         assert_eq!(reg.uploads.open_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_refused_for_its_length_moves_nothing_and_the_upload_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path(), 10, 10).await;
+        let repo = RepoName::parse("t/len").unwrap();
+        let s = reg
+            .start_upload(&repo, &Principal::user("p"))
+            .await
+            .unwrap();
+        reg.append_chunk(&repo, &s.id, Some(0), None, body(b"abc"))
+            .await
+            .unwrap();
+        let e = reg
+            .append_chunk(&repo, &s.id, Some(3), Some(10), body(b"XYZW"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::SizeInvalid(_)), "{e}");
+        assert_eq!(reg.upload_status(&repo, &s.id).await.unwrap().offset, 3);
+        reg.append_chunk(&repo, &s.id, Some(3), None, body(b"def"))
+            .await
+            .unwrap();
+        let d = Digest::of(b"abcdef");
+        let got = reg.finish_upload(&repo, &s.id, &d, None, body(b"")).await;
+        assert_eq!(got.unwrap(), d);
     }
 
     /// A filesystem backend whose `rename` moves the bytes and then stops

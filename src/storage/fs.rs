@@ -167,27 +167,106 @@ pub fn write_file_atomic(target: &Path, data: &[u8], mode: Option<u32>) -> io::R
 struct FsAppend {
     file: File,
     path: StorePath,
+    /// The file offset the next write lands at.
+    end: u64,
+    /// Bytes before this offset were handed to writeback already (or
+    /// were there when the writer opened).
+    kicked: u64,
+    /// The thread that starts writeback, once there was some to start.
+    kicker: Option<Kicker>,
+}
+
+/// Starts writeback of byte ranges of one file on a thread of its own:
+/// submitting the writes blocks while the disk is busy, and the thread
+/// that copies the body into the file should not wait for that.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct Kicker {
+    ranges: std::sync::mpsc::Sender<(i64, i64)>,
+    done: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Kicker {
+    #[cfg(target_os = "linux")]
+    fn start(file: &File) -> io::Result<Kicker> {
+        use std::os::fd::AsRawFd;
+        let file = file.try_clone()?;
+        let (ranges, rx) = std::sync::mpsc::channel::<(i64, i64)>();
+        let done = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for (from, n) in rx {
+                    // SAFETY: the descriptor is owned by `file`, open for
+                    // the whole call; the range is plain integers.
+                    let rc = unsafe {
+                        libc::sync_file_range(
+                            file.as_raw_fd(),
+                            from,
+                            n,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        )
+                    };
+                    if rc != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(Kicker { ranges, done })
+    }
+
+    /// Waits until every range handed over was submitted.
+    fn finish(self) -> io::Result<()> {
+        drop(self.ranges);
+        self.done
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the writeback thread panicked")))
+    }
 }
 
 impl AppendWriter for FsAppend {
     fn write_all(&mut self, buf: &[u8]) -> StorageResult<()> {
-        self.file.write_all(buf).map_err(io_err(&self.path))
-    }
-    fn sync(&mut self) -> StorageResult<()> {
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.write_all(buf).map_err(io_err(&self.path))?;
+        self.end = self.end.saturating_add(buf.len() as u64);
+        Ok(())
     }
 
+    /// `fdatasync`, once the writeback already started was submitted: the
+    /// bytes and the file's length are on disk when this returns.
+    fn sync(&mut self) -> StorageResult<()> {
+        if let Some(k) = self.kicker.take() {
+            k.finish().map_err(io_err(&self.path))?;
+        }
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.kicked = self.end;
+        Ok(())
+    }
+
+    /// Starts writeback of the bytes written since the last kick only (a
+    /// chunk appended to a large upload does not walk the pages of the
+    /// chunks before it), on the kicker thread.
     #[cfg(target_os = "linux")]
     fn start_writeback(&mut self) -> StorageResult<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the descriptor is owned by `self.file` and open for the
-        // whole call; offset 0 / nbytes 0 means "the whole file".
-        let rc = unsafe {
-            libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        let len = self.end.saturating_sub(self.kicked);
+        let (Ok(from), Ok(n)) = (i64::try_from(self.kicked), i64::try_from(len)) else {
+            return Ok(()); // past what the call takes: the final sync does it all
         };
-        if rc != 0 {
-            return Err(StorageError::io(&self.path, io::Error::last_os_error()));
+        if n == 0 {
+            return Ok(());
         }
+        if self.kicker.is_none() {
+            self.kicker = Some(Kicker::start(&self.file).map_err(io_err(&self.path))?);
+        }
+        let sent = self
+            .kicker
+            .as_ref()
+            .is_some_and(|k| k.ranges.send((from, n)).is_ok());
+        if !sent {
+            // The thread stopped on an error: report it.
+            if let Some(k) = self.kicker.take() {
+                k.finish().map_err(io_err(&self.path))?;
+            }
+        }
+        self.kicked = self.end;
         Ok(())
     }
 }
@@ -263,6 +342,9 @@ impl Backend for FsBackend {
         Ok(Box::new(FsAppend {
             file,
             path: path.clone(),
+            end: truncate_to,
+            kicked: truncate_to,
+            kicker: None,
         }))
     }
 
