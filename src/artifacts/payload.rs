@@ -147,6 +147,14 @@ impl Layer {
         &self.digest
     }
 
+    /// The spool file (another handle on it) at its start, and the
+    /// layer's length: for a store that copies it whole.
+    pub fn source_file(&self) -> io::Result<(File, u64)> {
+        let mut f = self.spool.file.try_clone()?;
+        f.seek(SeekFrom::Start(0))?;
+        Ok((f, self.size))
+    }
+
     /// The layer's bytes from the start (blocking reads; e.g. feed it to
     /// `registry::io::reader_stream(Box::new(reader), layer.size())`).
     /// The temp file goes away with the reader.

@@ -139,7 +139,35 @@ impl Metadata {
         repo: &RepoName,
         puts: &[ManifestPut],
     ) -> MetadataResult<Result<(), PutRejected>> {
+        self.put_manifests_linking(repo, &[], puts).await
+    }
+
+    /// [`put_manifests`](Self::put_manifests), linking `links` (blobs the
+    /// caller stored and keeps from garbage collection) into `repo` in the
+    /// same transaction, before the manifests' checks: a REST create's
+    /// layer, config and manifest become visible with one commit.
+    pub async fn put_manifests_linking(
+        &self,
+        repo: &RepoName,
+        links: &[Digest],
+        puts: &[ManifestPut],
+    ) -> MetadataResult<Result<(), PutRejected>> {
         let mut tx = self.begin_repo_write(repo.as_str()).await?;
+        if !links.is_empty() {
+            ensure_repo(&mut tx, repo).await?;
+            let now = unix_now();
+            for d in links {
+                sqlx::query(
+                    "INSERT INTO blob_links (repo, digest, linked_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (repo, digest) DO NOTHING",
+                )
+                .bind(repo.to_string())
+                .bind(d.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         let mut scopes = Scopes::default();
         scopes.add(repo_scope(repo.as_str()));
         for put in puts {

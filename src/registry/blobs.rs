@@ -268,6 +268,39 @@ impl Registry {
             .await
     }
 
+    /// Makes blobs durable in the store without linking them anywhere (a
+    /// REST create's layer, config and manifest, written before its
+    /// repository's hold and linked by [`Registry::put_manifest_linking`]).
+    /// A blob already stored is touched instead (its grace period
+    /// restarts). The caller pins them (`pin_for_gc`) until they are
+    /// linked; the digests are the caller's own (not re-hashed here).
+    pub async fn store_unlinked(
+        &self,
+        blobs: Vec<(Digest, crate::storage::ObjectSource)>,
+    ) -> RegistryResult<()> {
+        let guard = self.gc_write_guard().await;
+        for (d, _) in &blobs {
+            guard.note(d);
+        }
+        let b = self.backend.clone();
+        blocking(move || {
+            let mut todo = Vec::with_capacity(blobs.len());
+            for (d, source) in blobs {
+                let path = paths::blob(&d);
+                if !b.touch(&path)? {
+                    todo.push((path, source));
+                }
+            }
+            if !todo.is_empty() {
+                b.write_objects(todo)?;
+            }
+            Ok(())
+        })
+        .await?;
+        drop(guard);
+        Ok(())
+    }
+
     /// Stores a small blob given whole (configs, REST-built layers) and
     /// links it into `repo`. Identical content is stored once (and its
     /// grace period restarts).

@@ -127,7 +127,7 @@ impl Registry {
         // cannot take what this manifest references (see `gc`).
         let guard = self.gc_write_guard().await;
         let (stored, put) = self
-            .prepare_manifest(&guard, repo, reference.clone(), content_type, body)
+            .prepare_manifest(&guard, repo, reference.clone(), content_type, body, &[])
             .await?;
         rejected(self.meta.put_manifest(&put).await?)?;
         drop(guard);
@@ -149,7 +149,7 @@ impl Registry {
         loop {
             let mut chunk = Vec::with_capacity(32);
             for (reference, ct, body) in pending.by_ref().take(32) {
-                chunk.push(self.prepare_manifest(&guard, repo, reference, Some(ct), body));
+                chunk.push(self.prepare_manifest(&guard, repo, reference, Some(ct), body, &[]));
             }
             if chunk.is_empty() {
                 break;
@@ -168,8 +168,34 @@ impl Registry {
         Ok(stored)
     }
 
+    /// A manifest PUT that also links `links` into `repo` in its one
+    /// transaction: blobs stored by [`Registry::store_unlinked`] and
+    /// pinned (`pin_for_gc`) by the caller until this returns.
+    pub async fn put_manifest_linking(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        links: &[Digest],
+    ) -> RegistryResult<ManifestStored> {
+        let guard = self.gc_write_guard().await;
+        for d in links {
+            guard.note(d);
+        }
+        let (stored, put) = self
+            .prepare_manifest(&guard, repo, reference.clone(), content_type, body, links)
+            .await?;
+        rejected(self.meta.put_manifests_linking(repo, links, &[put]).await?)?;
+        drop(guard);
+        tracing::debug!(repo = %repo, digest = %stored.digest, "manifest stored");
+        Ok(stored)
+    }
+
     /// Everything of a manifest PUT before its transaction: the checks,
-    /// the bytes made durable in the blob store, the derived rows.
+    /// the bytes made durable in the blob store, the derived rows. A blob
+    /// in `linking` is linked by the transaction itself: only its bytes
+    /// are checked.
     async fn prepare_manifest(
         &self,
         guard: &super::gc::WriteGuard<'_>,
@@ -177,6 +203,7 @@ impl Registry {
         reference: Reference,
         content_type: Option<&str>,
         body: Bytes,
+        linking: &[Digest],
     ) -> RegistryResult<(ManifestStored, ManifestPut)> {
         let size = body.len() as u64;
         if size > self.limits.max_manifest_bytes {
@@ -204,7 +231,14 @@ impl Registry {
             guard.note(&d.digest);
         }
         for d in manifest.blob_references() {
-            match self.blob_size(repo, &d.digest).await? {
+            let size = if linking.contains(&d.digest) {
+                let b = self.backend.clone();
+                let blob = paths::blob(&d.digest);
+                blocking(move || Ok(b.size(&blob)?)).await?
+            } else {
+                self.blob_size(repo, &d.digest).await?
+            };
+            match size {
                 None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
                 Some(actual) if actual != d.size => {
                     return Err(crate::oci::ManifestError::Invalid(format!(

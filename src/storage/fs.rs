@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{
-    paths, AppendWriter, Backend, Entry, ObjectReader, StorageError, StorageResult, StorePath,
+    paths, AppendWriter, Backend, Entry, ObjectReader, ObjectSource, StorageError, StorageResult,
+    StorePath,
 };
 
 pub struct FsBackend {
@@ -164,6 +165,32 @@ pub fn write_file_atomic(target: &Path, data: &[u8], mode: Option<u32>) -> io::R
     sync_dir(&dir)
 }
 
+/// One object of [`Backend::write_objects`]: written and synced into its
+/// temp file (blocking; one thread per object).
+fn write_temp(target: &Path, source: ObjectSource) -> io::Result<(PathBuf, TempGuard)> {
+    let tmp = temp_path(target);
+    let guard = TempGuard {
+        path: tmp.clone(),
+        armed: true,
+    };
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    match source {
+        ObjectSource::Bytes(b) => f.write_all(&b)?,
+        ObjectSource::File { file, len } => {
+            // `copy_file_range` on Linux: no pass through user space.
+            let copied = io::copy(&mut file.take(len), &mut f)?;
+            if copied != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source file shorter than stated",
+                ));
+            }
+        }
+    }
+    f.sync_data()?;
+    Ok((tmp, guard))
+}
+
 struct FsAppend {
     file: File,
     path: StorePath,
@@ -293,6 +320,70 @@ impl Backend for FsBackend {
 
     fn write_atomic(&self, path: &StorePath, data: &[u8]) -> StorageResult<()> {
         write_file_atomic(&self.full(path), data, None).map_err(io_err(path))
+    }
+
+    fn write_objects(&self, items: Vec<(StorePath, ObjectSource)>) -> StorageResult<()> {
+        let mut dirs: Vec<(PathBuf, StorePath)> = Vec::new();
+        let mut jobs = Vec::with_capacity(items.len());
+        for (path, source) in items {
+            let full = self.full(&path);
+            let dir = full
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.root.clone());
+            create_dir_durable(&dir).map_err(io_err(&path))?;
+            if !dirs.iter().any(|(d, _)| d == &dir) {
+                dirs.push((dir, path.clone()));
+            }
+            jobs.push((path, full, source));
+        }
+        // The files are written and synced side by side (the journal
+        // commits their syncs together), then renamed, then each folder
+        // is synced once.
+        let mut written = Vec::with_capacity(jobs.len());
+        let mut last = jobs.pop();
+        std::thread::scope(|scope| -> StorageResult<()> {
+            let others: Vec<_> = jobs
+                .into_iter()
+                .map(|(path, full, source)| {
+                    let h = scope.spawn(move || write_temp(&full, source).map(|t| (t, full)));
+                    (path, h)
+                })
+                .collect();
+            let mut first_error = None;
+            if let Some((path, full, source)) = last.take() {
+                match write_temp(&full, source) {
+                    Ok(t) => written.push((path, full, t)),
+                    Err(e) => first_error = Some(StorageError::io(&path, e)),
+                }
+            }
+            for (path, h) in others {
+                match h.join() {
+                    Ok(Ok((t, full))) => written.push((path, full, t)),
+                    Ok(Err(e)) => {
+                        first_error.get_or_insert(StorageError::io(&path, e));
+                    }
+                    Err(_) => {
+                        first_error.get_or_insert(StorageError::io(
+                            &path,
+                            io::Error::other("a writer thread failed"),
+                        ));
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })?;
+        for (path, full, (tmp, guard)) in written {
+            fs::rename(&tmp, &full).map_err(io_err(&path))?;
+            guard.keep();
+        }
+        for (dir, path) in &dirs {
+            sync_dir(dir).map_err(io_err(path))?;
+        }
+        Ok(())
     }
 
     fn size(&self, path: &StorePath) -> StorageResult<Option<u64>> {

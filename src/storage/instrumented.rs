@@ -138,6 +138,11 @@ impl Backend for InstrumentedBackend {
             .time(Op::WriteAtomic, || self.inner.write_atomic(path, data))
     }
 
+    fn write_objects(&self, items: Vec<(StorePath, super::ObjectSource)>) -> StorageResult<()> {
+        self.timers
+            .time(Op::WriteAtomic, || self.inner.write_objects(items))
+    }
+
     fn size(&self, path: &StorePath) -> StorageResult<Option<u64>> {
         self.timers.time(Op::Size, || self.inner.size(path))
     }

@@ -87,12 +87,82 @@ pub struct Entry {
     pub is_dir: bool,
 }
 
+/// The bytes of one object of [`Backend::write_objects`].
+pub enum ObjectSource {
+    Bytes(bytes::Bytes),
+    /// An open file, read from its current position to its end (`len`
+    /// bytes: a shorter file is an error).
+    File {
+        file: std::fs::File,
+        len: u64,
+    },
+}
+
+impl ObjectSource {
+    /// Copies the whole source into `w` in 1 MiB blocks.
+    fn copy_to(self, w: &mut dyn AppendWriter) -> StorageResult<()> {
+        match self {
+            ObjectSource::Bytes(b) => w.write_all(&b),
+            ObjectSource::File { file, len } => {
+                let mut r = file.take(len);
+                let mut buf = vec![0u8; 1024 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = r
+                        .read(&mut buf)
+                        .map_err(|e| StorageError::io(&StorePath::probe(), e))?;
+                    if n == 0 {
+                        return Err(StorageError::io(
+                            &StorePath::probe(),
+                            std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "source file shorter than stated",
+                            ),
+                        ));
+                    }
+                    w.write_all(buf.get(..n).unwrap_or_default())?;
+                    left -= n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// Reads a whole small object; `None` if it does not exist.
     fn read_small(&self, path: &StorePath, max: u64) -> StorageResult<Option<Vec<u8>>>;
     /// Writes a small object atomically and durably (temp, fsync, rename,
     /// fsync dir). Readers see the old or the new content, never a mix.
     fn write_atomic(&self, path: &StorePath, data: &[u8]) -> StorageResult<()>;
+    /// Writes several objects, each atomically and durably as
+    /// [`write_atomic`](Self::write_atomic) does (an existing object is
+    /// replaced). All are durable when this returns; none is ordered
+    /// against another. The filesystem writes and syncs the files side by
+    /// side and syncs each folder once; this default writes them one by
+    /// one (a file source through a temp object beside its target).
+    fn write_objects(&self, items: Vec<(StorePath, ObjectSource)>) -> StorageResult<()> {
+        for (path, source) in items {
+            match source {
+                ObjectSource::Bytes(b) => self.write_atomic(&path, &b)?,
+                source @ ObjectSource::File { .. } => {
+                    let tmp = paths::temp_beside(&path);
+                    let written = self.open_append(&tmp, 0).and_then(|mut w| {
+                        source.copy_to(w.as_mut())?;
+                        w.sync()
+                    });
+                    match written.and_then(|()| self.rename(&tmp, &path)) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            let _ = self.delete(&tmp);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
     /// The object's length, `None` if it does not exist.
     fn size(&self, path: &StorePath) -> StorageResult<Option<u64>>;
     /// Opens an object for reading at `offset`.

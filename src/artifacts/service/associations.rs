@@ -23,6 +23,9 @@ impl ArtifactService {
         hosts: &[HostId],
         channel: Option<&str>,
     ) -> Result<usize, ArtifactError> {
+        if hosts.is_empty() {
+            return Ok(0);
+        }
         let key = rec.key();
         let existing: std::collections::HashSet<HostId> =
             self.index.hosts_of(&key).await?.into_iter().collect();

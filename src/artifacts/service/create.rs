@@ -1,9 +1,11 @@
 //! The REST create (`POST /artifacts`): the memory budget share taken
 //! before the body is read, the checks that need no payload, the one
-//! payload decode on a blocking thread, then, under the repository's lock,
-//! the version decision (replay, conflict, new manifest, new platform in
-//! the version's index) and the writes: the layer streamed from its spool
-//! file, the config, the signed manifest, the index and host associations.
+//! payload decode on a blocking thread, the layer (from its spool file),
+//! config and manifest made durable side by side before the repository's
+//! hold (after signing, when there is a signer), then, under the hold, the
+//! version decision (replay, conflict, new manifest, new platform in the
+//! version's index) and one transaction that links the blobs and stores
+//! the manifest; then the index and host associations.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,7 +22,8 @@ use crate::artifacts::model::{oci_architecture, ArtifactJson, ArtifactKey};
 use crate::artifacts::payload::Layer;
 use crate::artifacts::ArtifactError;
 use crate::oci::{media, Digest, Reference, RepoName};
-use crate::registry::{reader_stream, RegistryError};
+use crate::registry::RegistryError;
+use crate::storage::ObjectSource;
 
 /// How REST creates are bounded (see `payload` and `memory`).
 #[derive(Debug, Clone)]
@@ -77,6 +80,42 @@ impl ArtifactService {
         let new = new?;
         let _memory = memory;
 
+        let layer_digest = new.layer.digest().clone();
+        let layer_size = new.layer.size();
+        let platform_arch = oci_architecture(&new.config.architecture).to_string();
+        // The manifest's bytes do not depend on what the version tag names
+        // (only where it is stored does), so all three blobs are built now.
+        let config_bytes = Bytes::from(build::config_blob(&new.config)?);
+        let config_digest = Digest::of(&config_bytes);
+        let manifest_bytes = build::artifact_manifest(
+            &new.repo,
+            &new.config,
+            (&config_digest, config_bytes.len() as u64),
+            (&layer_digest, layer_size),
+        )?;
+        let manifest_size = manifest_bytes.len() as u64;
+        let max_manifest = self.registry.limits().max_manifest_bytes;
+        if manifest_size > max_manifest {
+            return Err(Limit::Manifest.refusal(max_manifest, Some(manifest_size)));
+        }
+        let manifest_digest = Digest::of(&manifest_bytes);
+        // Kept from garbage collection until the manifest references them.
+        let _pin = self.registry.pin_for_gc(vec![
+            layer_digest.clone(),
+            config_digest.clone(),
+            manifest_digest.clone(),
+        ]);
+        // Without a signer the bytes are made durable before the
+        // repository's hold, side by side (no row names them until the
+        // one commit below; a create refused under the hold leaves bytes
+        // that garbage collection sweeps). With one, signing comes first:
+        // when it fails nothing is written (503 `signing_unavailable`).
+        let signs = self.signing.as_ref().is_some_and(|s| s.enabled());
+        if !signs {
+            self.store_blobs(&new.layer, &config_bytes, &manifest_bytes)
+                .await?;
+        }
+
         let _held = self.hold(&new.repo).await?;
         let repo = &new.repo;
         // A channel's tag is moved by the channel API: a version of the
@@ -96,9 +135,6 @@ impl ArtifactService {
                 ),
             ));
         }
-        let layer_digest = new.layer.digest().clone();
-        let layer_size = new.layer.size();
-        let platform_arch = oci_architecture(&new.config.architecture).to_string();
 
         // What the version tag names now decides: replay, conflict, a new
         // manifest, or a new platform in an index.
@@ -115,27 +151,10 @@ impl ArtifactService {
             }
             VersionState::New { siblings, stale } => (siblings, stale),
         };
-
-        let config_bytes = build::config_blob(&new.config)?;
-        let config_digest = Digest::of(&config_bytes);
-        let manifest_bytes = build::artifact_manifest(
-            repo,
-            &new.config,
-            (&config_digest, config_bytes.len() as u64),
-            (&layer_digest, layer_size),
-        )?;
-        let manifest_size = manifest_bytes.len() as u64;
-        let max_manifest = self.registry.limits().max_manifest_bytes;
-        if manifest_size > max_manifest {
-            return Err(Limit::Manifest.refusal(max_manifest, Some(manifest_size)));
-        }
-        let manifest_digest = Digest::of(&manifest_bytes);
         let manifest_ref = match siblings {
             None => Reference::Tag(new.tag.clone()),
             Some(_) => Reference::Digest(manifest_digest.clone()),
         };
-        // With a signer, the manifest is signed before anything is written:
-        // when signing fails nothing is stored (503 `signing_unavailable`).
         let signed = match &self.signing {
             Some(s) => {
                 s.prepare(
@@ -148,18 +167,16 @@ impl ArtifactService {
             }
             None => None,
         };
-        // Kept from garbage collection until the manifest references them.
-        let _pin = self
-            .registry
-            .pin_for_gc(vec![layer_digest.clone(), config_digest.clone()]);
-        self.store_layer(repo, new.layer).await?;
-        self.registry
-            .put_small_blob(repo, Bytes::from(config_bytes))
-            .await?;
-        match &self.signing {
-            Some(s) => {
+        if signs {
+            self.store_blobs(&new.layer, &config_bytes, &manifest_bytes)
+                .await?;
+        }
+        match (&self.signing, signed) {
+            (Some(s), Some(signed)) => {
+                self.registry.link_blob(repo, &layer_digest).await?;
+                self.registry.link_blob(repo, &config_digest).await?;
                 s.put_prepared(
-                    signed,
+                    Some(signed),
                     repo,
                     &manifest_ref,
                     Some(media::OCI_MANIFEST),
@@ -167,13 +184,16 @@ impl ArtifactService {
                 )
                 .await?;
             }
-            None => {
+            // One transaction links the layer and the config and stores
+            // the manifest (and its tag).
+            _ => {
                 self.registry
-                    .put_manifest(
+                    .put_manifest_linking(
                         repo,
                         &manifest_ref,
                         Some(media::OCI_MANIFEST),
                         manifest_bytes,
+                        &[layer_digest.clone(), config_digest.clone()],
                     )
                     .await?;
             }
@@ -203,34 +223,32 @@ impl ArtifactService {
             .await?
             .ok_or_else(|| internal("artifact stored but not indexed"))?;
         self.associate_all(&rec, &new.hosts, None).await?;
+        drop(_held);
         tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
+        let value = self.json(&rec).await?;
         Ok(Created {
-            value: self.json(&rec).await?,
+            value,
             created: true,
         })
     }
 
-    /// Streams a spooled layer into `repo`'s blobs, or only links it when
-    /// the store already holds it (its grace period restarts either way).
-    async fn store_layer(&self, repo: &RepoName, layer: Layer) -> Result<(), ArtifactError> {
-        let digest = layer.digest().clone();
-        match self.registry.link_blob(repo, &digest).await {
-            Ok(()) => return Ok(()),
-            Err(RegistryError::BlobUnknown(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let size = layer.size();
-        let reader = layer.into_reader().map_err(internal)?;
-        let body = Box::pin(reader_stream(Box::new(reader), size));
-        match self.registry.upload_monolithic(repo, &digest, body).await {
-            Ok(_) => Ok(()),
-            // The "body" is our own spool file and digest: a failure to
-            // read it or a mismatch is a fault here, never the client's.
-            Err(e @ (RegistryError::Body(_) | RegistryError::DigestMismatch { .. })) => {
-                Err(internal(format!("storing the spooled layer: {e}")))
-            }
-            Err(e) => Err(e.into()),
-        }
+    /// Makes the layer (from its spool file), the config and the manifest
+    /// durable in the blob store, unlinked (see `Registry::store_unlinked`).
+    async fn store_blobs(
+        &self,
+        layer: &Layer,
+        config: &Bytes,
+        manifest: &Bytes,
+    ) -> Result<(), ArtifactError> {
+        let (file, len) = layer.source_file().map_err(internal)?;
+        self.registry
+            .store_unlinked(vec![
+                (layer.digest().clone(), ObjectSource::File { file, len }),
+                (Digest::of(config), ObjectSource::Bytes(config.clone())),
+                (Digest::of(manifest), ObjectSource::Bytes(manifest.clone())),
+            ])
+            .await?;
+        Ok(())
     }
 }
 
