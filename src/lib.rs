@@ -71,10 +71,14 @@ async fn open_registry_with(
     let remote = !matches!(config.blob_store, storage::blob_store::BlobStoreConfig::Fs);
     if blob_cache && remote && config.blob_cache_bytes > 0 {
         let dir = &config.blob_cache_dir;
-        let cached = storage::blob_cache::CachingBackend::open(backend, dir, config.blob_cache_bytes)
-            .map_err(|e| {
-                std::io::Error::other(format!("cannot open the blob cache {}: {e}", dir.display()))
-            })?;
+        let cached =
+            storage::blob_cache::CachingBackend::open(backend, dir, config.blob_cache_bytes)
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "cannot open the blob cache {}: {e}",
+                        dir.display()
+                    ))
+                })?;
         backend = Arc::new(cached);
     }
     let limits = Limits {

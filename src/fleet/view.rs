@@ -299,6 +299,25 @@ impl FleetView {
         visible: &(dyn Fn(&RepoName) -> bool + Sync),
         fresh: Freshness,
     ) -> MetadataResult<Snapshot> {
+        let mut snap = self.assigned(host, visible, fresh).await?;
+        // `watched` is the host, the selectors, then each name in order.
+        let mut candidates = HashMap::with_capacity(snap.watched.len());
+        for (scope, seq) in &snap.watched[2..] {
+            let name = scope.strip_prefix("repo:").unwrap_or(scope);
+            candidates.insert(name.to_string(), (*seq, self.candidates(name, *seq).await?));
+        }
+        snap.candidates = candidates;
+        Ok(snap)
+    }
+
+    /// A [`Snapshot`] without the versions of the names (`candidates` is
+    /// empty): what the seed's `for-host` needs.
+    pub async fn assigned(
+        &self,
+        host: &str,
+        visible: &(dyn Fn(&RepoName) -> bool + Sync),
+        fresh: Freshness,
+    ) -> MetadataResult<Snapshot> {
         let first = [host_scope(host), SELECTORS.to_string()];
         let c = self.counters(&first, fresh).await?;
         let (host_seq, sel_seq) = (c[0], c[1]);
@@ -326,10 +345,6 @@ impl FleetView {
         names.dedup();
         let scopes: Vec<String> = names.iter().map(|n| repo_scope(n)).collect();
         let c2 = self.counters(&scopes, fresh).await?;
-        let mut candidates = HashMap::with_capacity(names.len());
-        for (name, seq) in names.iter().zip(&c2) {
-            candidates.insert(name.to_string(), (*seq, self.candidates(name, *seq).await?));
-        }
         let [host_scope_name, selectors_scope] = first;
         let mut watched = Vec::with_capacity(2 + scopes.len());
         watched.push((host_scope_name, host_seq));
@@ -338,7 +353,7 @@ impl FleetView {
         Ok(Snapshot {
             host: entry,
             assignments,
-            candidates,
+            candidates: HashMap::new(),
             watched,
         })
     }

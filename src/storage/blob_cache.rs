@@ -366,7 +366,10 @@ mod tests {
         assert_eq!(cached_names(cache_dir.path()), vec![a.hex().to_string()]);
         // An evicted blob is filled again; a missing one has no file.
         assert!(c.open_file(&paths::blob(&b)).unwrap().is_some());
-        assert!(c.open_file(&paths::blob(&Digest::of(b"none"))).unwrap().is_none());
+        assert!(c
+            .open_file(&paths::blob(&Digest::of(b"none")))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
