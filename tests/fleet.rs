@@ -1050,12 +1050,23 @@ async fn for_host_entries_follow_writes_that_do_not_touch_the_host() {
     let id = str_of(&a, "id");
     x.associate(id, "fhc-1", None).await;
     let before = x.for_host("fhc-1").await;
-    assert_eq!(before["artifacts"][0]["hosts"], json!(["fhc-1"]), "{before}");
+    assert_eq!(
+        before["artifacts"][0]["hosts"],
+        json!(["fhc-1"]),
+        "{before}"
+    );
     assert_eq!(x.for_host("fhc-1").await, before, "the same answer again");
     x.associate(id, "fhc-2", None).await;
     let after = x.for_host("fhc-1").await;
-    assert_eq!(after["artifacts"][0]["hosts"], json!(["fhc-1", "fhc-2"]), "{after}");
-    assert_eq!(after["artifacts"][0], x.get_ok(&format!("/artifacts/{id}")).await);
+    assert_eq!(
+        after["artifacts"][0]["hosts"],
+        json!(["fhc-1", "fhc-2"]),
+        "{after}"
+    );
+    assert_eq!(
+        after["artifacts"][0],
+        x.get_ok(&format!("/artifacts/{id}")).await
+    );
     let d = x.delete(&format!("/artifacts/{id}")).await;
     assert_eq!(d.status(), StatusCode::NO_CONTENT);
     assert_eq!(x.for_host("fhc-1").await["artifacts"], json!([]));

@@ -155,7 +155,11 @@ async fn for_host_entries_cached_on_one_replica_follow_writes_on_another() {
         .unwrap();
     assert!(a.status().is_success(), "{}", a.status());
     let v = get(2, "cache-1").await;
-    assert_eq!(v["artifacts"][0]["hosts"], json!(["cache-1", "cache-2"]), "{v}");
+    assert_eq!(
+        v["artifacts"][0]["hosts"],
+        json!(["cache-1", "cache-2"]),
+        "{v}"
+    );
     // Deleted on the first: gone from the third's answer.
     let d = c
         .delete(r[0].url(&format!("/artifacts/{id}")))

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use crate::artifacts::{ArtifactError, ArtifactKey, ArtifactService};
 use crate::oci::{Digest, RepoName};
 
-/// Entries kept before the cache is emptied (a bound, not a target).
+/// Entries, and bytes of JSON, kept before the cache is emptied (bounds,
+/// not targets: an entry is about 750 bytes, 100,000 of them 75 MB).
 const MAX_ENTRIES: usize = 200_000;
+const MAX_BYTES: usize = 256 << 20;
 
 /// One artifact as `for-host` lists it.
 #[derive(Debug)]
@@ -21,9 +23,19 @@ pub struct Listed {
     json: Vec<u8>,
 }
 
-/// Per (repository, digest): the repository counter the entry was read
-/// at, and the entry (`None`: no such artifact at that counter).
-type Entries = HashMap<(RepoName, Digest), (i64, Option<Arc<Listed>>)>;
+/// Per repository, per digest: the repository counter the entry was read
+/// at, and the entry (`None`: no such artifact at that counter); with the
+/// entries and bytes of JSON held.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<RepoName, HashMap<Digest, (i64, Option<Arc<Listed>>)>>,
+    len: usize,
+    bytes: usize,
+}
+
+fn size(e: &Option<Arc<Listed>>) -> usize {
+    e.as_ref().map_or(0, |l| l.json.len())
+}
 
 #[derive(Default)]
 pub struct ListedCache {
@@ -41,20 +53,26 @@ impl ListedCache {
     pub async fn entries(
         &self,
         artifacts: &ArtifactService,
-        keys: &[(ArtifactKey, i64)],
+        keys: &[(&RepoName, &Digest, i64)],
     ) -> Result<Vec<Arc<Listed>>, ArtifactError> {
         let mut seen = HashSet::with_capacity(keys.len());
         let mut out = Vec::with_capacity(keys.len());
         let mut missing: Vec<(ArtifactKey, i64)> = Vec::new();
         {
             let cache = locked(&self.entries);
-            for (k, seq) in keys {
-                if !seen.insert((&k.repo, &k.digest)) {
+            for &(repo, digest, seq) in keys {
+                if !seen.insert((repo, digest)) {
                     continue;
                 }
-                match cache.get(&(k.repo.clone(), k.digest.clone())) {
-                    Some((s, e)) if s == seq => out.extend(e.iter().cloned()),
-                    _ => missing.push((k.clone(), *seq)),
+                match cache.map.get(repo).and_then(|m| m.get(digest)) {
+                    Some((s, e)) if *s == seq => out.extend(e.iter().cloned()),
+                    _ => missing.push((
+                        ArtifactKey {
+                            repo: repo.clone(),
+                            digest: digest.clone(),
+                        },
+                        seq,
+                    )),
                 }
             }
         }
@@ -76,16 +94,26 @@ impl ListedCache {
                 found.insert((rec.repo.clone(), rec.id.clone()), listed);
             }
             let mut cache = locked(&self.entries);
-            if cache.len() + missing.len() > MAX_ENTRIES {
-                cache.clear();
+            let adding: usize = found.values().map(|l| l.json.len()).sum();
+            if cache.len + missing.len() > MAX_ENTRIES || cache.bytes + adding > MAX_BYTES {
+                *cache = Entries::default();
             }
             for (k, seq) in missing {
-                let key = (k.repo, k.digest);
-                let entry = found.get(&key).cloned();
+                let entry = found.remove(&(k.repo.clone(), k.digest.clone()));
                 out.extend(entry.iter().cloned());
-                // A newer entry another request stored stays.
-                if cache.get(&key).is_none_or(|(s, _)| *s <= seq) {
-                    cache.insert(key, (seq, entry));
+                let added = size(&entry);
+                let cache = &mut *cache;
+                let slot = cache.map.entry(k.repo).or_default();
+                match slot.get(&k.digest) {
+                    // A newer entry another request stored stays.
+                    Some((s, _)) if *s > seq => {}
+                    _ => {
+                        cache.bytes += added;
+                        match slot.insert(k.digest, (seq, entry)) {
+                            Some((_, old)) => cache.bytes -= size(&old),
+                            None => cache.len += 1,
+                        }
+                    }
                 }
             }
         }

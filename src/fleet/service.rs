@@ -383,18 +383,17 @@ impl FleetService {
             .assigned(host.as_str(), visible, fresh)
             .await
             .map_err(meta_err)?;
-        let seqs: HashMap<&str, i64> = snap.watched.iter().map(|(s, q)| (s.as_str(), *q)).collect();
-        let keys: Vec<(ArtifactKey, i64)> = snap
+        let seqs: HashMap<&str, i64> = snap
+            .watched
+            .iter()
+            .filter_map(|(s, q)| Some((crate::metadata::changes::repo_of_scope(s)?, *q)))
+            .collect();
+        let keys: Vec<(&RepoName, &crate::oci::Digest, i64)> = snap
             .assignments
             .iter()
             .map(|a| {
-                let scope = crate::metadata::changes::repo_scope(&a.assignment.name);
-                let seq = seqs.get(scope.as_str()).copied().unwrap_or(0);
-                let key = ArtifactKey {
-                    repo: a.repo.clone(),
-                    digest: a.subject.clone(),
-                };
-                (key, seq)
+                let seq = seqs.get(a.assignment.name.as_str()).copied().unwrap_or(0);
+                (&a.repo, &a.subject, seq)
             })
             .collect();
         let entries = self.listed.entries(&self.artifacts, &keys).await?;
