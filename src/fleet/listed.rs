@@ -28,10 +28,12 @@ pub struct Listed {
 /// entries and bytes of JSON held.
 #[derive(Default)]
 struct Entries {
-    map: HashMap<RepoName, HashMap<Digest, (i64, Option<Arc<Listed>>)>>,
+    map: HashMap<RepoName, HashMap<Digest, Slot>>,
     len: usize,
     bytes: usize,
 }
+
+type Slot = (i64, Option<Arc<Listed>>);
 
 fn size(e: &Option<Arc<Listed>>) -> usize {
     e.as_ref().map_or(0, |l| l.json.len())

@@ -80,6 +80,9 @@ pub struct LiveSelector {
     pub assigned: Arc<Assigned>,
 }
 
+/// Every selector, with the counter it was read at.
+type Selectors = (i64, Arc<Vec<LiveSelector>>);
+
 /// One repository's versions, loaded once per change of the repository.
 type RepoCell = Arc<OnceCell<Arc<NameCandidates>>>;
 
@@ -111,7 +114,7 @@ pub struct FleetView {
     /// wakes every waiter resolves each name once per kind of host.
     resolved: Mutex<HashMap<NameKey, Arc<Desired>>>,
     hosts: Mutex<HashMap<String, (i64, Arc<HostEntry>)>>,
-    selectors: Mutex<Option<(i64, Arc<Vec<LiveSelector>>)>>,
+    selectors: Mutex<Option<Selectors>>,
     repos: Mutex<HashMap<String, (i64, RepoCell)>>,
 }
 
@@ -366,11 +369,7 @@ impl FleetView {
 
     /// The cached entry of `host` with its counter, and the cached
     /// selectors (if any), whatever their counters.
-    #[allow(clippy::type_complexity)]
-    fn cached_assignment(
-        &self,
-        host: &str,
-    ) -> Option<(i64, Arc<HostEntry>, Option<(i64, Arc<Vec<LiveSelector>>)>)> {
+    fn cached_assignment(&self, host: &str) -> Option<(i64, Arc<HostEntry>, Option<Selectors>)> {
         let (seq, entry) = locked(&self.hosts).get(host).cloned()?;
         let selectors = locked(&self.selectors).clone();
         if entry.row.is_some() && selectors.is_none() {
@@ -385,7 +384,7 @@ impl FleetView {
 /// the caller read; with the scopes of the names, sorted.
 fn assignments_of(
     entry: &HostEntry,
-    selectors: Option<&(i64, Arc<Vec<LiveSelector>>)>,
+    selectors: Option<&Selectors>,
     visible: &(dyn Fn(&RepoName) -> bool + Sync),
 ) -> (Vec<Arc<Assigned>>, Vec<String>) {
     let mut assignments: Vec<Arc<Assigned>> = entry
