@@ -1040,6 +1040,38 @@ async fn for_host_keeps_the_seed_json_and_adds_selector_matches() {
     );
 }
 
+/// Each `for-host` entry is cached per repository counter: a write to the
+/// artifact's repository that does not touch the host (another host
+/// associated, the artifact deleted) is in the host's next answer.
+#[tokio::test]
+async fn for_host_entries_follow_writes_that_do_not_touch_the_host() {
+    let x = Ctx::start().await;
+    let a = x.create("fhc/prog", "1.0.0", "x86_64").await;
+    let id = str_of(&a, "id");
+    x.associate(id, "fhc-1", None).await;
+    let before = x.for_host("fhc-1").await;
+    assert_eq!(
+        before["artifacts"][0]["hosts"],
+        json!(["fhc-1"]),
+        "{before}"
+    );
+    assert_eq!(x.for_host("fhc-1").await, before, "the same answer again");
+    x.associate(id, "fhc-2", None).await;
+    let after = x.for_host("fhc-1").await;
+    assert_eq!(
+        after["artifacts"][0]["hosts"],
+        json!(["fhc-1", "fhc-2"]),
+        "{after}"
+    );
+    assert_eq!(
+        after["artifacts"][0],
+        x.get_ok(&format!("/artifacts/{id}")).await
+    );
+    let d = x.delete(&format!("/artifacts/{id}")).await;
+    assert_eq!(d.status(), StatusCode::NO_CONTENT);
+    assert_eq!(x.for_host("fhc-1").await["artifacts"], json!([]));
+}
+
 // ---- channel associations and channels ----------------------------------------
 
 #[tokio::test]

@@ -110,6 +110,66 @@ async fn a_rest_create_on_one_replica_is_visible_on_another_at_once() {
     }
 }
 
+/// `for-host` caches each entry per repository counter: a write on
+/// another replica (a second host associated, the artifact deleted) is in
+/// the next answer of a replica that has the entry cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn for_host_entries_cached_on_one_replica_follow_writes_on_another() {
+    let Some((r, _shared)) = replicas().await else {
+        return;
+    };
+    let c = client();
+    let get = |i: usize, host: &'static str| {
+        let c = c.clone();
+        let url = r[i].url(&format!("/artifacts/for-host/{host}"));
+        async move {
+            let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            v
+        }
+    };
+    let created: Value = c
+        .post(r[0].url("/artifacts"))
+        .json(&create_body("fleet/cached", "1.0.0", "x86_64", "aGVsbG8="))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("id").to_string();
+    let a = c
+        .post(r[0].url(&format!("/artifacts/{id}/hosts")))
+        .json(&json!({"host_id": "cache-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(a.status().is_success(), "{}", a.status());
+    let v = get(2, "cache-1").await;
+    assert_eq!(v["artifacts"][0]["hosts"], json!(["cache-1"]), "{v}");
+    // A second host, on another replica: the first host's entry lists it.
+    let a = c
+        .post(r[1].url(&format!("/artifacts/{id}/hosts")))
+        .json(&json!({"host_id": "cache-2"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(a.status().is_success(), "{}", a.status());
+    let v = get(2, "cache-1").await;
+    assert_eq!(
+        v["artifacts"][0]["hosts"],
+        json!(["cache-1", "cache-2"]),
+        "{v}"
+    );
+    // Deleted on the first: gone from the third's answer.
+    let d = c
+        .delete(r[0].url(&format!("/artifacts/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get(2, "cache-1").await["artifacts"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunked_push_round_robin_over_the_replicas_stores_the_exact_bytes() {
     let Some((r, _shared)) = replicas().await else {

@@ -235,6 +235,15 @@ impl ArtifactIndex {
             .transpose()
     }
 
+    /// The artifacts of `keys` that exist, in no particular order (one
+    /// query per 200 keys).
+    pub async fn get_many(
+        &self,
+        keys: &[(RepoName, Digest)],
+    ) -> RegistryResult<Vec<Arc<ArtifactRecord>>> {
+        records(self.meta.artifacts_of_many(keys).await?)
+    }
+
     /// Every copy of a manifest that is an artifact, the first linked
     /// first (ties: by repository name).
     pub async fn copies(&self, digest: &Digest) -> RegistryResult<Vec<Arc<ArtifactRecord>>> {
@@ -280,14 +289,6 @@ impl ArtifactIndex {
             .into_iter()
             .find(|(h, _)| h == host)
             .map(|(_, d)| d))
-    }
-
-    /// Artifacts associated with a host (only those that still exist).
-    pub async fn artifacts_for_host(
-        &self,
-        host: &HostId,
-    ) -> RegistryResult<Vec<Arc<ArtifactRecord>>> {
-        records(self.meta.artifacts_for_host(&host.to_string()).await?)
     }
 
     /// Up to `limit` artifacts matching `f` after `after`, in the

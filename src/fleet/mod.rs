@@ -5,6 +5,7 @@
 //! `watch` holds long-polls, `service` is what the REST layer calls.
 
 pub mod hosts;
+pub mod listed;
 pub mod reports;
 pub mod requirements;
 pub mod resolve;

@@ -4,7 +4,7 @@
 //! channels with their history and rollback. HTTP-free: the REST layer
 //! parses, authorizes and maps errors.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,6 +233,8 @@ pub struct FleetService {
     meta: Metadata,
     artifacts: Arc<ArtifactService>,
     view: FleetView,
+    /// The entries of `for-host`, per repository counter.
+    listed: super::listed::ListedCache,
     watchers: Watchers,
     reports: super::reports::ReportWriter,
 }
@@ -242,6 +244,7 @@ impl FleetService {
         let meta = artifacts.index().metadata().clone();
         FleetService {
             view: FleetView::new(meta.clone()),
+            listed: Default::default(),
             reports: super::reports::ReportWriter::start(meta.clone()),
             meta,
             artifacts,
@@ -371,46 +374,32 @@ impl FleetService {
         visible: Visible<'_>,
         fresh: Freshness,
     ) -> Result<Answer, ArtifactError> {
+        // The direct associations and the selector matches (visible
+        // ones), each repository watched at the counter its entries are
+        // validated against: an artifact's row, hosts and signatures
+        // change only with a write to its repository.
         let snap = self
             .view
-            .snapshot(host.as_str(), visible, fresh)
+            .assigned(host.as_str(), visible, fresh)
             .await
             .map_err(meta_err)?;
-        let extra: Vec<ArtifactKey> = snap
+        let seqs: HashMap<&str, i64> = snap
+            .watched
+            .iter()
+            .filter_map(|(s, q)| Some((crate::metadata::changes::repo_of_scope(s)?, *q)))
+            .collect();
+        let keys: Vec<(&RepoName, &crate::oci::Digest, i64)> = snap
             .assignments
             .iter()
-            .filter(|a| a.assignment.via.starts_with("selector:"))
-            .map(|a| ArtifactKey {
-                repo: a.repo.clone(),
-                digest: a.subject.clone(),
+            .map(|a| {
+                let seq = seqs.get(a.assignment.name.as_str()).copied().unwrap_or(0);
+                (&a.repo, &a.subject, seq)
             })
             .collect();
-        let list = self.artifacts.for_host_with(host, &extra, visible).await?;
-        // The repositories listed are watched too (a delete or signature
-        // changes an entry).
-        let mut watched = snap.watched;
-        let listed: HashSet<String> = list.iter().map(|a| a.name.clone()).collect();
-        let scopes: Vec<String> = listed
-            .iter()
-            .map(|n| crate::metadata::changes::repo_scope(n))
-            .filter(|s| !watched.iter().any(|(w, _)| w == s))
-            .collect();
-        if !scopes.is_empty() {
-            let seqs = self.meta.change_seqs(&scopes).await.map_err(meta_err)?;
-            watched.extend(seqs);
-        }
+        let entries = self.listed.entries(&self.artifacts, &keys).await?;
         // The seed's JSON, unchanged.
-        #[derive(Serialize)]
-        struct ForHost<'a> {
-            host_id: &'a str,
-            artifacts: &'a [crate::artifacts::ArtifactJson],
-        }
-        let body = serde_json::to_vec(&ForHost {
-            host_id: host.as_str(),
-            artifacts: &list,
-        })
-        .map_err(|e| ArtifactError::Internal(e.to_string()))?;
-        Ok(Answer::new(body, watched))
+        let body = super::listed::body(host.as_str(), &entries)?;
+        Ok(Answer::new(body, snap.watched))
     }
 
     /// `GET /hosts/{host_id}/desired` with `If-None-Match` and `?wait=`.

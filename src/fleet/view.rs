@@ -19,7 +19,7 @@ use super::resolve::{
     NameCandidates,
 };
 use super::selector::Selector;
-use crate::metadata::changes::{host_scope, repo_scope, SELECTORS};
+use crate::metadata::changes::{host_scope, repo_of_scope, repo_scope, SELECTORS};
 use crate::metadata::{DirectRow, HostRow, Metadata, MetadataResult, SelectorRow};
 use crate::oci::{Digest, RepoName};
 
@@ -80,6 +80,9 @@ pub struct LiveSelector {
     pub assigned: Arc<Assigned>,
 }
 
+/// Every selector, with the counter it was read at.
+type Selectors = (i64, Arc<Vec<LiveSelector>>);
+
 /// One repository's versions, loaded once per change of the repository.
 type RepoCell = Arc<OnceCell<Arc<NameCandidates>>>;
 
@@ -111,7 +114,7 @@ pub struct FleetView {
     /// wakes every waiter resolves each name once per kind of host.
     resolved: Mutex<HashMap<NameKey, Arc<Desired>>>,
     hosts: Mutex<HashMap<String, (i64, Arc<HostEntry>)>>,
-    selectors: Mutex<Option<(i64, Arc<Vec<LiveSelector>>)>>,
+    selectors: Mutex<Option<Selectors>>,
     repos: Mutex<HashMap<String, (i64, RepoCell)>>,
 }
 
@@ -299,37 +302,58 @@ impl FleetView {
         visible: &(dyn Fn(&RepoName) -> bool + Sync),
         fresh: Freshness,
     ) -> MetadataResult<Snapshot> {
+        let mut snap = self.assigned(host, visible, fresh).await?;
+        // `watched` is the host, the selectors, then each name in order.
+        let mut candidates = HashMap::with_capacity(snap.watched.len());
+        for (scope, seq) in &snap.watched {
+            let Some(name) = repo_of_scope(scope) else {
+                continue;
+            };
+            candidates.insert(name.to_string(), (*seq, self.candidates(name, *seq).await?));
+        }
+        snap.candidates = candidates;
+        Ok(snap)
+    }
+
+    /// A [`Snapshot`] without the versions of the names (`candidates` is
+    /// empty): what the seed's `for-host` needs.
+    pub async fn assigned(
+        &self,
+        host: &str,
+        visible: &(dyn Fn(&RepoName) -> bool + Sync),
+        fresh: Freshness,
+    ) -> MetadataResult<Snapshot> {
         let first = [host_scope(host), SELECTORS.to_string()];
+        // The host and the selectors cached: their counters and those of
+        // the names they assign in one query, kept when the first two
+        // are still the cached ones (else read again, as below).
+        if let Some((entry_seq, entry, selectors)) = self.cached_assignment(host) {
+            let (assignments, scopes) = assignments_of(&entry, selectors.as_ref(), visible);
+            let mut wanted = Vec::with_capacity(2 + scopes.len());
+            wanted.extend(first.iter().cloned());
+            wanted.extend(scopes.iter().cloned());
+            let c = self.counters(&wanted, fresh).await?;
+            let selectors_current =
+                entry.row.is_none() || selectors.as_ref().is_some_and(|(seq, _)| *seq == c[1]);
+            if c[0] == entry_seq && selectors_current {
+                return Ok(Snapshot {
+                    host: entry,
+                    assignments,
+                    candidates: HashMap::new(),
+                    watched: wanted.into_iter().zip(c).collect(),
+                });
+            }
+        }
         let c = self.counters(&first, fresh).await?;
         let (host_seq, sel_seq) = (c[0], c[1]);
         let entry = self.host_entry(host, host_seq).await?;
-        let mut assignments: Vec<Arc<Assigned>> = entry
-            .direct
-            .iter()
-            .filter(|a| visible(&a.repo))
-            .cloned()
-            .collect();
         // Only a registered host has labels to match.
-        if entry.row.is_some() {
-            let selectors = self.all_selectors(sel_seq).await?;
-            for s in selectors.iter() {
-                if s.selector.matches(&entry.labels) && visible(&s.assigned.repo) {
-                    assignments.push(s.assigned.clone());
-                }
-            }
-        }
-        let mut names: Vec<&str> = assignments
-            .iter()
-            .map(|a| a.assignment.name.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let scopes: Vec<String> = names.iter().map(|n| repo_scope(n)).collect();
+        let selectors = match entry.row {
+            Some(_) => Some((sel_seq, self.all_selectors(sel_seq).await?)),
+            None => None,
+        };
+        let (assignments, scopes) = assignments_of(&entry, selectors.as_ref(), visible);
         let c2 = self.counters(&scopes, fresh).await?;
-        let mut candidates = HashMap::with_capacity(names.len());
-        for (name, seq) in names.iter().zip(&c2) {
-            candidates.insert(name.to_string(), (*seq, self.candidates(name, *seq).await?));
-        }
         let [host_scope_name, selectors_scope] = first;
         let mut watched = Vec::with_capacity(2 + scopes.len());
         watched.push((host_scope_name, host_seq));
@@ -338,10 +362,52 @@ impl FleetView {
         Ok(Snapshot {
             host: entry,
             assignments,
-            candidates,
+            candidates: HashMap::new(),
             watched,
         })
     }
+
+    /// The cached entry of `host` with its counter, and the cached
+    /// selectors (if any), whatever their counters.
+    fn cached_assignment(&self, host: &str) -> Option<(i64, Arc<HostEntry>, Option<Selectors>)> {
+        let (seq, entry) = locked(&self.hosts).get(host).cloned()?;
+        let selectors = locked(&self.selectors).clone();
+        if entry.row.is_some() && selectors.is_none() {
+            return None;
+        }
+        Some((seq, entry, selectors))
+    }
+}
+
+/// What `entry` is assigned (its direct associations, and the subjects of
+/// the `selectors` its labels match), restricted to what `visible` lets
+/// the caller read; with the scopes of the names, sorted.
+fn assignments_of(
+    entry: &HostEntry,
+    selectors: Option<&Selectors>,
+    visible: &(dyn Fn(&RepoName) -> bool + Sync),
+) -> (Vec<Arc<Assigned>>, Vec<String>) {
+    let mut assignments: Vec<Arc<Assigned>> = entry
+        .direct
+        .iter()
+        .filter(|a| visible(&a.repo))
+        .cloned()
+        .collect();
+    if entry.row.is_some() {
+        for s in selectors.iter().flat_map(|(_, v)| v.iter()) {
+            if s.selector.matches(&entry.labels) && visible(&s.assigned.repo) {
+                assignments.push(s.assigned.clone());
+            }
+        }
+    }
+    let mut names: Vec<&str> = assignments
+        .iter()
+        .map(|a| a.assignment.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let scopes = names.iter().map(|n| repo_scope(n)).collect();
+    (assignments, scopes)
 }
 
 impl FleetView {

@@ -141,6 +141,28 @@ impl Metadata {
         Ok(out)
     }
 
+    /// The artifact rows of `keys` that exist, in no particular order:
+    /// one primary-key lookup per key, 200 keys per query.
+    pub async fn artifacts_of_many(
+        &self,
+        keys: &[(RepoName, Digest)],
+    ) -> MetadataResult<Vec<ArtifactRow>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            let sql = format!(
+                "SELECT {ARTIFACT_COLUMNS} FROM artifacts a WHERE {}",
+                pairs("a.repo", "a.digest", chunk.len())
+            );
+            let rows = bind_pairs(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+                .fetch_all(self.pool())
+                .await?;
+            for r in &rows {
+                out.push(artifact_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The signature rows of each of `keys`, oldest first, by key.
     pub async fn signatures_of_many(
         &self,

@@ -29,6 +29,11 @@ pub fn repo_scope(repo: &str) -> String {
     format!("repo:{repo}")
 }
 
+/// The repository a [`repo_scope`] names; `None` for another scope.
+pub fn repo_of_scope(scope: &str) -> Option<&str> {
+    scope.strip_prefix("repo:")
+}
+
 /// The scope of a host's facts, labels and direct associations.
 pub fn host_scope(host: &str) -> String {
     format!("host:{host}")

@@ -562,7 +562,10 @@ impl Metadata {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        // The for-host entries are cached per repository counter.
+        let mut scopes = Scopes::default();
+        scopes.add(repo_scope(repo.as_str()));
+        self.commit_with_changes(tx, &scopes).await?;
         Ok(())
     }
 }
