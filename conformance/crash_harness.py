@@ -188,6 +188,7 @@ class Worker(threading.Thread):
         self.session_factory = session_factory
         self.s = session_factory()
         self.n = 0
+        self.refusals = 0
 
     # -- operations; each records only what got a success answer ---------
     def push_blob(self, repo: str, data: bytes, chunked: bool) -> str:
@@ -600,7 +601,16 @@ class Worker(threading.Thread):
             op = self.rng.choices(fns, weights)[0]
             try:
                 op()
-            except (requests.RequestException, RuntimeError, KeyError, ValueError):
+            except RuntimeError as e:
+                # A refused operation (not a lost connection): its status
+                # tells a later violation's story, so the first few are shown.
+                if self.stop.is_set():
+                    return
+                self.refusals += 1
+                if self.refusals <= 5:
+                    print(f"  worker: refused: {e}", flush=True)
+                time.sleep(0.01)
+            except (requests.RequestException, KeyError, ValueError):
                 if self.stop.is_set():
                     return
                 time.sleep(0.01)
