@@ -435,8 +435,8 @@ impl Registry {
         tracing::debug!(
             upload = %id,
             appended_ms = ms(appended),
-            digest_ms = ms(hashed - appended),
-            stored_ms = ms(stored - hashed),
+            digest_ms = ms(hashed.saturating_sub(appended)),
+            stored_ms = ms(stored.saturating_sub(hashed)),
             total_ms = ms(began.elapsed()),
             "upload finished"
         );

@@ -155,7 +155,7 @@ impl BlobCache {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(gone) = st.entries.remove(hex) {
-                    st.total -= gone.len;
+                    st.total = st.total.saturating_sub(gone.len);
                 }
                 Ok(None)
             }
@@ -226,9 +226,9 @@ impl BlobCache {
                 .entries
                 .insert(hex.to_string(), CacheEntry { len, last_used })
             {
-                st.total -= old.len;
+                st.total = st.total.saturating_sub(old.len);
             }
-            st.total += len;
+            st.total = st.total.saturating_add(len);
             let mut evicted = Vec::new();
             while st.total > self.cap {
                 let Some(oldest) = st
@@ -241,7 +241,7 @@ impl BlobCache {
                     break;
                 };
                 if let Some(e) = st.entries.remove(&oldest) {
-                    st.total -= e.len;
+                    st.total = st.total.saturating_sub(e.len);
                 }
                 evicted.push(oldest);
             }
@@ -257,7 +257,9 @@ impl BlobCache {
     fn forget(&self, hex: &str) {
         let gone = {
             let mut st = lock(&self.state);
-            st.entries.remove(hex).inspect(|e| st.total -= e.len)
+            st.entries
+                .remove(hex)
+                .inspect(|e| st.total = st.total.saturating_sub(e.len))
         };
         if gone.is_some() {
             let _ = fs::remove_file(self.dir.join(hex));
@@ -341,6 +343,23 @@ mod tests {
         (p, d)
     }
 
+    /// A store folder, a cache folder, the store and a cache of `cap`
+    /// bytes in front of it.
+    fn fixture(
+        cap: u64,
+    ) -> (
+        tempfile::TempDir,
+        tempfile::TempDir,
+        Arc<dyn Backend>,
+        CachingBackend,
+    ) {
+        let store = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
+        let c = CachingBackend::open(inner.clone(), cache_dir.path(), cap).unwrap();
+        (store, cache_dir, inner, c)
+    }
+
     fn read_all(mut f: File) -> Vec<u8> {
         let mut v = Vec::new();
         f.read_to_end(&mut v).unwrap();
@@ -359,10 +378,7 @@ mod tests {
 
     #[test]
     fn a_blob_is_filled_once_served_from_the_cache_and_evicted_least_recently_used() {
-        let store = tempfile::tempdir().unwrap();
-        let cache_dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
-        let c = CachingBackend::open(inner.clone(), cache_dir.path(), 250).unwrap();
+        let (store, cache_dir, inner, c) = fixture(250);
         let (pa, a) = blob(inner.as_ref(), &[1u8; 100]);
         let (pb, b) = blob(inner.as_ref(), &[2u8; 100]);
         let (pc, cd) = blob(inner.as_ref(), &[3u8; 100]);
@@ -389,10 +405,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_remote_blob_is_refused_and_never_cached() {
-        let store = tempfile::tempdir().unwrap();
-        let cache_dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
-        let c = CachingBackend::open(inner.clone(), cache_dir.path(), 1 << 20).unwrap();
+        let (_store, cache_dir, inner, c) = fixture(1 << 20);
         let (p, _) = blob(inner.as_ref(), b"the real bytes");
         inner.write_atomic(&p, b"other bytes!!!").unwrap();
         assert!(c.open_file(&p).is_err());
@@ -401,10 +414,7 @@ mod tests {
 
     #[test]
     fn a_local_disk_failure_streams_the_blob_from_the_store_instead() {
-        let store = tempfile::tempdir().unwrap();
-        let cache_dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
-        let c = CachingBackend::open(inner.clone(), cache_dir.path(), 1 << 20).unwrap();
+        let (_store, cache_dir, inner, c) = fixture(1 << 20);
         let (p, _) = blob(inner.as_ref(), b"some bytes");
         // The cache's folder is gone (as if its disk failed): no file, and
         // no error either; the caller streams from the store.
@@ -414,10 +424,7 @@ mod tests {
 
     #[test]
     fn a_blob_larger_than_the_cap_is_streamed_not_cached() {
-        let store = tempfile::tempdir().unwrap();
-        let cache_dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
-        let c = CachingBackend::open(inner.clone(), cache_dir.path(), 10).unwrap();
+        let (_store, _cache_dir, inner, c) = fixture(10);
         let (p, _) = blob(inner.as_ref(), &[7u8; 11]);
         assert!(c.open_file(&p).unwrap().is_none());
     }
