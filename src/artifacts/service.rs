@@ -293,16 +293,20 @@ impl ArtifactService {
         let repo = &key.repo;
         let _held = self.hold(repo).await?;
         let rec = self.record(key).await?;
-        self.remove_associations(key).await?;
         if let Ok(tag) = Tag::parse(&rec.config.version) {
             self.drop_from_version_index(repo, &tag, &rec.id).await?;
         }
         if let Some(s) = &self.signing {
             s.delete_signatures(repo, &rec.id).await?;
         }
-        self.registry
-            .delete_manifest(repo, &Reference::Digest(rec.id.clone()))
-            .await?;
+        // The host associations and the manifest go in one transaction: a
+        // delete answered with an error never took the associations alone.
+        let mut gone = self.association_digests(key).await?;
+        gone.push(rec.id.clone());
+        let deleted = self.registry.delete_manifests(repo, &gone).await?;
+        if !deleted.contains(&rec.id) {
+            return Err(ArtifactError::NotFound(key.digest.to_string()));
+        }
         tracing::info!(repo = %repo, id = %rec.id, "artifact deleted");
         Ok(())
     }

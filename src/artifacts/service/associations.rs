@@ -143,20 +143,18 @@ impl ArtifactService {
             .collect())
     }
 
-    /// Deletes every association of an artifact (before the artifact), in
-    /// one batch of the registry: one metadata transaction for all of them.
-    /// One already gone is no error.
-    pub(super) async fn remove_associations(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
-        let associations: Vec<Digest> = self
+    /// The association manifests of an artifact (an artifact delete takes
+    /// them in its one transaction).
+    pub(super) async fn association_digests(
+        &self,
+        key: &ArtifactKey,
+    ) -> Result<Vec<Digest>, ArtifactError> {
+        Ok(self
             .index
             .associations(key)
             .await?
             .into_iter()
             .map(|(_, d)| d)
-            .collect();
-        self.registry
-            .delete_manifests(&key.repo, &associations)
-            .await?;
-        Ok(())
+            .collect())
     }
 }
