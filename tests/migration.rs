@@ -314,8 +314,9 @@ async fn the_first_start_imports_the_link_tree_of_the_previous_version() {
     assert!(data.join("repositories/bpf/migrated/_tags/1.0").exists());
 }
 
-/// Starts the binary on `data`, returns the child.
-fn spawn_binary(data: &Path) -> std::process::Child {
+/// Starts the binary on `data` with the store variables `env`, returns
+/// the child.
+fn spawn_binary(data: &Path, env: &[(String, String)]) -> std::process::Child {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -325,6 +326,7 @@ fn spawn_binary(data: &Path) -> std::process::Child {
         .env("BPF_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("BPF_REGISTRY_LOG_LEVEL", "ERROR")
         .env("BPF_REGISTRY_GC_INTERVAL", "0")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -340,21 +342,32 @@ async fn a_kill_during_the_import_is_resumed_by_the_next_start() {
     let data = tmp.path().join("data");
     let artifacts = 400;
     let legacy = write_legacy(&data, artifacts);
+    // Every start, killed or not, and every check use one metadata store:
+    // the configuration under test (a fresh database on PostgreSQL).
+    let store_env = common::engines::fresh_server_env();
+    let metadata_url = store_env
+        .iter()
+        .find(|(k, _)| k == common::engines::METADATA_VAR)
+        .map(|(_, v)| v.clone());
+    let open_metadata = || async {
+        let config =
+            bpf_registry::metadata::MetadataConfig::parse(metadata_url.as_deref(), &data).unwrap();
+        bpf_registry::metadata::Metadata::open(&config)
+            .await
+            .unwrap()
+    };
     // Kill -9 while the import runs, several times, at growing moments;
     // at least one kill must land mid-import (rows there, no mark).
     let mut interrupted = 0;
     for wait_ms in [400u64, 1000, 1500, 2500, 4000] {
-        let mut child = spawn_binary(&data);
+        let mut child = spawn_binary(&data, &store_env);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().unwrap();
         child.wait().unwrap();
-        let db = data.join("metadata.db");
-        if !db.exists() {
+        if metadata_url.is_none() && !data.join("metadata.db").exists() {
             continue;
         }
-        let meta = bpf_registry::metadata::Metadata::open_in_dir(&data)
-            .await
-            .unwrap();
+        let meta = open_metadata().await;
         let done = bpf_registry::metadata::schema::meta_value(&meta, "link_tree_imported")
             .await
             .unwrap()
@@ -373,10 +386,10 @@ async fn a_kill_during_the_import_is_resumed_by_the_next_start() {
         "no kill landed in the middle of the import"
     );
     let data_s = data.to_string_lossy().into_owned();
-    let s = TestServer::start_with_env(&[("BPF_REGISTRY_DATA_DIR", data_s.as_str())]).await;
+    let mut server_env = vec![("BPF_REGISTRY_DATA_DIR", data_s.as_str())];
+    server_env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let s = TestServer::start_with_env(&server_env).await;
     check_migrated(&s, &legacy, artifacts).await;
-    let meta = bpf_registry::metadata::Metadata::open_in_dir(&data)
-        .await
-        .unwrap();
+    let meta = open_metadata().await;
     assert_eq!(meta.artifact_counts().await.unwrap().0 as usize, artifacts);
 }
