@@ -1456,6 +1456,156 @@ async fn delete_tag_keeps_manifest() {
     assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 }
 
+/// What a reference resolves to is read (and, on the embedded store,
+/// cached) per repository: each write is seen by the next read of its own
+/// repository, and by no other repository's reads.
+#[tokio::test]
+async fn each_read_of_a_reference_sees_the_last_write_of_its_repository_and_no_other() {
+    let s = TestServer::start().await;
+    let c = client();
+    let get = |repo: &str, reference: &str| {
+        let url = s.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let c = c.clone();
+        async move {
+            let r = c
+                .get(url)
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, header(&r, "docker-content-digest"))
+        }
+    };
+    let (a, a_body) = s
+        .push_image(
+            &c,
+            "team/one",
+            "t",
+            b"{}",
+            &[&pseudo_random(40, 1)],
+            json!({}),
+        )
+        .await;
+    let (b, b_body) = s
+        .push_image(
+            &c,
+            "team/one",
+            "other",
+            b"{}",
+            &[&pseudo_random(40, 2)],
+            json!({}),
+        )
+        .await;
+    let (same, _) = s
+        .push_image(
+            &c,
+            "team/two",
+            "t",
+            b"{}",
+            &[&pseudo_random(40, 1)],
+            json!({}),
+        )
+        .await;
+    assert_eq!(same, a);
+    // Every lookup below is read twice: once to fill a cache, once from it.
+    for _ in 0..2 {
+        assert_eq!(
+            get("team/one", "t").await,
+            (StatusCode::OK, Some(a.clone()))
+        );
+        assert_eq!(
+            get("team/two", "t").await,
+            (StatusCode::OK, Some(a.clone()))
+        );
+        assert_eq!(get("team/one", "new").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get("team/two", &b).await.0, StatusCode::NOT_FOUND);
+    }
+    // A tag moved in one repository: only that one follows.
+    s.put_manifest_ok(&c, "team/one", "t", OCI_MANIFEST, &b_body)
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            get("team/one", "t").await,
+            (StatusCode::OK, Some(b.clone()))
+        );
+        assert_eq!(
+            get("team/two", "t").await,
+            (StatusCode::OK, Some(a.clone()))
+        );
+    }
+    // A reference that was unknown, then pushed.
+    s.put_manifest_ok(&c, "team/one", "new", OCI_MANIFEST, &a_body)
+        .await;
+    let (same, _) = s
+        .push_image(
+            &c,
+            "team/two",
+            &b,
+            b"{}",
+            &[&pseudo_random(40, 2)],
+            json!({}),
+        )
+        .await;
+    assert_eq!(same, b);
+    assert_eq!(
+        get("team/one", "new").await,
+        (StatusCode::OK, Some(a.clone()))
+    );
+    assert_eq!(get("team/two", &b).await, (StatusCode::OK, Some(b.clone())));
+    // A tag deleted in one repository.
+    let r = c
+        .delete(s.url("/v2/team/two/manifests/t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    for _ in 0..2 {
+        assert_eq!(get("team/two", "t").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            get("team/one", "t").await,
+            (StatusCode::OK, Some(b.clone()))
+        );
+    }
+    // A manifest deleted by digest: its digest and its tags are gone there.
+    assert_eq!(get("team/one", &a).await.0, StatusCode::OK);
+    let r = c
+        .delete(s.url(&format!("/v2/team/one/manifests/{a}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    for _ in 0..2 {
+        assert_eq!(get("team/one", &a).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get("team/one", "new").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get("team/two", &a).await, (StatusCode::OK, Some(a.clone())));
+    }
+    // HEAD answers the same as GET after the writes.
+    let r = c
+        .head(s.url("/v2/team/one/manifests/t"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "docker-content-digest"), Some(b.clone()));
+    // And a restart (nothing cached) answers the same.
+    let s = s.restart().await;
+    let r = c
+        .get(s.url("/v2/team/one/manifests/t"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "docker-content-digest"), Some(b));
+    let r = c
+        .get(s.url("/v2/team/two/manifests/t"))
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+}
+
 #[tokio::test]
 async fn delete_manifest_removes_tags_and_referrer() {
     let s = TestServer::start().await;

@@ -42,9 +42,20 @@ pub fn host_scope(host: &str) -> String {
 /// The scope of every selector of every repository.
 pub const SELECTORS: &str = "selectors";
 
+/// What this process knows of a scope at one moment: the feed's epoch and
+/// the scope's last published counter. Two equal tokens of a scope mean no
+/// write of it was published (or possibly missed) in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeToken {
+    epoch: u64,
+    seq: Option<i64>,
+}
+
 /// What this process knows of the counters: the last value each scope was
 /// published with, and a tick every waiter watches.
 pub struct ChangeFeed {
+    /// The counters; the epoch is changed under this lock too, so a
+    /// [`ScopeToken`] is read consistently.
     known: Mutex<HashMap<String, i64>>,
     /// Bumped on every publish; the value is the epoch (below) in the
     /// high bits so a receiver can tell a reset from a change.
@@ -75,6 +86,15 @@ impl ChangeFeed {
         self.known.lock().ok()?.get(scope).copied()
     }
 
+    /// The token of `scope` now (see [`ScopeToken`]).
+    pub fn token(&self, scope: &str) -> ScopeToken {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        ScopeToken {
+            epoch: self.epoch.load(std::sync::atomic::Ordering::Acquire),
+            seq: known.get(scope).copied(),
+        }
+    }
+
     /// The current epoch (see the field).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
@@ -85,15 +105,16 @@ impl ChangeFeed {
         if changes.is_empty() {
             return;
         }
-        if let Ok(mut known) = self.known.lock() {
+        {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             for (scope, seq) in changes {
                 let e = known.entry(scope.clone()).or_insert(*seq);
                 *e = (*e).max(*seq);
             }
             // Bounded: a scope forgotten is only re-read from SQL.
             if known.len() > 1_000_000 {
-                known.clear();
                 self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                known.clear();
             }
         }
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
@@ -101,10 +122,13 @@ impl ChangeFeed {
 
     /// Forgets what was known: changes may have been missed.
     pub fn reset(&self) {
-        if let Ok(mut known) = self.known.lock() {
+        {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            // The epoch first, under the lock: no token pairs the old
+            // epoch with a forgotten counter.
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             known.clear();
         }
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
     }
 }
@@ -149,6 +173,24 @@ pub(super) async fn bump(
     Ok(out)
 }
 
+/// Resets the feed when dropped, unless defused: what a write whose
+/// outcome is unknown leaves behind.
+struct ResetUnlessDefused<'a>(Option<&'a ChangeFeed>);
+
+impl ResetUnlessDefused<'_> {
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ResetUnlessDefused<'_> {
+    fn drop(&mut self) {
+        if let Some(feed) = self.0 {
+            feed.reset();
+        }
+    }
+}
+
 /// A notification's payload back into a change.
 fn parse_payload(p: &str) -> Option<Change> {
     let (seq, scope) = p.split_once(' ')?;
@@ -189,7 +231,13 @@ impl Metadata {
         scopes: &Scopes,
     ) -> MetadataResult<()> {
         let changes = bump(&mut tx, self.engine, scopes).await?;
+        // From here the commit may happen without this future seeing it
+        // (an error after the data is durable, or the request dropped
+        // mid-commit): then the feed is reset, so nothing this process
+        // derived from the old state is trusted.
+        let unsure = ResetUnlessDefused(Some(self.changes.as_ref()));
         tx.commit().await?;
+        unsure.defuse();
         self.changes.publish(&changes);
         Ok(())
     }
@@ -249,6 +297,20 @@ mod tests {
         );
         assert_eq!(parse_payload("x repo:a"), None);
         assert_eq!(parse_payload("nospace"), None);
+    }
+
+    #[test]
+    fn a_write_whose_outcome_is_unknown_resets_the_feed() {
+        let feed = ChangeFeed::default();
+        feed.publish(&[("repo:a".into(), 3)]);
+        let before = feed.token("repo:a");
+        // Defused: the commit was seen, the publish follows.
+        ResetUnlessDefused(Some(&feed)).defuse();
+        assert_eq!(feed.token("repo:a"), before);
+        // Dropped (an error, or the future dropped mid-commit).
+        drop(ResetUnlessDefused(Some(&feed)));
+        assert_ne!(feed.token("repo:a"), before);
+        assert_eq!(feed.known("repo:a"), None);
     }
 
     #[tokio::test]

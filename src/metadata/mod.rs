@@ -36,7 +36,7 @@ pub mod schema;
 mod uploads;
 
 pub use artifact_list::{ArtifactFilter, ListingKey, RowKey};
-pub use changes::{ChangeFeed, Scopes};
+pub use changes::{ChangeFeed, ScopeToken, Scopes};
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use fleet::*;

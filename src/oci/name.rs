@@ -113,7 +113,7 @@ impl fmt::Debug for Tag {
 }
 
 /// The `<reference>` of `/v2/<name>/manifests/<reference>`: a tag or a digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
     Tag(Tag),
     Digest(Digest),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::io::blocking;
 use super::{Registry, RegistryError, RegistryResult};
-use crate::metadata::{DerivedRow, ManifestPut, PutRejected};
+use crate::metadata::{DerivedRow, ManifestPut, ManifestRow, PutRejected};
 use crate::oci::{Descriptor, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag};
 use crate::storage::paths;
 
@@ -319,11 +319,30 @@ impl Registry {
 
     /// Resolves a reference to the manifest digest it names in `repo`.
     pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> RegistryResult<Digest> {
-        self.meta
-            .resolve(repo, reference)
+        self.resolve_row(repo, reference)
             .await?
             .map(|row| row.digest)
             .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
+    }
+
+    /// The manifest row a reference names in `repo`, through the
+    /// resolution cache where there is one.
+    async fn resolve_row(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> RegistryResult<Option<ManifestRow>> {
+        let Some(cache) = &self.resolve_cache else {
+            return Ok(self.meta.resolve(repo, reference).await?);
+        };
+        match cache.get(self.meta.changes(), repo, reference) {
+            Ok(hit) => Ok(hit),
+            Err(token) => {
+                let row = self.meta.resolve(repo, reference).await?;
+                cache.put(token, repo, reference, row.clone());
+                Ok(row)
+            }
+        }
     }
 
     /// Reads a manifest (`GET/HEAD /v2/<name>/manifests/<reference>`).
@@ -334,8 +353,7 @@ impl Registry {
         accept: &[String],
     ) -> RegistryResult<ManifestRead> {
         let row = self
-            .meta
-            .resolve(repo, reference)
+            .resolve_row(repo, reference)
             .await?
             .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
         if !accepts(accept, &row.media_type) {

@@ -10,6 +10,7 @@ mod io;
 mod manifest_cache;
 mod manifests;
 pub mod migrate;
+mod resolve_cache;
 pub mod scrub;
 mod upload_table;
 mod uploads;
@@ -106,18 +107,23 @@ pub struct Registry {
     /// Orders writes against garbage collection (see `gc`).
     gc: gc::Coordinator,
     manifest_cache: manifest_cache::ManifestCache,
+    /// Resolutions by reference; only on the embedded store (see the
+    /// module).
+    resolve_cache: Option<resolve_cache::ResolveCache>,
 }
 
 impl Registry {
     pub fn new(backend: Arc<dyn Backend>, meta: Metadata, limits: Limits) -> Self {
         Registry {
             backend,
-            meta,
             limits,
             uploads: uploads::Sessions::default(),
             derivers: std::sync::RwLock::new(Vec::new()),
             gc: gc::Coordinator::default(),
             manifest_cache: manifest_cache::ManifestCache::default(),
+            resolve_cache: (meta.engine() == crate::metadata::Engine::Sqlite)
+                .then(resolve_cache::ResolveCache::new),
+            meta,
         }
     }
 
