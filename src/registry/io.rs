@@ -15,6 +15,11 @@ use crate::storage::AppendWriter;
 /// per-block overhead (channel hop, syscall) is noise next to the hashing.
 pub const BLOCK: usize = 1024 * 1024;
 
+/// Bytes handed to the hashing and writing workers at a time: a quarter
+/// block, so the few batches in flight hold little memory while the
+/// channel hop per batch stays noise.
+const PUMP_BATCH: usize = BLOCK / 4;
+
 /// How many written bytes between writeback kicks: one block, so that
 /// while a chunk arrives its bytes already go to disk and the sync that
 /// acknowledges it waits only for the last block (and the file's size).
@@ -109,9 +114,9 @@ where
     // Hashing and writing run on two blocking threads fed the same blocks
     // (a `Bytes` clone is a reference count), so a push costs the slower of
     // the two, not their sum.
-    // A batch is the body's own chunks, unchanged (no copy), about BLOCK
-    // bytes in all; two queued per worker keep both busy (four held 4 MiB
-    // more at the peak of a 1 GiB push, for no measurable speed).
+    // A batch is the body's own chunks, unchanged (no copy), about
+    // PUMP_BATCH bytes in all; two queued per worker keep both busy (more,
+    // or larger batches, only raise the peak memory of a push).
     type Batch = std::sync::Arc<Vec<Bytes>>;
     let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Batch>(2);
     let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Batch>(2);
@@ -167,7 +172,7 @@ where
         }
         batch_len += chunk.len();
         batch.push(chunk);
-        if batch_len < BLOCK {
+        if batch_len < PUMP_BATCH {
             continue;
         }
         let full: Batch = std::sync::Arc::new(std::mem::take(&mut batch));
@@ -199,13 +204,13 @@ where
 }
 
 /// A stream of byte blocks made on a blocking thread by `produce`, which
-/// sends them into the channel it is given, at most a few ahead of the
+/// sends them into the channel it is given, at most `ahead` ahead of the
 /// socket; it stops when the receiver goes away (the client left).
-fn blocking_stream<F>(produce: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send
+fn blocking_stream<F>(ahead: usize, produce: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send
 where
     F: FnOnce(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(ahead);
     tokio::task::spawn_blocking(move || produce(tx));
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -224,7 +229,8 @@ pub fn reader_stream(
     mut reader: Box<dyn Read + Send>,
     len: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
-    blocking_stream(move |tx| {
+    // Reads may stall (a remote store): a few blocks ahead absorb it.
+    blocking_stream(4, move |tx| {
         let mut left = len;
         while left > 0 {
             let want = left.min(BLOCK as u64) as usize;
@@ -264,7 +270,10 @@ pub fn mapped_stream(
     start: u64,
     len: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
-    blocking_stream(move |tx| {
+    // Mapping a window of cached pages takes a fraction of the time its
+    // send does, so one window ahead keeps the socket busy; each one more
+    // would be another MiB of the process's resident pages.
+    blocking_stream(1, move |tx| {
         let end = start.saturating_add(len);
         let mut at = start;
         while at < end {
