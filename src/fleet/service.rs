@@ -360,11 +360,10 @@ impl FleetService {
             return Err(host_not_found(host.as_str()));
         }
         let resolved = self.desired_of(&snap);
-        let body = serde_json::to_vec(&DesiredBody {
+        let body = super::watch::exact_json(&DesiredBody {
             host_id: host.as_str(),
             resolved: &resolved,
-        })
-        .map_err(|e| ArtifactError::Internal(e.to_string()))?;
+        })?;
         Ok(Answer::new(body, snap.watched))
     }
 

@@ -26,6 +26,30 @@ pub struct Answer {
     pub watched: Vec<(String, i64)>,
 }
 
+/// `value` as compact JSON in a buffer of exactly its size: serialized
+/// into this thread's scratch buffer first, so a wake-up of many waiters
+/// does not grow each body through a chain of reallocations.
+pub fn exact_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ArtifactError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// A scratch buffer larger than this is not kept after a call.
+    const KEEP: usize = 256 * 1024;
+    SCRATCH.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return serde_json::to_vec(value).map_err(|e| ArtifactError::Internal(e.to_string()));
+        };
+        buf.clear();
+        let written = serde_json::to_writer(&mut *buf, value)
+            .map_err(|e| ArtifactError::Internal(e.to_string()));
+        let out = written.map(|()| buf.as_slice().to_vec());
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
+
 impl Answer {
     pub fn new(body: Vec<u8>, watched: Vec<(String, i64)>) -> Self {
         let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
@@ -35,6 +59,12 @@ impl Answer {
             watched,
         }
     }
+}
+
+/// What a waiter holds of the answer it matched.
+struct Held {
+    etag: String,
+    watched: Vec<(String, i64)>,
 }
 
 /// How a watched request ends.
@@ -171,6 +201,10 @@ where
         let Some(deadline) = deadline else {
             return Ok(Outcome::NotModified { etag: answer.etag });
         };
+        // A held waiter keeps what it compares, not the answer's body
+        // (a wake-up recomputes it anyway).
+        let Answer { etag, watched, .. } = answer;
+        let answer = Held { etag, watched };
         loop {
             tokio::select! {
                 changed = rx.changed() => {
@@ -200,6 +234,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_json_is_what_to_vec_writes_in_a_buffer_of_its_size() {
+        let v = serde_json::json!({"a": [1, 2, "x\"y"], "b": null});
+        for _ in 0..2 {
+            let out = exact_json(&v).unwrap();
+            assert_eq!(out, serde_json::to_vec(&v).unwrap());
+            assert_eq!(out.capacity(), out.len());
+        }
+        let big = "z".repeat(300 * 1024);
+        assert_eq!(exact_json(&big).unwrap(), serde_json::to_vec(&big).unwrap());
+    }
 
     #[test]
     fn waits_parse_and_are_bounded() {

@@ -84,6 +84,8 @@ pub async fn for_host(
     req: Request,
 ) -> Response {
     let inm = if_none_match(&req);
+    // Not held for the whole wait: the request's headers are read.
+    drop(req);
     let visible = |r: &crate::oci::RepoName| access.visible(r);
     watched(
         state
@@ -146,6 +148,7 @@ pub async fn fleet(
             },
             HostOp::Desired { wait } => {
                 let inm = if_none_match(&req);
+                drop(req);
                 let visible = |r: &crate::oci::RepoName| access.visible(r);
                 watched(
                     fleet
