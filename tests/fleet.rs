@@ -2389,6 +2389,66 @@ async fn bad_deployment_reports_are_refused() {
     assert_eq!(ok.status(), StatusCode::OK);
 }
 
+/// Concurrent reports share a write transaction, which checks their
+/// hosts: in any mix of registered and unknown hosts, each report is
+/// answered for itself (200 with its JSON, or 404 `host_not_found`) and
+/// only the registered hosts' are stored. A host deleted earlier is
+/// unknown again: its report is 404 and stores nothing.
+#[tokio::test]
+async fn concurrent_reports_for_registered_and_unknown_hosts_each_get_their_answer() {
+    let x = Ctx::start().await;
+    let a = x.create("mix/prog", "2.0.0", "x86_64").await;
+    let id = str_of(&a, "id").to_string();
+    for i in 0..8 {
+        x.register_simple(&format!("mix-{i}"), json!({})).await;
+    }
+    let reports = (0..64).map(|n| {
+        // Hosts mix-0..7 are registered, mix-8..15 are not.
+        let host = format!("mix-{}", n % 16);
+        let (x, id) = (&x, &id);
+        async move {
+            let r = x.report(&host, id, "loaded", &format!("r{n}")).await;
+            (host, n, r)
+        }
+    });
+    for (host, n, r) in futures_util::future::join_all(reports).await {
+        let registered = n % 16 < 8;
+        if registered {
+            let d = json_of(r, StatusCode::OK).await;
+            assert_eq!(d["host_id"], host.as_str(), "{d}");
+            assert_eq!(d["message"], format!("r{n}"), "{d}");
+            assert_eq!(d["version"], "2.0.0", "{d}");
+        } else {
+            assert_rest_error(r, StatusCode::NOT_FOUND, "host_not_found").await;
+        }
+    }
+    for i in 0..8 {
+        let d = x.get_ok(&format!("/hosts/mix-{i}/deployments")).await;
+        assert_eq!(d["history"].as_array().map(Vec::len), Some(4), "{d}");
+    }
+    for i in 8..16 {
+        // Registered now: nothing was stored for them before.
+        x.register_simple(&format!("mix-{i}"), json!({})).await;
+        let d = x.get_ok(&format!("/hosts/mix-{i}/deployments")).await;
+        assert_eq!(d["deployments"], json!([]), "{d}");
+        assert_eq!(d["history"], json!([]), "{d}");
+    }
+
+    // Deleted, then reported on: 404, and nothing survives to a new
+    // registration.
+    x.report_ok("mix-0", &id, "loaded", "before").await;
+    assert_eq!(
+        x.delete("/hosts/mix-0").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = x.report("mix-0", &id, "failed", "after").await;
+    assert_rest_error(r, StatusCode::NOT_FOUND, "host_not_found").await;
+    x.register_simple("mix-0", json!({})).await;
+    let d = x.get_ok("/hosts/mix-0/deployments").await;
+    assert_eq!(d["deployments"], json!([]), "{d}");
+    assert_eq!(d["history"], json!([]), "{d}");
+}
+
 #[tokio::test]
 async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
     let x = Ctx::start().await;

@@ -1,8 +1,11 @@
 //! Group commit of deployment reports: the reports of concurrent requests
 //! are written in one transaction (one fsync for all of them), and each
 //! request is answered only after that commit, so an acknowledged report
-//! is durable. One writer task per process; a report waits at most for
-//! the batch before it.
+//! is durable. The batch's transaction also checks that each report's
+//! host is registered (one query per batch, not one per request): a
+//! report whose host is not is answered [`Written::HostNotFound`] and not
+//! written, the others of its batch are. One writer task per process; a
+//! report waits at most for the batch before it.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,7 +22,16 @@ pub struct WriteFailed {
     pub message: String,
 }
 
-type Pending = (DeploymentRow, oneshot::Sender<Result<(), WriteFailed>>);
+/// What became of a report that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Committed.
+    Stored,
+    /// Its host is not registered (at the batch's commit): not written.
+    HostNotFound,
+}
+
+type Pending = (DeploymentRow, oneshot::Sender<Result<Written, WriteFailed>>);
 
 pub struct ReportWriter {
     tx: mpsc::Sender<Pending>,
@@ -43,17 +55,25 @@ impl ReportWriter {
                     storage_full: e.is_storage_full(),
                     message: e.to_string(),
                 });
-                for (_, reply) in batch {
+                for (i, (_, reply)) in batch.into_iter().enumerate() {
+                    let answer = match &result {
+                        Ok(written) if written.get(i).copied().unwrap_or(false) => {
+                            Ok(Written::Stored)
+                        }
+                        Ok(_) => Ok(Written::HostNotFound),
+                        Err(e) => Err(e.clone()),
+                    };
                     // A request that went away needs no answer.
-                    let _ = reply.send(result.clone());
+                    let _ = reply.send(answer);
                 }
             }
         });
         ReportWriter { tx }
     }
 
-    /// Writes one report; returns once it is committed.
-    pub async fn write(&self, row: DeploymentRow) -> Result<(), WriteFailed> {
+    /// Writes one report if its host is registered; returns once it is
+    /// committed (or known not to be written).
+    pub async fn write(&self, row: DeploymentRow) -> Result<Written, WriteFailed> {
         let stopped = || WriteFailed {
             storage_full: false,
             message: "the report writer stopped".into(),

@@ -363,27 +363,49 @@ impl Metadata {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    /// Records deployment reports: for each, the current state of (host,
-    /// artifact) and an entry of the host's history (the oldest beyond
-    /// [`HISTORY_PER_HOST`] dropped), all in one transaction (reports of
-    /// concurrent requests share a commit, see `fleet::reports`).
-    pub async fn put_deployments(&self, rows: &[DeploymentRow]) -> MetadataResult<()> {
+    /// Records deployment reports: for each whose host is registered, the
+    /// current state of (host, artifact) and an entry of the host's
+    /// history (the oldest beyond [`HISTORY_PER_HOST`] dropped), all in one
+    /// transaction (reports of concurrent requests share a commit, see
+    /// `fleet::reports`). Returns, per report in order, whether it was
+    /// written: `false` when its host is not registered. The hosts are
+    /// checked inside the transaction (on PostgreSQL after each host's
+    /// lock, the one `upsert_host` and `delete_host` take), so a report is
+    /// never written for a host deleted before its commit.
+    pub async fn put_deployments(&self, rows: &[DeploymentRow]) -> MetadataResult<Vec<bool>> {
         let mut tx = self.begin_write().await?;
+        let hosts: std::collections::BTreeSet<&str> =
+            rows.iter().map(|d| d.host_id.as_str()).collect();
         if self.engine == super::Engine::Postgres {
             // Serializes the reports of one host across replicas (the
-            // history's sequence), in a fixed order: no deadlock.
-            let hosts: std::collections::BTreeSet<&str> =
-                rows.iter().map(|d| d.host_id.as_str()).collect();
-            for h in hosts {
+            // history's sequence) and with the host's registration and
+            // deletion, in a fixed order: no deadlock.
+            for h in &hosts {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                     .bind(host_scope(h))
                     .execute(&mut *tx)
                     .await?;
             }
         }
-        put_deployments_in(&mut tx, rows).await?;
+        let hosts: Vec<&str> = hosts.into_iter().collect();
+        let registered = registered_in(&mut tx, &hosts).await?;
+        let written: Vec<bool> = rows
+            .iter()
+            .map(|d| registered.contains(d.host_id.as_str()))
+            .collect();
+        let kept: Vec<DeploymentRow> = rows
+            .iter()
+            .zip(&written)
+            .filter(|(_, w)| **w)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if kept.is_empty() {
+            tx.rollback().await?;
+            return Ok(written);
+        }
+        put_deployments_in(&mut tx, &kept).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(written)
     }
 
     /// The current reports of a host, by repository and digest.
@@ -630,6 +652,29 @@ fn placeholder_rows(rows: usize, cols: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Which of `hosts` are registered, read in the caller's transaction.
+async fn registered_in(
+    tx: &mut Transaction<'static, sqlx::Any>,
+    hosts: &[&str],
+) -> MetadataResult<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::with_capacity(hosts.len());
+    for chunk in hosts.chunks(200) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT host_id FROM hosts WHERE host_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for h in chunk {
+            q = q.bind(h.to_string());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            out.insert(r.try_get(0)?);
+        }
+    }
+    Ok(out)
 }
 
 /// A batch of reports' rows, in the caller's transaction: one query for
