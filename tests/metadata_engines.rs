@@ -433,6 +433,8 @@ async fn a_report_batch_writes_only_the_registered_hosts_on_both_engines() {
     for (engine, m, _tmp) in engines().await {
         m.upsert_host(&host_row("h1")).await.unwrap();
         m.upsert_host(&host_row("h2")).await.unwrap();
+        // The writer the server uses (on SQLite, one connection kept).
+        let mut writer = m.deployment_writer();
         let batch = [
             report("h1", "a"),
             report("ghost", "a"),
@@ -440,7 +442,7 @@ async fn a_report_batch_writes_only_the_registered_hosts_on_both_engines() {
             report("ghost", "b"),
             report("h1", "b"),
         ];
-        let written = m.put_deployments(&batch).await.unwrap();
+        let written = writer.put(&batch).await.unwrap();
         assert_eq!(written, [true, false, true, false, true], "{engine}");
         let none: (Vec<String>, Vec<String>) = (vec![], vec![]);
         assert_eq!(reported(&m, "ghost").await, none, "{engine}");
@@ -455,15 +457,15 @@ async fn a_report_batch_writes_only_the_registered_hosts_on_both_engines() {
             "{engine}"
         );
         // Only unknown hosts: nothing written, every report answered.
-        let written = m
-            .put_deployments(&[report("ghost", "c"), report("ghost-2", "c")])
+        let written = writer
+            .put(&[report("ghost", "c"), report("ghost-2", "c")])
             .await
             .unwrap();
         assert_eq!(written, [false, false], "{engine}");
         // A host deleted earlier: its report is not written, and the host
         // registered again has no deployment.
         assert!(m.delete_host("h2").await.unwrap(), "{engine}");
-        let written = m.put_deployments(&[report("h2", "c")]).await.unwrap();
+        let written = writer.put(&[report("h2", "c")]).await.unwrap();
         assert_eq!(written, [false], "{engine}");
         m.upsert_host(&host_row("h2")).await.unwrap();
         assert_eq!(reported(&m, "h2").await, none, "{engine}");
@@ -507,8 +509,12 @@ async fn a_report_racing_a_host_delete_is_not_written_on_both_engines() {
         // The report starts while the delete is uncommitted (the host is
         // still there for any reader outside that transaction).
         let writer = m.clone();
-        let pending =
-            tokio::spawn(async move { writer.put_deployments(&[report("racer", "a")]).await });
+        let pending = tokio::spawn(async move {
+            writer
+                .deployment_writer()
+                .put(&[report("racer", "a")])
+                .await
+        });
         assert!(
             m.host("racer").await.unwrap().is_some(),
             "{engine}: the delete is not committed yet"
