@@ -2389,6 +2389,135 @@ async fn bad_deployment_reports_are_refused() {
     assert_eq!(ok.status(), StatusCode::OK);
 }
 
+/// Concurrent reports share a write transaction, which checks their
+/// hosts: in any mix of registered and unknown hosts, each report is
+/// answered for itself (200 with its JSON, or 404 `host_not_found`) and
+/// only the registered hosts' are stored. A host deleted earlier is
+/// unknown again: its report is 404 and stores nothing.
+#[tokio::test]
+async fn concurrent_reports_for_registered_and_unknown_hosts_each_get_their_answer() {
+    let x = Ctx::start().await;
+    let a = x.create("mix/prog", "2.0.0", "x86_64").await;
+    let id = str_of(&a, "id").to_string();
+    for i in 0..8 {
+        x.register_simple(&format!("mix-{i}"), json!({})).await;
+    }
+    let reports = (0..64).map(|n| {
+        // Hosts mix-0..7 are registered, mix-8..15 are not.
+        let host = format!("mix-{}", n % 16);
+        let (x, id) = (&x, &id);
+        async move {
+            let r = x.report(&host, id, "loaded", &format!("r{n}")).await;
+            (host, n, r)
+        }
+    });
+    for (host, n, r) in futures_util::future::join_all(reports).await {
+        let registered = n % 16 < 8;
+        if registered {
+            let d = json_of(r, StatusCode::OK).await;
+            assert_eq!(d["host_id"], host.as_str(), "{d}");
+            assert_eq!(d["message"], format!("r{n}"), "{d}");
+            assert_eq!(d["version"], "2.0.0", "{d}");
+        } else {
+            assert_rest_error(r, StatusCode::NOT_FOUND, "host_not_found").await;
+        }
+    }
+    for i in 0..8 {
+        let d = x.get_ok(&format!("/hosts/mix-{i}/deployments")).await;
+        assert_eq!(d["history"].as_array().map(Vec::len), Some(4), "{d}");
+    }
+    for i in 8..16 {
+        // Registered now: nothing was stored for them before.
+        x.register_simple(&format!("mix-{i}"), json!({})).await;
+        let d = x.get_ok(&format!("/hosts/mix-{i}/deployments")).await;
+        assert_eq!(d["deployments"], json!([]), "{d}");
+        assert_eq!(d["history"], json!([]), "{d}");
+    }
+
+    // Deleted, then reported on: 404, and nothing survives to a new
+    // registration.
+    x.report_ok("mix-0", &id, "loaded", "before").await;
+    assert_eq!(
+        x.delete("/hosts/mix-0").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = x.report("mix-0", &id, "failed", "after").await;
+    assert_rest_error(r, StatusCode::NOT_FOUND, "host_not_found").await;
+    x.register_simple("mix-0", json!({})).await;
+    let d = x.get_ok("/hosts/mix-0/deployments").await;
+    assert_eq!(d["deployments"], json!([]), "{d}");
+    assert_eq!(d["history"], json!([]), "{d}");
+}
+
+/// Puts the manifest `id` of `from` into `to` through OCI (its blobs
+/// mounted): a second copy of the artifact.
+async fn copy_by_oci(x: &Ctx, from: &str, id: &str, to: &str) {
+    let (_, bytes) = oci_manifest(x, from, id).await;
+    let m: Value = serde_json::from_slice(&bytes).expect("manifest JSON");
+    let blobs = std::iter::once(&m["config"]).chain(m["layers"].as_array().expect("layers"));
+    for b in blobs {
+        let d = str_of(b, "digest");
+        let r =
+            x.c.post(x.url(&format!("/v2/{to}/blobs/uploads/?mount={d}&from={from}")))
+                .send()
+                .await
+                .expect("send mount");
+        assert_eq!(r.status(), StatusCode::CREATED, "mount {d}");
+    }
+    x.s.put_manifest_ok(&x.c, to, id, OCI_MANIFEST, &bytes)
+        .await;
+}
+
+/// What a report's id resolves to follows each manifest write at once
+/// (the copies an id means are kept in process between writes): a copy in
+/// a second repository, the first one deleted, then the second, then the
+/// artifact created again.
+#[tokio::test]
+async fn a_report_resolves_its_id_as_of_the_last_write() {
+    let x = Ctx::start().await;
+    let id = str_of(&x.create("res/first", "1.0.0", "x86_64").await, "id").to_string();
+    x.register_simple("res-1", json!({})).await;
+    let d = x.report_ok("res-1", &id, "loaded", "").await;
+    assert_eq!(d["repository"], "res/first", "{d}");
+    let (_, manifest) = oci_manifest(&x, "res/first", &id).await;
+    let m: Value = serde_json::from_slice(&manifest).expect("manifest JSON");
+    let mut blobs = Vec::new();
+    for b in std::iter::once(&m["config"]).chain(m["layers"].as_array().expect("layers")) {
+        let d = str_of(b, "digest").to_string();
+        let r =
+            x.c.get(x.url(&format!("/v2/res/first/blobs/{d}")))
+                .send()
+                .await
+                .expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "blob {d}");
+        blobs.push((d, r.bytes().await.expect("blob").to_vec()));
+    }
+
+    copy_by_oci(&x, "res/first", &id, "res/second").await;
+    let r = x
+        .delete(&format!("/artifacts/{id}?repository=res/first"))
+        .await;
+    assert!(r.status().is_success(), "delete: {}", r.status());
+    let d = x.report_ok("res-1", &id, "loaded", "").await;
+    assert_eq!(d["repository"], "res/second", "the remaining copy: {d}");
+
+    let r = x.delete(&format!("/artifacts/{id}")).await;
+    assert!(r.status().is_success(), "delete: {}", r.status());
+    let r = x.report("res-1", &id, "loaded", "").await;
+    assert_rest_error(r, StatusCode::NOT_FOUND, "not_found").await;
+
+    // The same manifest pushed again (through OCI, its blobs first): the
+    // same id, found again.
+    for (d, data) in &blobs {
+        assert_eq!(&x.s.push_blob(&x.c, "res/first", data).await, d);
+    }
+    x.s.put_manifest_ok(&x.c, "res/first", &id, OCI_MANIFEST, &manifest)
+        .await;
+    let d = x.report_ok("res-1", &id, "failed", "").await;
+    assert_eq!(d["repository"], "res/first", "{d}");
+    assert_eq!(d["version"], "1.0.0", "{d}");
+}
+
 #[tokio::test]
 async fn rollout_counts_desired_loaded_failed_and_pending_hosts() {
     let x = Ctx::start().await;

@@ -7,8 +7,8 @@
 mod common;
 
 use bpf_registry::metadata::{
-    ArtifactFilter, DerivedRow, ListingKey, ManifestPut, Metadata, MetadataConfig, PutRejected,
-    SignatureRow, UploadRow,
+    ArtifactFilter, DeploymentRow, DerivedRow, HostRow, ListingKey, ManifestPut, Metadata,
+    MetadataConfig, PutRejected, SignatureRow, UploadRow,
 };
 use bpf_registry::oci::{Digest, Reference, RepoName, Tag};
 
@@ -36,10 +36,21 @@ fn put(r: &RepoName, digest: &Digest, tag: Option<&str>) -> ManifestPut {
 }
 
 async fn engines() -> Vec<(&'static str, Metadata, tempfile::TempDir)> {
+    engines_with_urls()
+        .await
+        .into_iter()
+        .map(|(engine, m, _, tmp)| (engine, m, tmp))
+        .collect()
+}
+
+/// [`engines`], each with the URL a test's own connection opens.
+async fn engines_with_urls() -> Vec<(&'static str, Metadata, String, tempfile::TempDir)> {
     let tmp = tempfile::tempdir().unwrap();
+    let sqlite_url = format!("sqlite://{}", tmp.path().join("metadata.db").display());
     let mut out = vec![(
         "sqlite",
         Metadata::open_in_dir(tmp.path()).await.unwrap(),
+        sqlite_url,
         tmp,
     )];
     match common::engines::postgres_base_url() {
@@ -49,6 +60,7 @@ async fn engines() -> Vec<(&'static str, Metadata, tempfile::TempDir)> {
             out.push((
                 "postgres",
                 Metadata::open(&config).await.unwrap(),
+                url,
                 tempfile::tempdir().unwrap(),
             ));
         }
@@ -375,5 +387,148 @@ async fn a_failed_byte_deletion_leaves_no_link_to_the_swept_blob() {
             vec![kept.clone()],
             "{engine}: only the kept blob is linked"
         );
+    }
+}
+
+fn host_row(id: &str) -> HostRow {
+    HostRow {
+        host_id: id.into(),
+        architecture: "x86_64".into(),
+        kernel_release: "6.1.0".into(),
+        btf: Some(true),
+        agent_version: None,
+        labels: "{}".into(),
+        registered_at: 1,
+        last_seen: 1,
+    }
+}
+
+fn report(host: &str, digest: &str) -> DeploymentRow {
+    DeploymentRow {
+        host_id: host.into(),
+        repo: "team/prog".into(),
+        digest: digest.into(),
+        state: "loaded".into(),
+        message: None,
+        attach_point: None,
+        reported_at: 1,
+    }
+}
+
+/// The artifacts a host's current reports and its history name.
+async fn reported(m: &Metadata, host: &str) -> (Vec<String>, Vec<String>) {
+    let current = m.deployments_of_host(host).await.unwrap();
+    let history = m.deployment_history(host).await.unwrap();
+    (
+        current.into_iter().map(|d| d.digest).collect(),
+        history.into_iter().map(|d| d.digest).collect(),
+    )
+}
+
+/// A batch of reports is written only for the hosts registered when it
+/// commits: each report answers for itself, the unknown hosts' reports
+/// leave no row, the others of the batch are written.
+#[tokio::test]
+async fn a_report_batch_writes_only_the_registered_hosts_on_both_engines() {
+    for (engine, m, _tmp) in engines().await {
+        m.upsert_host(&host_row("h1")).await.unwrap();
+        m.upsert_host(&host_row("h2")).await.unwrap();
+        // The writer the server uses (on SQLite, one connection kept).
+        let mut writer = m.deployment_writer();
+        let batch = [
+            report("h1", "a"),
+            report("ghost", "a"),
+            report("h2", "a"),
+            report("ghost", "b"),
+            report("h1", "b"),
+        ];
+        let written = writer.put(&batch).await.unwrap();
+        assert_eq!(written, [true, false, true, false, true], "{engine}");
+        let none: (Vec<String>, Vec<String>) = (vec![], vec![]);
+        assert_eq!(reported(&m, "ghost").await, none, "{engine}");
+        assert_eq!(
+            reported(&m, "h1").await,
+            (vec!["a".into(), "b".into()], vec!["b".into(), "a".into()]),
+            "{engine}"
+        );
+        assert_eq!(
+            reported(&m, "h2").await,
+            (vec!["a".into()], vec!["a".into()]),
+            "{engine}"
+        );
+        // Only unknown hosts: nothing written, every report answered.
+        let written = writer
+            .put(&[report("ghost", "c"), report("ghost-2", "c")])
+            .await
+            .unwrap();
+        assert_eq!(written, [false, false], "{engine}");
+        // A host deleted earlier: its report is not written, and the host
+        // registered again has no deployment.
+        assert!(m.delete_host("h2").await.unwrap(), "{engine}");
+        let written = writer.put(&[report("h2", "c")]).await.unwrap();
+        assert_eq!(written, [false], "{engine}");
+        m.upsert_host(&host_row("h2")).await.unwrap();
+        assert_eq!(reported(&m, "h2").await, none, "{engine}");
+    }
+}
+
+/// The race a check before the write transaction had: a host deleted by a
+/// transaction that is still open when a report for it starts. The report
+/// waits for that transaction (SQLite's write lock; PostgreSQL's per-host
+/// lock, the one `delete_host` takes) and checks the host after it, so it
+/// is not written, whichever of the two gets there first.
+#[tokio::test]
+async fn a_report_racing_a_host_delete_is_not_written_on_both_engines() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    for (engine, m, url, _tmp) in engines_with_urls().await {
+        m.upsert_host(&host_row("racer")).await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let mut tx = if engine == "sqlite" {
+            conn.begin_with("BEGIN IMMEDIATE").await.unwrap()
+        } else {
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind("host:racer")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx
+        };
+        for statement in [
+            "DELETE FROM hosts WHERE host_id = $1",
+            "DELETE FROM deployments WHERE host_id = $1",
+            "DELETE FROM deployment_history WHERE host_id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind("racer")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        // The report starts while the delete is uncommitted (the host is
+        // still there for any reader outside that transaction).
+        let writer = m.clone();
+        let pending = tokio::spawn(async move {
+            writer
+                .deployment_writer()
+                .put(&[report("racer", "a")])
+                .await
+        });
+        assert!(
+            m.host("racer").await.unwrap().is_some(),
+            "{engine}: the delete is not committed yet"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tx.commit().await.unwrap();
+        let written = tokio::time::timeout(std::time::Duration::from_secs(30), pending)
+            .await
+            .expect("the report finishes once the delete commits")
+            .unwrap()
+            .unwrap();
+        assert_eq!(written, [false], "{engine}");
+        m.upsert_host(&host_row("racer")).await.unwrap();
+        let none: (Vec<String>, Vec<String>) = (vec![], vec![]);
+        assert_eq!(reported(&m, "racer").await, none, "{engine}");
     }
 }

@@ -21,7 +21,8 @@ CPU from /proc/<pid>):
  2. GET /hosts/{random host}/desired at --conns connections for --secs:
     requests/s, p50, p99;
  3. PUT /hosts/{random host}/deployments/{random artifact} at --conns
-    connections for --secs: requests/s, p50, p99;
+    connections (or at each of --deploy-conns) for --secs: requests/s, p50,
+    p99;
  4. --watchers concurrent long polls, one per host: asyncio raw HTTP/1.1
     connections, each primed with a plain GET of its host's desired answer
     (for the ETag), then `GET ...?wait=60s` with If-None-Match; the server's
@@ -31,6 +32,9 @@ CPU from /proc/<pid>):
     wait after the write). A watcher answered 304 (its wait ran out while
     the others connected, or just as the write went out) asks again with
     the same ETag, and is counted.
+
+`--only deploy` (a comma-separated subset of desired,deploy,watch) runs
+only those steps after the setup.
 
 Steps 2 and 3 use `wrk` (with a Lua script picking the host / artifact) when
 it is installed (bench.sh installs it), else a threaded Python client with
@@ -421,7 +425,7 @@ def load_desired(args, workdir, proc):
     return r
 
 
-def load_deployments(args, workdir, proc, ids):
+def load_deployments(args, workdir, proc, ids, conns):
     n = args.hosts
     states = ["loaded", "failed", "unloaded"]
     if args.client == "wrk":
@@ -439,13 +443,13 @@ def load_deployments(args, workdir, proc, ids):
                     "  return wrk.format(\"PUT\", path, headers, bodies[math.random(#bodies)])\n"
                     "end\n")
         with CpuWindow(proc) as cpu:
-            r = run_wrk(args.url + "/", args.conns, args.secs, lua)
+            r = run_wrk(args.url + "/", conns, args.secs, lua)
     else:
         def make(rng):
             body = json.dumps({"state": rng.choice(states), "message": "bench", "attach_point": "eth0/xdp"}).encode()
             return "PUT", f"/hosts/{host_id(rng.randrange(n))}/deployments/{rng.choice(ids[:200])}", body
         with CpuWindow(proc) as cpu:
-            r = run_threads(args.url, args.conns, args.secs, make)
+            r = run_threads(args.url, conns, args.secs, make)
     r["cpu"] = cpu.percent
     return r
 
@@ -617,15 +621,21 @@ def render(args, res):
                       ("selectors", "POST selectors (setup)")):
         count, secs = res["setup"][key]
         L.append(f"| {what}, {args.conns} conns | {count:,} in {secs:.1f} s ({count / secs:,.0f}/s) |")
-    for key, what in (("desired", "GET /hosts/{id}/desired"), ("deploy", "PUT /hosts/{id}/deployments/{artifact}")):
+    rows = [("desired", "GET /hosts/{id}/desired", args.conns)]
+    rows += [(f"deploy@{n}", "PUT /hosts/{id}/deployments/{artifact}", n) for n in args.deploy_conns]
+    for key, what, conns in rows:
+        if key.split("@")[0] not in args.only:
+            continue
         r = res.get(key)
         if r:
-            L.append(f"| {what}, {args.conns} conns, {args.secs} s | {r['rps']:,.0f} req/s, p50 {r['p50']:.2f} ms, "
+            L.append(f"| {what}, {conns} conns, {args.secs} s | {r['rps']:,.0f} req/s, p50 {r['p50']:.2f} ms, "
                      f"p99 {r['p99']:.2f} ms (server CPU {r['cpu']:.0f} %) |")
         else:
             L.append(f"| {what} | error |")
     w = res.get("watch")
-    if w:
+    if "watch" not in args.only:
+        pass
+    elif w:
         L.append(f"| `?wait={args.wait}` watchers held | {w['armed']:,} of {w['watchers']:,} armed in "
                  f"{w['armed_secs']:.1f} s; {len(w['failures'])} failed; {w['answered_early']} answered before "
                  f"the write, {w['rearmed']} re-armed after a 304 |")
@@ -661,7 +671,18 @@ def main():
     ap.add_argument("--wait", default="60s", help="the watchers' ?wait= (default 60s)")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--only", default="desired,deploy,watch",
+                    help="the load steps to run after the setup, comma-separated (default: all of "
+                         "desired,deploy,watch)")
+    ap.add_argument("--deploy-conns",
+                    help="connection counts of the deployments step, comma-separated (default: --conns), "
+                         "one run each on the same setup")
     args = ap.parse_args()
+    args.only = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = args.only - {"desired", "deploy", "watch"}
+    if unknown:
+        ap.error(f"--only: unknown steps {sorted(unknown)} (desired, deploy, watch)")
+    args.deploy_conns = [int(x) for x in args.deploy_conns.split(",")] if args.deploy_conns else [args.conns]
     defaults = dict(hosts=500, artifacts=100, selectors=20, watchers=500, secs=3) if args.quick else \
         dict(hosts=10_000, artifacts=1_000, selectors=100, watchers=10_000, secs=10)
     for k, v in defaults.items():
@@ -679,8 +700,12 @@ def main():
     res = {}
     try:
         res["setup"] = setup(args)
-        for key, fn in (("desired", lambda: load_desired(args, workdir, proc)),
-                        ("deploy", lambda: load_deployments(args, workdir, proc, res["setup"]["ids"]))):
+        steps = [("desired", lambda: load_desired(args, workdir, proc))]
+        for n in args.deploy_conns:
+            steps.append((f"deploy@{n}", lambda n=n: load_deployments(args, workdir, proc, res["setup"]["ids"], n)))
+        for key, fn in steps:
+            if key.split("@")[0] not in args.only:
+                continue
             try:
                 res[key] = fn()
                 r = res[key]
@@ -690,13 +715,14 @@ def main():
                 error(f"{key}: {e}")
             check(proc.alive(), "the server died")
         try:
-            res["watch"] = asyncio.run(watchers_run(args, proc))
-            w = res["watch"]
-            if w["failures"]:
-                error(f"{len(w['failures'])} watchers failed, first: {w['failures'][:3]}")
-            if w["woke"] != w["armed"]:
-                error(f"{w['woke']} of {w['armed']} armed watchers got their 200 after the write "
-                      f"(statuses {w['statuses']})")
+            if "watch" in args.only:
+                res["watch"] = asyncio.run(watchers_run(args, proc))
+                w = res["watch"]
+                if w["failures"]:
+                    error(f"{len(w['failures'])} watchers failed, first: {w['failures'][:3]}")
+                if w["woke"] != w["armed"]:
+                    error(f"{w['woke']} of {w['armed']} armed watchers got their 200 after the write "
+                          f"(statuses {w['statuses']})")
         except Exception as e:  # noqa: BLE001
             error(f"watchers: {type(e).__name__}: {e}")
     except BenchError as e:

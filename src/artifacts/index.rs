@@ -42,6 +42,8 @@ pub mod annotations {
 pub struct ArtifactIndex {
     backend: Arc<dyn Backend>,
     meta: Metadata,
+    /// What each id means, kept on SQLite (see `copies`).
+    copies: super::copies::CopiesCache,
 }
 
 /// What a manifest means to the eBPF domain.
@@ -125,7 +127,11 @@ fn records(rows: Vec<crate::metadata::ArtifactRow>) -> RegistryResult<Vec<Arc<Ar
 
 impl ArtifactIndex {
     pub fn new(backend: Arc<dyn Backend>, meta: Metadata) -> Self {
-        ArtifactIndex { backend, meta }
+        ArtifactIndex {
+            backend,
+            meta,
+            copies: Default::default(),
+        }
     }
 
     /// Reads the config blob; blocking, but configs are small.
@@ -245,9 +251,14 @@ impl ArtifactIndex {
     }
 
     /// Every copy of a manifest that is an artifact, the first linked
-    /// first (ties: by repository name).
+    /// first (ties: by repository name); kept while no manifest write
+    /// commits, on SQLite (see `copies`).
     pub async fn copies(&self, digest: &Digest) -> RegistryResult<Vec<Arc<ArtifactRecord>>> {
-        records(self.meta.artifact_copies(digest).await?)
+        self.copies
+            .get(&self.meta, digest, || async {
+                records(self.meta.artifact_copies(digest).await?)
+            })
+            .await
     }
 
     /// Hosts associated with an artifact, sorted.

@@ -6,6 +6,7 @@
 //! answered from them.
 
 pub mod build;
+mod copies;
 pub mod decode;
 pub mod elf;
 pub mod index;

@@ -15,6 +15,7 @@ use super::resolve::{DesiredArtifact, Excluded};
 use super::selector::Selector;
 use super::view::{FleetView, Freshness, Resolved, Snapshot};
 use super::watch::{watch, Answer, Outcome, Watchers};
+use crate::artifacts::model::ArtifactRecord;
 use crate::artifacts::{ArtifactError, ArtifactKey, ArtifactService, FleetRefusal, HostId};
 use crate::metadata::{unix_now, ChannelMove, DeploymentRow, Metadata, MoveRefused, SelectorRow};
 use crate::oci::{RepoName, Tag};
@@ -439,11 +440,15 @@ impl FleetService {
     }
 
     /// `PUT /hosts/{host_id}/deployments/{artifact_id}`: the host must be
-    /// registered and the artifact exist (the caller resolved `key`).
+    /// registered and the artifact exist (the caller resolved `copy`, the
+    /// record the answer's version comes from). The host is checked in the
+    /// report's write transaction (`reports`), so a report is never
+    /// written for a host deleted before it commits; no other read is made
+    /// per request.
     pub async fn report(
         &self,
         host: &HostId,
-        key: &ArtifactKey,
+        copy: &ArtifactRecord,
         body: DeploymentBody,
     ) -> Result<DeploymentJson, ArtifactError> {
         let invalid = |m: String| ArtifactError::InvalidRequest(m);
@@ -462,25 +467,17 @@ impl FleetService {
         };
         let message = bounded("message", body.message, 1024)?;
         let attach_point = bounded("attach_point", body.attach_point, 256)?;
-        if self
-            .meta
-            .host(host.as_str())
-            .await
-            .map_err(meta_err)?
-            .is_none()
-        {
-            return Err(host_not_found(host.as_str()));
-        }
         let row = DeploymentRow {
             host_id: host.to_string(),
-            repo: key.repo.to_string(),
-            digest: key.digest.to_string(),
+            repo: copy.repo.to_string(),
+            digest: copy.id.to_string(),
             state,
             message,
             attach_point,
             reported_at: unix_now(),
         };
-        self.reports.write(row.clone()).await.map_err(|f| {
+        let mut json = DeploymentJson::from(&row);
+        let written = self.reports.write(row).await.map_err(|f| {
             if f.storage_full {
                 // ENOSPC: answered 507 like any full store.
                 meta_err(crate::metadata::MetadataError::Sql(sqlx::Error::Io(
@@ -490,12 +487,10 @@ impl FleetService {
                 ArtifactError::Internal(f.message)
             }
         })?;
-        let mut json = DeploymentJson::from(&row);
-        json.version = self
-            .artifacts
-            .record_of(key)
-            .await?
-            .map(|r| r.config.version.clone());
+        if written == super::reports::Written::HostNotFound {
+            return Err(host_not_found(host.as_str()));
+        }
+        json.version = Some(copy.config.version.clone());
         Ok(json)
     }
 

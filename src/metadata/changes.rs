@@ -63,6 +63,10 @@ pub struct ChangeFeed {
     /// Incremented when changes may have been missed (a listener
     /// reconnect): waiters then re-read from SQL.
     epoch: std::sync::atomic::AtomicU64,
+    /// Incremented after every publish that holds a repository scope (and
+    /// on a reset): what a cache of rows any repository's manifest writes
+    /// change is validated against (see [`ChangeFeed::repo_writes`]).
+    repo_writes: std::sync::atomic::AtomicU64,
 }
 
 impl Default for ChangeFeed {
@@ -71,6 +75,7 @@ impl Default for ChangeFeed {
             known: Mutex::new(HashMap::new()),
             tick: watch::channel(0).0,
             epoch: std::sync::atomic::AtomicU64::new(0),
+            repo_writes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -100,10 +105,25 @@ impl ChangeFeed {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// How many publishes held a repository scope (plus resets). With
+    /// SQLite every write of a store is this process's, and a
+    /// transaction's changes are published once it has committed (see
+    /// [`Metadata::commit_with_changes`]): a value read before a query of
+    /// manifest-derived rows that is still the current one says no
+    /// manifest write committed since. Not so on PostgreSQL, where other
+    /// replicas' changes arrive late.
+    pub fn repo_writes(&self) -> u64 {
+        self.repo_writes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Records committed changes and wakes the waiters.
     pub fn publish(&self, changes: &[Change]) {
         if changes.is_empty() {
             return;
+        }
+        if changes.iter().any(|(s, _)| repo_of_scope(s).is_some()) {
+            self.repo_writes
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,6 +149,8 @@ impl ChangeFeed {
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             known.clear();
         }
+        self.repo_writes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
     }
 }
@@ -223,23 +245,33 @@ impl Metadata {
         Ok(out)
     }
 
-    /// Bumps `scopes` in a transaction of their own (writes that touch
-    /// only fleet rows commit with [`Metadata::commit_changes`] instead).
+    /// Bumps `scopes` in the caller's transaction, commits it and
+    /// publishes the changes. The commit and the publish run in a task of
+    /// their own: a caller that goes away (a client hanging up) cannot
+    /// leave a committed transaction unpublished, which the caches
+    /// validated against [`ChangeFeed::repo_writes`] rely on.
     pub(super) async fn commit_with_changes(
         &self,
         mut tx: Transaction<'static, Any>,
         scopes: &Scopes,
     ) -> MetadataResult<()> {
         let changes = bump(&mut tx, self.engine, scopes).await?;
-        // From here the commit may happen without this future seeing it
-        // (an error after the data is durable, or the request dropped
-        // mid-commit): then the feed is reset, so nothing this process
-        // derived from the old state is trusted.
-        let unsure = ResetUnlessDefused(Some(self.changes.as_ref()));
-        tx.commit().await?;
-        unsure.defuse();
-        self.changes.publish(&changes);
-        Ok(())
+        let feed = self.changes.clone();
+        // The commit and its publish run in a task of their own: a caller
+        // that goes away mid-commit never leaves a commit unpublished.
+        let done = tokio::spawn(async move {
+            // A commit that fails may still have happened (an error after
+            // the data is durable): then the feed is reset, so nothing this
+            // process derived from the old state is trusted.
+            let unsure = ResetUnlessDefused(Some(feed.as_ref()));
+            tx.commit().await?;
+            unsure.defuse();
+            feed.publish(&changes);
+            Ok::<(), super::MetadataError>(())
+        });
+        // A join error is the task's panic (or the runtime going away).
+        done.await
+            .unwrap_or(Err(super::MetadataError::Sql(sqlx::Error::WorkerCrashed)))
     }
 
     /// On PostgreSQL, listens for the other replicas' changes until the

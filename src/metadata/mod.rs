@@ -25,6 +25,7 @@
 
 mod artifact_list;
 pub mod changes;
+mod deployments;
 mod derived;
 mod engine;
 mod fleet;
@@ -37,6 +38,7 @@ mod uploads;
 
 pub use artifact_list::{ArtifactFilter, ListingKey, RowKey};
 pub use changes::{ChangeFeed, ScopeToken, Scopes};
+pub use deployments::DeploymentWriter;
 pub use derived::{ArtifactRow, DerivedRow, SignatureRow};
 pub use engine::{Engine, MetadataConfig};
 pub use fleet::*;

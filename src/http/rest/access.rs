@@ -143,6 +143,17 @@ impl<'a> Access<'a> {
         id: &IdRef,
         action: Action,
     ) -> Result<ArtifactKey, Refused> {
+        self.resolve_copy(copies, id, action).map(|c| c.key())
+    }
+
+    /// [`Access::resolve`], answering the chosen copy's record (as read
+    /// for the decision).
+    pub fn resolve_copy(
+        &self,
+        copies: Vec<Arc<ArtifactRecord>>,
+        id: &IdRef,
+        action: Action,
+    ) -> Result<Arc<ArtifactRecord>, Refused> {
         let copies: Vec<Arc<ArtifactRecord>> = copies
             .into_iter()
             .filter(|c| id.repository.as_ref().is_none_or(|r| &c.repo == r))
@@ -169,7 +180,7 @@ impl<'a> Access<'a> {
                 return Err(c.refuse_rest(&chosen.repo, action).into());
             }
         }
-        Ok(chosen.key())
+        Ok(Arc::clone(chosen))
     }
 
     /// The answer for an id with no copy the caller may pull: the same as

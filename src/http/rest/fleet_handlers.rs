@@ -3,6 +3,8 @@
 //! or artifact service, and maps the answer (watch answers with their
 //! `ETag`, 304 when unchanged).
 
+use std::sync::Arc;
+
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,7 @@ use super::access::Access;
 use super::endpoint::{ChannelOp, FleetEndpoint, HostOp};
 use super::handlers::{is_json, refuse};
 use super::response::json_ok;
+use crate::artifacts::model::ArtifactRecord;
 use crate::artifacts::{ArtifactError, ArtifactKey, FleetRefusal, HostId};
 use crate::fleet::service::{ChannelBody, SelectorJson};
 use crate::fleet::watch::Outcome;
@@ -95,13 +98,14 @@ pub async fn for_host(
     )
 }
 
-/// Every `/hosts...` and `/channels...` endpoint; `key` is the copy a
-/// report's artifact id resolved to.
+/// Every `/hosts...` and `/channels...` endpoint; `copy` is the copy a
+/// report's artifact id resolved to (its record as read for the
+/// decision).
 pub async fn fleet(
     state: &AppState,
     access: Access<'_>,
     ep: FleetEndpoint,
-    key: Option<ArtifactKey>,
+    copy: Option<Arc<ArtifactRecord>>,
     req: Request,
 ) -> Response {
     let fleet = &state.fleet;
@@ -164,7 +168,7 @@ pub async fn fleet(
                 }
             }
             HostOp::Report { .. } => {
-                let Some(key) = key else {
+                let Some(copy) = copy else {
                     return ArtifactError::Internal("a report without its resolved copy".into())
                         .into_response();
                 };
@@ -172,7 +176,7 @@ pub async fn fleet(
                     Ok(b) => b,
                     Err(r) => return r,
                 };
-                match fleet.report(&host, &key, b).await {
+                match fleet.report(&host, &copy, b).await {
                     Ok(d) => json_ok(StatusCode::OK, &d),
                     Err(e) => e.into_response(),
                 }

@@ -48,7 +48,7 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Needs::ListPull => access.check_list().map(|()| None),
         Needs::PushOnBody => access.check_create().map(|()| None),
         Needs::OnCopy(id, action) => match state.artifacts.copies(&id.digest).await {
-            Ok(copies) => access.resolve(copies, id, action).map(Some),
+            Ok(copies) => access.resolve_copy(copies, id, action).map(Some),
             Err(e) => return named(route, e.into_response()),
         },
         Needs::Fleet(FleetNeeds::HostList) => access.check_host_list().map(|()| None),
@@ -61,7 +61,7 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             Ok(()) => match id {
                 None => Ok(None),
                 Some(id) => match state.artifacts.copies(&id.digest).await {
-                    Ok(copies) => access.resolve(copies, id, Action::Pull).map(Some),
+                    Ok(copies) => access.resolve_copy(copies, id, Action::Pull).map(Some),
                     Err(e) => return named(route, e.into_response()),
                 },
             },
@@ -82,15 +82,15 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (RestEndpoint::ForHost { host, wait }, _) => {
             Box::pin(fleet_handlers::for_host(&state, access, &host, wait, req)).await
         }
-        (RestEndpoint::Fleet(ep), key) => {
-            Box::pin(fleet_handlers::fleet(&state, access, ep, key, req)).await
+        (RestEndpoint::Fleet(ep), copy) => {
+            Box::pin(fleet_handlers::fleet(&state, access, ep, copy, req)).await
         }
         (RestEndpoint::Create, _) => Box::pin(handlers::create(&state, access, req)).await,
         (RestEndpoint::PublicKey { version }, _) => {
             Box::pin(handlers::public_key(&state, version)).await
         }
-        (RestEndpoint::Artifact { op, .. }, Some(key)) => {
-            Box::pin(handlers::artifact(&state, &key, op, req)).await
+        (RestEndpoint::Artifact { op, .. }, Some(copy)) => {
+            Box::pin(handlers::artifact(&state, &copy.key(), op, req)).await
         }
         (RestEndpoint::Artifact { .. }, None) => {
             ArtifactError::Internal("an id endpoint without its resolved copy".into())
