@@ -110,6 +110,11 @@ async fn open_registry_with(
         }));
     // PostgreSQL: other replicas' fleet changes wake this one's waiters.
     meta.spawn_change_listener();
+    // SQLite: the feed knows every counter from the start (no SQL read
+    // per woken waiter for scopes not written since).
+    if let Err(e) = meta.seed_change_feed().await {
+        tracing::warn!(error = %e, "change feed not seeded: waiters read counters from SQL");
+    }
     let registry = Arc::new(Registry::new(backend.clone(), meta.clone(), limits));
     let artifact_index = Arc::new(artifacts::ArtifactIndex::new(backend, meta.clone()));
     registry.add_deriver(artifact_index.clone());

@@ -70,23 +70,32 @@ impl Serialize for DesiredBody<'_> {
             channel: Option<&'a str>,
             via: &'a [String],
         }
-        let artifacts: Vec<Artifact<'_>> = self
-            .resolved
-            .artifacts()
-            .map(|(a, via)| Artifact {
-                name: &a.name,
-                version: &a.version,
-                id: &a.id,
-                architecture: &a.architecture,
-                channel: a.channel.as_deref(),
-                via,
-            })
-            .collect();
-        let excluded: Vec<&Excluded> = self.resolved.excluded().collect();
+        // Both lists are written straight from the resolution, with no
+        // list of their own: a wake-up of many waiters allocates little
+        // (the allocator's slow path was a third of such a wake-up).
+        struct Artifacts<'a>(&'a Resolved);
+        impl Serialize for Artifacts<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.artifacts().map(|(a, via)| Artifact {
+                    name: &a.name,
+                    version: &a.version,
+                    id: &a.id,
+                    architecture: &a.architecture,
+                    channel: a.channel.as_deref(),
+                    via,
+                }))
+            }
+        }
+        struct ExcludedList<'a>(&'a Resolved);
+        impl Serialize for ExcludedList<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.excluded())
+            }
+        }
         let mut st = s.serialize_struct("DesiredJson", 3)?;
         st.serialize_field("host_id", self.host_id)?;
-        st.serialize_field("artifacts", &artifacts)?;
-        st.serialize_field("excluded", &excluded)?;
+        st.serialize_field("artifacts", &Artifacts(self.resolved))?;
+        st.serialize_field("excluded", &ExcludedList(self.resolved))?;
         st.end()
     }
 }

@@ -274,6 +274,25 @@ impl Metadata {
             .unwrap_or(Err(super::MetadataError::Sql(sqlx::Error::WorkerCrashed)))
     }
 
+    /// On SQLite (one process per store), loads every committed counter
+    /// into this process's feed: a woken waiter then finds every scope's
+    /// counter in the feed and reads no SQL, also for scopes not written
+    /// since the start. Changes published meanwhile keep the higher value.
+    pub async fn seed_change_feed(&self) -> MetadataResult<usize> {
+        if self.engine != Engine::Sqlite {
+            return Ok(0);
+        }
+        let rows = sqlx::query("SELECT scope, seq FROM fleet_changes")
+            .fetch_all(self.pool())
+            .await?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            changes.push((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?));
+        }
+        self.changes.publish(&changes);
+        Ok(changes.len())
+    }
+
     /// On PostgreSQL, listens for the other replicas' changes until the
     /// process ends; a lost connection is re-established and the feed
     /// reset (changes may have been missed meanwhile). SQLite has one
@@ -329,6 +348,32 @@ mod tests {
         );
         assert_eq!(parse_payload("x repo:a"), None);
         assert_eq!(parse_payload("nospace"), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_process_on_sqlite_knows_every_committed_counter_once_seeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open_in_dir(dir.path()).await.unwrap();
+        let host = crate::metadata::HostRow {
+            host_id: "h1".into(),
+            architecture: "x86_64".into(),
+            kernel_release: "6.1.0".into(),
+            btf: Some(true),
+            agent_version: None,
+            labels: "{}".into(),
+            registered_at: 0,
+            last_seen: 0,
+        };
+        meta.upsert_host(&host).await.unwrap();
+        meta.upsert_host(&host).await.unwrap();
+        let written = meta.changes().known(&host_scope("h1"));
+        assert!(written.is_some());
+        drop(meta);
+        // Another process: its feed starts empty, the seed fills it.
+        let meta = Metadata::open_in_dir(dir.path()).await.unwrap();
+        assert_eq!(meta.changes().known(&host_scope("h1")), None);
+        assert!(meta.seed_change_feed().await.unwrap() >= 1);
+        assert_eq!(meta.changes().known(&host_scope("h1")), written);
     }
 
     #[test]
