@@ -14,6 +14,7 @@ pub mod service;
 pub mod version;
 pub mod view;
 pub mod watch;
+pub mod wire;
 
 pub use requirements::{BtfRequirement, Requirements};
 pub use resolve::{
