@@ -195,8 +195,9 @@ pub(super) async fn bump(
     Ok(out)
 }
 
-/// Resets the feed when dropped, unless defused: what a write whose
-/// outcome is unknown leaves behind.
+/// Resets the feed when dropped, unless defused: what a commit whose
+/// outcome is unknown leaves behind (it returned an error, or its task
+/// was dropped with the runtime).
 struct ResetUnlessDefused<'a>(Option<&'a ChangeFeed>);
 
 impl ResetUnlessDefused<'_> {
@@ -257,8 +258,6 @@ impl Metadata {
     ) -> MetadataResult<()> {
         let changes = bump(&mut tx, self.engine, scopes).await?;
         let feed = self.changes.clone();
-        // The commit and its publish run in a task of their own: a caller
-        // that goes away mid-commit never leaves a commit unpublished.
         let done = tokio::spawn(async move {
             // A commit that fails may still have happened (an error after
             // the data is durable): then the feed is reset, so nothing this
@@ -384,7 +383,7 @@ mod tests {
         // Defused: the commit was seen, the publish follows.
         ResetUnlessDefused(Some(&feed)).defuse();
         assert_eq!(feed.token("repo:a"), before);
-        // Dropped (an error, or the future dropped mid-commit).
+        // Dropped (the commit returned an error, or its task was dropped).
         drop(ResetUnlessDefused(Some(&feed)));
         assert_ne!(feed.token("repo:a"), before);
         assert_eq!(feed.known("repo:a"), None);
