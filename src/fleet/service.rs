@@ -151,7 +151,7 @@ impl FleetService {
         }
     }
 
-    fn desired_of(&self, snap: &Snapshot) -> Resolved {
+    fn desired_of<'s>(&self, snap: &'s Snapshot) -> Resolved<'s> {
         match snap.host.row.as_ref().map(facts_of) {
             Some(f) => self.view.resolve(&f, snap),
             None => Resolved::default(),

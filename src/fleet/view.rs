@@ -44,7 +44,7 @@ pub struct HostEntry {
     pub labels: BTreeMap<String, String>,
     /// The direct associations, built once per change of the host.
     pub direct: Vec<Arc<Assigned>>,
-    /// What a name's resolution depends on of this host (see `NameKey`).
+    /// What a name's resolution depends on of this host (see `Memo`).
     facts_key: String,
 }
 
@@ -98,21 +98,11 @@ pub struct Snapshot {
     pub watched: Vec<(String, i64)>,
 }
 
-/// What one name resolves to for one kind of host: the name, the
-/// repository's counter, and (in one string) the host's facts and the
-/// channel it follows.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct NameKey {
-    name: String,
-    seq: i64,
-    facts: String,
-}
-
 pub struct FleetView {
     meta: Metadata,
-    /// Resolutions by [`NameKey`]: hosts alike share them, so a write that
+    /// Resolutions ([`Memo`]): hosts alike share them, so a write that
     /// wakes every waiter resolves each name once per kind of host.
-    resolved: Mutex<HashMap<NameKey, Arc<Desired>>>,
+    resolved: Mutex<Memo>,
     hosts: Mutex<HashMap<String, (i64, Arc<HostEntry>)>>,
     selectors: Mutex<Option<Selectors>>,
     repos: Mutex<HashMap<String, (i64, RepoCell)>>,
@@ -126,7 +116,7 @@ impl FleetView {
     pub fn new(meta: Metadata) -> Self {
         FleetView {
             meta,
-            resolved: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(Memo::default()),
             hosts: Mutex::new(HashMap::new()),
             selectors: Mutex::new(None),
             repos: Mutex::new(HashMap::new()),
@@ -413,30 +403,40 @@ fn assignments_of(
 impl FleetView {
     /// The desired set of a host with `facts` from a snapshot: each name
     /// resolved once per (repository counter, facts, channel) and kept,
-    /// its `via` filled in for this host.
-    pub fn resolve(&self, facts: &HostFacts, snap: &Snapshot) -> Resolved {
-        let mut by_name: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
-        for a in &snap.assignments {
-            by_name
-                .entry(a.assignment.name.as_str())
-                .or_default()
-                .push(&a.assignment);
-        }
-        let mut out = Vec::with_capacity(by_name.len());
-        for (name, assigned) in by_name {
+    /// its `via` filled in for this host. A memo hit allocates nothing
+    /// but the answer's two lists (a wake-up of many waiters is mostly
+    /// hits).
+    pub fn resolve<'s>(&self, facts: &HostFacts, snap: &'s Snapshot) -> Resolved<'s> {
+        let mut assigned: Vec<&'s Assignment> =
+            snap.assignments.iter().map(|a| &a.assignment).collect();
+        assigned.sort_unstable_by(|a, b| a.name.cmp(&b.name).then_with(|| a.via.cmp(&b.via)));
+        let mut out = Resolved {
+            names: Vec::new(),
+            vias: Vec::with_capacity(assigned.len()),
+        };
+        let mut channel_facts = String::new();
+        for group in assigned.chunk_by(|a, b| a.name == b.name) {
+            let name = group[0].name.as_str();
             let Some((seq, candidates)) = snap.candidates.get(name) else {
                 continue;
             };
-            let channel = assigned.iter().filter_map(|a| a.channel.as_deref()).min();
-            let key = NameKey {
-                name: name.to_string(),
-                seq: *seq,
-                facts: match channel {
-                    Some(c) => format!("{}\n{c}", snap.host.facts_key),
-                    None => snap.host.facts_key.clone(),
-                },
+            let channel = group.iter().filter_map(|a| a.channel.as_deref()).min();
+            let facts_key = match channel {
+                Some(c) => {
+                    channel_facts.clear();
+                    channel_facts.push_str(&snap.host.facts_key);
+                    channel_facts.push('\n');
+                    channel_facts.push_str(c);
+                    channel_facts.as_str()
+                }
+                None => snap.host.facts_key.as_str(),
             };
-            let cached = locked(&self.resolved).get(&key).cloned();
+            let cached = locked(&self.resolved)
+                .by_facts
+                .get(facts_key)
+                .and_then(|names| names.get(name))
+                .filter(|(at, _)| at == seq)
+                .map(|(_, d)| d.clone());
             let one = match cached {
                 Some(d) => d,
                 None => {
@@ -449,40 +449,71 @@ impl FleetView {
                     let d = Arc::new(resolve(facts, &probe, &|n| {
                         (n == name).then(|| candidates.clone())
                     }));
-                    let mut memo = locked(&self.resolved);
-                    if memo.len() >= MAX_ENTRIES {
-                        memo.clear();
-                    }
-                    memo.insert(key, d.clone());
+                    self.remember(facts_key, name, *seq, &d);
                     d
                 }
             };
-            let mut via: Vec<&str> = assigned.iter().map(|a| a.via.as_str()).collect();
-            via.sort_unstable();
-            via.dedup();
-            let via = via.into_iter().map(str::to_string).collect();
-            out.push((one, via));
+            let from = out.vias.len();
+            for a in group {
+                // Sorted by `via` within the name: duplicates are adjacent.
+                if out.vias[from..].last() != Some(&a.via.as_str()) {
+                    out.vias.push(a.via.as_str());
+                }
+            }
+            out.names.push((one, from..out.vias.len()));
         }
-        Resolved(out)
+        out
+    }
+
+    /// Keeps the resolution of `name` for hosts of `facts_key`, at the
+    /// repository counter `seq` (replacing an older one).
+    fn remember(&self, facts_key: &str, name: &str, seq: i64, d: &Arc<Desired>) {
+        let mut memo = locked(&self.resolved);
+        if memo.entries >= MAX_ENTRIES {
+            *memo = Memo::default();
+        }
+        let names = match memo.by_facts.get_mut(facts_key) {
+            Some(names) => names,
+            None => memo.by_facts.entry(facts_key.to_string()).or_default(),
+        };
+        let added = names.insert(name.to_string(), (seq, d.clone())).is_none();
+        if added {
+            memo.entries += 1;
+        }
     }
 }
 
-/// A host's desired set as shared per-name resolutions, each with this
-/// host's `via`: serialized without copying them.
+/// Resolutions by the facts a name's resolution depends on (with the
+/// channel it follows) and then by name, each at the repository counter
+/// it was made at: looked up by `&str`, so a hit allocates nothing.
 #[derive(Default)]
-pub struct Resolved(Vec<(Arc<Desired>, Vec<String>)>);
+struct Memo {
+    by_facts: HashMap<String, HashMap<String, (i64, Arc<Desired>)>>,
+    entries: usize,
+}
 
-impl Resolved {
+/// A host's desired set as shared per-name resolutions, each with this
+/// host's `via` (borrowed from its snapshot): serialized without copying
+/// them.
+#[derive(Default)]
+pub struct Resolved<'s> {
+    /// Each name's resolution and the range of `vias` that are its.
+    names: Vec<(Arc<Desired>, std::ops::Range<usize>)>,
+    vias: Vec<&'s str>,
+}
+
+impl<'s> Resolved<'s> {
     /// The chosen artifacts (each with this host's `via`).
-    pub fn artifacts(&self) -> impl Iterator<Item = (&DesiredArtifact, &[String])> {
-        self.0
-            .iter()
-            .flat_map(|(d, via)| d.artifacts.iter().map(move |a| (a, via.as_slice())))
+    pub fn artifacts(&self) -> impl Iterator<Item = (&DesiredArtifact, &[&'s str])> {
+        self.names.iter().flat_map(|(d, via)| {
+            let via = &self.vias[via.clone()];
+            d.artifacts.iter().map(move |a| (a, via))
+        })
     }
 
     /// The excluded entries.
     pub fn excluded(&self) -> impl Iterator<Item = &Excluded> {
-        self.0.iter().flat_map(|(d, _)| d.excluded.iter())
+        self.names.iter().flat_map(|(d, _)| d.excluded.iter())
     }
 }
 

@@ -22,12 +22,12 @@ pub struct DesiredJson {
 
 /// The wire form of [`DesiredJson`], written from the shared per-name
 /// resolutions (each artifact with this host's `via`) without copying.
-pub(super) struct DesiredBody<'a> {
+pub(super) struct DesiredBody<'a, 's> {
     pub(super) host_id: &'a str,
-    pub(super) resolved: &'a Resolved,
+    pub(super) resolved: &'a Resolved<'s>,
 }
 
-impl Serialize for DesiredBody<'_> {
+impl Serialize for DesiredBody<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         #[derive(Serialize)]
@@ -37,13 +37,13 @@ impl Serialize for DesiredBody<'_> {
             id: &'a str,
             architecture: &'a str,
             channel: Option<&'a str>,
-            via: &'a [String],
+            via: &'a [&'a str],
         }
         // Both lists are written straight from the resolution, with no
         // list of their own: a wake-up of many waiters allocates little
         // (the allocator's slow path was a third of such a wake-up).
-        struct Artifacts<'a>(&'a Resolved);
-        impl Serialize for Artifacts<'_> {
+        struct Artifacts<'a, 's>(&'a Resolved<'s>);
+        impl Serialize for Artifacts<'_, '_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_seq(self.0.artifacts().map(|(a, via)| Artifact {
                     name: &a.name,
@@ -55,8 +55,8 @@ impl Serialize for DesiredBody<'_> {
                 }))
             }
         }
-        struct ExcludedList<'a>(&'a Resolved);
-        impl Serialize for ExcludedList<'_> {
+        struct ExcludedList<'a, 's>(&'a Resolved<'s>);
+        impl Serialize for ExcludedList<'_, '_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_seq(self.0.excluded())
             }

@@ -257,9 +257,9 @@ pub fn reader_stream(
     })
 }
 
-/// Bytes per mapping of [`mapped_stream`]: the same bound on what one pull
-/// holds as [`reader_stream`]'s blocks.
-const MAP_WINDOW: u64 = BLOCK as u64;
+/// Bytes per mapping of [`mapped_stream`]: a pull holds up to three (the
+/// one being sent, one queued, one being mapped), all resident.
+const MAP_WINDOW: u64 = BLOCK as u64 / 2;
 
 /// Streams bytes `start..start + len` of an immutable blob file as
 /// read-only mappings of `MAP_WINDOW` bytes each, populated on the blocking
@@ -272,7 +272,7 @@ pub fn mapped_stream(
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
     // Mapping a window of cached pages takes a fraction of the time its
     // send does, so one window ahead keeps the socket busy; each one more
-    // would be another MiB of the process's resident pages.
+    // would be another window of the process's resident pages.
     blocking_stream(1, move |tx| {
         let end = start.saturating_add(len);
         let mut at = start;

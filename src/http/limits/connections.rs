@@ -54,6 +54,11 @@ const MIN_RESERVED_DESCRIPTORS: u64 = 64;
 /// How long a closing connection with nothing in progress may take to send
 /// its goodbye (an HTTP/2 GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The most an HTTP/1 connection reads ahead (hyper's default is about
+/// 400 KiB): a pushed body arrives in pieces of at most this size, so a
+/// push in flight holds a few of them, not a few hundred KiB per read;
+/// also the longest request head (431 beyond it).
+const H1_MAX_BUF: usize = 64 * 1024;
 /// HTTP/2 keep-alive pings while a request is in progress find dead peers.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -538,7 +543,8 @@ impl Connection {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.policy.header_read_timeout);
+            .header_read_timeout(self.policy.header_read_timeout)
+            .max_buf_size(H1_MAX_BUF);
         builder
             .http2()
             .timer(TokioTimer::new())
