@@ -2221,6 +2221,186 @@ async fn a_watcher_over_the_cap_is_429_too_many_watchers() {
     );
 }
 
+/// One HTTP/1.1 response read off a raw connection: status, headers
+/// (lowercased names) and body (by `content-length`).
+async fn read_raw_response(
+    r: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let mut line = String::new();
+    r.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).await.expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').expect("header");
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse::<usize>().expect("length"))
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await.expect("body");
+    (status, headers, body)
+}
+
+fn raw_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A long-poll on a plain HTTP/1.1 connection is parked by the front; the
+/// connection goes on after its answer: a request pipelined behind it is
+/// answered after it, in order, and a request the front does not serve
+/// (handed to hyper with the bytes already read) works on it too.
+#[tokio::test]
+async fn a_parked_long_poll_answers_in_order_and_its_connection_goes_on() {
+    use tokio::io::AsyncWriteExt as _;
+    let x = Ctx::start().await;
+    let v1 = x.create("park/prog", "1.0.0", "x86_64").await;
+    x.register_simple("park-1", json!({})).await;
+    x.associate(str_of(&v1, "id"), "park-1", None).await;
+    let tcp = tokio::net::TcpStream::connect(x.s.addr)
+        .await
+        .expect("connect");
+    let mut conn = tokio::io::BufReader::new(tcp);
+    let prime = "GET /hosts/park-1/desired HTTP/1.1\r\nHost: t\r\n\r\n";
+    conn.get_mut().write_all(prime.as_bytes()).await.unwrap();
+    let (status, headers, body) = read_raw_response(&mut conn).await;
+    assert_eq!(status, 200);
+    let etag = raw_header(&headers, "etag").expect("etag").to_string();
+    assert_eq!(etag, etag_for(&body));
+    assert_eq!(
+        raw_header(&headers, "content-type"),
+        Some("application/json")
+    );
+    assert!(
+        raw_header(&headers, "x-request-id").is_some(),
+        "{headers:?}"
+    );
+    // The long-poll and a request behind it, in one write.
+    let pipelined = format!(
+        "GET /hosts/park-1/desired?wait=30s HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    );
+    conn.get_mut()
+        .write_all(pipelined.as_bytes())
+        .await
+        .unwrap();
+    let early =
+        tokio::time::timeout(Duration::from_millis(400), read_raw_response(&mut conn)).await;
+    assert!(early.is_err(), "answered before any change");
+    let v2 = x.create("park/prog", "1.1.0", "x86_64").await; // another connection
+    let (status, headers, body) = tokio::time::timeout(LIVENESS, read_raw_response(&mut conn))
+        .await
+        .expect("the parked long-poll got no answer after the write");
+    assert_eq!(status, 200);
+    assert_ne!(raw_header(&headers, "etag"), Some(etag.as_str()));
+    let v: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(desired_entries(&v, "park/prog")[0]["id"], v2["id"], "{v}");
+    let (status, _, _) = read_raw_response(&mut conn).await;
+    assert_eq!(status, 200, "the pipelined request after the long-poll");
+    // Not the front's: hyper serves it on the same connection.
+    let other = "GET /hosts/park-1 HTTP/1.1\r\nHost: t\r\n\r\n";
+    conn.get_mut().write_all(other.as_bytes()).await.unwrap();
+    let (status, _, body) = read_raw_response(&mut conn).await;
+    assert_eq!(status, 200);
+    let host: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(host["host_id"], "park-1");
+    // And a watchable read after that is hyper's too, with the same answer.
+    conn.get_mut().write_all(prime.as_bytes()).await.unwrap();
+    let (status, headers, _) = read_raw_response(&mut conn).await;
+    assert_eq!(status, 200);
+    assert_ne!(raw_header(&headers, "etag"), Some(etag.as_str()));
+}
+
+/// A parked long-poll whose client goes away frees its watcher place, and
+/// one whose time runs out answers 304 with its ETag; `Connection: close`
+/// closes after the answer.
+#[tokio::test]
+async fn a_parked_long_poll_frees_its_place_when_the_client_leaves() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let x = Ctx::start_with_env(&[("BPF_REGISTRY_MAX_WATCHERS", "1")]).await;
+    x.register_simple("leave-1", json!({})).await;
+    let (etag, _) = x.get_tagged("/hosts/leave-1/desired").await;
+    let wait = |secs: u32, extra: &str| {
+        format!(
+            "GET /hosts/leave-1/desired?wait={secs}s HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n{extra}\r\n"
+        )
+    };
+    let mut first = tokio::net::TcpStream::connect(x.s.addr)
+        .await
+        .expect("connect");
+    first.write_all(wait(30, "").as_bytes()).await.unwrap();
+    // Held: the only place is taken.
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let r = x
+            .get_if_none_match("/hosts/leave-1/desired?wait=1s", &etag)
+            .await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first long-poll was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(first);
+    // Its place comes back once the server sees the close.
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let r = x
+            .get_if_none_match("/hosts/leave-1/desired?wait=1ms", &etag)
+            .await;
+        if r.status() == StatusCode::NOT_MODIFIED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            Instant::now() < deadline,
+            "the place of a client that left was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time runs out: 304 with the ETag, and the close asked for.
+    let tcp = tokio::net::TcpStream::connect(x.s.addr)
+        .await
+        .expect("connect");
+    let mut conn = tokio::io::BufReader::new(tcp);
+    conn.get_mut()
+        .write_all(wait(1, "Connection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, headers, body) = tokio::time::timeout(LIVENESS, read_raw_response(&mut conn))
+        .await
+        .expect("no 304 at the end of the wait");
+    assert_eq!(status, 304);
+    assert_eq!(raw_header(&headers, "etag"), Some(etag.as_str()));
+    assert_eq!(raw_header(&headers, "connection"), Some("close"));
+    assert!(body.is_empty());
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(LIVENESS, conn.read_to_end(&mut rest))
+        .await
+        .expect("the connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "bytes after a closing answer");
+}
+
 /// The default watcher cap (10,000+) is above the request cap (1,024):
 /// held waiters must not take request slots, or the watcher cap could
 /// never be reached. (An interpretation of the contract; see the report.)

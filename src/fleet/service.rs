@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::hosts::{facts_of, HostBody, HostJson, HostList};
 use super::selector::Selector;
 use super::view::{FleetView, Freshness, Resolved, Snapshot};
-use super::watch::{watch, Answer, Outcome, Watchers};
+use super::watch::{watch, Answer, Outcome, Parking, Watchers};
 use crate::artifacts::model::ArtifactRecord;
 use crate::artifacts::{ArtifactError, ArtifactKey, ArtifactService, FleetRefusal, HostId};
 use crate::metadata::{unix_now, DeploymentRow, Metadata, MoveRefused};
@@ -221,12 +221,14 @@ impl FleetService {
         visible: Visible<'_>,
         if_none_match: Option<&str>,
         wait: Option<Duration>,
+        parking: Option<&Parking>,
     ) -> Result<Outcome, ArtifactError> {
         watch(
             self.meta.changes(),
             &self.watchers,
             if_none_match,
             wait,
+            parking,
             |fresh| self.desired_answer(host, visible, fresh),
         )
         .await
@@ -240,12 +242,14 @@ impl FleetService {
         visible: Visible<'_>,
         if_none_match: Option<&str>,
         wait: Option<Duration>,
+        parking: Option<&Parking>,
     ) -> Result<Outcome, ArtifactError> {
         watch(
             self.meta.changes(),
             &self.watchers,
             if_none_match,
             wait,
+            parking,
             |fresh| self.for_host_answer(host, visible, fresh),
         )
         .await

@@ -4,9 +4,16 @@
 //! channel (no task or thread of its own): a publish wakes every waiter,
 //! each checks its few scopes against the counters delivered, and only
 //! those whose scopes moved recompute their answer.
+//!
+//! A request may also be *parked* instead of held ([`Parking`]): the
+//! handler then leaves what it would wait on ([`Parked`]) for the caller
+//! and returns at once; the caller (the plain HTTP/1.1 front in
+//! `http::limits`) waits on it with nothing but the socket and re-runs the
+//! request when it wakes.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -74,6 +81,9 @@ pub enum Outcome {
     Changed(Answer),
     /// Still the client's version: 304.
     NotModified { etag: String },
+    /// Still the client's version, and the wait is left in the request's
+    /// [`Parking`] for its caller.
+    Parked,
 }
 
 /// Parses `?wait=`: `30`, `30s`, `500ms`, `1m`; at most [`MAX_WAIT`].
@@ -116,18 +126,18 @@ pub fn none_match(header: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
-/// The cap on held waiters.
+/// The cap on held waiters (held in place or parked).
 pub struct Watchers {
     cap: usize,
-    held: AtomicUsize,
+    held: Arc<AtomicUsize>,
 }
 
 /// A held place; freed on drop.
-pub struct WatchSlot<'a>(&'a Watchers);
+pub struct WatchSlot(Arc<AtomicUsize>);
 
-impl Drop for WatchSlot<'_> {
+impl Drop for WatchSlot {
     fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -135,12 +145,12 @@ impl Watchers {
     pub fn new(cap: usize) -> Self {
         Watchers {
             cap,
-            held: AtomicUsize::new(0),
+            held: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// A place, or 429 `too_many_watchers`.
-    pub fn enter(&self) -> Result<WatchSlot<'_>, ArtifactError> {
+    pub fn enter(&self) -> Result<WatchSlot, ArtifactError> {
         let prev = self.held.fetch_add(1, Ordering::AcqRel);
         if prev >= self.cap {
             self.held.fetch_sub(1, Ordering::AcqRel);
@@ -152,7 +162,7 @@ impl Watchers {
                 ),
             ));
         }
-        Ok(WatchSlot(self))
+        Ok(WatchSlot(self.held.clone()))
     }
 
     /// Waiters held now.
@@ -161,30 +171,140 @@ impl Watchers {
     }
 }
 
+/// Where a parked request's wait and its resumption are handed between
+/// the handler and the caller that holds the connection. One per request;
+/// every run of the request gets the same one.
+#[derive(Clone, Default)]
+pub struct Parking(Arc<Mutex<ParkingState>>);
+
+#[derive(Default)]
+struct ParkingState {
+    /// Left by the handler: what to wait on.
+    parked: Option<Parked>,
+    /// Left by the caller for the next run: how the wait went.
+    resume: Option<Resume>,
+}
+
+/// How the next run of a parked request goes on.
+struct Resume {
+    deadline: tokio::time::Instant,
+    slot: WatchSlot,
+    /// Computed with the delivered counters (woken by them), else the
+    /// committed ones.
+    fresh: Freshness,
+    /// The wait is over (its time, or the server stops): answer as is.
+    over: bool,
+}
+
+/// A wait left by the handler: the answer's ETag and scopes, the feed's
+/// receiver (subscribed before that answer was read) and the place held.
+pub struct Parked {
+    feed: Arc<ChangeFeed>,
+    rx: tokio::sync::watch::Receiver<u64>,
+    epoch: u64,
+    held: Held,
+    deadline: tokio::time::Instant,
+    slot: WatchSlot,
+}
+
+/// How a parked wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A scope the answer depends on moved: run the request again.
+    Moved,
+    /// The wait's time is over: run it once more to answer.
+    Over,
+}
+
+impl Parking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ParkingState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The wait the last run left, if it parked.
+    pub fn take_parked(&self) -> Option<Parked> {
+        self.lock().parked.take()
+    }
+
+    /// Makes the next run go on from `parked` after `wake`, or (with
+    /// `over`) answer at once whatever it finds.
+    pub fn resume(&self, parked: Parked, wake: Wake) {
+        let fresh = match wake {
+            Wake::Moved if parked.feed.epoch() == parked.epoch => Freshness::Delivered,
+            _ => Freshness::Committed,
+        };
+        self.lock().resume = Some(Resume {
+            deadline: parked.deadline,
+            slot: parked.slot,
+            fresh,
+            over: wake == Wake::Over,
+        });
+    }
+}
+
+impl Parked {
+    /// Waits until a scope of the answer moves (or the feed is reset) or
+    /// the wait's time is over.
+    pub async fn wait(&mut self) -> Wake {
+        loop {
+            tokio::select! {
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        return Wake::Over;
+                    }
+                    if self.feed.epoch() != self.epoch || moved(&self.feed, &self.held) {
+                        return Wake::Moved;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.deadline) => return Wake::Over,
+            }
+        }
+    }
+}
+
+/// Whether a scope of a held answer moved past the counter it was read at.
+fn moved(feed: &ChangeFeed, held: &Held) -> bool {
+    held.watched
+        .iter()
+        .any(|(scope, seq)| feed.known(scope).is_some_and(|k| k > *seq))
+}
+
 /// Answers at once, or (when the client's `If-None-Match` names the
 /// current answer and `wait` is set) holds until `compute` gives another
 /// answer or `wait` is over. `compute` is called with the freshness to
 /// read at: committed for the first answer, the delivered counters after a
-/// wake-up.
+/// wake-up. With `parking`, the wait is left in it ([`Outcome::Parked`])
+/// instead of held here, and a later run resumes it.
 pub async fn watch<F, Fut>(
-    feed: &ChangeFeed,
+    feed: &Arc<ChangeFeed>,
     watchers: &Watchers,
     if_none_match: Option<&str>,
     wait: Option<Duration>,
+    parking: Option<&Parking>,
     mut compute: F,
 ) -> Result<Outcome, ArtifactError>
 where
     F: FnMut(Freshness) -> Fut,
     Fut: Future<Output = Result<Answer, ArtifactError>>,
 {
-    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
-    let mut fresh = Freshness::Committed;
-    // Held from the start: long-polls do not count against the
-    // concurrent-request cap (see `http::limits`), this cap bounds them.
-    let _slot = match wait {
-        Some(_) => Some(watchers.enter()?),
-        None => None,
+    // A parked request's later runs go on with its deadline and place.
+    let resume = parking.and_then(|p| p.lock().resume.take());
+    let (deadline, mut fresh, slot, over) = match resume {
+        Some(r) => (Some(r.deadline), r.fresh, Some(r.slot), r.over),
+        None => (
+            wait.map(|w| tokio::time::Instant::now() + w),
+            Freshness::Committed,
+            // Held from the start: long-polls do not count against the
+            // concurrent-request cap (see `http::limits`), this cap
+            // bounds them.
+            match wait {
+                Some(_) => Some(watchers.enter()?),
+                None => None,
+            },
+            false,
+        ),
     };
+    let mut slot = slot;
     loop {
         // Subscribed before reading: a change committed after the read
         // is a publish this receiver sees.
@@ -198,33 +318,41 @@ where
         if !matches {
             return Ok(Outcome::Changed(answer));
         }
-        let Some(deadline) = deadline else {
+        let Some(deadline) = deadline.filter(|_| !over) else {
             return Ok(Outcome::NotModified { etag: answer.etag });
         };
         // A held waiter keeps what it compares, not the answer's body
         // (a wake-up recomputes it anyway).
         let Answer { etag, watched, .. } = answer;
-        let answer = Held { etag, watched };
+        let held = Held { etag, watched };
+        if let (Some(parking), Some(place)) = (parking, slot.take()) {
+            parking.lock().parked = Some(Parked {
+                feed: feed.clone(),
+                rx,
+                epoch,
+                held,
+                deadline,
+                slot: place,
+            });
+            return Ok(Outcome::Parked);
+        }
         loop {
             tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
-                        return Ok(Outcome::NotModified { etag: answer.etag });
+                        return Ok(Outcome::NotModified { etag: held.etag });
                     }
                     if feed.epoch() != epoch {
                         fresh = Freshness::Committed;
                         break;
                     }
-                    let moved = answer.watched.iter().any(|(scope, seq)| {
-                        feed.known(scope).is_some_and(|k| k > *seq)
-                    });
-                    if moved {
+                    if moved(feed, &held) {
                         fresh = Freshness::Delivered;
                         break;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Ok(Outcome::NotModified { etag: answer.etag });
+                    return Ok(Outcome::NotModified { etag: held.etag });
                 }
             }
         }

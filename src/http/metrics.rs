@@ -162,6 +162,15 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         })
     });
     let resp = next.run(req).await;
+    if resp
+        .extensions()
+        .get::<crate::http::ParkedAnswer>()
+        .is_some()
+    {
+        // A long-poll run that parked: counted once, by the run that
+        // answers.
+        return resp;
+    }
     if let Some(reason) = resp.extensions().get::<FailureReason>() {
         metrics.auth_failure(reason.as_str());
     }

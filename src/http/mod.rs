@@ -56,6 +56,12 @@ pub struct RouteName(pub &'static str);
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// On a response that is never sent: a long-poll run that parked its wait
+/// with the plain HTTP/1.1 front (`limits::connections`), which runs the
+/// request again when the wait ends. Not logged or counted as a request.
+#[derive(Clone, Copy)]
+pub struct ParkedAnswer;
+
 pub fn router(state: AppState) -> Router {
     let request_limits = limits::RequestLimits::from_config(&state.config);
     let recorder = state.metrics.clone();
@@ -198,6 +204,10 @@ async fn log_requests(req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     let mut resp = error::with_request_id(Arc::from(id.as_str()), next.run(req)).await;
+    if resp.extensions().get::<ParkedAnswer>().is_some() {
+        tracing::debug!(request_id = %id, "long-poll parked");
+        return resp;
+    }
     let route = resp
         .extensions()
         .get::<RouteName>()

@@ -16,6 +16,9 @@
 //!   `tls_handshake_timeout`.
 //! - A write that makes no progress for `write_stall_timeout` (the client
 //!   stopped reading its response) closes the connection.
+//! - A plain connection starts in the front (`front`): it serves the
+//!   fleet's long-polls itself, parked with nothing but the socket, and
+//!   hands the connection to hyper at the first request it does not serve.
 //! - Accept errors never end the loop: out of descriptors (a cap set above
 //!   what `RLIMIT_NOFILE` allows), up to 32 idle connections are closed,
 //!   the cap is lowered to what is left open, and accepting pauses briefly.
@@ -42,6 +45,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::write_stall::WriteStall;
+
+mod front;
 use super::BodyHolding;
 use crate::config::Config;
 
@@ -473,7 +478,7 @@ impl Connection {
         // Each variant's future on the heap, sized for itself: a held
         // plain connection does not carry room for a TLS one.
         match tls {
-            None => Box::pin(self.drive(io, accepted)).await,
+            None => Box::pin(self.run_plain(io, accepted)).await,
             Some(acceptor) => Box::pin(self.run_tls(io, acceptor, accepted)).await,
         }
     }
@@ -514,6 +519,27 @@ impl Connection {
             _ = self.signal.changed() => return,
         };
         Box::pin(self.drive(tls, accepted)).await
+    }
+
+    /// Plain HTTP: the front serves what it can (the fleet's long-polls,
+    /// parked cheaply), then hyper the rest of the connection.
+    async fn run_plain(mut self, mut io: WriteStall<TcpStream>, accepted: Instant) {
+        let front = front::Front {
+            peer: self.peer,
+            app: &self.app,
+            activity: &self.slot.activity,
+            policy: &self.policy,
+            signal: &mut self.signal,
+            accepted,
+        };
+        match front.serve(&mut io).await {
+            front::Ended::Closed => {}
+            front::Ended::HandOver(read) => {
+                // Its own allocation: a parked connection's future does
+                // not carry room for hyper's.
+                Box::pin(self.drive(front::Rewind::new(read, io), Instant::now())).await
+            }
+        }
     }
 
     /// Serves HTTP on an established connection until it ends, goes idle,

@@ -21,6 +21,11 @@ pub(super) struct WriteStall<I> {
 }
 
 impl<I> WriteStall<I> {
+    /// The stream itself (for readiness and non-blocking reads).
+    pub(super) fn get_ref(&self) -> &I {
+        &self.io
+    }
+
     pub(super) fn new(io: I, timeout: Duration) -> Self {
         WriteStall {
             io,

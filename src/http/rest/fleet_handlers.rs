@@ -17,7 +17,7 @@ use super::response::json_ok;
 use crate::artifacts::model::ArtifactRecord;
 use crate::artifacts::{ArtifactError, ArtifactKey, FleetRefusal, HostId};
 use crate::fleet::service::{ChannelBody, SelectorJson};
-use crate::fleet::watch::Outcome;
+use crate::fleet::watch::{Outcome, Parking};
 use crate::fleet::Selector;
 use crate::http::{read_body_capped, AppState, BodyReadError};
 use crate::oci::Tag;
@@ -49,6 +49,11 @@ async fn body<T: DeserializeOwned>(req: Request) -> Result<T, Response> {
         .map_err(|e| ArtifactError::InvalidJson(e.to_string()).into_response())
 }
 
+/// The parking a request's caller offers (the plain HTTP/1.1 front).
+fn parking(req: &Request) -> Option<Parking> {
+    req.extensions().get::<Parking>().cloned()
+}
+
 fn if_none_match(req: &Request) -> Option<String> {
     req.headers()
         .get(header::IF_NONE_MATCH)
@@ -68,6 +73,13 @@ fn watched(r: Result<Outcome, ArtifactError>) -> Response {
             (resp, a.etag)
         }
         Ok(Outcome::NotModified { etag }) => (StatusCode::NOT_MODIFIED.into_response(), etag),
+        Ok(Outcome::Parked) => {
+            // Never sent: the front holds the connection and runs the
+            // request again when the wait ends.
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.extensions_mut().insert(crate::http::ParkedAnswer);
+            return resp;
+        }
         Err(e) => return e.into_response(),
     };
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -87,13 +99,14 @@ pub async fn for_host(
     req: Request,
 ) -> Response {
     let inm = if_none_match(&req);
+    let parking = parking(&req);
     // Not held for the whole wait: the request's headers are read.
     drop(req);
     let visible = |r: &crate::oci::RepoName| access.visible(r);
     watched(
         state
             .fleet
-            .watch_for_host(host, &visible, inm.as_deref(), wait)
+            .watch_for_host(host, &visible, inm.as_deref(), wait, parking.as_ref())
             .await,
     )
 }
@@ -152,11 +165,12 @@ pub async fn fleet(
             },
             HostOp::Desired { wait } => {
                 let inm = if_none_match(&req);
+                let parking = parking(&req);
                 drop(req);
                 let visible = |r: &crate::oci::RepoName| access.visible(r);
                 watched(
                     fleet
-                        .watch_desired(&host, &visible, inm.as_deref(), wait)
+                        .watch_desired(&host, &visible, inm.as_deref(), wait, parking.as_ref())
                         .await,
                 )
             }
