@@ -46,6 +46,32 @@ pub struct HostEntry {
     pub direct: Vec<Arc<Assigned>>,
     /// What a name's resolution depends on of this host (see `Memo`).
     facts_key: String,
+    /// What the selectors assign to this host (its labels match), with the
+    /// selectors' counter it was matched at: a wake-up of many waiters
+    /// does not match every selector against every host again.
+    matched: Mutex<Option<Matched>>,
+}
+
+/// A host's selector assignments, at the selectors' counter.
+type Matched = (i64, Arc<[Arc<Assigned>]>);
+
+impl HostEntry {
+    /// The assignments of `selectors` (read at counter `seq`) whose
+    /// selector this host's labels match, in their order.
+    fn matches(&self, seq: i64, selectors: &[LiveSelector]) -> Arc<[Arc<Assigned>]> {
+        if let Some((at, m)) = locked(&self.matched).as_ref() {
+            if *at == seq {
+                return m.clone();
+            }
+        }
+        let m: Arc<[Arc<Assigned>]> = selectors
+            .iter()
+            .filter(|s| s.selector.matches(&self.labels))
+            .map(|s| s.assigned.clone())
+            .collect();
+        *locked(&self.matched) = Some((seq, m.clone()));
+        m
+    }
 }
 
 /// One assignment with the artifact that made it.
@@ -174,6 +200,7 @@ impl FleetView {
             labels,
             direct,
             facts_key,
+            matched: Mutex::new(None),
         });
         let mut cache = locked(&self.hosts);
         if cache.len() >= MAX_ENTRIES {
@@ -383,10 +410,10 @@ fn assignments_of(
         .filter(|a| visible(&a.repo))
         .cloned()
         .collect();
-    if entry.row.is_some() {
-        for s in selectors.iter().flat_map(|(_, v)| v.iter()) {
-            if s.selector.matches(&entry.labels) && visible(&s.assigned.repo) {
-                assignments.push(s.assigned.clone());
+    if let (Some(_), Some((seq, list))) = (&entry.row, selectors) {
+        for a in entry.matches(*seq, list).iter() {
+            if visible(&a.repo) {
+                assignments.push(a.clone());
             }
         }
     }
