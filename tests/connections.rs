@@ -1046,3 +1046,81 @@ async fn a_blob_cut_short_on_disk_while_pulled_over_tls_breaks_the_pull_not_the_
         server.log()
     );
 }
+
+// ---- long-polls held in their request (TLS) ------------------------------------------
+
+/// One request on its own TLS connection; the head and body of the answer
+/// (the server closes after it: `Connection: close`).
+async fn tls_request(tls: &Tls, addr: SocketAddr, head: &str, body: &str) -> (String, String) {
+    let mut s = tls.connect(addr).await.expect("TLS connect");
+    let req = format!(
+        "{head}\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let (answer, _) = read_until_closed(&mut s, Duration::from_secs(20)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (h.to_string(), b.to_string())
+}
+
+/// Over TLS a long-poll is held in its request (the plain front does not
+/// park it): it must keep its watcher place all the while, so the cap
+/// still refuses the next one.
+#[tokio::test]
+async fn a_long_poll_held_over_tls_keeps_its_watcher_place() {
+    let Some(tls) = Tls::make() else { return };
+    let mut env = tls.env();
+    env.push(("BPF_REGISTRY_MAX_WATCHERS", "1".to_string()));
+    let mut server = Proc::spawn(None, &env);
+    server.wait_ready(Some(&tls)).await;
+    let facts = r#"{"architecture":"x86_64","kernel_release":"5.15.0","btf":true,"labels":{}}"#;
+    let (h, _) = tls_request(
+        &tls,
+        server.addr,
+        "PUT /hosts/tls-1 HTTP/1.1\r\nContent-Type: application/json",
+        facts,
+    )
+    .await;
+    assert!(h.starts_with("HTTP/1.1 201"), "{h}");
+    let (h, _) = tls_request(&tls, server.addr, "GET /hosts/tls-1/desired HTTP/1.1", "").await;
+    let etag = h
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no ETag: {h}"));
+    // The first long-poll, held (nothing changes for 30 s).
+    let mut held = tls.connect(server.addr).await.expect("TLS connect");
+    held.write_all(
+        format!("GET /hosts/tls-1/desired?wait=30s HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    // While it is held, another long-poll is over the cap of 1.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (h, b) = tls_request(
+            &tls,
+            server.addr,
+            &format!("GET /hosts/tls-1/desired?wait=1s HTTP/1.1\r\nIf-None-Match: {etag}"),
+            "",
+        )
+        .await;
+        if h.starts_with("HTTP/1.1 429") {
+            assert!(b.contains("too_many_watchers"), "{b}");
+            break;
+        }
+        assert!(
+            h.starts_with("HTTP/1.1 304"),
+            "neither refused nor waited: {h}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "a second long-poll was let in while the first is held: {h}"
+        );
+    }
+    drop(held);
+}

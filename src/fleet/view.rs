@@ -443,7 +443,9 @@ impl FleetView {
         };
         let mut channel_facts = String::new();
         for group in assigned.chunk_by(|a, b| a.name == b.name) {
-            let name = group[0].name.as_str();
+            let Some(name) = group.first().map(|a| a.name.as_str()) else {
+                continue;
+            };
             let Some((seq, candidates)) = snap.candidates.get(name) else {
                 continue;
             };
@@ -483,7 +485,8 @@ impl FleetView {
             let from = out.vias.len();
             for a in group {
                 // Sorted by `via` within the name: duplicates are adjacent.
-                if out.vias[from..].last() != Some(&a.via.as_str()) {
+                let last = out.vias.get(from..).and_then(<[_]>::last);
+                if last != Some(&a.via.as_str()) {
                     out.vias.push(a.via.as_str());
                 }
             }
@@ -533,7 +536,7 @@ impl<'s> Resolved<'s> {
     /// The chosen artifacts (each with this host's `via`).
     pub fn artifacts(&self) -> impl Iterator<Item = (&DesiredArtifact, &[&'s str])> {
         self.names.iter().flat_map(|(d, via)| {
-            let via = &self.vias[via.clone()];
+            let via = self.vias.get(via.clone()).unwrap_or_default();
             d.artifacts.iter().map(move |a| (a, via))
         })
     }

@@ -289,7 +289,7 @@ where
 {
     // A parked request's later runs go on with its deadline and place.
     let resume = parking.and_then(|p| p.lock().resume.take());
-    let (deadline, mut fresh, slot, over) = match resume {
+    let (deadline, mut fresh, mut slot, over) = match resume {
         Some(r) => (Some(r.deadline), r.fresh, Some(r.slot), r.over),
         None => (
             wait.map(|w| tokio::time::Instant::now() + w),
@@ -304,7 +304,6 @@ where
             false,
         ),
     };
-    let mut slot = slot;
     loop {
         // Subscribed before reading: a change committed after the read
         // is a publish this receiver sees.
@@ -325,16 +324,20 @@ where
         // (a wake-up recomputes it anyway).
         let Answer { etag, watched, .. } = answer;
         let held = Held { etag, watched };
-        if let (Some(parking), Some(place)) = (parking, slot.take()) {
-            parking.lock().parked = Some(Parked {
-                feed: feed.clone(),
-                rx,
-                epoch,
-                held,
-                deadline,
-                slot: place,
-            });
-            return Ok(Outcome::Parked);
+        // Only a parked wait gives its place away (to the `Parked`); a
+        // wait held here keeps it until it returns.
+        if let Some(parking) = parking {
+            if let Some(place) = slot.take() {
+                parking.lock().parked = Some(Parked {
+                    feed: feed.clone(),
+                    rx,
+                    epoch,
+                    held,
+                    deadline,
+                    slot: place,
+                });
+                return Ok(Outcome::Parked);
+            }
         }
         loop {
             tokio::select! {

@@ -45,10 +45,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::write_stall::WriteStall;
-
-mod front;
 use super::BodyHolding;
 use crate::config::Config;
+
+mod front;
 
 /// Upper bound of the derived connection cap (each open connection costs
 /// a descriptor and some buffers).

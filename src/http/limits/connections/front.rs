@@ -129,14 +129,12 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Option<Head> {
             return None;
         }
         if name == header::CONNECTION {
-            let tokens = value.to_str().ok()?.to_ascii_lowercase();
-            for t in tokens.split(',').map(str::trim) {
-                match t {
-                    "close" => close = true,
-                    "upgrade" => return None,
-                    _ => {}
-                }
+            // Not text: hyper's to judge.
+            value.to_str().ok()?;
+            if has_token(&value, "upgrade") {
+                return None;
             }
+            close |= has_token(&value, "close");
         }
         headers.append(name, value);
     }
@@ -247,12 +245,18 @@ async fn client_gone(tcp: &TcpStream, ahead: &mut Vec<u8>) {
     }
 }
 
+/// Whether a `Connection` value lists `token` (case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
 /// Whether the router's answer asks to close the connection.
 fn wants_close(resp: &Response) -> bool {
     resp.headers()
         .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        .is_some_and(|v| has_token(v, "close"))
 }
 
 /// Writes `resp` as HTTP/1.1: its length when known (every watchable
