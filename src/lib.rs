@@ -78,6 +78,7 @@ async fn open_registry_with(
             backend.clone(),
             dir,
             config.blob_cache_bytes,
+            registry::scrub::VERIFY_ON_READ_MAX,
         ) {
             Ok(cached) => backend = Arc::new(cached),
             Err(e) => tracing::warn!(

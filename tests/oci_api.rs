@@ -497,10 +497,10 @@ async fn a_large_blob_is_served_whole_and_by_ranges_across_mapping_windows() {
     }
 }
 
-/// On a remote blob store (S3) a large blob pulled once is kept in the
-/// server's local cache (`.blob-cache` in the data dir) and served from it;
-/// a cached copy is never served to a repository the blob was unlinked
-/// from (reachability is decided before the cache is asked).
+/// On a remote blob store (S3) a large blob pushed or pulled once is kept
+/// in the server's local cache (`.blob-cache` in the data dir) and served
+/// from it; a cached copy is never served to a repository the blob was
+/// unlinked from (reachability is decided before the cache is asked).
 #[tokio::test]
 async fn on_a_remote_store_a_pulled_blob_is_cached_locally_and_unlinking_still_hides_it() {
     if common::engines::blob_store_is_fs() {
@@ -511,8 +511,22 @@ async fn on_a_remote_store_a_pulled_blob_is_cached_locally_and_unlinking_still_h
     let c = client();
     let data = pseudo_random(2 * 1024 * 1024 + 5, 19);
     let digest = s.push_blob(&c, "bpf/cached", &data).await;
-    let cached = s.data_dir().join(".blob-cache").join(hex_of(&digest));
-    assert!(!cached.exists(), "a push does not fill the cache");
+    let cache = s.data_dir().join(".blob-cache");
+    let cached = cache.join(hex_of(&digest));
+    assert!(cached.is_file(), "the push kept its copy in the cache");
+    // A chunked push is kept too, from the copies of its PATCHes.
+    let chunked = pseudo_random(3 * 1024 * 1024 + 7, 20);
+    let chunked_digest = s
+        .push_blob_chunked(&c, "bpf/cached", &chunked, 1024 * 1024)
+        .await;
+    let kept = cache.join(hex_of(&chunked_digest));
+    assert!(
+        std::fs::read(&kept).unwrap() == chunked,
+        "the kept copy is the blob"
+    );
+    // The cache's copy is removed behind the server's back: the pull
+    // fills it again from the bucket.
+    std::fs::remove_file(&cached).unwrap();
     let url = s.url(&format!("/v2/bpf/cached/blobs/{digest}"));
     for _ in 0..2 {
         let r = c.get(&url).send().await.unwrap();

@@ -11,6 +11,13 @@
 //! served. The cache's files are not synced (a power loss may tear them),
 //! so it is emptied at start-up; one process holds its folder (`flock`),
 //! and the least recently used entries go when it is over its cap.
+//!
+//! A push fills it too ([`tee`]): the server that took a blob's upload
+//! keeps the copy it made while the bytes passed, once its SHA-256 is the
+//! blob's digest, so the first pull after a push does not wait for the
+//! bucket.
+
+mod tee;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -30,6 +37,10 @@ use crate::oci::{Digest, Sha256Hasher};
 pub struct CachingBackend {
     inner: Arc<dyn Backend>,
     cache: BlobCache,
+    tees: Arc<tee::Tees>,
+    /// Blobs up to this size are read whole by their readers, never with
+    /// `open_file`: a push of one is not kept.
+    min_len: u64,
 }
 
 struct BlobCache {
@@ -63,8 +74,15 @@ enum Fill {
 
 impl CachingBackend {
     /// Takes `dir` (creating it, emptying what a previous run left) for a
-    /// cache of at most `cap` bytes in front of `inner`.
-    pub fn open(inner: Arc<dyn Backend>, dir: &Path, cap: u64) -> io::Result<CachingBackend> {
+    /// cache of at most `cap` bytes in front of `inner`, kept from pushes
+    /// of blobs over `min_len` bytes (and up to `cap` more bytes of copies
+    /// of uploads in progress).
+    pub fn open(
+        inner: Arc<dyn Backend>,
+        dir: &Path,
+        cap: u64,
+        min_len: u64,
+    ) -> io::Result<CachingBackend> {
         fs::create_dir_all(dir)?;
         let lock = File::create(dir.join(".lock"))?;
         // SAFETY: flock on a descriptor this function owns.
@@ -86,6 +104,8 @@ impl CachingBackend {
         }
         Ok(CachingBackend {
             inner,
+            tees: tee::Tees::new(dir, cap),
+            min_len,
             cache: BlobCache {
                 dir: dir.to_path_buf(),
                 cap,
@@ -133,6 +153,29 @@ impl CachingBackend {
     fn forget(&self, path: &StorePath) {
         if let Some(d) = paths::blob_digest(path) {
             self.cache.forget(d.hex());
+        }
+        self.tees.forget(path);
+    }
+
+    /// After `from` became the blob `to`: the copy a push made of `from`
+    /// becomes `to`'s entry if its SHA-256 is the blob's digest.
+    fn keep_pushed(&self, from: &StorePath, to: &StorePath) {
+        let Some(tee) = self.tees.take(from) else {
+            return;
+        };
+        let (got, temp, len) = tee.digest();
+        let keep = paths::blob_digest(to)
+            .filter(|want| *want == got && len > self.min_len && len <= self.cache.cap);
+        match keep {
+            Some(digest) => {
+                if let Err(e) = self.cache.place(digest.hex(), &temp, len) {
+                    tracing::warn!(blob = %digest, error = %e, "keeping a pushed blob in the cache failed");
+                    let _ = fs::remove_file(&temp);
+                }
+            }
+            None => {
+                let _ = fs::remove_file(&temp);
+            }
         }
     }
 }
@@ -206,18 +249,22 @@ impl BlobCache {
             Ok(len)
         })();
         let placed = copied.and_then(|len| {
-            let target = self.dir.join(hex);
-            fs::rename(&temp, &target).map_err(Fill::Local)?;
-            let file = File::open(&target).map_err(Fill::Local)?;
-            Ok((len, file))
+            self.place(hex, &temp, len).map_err(Fill::Local)?;
+            File::open(self.dir.join(hex)).map_err(Fill::Local)
         });
-        let (len, file) = match placed {
-            Ok(placed) => placed,
+        match placed {
+            Ok(file) => Ok(file),
             Err(e) => {
                 let _ = fs::remove_file(&temp);
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Renames the complete, checked copy `temp` (`len` bytes) into place as
+    /// the entry of `hex`, then evicts down to the cap.
+    fn place(&self, hex: &str, temp: &Path, len: u64) -> io::Result<()> {
+        fs::rename(temp, self.dir.join(hex))?;
         let evicted = {
             let mut st = lock(&self.state);
             st.clock += 1;
@@ -251,7 +298,7 @@ impl BlobCache {
         for hex in evicted {
             let _ = fs::remove_file(self.dir.join(hex));
         }
-        Ok(file)
+        Ok(())
     }
 
     fn forget(&self, hex: &str) {
@@ -291,12 +338,17 @@ impl Backend for CachingBackend {
         path: &StorePath,
         truncate_to: u64,
     ) -> StorageResult<Box<dyn AppendWriter>> {
-        self.inner.open_append(path, truncate_to)
+        let inner = self.inner.open_append(path, truncate_to)?;
+        Ok(tee::TeeWriter::wrap(&self.tees, path, truncate_to, inner))
     }
     fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()> {
-        self.forget(from);
+        if let Some(d) = paths::blob_digest(from) {
+            self.cache.forget(d.hex());
+        }
         self.forget(to);
-        self.inner.rename(from, to)
+        self.inner.rename(from, to)?;
+        self.keep_pushed(from, to);
+        Ok(())
     }
     fn delete(&self, path: &StorePath) -> StorageResult<bool> {
         self.forget(path);
@@ -309,6 +361,7 @@ impl Backend for CachingBackend {
         self.inner.delete_many(paths)
     }
     fn delete_dir(&self, path: &StorePath) -> StorageResult<()> {
+        self.tees.forget(path);
         self.inner.delete_dir(path)
     }
     fn list(&self, path: &StorePath) -> StorageResult<Vec<Entry>> {
@@ -356,7 +409,7 @@ mod tests {
         let store = tempfile::tempdir().unwrap();
         let cache_dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
-        let c = CachingBackend::open(inner.clone(), cache_dir.path(), cap).unwrap();
+        let c = CachingBackend::open(inner.clone(), cache_dir.path(), cap, 0).unwrap();
         (store, cache_dir, inner, c)
     }
 
@@ -370,7 +423,7 @@ mod tests {
         let mut v: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".lock")
+            .filter(|n| n != ".lock" && !n.starts_with(".tmp-"))
             .collect();
         v.sort();
         v
@@ -429,17 +482,161 @@ mod tests {
         assert!(c.open_file(&p).unwrap().is_none());
     }
 
+    /// Copies of uploads in the cache's folder.
+    fn copies(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.file_name().to_string_lossy().starts_with(".tmp-")
+            })
+            .count()
+    }
+
+    /// Appends `chunks` to `path`, one writer (synced) per chunk, each
+    /// keeping what the previous ones wrote.
+    fn push(c: &CachingBackend, path: &StorePath, chunks: &[&[u8]]) {
+        let mut at = 0u64;
+        for chunk in chunks {
+            let mut w = c.open_append(path, at).unwrap();
+            w.write_all(chunk).unwrap();
+            w.sync().unwrap();
+            at += chunk.len() as u64;
+        }
+    }
+
+    fn upload_id(n: u8) -> crate::storage::UploadId {
+        crate::storage::UploadId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap()
+    }
+
+    /// The data path of upload number `n`.
+    fn upload(n: u8) -> StorePath {
+        paths::upload_data(&upload_id(n))
+    }
+
+    #[test]
+    fn a_pushed_blob_is_kept_from_its_upload_and_served_without_the_store() {
+        let (store, cache_dir, _inner, c) = fixture(1 << 20);
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let d = Digest::of(&data);
+        let up = upload(1);
+        push(&c, &up, &[&data[..1000], &data[1000..2500], &data[2500..]]);
+        c.rename(&up, &paths::blob(&d)).unwrap();
+        assert_eq!(cached_names(cache_dir.path()), vec![d.hex().to_string()]);
+        assert_eq!(c.tees.held(), 0);
+        // The store's copy is gone: the pull can only be the kept copy.
+        fs::remove_file(store.path().join(paths::blob(&d).as_str())).unwrap();
+        assert_eq!(
+            read_all(c.open_file(&paths::blob(&d)).unwrap().unwrap()),
+            data
+        );
+    }
+
+    #[test]
+    fn a_copy_that_is_not_the_whole_object_is_never_kept() {
+        let (_store, cache_dir, _inner, c) = fixture(1 << 20);
+        let good = [5u8; 100];
+        let d = Digest::of(&good);
+        // A writer that keeps fewer bytes than the copy holds (a PATCH
+        // retried over a part that was not acknowledged) ends the copy.
+        let up = upload(2);
+        push(&c, &up, &[&good[..60]]);
+        assert_eq!(c.tees.held(), 60);
+        let mut w = c.open_append(&up, 50).unwrap();
+        assert_eq!(c.tees.held(), 0);
+        w.write_all(&good[50..]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        c.rename(&up, &paths::blob(&d)).unwrap();
+        assert!(cached_names(cache_dir.path()).is_empty());
+        // A writer dropped before its sync ends it too.
+        let up = upload(3);
+        let mut w = c.open_append(&up, 0).unwrap();
+        w.write_all(&good).unwrap();
+        assert_eq!(c.tees.held(), 100);
+        drop(w);
+        assert_eq!(c.tees.held(), 0);
+        // ... and the next writer from the start makes a new one, which
+        // a writer starting exactly at its end goes on.
+        let mut w = c.open_append(&up, 0).unwrap();
+        w.write_all(&good[..40]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        push_from(&c, &up, 40, &good[40..]);
+        c.rename(&up, &paths::blob(&d)).unwrap();
+        assert_eq!(cached_names(cache_dir.path()), vec![d.hex().to_string()]);
+        c.delete(&paths::blob(&d)).unwrap();
+        // Two writers of one object at once: neither keeps a copy.
+        let up = upload(4);
+        let mut a = c.open_append(&up, 0).unwrap();
+        let mut b = c.open_append(&up, 0).unwrap();
+        a.write_all(&good).unwrap();
+        b.write_all(&good).unwrap();
+        a.sync().unwrap();
+        b.sync().unwrap();
+        drop((a, b));
+        c.rename(&up, &paths::blob(&d)).unwrap();
+        assert!(cached_names(cache_dir.path()).is_empty());
+        // A copy whose bytes are not the blob's (renamed to another
+        // digest) is dropped, not kept under that name.
+        let up = upload(5);
+        push(&c, &up, &[b"not the blob"]);
+        c.rename(&up, &paths::blob(&d)).unwrap();
+        assert!(cached_names(cache_dir.path()).is_empty());
+        assert_eq!(c.tees.held(), 0);
+        assert_eq!(copies(cache_dir.path()), 0);
+    }
+
+    fn push_from(c: &CachingBackend, path: &StorePath, at: u64, bytes: &[u8]) {
+        let mut w = c.open_append(path, at).unwrap();
+        w.write_all(bytes).unwrap();
+        w.sync().unwrap();
+    }
+
+    #[test]
+    fn copies_are_bounded_dropped_with_their_upload_and_small_blobs_are_not_kept() {
+        let store = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
+        let c = CachingBackend::open(inner, cache_dir.path(), 100, 10).unwrap();
+        // Two idle copies of 60 bytes do not fit in 100: the older goes.
+        let (one, two) = (upload(6), upload(7));
+        push(&c, &one, &[&[1u8; 60]]);
+        push(&c, &two, &[&[2u8; 60]]);
+        assert_eq!(c.tees.held(), 60);
+        c.rename(&one, &paths::blob(&Digest::of(&[1u8; 60])))
+            .unwrap();
+        assert!(cached_names(cache_dir.path()).is_empty());
+        // An abandoned upload's folder takes its copy with it.
+        assert_eq!(copies(cache_dir.path()), 1);
+        c.delete_dir(&paths::upload_dir(&upload_id(7))).unwrap();
+        assert_eq!(c.tees.held(), 0);
+        assert_eq!(copies(cache_dir.path()), 0);
+        assert!(cached_names(cache_dir.path()).is_empty());
+        // A blob of up to `min_len` bytes is read whole, never kept.
+        let small = upload(8);
+        push(&c, &small, &[&[3u8; 10]]);
+        c.rename(&small, &paths::blob(&Digest::of(&[3u8; 10])))
+            .unwrap();
+        assert!(cached_names(cache_dir.path()).is_empty());
+        let big = upload(9);
+        push(&c, &big, &[&[4u8; 11]]);
+        c.rename(&big, &paths::blob(&Digest::of(&[4u8; 11])))
+            .unwrap();
+        assert_eq!(cached_names(cache_dir.path()).len(), 1);
+    }
+
     #[test]
     fn the_folder_is_emptied_at_open_and_held_by_one_process() {
         let store = tempfile::tempdir().unwrap();
         let cache_dir = tempfile::tempdir().unwrap();
         fs::write(cache_dir.path().join("leftover"), b"torn").unwrap();
         let inner: Arc<dyn Backend> = Arc::new(FsBackend::open(store.path()).unwrap());
-        let held = CachingBackend::open(inner.clone(), cache_dir.path(), 10).unwrap();
+        let held = CachingBackend::open(inner.clone(), cache_dir.path(), 10, 0).unwrap();
         assert!(cached_names(cache_dir.path()).is_empty());
-        let second = CachingBackend::open(inner.clone(), cache_dir.path(), 10);
+        let second = CachingBackend::open(inner.clone(), cache_dir.path(), 10, 0);
         assert!(second.is_err(), "a second holder of the folder is refused");
         drop(held);
-        assert!(CachingBackend::open(inner, cache_dir.path(), 10).is_ok());
+        assert!(CachingBackend::open(inner, cache_dir.path(), 10, 0).is_ok());
     }
 }
