@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use bpf_registry::oci::{Digest, RepoName, Sha256Hasher, Tag};
 use bpf_registry::storage::blob_store::BlobStoreConfig;
-use bpf_registry::storage::{paths, Backend, Entry, FsBackend, StorageError, StorePath, UploadId};
+use bpf_registry::storage::s3::S3Credentials;
+use bpf_registry::storage::{
+    paths, Backend, Entry, FsBackend, S3Backend, StorageError, StorePath, UploadId,
+};
 
 // --- peak heap ------------------------------------------------------------
 
@@ -145,6 +148,67 @@ suite!(
     remove_stale_temps_takes_only_old_temp_objects,
     large_object_streams_with_bounded_memory,
 );
+
+/// A chunked upload in parts of at least 5 MiB (but the last) becomes its
+/// blob by copies inside the store (S3 `UploadPartCopy`), not by reading
+/// its bytes back: the bytes are exact and the join was done in the store.
+/// Parts under 5 MiB are joined by reading (the other S3 cases).
+#[test]
+fn s3_large_parts_are_joined_inside_the_store() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(url) = std::env::var("BPF_TEST_S3_URL") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("BPF_TEST_S3_URL is unset under CI=true (run conformance/blob_backends.sh)");
+        }
+        eprintln!("SKIP s3_large_parts_are_joined_inside_the_store: BPF_TEST_S3_URL is unset");
+        return;
+    };
+    let (location, query) = url.split_once('?').unwrap_or((&url, ""));
+    let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{prefix}?{query}", location.trim_end_matches('/'));
+    let BlobStoreConfig::S3(location) = BlobStoreConfig::parse(&url).unwrap() else {
+        panic!("not an s3 URL: {url}");
+    };
+    let credentials = S3Credentials::from_env().unwrap();
+    let s3 = Arc::new(S3Backend::open(&location, &credentials).unwrap());
+    let b: Arc<dyn Backend> = s3.clone();
+    let mib = 1024 * 1024;
+    let sessions = [
+        bytes(40, 6 * mib),
+        bytes(41, 5 * mib),
+        bytes(42, 2 * mib + 3),
+    ];
+    let data = paths::upload_data(&UploadId::new_random());
+    let mut offset = 0u64;
+    let mut whole = Vec::new();
+    for s in &sessions {
+        let chunks: Vec<&[u8]> = s.chunks(256 * 1024).collect();
+        append(&b, &data, offset, &chunks);
+        offset += s.len() as u64;
+        whole.extend_from_slice(s);
+    }
+    let blob = paths::blob(&Digest::of(&whole));
+    b.rename(&data, &blob).unwrap();
+    assert_eq!(
+        s3.joined_in_store(),
+        1,
+        "the parts were joined inside the store"
+    );
+    let (got, len) = read_all(&b, &blob, 0).unwrap();
+    assert_eq!(len, whole.len() as u64);
+    assert!(got == whole, "joined bytes differ");
+    assert_eq!(b.size(&data).unwrap(), None, "the source is gone");
+    // A part under 5 MiB before the last: joined by reading, as exact.
+    let data = paths::upload_data(&UploadId::new_random());
+    let small_first = [bytes(43, mib), bytes(44, 6 * mib)];
+    append(&b, &data, 0, &[&small_first[0]]);
+    append(&b, &data, mib as u64, &[&small_first[1]]);
+    let whole = small_first.concat();
+    let blob = paths::blob(&Digest::of(&whole));
+    b.rename(&data, &blob).unwrap();
+    assert_eq!(s3.joined_in_store(), 1, "not joined inside the store");
+    assert!(read_all(&b, &blob, 0).unwrap().0 == whole);
+}
 
 // --- fixtures ---------------------------------------------------------------
 

@@ -64,6 +64,7 @@
 
 mod append;
 mod client;
+mod join;
 mod read;
 mod remote;
 mod runtime;
@@ -89,6 +90,11 @@ use super::{
 
 pub struct S3Backend {
     remote: Remote,
+    /// Joins a chunked upload's parts inside the store; `None` if its
+    /// HTTP client could not be built (they are joined by reading them).
+    joiner: Option<join::Joiner>,
+    /// Renames whose parts were joined inside the store (see `joined_in_store`).
+    joined: std::sync::atomic::AtomicU64,
 }
 
 impl S3Backend {
@@ -99,18 +105,29 @@ impl S3Backend {
             path: String::new(),
             detail: format!("cannot start the S3 client's runtime: {e}"),
         })?;
-        let store = client::build(location, credentials)?;
+        let store = Arc::new(client::build(location, credentials)?);
+        let joiner = join::Joiner::new(store.clone(), location, credentials)
+            .inspect_err(|e| tracing::warn!(error = %e, "parts of chunked uploads will be joined by reading them"))
+            .ok();
         Ok(S3Backend {
             remote: Remote {
-                store: Arc::new(store),
+                store,
                 io: Arc::new(io),
                 prefix: location.prefix.clone(),
             },
+            joiner,
+            joined: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     fn key(&self, p: &StorePath) -> Path {
         self.remote.key(p)
+    }
+
+    /// How many renames of parted objects joined their parts inside the
+    /// store (`UploadPartCopy`) rather than by reading them back.
+    pub fn joined_in_store(&self) -> u64 {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store path relative to the prefix of a listed key, split in
@@ -360,9 +377,22 @@ impl Backend for S3Backend {
                     .copy(&only.key, &to_key)
                     .await
                     .map_err(|e| remote_err(from, e))?,
-                _ => {
-                    let segments = Remote::segments_from(&parts, 0);
-                    self.remote.concat(from, &segments, &to_key).await?
+                filled => {
+                    let joined = match &self.joiner {
+                        Some(j) if join::Joiner::fits(filled) => j
+                            .join(filled, &to_key)
+                            .await
+                            .inspect_err(|e| tracing::warn!(object = %from, error = %e, "joining parts inside the store failed; joining them by reading"))
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if joined {
+                        self.joined
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        let segments = Remote::segments_from(&parts, 0);
+                        self.remote.concat(from, &segments, &to_key).await?
+                    }
                 }
             }
             let keys = parts.into_iter().map(|part| part.key).collect();
