@@ -613,6 +613,94 @@ async fn replicas_on_one_postgres_deliver_each_event_once() {
     }
 }
 
+/// A channel move and its rollback each arrive as `channel.moved` (with
+/// the version, the manifest, the one before and the action) and as the
+/// `tag.moved` of the OCI tag the channel is; a refused rollback has none.
+#[tokio::test]
+async fn channel_moves_and_rollbacks_arrive_as_channel_and_tag_events() {
+    let receiver = Receiver::start(Mode::Accept).await;
+    let s = TestServer::start_with_env(&env(&receiver, &[])).await;
+    let c = client();
+    let mut digests = Vec::new();
+    for v in ["1.0.0", "2.0.0"] {
+        let data = base64::engine::general_purpose::STANDARD.encode(format!("prog {v}"));
+        let r = c
+            .post(s.url("/artifacts"))
+            .json(&json!({"name": "ev/chan", "version": v, "type": "map",
+                          "architecture": "x86_64", "data": data}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let a: Value = r.json().await.expect("json");
+        digests.push(
+            a["oci"]["manifest_digest"]
+                .as_str()
+                .expect("digest")
+                .to_string(),
+        );
+    }
+    for v in ["1.0.0", "2.0.0"] {
+        let r = c
+            .put(s.url("/channels/ev/chan/stable"))
+            .json(&json!({ "version": v }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let rollback = s.url("/channels/ev/chan/stable/rollback");
+    let r = c.post(&rollback).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.post(&rollback).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CONFLICT, "nothing before 1.0.0");
+    let got = receiver
+        .wait_for("three channel moves", |got| {
+            of_type(got, "channel.moved").len() >= 3
+        })
+        .await;
+    let moves: Vec<&Value> = of_type(&got, "channel.moved")
+        .into_iter()
+        .map(|d| &d.event)
+        .collect();
+    assert_eq!(moves.len(), 3, "{moves:#?}");
+    let seen: Vec<(&str, &str, &Value)> = moves
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["version"].as_str().unwrap_or_default(),
+                e["data"]["action"].as_str().unwrap_or_default(),
+                &e["data"]["previous"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("1.0.0", "move", &Value::Null),
+            ("2.0.0", "move", &json!(digests[0])),
+            ("1.0.0", "rollback", &json!(digests[1])),
+        ]
+    );
+    for e in &moves {
+        assert_eq!(e["subject"], "stable");
+        assert_eq!(e["data"]["repository"], "ev/chan");
+        assert_eq!(e["data"]["channel"], "stable");
+    }
+    assert_eq!(moves[2]["data"]["digest"], digests[0].as_str());
+    let tag_moves: Vec<&Value> = of_type(&got, "tag.moved")
+        .into_iter()
+        .map(|d| &d.event)
+        .filter(|e| e["subject"] == "stable")
+        .collect();
+    let targets: Vec<&Value> = tag_moves.iter().map(|e| &e["data"]["digest"]).collect();
+    assert_eq!(
+        targets,
+        [&json!(digests[0]), &json!(digests[1]), &json!(digests[0])],
+        "{tag_moves:#?}"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_change_has_no_event() {
     let receiver = Receiver::start(Mode::Accept).await;

@@ -491,6 +491,26 @@ impl Metadata {
         if !known {
             return Ok(Err(MoveRefused::UnknownManifest));
         }
+        let seq: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM channel_moves WHERE repo = $1 AND channel = $2",
+        )
+        .bind(repo.to_string())
+        .bind(channel.to_string())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        if let Some(o) = &self.outbox {
+            let event = super::outbox::ChannelMoveEvent {
+                repo,
+                channel,
+                version: &version,
+                digest: &digest,
+                action,
+                seq,
+                by,
+            };
+            super::outbox::record_channel_move(&mut tx, o, &event).await?;
+        }
         let now = unix_now();
         sqlx::query(
             "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4)
@@ -503,14 +523,6 @@ impl Metadata {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let seq: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM channel_moves WHERE repo = $1 AND channel = $2",
-        )
-        .bind(repo.to_string())
-        .bind(channel.to_string())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
         // A rollback is history, not a step to roll back to.
         let undone = i64::from(action == "rollback");
         sqlx::query(

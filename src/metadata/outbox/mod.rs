@@ -37,10 +37,11 @@ pub enum EventType {
     AssociationAdded,
     AssociationRemoved,
     SignatureStored,
+    ChannelMoved,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ManifestPushed,
         EventType::ManifestDeleted,
         EventType::TagMoved,
@@ -50,6 +51,7 @@ impl EventType {
         EventType::AssociationAdded,
         EventType::AssociationRemoved,
         EventType::SignatureStored,
+        EventType::ChannelMoved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +65,7 @@ impl EventType {
             EventType::AssociationAdded => "dev.aegisflux.registry.association.added",
             EventType::AssociationRemoved => "dev.aegisflux.registry.association.removed",
             EventType::SignatureStored => "dev.aegisflux.registry.signature.stored",
+            EventType::ChannelMoved => "dev.aegisflux.registry.channel.moved",
         }
     }
 }
@@ -265,7 +268,7 @@ pub(super) async fn record_put(
 async fn tag_target(
     tx: &mut Transaction<'static, Any>,
     repo: &str,
-    tag: &Tag,
+    tag: impl std::fmt::Display,
 ) -> MetadataResult<Option<String>> {
     let row = sqlx::query("SELECT digest FROM tags WHERE repo = $1 AND tag = $2")
         .bind(repo.to_string())
@@ -356,12 +359,54 @@ pub(super) async fn record_tag_delete(
     write(tx, settings, repo, vec![event]).await
 }
 
+/// A channel move (or rollback) about to be written: what it moved to.
+pub(super) struct ChannelMoveEvent<'a> {
+    pub repo: &'a str,
+    pub channel: &'a str,
+    pub version: &'a str,
+    pub digest: &'a str,
+    pub action: &'a str,
+    pub seq: i64,
+    pub by: Option<&'a str>,
+}
+
+/// Writes the events of a channel move in `tx`, called before its tag is
+/// written: `channel.moved`, and `tag.moved` when the tag changes (the
+/// channel is the OCI tag of that name).
+pub(super) async fn record_channel_move(
+    tx: &mut Transaction<'static, Any>,
+    settings: &OutboxSettings,
+    m: &ChannelMoveEvent<'_>,
+) -> MetadataResult<()> {
+    let previous = tag_target(tx, m.repo, m.channel).await?;
+    let mut events = vec![NewEvent {
+        kind: EventType::ChannelMoved,
+        subject: m.channel.to_string(),
+        data: json!({
+            "repository": m.repo, "name": m.repo, "channel": m.channel,
+            "version": m.version, "digest": m.digest, "previous": previous,
+            "action": m.action, "seq": m.seq, "by": m.by,
+        }),
+    }];
+    if previous.as_deref() != Some(m.digest) {
+        events.push(NewEvent {
+            kind: EventType::TagMoved,
+            subject: m.channel.to_string(),
+            data: json!({
+                "repository": m.repo, "tag": m.channel,
+                "digest": m.digest, "previous": previous,
+            }),
+        });
+    }
+    write(tx, settings, m.repo, events).await
+}
+
 /// Inserts the events and their delivery rows; each gets its id here,
 /// once.
 async fn write(
     tx: &mut Transaction<'static, Any>,
     settings: &OutboxSettings,
-    repo: &RepoName,
+    repo: impl std::fmt::Display,
     events: Vec<NewEvent>,
 ) -> MetadataResult<()> {
     let now = unix_now();
