@@ -888,6 +888,59 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
     let idx = x.get_ok(&format!("/v2/badsel/prog/referrers/{id}")).await;
     assert_eq!(idx["manifests"], json!([]), "no referrer stored: {idx}");
 
+    // The same over OCI: a selector referrer pushed with a selector that
+    // does not parse, or without one, is refused, not stored and ignored.
+    let config = x.s.push_empty_config(&x.c, "badsel/prog").await;
+    let subject_size =
+        x.c.get(x.url(&format!("/v2/badsel/prog/manifests/{id}")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send")
+            .bytes()
+            .await
+            .expect("body")
+            .len();
+    for annotations in [
+        json!({ SELECTOR_ANNOTATION: "env in (a,b" }),
+        json!({ SELECTOR_ANNOTATION: "bad key=x" }),
+        json!({}),
+    ] {
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SELECTOR_TYPE,
+            "config": config,
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": id, "size": subject_size},
+            "annotations": annotations,
+        }))
+        .expect("json");
+        let digest = sha256(&body);
+        let r =
+            x.s.put_manifest(&x.c, "badsel/prog", &digest, OCI_MANIFEST, &body)
+                .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{annotations}");
+        let e: Value = r.json().await.expect("error JSON");
+        assert_eq!(e["errors"][0]["code"], "MANIFEST_INVALID", "{e}");
+        assert!(
+            e["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(SELECTOR_ANNOTATION)),
+            "{e}"
+        );
+        let r =
+            x.c.get(x.url(&format!("/v2/badsel/prog/manifests/{digest}")))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .expect("send");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
+    }
+    assert_eq!(x.get_ok(&path).await["selectors"], json!([]));
+    let idx = x.get_ok(&format!("/v2/badsel/prog/referrers/{id}")).await;
+    assert_eq!(idx["manifests"], json!([]), "no referrer stored: {idx}");
+
     // Valid edges of the grammar.
     for good in [
         "k==v",

@@ -59,6 +59,8 @@ enum Classified {
         selector: String,
         channel: Option<String>,
     },
+    /// Of the domain's types but unusable: the manifest is refused.
+    Refused(String),
     Other,
 }
 
@@ -180,8 +182,18 @@ impl ArtifactIndex {
             let (Some(subject), Some(selector)) =
                 (&m.subject, m.annotations.get(annotations::SELECTOR))
             else {
-                return Classified::Other;
+                return Classified::Refused(format!(
+                    "a {} referrer needs a subject and the annotation {}",
+                    media::BPF_HOST_SELECTOR,
+                    annotations::SELECTOR
+                ));
             };
+            if let Err(e) = crate::fleet::selector::Selector::parse(selector) {
+                return Classified::Refused(format!(
+                    "annotation {} is not a valid selector: {e}",
+                    annotations::SELECTOR
+                ));
+            }
             return Classified::Selector {
                 subject: subject.digest.clone(),
                 selector: selector.clone(),
@@ -367,50 +379,53 @@ impl ArtifactIndex {
 }
 
 impl ManifestDeriver for ArtifactIndex {
-    fn derive(&self, e: &ManifestStored) -> Vec<DerivedRow> {
-        match self.classify(&e.repo, &e.digest, e.size, &e.manifest) {
-            Classified::Artifact(r) => {
-                let stored = StoredRecord {
-                    manifest_size: r.manifest_size,
-                    config: r.config.clone(),
-                    layer_digest: r.layer_digest.clone(),
-                    layer_size: r.layer_size,
-                    layer_media_type: r.layer_media_type.clone(),
-                };
-                match serde_json::to_string(&stored) {
-                    Ok(record) => vec![DerivedRow::Artifact {
-                        name: r.config.name.clone(),
-                        version: r.config.version.clone(),
-                        kind: r.config.kind.clone(),
-                        architecture: r.config.architecture.clone(),
-                        facets: facets_of(&r.config),
-                        record,
-                    }],
-                    Err(e) => {
-                        tracing::error!(error = %e, "artifact record does not serialize");
-                        Vec::new()
+    fn derive(&self, e: &ManifestStored) -> Result<Vec<DerivedRow>, String> {
+        Ok(
+            match self.classify(&e.repo, &e.digest, e.size, &e.manifest) {
+                Classified::Artifact(r) => {
+                    let stored = StoredRecord {
+                        manifest_size: r.manifest_size,
+                        config: r.config.clone(),
+                        layer_digest: r.layer_digest.clone(),
+                        layer_size: r.layer_size,
+                        layer_media_type: r.layer_media_type.clone(),
+                    };
+                    match serde_json::to_string(&stored) {
+                        Ok(record) => vec![DerivedRow::Artifact {
+                            name: r.config.name.clone(),
+                            version: r.config.version.clone(),
+                            kind: r.config.kind.clone(),
+                            architecture: r.config.architecture.clone(),
+                            facets: facets_of(&r.config),
+                            record,
+                        }],
+                        Err(e) => {
+                            tracing::error!(error = %e, "artifact record does not serialize");
+                            Vec::new()
+                        }
                     }
                 }
-            }
-            Classified::Association {
-                host,
-                subject,
-                channel,
-            } => vec![DerivedRow::HostAssociation {
-                subject,
-                host: host.to_string(),
-                channel,
-            }],
-            Classified::Selector {
-                subject,
-                selector,
-                channel,
-            } => vec![DerivedRow::Selector {
-                subject,
-                selector,
-                channel,
-            }],
-            Classified::Other => Vec::new(),
-        }
+                Classified::Association {
+                    host,
+                    subject,
+                    channel,
+                } => vec![DerivedRow::HostAssociation {
+                    subject,
+                    host: host.to_string(),
+                    channel,
+                }],
+                Classified::Selector {
+                    subject,
+                    selector,
+                    channel,
+                } => vec![DerivedRow::Selector {
+                    subject,
+                    selector,
+                    channel,
+                }],
+                Classified::Refused(reason) => return Err(reason),
+                Classified::Other => Vec::new(),
+            },
+        )
     }
 }

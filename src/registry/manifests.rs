@@ -24,9 +24,11 @@ use crate::storage::paths;
 /// Derives the domain's rows (artifacts, host associations, signatures)
 /// from a manifest about to be stored; they are written in its
 /// transaction and deleted with it. Runs on a blocking thread: it may read
-/// small blobs (a config) from the store.
+/// small blobs (a config) from the store. An `Err` refuses the manifest
+/// (400 `MANIFEST_INVALID` with that reason): a manifest of one of the
+/// domain's types that the domain cannot use is not stored to be ignored.
 pub trait ManifestDeriver: Send + Sync {
-    fn derive(&self, stored: &ManifestStored) -> Vec<DerivedRow>;
+    fn derive(&self, stored: &ManifestStored) -> Result<Vec<DerivedRow>, String>;
 }
 
 /// A manifest that is being (or was just) stored.
@@ -288,8 +290,12 @@ impl Registry {
             if b.size(&blob)? != Some(body.len() as u64) {
                 b.write_atomic(&blob, &body)?;
             }
-            let derived: Vec<DerivedRow> =
-                derivers.iter().flat_map(|d| d.derive(&stored)).collect();
+            let mut derived: Vec<DerivedRow> = Vec::new();
+            for d in derivers.iter() {
+                derived.extend(d.derive(&stored).map_err(|reason| {
+                    RegistryError::Manifest(crate::oci::ManifestError::Invalid(reason))
+                })?);
+            }
             Ok((stored, derived))
         })
         .await?;

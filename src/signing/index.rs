@@ -180,8 +180,8 @@ fn summarize(
 }
 
 impl ManifestDeriver for SignatureIndex {
-    fn derive(&self, e: &ManifestStored) -> Vec<DerivedRow> {
-        derive_rows(e)
+    fn derive(&self, e: &ManifestStored) -> Result<Vec<DerivedRow>, String> {
+        Ok(derive_rows(e))
     }
 }
 
