@@ -891,16 +891,7 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
     // The same over OCI: a selector referrer pushed with a selector that
     // does not parse, or without one, is refused, not stored and ignored.
     let config = x.s.push_empty_config(&x.c, "badsel/prog").await;
-    let subject_size =
-        x.c.get(x.url(&format!("/v2/badsel/prog/manifests/{id}")))
-            .header("accept", OCI_MANIFEST)
-            .send()
-            .await
-            .expect("send")
-            .bytes()
-            .await
-            .expect("body")
-            .len();
+    let subject_size = oci_manifest(&x, "badsel/prog", &id).await.1.len();
     for annotations in [
         json!({ SELECTOR_ANNOTATION: "env in (a,b" }),
         json!({ SELECTOR_ANNOTATION: "bad key=x" }),
@@ -929,12 +920,7 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
                 .is_some_and(|m| m.contains(SELECTOR_ANNOTATION)),
             "{e}"
         );
-        let r =
-            x.c.get(x.url(&format!("/v2/badsel/prog/manifests/{digest}")))
-                .header("accept", OCI_MANIFEST)
-                .send()
-                .await
-                .expect("send");
+        let r = x.get(&format!("/v2/badsel/prog/manifests/{digest}")).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
     }
     assert_eq!(x.get_ok(&path).await["selectors"], json!([]));
