@@ -602,6 +602,9 @@ mod tests {
         // Two idle copies of 60 bytes do not fit in 100: the older goes.
         let (one, two) = (upload(6), upload(7));
         push(&c, &one, &[&[1u8; 60]]);
+        // An idle copy holds no open file (sessions cannot use up the
+        // process's descriptors).
+        assert_eq!(c.tees.open_files(), 0);
         push(&c, &two, &[&[2u8; 60]]);
         assert_eq!(c.tees.held(), 60);
         c.rename(&one, &paths::blob(&Digest::of(&[1u8; 60])))

@@ -12,7 +12,7 @@
 //! dropped with their object.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,8 +44,11 @@ enum Slot {
 }
 
 /// A local copy of an object's first `len` bytes and their running hash.
+/// Its file is open only while a writer has it: an idle copy (an upload
+/// between PATCHes) holds no descriptor, so open sessions cannot use up
+/// the process's files.
 pub(super) struct Tee {
-    file: File,
+    file: Option<File>,
     pub(super) temp: PathBuf,
     hasher: Sha256Hasher,
     pub(super) len: u64,
@@ -80,7 +83,18 @@ impl Tees {
         st.clock += 1;
         let ticket = st.clock;
         let kept = match st.by_path.remove(path.as_str()) {
-            Some(Slot::Idle(tee, _)) if tee.len == truncate_to => Some(tee),
+            Some(Slot::Idle(mut tee, _)) if tee.len == truncate_to => {
+                match OpenOptions::new().append(true).open(&tee.temp) {
+                    Ok(f) => {
+                        tee.file = Some(f);
+                        Some(tee)
+                    }
+                    Err(_) => {
+                        self.end(&mut st, tee);
+                        return None;
+                    }
+                }
+            }
             Some(Slot::Idle(tee, _)) => {
                 self.end(&mut st, tee);
                 None
@@ -96,7 +110,7 @@ impl Tees {
                 let temp = self.dir.join(paths::temp_name("push"));
                 let file = File::create(&temp).ok()?;
                 Tee {
-                    file,
+                    file: Some(file),
                     temp,
                     hasher: Sha256Hasher::new(),
                     len: 0,
@@ -134,7 +148,8 @@ impl Tees {
 
     /// A writer gives its copy back: kept for the next writer if the slot
     /// is still this writer's, else dropped.
-    fn give_back(&self, path: &str, ticket: u64, tee: Tee) {
+    fn give_back(&self, path: &str, ticket: u64, mut tee: Tee) {
+        tee.file = None;
         let mut st = lock(&self.state);
         st.clock += 1;
         let used = st.clock;
@@ -197,6 +212,16 @@ impl Tees {
     pub(super) fn held(&self) -> u64 {
         lock(&self.state).bytes
     }
+
+    /// Idle copies with an open file (for tests: there should be none).
+    #[cfg(test)]
+    pub(super) fn open_files(&self) -> usize {
+        lock(&self.state)
+            .by_path
+            .values()
+            .filter(|s| matches!(s, Slot::Idle(t, _) if t.file.is_some()))
+            .count()
+    }
 }
 
 /// An append writer that copies what it writes into the object's [`Tee`].
@@ -237,7 +262,7 @@ impl TeeWriter {
             return;
         };
         let copied = self.tees.reserve(buf.len() as u64) && {
-            let ok = tee.file.write_all(buf).is_ok();
+            let ok = tee.file.as_mut().is_some_and(|f| f.write_all(buf).is_ok());
             // Counted as reserved whether or not the write went through.
             tee.len = tee.len.saturating_add(buf.len() as u64);
             ok
