@@ -178,17 +178,15 @@ fn encode_key(key: &str) -> String {
     key.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-/// Percent-encodes everything but S3's unreserved characters.
+/// S3's unreserved characters: everything else is percent-encoded.
+const S3_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, S3_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
