@@ -84,9 +84,20 @@ if ((${#missing[@]})); then
   fi
   $SUDO apt-get update
   $SUDO apt-get install -y "${missing[@]}"
+  # Triggers still pending at apt's end (seen with prometheus next to
+  # chromium's dbus and gtk triggers) leave a package "triggers-awaited":
+  # process them, then judge each package by its command, else its state.
+  $SUDO dpkg --triggers-only --pending || true
   for pkg in "${missing[@]}"; do
-    dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
-      || { log "ERROR: $pkg did not install"; exit 1; }
+    [[ "$pkg" == postgresql ]] && continue
+    cmd="${PKG_CMD[$pkg]}"
+    if [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null 2>&1; then
+      continue
+    fi
+    case "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" in
+      installed | triggers-pending | triggers-awaited) ;;
+      *) log "ERROR: $pkg did not install ($(dpkg-query -W -f='${Status}' "$pkg" 2>&1))"; exit 1 ;;
+    esac
   done
   pg_tools_present || { log "ERROR: initdb/pg_ctl not found after installing postgresql"; exit 1; }
   # Where systemd started the packaged Prometheus (on :9090, every
