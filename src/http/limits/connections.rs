@@ -24,7 +24,7 @@
 //!   the cap is lowered to what is left open, and accepting pauses briefly.
 
 use std::collections::HashMap;
-use std::future::{pending, Future};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -158,11 +158,38 @@ struct Idleness {
     since: Instant,
 }
 
-/// One open connection as the registry and its requests see it.
+/// One open connection as the registry and its requests see it. A lock
+/// and two `Notify`s, not a `watch` channel: this is held per open
+/// connection (ten thousand parked long-polls), and a channel's shared
+/// state is about 360 bytes where this is under 100.
 struct Activity {
-    state: watch::Sender<Idleness>,
+    state: Mutex<Idleness>,
+    /// Woken when `state` changes (a request begins or ends).
+    changed: Notify,
     /// Told to close (to make room for a new connection).
     evict: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            state: Mutex::new(Idleness {
+                in_flight: 0,
+                since: Instant::now(),
+            }),
+            changed: Notify::new(),
+            evict: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> Idleness {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn modify(&self, f: impl FnOnce(&mut Idleness)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_waiters();
+    }
 }
 
 /// A request in progress on a connection; dropped with its response body.
@@ -170,14 +197,14 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> Self {
-        activity.state.send_modify(|s| s.in_flight += 1);
+        activity.modify(|s| s.in_flight += 1);
         InFlight(activity.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.state.send_modify(|s| {
+        self.0.modify(|s| {
             s.in_flight = s.in_flight.saturating_sub(1);
             if s.in_flight == 0 {
                 s.since = Instant::now();
@@ -216,7 +243,7 @@ impl Registry {
     fn evict_one(open: &mut HashMap<u64, Arc<Activity>>) -> bool {
         let victim = open
             .iter()
-            .map(|(id, a)| (*id, *a.state.borrow()))
+            .map(|(id, a)| (*id, a.now()))
             .filter(|(_, s)| s.in_flight == 0)
             .min_by_key(|(_, s)| s.since)
             .map(|(id, _)| id);
@@ -263,14 +290,7 @@ impl Registry {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (state, _) = watch::channel(Idleness {
-            in_flight: 0,
-            since: Instant::now(),
-        });
-        let activity = Arc::new(Activity {
-            state,
-            evict: Notify::new(),
-        });
+        let activity = Arc::new(Activity::new());
         open.insert(id, activity.clone());
         Some(Slot {
             registry: self.clone(),
@@ -283,26 +303,27 @@ impl Registry {
 /// Resolves once the connection has had no request in progress for
 /// `timeout`, counted from its last request's end or from `from`,
 /// whichever is later.
-async fn idle_for(rx: &mut watch::Receiver<Idleness>, from: Instant, timeout: Duration) {
+async fn idle_for(activity: &Activity, from: Instant, timeout: Duration) {
     loop {
-        let since = rx.wait_for(|s| s.in_flight == 0).await.map(|s| s.since);
-        let Ok(since) = since else {
-            // The activity outlives its connection; never reached.
-            return pending().await;
-        };
-        let deadline = since.max(from) + timeout;
+        // Registered before the state is read: a change after the read
+        // wakes it.
+        let changed = activity.changed.notified();
+        let mut changed = pin!(changed);
+        changed.as_mut().enable();
+        let now = activity.now();
+        if now.in_flight > 0 {
+            changed.await;
+            continue;
+        }
+        let deadline = now.since.max(from) + timeout;
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let now = *rx.borrow();
-                if now.in_flight == 0 && now.since == since {
+                let later = activity.now();
+                if later.in_flight == 0 && later.since == now.since {
                     return;
                 }
             }
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return pending().await;
-                }
-            }
+            _ = changed => {}
         }
     }
 }
@@ -492,7 +513,6 @@ impl Connection {
         accepted: Instant,
     ) {
         let activity = self.slot.activity.clone();
-        let mut idle = activity.state.subscribe();
         let handshake =
             tokio::time::timeout(self.policy.tls_handshake_timeout, acceptor.accept(io));
         let peer = self.peer;
@@ -508,7 +528,7 @@ impl Connection {
                     return;
                 }
             },
-            _ = idle_for(&mut idle, accepted, self.policy.header_read_timeout) => {
+            _ = idle_for(&activity, accepted, self.policy.header_read_timeout) => {
                 tracing::debug!(client = %peer, "TLS handshake: header timeout");
                 return;
             }
@@ -549,7 +569,6 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = self.slot.activity.clone();
-        let mut idle = activity.state.subscribe();
         let peer = self.peer;
         let app = self.app.clone();
         let tracked = activity.clone();
@@ -585,7 +604,7 @@ impl Connection {
                 }
                 return;
             }
-            _ = idle_for(&mut idle, accepted, self.policy.header_read_timeout) => "idle",
+            _ = idle_for(&activity, accepted, self.policy.header_read_timeout) => "idle",
             _ = activity.evict.notified() => "closed to make room",
             _ = self.signal.changed() => "shutdown",
         };
@@ -599,7 +618,7 @@ impl Connection {
                     tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 }
             }
-            _ = idle_for(&mut idle, closing, CLOSE_GRACE) => {}
+            _ = idle_for(&activity, closing, CLOSE_GRACE) => {}
         }
     }
 }

@@ -150,7 +150,6 @@ impl Front<'_> {
     /// front's.
     pub(super) async fn serve(self, io: &mut WriteStall<TcpStream>) -> Ended {
         let mut buf: Vec<u8> = Vec::new();
-        let mut idle = self.activity.state.subscribe();
         let mut idle_from = self.accepted;
         let mut stopping = false;
         loop {
@@ -161,14 +160,17 @@ impl Front<'_> {
                     Parsed::Partial => {}
                 }
                 // Readable first, a buffer only then: a connection waiting
-                // for its next request holds none.
+                // for its next request holds none. The idle timer is boxed
+                // and readiness polled without a waiter of its own, so the
+                // room this wait takes in the connection's future is no
+                // larger than a parked long-poll's (which it shares).
                 tokio::select! {
-                    r = io.get_ref().readable() => {
-                        if r.is_err() || read_some(io.get_ref(), &mut buf, READ_AHEAD).is_err() {
+                    r = readable(io.get_ref()) => {
+                        if r.is_err() || read_some(io.get_ref(), &mut buf).is_err() {
                             return Ended::Closed;
                         }
                     }
-                    _ = idle_for(&mut idle, idle_from, self.policy.header_read_timeout) => return Ended::Closed,
+                    _ = Box::pin(idle_for(self.activity, idle_from, self.policy.header_read_timeout)) => return Ended::Closed,
                     _ = self.activity.evict.notified() => return Ended::Closed,
                     _ = self.signal.changed() => return Ended::Closed,
                 }
@@ -184,8 +186,14 @@ impl Front<'_> {
             // In progress until answered: never idle or evicted meanwhile.
             let in_flight = InFlight::begin(self.activity);
             let parking = Parking::default();
-            let mut resp = Box::pin(self.run(&head, &parking)).await;
-            while let Some(mut parked) = parking.take_parked() {
+            let resp = loop {
+                let resp = Box::pin(self.run(&head, &parking)).await;
+                let Some(mut parked) = parking.take_parked() else {
+                    break resp;
+                };
+                // A parked run's answer is a placeholder: not kept (with
+                // its headers) while the wait lasts.
+                drop(resp);
                 let wake = tokio::select! {
                     w = parked.wait() => w,
                     _ = client_gone(io.get_ref(), &mut buf) => return Ended::Closed,
@@ -195,8 +203,7 @@ impl Front<'_> {
                     }
                 };
                 parking.resume(parked, wake);
-                resp = Box::pin(self.run(&head, &parking)).await;
-            }
+            };
             let close = head.close || stopping || wants_close(&resp);
             if Box::pin(write_response(io, resp, close)).await.is_err() || close {
                 return Ended::Closed;
@@ -222,13 +229,19 @@ impl Front<'_> {
     }
 }
 
-/// What a ready socket has, appended to `buf` (at most `most` bytes);
-/// an error when the client closed or the read failed.
-fn read_some(tcp: &TcpStream, buf: &mut Vec<u8>, most: usize) -> io::Result<()> {
-    buf.reserve(most);
-    match tcp.try_read_buf(buf) {
+/// What a ready socket has, appended to `buf` (at most [`READ_AHEAD`]
+/// bytes); an error when the client closed or the read failed. Read
+/// through the stack: readiness can be stale (a head read whole leaves
+/// it set), and a buffer reserved before the read would then stay with
+/// a parked connection, empty.
+fn read_some(tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; READ_AHEAD];
+    match tcp.try_read(&mut chunk) {
         Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
-        Ok(_) => Ok(()),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
     }
@@ -239,10 +252,18 @@ fn read_some(tcp: &TcpStream, buf: &mut Vec<u8>, most: usize) -> io::Result<()> 
 /// kept in `ahead` for the next head.
 async fn client_gone(tcp: &TcpStream, ahead: &mut Vec<u8>) {
     while ahead.len() <= MAX_AHEAD {
-        if tcp.readable().await.is_err() || read_some(tcp, ahead, 1024).is_err() {
+        if readable(tcp).await.is_err() || read_some(tcp, ahead).is_err() {
             return;
         }
     }
+}
+
+/// Until `tcp` is readable. `poll_read_ready` keeps the connection's one
+/// read waker in the socket's registration, where `readable()` would hold
+/// a waiter node of about 150 bytes in every parked connection's future;
+/// one task reads each connection, so one waker is all it needs.
+fn readable(tcp: &TcpStream) -> impl std::future::Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| tcp.poll_read_ready(cx))
 }
 
 /// Whether a `Connection` value lists `token` (case-insensitive).
@@ -475,6 +496,26 @@ mod tests {
             "a".repeat(MAX_HEAD)
         );
         assert!(matches!(parsed(&long), Parsed::NotOurs));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_finds_nothing_leaves_no_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        // Nothing sent: a stale readiness must not leave an empty buffer.
+        read_some(&server, &mut buf).unwrap();
+        assert_eq!((buf.len(), buf.capacity()), (0, 0));
+        client.write_all(b"GET /").await.unwrap();
+        readable(&server).await.unwrap();
+        read_some(&server, &mut buf).unwrap();
+        assert_eq!(buf, b"GET /");
+        drop(client);
+        readable(&server).await.unwrap();
+        assert!(read_some(&server, &mut buf).is_err(), "a close is an error");
     }
 
     #[tokio::test]
