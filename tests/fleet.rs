@@ -23,6 +23,8 @@ use sha2::{Digest as _, Sha256};
 
 const SELECTOR_TYPE: &str = "application/vnd.aegisflux.bpf.host-selector.v1";
 const SELECTOR_ANNOTATION: &str = "io.aegisflux.bpf.selector";
+const HOST_ASSOCIATION_TYPE: &str = "application/vnd.aegisflux.bpf.host-association.v1";
+const HOST_ID_ANNOTATION: &str = "io.aegisflux.bpf.host-id";
 const CHANNEL_ANNOTATION: &str = "io.aegisflux.bpf.channel";
 const REQUIREMENTS_ANNOTATION: &str = "io.aegisflux.bpf.requirements";
 
@@ -924,6 +926,43 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
     }
     assert_eq!(x.get_ok(&path).await["selectors"], json!([]));
+    let idx = x.get_ok(&format!("/v2/badsel/prog/referrers/{id}")).await;
+    assert_eq!(idx["manifests"], json!([]), "no referrer stored: {idx}");
+
+    // A host-association referrer over OCI with a host id the REST API
+    // refuses (or none) is refused the same way.
+    for annotations in [
+        json!({ HOST_ID_ANNOTATION: "bad host" }),
+        json!({ HOST_ID_ANNOTATION: "" }),
+        json!({ HOST_ID_ANNOTATION: "h".repeat(254) }),
+        json!({}),
+    ] {
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": HOST_ASSOCIATION_TYPE,
+            "config": config,
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": id, "size": subject_size},
+            "annotations": annotations,
+        }))
+        .expect("json");
+        let digest = sha256(&body);
+        let r =
+            x.s.put_manifest(&x.c, "badsel/prog", &digest, OCI_MANIFEST, &body)
+                .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{annotations}");
+        let e: Value = r.json().await.expect("error JSON");
+        assert_eq!(e["errors"][0]["code"], "MANIFEST_INVALID", "{e}");
+        assert!(
+            e["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(HOST_ID_ANNOTATION)),
+            "{e}"
+        );
+        let r = x.get(&format!("/v2/badsel/prog/manifests/{digest}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
+    }
     let idx = x.get_ok(&format!("/v2/badsel/prog/referrers/{id}")).await;
     assert_eq!(idx["manifests"], json!([]), "no referrer stored: {idx}");
 

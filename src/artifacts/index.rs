@@ -165,12 +165,24 @@ impl ArtifactIndex {
         m: &ParsedManifest,
     ) -> Classified {
         if m.artifact_type.as_deref() == Some(media::BPF_HOST_ASSOCIATION) {
+            // Refused like a selector referrer: stored and ignored, it
+            // would show in the referrers while no resolution counts it.
             let (Some(subject), Some(host)) = (&m.subject, m.annotations.get(annotations::HOST_ID))
             else {
-                return Classified::Other;
+                return Classified::Refused(format!(
+                    "a {} referrer needs a subject and the annotation {}",
+                    media::BPF_HOST_ASSOCIATION,
+                    annotations::HOST_ID
+                ));
             };
-            let Ok(host) = HostId::parse(host) else {
-                return Classified::Other;
+            let host = match HostId::parse(host) {
+                Ok(host) => host,
+                Err(e) => {
+                    return Classified::Refused(format!(
+                        "annotation {} is not a valid host id: {e}",
+                        annotations::HOST_ID
+                    ))
+                }
             };
             return Classified::Association {
                 host,
