@@ -232,6 +232,47 @@ async fn console_pages_show_pushed_artifacts_with_ebpf_facts_hosts_and_pull_comm
         "host page",
     );
     assert_lacks(&host, &["ops/shared-map"], "host page");
+    assert_has(&host, &["Not registered"], "an unregistered host");
+    assert_lacks(&host, &["Deployments"], "an unregistered host");
+
+    // Registered, with a report: its facts, labels and deployments, the
+    // agent's free text escaped.
+    let r = c
+        .put(s.url("/hosts/edge-node-7"))
+        .json(
+            &json!({"architecture": "x86_64", "kernel_release": "5.15.0-91-generic",
+                      "btf": true, "labels": {"env": "prod", "role": "edge"},
+                      "agent_version": "1.4.2"}),
+        )
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .put(s.url(&format!("/hosts/edge-node-7/deployments/{id}")))
+        .json(&json!({"state": "failed", "attach_point": "eth0/xdp", "message": XSS}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(r.status(), StatusCode::OK);
+    let host = ok_page(&c, &s, "/ui/hosts/edge-node-7").await;
+    assert_has(
+        &host,
+        &[
+            "5.15.0-91-generic",
+            "x86_64",
+            "1.4.2",
+            "env=prod",
+            "role=edge",
+            "Deployments",
+            "eth0/xdp",
+            "state-failed",
+            XSS_ESCAPED,
+            "net/xdp-counter",
+        ],
+        "a registered host's page",
+    );
+    assert_lacks(&host, &[XSS, "Not registered"], "a registered host's page");
 
     let repo = ok_page(&c, &s, "/ui/repositories/net/xdp-counter").await;
     assert_has(
@@ -495,7 +536,12 @@ async fn with_auth() -> (TestServer, tempfile::TempDir) {
     let htpasswd = dir.path().join("htpasswd");
     write_htpasswd(&htpasswd, &ATTACKER_USERS, 4);
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, ATTACKER_POLICY).expect("write policy");
+    // admin may also register, report for and read every host (for the
+    // host page's facts and deployments); mallory no host.
+    let text = format!(
+        "{ATTACKER_POLICY}\n[[grant]]\nusers = [\"admin\"]\nhosts = [\"**\"]\nactions = [\"read\", \"report\"]\n"
+    );
+    std::fs::write(&policy, text).expect("write policy");
     let (h, p) = (
         htpasswd.to_string_lossy().into_owned(),
         policy.to_string_lossy().into_owned(),
@@ -571,6 +617,44 @@ async fn a_user_sees_nothing_of_a_repository_they_may_not_pull() {
         let id = a["id"].as_str().expect("id").to_string();
         add_host(&admin, &s, &id, name, "shared-host").await;
         ids.push(id);
+    }
+    let r = admin
+        .put(s.url("/hosts/shared-host"))
+        .json(&json!({"architecture": "x86_64", "kernel_release": "6.1.0", "labels": {}}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for id in &ids {
+        let r = admin
+            .put(s.url(&format!("/hosts/shared-host/deployments/{id}")))
+            .json(&json!({"state": "loaded"}))
+            .send()
+            .await
+            .expect("report");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let all = ok_page(&admin, &s, "/ui/hosts/shared-host").await;
+    assert_has(&all, &["6.1.0", "secret/hidden", "state-loaded"], "admin");
+    // The console shows a host's facts to whom the REST API does.
+    let rest = mallory
+        .get(s.url("/hosts/shared-host"))
+        .send()
+        .await
+        .expect("GET host");
+    let mine = ok_page(&mallory, &s, "/ui/hosts/shared-host").await;
+    if rest.status() == StatusCode::OK {
+        assert_has(
+            &mine,
+            &["6.1.0", "bpf/visible"],
+            "mallory may read the host",
+        );
+    } else {
+        assert_lacks(
+            &mine,
+            &["6.1.0", "Deployments", "Not registered"],
+            "a host mallory may not read",
+        );
     }
     // Another hidden artifact, asked for with its repository named.
     let copy = create(

@@ -20,8 +20,8 @@ use maud::Markup;
 
 use super::endpoint::{Filters, UiEndpoint, TAG_PAGE_SIZE};
 use super::views::{self, Page};
-use super::views_detail::{self, ArtifactView, RepositoryView, TagRow};
-use crate::artifacts::{ArtifactError, HostId, ListQuery};
+use super::views_detail::{self, ArtifactView, HostFleet, RepositoryView, TagRow};
+use crate::artifacts::{ArtifactError, FleetRefusal, HostId, ListQuery};
 use crate::auth::Action;
 use crate::http::auth::Caller;
 use crate::http::error::{RestError, RestErrorCode};
@@ -211,12 +211,47 @@ async fn host_page(
         .list(query, &|r| access.visible(r))
         .await
         .map_err(failed)?;
+    // Facts and reports only for a caller who may read the host (as
+    // `GET /hosts/{id}` and its deployments); the associated artifacts
+    // are listed by repository access, as before.
+    let fleet = match access.host_visible(host) {
+        true => host_fleet(state, access, host).await?,
+        false => HostFleet::Hidden,
+    };
     Ok(views_detail::host_page(
         page,
         host,
+        &fleet,
         &artifacts,
         next_cursor.as_deref(),
     ))
+}
+
+/// What the fleet knows of `host`; its reports only for the artifacts
+/// whose repositories the caller may see.
+async fn host_fleet(
+    state: &AppState,
+    access: Access<'_>,
+    host: &HostId,
+) -> Result<HostFleet, Response> {
+    let facts = match state.fleet.host(host).await {
+        Ok(facts) => facts,
+        Err(ArtifactError::Fleet {
+            kind: FleetRefusal::HostNotFound,
+            ..
+        }) => return Ok(HostFleet::Unregistered),
+        Err(e) => return Err(failed(e)),
+    };
+    let visible = |r: &RepoName| access.visible(r);
+    match state.fleet.deployments(host, &visible).await {
+        Ok(d) => Ok(HostFleet::Registered(Box::new(facts), d)),
+        // Deleted between the two reads.
+        Err(ArtifactError::Fleet {
+            kind: FleetRefusal::HostNotFound,
+            ..
+        }) => Ok(HostFleet::Unregistered),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 async fn repository(

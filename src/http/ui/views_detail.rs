@@ -11,6 +11,8 @@ use super::views::{
     short_digest, Page,
 };
 use crate::artifacts::{ArtifactJson, HostId};
+use crate::fleet::hosts::HostJson;
+use crate::fleet::wire::DeploymentsJson;
 use crate::oci::{Descriptor, Digest, RepoName};
 use crate::signing::Verification;
 
@@ -196,6 +198,7 @@ pub fn artifact_page(page: &Page<'_>, v: &ArtifactView<'_>) -> Markup {
 pub fn host_page(
     page: &Page<'_>,
     host: &HostId,
+    fleet: &HostFleet,
     artifacts: &[ArtifactJson],
     next_cursor: Option<&str>,
 ) -> Markup {
@@ -203,11 +206,80 @@ pub fn host_page(
     let body = html! {
         p.crumbs { a href="/ui/" { "Artifacts" } " / hosts" }
         h1 { "Host " code { (host) } }
-        p { "Artifacts associated with this host:" }
+        @match fleet {
+            HostFleet::Registered(facts, deployments) => {
+                (host_facts(facts))
+                (host_deployments(deployments))
+            }
+            HostFleet::Unregistered => p.muted { "Not registered (PUT /hosts/" (host) "): no facts or reports." },
+            HostFleet::Hidden => {}
+        }
+        h2 { "Associated artifacts" }
         (artifact_table(artifacts))
         (next_page(&base, &[], next_cursor))
     };
     layout(page, &format!("Host {host}"), body)
+}
+
+/// What the host page shows of the fleet's view of a host.
+pub enum HostFleet {
+    /// Its registered facts and its deployment reports.
+    Registered(Box<HostJson>, DeploymentsJson),
+    /// Never registered (or deleted): the seed's associations work
+    /// without registration.
+    Unregistered,
+    /// The caller may not read the host.
+    Hidden,
+}
+
+fn host_facts(h: &HostJson) -> Markup {
+    let btf = match h.btf {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    html! {
+        section.facts {
+            h2 { "Facts" }
+            table {
+                tbody {
+                    tr { th { "Architecture" } td { (h.architecture) } }
+                    tr { th { "Kernel" } td { code { (h.kernel_release) } } }
+                    tr { th { "BTF" } td { (btf) } }
+                    tr { th { "Agent" } td { (h.agent_version.as_deref().unwrap_or("—")) } }
+                    tr { th { "Labels" } td {
+                        @if h.labels.is_empty() { span.muted { "none" } }
+                        @for (k, v) in &h.labels { span.tag { (k) "=" (v) } " " }
+                    } }
+                    tr { th { "Registered" } td { (h.registered_at) } }
+                    tr { th { "Last seen" } td { (h.last_seen) } }
+                }
+            }
+        }
+    }
+}
+
+fn host_deployments(d: &DeploymentsJson) -> Markup {
+    html! {
+        section.deployments {
+            h2 { "Deployments" }
+            @if d.deployments.is_empty() { p.muted { "No reports." } } @else {
+                table {
+                    thead { tr { th { "Artifact" } th { "Version" } th { "State" } th { "Attach point" } th { "Message" } th { "Reported" } } }
+                    tbody { @for r in &d.deployments {
+                        tr {
+                            td { a href={ "/ui/artifacts/" (r.artifact_id) (query_string(&[("repository", r.repository.clone())])) } { (r.name) } }
+                            td { (r.version.as_deref().unwrap_or("deleted")) }
+                            td { span class={ "state state-" (r.state) } { (r.state) } }
+                            td { (r.attach_point.as_deref().unwrap_or("")) }
+                            td { (r.message.as_deref().unwrap_or("")) }
+                            td { (r.reported_at) }
+                        }
+                    } }
+                }
+            }
+        }
+    }
 }
 
 /// A tag and the manifest it names (`None`: untagged meanwhile).
