@@ -234,18 +234,15 @@ async fn host_fleet(
     access: Access<'_>,
     host: &HostId,
 ) -> Result<HostFleet, Response> {
-    let facts = match state.fleet.host(host).await {
-        Ok(facts) => facts,
-        Err(ArtifactError::Fleet {
-            kind: FleetRefusal::HostNotFound,
-            ..
-        }) => return Ok(HostFleet::Unregistered),
-        Err(e) => return Err(failed(e)),
+    let read = async {
+        let facts = state.fleet.host(host).await?;
+        let visible = |r: &RepoName| access.visible(r);
+        let deployments = state.fleet.deployments(host, &visible).await?;
+        Ok::<_, ArtifactError>(HostFleet::Registered(Box::new(facts), deployments))
     };
-    let visible = |r: &RepoName| access.visible(r);
-    match state.fleet.deployments(host, &visible).await {
-        Ok(d) => Ok(HostFleet::Registered(Box::new(facts), d)),
-        // Deleted between the two reads.
+    match read.await {
+        Ok(fleet) => Ok(fleet),
+        // Never registered, or deleted between the two reads.
         Err(ArtifactError::Fleet {
             kind: FleetRefusal::HostNotFound,
             ..

@@ -26,10 +26,14 @@ pub fn query_string(pairs: &[(&str, String)]) -> String {
 
 /// The link to an artifact's page: its id and the copy's repository.
 pub fn artifact_href(a: &ArtifactJson) -> String {
+    artifact_href_in(&a.id, &a.name)
+}
+
+/// The console page of artifact `id` in repository `repo`.
+pub fn artifact_href_in(id: &str, repo: &str) -> String {
     format!(
-        "/ui/artifacts/{}{}",
-        a.id,
-        query_string(&[("repository", a.name.clone())])
+        "/ui/artifacts/{id}{}",
+        query_string(&[("repository", repo.to_string())])
     )
 }
 

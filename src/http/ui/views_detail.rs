@@ -7,8 +7,8 @@ use maud::{html, Markup};
 
 use super::pages::Origin;
 use super::views::{
-    artifact_href, artifact_table, host_href, layout, next_page, query_string, repository_href,
-    short_digest, Page,
+    artifact_href, artifact_href_in, artifact_table, host_href, layout, next_page, query_string,
+    repository_href, short_digest, Page,
 };
 use crate::artifacts::{ArtifactJson, HostId};
 use crate::fleet::hosts::HostJson;
@@ -268,7 +268,7 @@ fn host_deployments(d: &DeploymentsJson) -> Markup {
                     thead { tr { th { "Artifact" } th { "Version" } th { "State" } th { "Attach point" } th { "Message" } th { "Reported" } } }
                     tbody { @for r in &d.deployments {
                         tr {
-                            td { a href={ "/ui/artifacts/" (r.artifact_id) (query_string(&[("repository", r.repository.clone())])) } { (r.name) } }
+                            td { a href=(artifact_href_in(&r.artifact_id, &r.repository)) { (r.name) } }
                             td { (r.version.as_deref().unwrap_or("deleted")) }
                             td { span class={ "state state-" (r.state) } { (r.state) } }
                             td { (r.attach_point.as_deref().unwrap_or("")) }
