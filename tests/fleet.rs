@@ -894,36 +894,25 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
     // does not parse, or without one, is refused, not stored and ignored.
     let config = x.s.push_empty_config(&x.c, "badsel/prog").await;
     let subject_size = oci_manifest(&x, "badsel/prog", &id).await.1.len();
-    for annotations in [
-        json!({ SELECTOR_ANNOTATION: "env in (a,b" }),
-        json!({ SELECTOR_ANNOTATION: "bad key=x" }),
-        json!({}),
-    ] {
-        let body = serde_json::to_vec(&json!({
+    let referrer = |artifact_type: &str, annotations: Value| {
+        serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "artifactType": SELECTOR_TYPE,
+            "artifactType": artifact_type,
             "config": config,
             "layers": [],
             "subject": {"mediaType": OCI_MANIFEST, "digest": id, "size": subject_size},
             "annotations": annotations,
         }))
-        .expect("json");
-        let digest = sha256(&body);
-        let r =
-            x.s.put_manifest(&x.c, "badsel/prog", &digest, OCI_MANIFEST, &body)
-                .await;
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{annotations}");
-        let e: Value = r.json().await.expect("error JSON");
-        assert_eq!(e["errors"][0]["code"], "MANIFEST_INVALID", "{e}");
-        assert!(
-            e["errors"][0]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(SELECTOR_ANNOTATION)),
-            "{e}"
-        );
-        let r = x.get(&format!("/v2/badsel/prog/manifests/{digest}")).await;
-        assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
+        .expect("json")
+    };
+    for annotations in [
+        json!({ SELECTOR_ANNOTATION: "env in (a,b" }),
+        json!({ SELECTOR_ANNOTATION: "bad key=x" }),
+        json!({}),
+    ] {
+        let body = referrer(SELECTOR_TYPE, annotations);
+        refused_referrer(&x, "badsel/prog", &body, SELECTOR_ANNOTATION).await;
     }
     assert_eq!(x.get_ok(&path).await["selectors"], json!([]));
     let idx = x.get_ok(&format!("/v2/badsel/prog/referrers/{id}")).await;
@@ -937,31 +926,8 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
         json!({ HOST_ID_ANNOTATION: "h".repeat(254) }),
         json!({}),
     ] {
-        let body = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": HOST_ASSOCIATION_TYPE,
-            "config": config,
-            "layers": [],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": id, "size": subject_size},
-            "annotations": annotations,
-        }))
-        .expect("json");
-        let digest = sha256(&body);
-        let r =
-            x.s.put_manifest(&x.c, "badsel/prog", &digest, OCI_MANIFEST, &body)
-                .await;
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{annotations}");
-        let e: Value = r.json().await.expect("error JSON");
-        assert_eq!(e["errors"][0]["code"], "MANIFEST_INVALID", "{e}");
-        assert!(
-            e["errors"][0]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(HOST_ID_ANNOTATION)),
-            "{e}"
-        );
-        let r = x.get(&format!("/v2/badsel/prog/manifests/{digest}")).await;
-        assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
+        let body = referrer(HOST_ASSOCIATION_TYPE, annotations);
+        refused_referrer(&x, "badsel/prog", &body, HOST_ID_ANNOTATION).await;
     }
     let idx = x.get_ok(&format!("/v2/badsel/prog/referrers/{id}")).await;
     assert_eq!(idx["manifests"], json!([]), "no referrer stored: {idx}");
@@ -981,6 +947,27 @@ async fn bad_selector_syntax_is_400_invalid_selector_and_stores_nothing() {
     ] {
         x.selector(&id, good, None).await;
     }
+}
+
+/// Pushes `body` as a manifest of `repo` and asserts the refusal: 400
+/// `MANIFEST_INVALID` naming `annotation`, and nothing stored.
+async fn refused_referrer(x: &Ctx, repo: &str, body: &[u8], annotation: &str) {
+    let digest = sha256(body);
+    let r =
+        x.s.put_manifest(&x.c, repo, &digest, OCI_MANIFEST, body)
+            .await;
+    let shown = String::from_utf8_lossy(body).into_owned();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{shown}");
+    let e: Value = r.json().await.expect("error JSON");
+    assert_eq!(e["errors"][0]["code"], "MANIFEST_INVALID", "{e}");
+    assert!(
+        e["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(annotation)),
+        "{e}"
+    );
+    let r = x.get(&format!("/v2/{repo}/manifests/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "not stored");
 }
 
 #[tokio::test]
