@@ -38,6 +38,9 @@ pub struct Config {
     /// turns it off); unused with the filesystem store.
     pub blob_cache_dir: PathBuf,
     pub blob_cache_bytes: u64,
+    /// Upload files of the filesystem store written by direct I/O where
+    /// the file system takes it (`BPF_REGISTRY_DIRECT_WRITES`, on).
+    pub direct_writes: bool,
     pub log_level: LogLevel,
     pub max_manifest_bytes: u64,
     pub max_upload_sessions: usize,
@@ -132,6 +135,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "BPF_REGISTRY_BLOB_STORE",
         "fs",
         "blob store: `fs` (under the data dir) or s3://BUCKET[/PREFIX]?endpoint=URL&region=R",
+    ),
+    (
+        "BPF_REGISTRY_DIRECT_WRITES",
+        "on",
+        "on/off: pushes to the fs store bypass the page cache (direct I/O) where the file system allows",
     ),
     (
         "BPF_REGISTRY_LOG_LEVEL",
@@ -398,6 +406,7 @@ impl Config {
                 1024 * 1024 * 1024,
             )?,
             blob_cache_dir,
+            direct_writes: switch(&val, "BPF_REGISTRY_DIRECT_WRITES", true)?,
             data_dir,
             metadata,
             blob_store,
@@ -958,6 +967,12 @@ mod tests {
         assert_eq!(c.min_body_rate, 4096);
         assert_eq!(c.body_rate_window, Duration::from_secs(10));
         assert!(c.automatic_mount);
+        assert!(c.direct_writes);
+        assert!(
+            !cfg(&[("BPF_REGISTRY_DIRECT_WRITES", "off")])
+                .unwrap()
+                .direct_writes
+        );
         assert!(
             !cfg(&[("BPF_REGISTRY_AUTOMATIC_MOUNT", "off")])
                 .unwrap()
@@ -981,6 +996,7 @@ mod tests {
             ("BPF_REGISTRY_MIN_BODY_RATE", "-1"),
             ("BPF_REGISTRY_BODY_RATE_WINDOW", "0"),
             ("BPF_REGISTRY_AUTOMATIC_MOUNT", "sometimes"),
+            ("BPF_REGISTRY_DIRECT_WRITES", "maybe"),
         ] {
             assert_eq!(cfg(&[(var, bad)]).unwrap_err().var, var, "{var}={bad}");
         }

@@ -551,6 +551,25 @@ struct Spool {
 
 impl Spool {
     fn create_in(dir: &Path) -> io::Result<Spool> {
+        // An anonymous file from the start where the system has them: the
+        // file store can give it a name (`fs::link_anonymous`), so a
+        // layer is written once, not spooled and then copied.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let anonymous = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o666)
+                .custom_flags(libc::O_TMPFILE)
+                .open(dir);
+            if let Ok(file) = anonymous {
+                return Ok(Spool {
+                    file,
+                    leftover: None,
+                });
+            }
+        }
         let path = dir.join(format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true);

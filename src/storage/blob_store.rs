@@ -114,6 +114,21 @@ impl BlobStoreConfig {
         self.open_with(data_dir, |k| std::env::var(k).ok())
     }
 
+    /// `open`, with the filesystem store's upload files written by direct
+    /// I/O or not (`BPF_REGISTRY_DIRECT_WRITES`).
+    pub fn open_writing(
+        &self,
+        data_dir: &Path,
+        direct_writes: bool,
+    ) -> Result<Arc<dyn Backend>, BlobStoreError> {
+        match self {
+            BlobStoreConfig::Fs => FsBackend::open(data_dir)
+                .map(|b| Arc::new(b.with_direct_writes(direct_writes)) as Arc<dyn Backend>)
+                .map_err(|e| fs_open_failed(data_dir, e)),
+            BlobStoreConfig::S3(_) => self.open(data_dir),
+        }
+    }
+
     /// `open` with the environment given as a lookup.
     pub fn open_with(
         &self,
@@ -123,7 +138,7 @@ impl BlobStoreConfig {
         match self {
             BlobStoreConfig::Fs => FsBackend::open(data_dir)
                 .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                .map_err(|e| BlobStoreError(format!("cannot open {}: {e}", data_dir.display()))),
+                .map_err(|e| fs_open_failed(data_dir, e)),
             BlobStoreConfig::S3(location) => {
                 let credentials = S3Credentials::from_lookup(get).map_err(BlobStoreError)?;
                 S3Backend::open(location, &credentials)
@@ -132,6 +147,10 @@ impl BlobStoreConfig {
             }
         }
     }
+}
+
+fn fs_open_failed(data_dir: &Path, e: std::io::Error) -> BlobStoreError {
+    BlobStoreError(format!("cannot open {}: {e}", data_dir.display()))
 }
 
 /// S3 bucket names: 3-63 of `[a-z0-9.-]`, starting and ending with a letter

@@ -10,6 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::fs_append::FsAppend;
 use super::{
     paths, AppendWriter, Backend, Entry, ObjectReader, ObjectSource, StorageError, StorageResult,
     StorePath,
@@ -20,6 +21,9 @@ pub struct FsBackend {
     /// The root folder, held open so hot reads resolve a short relative
     /// path (`openat`) instead of walking the whole absolute path.
     root_dir: File,
+    /// Upload files written with direct I/O where the file system takes
+    /// it (see `fs_append`).
+    direct_writes: bool,
 }
 
 impl FsBackend {
@@ -28,7 +32,18 @@ impl FsBackend {
         let root = root.into();
         fs::create_dir_all(&root)?;
         let root_dir = File::open(&root)?;
-        Ok(FsBackend { root, root_dir })
+        Ok(FsBackend {
+            root,
+            root_dir,
+            direct_writes: true,
+        })
+    }
+
+    /// The same store with upload files written through the page cache
+    /// only (`false`), or by direct I/O where the file system takes it.
+    pub fn with_direct_writes(mut self, on: bool) -> Self {
+        self.direct_writes = on;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -169,6 +184,16 @@ pub fn write_file_atomic(target: &Path, data: &[u8], mode: Option<u32>) -> io::R
 /// temp file (blocking; one thread per object).
 fn write_temp(target: &Path, source: ObjectSource) -> io::Result<(PathBuf, TempGuard)> {
     let tmp = temp_path(target);
+    if let ObjectSource::File { file, len } = &source {
+        if link_anonymous(file, *len, &tmp) {
+            let guard = TempGuard {
+                path: tmp.clone(),
+                armed: true,
+            };
+            file.sync_data()?;
+            return Ok((tmp, guard));
+        }
+    }
     let guard = TempGuard {
         path: tmp.clone(),
         armed: true,
@@ -191,111 +216,43 @@ fn write_temp(target: &Path, source: ObjectSource) -> io::Result<(PathBuf, TempG
     Ok((tmp, guard))
 }
 
-struct FsAppend {
-    file: File,
-    path: StorePath,
-    /// The file offset the next write lands at.
-    end: u64,
-    /// Bytes before this offset were handed to writeback already (or
-    /// were there when the writer opened).
-    kicked: u64,
-    /// The thread that starts writeback, once there was some to start.
-    kicker: Option<Kicker>,
+/// Gives `file`, an anonymous file (`O_TMPFILE`, no name yet) of exactly
+/// `len` bytes on this file system, the name `at`: the object then costs
+/// no copy. False, with nothing changed, for any other file (one with a
+/// name, a shorter or longer one, another file system): it is copied.
+#[cfg(target_os = "linux")]
+fn link_anonymous(file: &File, len: u64, at: &Path) -> bool {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    // A file with a name may be changed through it: never share its inode.
+    if meta.nlink() != 0 || meta.len() != len {
+        return false;
+    }
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let (Ok(from), Ok(to)) = (CString::new(from), CString::new(at.as_os_str().as_bytes())) else {
+        return false;
+    };
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    rc == 0
 }
 
-/// Starts writeback of byte ranges of one file on a thread of its own:
-/// submitting the writes blocks while the disk is busy, and the thread
-/// that copies the body into the file should not wait for that.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-struct Kicker {
-    ranges: std::sync::mpsc::Sender<(i64, i64)>,
-    done: std::thread::JoinHandle<io::Result<()>>,
-}
-
-impl Kicker {
-    #[cfg(target_os = "linux")]
-    fn start(file: &File) -> io::Result<Kicker> {
-        use std::os::fd::AsRawFd;
-        let file = file.try_clone()?;
-        let (ranges, rx) = std::sync::mpsc::channel::<(i64, i64)>();
-        let done = std::thread::Builder::new()
-            .name("writeback".into())
-            .spawn(move || {
-                for (from, n) in rx {
-                    // SAFETY: the descriptor is owned by `file`, open for
-                    // the whole call; the range is plain integers.
-                    let rc = unsafe {
-                        libc::sync_file_range(
-                            file.as_raw_fd(),
-                            from,
-                            n,
-                            libc::SYNC_FILE_RANGE_WRITE,
-                        )
-                    };
-                    if rc != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            })?;
-        Ok(Kicker { ranges, done })
-    }
-
-    /// Waits until every range handed over was submitted.
-    fn finish(self) -> io::Result<()> {
-        drop(self.ranges);
-        self.done
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the writeback thread panicked")))
-    }
-}
-
-impl AppendWriter for FsAppend {
-    fn write_all(&mut self, buf: &[u8]) -> StorageResult<()> {
-        self.file.write_all(buf).map_err(io_err(&self.path))?;
-        self.end = self.end.saturating_add(buf.len() as u64);
-        Ok(())
-    }
-
-    /// `fdatasync`, once the writeback already started was submitted: the
-    /// bytes and the file's length are on disk when this returns.
-    fn sync(&mut self) -> StorageResult<()> {
-        if let Some(k) = self.kicker.take() {
-            k.finish().map_err(io_err(&self.path))?;
-        }
-        self.file.sync_data().map_err(io_err(&self.path))?;
-        self.kicked = self.end;
-        Ok(())
-    }
-
-    /// Starts writeback of the bytes written since the last kick only (a
-    /// chunk appended to a large upload does not walk the pages of the
-    /// chunks before it), on the kicker thread.
-    #[cfg(target_os = "linux")]
-    fn start_writeback(&mut self) -> StorageResult<()> {
-        let len = self.end.saturating_sub(self.kicked);
-        let (Ok(from), Ok(n)) = (i64::try_from(self.kicked), i64::try_from(len)) else {
-            return Ok(()); // past what the call takes: the final sync does it all
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        if self.kicker.is_none() {
-            self.kicker = Some(Kicker::start(&self.file).map_err(io_err(&self.path))?);
-        }
-        let sent = self
-            .kicker
-            .as_ref()
-            .is_some_and(|k| k.ranges.send((from, n)).is_ok());
-        if !sent {
-            // The thread stopped on an error: report it.
-            if let Some(k) = self.kicker.take() {
-                k.finish().map_err(io_err(&self.path))?;
-            }
-        }
-        self.kicked = self.end;
-        Ok(())
-    }
+#[cfg(not(target_os = "linux"))]
+fn link_anonymous(_file: &File, _len: u64, _at: &Path) -> bool {
+    false
 }
 
 impl Backend for FsBackend {
@@ -418,7 +375,7 @@ impl Backend for FsBackend {
         if let Some(dir) = full.parent() {
             create_dir_durable(dir).map_err(io_err(path))?;
         }
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
@@ -428,15 +385,14 @@ impl Backend for FsBackend {
         if len != truncate_to {
             file.set_len(truncate_to).map_err(io_err(path))?;
         }
-        file.seek(SeekFrom::Start(truncate_to))
-            .map_err(io_err(path))?;
-        Ok(Box::new(FsAppend {
+        // The writer writes at offsets it tracks: no file cursor to seek.
+        Ok(Box::new(FsAppend::new(
             file,
-            path: path.clone(),
-            end: truncate_to,
-            kicked: truncate_to,
-            kicker: None,
-        }))
+            path,
+            &full,
+            truncate_to,
+            self.direct_writes,
+        )))
     }
 
     fn rename(&self, from: &StorePath, to: &StorePath) -> StorageResult<()> {
@@ -595,5 +551,91 @@ impl Backend for FsBackend {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anonymous_file_in(dir: &Path, bytes: &[u8]) -> Option<File> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .open(dir)
+                .ok()?;
+            f.write_all(bytes).ok()?;
+            f.seek(SeekFrom::Start(0)).ok()?;
+            Some(f)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (dir, bytes);
+            None
+        }
+    }
+
+    /// An anonymous file is given its name (same inode, no copy); a named
+    /// one, or one whose length is not the stated one, is copied and left
+    /// as it was.
+    #[test]
+    fn an_anonymous_file_becomes_the_object_and_a_named_one_is_copied() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let Some(anonymous) = anonymous_file_in(dir.path(), &bytes) else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "O_TMPFILE is missing on this file system under CI=true"
+            );
+            return;
+        };
+        let ino = anonymous.metadata().unwrap().ino();
+        let named_path = dir.path().join("named");
+        fs::write(&named_path, &bytes).unwrap();
+        let named = File::open(&named_path).unwrap();
+        let short = anonymous_file_in(dir.path(), &bytes).unwrap();
+        let objects = [b"linked", b"copied", b"short!"]
+            .map(|name| paths::blob(&crate::oci::Digest::of(name)));
+        store
+            .write_objects(vec![
+                (
+                    objects[0].clone(),
+                    ObjectSource::File {
+                        file: anonymous,
+                        len: bytes.len() as u64,
+                    },
+                ),
+                (
+                    objects[1].clone(),
+                    ObjectSource::File {
+                        file: named,
+                        len: bytes.len() as u64,
+                    },
+                ),
+                (
+                    objects[2].clone(),
+                    ObjectSource::File {
+                        file: short,
+                        len: 1_000,
+                    },
+                ),
+            ])
+            .unwrap();
+        let linked = fs::metadata(store.full(&objects[0])).unwrap();
+        assert_eq!(linked.ino(), ino, "the anonymous file is the object");
+        assert_eq!(fs::read(store.full(&objects[0])).unwrap(), bytes);
+        assert_eq!(fs::read(store.full(&objects[1])).unwrap(), bytes);
+        assert_ne!(
+            fs::metadata(store.full(&objects[1])).unwrap().ino(),
+            fs::metadata(&named_path).unwrap().ino()
+        );
+        assert_eq!(fs::read(store.full(&objects[2])).unwrap(), &bytes[..1_000]);
+        assert_eq!(fs::metadata(&named_path).unwrap().nlink(), 1);
     }
 }

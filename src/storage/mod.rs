@@ -14,6 +14,7 @@ pub mod blob_store;
 #[cfg(test)]
 pub mod faulty;
 pub mod fs;
+mod fs_append;
 pub mod instrumented;
 pub mod lock;
 pub mod paths;
