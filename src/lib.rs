@@ -66,7 +66,7 @@ async fn open_registry_with(
 ) -> std::io::Result<Arc<Registry>> {
     let mut backend = config
         .blob_store
-        .open_writing(&config.data_dir, config.direct_writes)
+        .open(&config.data_dir, config.direct_writes)
         .map_err(|e| std::io::Error::other(format!("cannot open the blob store: {e}")))?;
     let remote = !matches!(config.blob_store, storage::blob_store::BlobStoreConfig::Fs);
     if blob_cache && remote && config.blob_cache_bytes > 0 {

@@ -104,7 +104,7 @@ fn subject(kind: Kind, case: &str) -> Option<(Arc<dyn Backend>, tempfile::TempDi
             let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
             let url = format!("{}/{prefix}?{query}", location.trim_end_matches('/'));
             let config = BlobStoreConfig::parse(&url).unwrap();
-            let b = config.open(dir.path()).unwrap();
+            let b = config.open(dir.path(), true).unwrap();
             Some((b, dir))
         }
     }

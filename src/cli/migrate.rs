@@ -178,7 +178,10 @@ fn open_blob_target(config: &Config, args: &Args) -> Result<Option<Arc<dyn Backe
         (Some(BlobTarget::Fs(dir)), _) => FsBackend::open(dir)
             .map(|b| Some(Arc::new(b) as Arc<dyn Backend>))
             .map_err(|e| format!("cannot open {}: {e}", dir.display())),
-        (Some(BlobTarget::S3(to)), _) => to.open(&config.data_dir).map(Some).map_err(|e| e.0),
+        (Some(BlobTarget::S3(to)), _) => to
+            .open(&config.data_dir, config.direct_writes)
+            .map(Some)
+            .map_err(|e| e.0),
     }
 }
 

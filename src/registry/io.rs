@@ -276,7 +276,7 @@ pub fn mapped_stream(
     // Pages not in the cache (a blob written by direct I/O, or evicted)
     // need no read-ahead advice: populating a window reads around it in
     // the device's read-ahead size already, and `POSIX_FADV_WILLNEED` 8 MiB
-    // ahead measured slower here (cold: 707-992 against 1,296-1,946 MB/s).
+    // ahead measured slower here (cold: 707-992 against 1,230-1,946 MB/s).
     blocking_stream(1, move |tx| {
         let end = start.saturating_add(len);
         let mut at = start;

@@ -110,35 +110,27 @@ impl BlobStoreConfig {
     /// (reading the access key from the environment; a missing variable is
     /// an error here, at start-up). No request is made yet: the caller's
     /// `probe_writable` checks the bucket.
-    pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn Backend>, BlobStoreError> {
-        self.open_with(data_dir, |k| std::env::var(k).ok())
-    }
-
-    /// `open`, with the filesystem store's upload files written by direct
-    /// I/O or not (`BPF_REGISTRY_DIRECT_WRITES`).
-    pub fn open_writing(
+    /// `direct_writes`: the filesystem store's upload files are written by
+    /// direct I/O where the file system takes it (`BPF_REGISTRY_DIRECT_WRITES`).
+    pub fn open(
         &self,
         data_dir: &Path,
         direct_writes: bool,
     ) -> Result<Arc<dyn Backend>, BlobStoreError> {
-        match self {
-            BlobStoreConfig::Fs => FsBackend::open(data_dir)
-                .map(|b| Arc::new(b.with_direct_writes(direct_writes)) as Arc<dyn Backend>)
-                .map_err(|e| fs_open_failed(data_dir, e)),
-            BlobStoreConfig::S3(_) => self.open(data_dir),
-        }
+        self.open_with(data_dir, direct_writes, |k| std::env::var(k).ok())
     }
 
     /// `open` with the environment given as a lookup.
     pub fn open_with(
         &self,
         data_dir: &Path,
+        direct_writes: bool,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Arc<dyn Backend>, BlobStoreError> {
         match self {
             BlobStoreConfig::Fs => FsBackend::open(data_dir)
-                .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                .map_err(|e| fs_open_failed(data_dir, e)),
+                .map(|b| Arc::new(b.with_direct_writes(direct_writes)) as Arc<dyn Backend>)
+                .map_err(|e| BlobStoreError(format!("cannot open {}: {e}", data_dir.display()))),
             BlobStoreConfig::S3(location) => {
                 let credentials = S3Credentials::from_lookup(get).map_err(BlobStoreError)?;
                 S3Backend::open(location, &credentials)
@@ -147,10 +139,6 @@ impl BlobStoreConfig {
             }
         }
     }
-}
-
-fn fs_open_failed(data_dir: &Path, e: std::io::Error) -> BlobStoreError {
-    BlobStoreError(format!("cannot open {}: {e}", data_dir.display()))
 }
 
 /// S3 bucket names: 3-63 of `[a-z0-9.-]`, starting and ending with a letter
@@ -360,11 +348,11 @@ mod tests {
             BlobStoreConfig::parse("s3://b12?endpoint=http://127.0.0.1:1&region=r").unwrap();
         let dir = std::env::temp_dir();
         let only_id = |k: &str| (k == "AWS_ACCESS_KEY_ID").then(|| "GK1".to_string());
-        let e = config.open_with(&dir, only_id).err().unwrap();
+        let e = config.open_with(&dir, true, only_id).err().unwrap();
         assert!(e.0.contains("AWS_SECRET_ACCESS_KEY must be set"), "{e}");
-        let e = config.open_with(&dir, |_| None).err().unwrap();
+        let e = config.open_with(&dir, true, |_| None).err().unwrap();
         assert!(e.0.contains("AWS_ACCESS_KEY_ID must be set"), "{e}");
         let both = |k: &str| Some(format!("value-of-{k}"));
-        assert!(config.open_with(&dir, both).is_ok());
+        assert!(config.open_with(&dir, true, both).is_ok());
     }
 }

@@ -184,20 +184,16 @@ pub fn write_file_atomic(target: &Path, data: &[u8], mode: Option<u32>) -> io::R
 /// temp file (blocking; one thread per object).
 fn write_temp(target: &Path, source: ObjectSource) -> io::Result<(PathBuf, TempGuard)> {
     let tmp = temp_path(target);
-    if let ObjectSource::File { file, len } = &source {
-        if link_anonymous(file, *len, &tmp) {
-            let guard = TempGuard {
-                path: tmp.clone(),
-                armed: true,
-            };
-            file.sync_data()?;
-            return Ok((tmp, guard));
-        }
-    }
     let guard = TempGuard {
         path: tmp.clone(),
         armed: true,
     };
+    if let ObjectSource::File { file, len } = &source {
+        if link_anonymous(file, *len, &tmp) {
+            file.sync_data()?;
+            return Ok((tmp, guard));
+        }
+    }
     let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     match source {
         ObjectSource::Bytes(b) => f.write_all(&b)?,

@@ -48,12 +48,6 @@ struct Direct {
     at: u64,
 }
 
-impl Direct {
-    fn staged(&self) -> &[u8] {
-        &self.buffer[self.start..self.start + self.filled]
-    }
-}
-
 fn io_err(p: &StorePath) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |e| StorageError::io(p, e)
 }
@@ -109,8 +103,7 @@ impl FsAppend {
 
     /// Writes `buf` at `at` through the page cache.
     fn write_buffered(&self, buf: &[u8], at: u64) -> StorageResult<()> {
-        use std::os::unix::fs::FileExt as _;
-        self.file.write_all_at(buf, at).map_err(io_err(&self.path))
+        write_at(&self.file, &self.path, buf, at)
     }
 
     /// Writes the staged block: its aligned part directly, a last partial
@@ -121,30 +114,33 @@ impl FsAppend {
         let Some(d) = self.direct.as_mut() else {
             return Ok(());
         };
-        if d.filled == 0 {
-            return Ok(());
-        }
-        let aligned = d.filled - d.filled % ALIGN;
-        let (at, staged) = (d.at, d.staged());
-        let refused = {
-            use std::os::unix::fs::FileExt as _;
-            d.file.write_all_at(&staged[..aligned], at).err()
+        let filled = std::mem::take(&mut d.filled);
+        let staged = &d.buffer[d.start..d.start + filled];
+        let aligned = filled - filled % ALIGN;
+        let refused = write_at(&d.file, &self.path, &staged[..aligned], d.at).err();
+        let Some(e) = refused else {
+            return write_at(
+                &self.file,
+                &self.path,
+                &staged[aligned..],
+                d.at + aligned as u64,
+            );
         };
-        if let Some(e) = refused {
-            tracing::warn!(path = %self.path.as_str(), error = %e,
-                "direct write refused; writing through the page cache from now on");
-            let staged = d.staged().to_vec();
-            self.direct = None;
-            return self.write_buffered(&staged, at);
-        }
-        if aligned < d.filled {
-            let tail = d.staged()[aligned..].to_vec();
-            d.filled = 0;
-            return self.write_buffered(&tail, at + aligned as u64);
-        }
-        d.filled = 0;
-        Ok(())
+        tracing::warn!(path = %self.path.as_str(), error = %e,
+            "direct write refused; writing through the page cache from now on");
+        let result = write_at(&self.file, &self.path, staged, d.at);
+        self.direct = None;
+        result
     }
+}
+
+/// Writes all of `buf` at offset `at` of `file` (the object at `path`).
+fn write_at(file: &File, path: &StorePath, buf: &[u8], at: u64) -> StorageResult<()> {
+    use std::os::unix::fs::FileExt as _;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    file.write_all_at(buf, at).map_err(io_err(path))
 }
 
 impl AppendWriter for FsAppend {
