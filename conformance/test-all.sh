@@ -48,6 +48,17 @@ ROOT=$(pwd)
 VENV="${BPF_VENV:-$HOME/.cache/bpf-registry-venv}"
 PY="$VENV/bin/python"
 export CARGO_TERM_COLOR=never
+# One clean build per run: incremental caches would only add to target/
+# (several GB over the 30 test binaries) and to the build's time.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# Free disk where target/ and the temp dirs go, printed at the start and
+# the end: a full disk otherwise shows up as unrelated failures.
+disk_report() {
+  df -h --output=target,avail,size . /tmp 2>/dev/null | sed 's/^/  /'
+  [[ -d target ]] && du -sh target 2>/dev/null | sed 's/^/  target: /'
+  return 0
+}
 
 step() { printf '\n==== %s\n' "$*"; }
 FAILED_STEPS=()
@@ -57,6 +68,8 @@ run() {
   if "$@"; then echo "---- $name: ok"; else echo "---- $name: FAILED"; FAILED_STEPS+=("$name"); fi
 }
 
+step "disk before the run"
+disk_report
 step "install dependencies"
 bash conformance/install-deps.sh || { echo "install-deps failed"; exit 1; }
 
@@ -248,6 +261,8 @@ else
   FAILED_STEPS+=("S3 + PostgreSQL: no PostgreSQL or no Garage")
 fi
 
+step "disk after the run"
+disk_report
 step "summary"
 if ((${#FAILED_STEPS[@]})); then
   printf 'failed: %s\n' "${FAILED_STEPS[@]}"

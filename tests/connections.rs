@@ -1147,3 +1147,136 @@ async fn a_long_poll_held_over_tls_keeps_its_watcher_place() {
     }
     drop(held);
 }
+
+// ---- blob reads pipelined on one plain connection -----------------------------------
+
+/// One HTTP/1.1 answer with a `Content-Length` read off a kept-alive
+/// connection: its head and body; what follows stays in `buf`.
+async fn read_sized_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut chunk = vec![0u8; 1 << 16];
+    let need = |buf: &Vec<u8>| -> Option<(usize, usize)> {
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse::<usize>().expect("a length"));
+        Some((end, len))
+    };
+    loop {
+        if let Some((end, len)) = need(buf) {
+            if buf.len() >= end + len {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let body = buf[end..end + len].to_vec();
+                buf.drain(..end + len);
+                return (head, body);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut chunk))
+            .await
+            .expect("an answer within 30 s")
+            .expect("read");
+        assert!(n > 0, "closed mid-answer after {} bytes", buf.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The server's `registry_blob_bytes_total{direction="out"}`.
+async fn blob_bytes_out(server: &TestServer) -> f64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("registry_blob_bytes_total{direction=\"out\"} "))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Blob reads pipelined on one kept-alive plain connection: a whole blob
+/// (sent from mapped windows), a range of it, a blob of another
+/// repository asked through this one (404, nothing of it sent), that blob
+/// through its own repository, then `GET /v2/`. Every answer is complete
+/// and in order, the bytes are the blob's, and the metrics count exactly
+/// the blob bytes sent.
+#[tokio::test]
+async fn pipelined_blob_reads_on_one_connection_are_whole_ordered_and_counted() {
+    let server = TestServer::start().await;
+    let c = reqwest::Client::new();
+    // Above the verify-on-read size: a file-backed answer.
+    let blob = common::pseudo_random(3 * 1024 * 1024 + 123, 11);
+    let digest = server.push_blob(&c, "front/pull", &blob).await;
+    let other = common::pseudo_random(2 * 1024 * 1024, 12);
+    let other_digest = server.push_blob(&c, "front/other", &other).await;
+    let before = blob_bytes_out(&server).await;
+
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    let (from, to) = (1_000_001usize, 2_500_000usize);
+    let reqs = format!(
+        "GET /v2/front/pull/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /v2/front/pull/blobs/{digest} HTTP/1.1\r\nHost: x\r\nRange: bytes={from}-{to}\r\n\r\n\
+         GET /v2/front/pull/blobs/{other_digest} HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /v2/front/other/blobs/{other_digest} HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    s.write_all(reqs.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+
+    let (head, body) = read_sized_answer(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("docker-content-digest: {digest}")),
+        "{head}"
+    );
+    assert_eq!(body.len(), blob.len());
+    assert!(body == blob, "the whole blob's bytes");
+
+    let (head, body) = read_sized_answer(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-range: bytes {from}-{to}/{}", blob.len())),
+        "{head}"
+    );
+    assert!(body == blob[from..=to], "the range's bytes");
+
+    let (head, body) = read_sized_answer(&mut s, &mut buf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 404"),
+        "another repository's blob: {head}"
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("BLOB_UNKNOWN"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let (head, body) = read_sized_answer(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body == other, "the other blob's bytes");
+
+    let (head, _) = read_sized_answer(&mut s, &mut buf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET /v2/ by hyper: {head}"
+    );
+    drop(s);
+
+    let sent = (blob.len() + (to - from + 1) + other.len()) as f64;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = blob_bytes_out(&server).await - before;
+        if counted == sent {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "blob bytes out counted {counted}, sent {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
