@@ -13,7 +13,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use sqlx::{Any, Row, Transaction};
+use crate::metadata::WriteTx;
+use sqlx::Row;
 use tokio::sync::watch;
 
 use super::{Engine, Metadata, MetadataResult};
@@ -168,7 +169,7 @@ impl Scopes {
 /// Bumps every scope of `scopes` in the caller's transaction (in byte
 /// order) and, on PostgreSQL, queues the notification sent at commit.
 pub(super) async fn bump(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     engine: Engine,
     scopes: &Scopes,
 ) -> MetadataResult<Vec<Change>> {
@@ -253,7 +254,7 @@ impl Metadata {
     /// validated against [`ChangeFeed::repo_writes`] rely on.
     pub(super) async fn commit_with_changes(
         &self,
-        mut tx: Transaction<'static, Any>,
+        mut tx: WriteTx,
         scopes: &Scopes,
     ) -> MetadataResult<()> {
         let changes = bump(&mut tx, self.engine, scopes).await?;

@@ -36,7 +36,11 @@ impl Metadata {
     pub async fn put_deployments(&self, rows: &[DeploymentRow]) -> MetadataResult<Vec<bool>> {
         let mut tx = self.begin_write().await?;
         let written = put_batch(&mut tx, self.engine, rows).await?;
-        finish(tx, &written).await?;
+        if written.iter().any(|w| *w) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(written)
     }
 }
@@ -59,6 +63,9 @@ impl DeploymentWriter {
             None => self.meta.pool().acquire().await?,
         };
         let written = {
+            // In this process's queue of writers, like every write
+            // transaction (`Metadata::begin_write`).
+            let _gate = self.meta.sqlite_write_gate().await;
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             let written = put_batch(&mut tx, Engine::Sqlite, rows).await?;
             finish(tx, &written).await?;
@@ -82,7 +89,7 @@ async fn finish(tx: Transaction<'_, Any>, written: &[bool]) -> MetadataResult<()
 
 /// The batch's statements in `tx`; per report, whether it is written.
 async fn put_batch(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut sqlx::AnyConnection,
     engine: Engine,
     rows: &[DeploymentRow],
 ) -> MetadataResult<Vec<bool>> {
@@ -94,7 +101,7 @@ async fn put_batch(
         for h in &hosts {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .bind(host_scope(h))
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
     }
@@ -134,7 +141,7 @@ fn placeholder_rows(rows: usize, cols: usize) -> String {
 /// Which of `hosts` are registered, each with its last history position
 /// (0 for none), read in the caller's transaction in one query.
 async fn registered_in(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut sqlx::AnyConnection,
     hosts: &[&str],
 ) -> MetadataResult<HashMap<String, i64>> {
     let mut out = HashMap::with_capacity(hosts.len());
@@ -150,7 +157,7 @@ async fn registered_in(
         for h in chunk {
             q = q.bind(h.to_string());
         }
-        for r in q.fetch_all(&mut **tx).await? {
+        for r in q.fetch_all(&mut *tx).await? {
             out.insert(r.try_get(0)?, r.try_get::<Option<i64>, _>(1)?.unwrap_or(0));
         }
     }
@@ -164,7 +171,7 @@ async fn registered_in(
 /// when its sequence passes a multiple of 16, so it holds at most
 /// [`HISTORY_PER_HOST`] + 16 rows (reads return the newest 100).
 async fn put_deployments_in(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut sqlx::AnyConnection,
     rows: &[DeploymentRow],
     mut next: HashMap<String, i64>,
 ) -> MetadataResult<()> {
@@ -196,7 +203,7 @@ async fn put_deployments_in(
                 .bind(d.attach_point.clone())
                 .bind(d.reported_at);
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut *tx).await?;
     }
     let mut trim: Vec<(String, i64)> = Vec::new();
     let mut entries = Vec::with_capacity(rows.len());
@@ -227,13 +234,13 @@ async fn put_deployments_in(
                 .bind(d.attach_point.clone())
                 .bind(d.reported_at);
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut *tx).await?;
     }
     for (host, below) in trim {
         sqlx::query("DELETE FROM deployment_history WHERE host_id = $1 AND seq <= $2")
             .bind(host)
             .bind(below)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())

@@ -5,7 +5,8 @@
 //! in another repository is another artifact, and a referrer counts only
 //! for the subject in its own repository.
 
-use sqlx::{Any, Row, Transaction};
+use crate::metadata::WriteTx;
+use sqlx::Row;
 
 use super::changes::{host_scope, Scopes, SELECTORS};
 use super::{digest_col, repo_col, unix_now, Metadata, MetadataResult};
@@ -64,7 +65,7 @@ pub struct ArtifactRow {
 }
 
 pub(super) async fn insert(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     repo: &RepoName,
     digest: &Digest,
     row: &DerivedRow,
@@ -170,7 +171,7 @@ pub(super) async fn insert(
 
 /// Sets the facet rows of one artifact.
 pub(super) async fn replace_facets(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     repo: &str,
     digest: &str,
     facets: &[(String, String)],
@@ -196,7 +197,7 @@ pub(super) async fn replace_facets(
 }
 
 pub(super) async fn delete(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     repo: &str,
     digest: &str,
     scopes: &mut Scopes,

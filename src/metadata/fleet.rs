@@ -5,7 +5,8 @@
 //! associations themselves are derived from referrer manifests (see
 //! `derived`), so they mirror with the artifact.
 
-use sqlx::{Row, Transaction};
+use crate::metadata::WriteTx;
+use sqlx::Row;
 
 use super::changes::{host_scope, repo_scope, Scopes};
 use super::{unix_now, Metadata, MetadataResult};
@@ -569,7 +570,7 @@ impl Metadata {
 /// The moves of a channel not undone, newest first: the stack a rollback
 /// pops (seq, version, digest).
 async fn live_moves(
-    tx: &mut Transaction<'static, sqlx::Any>,
+    tx: &mut WriteTx,
     repo: &str,
     channel: &str,
 ) -> MetadataResult<Vec<(i64, String, String)>> {

@@ -1,8 +1,9 @@
 //! Queries of the OCI metadata: repositories, manifests (with their media
 //! type and referrer descriptor), tags, blob links, references.
 
+use crate::metadata::WriteTx;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 use super::changes::{repo_scope, Scopes};
 use super::derived::{self, DerivedRow};
@@ -77,10 +78,7 @@ fn manifest_row(r: &AnyRow) -> MetadataResult<ManifestRow> {
 }
 
 /// Creates the repository row if it is missing.
-pub(super) async fn ensure_repo(
-    tx: &mut Transaction<'static, Any>,
-    repo: &RepoName,
-) -> MetadataResult<()> {
+pub(super) async fn ensure_repo(tx: &mut WriteTx, repo: &RepoName) -> MetadataResult<()> {
     sqlx::query(
         "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
     )
@@ -189,7 +187,7 @@ impl Metadata {
 
 /// One manifest's rows, in the caller's transaction.
 async fn put_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     put: &ManifestPut,
     outbox: Option<&outbox::OutboxSettings>,
     scopes: &mut Scopes,

@@ -98,6 +98,43 @@ pub struct Metadata {
     changes: std::sync::Arc<ChangeFeed>,
     /// PostgreSQL: the URL the change listener connects with.
     url: Option<String>,
+    /// SQLite: the one write transaction at a time, queued in this
+    /// process (first come, first served) instead of in SQLite's busy
+    /// handler, which sleeps 1, 2, 5 ... 100 ms between tries and so made
+    /// the tail of concurrent creates (see [`WriteTx`]).
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction, holding on SQLite this process's write gate until
+/// it commits, rolls back or drops (the transaction first: a rollback on
+/// drop runs before the next writer begins).
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+// The connection, as a `Transaction` derefs to it: `&mut *tx` executes.
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// Upload requests of one process that may hold a session lease at once
@@ -173,6 +210,7 @@ impl Metadata {
             outbox: None,
             changes: std::sync::Arc::new(ChangeFeed::default()),
             url: (engine == Engine::Postgres).then(|| url.clone()),
+            write_gate: std::sync::Arc::default(),
         };
         schema::apply(&m).await?;
         Ok(m)
@@ -200,26 +238,36 @@ impl Metadata {
     /// that both read first); on PostgreSQL every write transaction holds
     /// the collector's lock shared, so a deletion batch never runs between
     /// a write's reference checks and its commit.
-    pub(crate) async fn begin_write(&self) -> MetadataResult<Transaction<'static, Any>> {
+    pub(crate) async fn begin_write(&self) -> MetadataResult<WriteTx> {
         match self.engine {
-            Engine::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Engine::Sqlite => {
+                let gate = self.sqlite_write_gate().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx { tx, _gate: gate })
+            }
             Engine::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
                     .bind(locks::GC)
                     .execute(&mut *tx)
                     .await?;
-                Ok(tx)
+                Ok(WriteTx { tx, _gate: None })
             }
+        }
+    }
+
+    /// SQLite: this process's turn to write (held until the transaction
+    /// ends); `None` on PostgreSQL, whose writers lock rows, not the file.
+    pub(crate) async fn sqlite_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.engine {
+            Engine::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Engine::Postgres => None,
         }
     }
 
     /// A write transaction that also serializes with every other write of
     /// `repo` (tag writes against deletes by digest).
-    pub(crate) async fn begin_repo_write(
-        &self,
-        repo: &str,
-    ) -> MetadataResult<Transaction<'static, Any>> {
+    pub(crate) async fn begin_repo_write(&self, repo: &str) -> MetadataResult<WriteTx> {
         let mut tx = self.begin_write().await?;
         if self.engine == Engine::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -232,16 +280,20 @@ impl Metadata {
 
     /// The collector's exclusive section for one batch of deletions: no
     /// reference-making write is between its checks and its commit.
-    pub(crate) async fn begin_gc_batch(&self) -> MetadataResult<Transaction<'static, Any>> {
+    pub(crate) async fn begin_gc_batch(&self) -> MetadataResult<WriteTx> {
         match self.engine {
-            Engine::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Engine::Sqlite => {
+                let gate = self.sqlite_write_gate().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx { tx, _gate: gate })
+            }
             Engine::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(locks::GC)
                     .execute(&mut *tx)
                     .await?;
-                Ok(tx)
+                Ok(WriteTx { tx, _gate: None })
             }
         }
     }
@@ -261,4 +313,56 @@ pub(crate) fn digest_col(s: &str) -> MetadataResult<crate::oci::Digest> {
 /// A repository column back into a name.
 pub(crate) fn repo_col(s: &str) -> MetadataResult<crate::oci::RepoName> {
     crate::oci::RepoName::parse(s).map_err(|_| MetadataError::Corrupt(format!("repository {s:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// SQLite write transactions begin in the order they were asked for:
+    /// four writers queue behind one that holds the write lock, each
+    /// polled once (so it is waiting) before the next is made; when the
+    /// first commits, they begin, write and commit in that order, none
+    /// failing busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_writers_begin_first_come_first_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open_in_dir(dir.path()).await.unwrap();
+        sqlx::query("CREATE TABLE gate_order (n INTEGER NOT NULL)")
+            .execute(meta.pool())
+            .await
+            .unwrap();
+        let first = meta.begin_write().await.unwrap();
+        let began = Arc::new(Mutex::new(Vec::new()));
+        let mut writers = Vec::new();
+        for n in 1..=4i64 {
+            let (m, began) = (meta.clone(), began.clone());
+            let mut writer = Box::pin(async move {
+                let mut tx = m.begin_write().await?;
+                began.lock().unwrap().push(n);
+                sqlx::query("INSERT INTO gate_order (n) VALUES ($1)")
+                    .bind(n)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                MetadataResult::Ok(())
+            });
+            assert!(
+                futures_util::poll!(writer.as_mut()).is_pending(),
+                "writer {n} began while another held the write lock"
+            );
+            writers.push(tokio::spawn(writer));
+        }
+        first.commit().await.unwrap();
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(*began.lock().unwrap(), vec![1, 2, 3, 4]);
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM gate_order ORDER BY rowid")
+            .fetch_all(meta.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![1, 2, 3, 4]);
+    }
 }

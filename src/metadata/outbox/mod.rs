@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
+use crate::metadata::WriteTx;
 use serde_json::{json, Value};
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 mod deliveries;
 
@@ -157,7 +158,7 @@ fn now_rfc3339() -> String {
 }
 
 async fn exists(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     sql: &'static str,
     repo: &str,
     key: &str,
@@ -174,7 +175,7 @@ async fn exists(
 /// after its checks passed, before its rows are written: what is new is
 /// what the store does not hold yet).
 pub(super) async fn record_put(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     settings: &OutboxSettings,
     put: &ManifestPut,
 ) -> MetadataResult<()> {
@@ -266,7 +267,7 @@ pub(super) async fn record_put(
 }
 
 async fn tag_target(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     repo: &str,
     tag: impl std::fmt::Display,
 ) -> MetadataResult<Option<String>> {
@@ -281,7 +282,7 @@ async fn tag_target(
 /// Writes the events of deleting the manifest `digest` of `repo` in `tx`
 /// (called once its link is gone, before its tags and derived rows go).
 pub(super) async fn record_delete(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     settings: &OutboxSettings,
     repo: &RepoName,
     digest: &Digest,
@@ -342,7 +343,7 @@ pub(super) async fn record_delete(
 /// Writes the event of deleting `tag` of `repo` in `tx`, if it exists
 /// (called before it is deleted).
 pub(super) async fn record_tag_delete(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     settings: &OutboxSettings,
     repo: &RepoName,
     tag: &Tag,
@@ -374,7 +375,7 @@ pub(super) struct ChannelMoveEvent<'a> {
 /// written: `channel.moved`, and `tag.moved` when the tag changes (the
 /// channel is the OCI tag of that name).
 pub(super) async fn record_channel_move(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     settings: &OutboxSettings,
     m: &ChannelMoveEvent<'_>,
 ) -> MetadataResult<()> {
@@ -404,7 +405,7 @@ pub(super) async fn record_channel_move(
 /// Inserts the events and their delivery rows; each gets its id here,
 /// once.
 async fn write(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     settings: &OutboxSettings,
     repo: impl std::fmt::Display,
     events: Vec<NewEvent>,
