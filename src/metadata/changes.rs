@@ -169,7 +169,7 @@ impl Scopes {
 /// Bumps every scope of `scopes` in the caller's transaction (in byte
 /// order) and, on PostgreSQL, queues the notification sent at commit.
 pub(super) async fn bump(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     engine: Engine,
     scopes: &Scopes,
 ) -> MetadataResult<Vec<Change>> {
@@ -254,7 +254,7 @@ impl Metadata {
     /// validated against [`ChangeFeed::repo_writes`] rely on.
     pub(super) async fn commit_with_changes(
         &self,
-        mut tx: WriteTx,
+        mut tx: WriteTx<'static>,
         scopes: &Scopes,
     ) -> MetadataResult<()> {
         let changes = bump(&mut tx, self.engine, scopes).await?;

@@ -8,11 +8,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, Connection, Row, Transaction};
+use sqlx::{Any, Row};
 
 use super::changes::host_scope;
 use super::fleet::{DeploymentRow, HISTORY_PER_HOST};
-use super::{Engine, Metadata, MetadataResult};
+use super::{Engine, Metadata, MetadataResult, WriteTx};
 
 /// Writes batches of reports; see [`DeploymentWriter::put`].
 pub struct DeploymentWriter {
@@ -36,11 +36,7 @@ impl Metadata {
     pub async fn put_deployments(&self, rows: &[DeploymentRow]) -> MetadataResult<Vec<bool>> {
         let mut tx = self.begin_write().await?;
         let written = put_batch(&mut tx, self.engine, rows).await?;
-        if written.iter().any(|w| *w) {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
+        finish(tx, &written).await?;
         Ok(written)
     }
 }
@@ -63,10 +59,7 @@ impl DeploymentWriter {
             None => self.meta.pool().acquire().await?,
         };
         let written = {
-            // In this process's queue of writers, like every write
-            // transaction (`Metadata::begin_write`).
-            let _gate = self.meta.sqlite_write_gate().await;
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.meta.begin_sqlite_write_on(&mut conn).await?;
             let written = put_batch(&mut tx, Engine::Sqlite, rows).await?;
             finish(tx, &written).await?;
             written
@@ -78,7 +71,7 @@ impl DeploymentWriter {
 }
 
 /// Commits a batch's transaction, or rolls it back when it wrote nothing.
-async fn finish(tx: Transaction<'_, Any>, written: &[bool]) -> MetadataResult<()> {
+async fn finish(tx: WriteTx<'_>, written: &[bool]) -> MetadataResult<()> {
     if written.iter().any(|w| *w) {
         tx.commit().await?;
     } else {

@@ -65,7 +65,7 @@ pub struct ArtifactRow {
 }
 
 pub(super) async fn insert(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     repo: &RepoName,
     digest: &Digest,
     row: &DerivedRow,
@@ -171,7 +171,7 @@ pub(super) async fn insert(
 
 /// Sets the facet rows of one artifact.
 pub(super) async fn replace_facets(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     repo: &str,
     digest: &str,
     facets: &[(String, String)],
@@ -197,7 +197,7 @@ pub(super) async fn replace_facets(
 }
 
 pub(super) async fn delete(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     repo: &str,
     digest: &str,
     scopes: &mut Scopes,

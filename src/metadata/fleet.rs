@@ -570,7 +570,7 @@ impl Metadata {
 /// The moves of a channel not undone, newest first: the stack a rollback
 /// pops (seq, version, digest).
 async fn live_moves(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     repo: &str,
     channel: &str,
 ) -> MetadataResult<Vec<(i64, String, String)>> {

@@ -78,7 +78,7 @@ fn manifest_row(r: &AnyRow) -> MetadataResult<ManifestRow> {
 }
 
 /// Creates the repository row if it is missing.
-pub(super) async fn ensure_repo(tx: &mut WriteTx, repo: &RepoName) -> MetadataResult<()> {
+pub(super) async fn ensure_repo(tx: &mut WriteTx<'_>, repo: &RepoName) -> MetadataResult<()> {
     sqlx::query(
         "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
     )
@@ -187,7 +187,7 @@ impl Metadata {
 
 /// One manifest's rows, in the caller's transaction.
 async fn put_in(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     put: &ManifestPut,
     outbox: Option<&outbox::OutboxSettings>,
     scopes: &mut Scopes,

@@ -107,13 +107,15 @@ pub struct Metadata {
 
 /// A write transaction, holding on SQLite this process's write gate until
 /// it commits, rolls back or drops (the transaction first: a rollback on
-/// drop runs before the next writer begins).
-pub(crate) struct WriteTx {
-    tx: Transaction<'static, Any>,
+/// drop runs before the next writer begins). `'c` is the connection's
+/// borrow: `'static` for one of the pool, shorter for a kept connection
+/// ([`Metadata::begin_sqlite_write_on`]).
+pub(crate) struct WriteTx<'c> {
+    tx: Transaction<'c, Any>,
     _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl WriteTx {
+impl WriteTx<'_> {
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
@@ -124,14 +126,14 @@ impl WriteTx {
 }
 
 // The connection, as a `Transaction` derefs to it: `&mut *tx` executes.
-impl std::ops::Deref for WriteTx {
+impl std::ops::Deref for WriteTx<'_> {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
         &self.tx
     }
 }
 
-impl std::ops::DerefMut for WriteTx {
+impl std::ops::DerefMut for WriteTx<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.tx
     }
@@ -238,7 +240,15 @@ impl Metadata {
     /// that both read first); on PostgreSQL every write transaction holds
     /// the collector's lock shared, so a deletion batch never runs between
     /// a write's reference checks and its commit.
-    pub(crate) async fn begin_write(&self) -> MetadataResult<WriteTx> {
+    pub(crate) async fn begin_write(&self) -> MetadataResult<WriteTx<'static>> {
+        self.begin_locked("SELECT pg_advisory_xact_lock_shared($1)")
+            .await
+    }
+
+    /// A write transaction from the pool: on SQLite in this process's
+    /// queue of writers (`BEGIN IMMEDIATE` once its turn comes), on
+    /// PostgreSQL holding the collector's lock by `lock_sql`.
+    async fn begin_locked(&self, lock_sql: &'static str) -> MetadataResult<WriteTx<'static>> {
         match self.engine {
             Engine::Sqlite => {
                 let gate = self.sqlite_write_gate().await;
@@ -247,7 +257,7 @@ impl Metadata {
             }
             Engine::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+                sqlx::query(lock_sql)
                     .bind(locks::GC)
                     .execute(&mut *tx)
                     .await?;
@@ -256,9 +266,21 @@ impl Metadata {
         }
     }
 
+    /// A SQLite write transaction on a connection the caller keeps (the
+    /// fleet's report batches), in the same queue of writers as
+    /// [`Metadata::begin_write`].
+    pub(crate) async fn begin_sqlite_write_on<'c>(
+        &self,
+        conn: &'c mut sqlx::AnyConnection,
+    ) -> MetadataResult<WriteTx<'c>> {
+        let gate = self.sqlite_write_gate().await;
+        let tx = sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
     /// SQLite: this process's turn to write (held until the transaction
     /// ends); `None` on PostgreSQL, whose writers lock rows, not the file.
-    pub(crate) async fn sqlite_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    async fn sqlite_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         match self.engine {
             Engine::Sqlite => Some(self.write_gate.clone().lock_owned().await),
             Engine::Postgres => None,
@@ -267,7 +289,7 @@ impl Metadata {
 
     /// A write transaction that also serializes with every other write of
     /// `repo` (tag writes against deletes by digest).
-    pub(crate) async fn begin_repo_write(&self, repo: &str) -> MetadataResult<WriteTx> {
+    pub(crate) async fn begin_repo_write(&self, repo: &str) -> MetadataResult<WriteTx<'static>> {
         let mut tx = self.begin_write().await?;
         if self.engine == Engine::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -280,22 +302,8 @@ impl Metadata {
 
     /// The collector's exclusive section for one batch of deletions: no
     /// reference-making write is between its checks and its commit.
-    pub(crate) async fn begin_gc_batch(&self) -> MetadataResult<WriteTx> {
-        match self.engine {
-            Engine::Sqlite => {
-                let gate = self.sqlite_write_gate().await;
-                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTx { tx, _gate: gate })
-            }
-            Engine::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(locks::GC)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(WriteTx { tx, _gate: None })
-            }
-        }
+    pub(crate) async fn begin_gc_batch(&self) -> MetadataResult<WriteTx<'static>> {
+        self.begin_locked("SELECT pg_advisory_xact_lock($1)").await
     }
 
     /// Whether the store answers (for `/healthz`).

@@ -158,7 +158,7 @@ fn now_rfc3339() -> String {
 }
 
 async fn exists(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     sql: &'static str,
     repo: &str,
     key: &str,
@@ -175,7 +175,7 @@ async fn exists(
 /// after its checks passed, before its rows are written: what is new is
 /// what the store does not hold yet).
 pub(super) async fn record_put(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     settings: &OutboxSettings,
     put: &ManifestPut,
 ) -> MetadataResult<()> {
@@ -267,7 +267,7 @@ pub(super) async fn record_put(
 }
 
 async fn tag_target(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     repo: &str,
     tag: impl std::fmt::Display,
 ) -> MetadataResult<Option<String>> {
@@ -282,7 +282,7 @@ async fn tag_target(
 /// Writes the events of deleting the manifest `digest` of `repo` in `tx`
 /// (called once its link is gone, before its tags and derived rows go).
 pub(super) async fn record_delete(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     settings: &OutboxSettings,
     repo: &RepoName,
     digest: &Digest,
@@ -343,7 +343,7 @@ pub(super) async fn record_delete(
 /// Writes the event of deleting `tag` of `repo` in `tx`, if it exists
 /// (called before it is deleted).
 pub(super) async fn record_tag_delete(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     settings: &OutboxSettings,
     repo: &RepoName,
     tag: &Tag,
@@ -375,7 +375,7 @@ pub(super) struct ChannelMoveEvent<'a> {
 /// written: `channel.moved`, and `tag.moved` when the tag changes (the
 /// channel is the OCI tag of that name).
 pub(super) async fn record_channel_move(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     settings: &OutboxSettings,
     m: &ChannelMoveEvent<'_>,
 ) -> MetadataResult<()> {
@@ -405,7 +405,7 @@ pub(super) async fn record_channel_move(
 /// Inserts the events and their delivery rows; each gets its id here,
 /// once.
 async fn write(
-    tx: &mut WriteTx,
+    tx: &mut WriteTx<'_>,
     settings: &OutboxSettings,
     repo: impl std::fmt::Display,
     events: Vec<NewEvent>,
