@@ -147,21 +147,20 @@ suite!(
     probe_writable_succeeds,
     remove_stale_temps_takes_only_old_temp_objects,
     large_object_streams_with_bounded_memory,
+    announced_append_stores_exactly_its_bytes_and_refuses_other_lengths,
 );
 
-/// A chunked upload in parts of at least 5 MiB (but the last) becomes its
-/// blob by copies inside the store (S3 `UploadPartCopy`), not by reading
-/// its bytes back: the bytes are exact and the join was done in the store.
-/// Parts under 5 MiB are joined by reading (the other S3 cases).
-#[test]
-fn s3_large_parts_are_joined_inside_the_store() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// The S3 backend on a fresh random prefix of `BPF_TEST_S3_URL`'s bucket;
+/// `None` (a skip) without it, except under `CI=true`.
+fn s3_backend(case: &str) -> Option<Arc<S3Backend>> {
     let Ok(url) = std::env::var("BPF_TEST_S3_URL") else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("BPF_TEST_S3_URL is unset under CI=true (run conformance/blob_backends.sh)");
+            panic!(
+                "{case}: BPF_TEST_S3_URL is unset under CI=true (run conformance/blob_backends.sh)"
+            );
         }
-        eprintln!("SKIP s3_large_parts_are_joined_inside_the_store: BPF_TEST_S3_URL is unset");
-        return;
+        eprintln!("SKIP {case}: BPF_TEST_S3_URL is unset");
+        return None;
     };
     let (location, query) = url.split_once('?').unwrap_or((&url, ""));
     let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
@@ -170,7 +169,19 @@ fn s3_large_parts_are_joined_inside_the_store() {
         panic!("not an s3 URL: {url}");
     };
     let credentials = S3Credentials::from_env().unwrap();
-    let s3 = Arc::new(S3Backend::open(&location, &credentials).unwrap());
+    Some(Arc::new(S3Backend::open(&location, &credentials).unwrap()))
+}
+
+/// A chunked upload in parts of at least 5 MiB (but the last) becomes its
+/// blob by copies inside the store (S3 `UploadPartCopy`), not by reading
+/// its bytes back: the bytes are exact and the join was done in the store.
+/// Parts under 5 MiB are joined by reading (the other S3 cases).
+#[test]
+fn s3_large_parts_are_joined_inside_the_store() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(s3) = s3_backend("s3_large_parts_are_joined_inside_the_store") else {
+        return;
+    };
     let b: Arc<dyn Backend> = s3.clone();
     let mib = 1024 * 1024;
     let sessions = [
@@ -210,6 +221,37 @@ fn s3_large_parts_are_joined_inside_the_store() {
     assert!(read_all(&b, &blob, 0).unwrap().0 == whole);
 }
 
+/// A part whose length was announced is sent while it is written (one
+/// streamed PUT). A writer dropped before its sync, after it was given
+/// every announced byte, must still store nothing: the store never
+/// completes that PUT, so no part appears beside the acknowledged ones,
+/// not even later.
+#[test]
+fn s3_an_announced_part_dropped_unsynced_is_never_stored() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(s3) = s3_backend("s3_an_announced_part_dropped_unsynced_is_never_stored") else {
+        return;
+    };
+    let b: Arc<dyn Backend> = s3;
+    let data = paths::upload_data(&UploadId::new_random());
+    let acked = bytes(60, 100_000);
+    announced_append(&b, &data, 0, &acked);
+    for len in [1usize, 70_000, 3 * 1024 * 1024] {
+        let mut w = b.open_append(&data, acked.len() as u64).unwrap();
+        w.announce_len(len as u64);
+        for c in bytes(61, len).chunks(16 * 1024) {
+            w.write_all(c).unwrap();
+        }
+        // However long the writer waits before it is dropped.
+        std::thread::sleep(Duration::from_millis(500));
+        drop(w);
+    }
+    // Time for a PUT that was (wrongly) completed to land.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.size(&data).unwrap(), Some(acked.len() as u64));
+    assert!(read_all(&b, &data, 0).unwrap().0 == acked);
+}
+
 // --- fixtures ---------------------------------------------------------------
 
 /// Deterministic pseudo-random bytes (xorshift).
@@ -246,6 +288,17 @@ fn read_all(b: &Arc<dyn Backend>, p: &StorePath, offset: u64) -> Option<(Vec<u8>
 fn append(b: &Arc<dyn Backend>, p: &StorePath, offset: u64, chunks: &[&[u8]]) {
     let mut w = b.open_append(p, offset).unwrap();
     for c in chunks {
+        w.write_all(c).unwrap();
+    }
+    w.sync().unwrap();
+}
+
+/// Appends `bytes` as one writer session starting at `offset`, its length
+/// announced first (as a request with a `Content-Length`), synced.
+fn announced_append(b: &Arc<dyn Backend>, p: &StorePath, offset: u64, bytes: &[u8]) {
+    let mut w = b.open_append(p, offset).unwrap();
+    w.announce_len(bytes.len() as u64);
+    for c in bytes.chunks(64 * 1024) {
         w.write_all(c).unwrap();
     }
     w.sync().unwrap();
@@ -369,6 +422,35 @@ mod cases {
         }
         append(b, &data, 3, &[b"d"]);
         assert_eq!(b.read_small(&data, 100).unwrap().unwrap(), b"abcd");
+    }
+
+    pub fn announced_append_stores_exactly_its_bytes_and_refuses_other_lengths(
+        b: &Arc<dyn Backend>,
+    ) {
+        let data = paths::upload_data(&UploadId::new_random());
+        let first = bytes(50, 300_000);
+        announced_append(b, &data, 0, &first);
+        assert!(read_all(b, &data, 0).unwrap().0 == first);
+        let at = first.len() as u64;
+        // Fewer bytes than announced: the sync fails and stores nothing.
+        let mut w = b.open_append(&data, at).unwrap();
+        w.announce_len(10);
+        w.write_all(b"short").unwrap();
+        assert!(w.sync().is_err(), "a sync short of the announced length");
+        drop(w);
+        // More: the write that passes the announced length fails.
+        let mut w = b.open_append(&data, at).unwrap();
+        w.announce_len(3);
+        assert!(w.write_all(b"too long").is_err(), "more than announced");
+        drop(w);
+        // Neither left a byte behind the acknowledged ones; the next
+        // session (announced, and larger than one S3 chunk: a multipart
+        // upload) appends right after them.
+        let second = bytes(51, 9 * 1024 * 1024);
+        announced_append(b, &data, at, &second);
+        let (got, len) = read_all(b, &data, 0).unwrap();
+        assert_eq!(len, at + second.len() as u64);
+        assert!(got == [first, second].concat());
     }
 
     pub fn empty_synced_append_is_an_empty_object(b: &Arc<dyn Backend>) {

@@ -55,12 +55,20 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// A request's body as a stream, with its length when the transport
+/// enforces one (`Content-Length`).
 fn body_stream(
     req: Request,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin + Send {
-    req.into_body()
+) -> (
+    Option<u64>,
+    impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin + Send,
+) {
+    let len = http_body::Body::size_hint(req.body()).exact();
+    let stream = req
+        .into_body()
         .into_data_stream()
-        .map_err(std::io::Error::other)
+        .map_err(std::io::Error::other);
+    (len, stream)
 }
 
 /// Where an upload session is: its `Location`.
@@ -320,8 +328,8 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 }
             }
             if let Some(digest) = digest {
-                let stream = body_stream(req);
-                let d = reg.upload_monolithic(&name, &digest, stream).await?;
+                let (len, stream) = body_stream(req);
+                let d = reg.upload_monolithic(&name, &digest, len, stream).await?;
                 return Ok(blob_created(&name, &d));
             }
             let owner = super::auth::Caller::principal_of(&req);
@@ -343,19 +351,19 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Result<Res
                 Some((a, b)) => (Some(a), b.checked_sub(a).and_then(|d| d.checked_add(1))),
                 None => (None, None),
             };
-            let stream = body_stream(req);
+            let (len, stream) = body_stream(req);
             // A chunk out of order is a 416 saying where the upload is.
             let status = reg
-                .append_chunk(&name, &id, start, expected, stream)
+                .append_chunk(&name, &id, start, expected, len, stream)
                 .await
                 .map_err(|e| OciError::of_upload(e, upload_location(&name, &id)))?;
             Ok(upload_accepted(&reg, &name, &status, StatusCode::ACCEPTED))
         }
         Endpoint::PutUpload { name, id, digest } => {
             let range = parse_content_range(req.headers())?;
-            let stream = body_stream(req);
+            let (len, stream) = body_stream(req);
             let d = reg
-                .finish_upload(&name, &id, &digest, range, stream)
+                .finish_upload(&name, &id, &digest, range, len, stream)
                 .await
                 .map_err(|e| OciError::of_upload(e, upload_location(&name, &id)))?;
             Ok(blob_created(&name, &d))

@@ -521,7 +521,7 @@ mod tests {
         let d = Digest::of(data);
         let body =
             futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-        reg.upload_monolithic(repo, &d, body).await.unwrap();
+        reg.upload_monolithic(repo, &d, None, body).await.unwrap();
         json!({"mediaType": "application/octet-stream", "digest": d, "size": data.len()})
     }
 

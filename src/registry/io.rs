@@ -100,10 +100,13 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// Copies a body stream into `writer`, feeding `hasher` with the same
-/// bytes, and syncs. Fails with `BodyTooLarge` past `max` bytes.
+/// bytes, and syncs. `body_len` is the body's length when the transport
+/// knows it (`Content-Length`), told to the writer first. Fails with
+/// `BodyTooLarge` past `max` bytes.
 pub async fn pump<S>(
     mut body: S,
-    writer: Box<dyn AppendWriter>,
+    body_len: Option<u64>,
+    mut writer: Box<dyn AppendWriter>,
     hasher: Sha256Hasher,
     max: u64,
 ) -> RegistryResult<Pumped>
@@ -111,6 +114,9 @@ where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
 {
     let t0 = Instant::now();
+    if let Some(len) = body_len.filter(|len| *len <= max) {
+        writer.announce_len(len);
+    }
     // Hashing and writing run on two blocking threads fed the same blocks
     // (a `Bytes` clone is a reference count), so a push costs the slower of
     // the two, not their sum.

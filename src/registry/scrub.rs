@@ -407,7 +407,7 @@ mod tests {
             let body = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
                 Bytes::copy_from_slice(data),
             )]);
-            reg.upload_monolithic(repo, &d, body).await.unwrap();
+            reg.upload_monolithic(repo, &d, None, body).await.unwrap();
             descs.push(
                 json!({"mediaType": "application/octet-stream", "digest": d, "size": data.len()}),
             );
@@ -475,7 +475,9 @@ mod tests {
         let body = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(
             b"precious layer bytes",
         ))]);
-        reg.upload_monolithic(&repo, &layer, body).await.unwrap();
+        reg.upload_monolithic(&repo, &layer, None, body)
+            .await
+            .unwrap();
         assert!(reg.scrub(false).await.unwrap().is_clean());
     }
 

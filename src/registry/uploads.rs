@@ -59,6 +59,13 @@ pub struct UploadStatus {
     pub offset: u64,
 }
 
+/// A chunk whose body did not carry the bytes its `Content-Range` named.
+fn chunk_size_invalid(announced: u64, carried: u64) -> RegistryError {
+    RegistryError::SizeInvalid(format!(
+        "chunk announced {announced} bytes but carried {carried}"
+    ))
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -287,14 +294,17 @@ impl Registry {
     }
 
     /// Appends a chunk (`PATCH`). `start` is the Content-Range start when the
-    /// client sent one; `expected_len` the length it announced. A chunk that
-    /// does not start at the current offset changes nothing.
+    /// client sent one; `expected_len` the length it announced there;
+    /// `body_len` the body's own length (`Content-Length`), which the
+    /// transport enforces. A chunk that does not start at the current
+    /// offset, or whose two lengths differ, changes nothing.
     pub async fn append_chunk<S>(
         &self,
         repo: &RepoName,
         id: &UploadId,
         start: Option<u64>,
         expected_len: Option<u64>,
+        body_len: Option<u64>,
         body: S,
     ) -> RegistryResult<UploadStatus>
     where
@@ -311,7 +321,7 @@ impl Registry {
                 });
             }
         }
-        self.append_locked(id, session, expected_len, body, began)
+        self.append_locked(id, session, expected_len, body_len, body, began)
             .await?;
         Ok(UploadStatus {
             id: id.clone(),
@@ -326,12 +336,18 @@ impl Registry {
         id: &UploadId,
         session: &mut Session,
         expected_len: Option<u64>,
+        body_len: Option<u64>,
         body: S,
         began: Instant,
     ) -> RegistryResult<()>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        if let (Some(want), Some(carried)) = (expected_len, body_len) {
+            if want != carried {
+                return Err(chunk_size_invalid(want, carried));
+            }
+        }
         let opened = began.elapsed();
         let b = self.backend.clone();
         let data = paths::upload_data(id);
@@ -343,13 +359,10 @@ impl Registry {
         // Without a running hash the bytes are re-hashed from disk at the end.
         let had_hasher = session.hasher.is_some();
         let hasher = session.hasher.take().unwrap_or_default();
-        let pumped = pump(body, writer, hasher, NO_CAP).await?;
+        let pumped = pump(body, body_len, writer, hasher, NO_CAP).await?;
         if let Some(want) = expected_len {
             if want != pumped.written {
-                return Err(RegistryError::SizeInvalid(format!(
-                    "chunk announced {want} bytes but carried {}",
-                    pumped.written
-                )));
+                return Err(chunk_size_invalid(want, pumped.written));
             }
         }
         let new_offset = offset.saturating_add(pumped.written);
@@ -388,6 +401,7 @@ impl Registry {
         id: &UploadId,
         digest: &Digest,
         range: Option<(u64, u64)>,
+        body_len: Option<u64>,
         body: S,
     ) -> RegistryResult<Digest>
     where
@@ -405,7 +419,7 @@ impl Registry {
             }
         }
         let expected_len = range.and_then(|(a, b)| b.checked_sub(a).and_then(|d| d.checked_add(1)));
-        self.append_locked(id, session, expected_len, body, began)
+        self.append_locked(id, session, expected_len, body_len, body, began)
             .await?;
         let appended = began.elapsed();
         let actual = self.uploaded_digest(id, session).await;
@@ -525,12 +539,14 @@ impl Registry {
         Ok(digest.clone())
     }
 
-    /// Monolithic upload (`POST ...?digest=` with the whole blob as body).
-    /// No session is recorded: its folder has no state file.
+    /// Monolithic upload (`POST ...?digest=` with the whole blob as body,
+    /// `body_len` its `Content-Length` if sent). No session is recorded:
+    /// its folder has no state file.
     pub async fn upload_monolithic<S>(
         &self,
         repo: &RepoName,
         digest: &Digest,
+        body_len: Option<u64>,
         body: S,
     ) -> RegistryResult<Digest>
     where
@@ -549,7 +565,7 @@ impl Registry {
         let data = paths::upload_data(&id);
         let result = async {
             let writer = blocking(move || b.open_append(&data, 0).map_err(Into::into)).await?;
-            let pumped = pump(body, writer, Sha256Hasher::new(), NO_CAP).await?;
+            let pumped = pump(body, body_len, writer, Sha256Hasher::new(), NO_CAP).await?;
             session.offset = pumped.written;
             session.hasher = Some(pumped.hasher);
             self.commit_session(repo, &id, &mut session, digest).await
@@ -680,7 +696,7 @@ mod tests {
             let kept = reg.start_upload(&repo, &p).await.unwrap();
             let done = reg.start_upload(&repo, &p).await.unwrap();
             let d = Digest::of(b"x");
-            reg.finish_upload(&repo, &done.id, &d, None, body(b"x"))
+            reg.finish_upload(&repo, &done.id, &d, None, None, body(b"x"))
                 .await
                 .unwrap();
             (kept, done)
@@ -733,7 +749,7 @@ mod tests {
         let put = {
             let (reg, repo, id, d) = (reg.clone(), repo.clone(), s.id.clone(), d.clone());
             tokio::spawn(async move {
-                reg.finish_upload(&repo, &id, &d, None, Box::pin(put_body))
+                reg.finish_upload(&repo, &id, &d, None, None, Box::pin(put_body))
                     .await
             })
         };
@@ -741,7 +757,7 @@ mod tests {
         let patch = {
             let (reg, repo, id) = (reg.clone(), repo.clone(), s.id.clone());
             tokio::spawn(async move {
-                reg.append_chunk(&repo, &id, None, None, body(b"late"))
+                reg.append_chunk(&repo, &id, None, None, None, body(b"late"))
                     .await
             })
         };
@@ -764,20 +780,30 @@ mod tests {
             .start_upload(&repo, &Principal::user("p"))
             .await
             .unwrap();
-        reg.append_chunk(&repo, &s.id, Some(0), None, body(b"abc"))
+        reg.append_chunk(&repo, &s.id, Some(0), None, None, body(b"abc"))
             .await
             .unwrap();
         let e = reg
-            .append_chunk(&repo, &s.id, Some(3), Some(10), body(b"XYZW"))
+            .append_chunk(&repo, &s.id, Some(3), Some(10), None, body(b"XYZW"))
             .await
             .unwrap_err();
         assert!(matches!(e, RegistryError::SizeInvalid(_)), "{e}");
         assert_eq!(reg.upload_status(&repo, &s.id).await.unwrap().offset, 3);
-        reg.append_chunk(&repo, &s.id, Some(3), None, body(b"def"))
+        // A Content-Length that differs from the Content-Range is refused
+        // before a byte is written (and whatever the body then holds).
+        let e = reg
+            .append_chunk(&repo, &s.id, Some(3), Some(3), Some(4), body(b"XYZW"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::SizeInvalid(_)), "{e}");
+        assert_eq!(reg.upload_status(&repo, &s.id).await.unwrap().offset, 3);
+        reg.append_chunk(&repo, &s.id, Some(3), Some(3), Some(3), body(b"def"))
             .await
             .unwrap();
         let d = Digest::of(b"abcdef");
-        let got = reg.finish_upload(&repo, &s.id, &d, None, body(b"")).await;
+        let got = reg
+            .finish_upload(&repo, &s.id, &d, None, None, body(b""))
+            .await;
         assert_eq!(got.unwrap(), d);
     }
 
@@ -850,13 +876,16 @@ mod tests {
             .start_upload(&repo, &Principal::user("p"))
             .await
             .unwrap();
-        reg.append_chunk(&repo, &s.id, Some(0), None, body(b"first"))
+        reg.append_chunk(&repo, &s.id, Some(0), None, None, body(b"first"))
             .await
             .unwrap();
         let d = Digest::of(b"first");
         let put = {
             let (reg, repo, id, d) = (reg.clone(), repo.clone(), s.id.clone(), d.clone());
-            tokio::spawn(async move { reg.finish_upload(&repo, &id, &d, None, body(b"")).await })
+            tokio::spawn(async move {
+                reg.finish_upload(&repo, &id, &d, None, None, body(b""))
+                    .await
+            })
         };
         // The bytes moved to the blob; the replica serving the PUT dies.
         moved_rx.await.unwrap();
@@ -867,7 +896,7 @@ mod tests {
         // its bytes gone: the filesystem would write the next chunk after
         // five zero bytes, S3 would answer 500.
         let next = reg
-            .append_chunk(&repo, &s.id, Some(5), None, body(b"more"))
+            .append_chunk(&repo, &s.id, Some(5), None, None, body(b"more"))
             .await;
         let status = reg.upload_status(&repo, &s.id).await;
         resume_tx.send(()).unwrap();

@@ -110,6 +110,9 @@ impl AppendWriter for FaultyAppend {
     fn start_writeback(&mut self) -> StorageResult<()> {
         self.inner.start_writeback()
     }
+    fn announce_len(&mut self, len: u64) {
+        self.inner.announce_len(len)
+    }
 }
 
 impl Backend for FaultyBackend {
@@ -245,7 +248,7 @@ mod tests {
         let repo = RepoName::parse("full/disk").unwrap();
         let kept = b"already stored".to_vec();
         let kept_d = Digest::of(&kept);
-        reg.upload_monolithic(&repo, &kept_d, body(kept.clone()))
+        reg.upload_monolithic(&repo, &kept_d, None, body(kept.clone()))
             .await
             .unwrap();
         let before = files_under(dir.path());
@@ -254,7 +257,7 @@ mod tests {
         let big = vec![7u8; 3 * 1024 * 1024];
         let d = Digest::of(&big);
         let err = reg
-            .upload_monolithic(&repo, &d, body(big))
+            .upload_monolithic(&repo, &d, None, body(big))
             .await
             .unwrap_err();
         assert_eq!(status(err), StatusCode::INSUFFICIENT_STORAGE);
@@ -277,7 +280,14 @@ mod tests {
         let owner = crate::registry::Principal::user("full");
         let s = reg.start_upload(&repo, &owner).await.unwrap();
         let st = reg
-            .append_chunk(&repo, &s.id, Some(0), None, body(data[..200_000].to_vec()))
+            .append_chunk(
+                &repo,
+                &s.id,
+                Some(0),
+                None,
+                None,
+                body(data[..200_000].to_vec()),
+            )
             .await
             .unwrap();
         assert_eq!(st.offset, 200_000);
@@ -288,6 +298,7 @@ mod tests {
                 &repo,
                 &s.id,
                 Some(200_000),
+                None,
                 None,
                 body(data[200_000..400_000].to_vec()),
             )
@@ -306,12 +317,13 @@ mod tests {
             &s.id,
             Some(200_000),
             None,
+            None,
             body(data[200_000..].to_vec()),
         )
         .await
         .unwrap();
         let got = reg
-            .finish_upload(&repo, &s.id, &d, None, body(Vec::new()))
+            .finish_upload(&repo, &s.id, &d, None, None, body(Vec::new()))
             .await
             .unwrap();
         assert_eq!(got, d);
@@ -331,7 +343,7 @@ mod tests {
         let repo = RepoName::parse("full/manifests").unwrap();
         let (config, layer) = (b"{}".to_vec(), b"layer bytes".to_vec());
         for x in [&config, &layer] {
-            reg.upload_monolithic(&repo, &Digest::of(x), body(x.clone()))
+            reg.upload_monolithic(&repo, &Digest::of(x), None, body(x.clone()))
                 .await
                 .unwrap();
         }
@@ -386,7 +398,7 @@ mod tests {
         faulty.fail_after(10, EIO);
         let data = vec![1u8; 1000];
         let err = reg
-            .upload_monolithic(&repo, &Digest::of(&data), body(data))
+            .upload_monolithic(&repo, &Digest::of(&data), None, body(data))
             .await
             .unwrap_err();
         assert_eq!(status(err), StatusCode::INTERNAL_SERVER_ERROR);

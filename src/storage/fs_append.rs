@@ -33,6 +33,8 @@ pub(super) struct FsAppend {
     kicker: Option<Kicker>,
     /// Direct I/O, while the file system takes it.
     direct: Option<Direct>,
+    /// Where the announced bytes end (`announce_len`), until the sync.
+    announced_end: Option<u64>,
 }
 
 /// The file opened with `O_DIRECT` and the aligned block staged for it.
@@ -98,7 +100,20 @@ impl FsAppend {
             kicked: end,
             kicker: None,
             direct: if direct_io { open_direct(full) } else { None },
+            announced_end: None,
         }
+    }
+
+    /// The announced length does not match what was written (more, or at
+    /// the sync fewer): an error, as on every backend.
+    fn length_differs(&self, announced_end: u64, end: u64) -> StorageError {
+        StorageError::io(
+            &self.path,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the writer was told its bytes end at {announced_end}, not {end}"),
+            ),
+        )
     }
 
     /// Writes `buf` at `at` through the page cache.
@@ -145,6 +160,10 @@ fn write_at(file: &File, path: &StorePath, buf: &[u8], at: u64) -> StorageResult
 
 impl AppendWriter for FsAppend {
     fn write_all(&mut self, buf: &[u8]) -> StorageResult<()> {
+        let end = self.end.saturating_add(buf.len() as u64);
+        if let Some(announced_end) = self.announced_end.filter(|e| end > *e) {
+            return Err(self.length_differs(announced_end, end));
+        }
         let Some(d) = self.direct.as_mut() else {
             self.write_buffered(buf, self.end)?;
             self.end = self.end.saturating_add(buf.len() as u64);
@@ -188,6 +207,11 @@ impl AppendWriter for FsAppend {
     /// was submitted, then `fdatasync`: the bytes and the file's length
     /// are on disk when this returns.
     fn sync(&mut self) -> StorageResult<()> {
+        if let Some(announced_end) = self.announced_end.take() {
+            if announced_end != self.end {
+                return Err(self.length_differs(announced_end, self.end));
+            }
+        }
         self.flush_stage()?;
         if let Some(k) = self.kicker.take() {
             k.finish().map_err(io_err(&self.path))?;
@@ -195,6 +219,10 @@ impl AppendWriter for FsAppend {
         self.file.sync_data().map_err(io_err(&self.path))?;
         self.kicked = self.end;
         Ok(())
+    }
+
+    fn announce_len(&mut self, len: u64) {
+        self.announced_end = Some(self.end.saturating_add(len));
     }
 
     /// Starts writeback of the bytes written through the page cache since

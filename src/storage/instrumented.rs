@@ -125,6 +125,10 @@ impl AppendWriter for TimedWriter {
         self.timers
             .time(Op::AppendWriteback, || w.start_writeback())
     }
+
+    fn announce_len(&mut self, len: u64) {
+        self.inner.announce_len(len)
+    }
 }
 
 impl Backend for InstrumentedBackend {

@@ -79,6 +79,11 @@ pub trait AppendWriter: Send {
     fn start_writeback(&mut self) -> StorageResult<()> {
         Ok(())
     }
+    /// Says that exactly `len` more bytes follow before the next `sync` (a
+    /// request body's `Content-Length`), so a backend may start storing
+    /// them as they arrive (S3: the part's PUT starts now). Writing more,
+    /// or syncing fewer, is then an error that stores nothing.
+    fn announce_len(&mut self, len: u64);
 }
 
 /// One entry of a listing.

@@ -312,6 +312,10 @@ impl AppendWriter for TeeWriter {
     fn start_writeback(&mut self) -> StorageResult<()> {
         self.inner.start_writeback()
     }
+
+    fn announce_len(&mut self, len: u64) {
+        self.inner.announce_len(len)
+    }
 }
 
 impl Drop for TeeWriter {

@@ -1,17 +1,25 @@
 //! Appending on an object store: each writer session becomes one new part
-//! `paths::part(path, start)`. Bytes are buffered up to one chunk and
-//! written with one PUT at `sync`; a session that outgrows the chunk
-//! streams the part as a multipart upload instead (bounded memory), which
-//! `sync` completes. Nothing of a session is visible before `sync`, and a
-//! writer dropped unsynced aborts its multipart upload.
+//! `paths::part(path, start)`. A session told its length up front (a
+//! chunk's `Content-Length`, at most one chunk) sends the part with one PUT
+//! while the bytes arrive ([`super::put_stream`]); otherwise bytes are
+//! buffered up to one chunk and written with one PUT at `sync`, and a
+//! session that outgrows the chunk streams the part as a multipart upload
+//! instead (bounded memory), which `sync` completes. Nothing of a session
+//! is visible before `sync`, and a writer dropped unsynced stores nothing.
+
+use std::sync::Arc;
 
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
+use super::put_stream::StreamedPut;
 use super::remote::{remote_err, Remote, CHUNK, IN_FLIGHT};
+use super::signed::SignedClient;
 use crate::storage::{paths, AppendWriter, StorageError, StorageResult, StorePath};
 
 enum Pending {
     Buffered(Vec<u8>),
+    /// The part's PUT, under way since its length was announced.
+    Put(StreamedPut),
     Streaming {
         upload: WriteMultipart,
         /// Bytes handed to `upload` since the last wait for capacity.
@@ -21,24 +29,37 @@ enum Pending {
 
 pub struct S3Append {
     remote: Remote,
+    /// Sends a part's PUT while its bytes arrive; `None` when requests sign
+    /// their payload (or the client could not be built): then parts are
+    /// buffered.
+    streamer: Option<Arc<SignedClient>>,
     path: StorePath,
     /// Where the part being written starts.
     start: u64,
     /// Bytes written to the current part so far.
     len: u64,
     pending: Option<Pending>,
+    /// The announced length of the current part (`announce_len`).
+    announced: Option<u64>,
     /// Whether the object has a part (if not, an empty first `sync` still
     /// creates one, as the file would exist on a filesystem).
     wrote_part: bool,
 }
 
 impl S3Append {
-    pub fn new(remote: Remote, path: StorePath, start: u64) -> Self {
+    pub fn new(
+        remote: Remote,
+        streamer: Option<Arc<SignedClient>>,
+        path: StorePath,
+        start: u64,
+    ) -> Self {
         S3Append {
             remote,
+            streamer: streamer.filter(|s| !s.signs_payload()),
             path,
             start,
             len: 0,
+            announced: None,
             pending: Some(Pending::Buffered(Vec::new())),
             // Kept parts before `start` already make the object exist.
             wrote_part: start > 0,
@@ -55,7 +76,19 @@ impl AppendWriter for S3Append {
         if buf.is_empty() {
             return Ok(());
         }
+        let len = self.len.saturating_add(buf.len() as u64);
+        if let Some(announced) = self.announced.filter(|a| len > *a) {
+            self.pending = None; // (a streamed PUT is cancelled)
+            return Err(self.failed(format!(
+                "{len} bytes written where {announced} were announced"
+            )));
+        }
         let pending = match self.pending.take() {
+            Some(Pending::Put(mut put)) => {
+                put.give(&self.remote, buf)
+                    .map_err(|detail| self.failed(detail))?;
+                Pending::Put(put)
+            }
             Some(Pending::Buffered(mut held)) if held.len() + buf.len() <= CHUNK => {
                 held.extend_from_slice(buf);
                 Pending::Buffered(held)
@@ -105,6 +138,13 @@ impl AppendWriter for S3Append {
     }
 
     fn sync(&mut self) -> StorageResult<()> {
+        if let Some(announced) = self.announced.take().filter(|a| *a != self.len) {
+            self.pending = None; // (a streamed PUT is cancelled)
+            return Err(self.failed(format!(
+                "{} bytes written where {announced} were announced",
+                self.len
+            )));
+        }
         let key = self.part_key();
         match self.pending.take() {
             Some(Pending::Buffered(held)) => {
@@ -115,6 +155,10 @@ impl AppendWriter for S3Append {
                 self.remote
                     .wait(self.remote.store.put(&key, PutPayload::from(held)))
                     .map_err(|e| remote_err(&self.path, e))?;
+            }
+            Some(Pending::Put(put)) => {
+                put.finish(&self.remote)
+                    .map_err(|detail| self.failed(detail))?;
             }
             Some(Pending::Streaming { upload, .. }) => {
                 // `finish` aborts the upload itself when it fails.
@@ -129,6 +173,31 @@ impl AppendWriter for S3Append {
         self.len = 0;
         self.pending = Some(Pending::Buffered(Vec::new()));
         Ok(())
+    }
+
+    fn announce_len(&mut self, len: u64) {
+        self.announced = Some(self.len.saturating_add(len));
+        let fresh = matches!(&self.pending, Some(Pending::Buffered(held)) if held.is_empty());
+        let Some(streamer) = self.streamer.as_ref().filter(|_| fresh) else {
+            return;
+        };
+        if len == 0 || len > CHUNK as u64 {
+            return; // nothing to overlap, or a multipart upload
+        }
+        match StreamedPut::start(&self.remote, streamer, &self.part_key(), len) {
+            Ok(put) => self.pending = Some(Pending::Put(put)),
+            // Buffered, as without the announcement.
+            Err(e) => tracing::debug!(path = %self.path, error = %e, "part PUT not streamed"),
+        }
+    }
+}
+
+impl S3Append {
+    fn failed(&self, detail: String) -> StorageError {
+        StorageError::Remote {
+            path: self.path.to_string(),
+            detail,
+        }
     }
 }
 

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AwsAuthorizer, AwsCredential};
-use object_store::client::HttpRequestBody;
+use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 
-use super::client::{S3Credentials, S3Location};
 use super::remote::Part;
+use super::signed::{encode, read_answer, SignedClient};
 
 /// S3's smallest part, except the last one of an upload.
 const MIN_PART: u64 = 5 * 1024 * 1024;
@@ -28,46 +27,17 @@ const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
 const MAX_PARTS: usize = 10_000;
 /// Copies in flight at once.
 const IN_FLIGHT: usize = 4;
-/// Longest accepted answer to one copy (a small XML document).
-const MAX_ANSWER: usize = 64 * 1024;
+/// A copy of up to 5 GiB happens inside the store before it answers.
+const COPY_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Joiner {
     s3: Arc<AmazonS3>,
-    http: vault_http::Client,
-    endpoint: String,
-    bucket: String,
-    region: String,
-    credential: AwsCredential,
-    sign_payload: bool,
+    signed: Arc<SignedClient>,
 }
 
 impl Joiner {
-    pub fn new(
-        s3: Arc<AmazonS3>,
-        location: &S3Location,
-        credentials: &S3Credentials,
-    ) -> Result<Joiner, String> {
-        let http = vault_http::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            // A copy of up to 5 GiB happens inside the store before it
-            // answers.
-            .timeout(Duration::from_secs(600))
-            .redirect(vault_http::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Joiner {
-            s3,
-            http,
-            endpoint: location.endpoint.clone(),
-            bucket: location.bucket.clone(),
-            region: location.region.clone(),
-            credential: AwsCredential {
-                key_id: credentials.access_key_id.clone(),
-                secret_key: credentials.secret_access_key.clone(),
-                token: credentials.session_token.clone(),
-            },
-            sign_payload: location.sign_payload,
-        })
+    pub fn new(s3: Arc<AmazonS3>, signed: Arc<SignedClient>) -> Joiner {
+        Joiner { s3, signed }
     }
 
     /// Whether `parts` (in order, none empty) can be joined by copies.
@@ -116,42 +86,21 @@ impl Joiner {
         upload_id: &str,
         number: usize,
     ) -> Result<PartId, String> {
-        let url = format!(
-            "{}/{}/{}?partNumber={number}&uploadId={}",
-            self.endpoint,
-            self.bucket,
-            encode_key(to.as_ref()),
-            encode(upload_id)
-        );
-        let mut request = http::Request::builder()
-            .method("PUT")
-            .uri(&url)
-            .header(
-                "x-amz-copy-source",
-                format!("{}/{}", self.bucket, encode_key(from.as_ref())),
-            )
-            .body(HttpRequestBody::empty())
+        let query = format!("partNumber={number}&uploadId={}", encode(upload_id));
+        let url = self.signed.url(to, Some(&query));
+        let copy_source = self.signed.copy_source(from);
+        let answer = self
+            .signed
+            .request(
+                http::Method::PUT,
+                &url,
+                &[("x-amz-copy-source", copy_source)],
+            )?
+            .timeout(COPY_TIMEOUT)
+            .send()
+            .await
             .map_err(|e| e.to_string())?;
-        AwsAuthorizer::new(&self.credential, "s3", &self.region)
-            .with_sign_payload(self.sign_payload)
-            .try_authorize(&mut request, None)
-            .map_err(|e| e.to_string())?;
-        let mut send = self.http.put(&url);
-        for (name, value) in request.headers() {
-            send = send.header(name.as_str(), value.as_bytes());
-        }
-        let mut answer = send.send().await.map_err(|e| e.to_string())?;
-        let status = answer.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(format!(
-                    "UploadPartCopy answered more than {MAX_ANSWER} bytes"
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let body = String::from_utf8_lossy(&body);
+        let (status, body) = read_answer(answer).await?;
         if !status.is_success() {
             return Err(format!("UploadPartCopy answered {status}: {body}"));
         }
@@ -173,22 +122,6 @@ fn etag_of(xml: &str) -> Option<String> {
     Some(raw.replace("&quot;", "\"").replace("&#34;", "\""))
 }
 
-/// Percent-encodes a key for a URL path, keeping its `/` separators.
-fn encode_key(key: &str) -> String {
-    key.split('/').map(encode).collect::<Vec<_>>().join("/")
-}
-
-/// S3's unreserved characters: everything else is percent-encoded.
-const S3_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-fn encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, S3_UNRESERVED).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,12 +135,5 @@ mod tests {
         );
         assert_eq!(etag_of("<CopyPartResult></CopyPartResult>"), None);
         assert_eq!(etag_of("<ETag>unterminated"), None);
-    }
-
-    #[test]
-    fn keys_are_encoded_but_their_separators_kept() {
-        assert_eq!(encode_key("a/_uploads/x.y~z"), "a/_uploads/x.y~z");
-        assert_eq!(encode_key("a b/c+d"), "a%20b/c%2Bd");
-        assert_eq!(encode("id/=+"), "id%2F%3D%2B");
     }
 }

@@ -65,9 +65,11 @@
 mod append;
 mod client;
 mod join;
+mod put_stream;
 mod read;
 mod remote;
 mod runtime;
+mod signed;
 
 use std::collections::HashSet;
 use std::io;
@@ -93,6 +95,10 @@ pub struct S3Backend {
     /// Joins a chunked upload's parts inside the store; `None` if its
     /// HTTP client could not be built (they are joined by reading them).
     joiner: Option<join::Joiner>,
+    /// Sends this backend's own signed requests (`None` if its HTTP client
+    /// could not be built: parts are then joined by reading them and
+    /// buffered before their PUT).
+    signed: Option<Arc<signed::SignedClient>>,
     /// Renames whose parts were joined inside the store (see `joined_in_store`).
     joined: std::sync::atomic::AtomicU64,
 }
@@ -106,9 +112,13 @@ impl S3Backend {
             detail: format!("cannot start the S3 client's runtime: {e}"),
         })?;
         let store = Arc::new(client::build(location, credentials)?);
-        let joiner = join::Joiner::new(store.clone(), location, credentials)
+        let signed = signed::SignedClient::new(location, credentials)
             .inspect_err(|e| tracing::warn!(error = %e, "parts of chunked uploads will be joined by reading them"))
-            .ok();
+            .ok()
+            .map(Arc::new);
+        let joiner = signed
+            .clone()
+            .map(|signed| join::Joiner::new(store.clone(), signed));
         Ok(S3Backend {
             remote: Remote {
                 store,
@@ -116,6 +126,7 @@ impl S3Backend {
                 prefix: location.prefix.clone(),
             },
             joiner,
+            signed,
             joined: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -345,6 +356,7 @@ impl Backend for S3Backend {
         })?;
         Ok(Box::new(S3Append::new(
             self.remote.clone(),
+            self.signed.clone(),
             path.clone(),
             truncate_to,
         )))
