@@ -1173,6 +1173,8 @@ W = {
     "forhost_p99": "/artifacts/for-host, {assoc} associations, {fc} conns, p99",
     "forhost_p50": "/artifacts/for-host, p50",
     "forhost_rps": "/artifacts/for-host, throughput",
+    "forhost_paced_p99": "/artifacts/for-host, {fc} conns each pausing 2 ms between requests (wrk `delay`), p99",
+    "forhost_paced_rps": "/artifacts/for-host paced, throughput",
     "startup_cold": "SQLite: start-up with {arts} artifacts + {assoc} associations (spawn → first 200 /healthz), "
                     "first start after dropping the page cache",
     "startup": "SQLite: start-up, warm (median of {reps} further starts)",
@@ -1193,7 +1195,8 @@ W = {
 UNITS = {
     "push": "MB/s", "pull": "MB/s", "pull_again": "MB/s", "pull_cold": "MB/s", "chunked": "MB/s", "mget": "req/s", "mget_p99": "ms ↓", "head": "req/s",
     "referrers": "ms ↓", "mput": "manifests/s", "post_p50": "ms ↓", "post_p99": "ms ↓", "post_rps": "req/s",
-    "forhost_p99": "ms ↓", "forhost_p50": "ms ↓", "forhost_rps": "req/s", "startup": "s ↓", "startup_cold": "s ↓",
+    "forhost_p99": "ms ↓", "forhost_p50": "ms ↓", "forhost_rps": "req/s",
+    "forhost_paced_p99": "ms ↓", "forhost_paced_rps": "req/s", "startup": "s ↓", "startup_cold": "s ↓",
     "startup_open": "ms ↓", "pg_startup": "s ↓", "pg_startup_cold": "s ↓", "pg_startup_open": "ms ↓",
     "rss": "MiB ↓",
     "s3_push": "MB/s", "s3_pull": "MB/s", "s3_pull_again": "MB/s", "s3_chunked": "MB/s", "s3_mget": "req/s", "s3_mget_p99": "ms ↓",
@@ -1244,6 +1247,8 @@ def targets(res):
         out[w] = ("≤ 1 s", None if v is None else v <= 1)
     v = med("forhost_p99", BPF)
     out["forhost_p99"] = ("≤ 5 ms", None if v is None else v <= 5)
+    v = med("forhost_paced_p99", BPF)
+    out["forhost_paced_p99"] = ("≤ 5 ms", None if v is None else v <= 5)
     for w in ("s3_push", "s3_pull", "s3_pull_again", "s3_chunked", "s3_mget"):
         r = ratio(w)
         out[w] = ("≥ 2×", None if r is None else r >= 2)
@@ -1294,6 +1299,7 @@ def render(res, sizes, info, args, elapsed, meta, ceilings):
     L.append("| --- | --- | ---: | ---: | ---: | --- | --- |")
     order = ["push", "pull", "pull_again", "pull_cold", "chunked", "mget", "mget_p99", "head", "referrers", "mput",
              "post_p50", "post_p99", "post_rps", "forhost_p99", "forhost_p50", "forhost_rps",
+             "forhost_paced_p99", "forhost_paced_rps",
              "startup_cold", "startup", "startup_open", "pg_startup_cold", "pg_startup", "pg_startup_open",
              "rss",
              "s3_push", "s3_pull", "s3_pull_again", "s3_chunked", "s3_mget", "s3_mget_p99"]
@@ -1503,6 +1509,9 @@ def main():
                         f"  return wrk.format(\"GET\", string.format(\"/artifacts/for-host/host-%04d\", "
                         f"math.random(0, {hosts - 1})))\n"
                         "end\n")
+            paced = os.path.join(workdir, "forhost-paced.lua")
+            with open(lua) as f, open(paced, "w") as g:
+                g.write(f.read() + "delay = function()\n  return 2\nend\n")
             s = bpf_server(args.binary, workdir, store, level="WARN").start()
             try:
                 s.wait_ready()
@@ -1516,6 +1525,14 @@ def main():
                     log(f"  for-host rep {rep + 1}: {w['requests']} requests, {w['rps']:.0f} req/s, "
                         f"p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms")
                     check(w["requests"] >= 2000, f"for-host: only {w['requests']} requests")
+                    # The closed loop above saturates both cores, the load generator's included, so
+                    # its tail is partly the scheduler's; paced, each connection waits 2 ms after an
+                    # answer (as agents that poll do), which offers about the saturated rate of before.
+                    w = run_wrk(s.base + "/", sizes.forhost_clients, sizes.forhost_secs, script=paced)
+                    res.add("forhost_paced_p99", BPF, w["p99"])
+                    res.add("forhost_paced_rps", BPF, w["rps"])
+                    log(f"  for-host paced rep {rep + 1}: {w['requests']} requests, {w['rps']:.0f} req/s, "
+                        f"p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms")
             except Exception as e:  # noqa: BLE001 - record it, go on with the next workload
                 error(f"for-host: {e}")
             finally:

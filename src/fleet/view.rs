@@ -29,7 +29,8 @@ const MAX_ENTRIES: usize = 200_000;
 /// Which counters a read validates its caches against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
-    /// The committed counters, read from SQL: what a request sees.
+    /// The committed counters (from SQL, or from the feed where it holds
+    /// them all: SQLite): what a request sees.
     Committed,
     /// The counters this process's feed delivered, where it has them: what
     /// a woken waiter sees (its wake-up came from those counters).
@@ -155,9 +156,15 @@ impl FleetView {
         let mut out = vec![0; scopes.len()];
         let mut missing = Vec::new();
         for (i, s) in scopes.iter().enumerate() {
-            match (fresh, feed.known(s)) {
-                (Freshness::Delivered, Some(seq)) => out[i] = seq,
-                _ => missing.push(i),
+            // Committed counters come from the feed only where it holds
+            // them all (SQLite), else from SQL.
+            let seq = match fresh {
+                Freshness::Delivered => feed.known(s),
+                Freshness::Committed => feed.committed(s),
+            };
+            match seq {
+                Some(seq) => out[i] = seq,
+                None => missing.push(i),
             }
         }
         if !missing.is_empty() {

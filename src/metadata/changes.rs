@@ -57,7 +57,7 @@ pub struct ScopeToken {
 pub struct ChangeFeed {
     /// The counters; the epoch is changed under this lock too, so a
     /// [`ScopeToken`] is read consistently.
-    known: Mutex<HashMap<String, i64>>,
+    known: Mutex<Known>,
     /// Bumped on every publish; the value is the epoch (below) in the
     /// high bits so a receiver can tell a reset from a change.
     tick: watch::Sender<u64>,
@@ -70,10 +70,21 @@ pub struct ChangeFeed {
     repo_writes: std::sync::atomic::AtomicU64,
 }
 
+/// The published counters, and whether they are all of them.
+#[derive(Default)]
+struct Known {
+    seqs: HashMap<String, i64>,
+    /// Every scope with a counter is in `seqs` (SQLite, from the seed at
+    /// start-up until a reset): one absent was never written, so its
+    /// counter is 0 without asking SQL. Without it (PostgreSQL, or after
+    /// a reset) an absent scope is only unknown.
+    complete: bool,
+}
+
 impl Default for ChangeFeed {
     fn default() -> Self {
         ChangeFeed {
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
             tick: watch::channel(0).0,
             epoch: std::sync::atomic::AtomicU64::new(0),
             repo_writes: std::sync::atomic::AtomicU64::new(0),
@@ -87,9 +98,27 @@ impl ChangeFeed {
         self.tick.subscribe()
     }
 
-    /// The counter of `scope` as last published here, if any.
+    /// The counter of `scope` as last published here, if known (0 for a
+    /// scope never written, once the feed holds every counter).
     pub fn known(&self, scope: &str) -> Option<i64> {
-        self.known.lock().ok()?.get(scope).copied()
+        let known = self.known.lock().ok()?;
+        match known.seqs.get(scope) {
+            Some(seq) => Some(*seq),
+            None => known.complete.then_some(0),
+        }
+    }
+
+    /// The committed counter of `scope`, when this process's feed holds
+    /// every counter (SQLite after the seed, until a reset): then every
+    /// write that returned to its caller was published here before it
+    /// returned (see [`Metadata::commit_with_changes`]), so this is what
+    /// SQL would answer to a request that starts now. `None`: ask SQL.
+    pub fn committed(&self, scope: &str) -> Option<i64> {
+        let known = self.known.lock().ok()?;
+        if !known.complete {
+            return None;
+        }
+        Some(known.seqs.get(scope).copied().unwrap_or(0))
     }
 
     /// The token of `scope` now (see [`ScopeToken`]).
@@ -97,7 +126,7 @@ impl ChangeFeed {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         ScopeToken {
             epoch: self.epoch.load(std::sync::atomic::Ordering::Acquire),
-            seq: known.get(scope).copied(),
+            seq: known.seqs.get(scope).copied(),
         }
     }
 
@@ -119,7 +148,18 @@ impl ChangeFeed {
 
     /// Records committed changes and wakes the waiters.
     pub fn publish(&self, changes: &[Change]) {
-        if changes.is_empty() {
+        self.publish_counters(changes, false);
+    }
+
+    /// Records every counter there is (read in one query at start-up, when
+    /// no other process writes the store): from now on a scope that is not
+    /// here was never written, until a reset.
+    fn publish_all(&self, counters: &[Change]) {
+        self.publish_counters(counters, true);
+    }
+
+    fn publish_counters(&self, changes: &[Change], all: bool) {
+        if changes.is_empty() && !all {
             return;
         }
         if changes.iter().any(|(s, _)| repo_of_scope(s).is_some()) {
@@ -129,13 +169,14 @@ impl ChangeFeed {
         {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             for (scope, seq) in changes {
-                let e = known.entry(scope.clone()).or_insert(*seq);
+                let e = known.seqs.entry(scope.clone()).or_insert(*seq);
                 *e = (*e).max(*seq);
             }
+            known.complete |= all;
             // Bounded: a scope forgotten is only re-read from SQL.
-            if known.len() > 1_000_000 {
+            if known.seqs.len() > 1_000_000 {
                 self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                known.clear();
+                *known = Known::default();
             }
         }
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
@@ -148,7 +189,7 @@ impl ChangeFeed {
             // The epoch first, under the lock: no token pairs the old
             // epoch with a forgotten counter.
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            known.clear();
+            *known = Known::default();
         }
         self.repo_writes
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -289,7 +330,7 @@ impl Metadata {
         for r in &rows {
             changes.push((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?));
         }
-        self.changes.publish(&changes);
+        self.changes.publish_all(&changes);
         Ok(changes.len())
     }
 
@@ -372,8 +413,21 @@ mod tests {
         // Another process: its feed starts empty, the seed fills it.
         let meta = Metadata::open_in_dir(dir.path()).await.unwrap();
         assert_eq!(meta.changes().known(&host_scope("h1")), None);
+        assert_eq!(meta.changes().known(SELECTORS), None);
         assert!(meta.seed_change_feed().await.unwrap() >= 1);
         assert_eq!(meta.changes().known(&host_scope("h1")), written);
+        // Seeded, the feed holds every counter: it answers for committed
+        // state, a scope never written is 0 (the selectors here), without
+        // a query; a write publishes before it returns. Until a reset.
+        assert_eq!(meta.changes().known(SELECTORS), Some(0));
+        assert_eq!(meta.changes().committed(&host_scope("h1")), written);
+        assert_eq!(meta.changes().committed(SELECTORS), Some(0));
+        meta.upsert_host(&host).await.unwrap();
+        assert!(meta.changes().committed(&host_scope("h1")) > written);
+        meta.changes().reset();
+        assert_eq!(meta.changes().known(SELECTORS), None);
+        assert_eq!(meta.changes().committed(SELECTORS), None);
+        assert_eq!(meta.changes().known(&host_scope("h1")), None);
     }
 
     #[test]

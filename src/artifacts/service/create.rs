@@ -61,6 +61,7 @@ impl ArtifactService {
         request: CreateArtifact,
         mut memory: CreateMemory,
     ) -> Result<Created<ArtifactJson>, ArtifactError> {
+        let began = std::time::Instant::now();
         // Cheap first: a version tag naming anything but this
         // repository's artifacts is a conflict whatever the payload.
         let (repo, tag) = (request.repository(), request.tag());
@@ -79,6 +80,7 @@ impl ArtifactService {
         .map_err(|e| internal(format!("payload worker failed: {e}")))?;
         let new = new?;
         let _memory = memory;
+        let decoded = began.elapsed();
 
         let layer_digest = new.layer.digest().clone();
         let layer_size = new.layer.size();
@@ -116,7 +118,9 @@ impl ArtifactService {
                 .await?;
         }
 
+        let stored = began.elapsed();
         let _held = self.hold(&new.repo).await?;
+        let holding = began.elapsed();
         let repo = &new.repo;
         // A channel's tag is moved by the channel API: a version of the
         // same name would be moved with it (see `fleet::service`).
@@ -198,6 +202,7 @@ impl ArtifactService {
                     .await?;
             }
         }
+        let committed = began.elapsed();
         if let Some(mut others) = siblings {
             others.push((manifest_digest.clone(), manifest_size, platform_arch));
             if let Err(e) = self.put_version_index(repo, &new.tag, &others).await {
@@ -224,7 +229,13 @@ impl ArtifactService {
             .ok_or_else(|| internal("artifact stored but not indexed"))?;
         self.associate_all(&rec, &new.hosts, None).await?;
         drop(_held);
-        tracing::info!(repo = %repo, id = %key.digest, version = %new.tag, "artifact created");
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // Where a create's time goes, from its start: the payload decoded
+        // and packed, its blobs durable (without a signer), the
+        // repository's hold taken, the manifest committed, all done.
+        tracing::info!(repo = %repo, id = %key.digest, version = %new.tag,
+            decoded_ms = ms(decoded), stored_ms = ms(stored), held_ms = ms(holding),
+            committed_ms = ms(committed), total_ms = ms(began.elapsed()), "artifact created");
         let value = self.json(&rec).await?;
         Ok(Created {
             value,

@@ -78,7 +78,7 @@ impl AppendWriter for S3Append {
         }
         let len = self.len.saturating_add(buf.len() as u64);
         if let Some(announced) = self.announced.filter(|a| len > *a) {
-            self.pending = None; // (a streamed PUT is cancelled)
+            self.discard();
             return Err(self.failed(format!(
                 "{len} bytes written where {announced} were announced"
             )));
@@ -139,7 +139,7 @@ impl AppendWriter for S3Append {
 
     fn sync(&mut self) -> StorageResult<()> {
         if let Some(announced) = self.announced.take().filter(|a| *a != self.len) {
-            self.pending = None; // (a streamed PUT is cancelled)
+            self.discard();
             return Err(self.failed(format!(
                 "{} bytes written where {announced} were announced",
                 self.len
@@ -193,6 +193,15 @@ impl AppendWriter for S3Append {
 }
 
 impl S3Append {
+    /// Drops the session's unsynced bytes: a streamed PUT is cancelled
+    /// (its `Drop`), a multipart upload aborted. The writer is unusable
+    /// after this.
+    fn discard(&mut self) {
+        if let Some(Pending::Streaming { upload, .. }) = self.pending.take() {
+            self.remote.io.handle().spawn(upload.abort());
+        }
+    }
+
     fn failed(&self, detail: String) -> StorageError {
         StorageError::Remote {
             path: self.path.to_string(),
@@ -211,9 +220,7 @@ fn failed_before(p: &StorePath) -> StorageError {
 
 impl Drop for S3Append {
     fn drop(&mut self) {
-        if let Some(Pending::Streaming { upload, .. }) = self.pending.take() {
-            // Unsynced bytes are not kept; free the uploaded parts.
-            self.remote.io.handle().spawn(upload.abort());
-        }
+        // Unsynced bytes are not kept; free the uploaded parts.
+        self.discard();
     }
 }

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -23,6 +24,10 @@ use super::signed::{read_answer, SignedClient};
 /// Blocks queued between the writer and the request: the memory of one
 /// streamed PUT stays under this many body chunks.
 const QUEUED_BLOCKS: usize = 8;
+/// Longest the store may take to accept the next block, or to answer once
+/// the body is complete, before the PUT fails (as the client's reads of
+/// the store time out, `client::build`).
+const STALLED: Duration = Duration::from_secs(60);
 
 type BodyItem = Result<Bytes, io::Error>;
 
@@ -97,8 +102,15 @@ impl StreamedPut {
         let Some(tx) = &self.body else {
             return Err("the PUT already ended".into());
         };
-        if remote.wait(tx.send(Ok(block))).is_ok() {
-            return Ok(());
+        match remote.wait(tokio::time::timeout(STALLED, tx.send(Ok(block)))) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_closed)) => {}
+            Err(_elapsed) => {
+                return Err(format!(
+                    "the store took no body bytes for {} s",
+                    STALLED.as_secs()
+                ))
+            }
         }
         // The request ended before its body: its answer says why.
         self.body = None;
@@ -123,9 +135,13 @@ impl StreamedPut {
         }
         // The end of the body.
         self.body = None;
-        match remote.wait(&mut self.answer) {
-            Ok(answer) => answer,
-            Err(e) => Err(format!("the PUT task failed: {e}")),
+        match remote.wait(tokio::time::timeout(STALLED, &mut self.answer)) {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Err(format!("the PUT task failed: {e}")),
+            Err(_elapsed) => Err(format!(
+                "the store did not answer within {} s of the whole body",
+                STALLED.as_secs()
+            )),
         }
     }
 }
