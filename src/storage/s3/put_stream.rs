@@ -102,7 +102,9 @@ impl StreamedPut {
         let Some(tx) = &self.body else {
             return Err("the PUT already ended".into());
         };
-        match remote.wait(tokio::time::timeout(STALLED, tx.send(Ok(block)))) {
+        // The timer is made inside `wait`, in the I/O runtime's context.
+        let sent = remote.wait(async { tokio::time::timeout(STALLED, tx.send(Ok(block))).await });
+        match sent {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(_closed)) => {}
             Err(_elapsed) => {
@@ -135,7 +137,8 @@ impl StreamedPut {
         }
         // The end of the body.
         self.body = None;
-        match remote.wait(tokio::time::timeout(STALLED, &mut self.answer)) {
+        let answer = &mut self.answer;
+        match remote.wait(async { tokio::time::timeout(STALLED, answer).await }) {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => Err(format!("the PUT task failed: {e}")),
             Err(_elapsed) => Err(format!(
