@@ -153,6 +153,11 @@ suite!(
 /// The S3 backend on a fresh random prefix of `BPF_TEST_S3_URL`'s bucket;
 /// `None` (a skip) without it, except under `CI=true`.
 fn s3_backend(case: &str) -> Option<Arc<S3Backend>> {
+    s3_backend_via(case, |endpoint| endpoint.to_string())
+}
+
+/// `s3_backend`, reaching the store at `endpoint(its endpoint)`.
+fn s3_backend_via(case: &str, endpoint: impl FnOnce(&str) -> String) -> Option<Arc<S3Backend>> {
     let Ok(url) = std::env::var("BPF_TEST_S3_URL") else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!(
@@ -165,9 +170,10 @@ fn s3_backend(case: &str) -> Option<Arc<S3Backend>> {
     let (location, query) = url.split_once('?').unwrap_or((&url, ""));
     let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
     let url = format!("{}/{prefix}?{query}", location.trim_end_matches('/'));
-    let BlobStoreConfig::S3(location) = BlobStoreConfig::parse(&url).unwrap() else {
+    let BlobStoreConfig::S3(mut location) = BlobStoreConfig::parse(&url).unwrap() else {
         panic!("not an s3 URL: {url}");
     };
+    location.endpoint = endpoint(&location.endpoint);
     let credentials = S3Credentials::from_env().unwrap();
     Some(Arc::new(S3Backend::open(&location, &credentials).unwrap()))
 }
@@ -250,6 +256,147 @@ fn s3_an_announced_part_dropped_unsynced_is_never_stored() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(b.size(&data).unwrap(), Some(acked.len() as u64));
     assert!(read_all(&b, &data, 0).unwrap().0 == acked);
+}
+
+/// A streamed part PUT cannot be retried once its body is consumed: when
+/// its connection breaks mid-body (a store node killed under it), the
+/// writer's sync must still store the part, from the bytes it kept, and
+/// exactly those. A proxy in front of the store cuts the first part PUT.
+#[test]
+fn s3_an_announced_part_whose_put_is_cut_is_stored_by_sync() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cutter = None;
+    let Some(s3) = s3_backend_via(
+        "s3_an_announced_part_whose_put_is_cut_is_stored_by_sync",
+        |endpoint| {
+            let proxy = CuttingProxy::start(endpoint);
+            let url = proxy.url();
+            cutter = Some(proxy);
+            url
+        },
+    ) else {
+        return;
+    };
+    let cutter = cutter.unwrap();
+    let b: Arc<dyn Backend> = s3;
+    let data = paths::upload_data(&UploadId::new_random());
+    // Cut early (mid-body, while blocks are given) and late (at the sync).
+    let mut whole = Vec::new();
+    for (seed, len, cut_after) in [(70, 3 * 1024 * 1024, 64 * 1024), (71, 200_000, 150_000)] {
+        cutter.arm(cut_after);
+        let part = bytes(seed, len);
+        announced_append(&b, &data, whole.len() as u64, &part);
+        assert!(cutter.cut(), "the proxy cut no part PUT");
+        whole.extend_from_slice(&part);
+        assert_eq!(b.size(&data).unwrap(), Some(whole.len() as u64));
+    }
+    assert!(
+        read_all(&b, &data, 0).unwrap().0 == whole,
+        "stored bytes differ"
+    );
+}
+
+/// A TCP proxy that forwards everything, except that once armed it cuts
+/// the next part PUT (a read from the client that starts a `PUT` of a
+/// `/.parts.` key, on a new or a pooled connection) after forwarding
+/// `cut_after` bytes of it.
+struct CuttingProxy {
+    port: u16,
+    /// Bytes to forward of the next part PUT before the cut; 0 = disarmed.
+    armed: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+    seen_cuts: std::cell::Cell<usize>,
+}
+
+impl CuttingProxy {
+    fn start(endpoint: &str) -> CuttingProxy {
+        use std::io::Write;
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let upstream = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicUsize::new(0));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (armed2, cuts2) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (armed, cuts) = (armed2.clone(), cuts2.clone());
+                let (Ok(mut back_to), Ok(mut back_from)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut back_from, &mut back_to);
+                    let _ = back_to.shutdown(Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    // Bytes still to forward before the cut, once counting.
+                    let mut left: Option<usize> = None;
+                    loop {
+                        let k = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        let chunk = &buf[..k];
+                        let head = &chunk[..k.min(1024)];
+                        if left.is_none()
+                            && head.starts_with(b"PUT ")
+                            && head.windows(8).any(|w| w == b"/.parts.")
+                        {
+                            let cut_after = armed.swap(0, Ordering::SeqCst);
+                            if cut_after > 0 {
+                                left = Some(cut_after);
+                            }
+                        }
+                        let forward = left.map_or(k, |left| k.min(left));
+                        if server.write_all(&chunk[..forward]).is_err() {
+                            break;
+                        }
+                        if let Some(l) = left.as_mut() {
+                            *l -= forward;
+                            if *l == 0 {
+                                cuts.fetch_add(1, Ordering::SeqCst);
+                                let _ = client.shutdown(Shutdown::Both);
+                                let _ = server.shutdown(Shutdown::Both);
+                                return;
+                            }
+                        }
+                    }
+                    let _ = server.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CuttingProxy {
+            port,
+            armed,
+            cuts,
+            seen_cuts: std::cell::Cell::new(0),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn arm(&self, cut_after: usize) {
+        self.armed.store(cut_after, Ordering::SeqCst);
+    }
+
+    /// Whether a cut happened since the last call.
+    fn cut(&self) -> bool {
+        let now = self.cuts.load(Ordering::SeqCst);
+        let new = now > self.seen_cuts.get();
+        self.seen_cuts.set(now);
+        new
+    }
 }
 
 // --- fixtures ---------------------------------------------------------------

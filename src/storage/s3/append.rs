@@ -1,7 +1,10 @@
 //! Appending on an object store: each writer session becomes one new part
 //! `paths::part(path, start)`. A session told its length up front (a
 //! chunk's `Content-Length`, at most one chunk) sends the part with one PUT
-//! while the bytes arrive ([`super::put_stream`]); otherwise bytes are
+//! while the bytes arrive ([`super::put_stream`]), and keeps them until
+//! `sync`: that PUT cannot be retried once its body is consumed, so when it
+//! fails (a store node went away mid-request) the kept bytes are sent again
+//! by one retried PUT at `sync`, as a buffered part. Otherwise bytes are
 //! buffered up to one chunk and written with one PUT at `sync`, and a
 //! session that outgrows the chunk streams the part as a multipart upload
 //! instead (bounded memory), which `sync` completes. Nothing of a session
@@ -9,6 +12,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::put_stream::StreamedPut;
@@ -18,8 +22,12 @@ use crate::storage::{paths, AppendWriter, StorageError, StorageResult, StorePath
 
 enum Pending {
     Buffered(Vec<u8>),
-    /// The part's PUT, under way since its length was announced.
-    Put(StreamedPut),
+    /// The part's PUT, under way since its length was announced, and the
+    /// bytes given to it (shared, not copied), to send again if it fails.
+    Put {
+        put: StreamedPut,
+        kept: Vec<Bytes>,
+    },
     Streaming {
         upload: WriteMultipart,
         /// Bytes handed to `upload` since the last wait for capacity.
@@ -84,10 +92,18 @@ impl AppendWriter for S3Append {
             )));
         }
         let pending = match self.pending.take() {
-            Some(Pending::Put(mut put)) => {
-                put.give(&self.remote, buf)
-                    .map_err(|detail| self.failed(detail))?;
-                Pending::Put(put)
+            Some(Pending::Put { mut put, mut kept }) => {
+                let block = Bytes::copy_from_slice(buf);
+                kept.push(block.clone());
+                match put.give(&self.remote, block) {
+                    Ok(()) => Pending::Put { put, kept },
+                    Err(detail) => {
+                        // Cancelled by its drop; the part is PUT at `sync`.
+                        tracing::warn!(path = %self.path, error = %detail, "streamed part PUT failed; its bytes are sent again at sync");
+                        drop(put);
+                        Pending::Buffered(kept.concat())
+                    }
+                }
             }
             Some(Pending::Buffered(mut held)) if held.len() + buf.len() <= CHUNK => {
                 held.extend_from_slice(buf);
@@ -156,9 +172,14 @@ impl AppendWriter for S3Append {
                     .wait(self.remote.store.put(&key, PutPayload::from(held)))
                     .map_err(|e| remote_err(&self.path, e))?;
             }
-            Some(Pending::Put(put)) => {
-                put.finish(&self.remote)
-                    .map_err(|detail| self.failed(detail))?;
+            Some(Pending::Put { put, kept }) => {
+                if let Err(detail) = put.finish(&self.remote) {
+                    tracing::warn!(path = %self.path, error = %detail, "streamed part PUT failed; sending its bytes again");
+                    let payload: PutPayload = kept.into_iter().collect();
+                    self.remote
+                        .wait(self.remote.store.put(&key, payload))
+                        .map_err(|e| remote_err(&self.path, e))?;
+                }
             }
             Some(Pending::Streaming { upload, .. }) => {
                 // `finish` aborts the upload itself when it fails.
@@ -185,7 +206,12 @@ impl AppendWriter for S3Append {
             return; // nothing to overlap, or a multipart upload
         }
         match StreamedPut::start(&self.remote, streamer, &self.part_key(), len) {
-            Ok(put) => self.pending = Some(Pending::Put(put)),
+            Ok(put) => {
+                self.pending = Some(Pending::Put {
+                    put,
+                    kept: Vec::new(),
+                })
+            }
             // Buffered, as without the announcement.
             Err(e) => tracing::debug!(path = %self.path, error = %e, "part PUT not streamed"),
         }

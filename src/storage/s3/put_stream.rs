@@ -81,10 +81,11 @@ impl StreamedPut {
         })
     }
 
-    /// Hands `buf` to the request; waits while the store is behind. More
-    /// than the announced length is an error.
-    pub fn give(&mut self, remote: &Remote, buf: &[u8]) -> Result<(), String> {
-        let given = self.given.saturating_add(buf.len() as u64);
+    /// Hands `block` to the request; waits while the store is behind. More
+    /// than the announced length is an error. A failed request cannot be
+    /// retried (its body is gone): the caller keeps what it gave.
+    pub fn give(&mut self, remote: &Remote, block: Bytes) -> Result<(), String> {
+        let given = self.given.saturating_add(block.len() as u64);
         if given > self.len {
             return Err(format!(
                 "{given} bytes written where {} were announced",
@@ -92,7 +93,7 @@ impl StreamedPut {
             ));
         }
         self.given = given;
-        match self.held.replace(Bytes::copy_from_slice(buf)) {
+        match self.held.replace(block) {
             Some(previous) => self.send(remote, previous),
             None => Ok(()),
         }
