@@ -32,6 +32,7 @@ pub mod config;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod keyed_locks;
 pub mod metadata;
 pub mod metrics;
 pub mod oci;

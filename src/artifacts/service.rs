@@ -20,15 +20,16 @@ use super::memory::CreateMemoryBudget;
 use super::model::{ArtifactJson, ArtifactKey, ArtifactRecord};
 use super::payload::PayloadLimits;
 use super::ArtifactError;
+use crate::keyed_locks::{KeyedLockGuard, KeyedLocks};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::registry::{BlobRead, ByteRange, Registry, RegistryError};
 use crate::signing::SigningService;
 
 /// See [`ArtifactService::hold`]; released in field order (the lease
 /// first).
-pub struct RepoHold<'a> {
+pub struct RepoHold {
     _lease: crate::metadata::Lease,
-    _local: tokio::sync::MutexGuard<'a, ()>,
+    _local: KeyedLockGuard<RepoName>,
 }
 
 /// Rows read per query while a listing skips what the caller may not see.
@@ -41,8 +42,6 @@ mod create;
 mod selectors;
 mod versions;
 
-const LOCK_STRIPES: usize = 64;
-
 pub struct ArtifactService {
     registry: Arc<Registry>,
     index: Arc<ArtifactIndex>,
@@ -50,9 +49,9 @@ pub struct ArtifactService {
     payload_limits: PayloadLimits,
     spool_dir: PathBuf,
     memory: CreateMemoryBudget,
-    /// Serializes creates/deletes per repository (striped by name hash), so
-    /// two posts of one version cannot both build an index.
-    locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes creates/deletes per repository, so two posts of one
+    /// version cannot both build an index.
+    locks: KeyedLocks<RepoName>,
     /// Signs artifact manifests before they are stored (see `signing`).
     signing: Option<Arc<SigningService>>,
 }
@@ -85,9 +84,7 @@ impl ArtifactService {
             payload_limits: PayloadLimits::for_artifact_cap(settings.max_artifact_bytes),
             spool_dir: settings.spool_dir,
             memory: CreateMemoryBudget::new(settings.memory_budget_bytes, settings.memory_wait),
-            locks: (0..LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            locks: KeyedLocks::default(),
             signing: None,
         }
     }
@@ -130,14 +127,10 @@ impl ArtifactService {
 
     /// Held while a write checks and then changes a repository's
     /// artifacts (a version's platforms, the host cap): the in-process
-    /// stripe, then the repository's lease across replicas (PostgreSQL),
+    /// lock, then the repository's lease across replicas (PostgreSQL),
     /// so two replicas never both pass a check the other's write breaks.
-    pub async fn hold(&self, repo: &RepoName) -> Result<RepoHold<'_>, ArtifactError> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        repo.hash(&mut h);
-        let i = (h.finish() as usize) % LOCK_STRIPES;
-        let local = self.locks[i].lock().await;
+    pub async fn hold(&self, repo: &RepoName) -> Result<RepoHold, ArtifactError> {
+        let local = self.locks.lock(repo).await;
         let lease = self
             .registry
             .metadata()

@@ -6,7 +6,7 @@
 //!
 //! The `.sig` tag is read, extended and written back (cosign keeps every
 //! signature as a layer of one tagged manifest): that read-modify-write
-//! runs under a per-(repository, subject) lock (striped), together with
+//! runs under a per-(repository, subject) lock, together with
 //! the "already signed?" check and the store of the signed manifest, so
 //! concurrent pushes of one manifest sign it once and no signature written
 //! is ever dropped from the tag.
@@ -23,18 +23,17 @@ use super::{
     cosign, internal, is_signable, local, vault, KeySet, SignatureIndex, SignatureSummary, Signer,
     SignerConfig, SigningConfig, SigningError,
 };
+use crate::keyed_locks::{KeyedLockGuard, KeyedLocks};
 use crate::oci::{
     media, Descriptor, Digest, ManifestKind, ParsedManifest, Reference, RepoName, Tag,
 };
 use crate::registry::{ManifestStored, Registry, RegistryError};
 
-const TAG_LOCK_STRIPES: usize = 64;
-
 /// See `SigningService::lock_tag`; released in field order (the lease
 /// first).
-struct TagHold<'a> {
+struct TagHold {
     _lease: crate::metadata::Lease,
-    _local: tokio::sync::MutexGuard<'a, ()>,
+    _local: KeyedLockGuard<(RepoName, Digest)>,
 }
 
 /// What `bpf-registry sign` did.
@@ -69,8 +68,8 @@ pub struct SigningService {
     index: Arc<SignatureIndex>,
     /// Put before the repository in the signed `docker-reference`.
     registry_host: Option<String>,
-    /// Serializes the `.sig` tag of one (repository, subject), striped.
-    tag_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes the `.sig` tag of one (repository, subject).
+    tag_locks: KeyedLocks<(RepoName, Digest)>,
     /// Where each signature's duration and failures are recorded.
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
@@ -109,9 +108,7 @@ impl SigningService {
             signer,
             index,
             registry_host,
-            tag_locks: (0..TAG_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            tag_locks: KeyedLocks::default(),
             metrics: std::sync::OnceLock::new(),
         };
         match &svc.signer {
@@ -171,19 +168,11 @@ impl SigningService {
     }
 
     /// Holds the `.sig` tag of `subject` in `repo` (see the module doc).
-    /// Across replicas too: the in-process stripe, then a lease on the
+    /// Across replicas too: the in-process lock, then a lease on the
     /// (repository, subject) pair (PostgreSQL), so "signed once" and the
     /// `.sig` read-modify-write hold however many replicas serve pushes.
-    async fn lock_tag(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-    ) -> Result<TagHold<'_>, SigningError> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (repo, subject).hash(&mut h);
-        let i = (h.finish() as usize) % TAG_LOCK_STRIPES;
-        let local = self.tag_locks[i].lock().await;
+    async fn lock_tag(&self, repo: &RepoName, subject: &Digest) -> Result<TagHold, SigningError> {
+        let local = self.tag_locks.lock(&(repo.clone(), subject.clone())).await;
         let lease = self
             .registry
             .metadata()
