@@ -22,10 +22,11 @@ use crate::storage::{paths, AppendWriter, StorageError, StorageResult, StorePath
 
 enum Pending {
     Buffered(Vec<u8>),
-    /// The part's PUT, under way since its length was announced, and the
-    /// bytes given to it (shared, not copied), to send again if it fails.
+    /// The part's PUT, under way since its length was announced (`None`
+    /// once it failed), and the session's bytes (the blocks given to it,
+    /// shared, not copied), to send again at `sync` if it failed.
     Put {
-        put: StreamedPut,
+        put: Option<StreamedPut>,
         kept: Vec<Bytes>,
     },
     Streaming {
@@ -95,15 +96,12 @@ impl AppendWriter for S3Append {
             Some(Pending::Put { mut put, mut kept }) => {
                 let block = Bytes::copy_from_slice(buf);
                 kept.push(block.clone());
-                match put.give(&self.remote, block) {
-                    Ok(()) => Pending::Put { put, kept },
-                    Err(detail) => {
-                        // Cancelled by its drop; the part is PUT at `sync`.
-                        tracing::warn!(path = %self.path, error = %detail, "streamed part PUT failed; its bytes are sent again at sync");
-                        drop(put);
-                        Pending::Buffered(kept.concat())
-                    }
+                if let Some(Err(detail)) = put.as_mut().map(|p| p.give(&self.remote, block)) {
+                    // Cancelled by its drop; the part is PUT at `sync`.
+                    tracing::warn!(path = %self.path, error = %detail, "streamed part PUT failed; its bytes are sent again at sync");
+                    put = None;
                 }
+                Pending::Put { put, kept }
             }
             Some(Pending::Buffered(mut held)) if held.len() + buf.len() <= CHUNK => {
                 held.extend_from_slice(buf);
@@ -173,8 +171,13 @@ impl AppendWriter for S3Append {
                     .map_err(|e| remote_err(&self.path, e))?;
             }
             Some(Pending::Put { put, kept }) => {
-                if let Err(detail) = put.finish(&self.remote) {
-                    tracing::warn!(path = %self.path, error = %detail, "streamed part PUT failed; sending its bytes again");
+                // A PUT that failed before `sync` was warned of then.
+                let sent = put.is_some_and(|p| {
+                    p.finish(&self.remote)
+                        .inspect_err(|detail| tracing::warn!(path = %self.path, error = %detail, "streamed part PUT failed; sending its bytes again"))
+                        .is_ok()
+                });
+                if !sent {
                     let payload: PutPayload = kept.into_iter().collect();
                     self.remote
                         .wait(self.remote.store.put(&key, payload))
@@ -208,7 +211,7 @@ impl AppendWriter for S3Append {
         match StreamedPut::start(&self.remote, streamer, &self.part_key(), len) {
             Ok(put) => {
                 self.pending = Some(Pending::Put {
-                    put,
+                    put: Some(put),
                     kept: Vec::new(),
                 })
             }
